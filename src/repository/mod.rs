@@ -1,0 +1,1 @@
+//! Repository format (in progress).

@@ -1,0 +1,1 @@
+//! Restore (in progress).

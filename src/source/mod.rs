@@ -1,0 +1,74 @@
+//! What is backed up: a source walks what it protects and hands each entry to
+//! a sink (the repository writer) in a stable order. Sources know nothing of
+//! stores, packs or S3.
+
+pub mod files;
+pub mod sqlite;
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What an entry is. Streams (a database image, a dump) are `File` entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Metadata of one entry as the source saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryMeta {
+    /// Relative, `/`-separated path; `.` is the source's root directory.
+    pub path: String,
+    /// Permission bits (`0o7777` mask).
+    pub mode: u32,
+    /// Modification time in nanoseconds since the Unix epoch, if known.
+    pub mtime_ns: Option<i64>,
+}
+
+/// A sink failure, passed back through the source untouched.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct SinkError(pub Box<dyn std::error::Error + Send + Sync>);
+
+/// Receives a source's entries, in order.
+pub trait EntrySink {
+    fn dir(&mut self, meta: &EntryMeta) -> Result<(), SinkError>;
+    fn symlink(&mut self, meta: &EntryMeta, target: &str) -> Result<(), SinkError>;
+    /// Consumes `content` to its end.
+    fn file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), SinkError>;
+}
+
+/// Facts about the source recorded in the snapshot manifest (never secrets).
+pub type SourceMetadata = serde_json::Map<String, serde_json::Value>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source path {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("unable to read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SQLite database {path}: {message}")]
+    Sqlite { path: PathBuf, message: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+}
+
+pub trait Source: Send {
+    /// `sqlite`, `files`, … as written in plans and manifests.
+    fn kind(&self) -> &'static str;
+    /// A rough size in bytes for progress, if cheap to know.
+    fn estimate_bytes(&self) -> Option<u64>;
+    /// Takes one consistent snapshot, handing every entry to `sink`.
+    fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError>;
+}

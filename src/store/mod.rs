@@ -1,0 +1,222 @@
+//! Where bytes live: one small object-store trait and its backends.
+//!
+//! The store knows nothing of plans, sources or the repository format; it moves
+//! opaque, named, write-once objects and keeps each object's retention.
+//!
+//! # Contract every backend honours (checked by `tests/store_conformance.rs`)
+//! * `put` is **create-only**: writing a key that exists fails with
+//!   [`StoreError::AlreadyExists`] and leaves the stored object untouched. A put
+//!   is atomic: readers see the whole object or nothing, even if the writer is
+//!   killed half way.
+//! * Every put carries the SHA-256 of its bytes; a backend that can verify it on
+//!   arrival (S3's `x-amz-checksum-sha256`) does.
+//! * "Not found" is always [`StoreError::NotFound`] naming the key, never an
+//!   empty object or a generic I/O error.
+//! * `delete` of an object whose retention has not ended fails with
+//!   [`StoreError::Retained`]; retention can be extended, never shortened.
+//! * `list` returns every key under a prefix, sorted, each with its size.
+//! * Retries: backends do not retry; a wrapper does, for errors whose
+//!   [`StoreError::is_transient`] is true.
+
+pub mod local;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::Hash256;
+
+/// How an object's retention is enforced. Mirrors S3 Object Lock modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Nobody, not even the account root, can delete or shorten before the date.
+    Compliance,
+    /// Holders of a bypass permission can; everybody else cannot.
+    Governance,
+}
+
+impl fmt::Display for LockMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LockMode::Compliance => "compliance",
+            LockMode::Governance => "governance",
+        })
+    }
+}
+
+/// An object's write-once retention: it may not be deleted or overwritten before `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub mode: LockMode,
+    pub until: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    /// SHA-256 of the bytes being put.
+    pub sha256: Hash256,
+    pub retention: Option<Retention>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    pub retention: Option<Retention>,
+}
+
+/// What a backend can promise; plan validation refuses what it cannot honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// Retention is enforced by the storage service itself, so it holds even
+    /// against someone with the store's credentials or the machine's root.
+    pub server_enforced_lock: bool,
+    /// Create-only puts are atomic on the server side (no check-then-write race).
+    pub atomic_create: bool,
+    pub versioning: bool,
+}
+
+/// Where a store lives, as the plan's `repository` section describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    Local { root: PathBuf },
+}
+
+impl StoreConfig {
+    pub fn url(&self) -> String {
+        match self {
+            StoreConfig::Local { root } => format!("file://{}", root.display()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key} not found in {store}")]
+    NotFound { store: String, key: String },
+    #[error("object {key} already exists in {store}; objects are write-once")]
+    AlreadyExists { store: String, key: String },
+    #[error("object {key} in {store} is retained ({mode} lock) until {until}; it cannot be deleted or overwritten before then")]
+    Retained {
+        store: String,
+        key: String,
+        mode: LockMode,
+        until: DateTime<Utc>,
+    },
+    #[error("refusing to shorten the retention of {key} in {store} from {current} to {requested}")]
+    RetentionShortening {
+        store: String,
+        key: String,
+        current: DateTime<Utc>,
+        requested: DateTime<Utc>,
+    },
+    #[error("{what} is held by another process ({holder}); lock file {path}")]
+    Busy {
+        what: String,
+        holder: String,
+        path: PathBuf,
+    },
+    #[error("object key `{key}` is not valid: {why}")]
+    BadKey { key: String, why: &'static str },
+    #[error("object {key} in {store} is shorter than expected: wanted bytes {offset}..{end}, it has {size}")]
+    Truncated {
+        store: String,
+        key: String,
+        offset: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error("unable to {op} {key} in {store}: {source}")]
+    Io {
+        op: &'static str,
+        store: String,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same call may succeed (throttling, timeouts, 5xx).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// Held while a process has exclusive use of a named lock; dropping releases it.
+pub trait LockGuard: Send + Sync {}
+
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug {
+    /// `file:///…` or `s3://bucket/prefix`, for messages.
+    fn url(&self) -> String;
+    fn capabilities(&self) -> Capabilities;
+    /// Create-only put; see the module contract.
+    async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> Result<(), StoreError>;
+    async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// Exactly `len` bytes from `offset`, or [`StoreError::Truncated`].
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
+    async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// Moves retain-until later; refuses to move it earlier.
+    async fn extend_retention(&self, key: &str, retention: &Retention) -> Result<(), StoreError>;
+    /// Deletes an object whose retention has ended; refuses otherwise.
+    async fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Takes the named exclusive lock without waiting, or fails with [`StoreError::Busy`].
+    async fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>, StoreError>;
+}
+
+/// Opens the store a configuration names.
+pub async fn open(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
+    match config {
+        StoreConfig::Local { root } => Ok(Box::new(local::LocalStore::open(root.clone())?)),
+    }
+}
+
+/// Rejects keys that could escape a store's namespace or mean different things
+/// on different backends.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = |why| {
+        Err(StoreError::BadKey {
+            key: key.to_string(),
+            why,
+        })
+    };
+    if key.is_empty() {
+        return bad("empty");
+    }
+    if key.starts_with('/') || key.ends_with('/') {
+        return bad("starts or ends with `/`");
+    }
+    if key
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return bad("has an empty, `.` or `..` segment");
+    }
+    if !key
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+    {
+        return bad("only ASCII letters, digits, `.`, `_`, `-` and `/` are allowed");
+    }
+    Ok(())
+}
