@@ -1,7 +1,496 @@
-//! Command line: parses arguments, sets up logging, calls into the library.
+//! Command line: parses arguments, sets up logging and progress, calls into the
+//! library, prints results (`--json` for scripts) and maps failures to the
+//! stable exit codes in `docs/exit-codes.md`.
 
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::plan::{Plan, SourceSpec};
+use crate::progress::ProgressMode;
+use crate::repository::backup::{backup, BackupError, BackupOptions};
+use crate::repository::verify::verify;
+use crate::repository::{RepoError, Repository};
+use crate::restore::{restore, RestoreError, RestoreOptions};
+use crate::source::{files::FilesSource, sqlite::SqliteSource, Source, SourceError};
+use crate::store::{self, StoreError};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Checksummed, deduplicated, immutable backups and rehearsed restores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Only warnings and errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// No progress bar (log lines still report progress).
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Take a snapshot of a plan's source now.
+    Backup {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a plan's snapshots.
+    Snapshots {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into an empty or new path.
+    Restore {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Snapshot id (any unique prefix) or `latest`.
+        #[arg(long, default_value = "latest")]
+        snapshot: String,
+        /// Where to restore: a file path for sqlite, a directory for files.
+        #[arg(long)]
+        to: PathBuf,
+        /// Replace a non-empty target (the old one is removed only after the new one is in place).
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read every object of a plan's snapshots and recompute every checksum.
+    Verify {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Verify one snapshot (id prefix or `latest`) instead of all.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Work with plan files.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PlanCommand {
+    /// Validate plan files or folders of plans; print a summary of each.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PlanArg {
+    /// The plan file (YAML).
+    #[arg(long, value_name = "FILE")]
+    plan: PathBuf,
+}
+
+/// Stable exit codes; see `docs/exit-codes.md`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const FAILURE: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const PLAN: u8 = 3;
+    pub const REPOSITORY: u8 = 4;
+    pub const VERIFY: u8 = 5;
+    pub const BUSY: u8 = 6;
+    pub const SOURCE: u8 = 7;
+    pub const TARGET: u8 = 8;
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        let error = e.into();
+        Failure {
+            code: classify(&error),
+            error,
+        }
+    }
+}
+
+fn classify(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<crate::plan::PlanError>() {
+            let _ = e;
+            return exit::PLAN;
+        }
+        if let Some(e) = cause.downcast_ref::<BackupError>() {
+            return match e {
+                BackupError::Busy { .. } => exit::BUSY,
+                BackupError::Source(_) => exit::SOURCE,
+                _ => exit::REPOSITORY,
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RestoreError>() {
+            return match e {
+                RestoreError::TargetNotEmpty { .. } | RestoreError::Target { .. } => exit::TARGET,
+                RestoreError::Read { source, .. } => match source {
+                    crate::repository::read::ReadError::Sink { .. } => exit::TARGET,
+                    _ => exit::VERIFY,
+                },
+                RestoreError::Check { .. } => exit::VERIFY,
+                RestoreError::Repo(r) => repo_code(r),
+            };
+        }
+        if let Some(e) = cause.downcast_ref::<RepoError>() {
+            return repo_code(e);
+        }
+        if cause.downcast_ref::<StoreError>().is_some() {
+            return exit::REPOSITORY;
+        }
+        if cause.downcast_ref::<SourceError>().is_some() {
+            return exit::SOURCE;
+        }
+    }
+    exit::FAILURE
+}
+
+fn repo_code(e: &RepoError) -> u8 {
+    match e {
+        RepoError::Corrupt { .. } | RepoError::MissingChunk { .. } => exit::VERIFY,
+        RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => exit::USAGE,
+        _ => exit::REPOSITORY,
+    }
+}
 
 pub fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            });
+        }
+    };
+    init_tracing(cli.log_format, cli.quiet);
+    let progress = if cli.quiet {
+        ProgressMode::Quiet
+    } else if cli.no_progress || matches!(cli.log_format, LogFormat::Json) {
+        ProgressMode::Log
+    } else {
+        ProgressMode::Auto
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("holdfast-io")
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(run(cli.command, progress)) {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("HOLDFAST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},aws=warn,hyper=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
+    match command {
+        Command::Plan {
+            command: PlanCommand::Check { paths, json },
+        } => plan_check(&paths, json),
+        Command::Backup { plan, json } => {
+            let plan = load_plan(&plan.plan)?;
+            let source = open_source(&plan.source)?;
+            let store: Arc<dyn store::Store> = store::open(&plan.repository).await?.into();
+            let now = Utc::now();
+            let retention = Some(plan.retention_lock(now));
+            let repo = Repository::open_or_init(store, retention, now)
+                .await
+                .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
+            let opts = BackupOptions {
+                compression_level: plan.compression.level,
+                retention,
+                progress,
+            };
+            let report = backup(&repo, &plan.name, source, &opts)
+                .await
+                .with_context(|| {
+                    format!(
+                        "backup of plan {} failed; no snapshot was recorded",
+                        plan.name
+                    )
+                })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                let s = &report.stats;
+                println!(
+                    "snapshot {} of plan {} saved to {}\n  {} files, {} read, {} new ({} stored), {:.1}s; locked until {}\n  restore with: holdfast restore --plan {} --snapshot {} --to PATH",
+                    report.snapshot.short(),
+                    report.plan,
+                    report.repository,
+                    s.files,
+                    human_bytes(s.total_bytes),
+                    human_bytes(s.new_bytes),
+                    human_bytes(s.stored_bytes),
+                    report.duration_seconds,
+                    report.retain_until.map(|t| t.to_rfc3339()).unwrap_or_else(|| "never".into()),
+                    plan.file.display(),
+                    report.snapshot.short(),
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Snapshots { plan, json } => {
+            let plan = load_plan(&plan.plan)?;
+            let repo = open_repo(&plan).await?;
+            let snaps = repo.list_snapshots(&plan.name).await?;
+            let mut rows = Vec::new();
+            for s in &snaps {
+                let m = repo.load_manifest(s).await?;
+                rows.push(serde_json::json!({
+                    "id": s.id,
+                    "short_id": s.id.short(),
+                    "time": m.started_at,
+                    "finished_at": m.finished_at,
+                    "source": m.source.kind,
+                    "files": m.stats.files,
+                    "total_bytes": m.stats.total_bytes,
+                    "new_bytes": m.stats.new_bytes,
+                    "stored_bytes": m.stats.stored_bytes,
+                    "previous": m.previous,
+                    "retain_until": m.retention.map(|r| r.until),
+                    "key": s.key,
+                }));
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("rows serialise")
+                );
+            } else if rows.is_empty() {
+                println!("plan {} has no snapshots in {}", plan.name, repo.url());
+            } else {
+                println!(
+                    "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  LOCKED UNTIL",
+                    "ID", "TIME (UTC)", "SOURCE", "FILES", "SIZE", "NEW"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  {}",
+                        r["short_id"].as_str().unwrap_or_default(),
+                        r["time"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .get(..19)
+                            .unwrap_or_default()
+                            .replace('T', " "),
+                        r["source"].as_str().unwrap_or_default(),
+                        r["files"],
+                        human_bytes(r["total_bytes"].as_u64().unwrap_or_default()),
+                        human_bytes(r["new_bytes"].as_u64().unwrap_or_default()),
+                        r["retain_until"]
+                            .as_str()
+                            .and_then(|t| t.get(..10))
+                            .unwrap_or("-"),
+                    );
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Restore {
+            plan,
+            snapshot,
+            to,
+            force,
+            json,
+        } => {
+            let plan = load_plan(&plan.plan)?;
+            let repo = open_repo(&plan).await?;
+            let opts = RestoreOptions {
+                snapshot,
+                to,
+                force,
+                progress,
+            };
+            let report = restore(&repo, &plan.name, &opts).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                println!(
+                    "restored snapshot {} ({} of {}) of plan {} to {}: {} files, {} in {:.1}s",
+                    report.snapshot.short(),
+                    report.source,
+                    report.snapshot_time.to_rfc3339(),
+                    report.plan,
+                    report.target.display(),
+                    report.files,
+                    human_bytes(report.bytes),
+                    report.duration_seconds
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Verify {
+            plan,
+            snapshot,
+            json,
+        } => {
+            let plan = load_plan(&plan.plan)?;
+            let repo = open_repo(&plan).await?;
+            let report = verify(&repo, &plan.name, snapshot.as_deref(), progress).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                for p in &report.problems {
+                    println!(
+                        "{:?}: {}: {} (breaks snapshot{} {})",
+                        p.kind,
+                        p.object,
+                        p.detail,
+                        if p.snapshots.len() == 1 { "" } else { "s" },
+                        p.snapshots.join(", ")
+                    );
+                }
+                println!(
+                    "verified {} snapshot(s) of plan {}: {} packs, {} chunks, {} read; {}",
+                    report.snapshots_checked,
+                    report.plan,
+                    report.packs_checked,
+                    report.chunks_checked,
+                    human_bytes(report.bytes_read),
+                    if report.ok() {
+                        "no problems".to_string()
+                    } else {
+                        format!("{} problem(s)", report.problems.len())
+                    }
+                );
+            }
+            Ok(if report.ok() { exit::OK } else { exit::VERIFY })
+        }
+    }
+}
+
+fn load_plan(path: &Path) -> Result<Plan, Failure> {
+    Ok(Plan::load(path)?)
+}
+
+async fn open_repo(plan: &Plan) -> Result<Repository, Failure> {
+    let store: Arc<dyn store::Store> = store::open(&plan.repository).await?.into();
+    Ok(Repository::open(store).await?)
+}
+
+fn open_source(spec: &SourceSpec) -> Result<Box<dyn Source>, Failure> {
+    Ok(match spec {
+        SourceSpec::Sqlite { path } => Box::new(SqliteSource::new(path.clone())?),
+        SourceSpec::Files { path, exclude } => {
+            Box::new(FilesSource::new(path.clone(), exclude.clone())?)
+        }
+    })
+}
+
+fn plan_check(paths: &[PathBuf], json: bool) -> Result<u8, Failure> {
+    let now = Utc::now();
+    let results = crate::plan::load_paths(paths);
+    let mut failed = 0;
+    let mut out = Vec::new();
+    for (path, result) in &results {
+        match result {
+            Ok(plan) => {
+                if json {
+                    out.push(serde_json::json!({"file": path, "ok": true, "plan": plan.summary_json(now)}));
+                } else {
+                    println!("ok    {}", plan.summary(now));
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                if json {
+                    out.push(
+                        serde_json::json!({"file": path, "ok": false, "error": e.to_string()}),
+                    );
+                } else {
+                    println!("error {e}");
+                }
+            }
+        }
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).expect("results serialise")
+        );
+    } else {
+        println!("{} plan(s) checked, {} with errors", results.len(), failed);
+    }
+    Ok(if failed == 0 { exit::OK } else { exit::PLAN })
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

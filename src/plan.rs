@@ -112,9 +112,17 @@ impl Plan {
         }
         let raw: Raw = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let source = match raw.source {
-            SourceSpec::Sqlite { path } => SourceSpec::Sqlite { path: resolve(&path) },
+            SourceSpec::Sqlite { path } => SourceSpec::Sqlite {
+                path: resolve(&path),
+            },
             SourceSpec::Files { path, exclude } => SourceSpec::Files {
                 path: resolve(&path),
                 exclude,
@@ -136,5 +144,27 @@ impl Plan {
             retention: raw.retention,
             compression: raw.compression,
         })
+    }
+}
+
+/// Expands folders to their plan files and loads each.
+pub fn load_paths(paths: &[PathBuf]) -> Vec<(PathBuf, Result<Plan, PlanError>)> {
+    paths.iter().map(|p| (p.clone(), Plan::load(p))).collect()
+}
+
+impl Plan {
+    pub fn retention_lock(&self, now: chrono::DateTime<chrono::Utc>) -> crate::store::Retention {
+        crate::store::Retention {
+            mode: self.lock.mode,
+            until: now + chrono::Duration::days(self.lock.days as i64),
+        }
+    }
+
+    pub fn summary(&self, _now: chrono::DateTime<chrono::Utc>) -> String {
+        format!("{}: {:?}", self.name, self.source)
+    }
+
+    pub fn summary_json(&self, _now: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+        serde_json::json!({"name": self.name})
     }
 }

@@ -1,1 +1,399 @@
-//! Restore (in progress).
+//! Putting a snapshot back: into an empty target only (unless forced), through
+//! a temporary path renamed into place after every check passed, so a failed
+//! restore never leaves a target that looks complete.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::ids::SnapshotId;
+use crate::plan::PlanName;
+use crate::progress::{Progress, ProgressMode};
+use crate::repository::read::{ChunkReader, ReadError, ReadSink};
+use crate::repository::{Manifest, ManifestEntry, RepoError, Repository};
+use crate::source::{EntryKind, SourceError};
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// `latest` or a snapshot id prefix.
+    pub snapshot: String,
+    /// A file path for single-stream sources (sqlite), a directory otherwise.
+    pub to: PathBuf,
+    /// Replace a non-empty target.
+    pub force: bool,
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub plan: String,
+    pub snapshot: SnapshotId,
+    pub snapshot_time: DateTime<Utc>,
+    pub source: String,
+    pub target: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    pub duration_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("restore target {path} is not empty; choose an empty or new path, or pass --force to replace it")]
+    TargetNotEmpty { path: PathBuf },
+    #[error("unable to prepare restore target {path}: {source}")]
+    Target {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("restore of snapshot {snapshot} failed, nothing was written to {target}: {source}")]
+    Read {
+        snapshot: String,
+        target: PathBuf,
+        #[source]
+        source: ReadError,
+    },
+    #[error("restored database failed its check, nothing was written to {target}: {source}")]
+    Check {
+        target: PathBuf,
+        #[source]
+        source: SourceError,
+    },
+}
+
+/// True when a snapshot is one stream restored to a file path (e.g. sqlite).
+pub fn is_single_file(manifest: &Manifest) -> bool {
+    manifest.source.kind == "sqlite"
+        || (manifest.entries.len() == 1 && manifest.entries[0].kind == EntryKind::File)
+}
+
+pub async fn restore(
+    repo: &Repository,
+    plan: &PlanName,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let started = Instant::now();
+    let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
+    let manifest = repo.load_manifest(&snap).await?;
+    let index = Arc::new(repo.load_index().await?);
+    let target = absolute(&opts.to);
+    let single = is_single_file(&manifest);
+    check_target(&target, single, opts.force)?;
+    if manifest.source.kind == "sqlite" {
+        check_sqlite_companions(&target, opts.force)?;
+    }
+    let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
+    fs::create_dir_all(&parent).map_err(|source| RestoreError::Target {
+        path: parent.clone(),
+        source,
+    })?;
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "restore".into());
+    let temp = parent.join(format!(".{name}.holdfast-restore-{}", std::process::id()));
+    let _ = remove_any(&temp);
+    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
+
+    let reader = ChunkReader::new(
+        repo.store().clone(),
+        index,
+        tokio::runtime::Handle::current(),
+    );
+    let total = manifest.stats.total_bytes;
+    let progress = Progress::new("restore", Some(total), opts.progress);
+    let entries = manifest.entries.clone();
+    let temp_in = temp.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let mut sink = TreeWriter {
+            root: temp_in,
+            single,
+            out: None,
+            progress,
+            files: 0,
+        };
+        let r = if single {
+            Ok(())
+        } else {
+            sink.prepare_tree(&entries)
+        }
+        .map_err(|source| ReadError::Sink {
+            path: ".".into(),
+            source,
+        })
+        .and_then(|_| reader.read_files(&entries, &mut sink))
+        .and_then(|_| {
+            if single {
+                Ok(())
+            } else {
+                sink.finish_tree(&entries)
+                    .map_err(|source| ReadError::Sink {
+                        path: ".".into(),
+                        source,
+                    })
+            }
+        });
+        sink.progress.finish();
+        r.map(|_| sink.files)
+    })
+    .await
+    .expect("restore thread panicked");
+    let files = match result {
+        Ok(n) => n,
+        Err(source) => {
+            let _ = remove_any(&temp);
+            return Err(RestoreError::Read {
+                snapshot: snap.id.short(),
+                target,
+                source,
+            });
+        }
+    };
+    if manifest.source.kind == "sqlite" {
+        let db = temp.clone();
+        let checked =
+            tokio::task::spawn_blocking(move || crate::source::sqlite::check_restored(&db))
+                .await
+                .expect("sqlite check panicked");
+        if let Err(source) = checked {
+            let _ = remove_any(&temp);
+            return Err(RestoreError::Check { target, source });
+        }
+    }
+    swap_into_place(&temp, &target, opts.force).map_err(|source| {
+        let _ = remove_any(&temp);
+        RestoreError::Target {
+            path: target.clone(),
+            source,
+        }
+    })?;
+    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore finished");
+    Ok(RestoreReport {
+        plan: plan.to_string(),
+        snapshot: snap.id,
+        snapshot_time: manifest.started_at,
+        source: manifest.source.kind.clone(),
+        target,
+        files,
+        bytes: total,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+fn check_target(target: &Path, single: bool, force: bool) -> Result<(), RestoreError> {
+    let meta = match fs::symlink_metadata(target) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(RestoreError::Target {
+                path: target.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let empty = !single
+        && meta.is_dir()
+        && fs::read_dir(target)
+            .map_err(|source| RestoreError::Target {
+                path: target.to_path_buf(),
+                source,
+            })?
+            .next()
+            .is_none();
+    if empty || force {
+        Ok(())
+    } else {
+        Err(RestoreError::TargetNotEmpty {
+            path: target.to_path_buf(),
+        })
+    }
+}
+
+/// A stale `-wal` or `-journal` beside a restored database would be applied
+/// to it on open and corrupt it: refuse, or with --force remove them.
+fn check_sqlite_companions(target: &Path, force: bool) -> Result<(), RestoreError> {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = target.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        if !force {
+            return Err(RestoreError::TargetNotEmpty { path });
+        }
+        fs::remove_file(&path).map_err(|source| RestoreError::Target { path, source })?;
+    }
+    Ok(())
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(p),
+        Ok(_) => fs::remove_file(p),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames the finished temp path onto the target, moving an old target aside
+/// first and deleting it only once the new one is in place.
+fn swap_into_place(temp: &Path, target: &Path, force: bool) -> std::io::Result<()> {
+    match fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::rename(temp, target),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() && !force => {
+            // Checked empty before the restore began.
+            fs::remove_dir(target)?;
+            fs::rename(temp, target)
+        }
+        Ok(_) => {
+            let aside = target.with_file_name(format!(
+                ".{}.holdfast-old-{}",
+                target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                std::process::id()
+            ));
+            fs::rename(target, &aside)?;
+            if let Err(e) = fs::rename(temp, target) {
+                let _ = fs::rename(&aside, target);
+                return Err(e);
+            }
+            remove_any(&aside)
+        }
+    }
+}
+
+struct TreeWriter {
+    root: PathBuf,
+    single: bool,
+    out: Option<BufWriter<File>>,
+    progress: Progress,
+    files: u64,
+}
+
+impl TreeWriter {
+    fn path_of(&self, entry: &ManifestEntry) -> PathBuf {
+        if self.single {
+            self.root.clone()
+        } else if entry.path == "." {
+            self.root.clone()
+        } else {
+            self.root.join(&entry.path)
+        }
+    }
+
+    /// Directories and symlinks first; files are written as their data comes.
+    fn prepare_tree(&mut self, entries: &[ManifestEntry]) -> std::io::Result<()> {
+        fs::create_dir_all(&self.root)?;
+        for e in entries {
+            check_relative(&e.path)?;
+            let path = self.path_of(e);
+            match e.kind {
+                EntryKind::Dir => fs::create_dir_all(&path)?,
+                EntryKind::Symlink => {
+                    let target = e.target.as_deref().unwrap_or_default();
+                    std::os::unix::fs::symlink(target, &path)?;
+                    if let Some(ns) = e.mtime_ns {
+                        filetime::set_symlink_file_times(&path, ft(ns), ft(ns))?;
+                    }
+                }
+                EntryKind::File => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Directory modes and times last, deepest first, so writing into a
+    /// directory does not disturb its restored mtime.
+    fn finish_tree(&mut self, entries: &[ManifestEntry]) -> std::io::Result<()> {
+        for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
+            let path = self.path_of(e);
+            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777))?;
+            if let Some(ns) = e.mtime_ns {
+                filetime::set_file_times(&path, ft(ns), ft(ns))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ft(ns: i64) -> filetime::FileTime {
+    filetime::FileTime::from_unix_time(
+        ns.div_euclid(1_000_000_000),
+        ns.rem_euclid(1_000_000_000) as u32,
+    )
+}
+
+/// Refuses manifest paths that would escape the restore target.
+fn check_relative(path: &str) -> std::io::Result<()> {
+    let p = Path::new(path);
+    let bad = p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if bad {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("snapshot entry path `{path}` would escape the restore target"),
+        ));
+    }
+    Ok(())
+}
+
+impl ReadSink for TreeWriter {
+    fn start(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
+        check_relative(&entry.path)?;
+        let path = self.path_of(entry);
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("unable to create {}: {e}", path.display()),
+                )
+            })?;
+        self.out = Some(BufWriter::with_capacity(1 << 20, f));
+        Ok(())
+    }
+
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.progress.inc(bytes.len() as u64);
+        self.out
+            .as_mut()
+            .expect("data comes between start and end")
+            .write_all(bytes)
+    }
+
+    fn end(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
+        let out = self.out.take().expect("end follows start");
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))?;
+        if let Some(ns) = entry.mtime_ns {
+            filetime::set_file_handle_times(&file, Some(ft(ns)), Some(ft(ns)))?;
+        }
+        self.files += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,647 @@
+//! Taking a snapshot: stream a source through the chunker, compress and pack
+//! new chunks, upload packs and index objects, and write the manifest last.
+//!
+//! Threads: the source runs on one blocking thread and cuts chunks (hashing the
+//! whole stream as it goes); a pool of workers hashes and compresses chunks in
+//! parallel; results are taken back in order, so manifests list chunks in
+//! stream order; two uploader threads put finished packs. Every queue is
+//! bounded, so memory stays flat whatever the source's size.
+
+use std::collections::{HashSet, VecDeque};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use fastcdc::v2020::FastCDC;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::index::{IndexFile, IndexedPack};
+use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
+use super::pack::{encode_chunk, pack_id, Blob, BlobEntry, PackBuilder};
+use super::{
+    index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
+    FORMAT_VERSION, PACKS_PER_INDEX,
+};
+use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
+use crate::plan::PlanName;
+use crate::progress::{Progress, ProgressMode};
+use crate::source::{EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
+use crate::store::{PutOptions, Retention, Store, StoreError};
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    /// zstd level for new chunks.
+    pub compression_level: i32,
+    /// Lock applied to every object written, and extended onto reused packs.
+    pub retention: Option<Retention>,
+    pub progress: ProgressMode,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub plan: String,
+    pub snapshot: SnapshotId,
+    pub key: String,
+    pub repository: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub duration_seconds: f64,
+    #[serde(flatten)]
+    pub stats: SnapshotStats,
+    pub packs_written: u64,
+    pub packs_reused: u64,
+    pub retain_until: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error("another backup of plan {plan} is running: {source}")]
+    Busy {
+        plan: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+/// Failures on the writing side, handed back through the source.
+#[derive(Debug, thiserror::Error)]
+enum WriterError {
+    #[error("unable to read {path} from the source: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("a backup worker thread stopped unexpectedly")]
+    WorkerGone,
+}
+
+impl From<WriterError> for SinkError {
+    fn from(e: WriterError) -> Self {
+        SinkError(Box::new(e))
+    }
+}
+
+/// Takes one snapshot of `source` for `plan`.
+pub async fn backup(
+    repo: &Repository,
+    plan: &PlanName,
+    mut source: Box<dyn Source>,
+    opts: &BackupOptions,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
+    let _lock = repo
+        .store()
+        .try_lock(&format!("backup-{plan}"))
+        .await
+        .map_err(|source| match source {
+            StoreError::Busy { .. } => BackupError::Busy {
+                plan: plan.to_string(),
+                source,
+            },
+            other => BackupError::Store(other),
+        })?;
+    let previous = repo.list_snapshots(plan).await?.last().map(|s| s.id);
+    let index = Arc::new(repo.load_index().await?);
+    tracing::info!(plan = %plan, repository = %repo.url(), chunks_known = index.len(), source = source.kind(), "backup started");
+
+    let progress = Arc::new(Progress::new(
+        "backup",
+        source.estimate_bytes(),
+        opts.progress,
+    ));
+    let mut writer = Writer::start(
+        repo.store().clone(),
+        index.clone(),
+        repo.config().chunker,
+        repo.config().pack_target_size as usize,
+        opts.compression_level,
+        opts.retention,
+        progress.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let kind = source.kind();
+    let (writer, metadata) = tokio::task::spawn_blocking(move || {
+        let result = source.snapshot(&mut writer);
+        (writer, result)
+    })
+    .await
+    .expect("backup thread panicked");
+    let metadata = match metadata {
+        Ok(m) => m,
+        Err(e) => {
+            writer.abort();
+            return Err(e.into());
+        }
+    };
+    let written = tokio::task::spawn_blocking(move || writer.finish())
+        .await
+        .expect("backup thread panicked")?;
+    progress.finish();
+
+    // Every pack this snapshot needs stays locked at least as long as it.
+    if let Some(retention) = opts.retention {
+        for pack in &written.reused_packs {
+            let key = pack_key(pack);
+            let info = repo.store().head(&key).await?;
+            if info.retention.is_none_or(|r| r.until < retention.until) {
+                repo.store().extend_retention(&key, &retention).await?;
+            }
+        }
+    }
+
+    let finished_at = Utc::now();
+    let manifest = Manifest {
+        format: "holdfast-snapshot".into(),
+        version: FORMAT_VERSION,
+        plan: plan.clone(),
+        previous,
+        holdfast_version: env!("CARGO_PKG_VERSION").into(),
+        hostname: hostname(),
+        source: SourceRecord {
+            kind: kind.into(),
+            metadata,
+        },
+        started_at,
+        finished_at,
+        retention: opts.retention,
+        stats: written.stats,
+        entries: written.entries,
+    };
+    let (id, bytes) = manifest.encode();
+    let key = snapshot_key(plan, started_at, &id);
+    repo.store()
+        .put(
+            &key,
+            Bytes::from(bytes),
+            &PutOptions {
+                sha256: id.0,
+                retention: opts.retention,
+            },
+        )
+        .await?;
+    tracing::info!(plan = %plan, snapshot = %id, object = %key, total_bytes = written.stats.total_bytes, new_bytes = written.stats.new_bytes, "backup finished");
+    Ok(BackupReport {
+        plan: plan.to_string(),
+        snapshot: id,
+        key,
+        repository: repo.url(),
+        started_at,
+        finished_at,
+        duration_seconds: started.elapsed().as_secs_f64(),
+        stats: written.stats,
+        packs_written: written.packs_written,
+        packs_reused: written.reused_packs.len() as u64,
+        retain_until: opts.retention.map(|r| r.until),
+    })
+}
+
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
+struct Job {
+    data: Vec<u8>,
+    reply: Sender<Done>,
+}
+
+struct Done {
+    id: ChunkId,
+    raw_length: u64,
+    /// `None` when the chunk was already in the repository's index.
+    blob: Option<Blob>,
+}
+
+/// State shared with uploader threads.
+struct Shared {
+    store: Arc<dyn Store>,
+    retention: Option<Retention>,
+    runtime: tokio::runtime::Handle,
+    /// Uploaded packs not yet named by an index object.
+    unindexed: Mutex<Vec<IndexedPack>>,
+    failure: Mutex<Option<StoreError>>,
+    packs_written: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    fn fail(&self, e: StoreError) {
+        let mut f = self.failure.lock().expect("failure lock");
+        if f.is_none() {
+            *f = Some(e);
+        }
+    }
+
+    fn take_failure(&self) -> Option<StoreError> {
+        self.failure.lock().expect("failure lock").take()
+    }
+
+    fn has_failed(&self) -> bool {
+        self.failure.lock().expect("failure lock").is_some()
+    }
+
+    /// Puts a content-addressed object; an existing object of the same name
+    /// and size is the same object (written by an earlier, killed backup).
+    fn put_content(&self, key: &str, bytes: Vec<u8>, sha256: Hash256) -> Result<(), StoreError> {
+        let size = bytes.len() as u64;
+        let opts = PutOptions {
+            sha256,
+            retention: self.retention,
+        };
+        self.runtime.block_on(async {
+            match self.store.put(key, Bytes::from(bytes), &opts).await {
+                Err(StoreError::AlreadyExists { .. }) => {
+                    let info = self.store.head(key).await?;
+                    if info.size != size {
+                        return Err(StoreError::Io {
+                            op: "reuse",
+                            store: self.store.url(),
+                            key: key.to_string(),
+                            source: std::io::Error::other(format!(
+                                "an object of this name exists with {} bytes, expected {size}; run `holdfast verify`",
+                                info.size
+                            )),
+                        });
+                    }
+                    if let Some(r) = self.retention {
+                        if info.retention.is_none_or(|cur| cur.until < r.until) {
+                            self.store.extend_retention(key, &r).await?;
+                        }
+                    }
+                    Ok(())
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn upload_pack(&self, bytes: Vec<u8>, blobs: Vec<BlobEntry>) -> Result<(), StoreError> {
+        let id = pack_id(&bytes);
+        let size = bytes.len() as u64;
+        self.put_content(&pack_key(&id), bytes, id.0)?;
+        self.packs_written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let batch = {
+            let mut unindexed = self.unindexed.lock().expect("index lock");
+            unindexed.push(IndexedPack {
+                id,
+                size,
+                chunks: blobs.into_iter().map(Into::into).collect(),
+            });
+            if unindexed.len() >= PACKS_PER_INDEX {
+                std::mem::take(&mut *unindexed)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(batch)
+    }
+
+    fn write_index(&self, packs: Vec<IndexedPack>) -> Result<(), StoreError> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        let bytes = IndexFile::new(packs).encode();
+        let id = IndexId(Hash256::digest(&bytes));
+        self.put_content(&index_key(&id), bytes, id.0)
+    }
+}
+
+struct Written {
+    entries: Vec<ManifestEntry>,
+    stats: SnapshotStats,
+    reused_packs: HashSet<PackId>,
+    packs_written: u64,
+}
+
+/// The sink a source writes into.
+struct Writer {
+    index: Arc<Index>,
+    chunker: ChunkerConfig,
+    pack_target: usize,
+    jobs: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    /// Results not yet taken, in stream order, with the entry they belong to.
+    pending: VecDeque<(usize, Receiver<Done>)>,
+    window: usize,
+    new_chunks: HashSet<ChunkId>,
+    reused_packs: HashSet<PackId>,
+    pack: PackBuilder,
+    uploads: Option<Sender<(Vec<u8>, Vec<BlobEntry>)>>,
+    uploaders: Vec<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    entries: Vec<ManifestEntry>,
+    stats: SnapshotStats,
+    progress: Arc<Progress>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        store: Arc<dyn Store>,
+        index: Arc<Index>,
+        chunker: ChunkerConfig,
+        pack_target: usize,
+        level: i32,
+        retention: Option<Retention>,
+        progress: Arc<Progress>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let (jobs_tx, jobs_rx) = bounded::<Job>(threads * 2);
+        let workers = (0..threads)
+            .map(|i| {
+                let rx = jobs_rx.clone();
+                let index = index.clone();
+                std::thread::Builder::new()
+                    .name(format!("hf-chunk-{i}"))
+                    .spawn(move || {
+                        for job in rx {
+                            let id = ChunkId(Hash256::digest(&job.data));
+                            let blob =
+                                (!index.contains(&id)).then(|| encode_chunk(id, &job.data, level));
+                            let _ = job.reply.send(Done {
+                                id,
+                                raw_length: job.data.len() as u64,
+                                blob,
+                            });
+                        }
+                    })
+                    .expect("spawn chunk worker")
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            store,
+            retention,
+            runtime,
+            unindexed: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            packs_written: Default::default(),
+        });
+        let (up_tx, up_rx) = bounded::<(Vec<u8>, Vec<BlobEntry>)>(1);
+        let uploaders = (0..2)
+            .map(|i| {
+                let rx = up_rx.clone();
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("hf-upload-{i}"))
+                    .spawn(move || {
+                        for (bytes, blobs) in rx {
+                            if shared.has_failed() {
+                                continue;
+                            }
+                            if let Err(e) = shared.upload_pack(bytes, blobs) {
+                                shared.fail(e);
+                            }
+                        }
+                    })
+                    .expect("spawn uploader")
+            })
+            .collect();
+        Writer {
+            index,
+            chunker,
+            pack_target,
+            jobs: Some(jobs_tx),
+            workers,
+            pending: VecDeque::new(),
+            window: threads * 3 + 2,
+            new_chunks: HashSet::new(),
+            reused_packs: HashSet::new(),
+            pack: PackBuilder::new(),
+            uploads: Some(up_tx),
+            uploaders,
+            shared,
+            entries: Vec::new(),
+            stats: SnapshotStats::default(),
+            progress,
+            buf: vec![0u8; 2 * chunker.max_size as usize],
+        }
+    }
+
+    fn check_failed(&self) -> Result<(), WriterError> {
+        match self.shared.take_failure() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn submit(&mut self, entry: usize, data: Vec<u8>) -> Result<(), WriterError> {
+        while self.pending.len() >= self.window {
+            self.take_one()?;
+        }
+        let (tx, rx) = bounded(1);
+        self.progress.inc(data.len() as u64);
+        self.jobs
+            .as_ref()
+            .expect("jobs open while writing")
+            .send(Job { data, reply: tx })
+            .map_err(|_| WriterError::WorkerGone)?;
+        self.pending.push_back((entry, rx));
+        Ok(())
+    }
+
+    fn take_one(&mut self) -> Result<(), WriterError> {
+        let Some((entry, rx)) = self.pending.pop_front() else {
+            return Ok(());
+        };
+        let done = rx.recv().map_err(|_| WriterError::WorkerGone)?;
+        self.entries[entry].chunks.push(done.id);
+        self.stats.chunks += 1;
+        if let Some(loc) = self.index.get(&done.id) {
+            self.reused_packs.insert(loc.pack);
+        } else if self.new_chunks.insert(done.id) {
+            let blob = done
+                .blob
+                .expect("workers encode chunks missing from the index");
+            self.stats.new_chunks += 1;
+            self.stats.new_bytes += done.raw_length;
+            self.stats.stored_bytes += blob.data.len() as u64;
+            self.pack.add(blob);
+            if self.pack.len() >= self.pack_target {
+                self.flush_pack()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_pack(&mut self) -> Result<(), WriterError> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        self.check_failed()?;
+        let (bytes, blobs) = std::mem::take(&mut self.pack).finish();
+        self.uploads
+            .as_ref()
+            .expect("uploads open while writing")
+            .send((bytes, blobs))
+            .map_err(|_| WriterError::WorkerGone)
+    }
+
+    /// Waits for every chunk and upload, then writes the last index object.
+    fn finish(mut self) -> Result<Written, BackupError> {
+        let result = (|| {
+            while !self.pending.is_empty() {
+                self.take_one()?;
+            }
+            self.flush_pack()?;
+            Ok::<(), WriterError>(())
+        })();
+        self.stop_threads();
+        if let Some(e) = self.shared.take_failure() {
+            return Err(e.into());
+        }
+        result.map_err(|e| match e {
+            WriterError::Store(s) => BackupError::Store(s),
+            other => BackupError::Source(SourceError::Sink(other.into())),
+        })?;
+        let rest = std::mem::take(&mut *self.shared.unindexed.lock().expect("index lock"));
+        self.shared.write_index(rest)?;
+        Ok(Written {
+            entries: std::mem::take(&mut self.entries),
+            stats: self.stats,
+            reused_packs: std::mem::take(&mut self.reused_packs),
+            packs_written: self
+                .shared
+                .packs_written
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// Stops after a source failure; what was uploaded stays unreferenced.
+    fn abort(mut self) {
+        self.pending.clear();
+        self.pack = PackBuilder::new();
+        self.stop_threads();
+    }
+
+    fn stop_threads(&mut self) {
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+        self.uploads = None;
+        for u in self.uploaders.drain(..) {
+            let _ = u.join();
+        }
+    }
+
+    fn push_entry(&mut self, meta: &EntryMeta, kind: EntryKind) -> usize {
+        self.entries.push(ManifestEntry {
+            path: meta.path.clone(),
+            kind,
+            mode: meta.mode,
+            mtime_ns: meta.mtime_ns,
+            size: None,
+            sha256: None,
+            chunks: Vec::new(),
+            target: None,
+        });
+        self.entries.len() - 1
+    }
+
+    fn write_file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), WriterError> {
+        self.check_failed()?;
+        let entry = self.push_entry(meta, EntryKind::File);
+        let (min, avg, max) = (
+            self.chunker.min_size,
+            self.chunker.avg_size,
+            self.chunker.max_size,
+        );
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut len = 0usize;
+        let mut eof = false;
+        let result = (|| loop {
+            while !eof && len < buf.len() {
+                match content.read(&mut buf[len..]) {
+                    Ok(0) => eof = true,
+                    Ok(n) => len += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        return Err(WriterError::Read {
+                            path: meta.path.clone(),
+                            source,
+                        })
+                    }
+                }
+            }
+            if len == 0 {
+                return Ok(());
+            }
+            let cdc = FastCDC::new(&buf[..len], min, avg, max);
+            let mut pos = 0;
+            while pos < len {
+                let remaining = len - pos;
+                if !eof && remaining < max as usize {
+                    break;
+                }
+                let (_, end) = cdc.cut(pos, remaining);
+                let chunk = buf[pos..end].to_vec();
+                hasher.update(&chunk);
+                size += chunk.len() as u64;
+                self.submit(entry, chunk)?;
+                pos = end;
+            }
+            buf.copy_within(pos..len, 0);
+            len -= pos;
+            if eof && len == 0 {
+                return Ok(());
+            }
+        })();
+        self.buf = buf;
+        result?;
+        let e = &mut self.entries[entry];
+        e.size = Some(size);
+        e.sha256 = Some(Hash256(hasher.finalize().into()));
+        self.stats.files += 1;
+        self.stats.total_bytes += size;
+        Ok(())
+    }
+}
+
+impl EntrySink for Writer {
+    fn dir(&mut self, meta: &EntryMeta) -> Result<(), SinkError> {
+        self.push_entry(meta, EntryKind::Dir);
+        self.stats.dirs += 1;
+        Ok(())
+    }
+
+    fn symlink(&mut self, meta: &EntryMeta, target: &str) -> Result<(), SinkError> {
+        let i = self.push_entry(meta, EntryKind::Symlink);
+        self.entries[i].target = Some(target.to_string());
+        self.stats.symlinks += 1;
+        Ok(())
+    }
+
+    fn file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), SinkError> {
+        self.write_file(meta, content).map_err(Into::into)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop_threads();
+    }
+}

@@ -1,0 +1,122 @@
+//! Snapshot manifests: what a snapshot holds and how to put it back together.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
+use crate::ids::{ChunkId, Hash256, SnapshotId};
+use crate::plan::PlanName;
+use crate::source::{EntryKind, SourceMetadata};
+use crate::store::Retention;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub version: u32,
+    pub plan: PlanName,
+    pub previous: Option<SnapshotId>,
+    pub holdfast_version: String,
+    pub hostname: Option<String>,
+    pub source: SourceRecord,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub retention: Option<Retention>,
+    pub stats: SnapshotStats,
+    pub entries: Vec<ManifestEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SourceRecord {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub metadata: SourceMetadata,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    /// Uncompressed bytes of all files.
+    pub total_bytes: u64,
+    /// Uncompressed bytes of chunks this snapshot added to the repository.
+    pub new_bytes: u64,
+    /// Stored (compressed) bytes of blobs this snapshot added.
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestEntry {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: EntryKind,
+    pub mode: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtime_ns: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Hash256>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+}
+
+impl Manifest {
+    pub fn encode(&self) -> (SnapshotId, Vec<u8>) {
+        let bytes = encode_json_zst(self);
+        (SnapshotId(Hash256::digest(&bytes)), bytes)
+    }
+
+    /// Decodes a manifest, checking its bytes against the id in its name.
+    pub fn decode(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<Self, RepoError> {
+        let got = Hash256::digest(bytes);
+        if got != id.0 {
+            return Err(RepoError::Corrupt {
+                what: "snapshot manifest",
+                key: key.to_string(),
+                why: format!(
+                    "its SHA-256 is {got}, its name says {} ({} bytes; truncated or altered)",
+                    id,
+                    bytes.len()
+                ),
+            });
+        }
+        let m: Manifest = decode_json_zst("snapshot manifest", key, bytes)?;
+        if m.format != "holdfast-snapshot" || m.version != FORMAT_VERSION {
+            return Err(RepoError::Corrupt {
+                what: "snapshot manifest",
+                key: key.to_string(),
+                why: format!("unknown format {} version {}", m.format, m.version),
+            });
+        }
+        Ok(m)
+    }
+}
+
+/// A snapshot as its object name describes it, before its manifest is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRef {
+    pub key: String,
+    pub id: SnapshotId,
+    pub started_at: DateTime<Utc>,
+}
+
+impl SnapshotRef {
+    /// Parses `snapshots/<plan>/<YYYYMMDDTHHMMSS.fffZ>-<id>`.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let name = key.rsplit('/').next()?;
+        let (time, id) = name.split_once('-')?;
+        let started_at = chrono::NaiveDateTime::parse_from_str(time, super::SNAPSHOT_TIME_FORMAT)
+            .ok()?
+            .and_utc();
+        Some(SnapshotRef {
+            key: key.to_string(),
+            id: id.parse().ok()?,
+            started_at,
+        })
+    }
+}

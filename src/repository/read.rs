@@ -1,0 +1,258 @@
+//! Reading snapshot content back: chunks fetched with ranged reads, decoded and
+//! checked against their ids in parallel, handed over in stream order, and each
+//! whole file checked against its SHA-256 before it is declared complete.
+
+use std::sync::Arc;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use sha2::{Digest, Sha256};
+
+use super::manifest::ManifestEntry;
+use super::pack::{decode_blob, BlobEntry, BlobError};
+use super::{pack_key, Index};
+use crate::ids::{ChunkId, Hash256, PackId};
+use crate::source::EntryKind;
+use crate::store::{Store, StoreError};
+
+/// Reads are coalesced into runs of adjacent blobs of up to this many bytes.
+const MAX_RUN: u64 = 8 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "chunk {chunk} of {path} is in no index of the repository; the snapshot cannot be restored"
+    )]
+    MissingChunk { chunk: ChunkId, path: String },
+    #[error("unable to read {path}: {source}")]
+    Fetch {
+        path: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("pack {key} is corrupt: chunk {chunk} of {path}: {why}")]
+    Blob {
+        key: String,
+        chunk: ChunkId,
+        path: String,
+        why: BlobError,
+    },
+    #[error("{path} does not match its snapshot: SHA-256 of the rebuilt file is {got}, the manifest says {expected}")]
+    StreamHash {
+        path: String,
+        got: Hash256,
+        expected: Hash256,
+    },
+    #[error("{path}: {source}")]
+    Sink {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Receives file contents in order.
+pub trait ReadSink {
+    fn start(&mut self, entry: &ManifestEntry) -> std::io::Result<()>;
+    fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Called only after the file's whole-content hash matched.
+    fn end(&mut self, entry: &ManifestEntry) -> std::io::Result<()>;
+}
+
+struct Run {
+    path: Arc<str>,
+    pack: PackId,
+    offset: u64,
+    len: u64,
+    blobs: Vec<BlobEntry>,
+    reply: Sender<Result<Vec<Vec<u8>>, ReadError>>,
+}
+
+enum Item {
+    Start(usize),
+    Run(Receiver<Result<Vec<Vec<u8>>, ReadError>>),
+    End(usize),
+    Failed(ReadError),
+}
+
+/// A pool of fetch-and-decode threads bound to one store and index.
+pub struct ChunkReader {
+    store: Arc<dyn Store>,
+    index: Arc<Index>,
+    runtime: tokio::runtime::Handle,
+    threads: usize,
+}
+
+impl ChunkReader {
+    pub fn new(store: Arc<dyn Store>, index: Arc<Index>, runtime: tokio::runtime::Handle) -> Self {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .max(2);
+        ChunkReader {
+            store,
+            index,
+            runtime,
+            threads,
+        }
+    }
+
+    /// Reads every file entry of `entries`, in order, into `sink`. Blocking:
+    /// call from a blocking thread.
+    pub fn read_files(
+        &self,
+        entries: &[ManifestEntry],
+        sink: &mut dyn ReadSink,
+    ) -> Result<(), ReadError> {
+        let (job_tx, job_rx) = bounded::<Run>(self.threads * 2);
+        let (item_tx, item_rx) = bounded::<Item>(self.threads * 3);
+        std::thread::scope(|scope| {
+            for _ in 0..self.threads {
+                let rx = job_rx.clone();
+                let store = self.store.clone();
+                let runtime = self.runtime.clone();
+                scope.spawn(move || {
+                    for run in rx {
+                        let result = fetch_run(&*store, &runtime, &run);
+                        let _ = run.reply.send(result);
+                    }
+                });
+            }
+            drop(job_rx);
+            let index = &self.index;
+            scope.spawn(move || plan_runs(entries, index, &job_tx, &item_tx));
+            // Taking the receiver by value drops it on an early error, which
+            // stops the planner and, through it, the workers.
+            consume(entries, item_rx, sink)
+        })
+    }
+}
+
+/// Walks the entries and queues runs of adjacent blobs, in order.
+fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items: &Sender<Item>) {
+    for (i, entry) in entries.iter().enumerate() {
+        if entry.kind != EntryKind::File {
+            continue;
+        }
+        if items.send(Item::Start(i)).is_err() {
+            return;
+        }
+        let path: Arc<str> = entry.path.as_str().into();
+        let mut run: Option<(PackId, u64, u64, Vec<BlobEntry>)> = None;
+        let flush = |run: &mut Option<(PackId, u64, u64, Vec<BlobEntry>)>| -> bool {
+            let Some((pack, offset, len, blobs)) = run.take() else {
+                return true;
+            };
+            let (tx, rx) = bounded(1);
+            if items.send(Item::Run(rx)).is_err() {
+                return false;
+            }
+            jobs.send(Run {
+                path: path.clone(),
+                pack,
+                offset,
+                len,
+                blobs,
+                reply: tx,
+            })
+            .is_ok()
+        };
+        for chunk in &entry.chunks {
+            let Some(loc) = index.get(chunk) else {
+                flush(&mut run);
+                let _ = items.send(Item::Failed(ReadError::MissingChunk {
+                    chunk: *chunk,
+                    path: entry.path.clone(),
+                }));
+                return;
+            };
+            let b = loc.blob;
+            let extends = matches!(&run, Some((pack, offset, len, _))
+                if *pack == loc.pack && offset + len == b.offset && len + b.length as u64 <= MAX_RUN);
+            if extends {
+                let r = run.as_mut().expect("matched Some");
+                r.2 += b.length as u64;
+                r.3.push(b);
+            } else {
+                if !flush(&mut run) {
+                    return;
+                }
+                run = Some((loc.pack, b.offset, b.length as u64, vec![b]));
+            }
+        }
+        if !flush(&mut run) || items.send(Item::End(i)).is_err() {
+            return;
+        }
+    }
+}
+
+fn fetch_run(
+    store: &dyn Store,
+    runtime: &tokio::runtime::Handle,
+    run: &Run,
+) -> Result<Vec<Vec<u8>>, ReadError> {
+    let key = pack_key(&run.pack);
+    let bytes = runtime
+        .block_on(store.get_range(&key, run.offset, run.len))
+        .map_err(|source| ReadError::Fetch {
+            path: run.path.to_string(),
+            source,
+        })?;
+    run.blobs
+        .iter()
+        .map(|b| {
+            let start = (b.offset - run.offset) as usize;
+            let data = &bytes[start..start + b.length as usize];
+            decode_blob(b, data).map_err(|why| ReadError::Blob {
+                key: key.clone(),
+                chunk: b.id,
+                path: run.path.to_string(),
+                why,
+            })
+        })
+        .collect()
+}
+
+fn consume(
+    entries: &[ManifestEntry],
+    items: Receiver<Item>,
+    sink: &mut dyn ReadSink,
+) -> Result<(), ReadError> {
+    let mut hasher = Sha256::new();
+    let sink_err = |path: &str, source| ReadError::Sink {
+        path: path.to_string(),
+        source,
+    };
+    let mut current = "";
+    for item in items {
+        match item {
+            Item::Start(i) => {
+                current = &entries[i].path;
+                hasher = Sha256::new();
+                sink.start(&entries[i]).map_err(|e| sink_err(current, e))?;
+            }
+            Item::Run(rx) => {
+                let chunks = rx.recv().expect("run planner keeps its promise")?;
+                for c in &chunks {
+                    hasher.update(c);
+                    sink.data(c).map_err(|e| sink_err(current, e))?;
+                }
+            }
+            Item::End(i) => {
+                let entry = &entries[i];
+                let got = Hash256(std::mem::take(&mut hasher).finalize().into());
+                if let Some(expected) = entry.sha256 {
+                    if got != expected {
+                        return Err(ReadError::StreamHash {
+                            path: entry.path.clone(),
+                            got,
+                            expected,
+                        });
+                    }
+                }
+                sink.end(entry).map_err(|e| sink_err(&entry.path, e))?;
+            }
+            Item::Failed(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! `holdfast verify`: read every object a plan's snapshots need, recompute
+//! every SHA-256, and name each missing or corrupt object and the snapshots it
+//! breaks.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::manifest::ManifestEntry;
+use super::pack::{decode_blob, parse_trailer};
+use super::read::{ChunkReader, ReadSink};
+use super::{pack_key, Repository, SnapshotRef};
+use crate::ids::{Hash256, PackId, SnapshotId};
+use crate::plan::PlanName;
+use crate::progress::{Progress, ProgressMode};
+use crate::source::EntryKind;
+
+/// One thing wrong, with what it breaks.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Problem {
+    /// The object at fault (`packs/3f/3f2a…`, `snapshots/plan/…`).
+    pub object: String,
+    pub kind: ProblemKind,
+    pub detail: String,
+    /// Short ids of the snapshots this problem makes unrestorable.
+    pub snapshots: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    Missing,
+    Corrupt,
+    ChainBroken,
+    RetentionTooShort,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub plan: String,
+    pub repository: String,
+    pub snapshots_checked: usize,
+    pub packs_checked: usize,
+    pub chunks_checked: usize,
+    pub bytes_read: u64,
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// Verifies one snapshot (`selector` = id prefix or `latest`) or all of a plan's.
+pub async fn verify(
+    repo: &Repository,
+    plan: &PlanName,
+    selector: Option<&str>,
+    progress: ProgressMode,
+) -> Result<VerifyReport, super::RepoError> {
+    let all = repo.list_snapshots(plan).await?;
+    let selected: Vec<SnapshotRef> = match selector {
+        Some(sel) => vec![repo.find_snapshot(plan, sel).await?],
+        None => all.clone(),
+    };
+    let index = Arc::new(repo.load_index().await?);
+    let mut problems: Vec<Problem> = Vec::new();
+
+    // Manifests: each checked against its name; the chain against the listing.
+    let mut manifests: Vec<(SnapshotRef, super::Manifest)> = Vec::new();
+    for snap in &selected {
+        match repo.load_manifest(snap).await {
+            Ok(m) => manifests.push((snap.clone(), m)),
+            Err(e) => problems.push(Problem {
+                object: snap.key.clone(),
+                kind: if matches!(&e, super::RepoError::Store(s) if s.is_not_found()) {
+                    ProblemKind::Missing
+                } else {
+                    ProblemKind::Corrupt
+                },
+                detail: e.to_string(),
+                snapshots: vec![snap.id.short()],
+            }),
+        }
+    }
+    let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
+    for (snap, m) in &manifests {
+        let pos = all.iter().position(|s| s.id == snap.id);
+        let expected_prev = pos.and_then(|p| p.checked_sub(1)).map(|p| all[p].id);
+        if let Some(prev) = m.previous {
+            if !listed.contains(&prev) {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::ChainBroken,
+                    detail: format!(
+                        "names previous snapshot {prev}, which is not in the repository: a snapshot was removed or replaced outside holdfast"
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
+            } else if Some(prev) != expected_prev {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::ChainBroken,
+                    detail: format!(
+                        "names previous snapshot {}, but the snapshot listed before it is {}",
+                        prev.short(),
+                        expected_prev
+                            .map(|p| p.short())
+                            .unwrap_or_else(|| "none".into())
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
+            }
+        }
+    }
+
+    // Which packs each snapshot needs, and chunks in no index.
+    let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
+    let mut needed_chunks: HashMap<PackId, BTreeSet<crate::ids::ChunkId>> = HashMap::new();
+    for (snap, m) in &manifests {
+        for e in &m.entries {
+            for c in &e.chunks {
+                match index.get(c) {
+                    Some(loc) => {
+                        users.entry(loc.pack).or_default().insert(snap.id.short());
+                        needed_chunks.entry(loc.pack).or_default().insert(*c);
+                    }
+                    None => problems.push(Problem {
+                        object: format!("chunk {c}"),
+                        kind: ProblemKind::Missing,
+                        detail: format!("needed by {} but listed in no index object", e.path),
+                        snapshots: vec![snap.id.short()],
+                    }),
+                }
+            }
+        }
+    }
+
+    // Every needed pack read whole: its hash, its trailer, every blob.
+    let total: u64 = users.keys().map(|p| index.packs()[p]).sum();
+    let bar = Progress::new("verify", Some(total), progress);
+    let mut bytes_read = 0u64;
+    let mut chunks_checked = 0usize;
+    let mut bad_packs: BTreeSet<PackId> = BTreeSet::new();
+    for (pack, snaps) in &users {
+        let key = pack_key(pack);
+        let snapshots: Vec<String> = snaps.iter().cloned().collect();
+        let bytes = match repo.store().get(&key).await {
+            Ok(b) => b,
+            Err(e) => {
+                bad_packs.insert(*pack);
+                problems.push(Problem {
+                    object: key,
+                    kind: if e.is_not_found() {
+                        ProblemKind::Missing
+                    } else {
+                        ProblemKind::Corrupt
+                    },
+                    detail: e.to_string(),
+                    snapshots,
+                });
+                continue;
+            }
+        };
+        bytes_read += bytes.len() as u64;
+        bar.inc(bytes.len() as u64);
+        let needed = &needed_chunks[pack];
+        let (detail, checked) = tokio::task::spawn_blocking({
+            let bytes = bytes.clone();
+            let needed = needed.clone();
+            let index = index.clone();
+            let pack = *pack;
+            move || check_pack(&pack, &bytes, &needed, &index)
+        })
+        .await
+        .expect("pack check panicked");
+        chunks_checked += checked;
+        if let Some(detail) = detail {
+            bad_packs.insert(*pack);
+            problems.push(Problem {
+                object: key,
+                kind: ProblemKind::Corrupt,
+                detail,
+                snapshots,
+            });
+        }
+    }
+    bar.finish();
+
+    // Whole-file hashes of snapshots whose packs all checked out.
+    let reader = ChunkReader::new(
+        repo.store().clone(),
+        index.clone(),
+        tokio::runtime::Handle::current(),
+    );
+    let reader = Arc::new(reader);
+    for (snap, m) in &manifests {
+        let broken = m
+            .entries
+            .iter()
+            .flat_map(|e| &e.chunks)
+            .any(|c| index.get(c).is_none_or(|loc| bad_packs.contains(&loc.pack)));
+        if broken {
+            continue;
+        }
+        let entries: Vec<ManifestEntry> = m
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .cloned()
+            .collect();
+        let reader = reader.clone();
+        let result = tokio::task::spawn_blocking(move || reader.read_files(&entries, &mut Discard))
+            .await
+            .expect("verify read panicked");
+        if let Err(e) = result {
+            problems.push(Problem {
+                object: snap.key.clone(),
+                kind: ProblemKind::Corrupt,
+                detail: e.to_string(),
+                snapshots: vec![snap.id.short()],
+            });
+        }
+    }
+
+    problems.sort_by(|a, b| (a.kind, &a.object).cmp(&(b.kind, &b.object)));
+    Ok(VerifyReport {
+        plan: plan.to_string(),
+        repository: repo.url(),
+        snapshots_checked: selected.len(),
+        packs_checked: users.len(),
+        chunks_checked,
+        bytes_read,
+        problems,
+    })
+}
+
+/// Checks a whole pack; returns what is wrong (if anything) and how many chunks were checked.
+fn check_pack(
+    pack: &PackId,
+    bytes: &[u8],
+    needed: &BTreeSet<crate::ids::ChunkId>,
+    index: &super::Index,
+) -> (Option<String>, usize) {
+    let got = Hash256::digest(bytes);
+    let mut faults = Vec::new();
+    if got != pack.0 {
+        faults.push(format!(
+            "its SHA-256 is {got}, its name says {pack} ({} bytes)",
+            bytes.len()
+        ));
+    }
+    let mut checked = 0;
+    match parse_trailer(bytes) {
+        Err(why) => faults.push(format!("trailer unreadable: {why}")),
+        Ok(blobs) => {
+            let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
+            for chunk in needed {
+                let Some(loc) = index.get(chunk) else {
+                    continue;
+                };
+                if by_id.get(chunk) != Some(&loc.blob) {
+                    faults.push(format!(
+                        "chunk {chunk}: the index and the pack trailer disagree"
+                    ));
+                }
+                let b = loc.blob;
+                let end = (b.offset + b.length as u64) as usize;
+                if end > bytes.len() {
+                    faults.push(format!("chunk {chunk}: lies past the end of the pack"));
+                    continue;
+                }
+                checked += 1;
+                if let Err(why) = decode_blob(&b, &bytes[b.offset as usize..end]) {
+                    faults.push(format!("chunk {chunk}: {why}"));
+                }
+            }
+        }
+    }
+    let detail = (!faults.is_empty()).then(|| {
+        let n = faults.len();
+        let mut shown: Vec<String> = faults.into_iter().take(5).collect();
+        if n > 5 {
+            shown.push(format!("and {} more", n - 5));
+        }
+        shown.join("; ")
+    });
+    (detail, checked)
+}
+
+struct Discard;
+
+impl ReadSink for Discard {
+    fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn data(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,158 @@
+//! The repository format end to end on the local store: back up, restore,
+//! compare; dedup; corruption is named, never restored.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use common::{data, MemSource};
+use holdfast::plan::PlanName;
+use holdfast::progress::ProgressMode;
+use holdfast::repository::backup::{backup, BackupOptions};
+use holdfast::repository::verify::{verify, ProblemKind};
+use holdfast::repository::Repository;
+use holdfast::restore::{restore, RestoreOptions};
+use holdfast::store::{local::LocalStore, LockMode, Retention, Store};
+
+fn plan_name(s: &str) -> PlanName {
+    serde_json::from_value(serde_json::json!(s)).unwrap()
+}
+
+async fn repo_at(dir: &Path) -> Repository {
+    let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.to_path_buf()).unwrap());
+    Repository::open_or_init(store, None, Utc::now())
+        .await
+        .unwrap()
+}
+
+fn opts() -> BackupOptions {
+    BackupOptions {
+        compression_level: 3,
+        retention: Some(Retention {
+            mode: LockMode::Compliance,
+            until: Utc::now() + Duration::days(7),
+        }),
+        progress: ProgressMode::Quiet,
+    }
+}
+
+fn sample() -> MemSource {
+    MemSource {
+        files: vec![
+            ("big.bin".into(), data(1, 9_000_000)),
+            ("small.txt".into(), data(2, 1000)),
+            ("empty".into(), Vec::new()),
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_up_restore_and_compare_then_dedup_the_second_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_at(&tmp.path().join("repo")).await;
+    let plan = plan_name("app");
+
+    let first = backup(&repo, &plan, Box::new(sample()), &opts())
+        .await
+        .unwrap();
+    assert_eq!(first.stats.files, 3);
+    assert_eq!(first.stats.total_bytes, 9_001_000);
+    assert!(first.stats.stored_bytes < first.stats.total_bytes);
+
+    let second = backup(&repo, &plan, Box::new(sample()), &opts())
+        .await
+        .unwrap();
+    assert_eq!(
+        second.stats.new_bytes, 0,
+        "unchanged data stores nothing new"
+    );
+
+    let snaps = repo.list_snapshots(&plan).await.unwrap();
+    assert_eq!(snaps.len(), 2);
+    let m2 = repo.load_manifest(&snaps[1]).await.unwrap();
+    assert_eq!(
+        m2.previous,
+        Some(first.snapshot),
+        "manifests form a hash chain"
+    );
+
+    let out = tmp.path().join("out");
+    restore(
+        &repo,
+        &plan,
+        &RestoreOptions {
+            snapshot: first.snapshot.short(),
+            to: out.clone(),
+            force: false,
+            progress: ProgressMode::Quiet,
+        },
+    )
+    .await
+    .unwrap();
+    for (name, content) in &sample().files {
+        assert_eq!(&std::fs::read(out.join(name)).unwrap(), content, "{name}");
+    }
+    let report = verify(&repo, &plan, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let repo = repo_at(&root).await;
+    let plan = plan_name("app");
+    let snap = backup(&repo, &plan, Box::new(sample()), &opts())
+        .await
+        .unwrap();
+
+    let packs = repo.store().list("packs/").await.unwrap();
+    let victim = &packs[0].key;
+    let path = root.join("objects").join(victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 3;
+    bytes[mid] ^= 0x40;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+
+    let report = verify(&repo, &plan, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(!report.ok());
+    let p = report
+        .problems
+        .iter()
+        .find(|p| &p.object == victim)
+        .expect("the pack is named");
+    assert_eq!(p.kind, ProblemKind::Corrupt);
+    assert_eq!(p.snapshots, vec![snap.snapshot.short()]);
+
+    let out = tmp.path().join("out");
+    let err = restore(
+        &repo,
+        &plan,
+        &RestoreOptions {
+            snapshot: "latest".into(),
+            to: out.clone(),
+            force: false,
+            progress: ProgressMode::Quiet,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains(victim.as_str()), "{err}");
+    assert!(!out.exists(), "a failed restore leaves no target behind");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers,
+        vec![std::ffi::OsString::from("repo")],
+        "no temp path left"
+    );
+}
