@@ -153,10 +153,19 @@ pub async fn backup(
         .expect("backup thread panicked")?;
     progress.finish();
 
-    // Every pack this snapshot needs stays locked at least as long as it.
+    // Every object this snapshot needs stays locked at least as long as it:
+    // the packs it reuses, the index objects naming them, the config.
     if let Some(retention) = opts.retention {
+        let mut keys: Vec<String> = vec![super::CONFIG_KEY.to_string()];
         for pack in &written.reused_packs {
-            let key = pack_key(pack);
+            keys.push(pack_key(pack));
+            if let Some(k) = index.described_by(pack) {
+                keys.push(k.to_string());
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        for key in keys {
             let info = repo.store().head(&key).await?;
             if info.retention.is_none_or(|r| r.until < retention.until) {
                 repo.store().extend_retention(&key, &retention).await?;

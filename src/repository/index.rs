@@ -20,6 +20,8 @@ pub struct ChunkLocation {
 pub struct Index {
     chunks: HashMap<ChunkId, ChunkLocation>,
     packs: HashMap<PackId, u64>,
+    /// The index object that first named each pack.
+    described_by: HashMap<PackId, String>,
 }
 
 impl Index {
@@ -54,8 +56,16 @@ impl Index {
         }
     }
 
-    pub fn add_file(&mut self, file: &IndexFile) {
+    /// The key of the index object that names `pack`, if any does.
+    pub fn described_by(&self, pack: &PackId) -> Option<&str> {
+        self.described_by.get(pack).map(String::as_str)
+    }
+
+    pub fn add_file(&mut self, key: &str, file: &IndexFile) {
         for p in &file.packs {
+            self.described_by
+                .entry(p.id)
+                .or_insert_with(|| key.to_string());
             self.add_pack(p);
         }
     }

@@ -231,15 +231,33 @@ impl Repository {
         self.store.url()
     }
 
-    /// Reads every index object into one in-memory index.
+    /// Reads every index object into one in-memory index; any unreadable
+    /// index object is an error.
     pub async fn load_index(&self) -> Result<Index, RepoError> {
-        let mut index = Index::default();
-        for info in self.store.list("index/").await? {
-            let bytes = self.store.get(&info.key).await?;
-            let file = index::IndexFile::decode(&info.key, &bytes)?;
-            index.add_file(&file);
+        let (index, mut faults) = self.load_index_lenient().await?;
+        match faults.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(index),
         }
-        Ok(index)
+    }
+
+    /// Reads every readable index object, returning the unreadable ones
+    /// beside the index instead of failing (for `verify`).
+    pub async fn load_index_lenient(&self) -> Result<(Index, Vec<(String, RepoError)>), RepoError> {
+        let mut index = Index::default();
+        let mut faults = Vec::new();
+        for info in self.store.list("index/").await? {
+            let decoded = match self.store.get(&info.key).await {
+                Ok(bytes) => index::IndexFile::decode(&info.key, &bytes),
+                Err(e) if e.is_not_found() => continue, // removed since the listing
+                Err(e) => Err(e.into()),
+            };
+            match decoded {
+                Ok(file) => index.add_file(&info.key, &file),
+                Err(e) => faults.push((info.key.clone(), e)),
+            }
+        }
+        Ok((index, faults))
     }
 
     /// A plan's snapshots, oldest first, from the object listing alone.

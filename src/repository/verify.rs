@@ -65,8 +65,17 @@ pub async fn verify(
         Some(sel) => vec![repo.find_snapshot(plan, sel).await?],
         None => all.clone(),
     };
-    let index = Arc::new(repo.load_index().await?);
-    let mut problems: Vec<Problem> = Vec::new();
+    let (index, index_faults) = repo.load_index_lenient().await?;
+    let index = Arc::new(index);
+    let mut problems: Vec<Problem> = index_faults
+        .into_iter()
+        .map(|(key, e)| Problem {
+            object: key,
+            kind: ProblemKind::Corrupt,
+            detail: e.to_string(),
+            snapshots: Vec::new(),
+        })
+        .collect();
 
     // Manifests: each checked against its name; the chain against the listing.
     let mut manifests: Vec<(SnapshotRef, super::Manifest)> = Vec::new();
@@ -121,19 +130,27 @@ pub async fn verify(
     let mut needed_chunks: HashMap<PackId, BTreeSet<crate::ids::ChunkId>> = HashMap::new();
     for (snap, m) in &manifests {
         for e in &m.entries {
+            let mut unindexed = Vec::new();
             for c in &e.chunks {
                 match index.get(c) {
                     Some(loc) => {
                         users.entry(loc.pack).or_default().insert(snap.id.short());
                         needed_chunks.entry(loc.pack).or_default().insert(*c);
                     }
-                    None => problems.push(Problem {
-                        object: format!("chunk {c}"),
-                        kind: ProblemKind::Missing,
-                        detail: format!("needed by {} but listed in no index object", e.path),
-                        snapshots: vec![snap.id.short()],
-                    }),
+                    None => unindexed.push(c),
                 }
+            }
+            if let Some(first) = unindexed.first() {
+                problems.push(Problem {
+                    object: format!("chunk {first}"),
+                    kind: ProblemKind::Missing,
+                    detail: format!(
+                        "{} chunk(s) of {} are listed in no readable index object (first: {first})",
+                        unindexed.len(),
+                        e.path
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
             }
         }
     }

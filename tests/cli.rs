@@ -1,0 +1,420 @@
+//! The runbook, run: every command through the real binary against real
+//! SQLite databases and file trees on the local repository, including the
+//! faults an on-call engineer will meet.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// Writes a plan backing up `source_yaml` into `repo/`.
+    fn plan(&self, name: &str, source_yaml: &str) -> PathBuf {
+        let file = self.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}\nsource: {source_yaml}\nrepository:\n  url: file://{repo}\nschedule:\n  backup: \"0 * * * *\"\nlock:\n  mode: compliance\n  days: 7\nretention:\n  keep_last: 24\n  keep_daily: 7\n",
+                repo = self.path("repo").display()
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    fn sqlite_plan(&self, db: &Path) -> PathBuf {
+        self.plan("app", &format!("{{type: sqlite, path: {}}}", db.display()))
+    }
+
+    fn object(&self, key: &str) -> PathBuf {
+        self.path("repo/objects").join(key)
+    }
+
+    fn keys(&self, prefix: &str) -> Vec<String> {
+        let root = self.path("repo/objects");
+        walkdir::WalkDir::new(root.join(prefix))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+}
+
+fn holdfast(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("HOLDFAST_LOG", "warn")
+        .output()
+        .expect("holdfast runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = holdfast(args);
+    assert!(
+        out.status.success(),
+        "holdfast {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], code: i32) -> String {
+    let out = holdfast(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(code), "holdfast {args:?}: {stderr}\n{stdout}");
+    format!("{stderr}{stdout}")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&ok(args)).unwrap()
+}
+
+/// A database of `rows` orders with mixed text and numbers.
+fn make_db(path: &Path, rows: usize) {
+    let conn = Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT);",
+    )
+    .unwrap();
+    add_rows(&conn, rows);
+}
+
+fn add_rows(conn: &Connection, rows: usize) {
+    let start: i64 = conn
+        .query_row("SELECT coalesce(max(id), 0) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare("INSERT INTO orders(id, customer, amount, note) VALUES (?, ?, ?, ?)")
+            .unwrap();
+        for i in 0..rows as i64 {
+            let id = start + i + 1;
+            let note = String::from_utf8_lossy(&common::data(id as u64, 200)).into_owned();
+            stmt.execute(rusqlite::params![id, format!("customer-{}", id % 977), id as f64 * 1.25, note])
+                .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+fn checksum(db: &Path) -> (i64, String) {
+    let conn = Connection::open(db).unwrap();
+    let n: i64 = conn.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).unwrap();
+    let mut stmt = conn.prepare("SELECT id, customer, amount, note FROM orders ORDER BY id").unwrap();
+    let mut h = sha2::Sha256::default();
+    use sha2::Digest;
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let id: i64 = r.get(0).unwrap();
+        let c: String = r.get(1).unwrap();
+        let a: f64 = r.get(2).unwrap();
+        let note: String = r.get(3).unwrap();
+        h.update(format!("{id}|{c}|{a}|{note}\n"));
+    }
+    (n, hex::encode(h.finalize()))
+}
+
+fn flip_byte(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut bytes = std::fs::read(path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+#[test]
+fn sqlite_back_up_change_restore_each_snapshot_and_verify() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 5_000);
+    let plan = env.sqlite_plan(&db);
+    let plan = plan.to_str().unwrap();
+
+    let first = json(&["backup", "--plan", plan, "--json"]);
+    let state1 = checksum(&db);
+    add_rows(&Connection::open(&db).unwrap(), 100);
+    let second = json(&["backup", "--plan", plan, "--json"]);
+    let state2 = checksum(&db);
+    assert!(
+        second["new_bytes"].as_u64().unwrap() < first["total_bytes"].as_u64().unwrap() / 2,
+        "a small change stores a fraction: {second}"
+    );
+
+    let listed = json(&["snapshots", "--plan", plan, "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert_eq!(listed[1]["previous"], first["snapshot"]);
+
+    let id1 = first["snapshot"].as_str().unwrap();
+    let out1 = env.path("restore1.db");
+    ok(&["restore", "--plan", plan, "--snapshot", &id1[..8], "--to", out1.to_str().unwrap()]);
+    assert_eq!(checksum(&out1), state1, "first snapshot restores the first state");
+    let out2 = env.path("restore2.db");
+    ok(&["restore", "--plan", plan, "--to", out2.to_str().unwrap()]);
+    assert_eq!(checksum(&out2), state2, "latest restores the latest state");
+
+    let v = json(&["verify", "--plan", plan, "--json"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    assert_eq!(v["snapshots_checked"], 2);
+
+    // Restore refuses a non-empty target, and --force replaces it.
+    let msg = fails(&["restore", "--plan", plan, "--to", out1.to_str().unwrap()], 8);
+    assert!(msg.contains("not empty") && msg.contains("restore1.db"), "{msg}");
+    ok(&["restore", "--plan", plan, "--to", out1.to_str().unwrap(), "--force"]);
+    assert_eq!(checksum(&out1), state2);
+}
+
+#[test]
+fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::create_dir_all(src.join("empty-dir")).unwrap();
+    std::fs::write(src.join("a/b/data.bin"), common::data(9, 3_000_000)).unwrap();
+    std::fs::write(src.join("a/secret"), b"top").unwrap();
+    std::fs::set_permissions(src.join("a/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(src.join("empty"), b"").unwrap();
+    std::fs::write(src.join("skip.log"), b"noise").unwrap();
+    std::os::unix::fs::symlink("a/b/data.bin", src.join("link")).unwrap();
+    filetime::set_file_mtime(src.join("a/secret"), filetime::FileTime::from_unix_time(1_600_000_000, 123)).unwrap();
+    let plan = env.plan("tree", &format!("{{type: files, path: {}, exclude: [\"*.log\"]}}", src.display()));
+    let plan = plan.to_str().unwrap();
+
+    ok(&["backup", "--plan", plan]);
+    let out = env.path("out");
+    ok(&["restore", "--plan", plan, "--to", out.to_str().unwrap()]);
+
+    assert_eq!(std::fs::read(out.join("a/b/data.bin")).unwrap(), common::data(9, 3_000_000));
+    assert_eq!(std::fs::read(out.join("empty")).unwrap(), b"");
+    assert!(out.join("empty-dir").is_dir());
+    assert!(!out.join("skip.log").exists(), "excluded files are not backed up");
+    assert_eq!(std::fs::read_link(out.join("link")).unwrap(), Path::new("a/b/data.bin"));
+    let m = std::fs::metadata(out.join("a/secret")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 123));
+}
+
+#[test]
+fn bad_plans_and_missing_sources_fail_with_the_thing_at_fault_named() {
+    let env = Env::new();
+    let bad = env.path("bad.yaml");
+    std::fs::write(&bad, "name: x\nsource: {type: sqlite, path: a.db}\nbogus: 1\n").unwrap();
+    let msg = fails(&["plan", "check", bad.to_str().unwrap()], 3);
+    assert!(msg.contains("bad.yaml") && msg.contains("bogus"), "{msg}");
+
+    let missing = env.sqlite_plan(&env.path("nowhere.db"));
+    let msg = fails(&["backup", "--plan", missing.to_str().unwrap()], 7);
+    assert!(msg.contains("nowhere.db"), "{msg}");
+    assert!(env.keys("snapshots").is_empty());
+}
+
+#[test]
+fn an_unreadable_repository_is_named() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 10);
+    let plan = env.sqlite_plan(&db);
+    // The repository path is a plain file, not a directory.
+    std::fs::write(env.path("repo"), b"not a repository").unwrap();
+    let msg = fails(&["backup", "--plan", plan.to_str().unwrap()], 4);
+    assert!(msg.contains(env.path("repo").to_str().unwrap()), "{msg}");
+    let msg = fails(&["snapshots", "--plan", plan.to_str().unwrap()], 4);
+    assert!(msg.contains("repo"), "{msg}");
+}
+
+#[test]
+fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.sqlite_plan(&db);
+    let plan = plan.to_str().unwrap();
+    let snap = json(&["backup", "--plan", plan, "--json"]);
+    let short = &snap["snapshot"].as_str().unwrap()[..8];
+    let packs = env.keys("packs");
+    assert!(packs.len() >= 2, "test needs two packs: {packs:?}");
+    let out = env.path("out.db");
+    let out_s = out.to_str().unwrap();
+
+    // A flipped byte in one pack.
+    flip_byte(&env.object(&packs[0]));
+    let msg = fails(&["verify", "--plan", plan], 5);
+    assert!(msg.contains(&packs[0]) && msg.contains(short), "{msg}");
+    let msg = fails(&["restore", "--plan", plan, "--to", out_s], 5);
+    assert!(msg.contains(&packs[0]), "{msg}");
+    assert!(!out.exists(), "no file is written from a corrupt pack");
+
+    // A missing pack.
+    std::fs::remove_file(env.object(&packs[1])).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&fails(&["verify", "--plan", plan, "--json"], 5)).unwrap();
+    let named: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["object"].as_str().unwrap()).collect();
+    assert!(named.contains(&packs[0].as_str()) && named.contains(&packs[1].as_str()), "{v}");
+    let missing = v["problems"].as_array().unwrap().iter().find(|p| p["object"] == packs[1].as_str()).unwrap();
+    assert_eq!(missing["kind"], "missing");
+
+    // A truncated manifest.
+    let manifest = env.keys("snapshots").pop().unwrap();
+    let path = env.object(&manifest);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let msg = fails(&["verify", "--plan", plan], 5);
+    assert!(msg.contains(&manifest) && msg.contains("truncated"), "{msg}");
+    let msg = fails(&["restore", "--plan", plan, "--to", out_s], 5);
+    assert!(msg.contains(&manifest), "{msg}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_succeeds() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 150_000);
+    let plan = env.sqlite_plan(&db);
+    let plan_s = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan_s]);
+    add_rows(&Connection::open(&db).unwrap(), 150_000);
+
+    let mut child = Command::new(BIN)
+        .args(["backup", "--plan", plan_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let before = env.keys("packs").len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.keys("packs").len() == before {
+        assert!(Instant::now() < deadline, "backup wrote no pack within 60s");
+        assert!(child.try_wait().unwrap().is_none(), "backup finished before it could be killed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let listed = json(&["snapshots", "--plan", plan_s, "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "the killed backup is not listed");
+    ok(&["verify", "--plan", plan_s]);
+
+    ok(&["backup", "--plan", plan_s]);
+    let state = checksum(&db);
+    let out = env.path("after-kill.db");
+    ok(&["restore", "--plan", plan_s, "--to", out.to_str().unwrap()]);
+    assert_eq!(checksum(&out), state);
+    ok(&["verify", "--plan", plan_s]);
+}
+
+#[test]
+fn two_backups_of_one_plan_at_once_one_fails_clearly() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 100_000);
+    let plan = env.sqlite_plan(&db);
+    let plan_s = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan_s]); // creates the repository
+    let spawn = || {
+        Command::new(BIN)
+            .args(["backup", "--plan", plan_s])
+            .env("HOLDFAST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    let codes = [a.status.code(), b.status.code()];
+    if codes == [Some(0), Some(0)] {
+        // The first finished before the second started: both are whole snapshots.
+        assert_eq!(json(&["snapshots", "--plan", plan_s, "--json"]).as_array().unwrap().len(), 3);
+    } else {
+        assert!(codes.contains(&Some(0)) && codes.contains(&Some(6)), "{codes:?}");
+        let loser = if a.status.code() == Some(6) { &a } else { &b };
+        let msg = String::from_utf8_lossy(&loser.stderr);
+        assert!(msg.contains("another backup of plan app is running"), "{msg}");
+        assert_eq!(json(&["snapshots", "--plan", plan_s, "--json"]).as_array().unwrap().len(), 2);
+    }
+    ok(&["verify", "--plan", plan_s]);
+}
+
+#[test]
+fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.sqlite_plan(&db);
+    let plan_s = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan_s]);
+    if !is_root() {
+        eprintln!("restore permission/space faults need root (setpriv, tmpfs); CI runs as root");
+        return;
+    }
+
+    // No permission: an unprivileged user restoring into a root-owned folder.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [env.dir.path().to_path_buf(), env.path("repo")] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for e in walkdir::WalkDir::new(env.path("repo")).into_iter().filter_map(Result::ok) {
+        let mode = if e.file_type().is_dir() { 0o755 } else { 0o644 };
+        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
+    }
+    std::fs::create_dir(env.path("locked")).unwrap();
+    let target = env.path("locked/out.db");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "restore", "--plan", plan_s, "--to"])
+        .arg(&target)
+        .output()
+        .unwrap();
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(8), "{msg}");
+    assert!(msg.contains("locked") && msg.to_lowercase().contains("permission"), "{msg}");
+    assert!(!target.exists());
+
+    // No space: a 1 MiB filesystem.
+    let small = env.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs failed");
+    let target = small.join("out.db");
+    let msg = fails(&["restore", "--plan", plan_s, "--to", target.to_str().unwrap()], 8);
+    let listing: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
+    Command::new("umount").arg(&small).status().unwrap();
+    assert!(msg.contains("No space left"), "{msg}");
+    assert!(listing.is_empty(), "no partial file or temp path left: {listing:?}");
+}
