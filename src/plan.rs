@@ -112,9 +112,17 @@ impl Plan {
         }
         let raw: Raw = serde_yaml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
         let base = file.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
         let source = match raw.source {
-            SourceSpec::Sqlite { path } => SourceSpec::Sqlite { path: resolve(&path) },
+            SourceSpec::Sqlite { path } => SourceSpec::Sqlite {
+                path: resolve(&path),
+            },
             SourceSpec::Files { path, exclude } => SourceSpec::Files {
                 path: resolve(&path),
                 exclude,
