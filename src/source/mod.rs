@@ -60,6 +60,11 @@ pub enum SourceError {
     Sqlite { path: PathBuf, message: String },
     #[error("{0}")]
     Unsupported(String),
+    /// Manifests and restore paths are strings; we refuse rather than skip.
+    #[error("cannot back up {path}: its name is not valid UTF-8 (rename it, or exclude it)")]
+    NonUtf8Path { path: PathBuf },
+    #[error("invalid exclude pattern {pattern:?}: {message}")]
+    InvalidExclude { pattern: String, message: String },
     #[error(transparent)]
     Sink(#[from] SinkError),
 }
