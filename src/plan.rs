@@ -98,6 +98,8 @@ impl Plan {
         struct Raw {
             name: String,
             source: SourceSpec,
+            #[allow(dead_code)]
+            schedule: Option<serde_yaml::Value>,
             repository: RawRepo,
             lock: LockSpec,
             #[serde(default)]

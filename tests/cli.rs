@@ -55,7 +55,13 @@ impl Env {
             .into_iter()
             .filter_map(Result::ok)
             .filter(|e| e.file_type().is_file())
-            .map(|e| e.path().strip_prefix(&root).unwrap().to_string_lossy().into_owned())
+            .map(|e| {
+                e.path()
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect()
     }
 }
@@ -83,7 +89,11 @@ fn fails(args: &[&str], code: i32) -> String {
     let out = holdfast(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(code), "holdfast {args:?}: {stderr}\n{stdout}");
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "holdfast {args:?}: {stderr}\n{stdout}"
+    );
     format!("{stderr}{stdout}")
 }
 
@@ -114,8 +124,13 @@ fn add_rows(conn: &Connection, rows: usize) {
         for i in 0..rows as i64 {
             let id = start + i + 1;
             let note = String::from_utf8_lossy(&common::data(id as u64, 200)).into_owned();
-            stmt.execute(rusqlite::params![id, format!("customer-{}", id % 977), id as f64 * 1.25, note])
-                .unwrap();
+            stmt.execute(rusqlite::params![
+                id,
+                format!("customer-{}", id % 977),
+                id as f64 * 1.25,
+                note
+            ])
+            .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -123,8 +138,12 @@ fn add_rows(conn: &Connection, rows: usize) {
 
 fn checksum(db: &Path) -> (i64, String) {
     let conn = Connection::open(db).unwrap();
-    let n: i64 = conn.query_row("SELECT count(*) FROM orders", [], |r| r.get(0)).unwrap();
-    let mut stmt = conn.prepare("SELECT id, customer, amount, note FROM orders ORDER BY id").unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, customer, amount, note FROM orders ORDER BY id")
+        .unwrap();
     let mut h = sha2::Sha256::default();
     use sha2::Digest;
     let mut rows = stmt.query([]).unwrap();
@@ -158,7 +177,7 @@ fn is_root() -> bool {
 fn sqlite_back_up_change_restore_each_snapshot_and_verify() {
     let env = Env::new();
     let db = env.path("app.db");
-    make_db(&db, 5_000);
+    make_db(&db, 60_000);
     let plan = env.sqlite_plan(&db);
     let plan = plan.to_str().unwrap();
 
@@ -178,8 +197,20 @@ fn sqlite_back_up_change_restore_each_snapshot_and_verify() {
 
     let id1 = first["snapshot"].as_str().unwrap();
     let out1 = env.path("restore1.db");
-    ok(&["restore", "--plan", plan, "--snapshot", &id1[..8], "--to", out1.to_str().unwrap()]);
-    assert_eq!(checksum(&out1), state1, "first snapshot restores the first state");
+    ok(&[
+        "restore",
+        "--plan",
+        plan,
+        "--snapshot",
+        &id1[..8],
+        "--to",
+        out1.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        checksum(&out1),
+        state1,
+        "first snapshot restores the first state"
+    );
     let out2 = env.path("restore2.db");
     ok(&["restore", "--plan", plan, "--to", out2.to_str().unwrap()]);
     assert_eq!(checksum(&out2), state2, "latest restores the latest state");
@@ -189,9 +220,22 @@ fn sqlite_back_up_change_restore_each_snapshot_and_verify() {
     assert_eq!(v["snapshots_checked"], 2);
 
     // Restore refuses a non-empty target, and --force replaces it.
-    let msg = fails(&["restore", "--plan", plan, "--to", out1.to_str().unwrap()], 8);
-    assert!(msg.contains("not empty") && msg.contains("restore1.db"), "{msg}");
-    ok(&["restore", "--plan", plan, "--to", out1.to_str().unwrap(), "--force"]);
+    let msg = fails(
+        &["restore", "--plan", plan, "--to", out1.to_str().unwrap()],
+        8,
+    );
+    assert!(
+        msg.contains("not empty") && msg.contains("restore1.db"),
+        "{msg}"
+    );
+    ok(&[
+        "restore",
+        "--plan",
+        plan,
+        "--to",
+        out1.to_str().unwrap(),
+        "--force",
+    ]);
     assert_eq!(checksum(&out1), state2);
 }
 
@@ -208,19 +252,38 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
     std::fs::write(src.join("empty"), b"").unwrap();
     std::fs::write(src.join("skip.log"), b"noise").unwrap();
     std::os::unix::fs::symlink("a/b/data.bin", src.join("link")).unwrap();
-    filetime::set_file_mtime(src.join("a/secret"), filetime::FileTime::from_unix_time(1_600_000_000, 123)).unwrap();
-    let plan = env.plan("tree", &format!("{{type: files, path: {}, exclude: [\"*.log\"]}}", src.display()));
+    filetime::set_file_mtime(
+        src.join("a/secret"),
+        filetime::FileTime::from_unix_time(1_600_000_000, 123),
+    )
+    .unwrap();
+    let plan = env.plan(
+        "tree",
+        &format!(
+            "{{type: files, path: {}, exclude: [\"*.log\"]}}",
+            src.display()
+        ),
+    );
     let plan = plan.to_str().unwrap();
 
     ok(&["backup", "--plan", plan]);
     let out = env.path("out");
     ok(&["restore", "--plan", plan, "--to", out.to_str().unwrap()]);
 
-    assert_eq!(std::fs::read(out.join("a/b/data.bin")).unwrap(), common::data(9, 3_000_000));
+    assert_eq!(
+        std::fs::read(out.join("a/b/data.bin")).unwrap(),
+        common::data(9, 3_000_000)
+    );
     assert_eq!(std::fs::read(out.join("empty")).unwrap(), b"");
     assert!(out.join("empty-dir").is_dir());
-    assert!(!out.join("skip.log").exists(), "excluded files are not backed up");
-    assert_eq!(std::fs::read_link(out.join("link")).unwrap(), Path::new("a/b/data.bin"));
+    assert!(
+        !out.join("skip.log").exists(),
+        "excluded files are not backed up"
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("link")).unwrap(),
+        Path::new("a/b/data.bin")
+    );
     let m = std::fs::metadata(out.join("a/secret")).unwrap();
     assert_eq!(m.permissions().mode() & 0o777, 0o600);
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 123));
@@ -230,7 +293,11 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
 fn bad_plans_and_missing_sources_fail_with_the_thing_at_fault_named() {
     let env = Env::new();
     let bad = env.path("bad.yaml");
-    std::fs::write(&bad, "name: x\nsource: {type: sqlite, path: a.db}\nbogus: 1\n").unwrap();
+    std::fs::write(
+        &bad,
+        "name: x\nsource: {type: sqlite, path: a.db}\nbogus: 1\n",
+    )
+    .unwrap();
     let msg = fails(&["plan", "check", bad.to_str().unwrap()], 3);
     assert!(msg.contains("bad.yaml") && msg.contains("bogus"), "{msg}");
 
@@ -258,7 +325,7 @@ fn an_unreadable_repository_is_named() {
 fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
     let env = Env::new();
     let db = env.path("app.db");
-    make_db(&db, 20_000);
+    make_db(&db, 200_000);
     let plan = env.sqlite_plan(&db);
     let plan = plan.to_str().unwrap();
     let snap = json(&["backup", "--plan", plan, "--json"]);
@@ -278,10 +345,24 @@ fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
 
     // A missing pack.
     std::fs::remove_file(env.object(&packs[1])).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&fails(&["verify", "--plan", plan, "--json"], 5)).unwrap();
-    let named: Vec<&str> = v["problems"].as_array().unwrap().iter().map(|p| p["object"].as_str().unwrap()).collect();
-    assert!(named.contains(&packs[0].as_str()) && named.contains(&packs[1].as_str()), "{v}");
-    let missing = v["problems"].as_array().unwrap().iter().find(|p| p["object"] == packs[1].as_str()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&fails(&["verify", "--plan", plan, "--json"], 5)).unwrap();
+    let named: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["object"].as_str().unwrap())
+        .collect();
+    assert!(
+        named.contains(&packs[0].as_str()) && named.contains(&packs[1].as_str()),
+        "{v}"
+    );
+    let missing = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["object"] == packs[1].as_str())
+        .unwrap();
     assert_eq!(missing["kind"], "missing");
 
     // A truncated manifest.
@@ -291,7 +372,10 @@ fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let msg = fails(&["verify", "--plan", plan], 5);
-    assert!(msg.contains(&manifest) && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains(&manifest) && msg.contains("truncated"),
+        "{msg}"
+    );
     let msg = fails(&["restore", "--plan", plan, "--to", out_s], 5);
     assert!(msg.contains(&manifest), "{msg}");
     assert!(!out.exists());
@@ -317,14 +401,21 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_succeeds() {
     let deadline = Instant::now() + Duration::from_secs(60);
     while env.keys("packs").len() == before {
         assert!(Instant::now() < deadline, "backup wrote no pack within 60s");
-        assert!(child.try_wait().unwrap().is_none(), "backup finished before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backup finished before it could be killed"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
     let listed = json(&["snapshots", "--plan", plan_s, "--json"]);
-    assert_eq!(listed.as_array().unwrap().len(), 1, "the killed backup is not listed");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "the killed backup is not listed"
+    );
     ok(&["verify", "--plan", plan_s]);
 
     ok(&["backup", "--plan", plan_s]);
@@ -357,13 +448,31 @@ fn two_backups_of_one_plan_at_once_one_fails_clearly() {
     let codes = [a.status.code(), b.status.code()];
     if codes == [Some(0), Some(0)] {
         // The first finished before the second started: both are whole snapshots.
-        assert_eq!(json(&["snapshots", "--plan", plan_s, "--json"]).as_array().unwrap().len(), 3);
+        assert_eq!(
+            json(&["snapshots", "--plan", plan_s, "--json"])
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     } else {
-        assert!(codes.contains(&Some(0)) && codes.contains(&Some(6)), "{codes:?}");
+        assert!(
+            codes.contains(&Some(0)) && codes.contains(&Some(6)),
+            "{codes:?}"
+        );
         let loser = if a.status.code() == Some(6) { &a } else { &b };
         let msg = String::from_utf8_lossy(&loser.stderr);
-        assert!(msg.contains("another backup of plan app is running"), "{msg}");
-        assert_eq!(json(&["snapshots", "--plan", plan_s, "--json"]).as_array().unwrap().len(), 2);
+        assert!(
+            msg.contains("another backup of plan app is running"),
+            "{msg}"
+        );
+        assert_eq!(
+            json(&["snapshots", "--plan", plan_s, "--json"])
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
     }
     ok(&["verify", "--plan", plan_s]);
 }
@@ -386,20 +495,35 @@ fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
     for p in [env.dir.path().to_path_buf(), env.path("repo")] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    for e in walkdir::WalkDir::new(env.path("repo")).into_iter().filter_map(Result::ok) {
+    for e in walkdir::WalkDir::new(env.path("repo"))
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         let mode = if e.file_type().is_dir() { 0o755 } else { 0o644 };
         let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
     }
     std::fs::create_dir(env.path("locked")).unwrap();
     let target = env.path("locked/out.db");
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", BIN, "restore", "--plan", plan_s, "--to"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "restore",
+            "--plan",
+            plan_s,
+            "--to",
+        ])
         .arg(&target)
         .output()
         .unwrap();
     let msg = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(8), "{msg}");
-    assert!(msg.contains("locked") && msg.to_lowercase().contains("permission"), "{msg}");
+    assert!(
+        msg.contains("locked") && msg.to_lowercase().contains("permission"),
+        "{msg}"
+    );
     assert!(!target.exists());
 
     // No space: a 1 MiB filesystem.
@@ -412,9 +536,21 @@ fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
         .unwrap();
     assert!(mounted.success(), "mounting a small tmpfs failed");
     let target = small.join("out.db");
-    let msg = fails(&["restore", "--plan", plan_s, "--to", target.to_str().unwrap()], 8);
+    let msg = fails(
+        &[
+            "restore",
+            "--plan",
+            plan_s,
+            "--to",
+            target.to_str().unwrap(),
+        ],
+        8,
+    );
     let listing: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
     Command::new("umount").arg(&small).status().unwrap();
     assert!(msg.contains("No space left"), "{msg}");
-    assert!(listing.is_empty(), "no partial file or temp path left: {listing:?}");
+    assert!(
+        listing.is_empty(),
+        "no partial file or temp path left: {listing:?}"
+    );
 }

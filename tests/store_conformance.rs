@@ -24,11 +24,24 @@ async fn conformance(store: Arc<dyn Store>) {
 
     // Create-only: a second put of the same key fails and changes nothing.
     let a = Bytes::from_static(b"first version");
-    store.put("t/a", a.clone(), &put_opts(&a, None)).await.unwrap();
+    store
+        .put("t/a", a.clone(), &put_opts(&a, None))
+        .await
+        .unwrap();
     let b = Bytes::from_static(b"second version!");
-    let err = store.put("t/a", b.clone(), &put_opts(&b, None)).await.unwrap_err();
-    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{url}: {err}");
-    assert_eq!(store.get("t/a").await.unwrap(), a, "{url}: overwrite changed the object");
+    let err = store
+        .put("t/a", b.clone(), &put_opts(&b, None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AlreadyExists { .. }),
+        "{url}: {err}"
+    );
+    assert_eq!(
+        store.get("t/a").await.unwrap(),
+        a,
+        "{url}: overwrite changed the object"
+    );
 
     // Not found is NotFound, naming the key, for get, range, head.
     for err in [
@@ -46,27 +59,71 @@ async fn conformance(store: Arc<dyn Store>) {
 
     // Listing is sorted, complete, and prefix-exact.
     for k in ["t/list/b", "t/list/a", "t/list/c/d", "t/lister"] {
-        store.put(k, Bytes::from_static(b"x"), &put_opts(b"x", None)).await.unwrap();
+        store
+            .put(k, Bytes::from_static(b"x"), &put_opts(b"x", None))
+            .await
+            .unwrap();
     }
-    let keys: Vec<String> = store.list("t/list/").await.unwrap().into_iter().map(|i| i.key).collect();
+    let keys: Vec<String> = store
+        .list("t/list/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
     assert_eq!(keys, ["t/list/a", "t/list/b", "t/list/c/d"], "{url}");
-    let keys: Vec<String> = store.list("t/list").await.unwrap().into_iter().map(|i| i.key).collect();
-    assert_eq!(keys, ["t/list/a", "t/list/b", "t/list/c/d", "t/lister"], "{url}");
+    let keys: Vec<String> = store
+        .list("t/list")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(
+        keys,
+        ["t/list/a", "t/list/b", "t/list/c/d", "t/lister"],
+        "{url}"
+    );
     assert!(store.list("t/none/").await.unwrap().is_empty());
     assert_eq!(store.head("t/a").await.unwrap().size, a.len() as u64);
 
     // Retention: delete and shortening refused while retained; extension allowed.
     let r = Bytes::from_static(b"locked");
-    store.put("t/locked", r.clone(), &put_opts(&r, Some(Duration::days(2)))).await.unwrap();
+    store
+        .put(
+            "t/locked",
+            r.clone(),
+            &put_opts(&r, Some(Duration::days(2))),
+        )
+        .await
+        .unwrap();
     let info = store.head("t/locked").await.unwrap();
     let until = info.retention.expect("retention is recorded").until;
     let err = store.delete("t/locked").await.unwrap_err();
     assert!(matches!(err, StoreError::Retained { .. }), "{url}: {err}");
-    let shorter = Retention { mode: LockMode::Compliance, until: until - Duration::days(1) };
-    assert!(store.extend_retention("t/locked", &shorter).await.is_err(), "{url}: shortened");
-    let longer = Retention { mode: LockMode::Compliance, until: until + Duration::days(1) };
+    let shorter = Retention {
+        mode: LockMode::Compliance,
+        until: until - Duration::days(1),
+    };
+    assert!(
+        store.extend_retention("t/locked", &shorter).await.is_err(),
+        "{url}: shortened"
+    );
+    let longer = Retention {
+        mode: LockMode::Compliance,
+        until: until + Duration::days(1),
+    };
     store.extend_retention("t/locked", &longer).await.unwrap();
-    assert_eq!(store.head("t/locked").await.unwrap().retention.unwrap().until, longer.until);
+    assert_eq!(
+        store
+            .head("t/locked")
+            .await
+            .unwrap()
+            .retention
+            .unwrap()
+            .until,
+        longer.until
+    );
     assert_eq!(store.get("t/locked").await.unwrap(), r);
 
     // An object whose retention has ended (or never had one) can be deleted.
@@ -75,13 +132,23 @@ async fn conformance(store: Arc<dyn Store>) {
 
     // Keys that could escape the namespace are refused.
     for bad in ["", "/abs", "a/../b", "a//b", "a/./b", "sp ace"] {
-        let err = store.put(bad, Bytes::new(), &put_opts(b"", None)).await.unwrap_err();
-        assert!(matches!(err, StoreError::BadKey { .. }), "{url}: `{bad}` {err}");
+        let err = store
+            .put(bad, Bytes::new(), &put_opts(b"", None))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::BadKey { .. }),
+            "{url}: `{bad}` {err}"
+        );
     }
 
     // Locks are exclusive while held and free once dropped.
     let held = store.try_lock("backup-x").await.unwrap();
-    let err = store.try_lock("backup-x").await.err().expect("second holder refused");
+    let err = store
+        .try_lock("backup-x")
+        .await
+        .err()
+        .expect("second holder refused");
     assert!(matches!(err, StoreError::Busy { .. }), "{url}: {err}");
     drop(held);
     store.try_lock("backup-x").await.unwrap();
@@ -90,7 +157,10 @@ async fn conformance(store: Arc<dyn Store>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_store_honours_the_contract() {
     let tmp = tempfile::tempdir().unwrap();
-    conformance(Arc::new(LocalStore::open(tmp.path().to_path_buf()).unwrap())).await;
+    conformance(Arc::new(
+        LocalStore::open(tmp.path().to_path_buf()).unwrap(),
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,8 +169,15 @@ async fn local_store_puts_are_atomic_and_read_only() {
     let tmp = tempfile::tempdir().unwrap();
     let store = LocalStore::open(tmp.path().to_path_buf()).unwrap();
     let d = Bytes::from(vec![7u8; 100_000]);
-    store.put("packs/aa/x", d.clone(), &put_opts(&d, None)).await.unwrap();
+    store
+        .put("packs/aa/x", d.clone(), &put_opts(&d, None))
+        .await
+        .unwrap();
     let meta = std::fs::metadata(tmp.path().join("objects/packs/aa/x")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o444);
-    assert_eq!(std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(), 0, "no temp files left");
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),
+        0,
+        "no temp files left"
+    );
 }
