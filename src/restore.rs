@@ -119,6 +119,8 @@ pub async fn restore(
             out: None,
             progress,
             files: 0,
+            unsynced: 0,
+            syncer: Some(Syncer::start()),
         };
         let r = if single {
             Ok(())
@@ -289,6 +291,54 @@ struct TreeWriter {
     out: Option<BufWriter<File>>,
     progress: Progress,
     files: u64,
+    /// Bytes written to the current file since its last background flush.
+    unsynced: u64,
+    syncer: Option<Syncer>,
+}
+
+/// Starts writeback of a file being restored while the restore goes on, so
+/// the final fsync of a large file does not wait for all of it at once.
+struct Syncer {
+    tx: std::sync::mpsc::SyncSender<File>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const SYNC_EVERY: u64 = 64 * 1024 * 1024;
+
+impl Syncer {
+    fn start() -> Self {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<File>(1);
+        let thread = std::thread::Builder::new()
+            .name("hf-restore-sync".into())
+            .spawn(move || {
+                for f in rx {
+                    // Errors surface at the writer's own final fsync.
+                    let _ = f.sync_data();
+                }
+            })
+            .expect("spawn syncer");
+        Syncer {
+            tx,
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues a flush unless one is already pending.
+    fn nudge(&self, f: &File) {
+        if let Ok(clone) = f.try_clone() {
+            let _ = self.tx.try_send(clone);
+        }
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        let (tx, _) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.tx, tx));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl TreeWriter {
@@ -379,14 +429,22 @@ impl ReadSink for TreeWriter {
 
     fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.progress.inc(bytes.len() as u64);
-        self.out
-            .as_mut()
-            .expect("data comes between start and end")
-            .write_all(bytes)
+        let out = self.out.as_mut().expect("data comes between start and end");
+        out.write_all(bytes)?;
+        self.unsynced += bytes.len() as u64;
+        if self.unsynced >= SYNC_EVERY {
+            self.unsynced = 0;
+            out.flush()?;
+            if let Some(s) = &self.syncer {
+                s.nudge(out.get_ref());
+            }
+        }
+        Ok(())
     }
 
     fn end(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
         let out = self.out.take().expect("end follows start");
+        self.unsynced = 0;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))?;

@@ -14,8 +14,10 @@ use crate::ids::{ChunkId, Hash256, PackId};
 use crate::source::EntryKind;
 use crate::store::{Store, StoreError};
 
-/// Reads are coalesced into runs of adjacent blobs of up to this many bytes.
-const MAX_RUN: u64 = 8 * 1024 * 1024;
+/// Reads are coalesced into runs of adjacent blobs of up to this many stored
+/// bytes, and this many bytes once decoded (which bounds memory in flight).
+const MAX_RUN: u64 = 4 * 1024 * 1024;
+const MAX_RUN_RAW: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -103,8 +105,8 @@ impl ChunkReader {
         entries: &[ManifestEntry],
         sink: &mut dyn ReadSink,
     ) -> Result<(), ReadError> {
-        let (job_tx, job_rx) = bounded::<Run>(self.threads * 2);
-        let (item_tx, item_rx) = bounded::<Item>(self.threads * 3);
+        let (job_tx, job_rx) = bounded::<Run>(self.threads);
+        let (item_tx, item_rx) = bounded::<Item>(self.threads * 2);
         std::thread::scope(|scope| {
             for _ in 0..self.threads {
                 let rx = job_rx.clone();
@@ -138,6 +140,7 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
         }
         let path: Arc<str> = entry.path.as_str().into();
         let mut run: Option<(PackId, u64, u64, Vec<BlobEntry>)> = None;
+        let mut run_raw = 0u64;
         let flush = |run: &mut Option<(PackId, u64, u64, Vec<BlobEntry>)>| -> bool {
             let Some((pack, offset, len, blobs)) = run.take() else {
                 return true;
@@ -167,16 +170,21 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
             };
             let b = loc.blob;
             let extends = matches!(&run, Some((pack, offset, len, _))
-                if *pack == loc.pack && offset + len == b.offset && len + b.length as u64 <= MAX_RUN);
+                if *pack == loc.pack
+                    && offset + len == b.offset
+                    && len + b.length as u64 <= MAX_RUN
+                    && run_raw + b.raw_length as u64 <= MAX_RUN_RAW);
             if extends {
                 let r = run.as_mut().expect("matched Some");
                 r.2 += b.length as u64;
                 r.3.push(b);
+                run_raw += b.raw_length as u64;
             } else {
                 if !flush(&mut run) {
                     return;
                 }
                 run = Some((loc.pack, b.offset, b.length as u64, vec![b]));
+                run_raw = b.raw_length as u64;
             }
         }
         if !flush(&mut run) || items.send(Item::End(i)).is_err() {
