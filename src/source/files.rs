@@ -23,6 +23,8 @@ impl Source for FilesSource {
         None
     }
     fn snapshot(&mut self, _sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
-        Err(SourceError::Unsupported("files source: not yet written".into()))
+        Err(SourceError::Unsupported(
+            "files source: not yet written".into(),
+        ))
     }
 }

@@ -27,6 +27,8 @@ impl Source for SqliteSource {
         std::fs::metadata(&self.path).ok().map(|m| m.len())
     }
     fn snapshot(&mut self, _sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
-        Err(SourceError::Unsupported("sqlite source: not yet written".into()))
+        Err(SourceError::Unsupported(
+            "sqlite source: not yet written".into(),
+        ))
     }
 }

@@ -107,9 +107,11 @@ impl Inner {
 
     fn temp_path(&self) -> PathBuf {
         let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.root
-            .join("tmp")
-            .join(format!("{}-{}-{n}", std::process::id(), Utc::now().timestamp_nanos_opt().unwrap_or(0)))
+        self.root.join("tmp").join(format!(
+            "{}-{}-{n}",
+            std::process::id(),
+            Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        ))
     }
 
     /// Writes `data` to a fresh temp file, fsyncs it and returns its path.
@@ -331,7 +333,11 @@ impl Inner {
             }
             Err(fs::TryLockError::Error(e)) => return Err(self.io("lock", name, e)),
         }
-        let stamp = format!("pid {} since {}", std::process::id(), Utc::now().to_rfc3339());
+        let stamp = format!(
+            "pid {} since {}",
+            std::process::id(),
+            Utc::now().to_rfc3339()
+        );
         let _ = file
             .set_len(0)
             .and_then(|_| file.write_all(stamp.as_bytes()))
