@@ -304,6 +304,25 @@ impl Schedule {
         }
         longest
     }
+    /// Wall-clock gaps between consecutive runs (in the schedule's timezone,
+    /// so a daylight-saving change does not stretch a daily gap to 25 hours),
+    /// over at least `min_runs` runs and at least a year from `from`, capped
+    /// at 10 000 runs.
+    pub fn wall_clock_gaps(&self, from: DateTime<Utc>, min_runs: usize) -> Vec<chrono::Duration> {
+        const CAP: usize = 10_000;
+        let runs = self.next_runs(from, CAP.max(min_runs));
+        let year_end = from + chrono::Duration::days(366);
+        let mut gaps = Vec::new();
+        for (i, pair) in runs.windows(2).enumerate() {
+            let a = pair[0].with_timezone(&self.timezone).naive_local();
+            let b = pair[1].with_timezone(&self.timezone).naive_local();
+            gaps.push((b - a).max(chrono::Duration::zero()));
+            if i + 2 >= min_runs && pair[1] >= year_end {
+                break;
+            }
+        }
+        gaps
+    }
 }
 
 /// Fixed instant validation measures schedules from, so a plan that loads

@@ -24,28 +24,11 @@ pub enum PlanError {
     #[error("{}: no plan files (*.yaml, *.yml) in this folder", .dir.display())]
     NoPlans { dir: PathBuf },
     /// The file is not a valid plan.
-    #[error("{}{}{message}{}", Place(.file, *.line, *.column), FieldPrefix(.field), HintSuffix(.hint))]
-    Invalid {
-        file: PathBuf,
-        /// 1-based, where the YAML parser or the field locator gives it.
-        line: Option<usize>,
-        column: Option<usize>,
-        /// Dotted path of the field, e.g. `schedule.backup` or `drill.checks[1].sql`;
-        /// empty for YAML syntax errors.
-        field: String,
-        message: String,
-        hint: Option<String>,
-    },
+    #[error("{0}")]
+    Invalid(Box<Diagnostic>),
     /// Valid, but asks for something this build cannot do (e.g. an S3 repository).
-    #[error("{}{}{message}{}", Place(.file, *.line, *.column), FieldPrefix(.field), HintSuffix(.hint))]
-    Unsupported {
-        file: PathBuf,
-        line: Option<usize>,
-        column: Option<usize>,
-        field: String,
-        message: String,
-        hint: Option<String>,
-    },
+    #[error("{0}")]
+    Unsupported(Box<Diagnostic>),
     /// Two plans share a name, so they would share object keys and locks.
     #[error("{}: name: plan name `{name}` is already used by {}", .file.display(), .first.display())]
     DuplicateName {
@@ -55,14 +38,39 @@ pub enum PlanError {
     },
 }
 
+/// What is wrong with one field of one plan file, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based, where the YAML parser or the field locator gives it.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Dotted path of the field, e.g. `schedule.backup` or `drill.checks[1].sql`;
+    /// empty for YAML syntax errors.
+    pub field: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}{}{}{}",
+            Place(&self.file, self.line, self.column),
+            FieldPrefix(&self.field),
+            self.message,
+            HintSuffix(&self.hint)
+        )
+    }
+}
+
 impl PlanError {
     /// The plan file (or folder) the error is about.
     pub fn file(&self) -> &Path {
         match self {
-            PlanError::Read { file, .. }
-            | PlanError::Invalid { file, .. }
-            | PlanError::Unsupported { file, .. }
-            | PlanError::DuplicateName { file, .. } => file,
+            PlanError::Read { file, .. } | PlanError::DuplicateName { file, .. } => file,
+            PlanError::Invalid(d) | PlanError::Unsupported(d) => &d.file,
             PlanError::NoPlans { dir } => dir,
         }
     }
@@ -70,7 +78,7 @@ impl PlanError {
     /// The dotted field path, when the error is about one field.
     pub fn field(&self) -> Option<&str> {
         match self {
-            PlanError::Invalid { field, .. } | PlanError::Unsupported { field, .. } => Some(field),
+            PlanError::Invalid(d) | PlanError::Unsupported(d) => Some(&d.field),
             PlanError::DuplicateName { .. } => Some("name"),
             _ => None,
         }
@@ -79,8 +87,7 @@ impl PlanError {
     /// `(line, column)`, 1-based, when known.
     pub fn position(&self) -> Option<(usize, usize)> {
         match self {
-            PlanError::Invalid { line, column, .. }
-            | PlanError::Unsupported { line, column, .. } => Some(((*line)?, (*column)?)),
+            PlanError::Invalid(d) | PlanError::Unsupported(d) => Some((d.line?, d.column?)),
             _ => None,
         }
     }

@@ -22,11 +22,11 @@ use chrono_tz::Tz;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use self::error::{locate, FieldPath, Seg};
+use self::error::{locate, Diagnostic as D, FieldPath, Seg};
 use crate::store::{LockMode, Retention, StoreConfig};
 
 pub use self::cron::{CronError, Schedule};
-pub use self::error::PlanError;
+pub use self::error::{Diagnostic, PlanError};
 pub use self::secret::Secret;
 
 /// Runs a restore drill monthly unless `schedule.drill` says otherwise.
@@ -528,8 +528,10 @@ impl Plan {
     /// How many days the lock must cover so every snapshot the retention
     /// keeps stays locked, and the rule that needs the most.
     pub fn lock_needed_days(&self) -> (u32, String) {
-        let gap = self.schedule.longest_gap(cron::reference_instant(), 400);
-        needed_lock_days(&self.retention, gap)
+        let gaps = self
+            .schedule
+            .wall_clock_gaps(cron::reference_instant(), 400);
+        needed_lock_days(&self.retention, &gaps)
     }
 
     /// One line for `plan check`, e.g.
@@ -643,15 +645,18 @@ fn format_runs(runs: &[DateTime<Utc>]) -> String {
     }
 }
 
-/// Days the lock must cover for `retention` with backups at most `gap` apart.
+/// Days the lock must cover for `retention`, given the wall-clock gaps
+/// between consecutive backups.
 ///
-/// A rule keeping N periods keeps, like restic, the newest snapshot of each of
-/// the last N periods *that have a snapshot*; with backups rarer than the
-/// period, N snapshots span N gaps, not N periods. So each rule's horizon is
-/// N × max(period, gap); `keep_last` N is N × gap.
-fn needed_lock_days(retention: &RetentionSpec, gap: chrono::Duration) -> (u32, String) {
+/// `keep_last` N keeps a snapshot until N newer ones exist: for the span of N
+/// consecutive gaps after it. A rule keeping one snapshot per period for N
+/// periods keeps, like restic, the newest snapshot of each of the last N
+/// periods *that have a snapshot*, so each step is at least one period and at
+/// least one gap. We take the longest such span over the gaps given (a year
+/// or more of runs) and round up to whole days.
+fn needed_lock_days(retention: &RetentionSpec, gaps: &[chrono::Duration]) -> (u32, String) {
     let day = 86_400i64;
-    let gap = gap.num_seconds().max(1);
+    let gaps: Vec<i64> = gaps.iter().map(|g| g.num_seconds()).collect();
     let mut best = (0u32, String::new());
     for (rule, n) in retention.rules() {
         let Some(n) = n else { continue };
@@ -662,24 +667,29 @@ fn needed_lock_days(retention: &RetentionSpec, gap: chrono::Duration) -> (u32, S
             "keep_weekly" => 7 * day,
             _ => 31 * day,
         };
-        let secs = i64::from(n) * period.max(gap);
+        let secs = longest_span(&gaps, n as usize, period);
         let days = u32::try_from((secs + day - 1) / day).unwrap_or(u32::MAX);
         if days > best.0 {
-            let why = if period != 0 && gap > period {
-                format!(
-                    "{rule}: {n} with backups up to {} apart",
-                    humantime::format_duration(Duration::from_secs(gap as u64))
-                )
-            } else if period == 0 {
-                format!(
-                    "keep_last: {n} with backups up to {} apart",
-                    humantime::format_duration(Duration::from_secs(gap as u64))
-                )
-            } else {
-                format!("{rule}: {n}")
-            };
-            best = (days, why);
+            best = (days, format!("{rule}: {n}"));
         }
+    }
+    best
+}
+
+/// The longest sum of `n` consecutive steps, each `max(period, gap)`.
+fn longest_span(gaps: &[i64], n: usize, period: i64) -> i64 {
+    let steps: Vec<i64> = gaps.iter().map(|g| (*g).max(period)).collect();
+    let Some(&longest) = steps.iter().max() else {
+        return n as i64 * period;
+    };
+    if n >= steps.len() {
+        return steps.iter().sum::<i64>() + (n - steps.len()) as i64 * longest;
+    }
+    let mut sum: i64 = steps[..n].iter().sum();
+    let mut best = sum;
+    for i in n..steps.len() {
+        sum += steps[i] - steps[i - n];
+        best = best.max(sum);
     }
     best
 }
@@ -843,14 +853,14 @@ type Res<T> = Result<T, PlanError>;
 impl Ctx<'_> {
     fn invalid_at(&self, path: &FieldPath, message: String, hint: Option<String>) -> PlanError {
         let (line, column) = locate(self.text, path).unzip();
-        PlanError::Invalid {
+        PlanError::Invalid(Box::new(D {
             file: self.file.to_path_buf(),
             line,
             column,
             field: path.to_string(),
             message,
             hint,
-        }
+        }))
     }
 
     fn invalid(&self, field: &str, message: impl Into<String>) -> PlanError {
@@ -906,17 +916,17 @@ impl Ctx<'_> {
             position = locate(self.text, &path);
         }
         let (line, column) = position.unzip();
-        PlanError::Invalid {
+        PlanError::Invalid(Box::new(D {
             file: self.file.to_path_buf(),
             line,
             column,
             field: path.to_string(),
             message,
             hint,
-        }
+        }))
     }
 
-    fn from_value<T: DeserializeOwned>(&self, prefix: &str, value: serde_yaml::Value) -> Res<T> {
+    fn parse_value<T: DeserializeOwned>(&self, prefix: &str, value: serde_yaml::Value) -> Res<T> {
         serde_path_to_error::deserialize(value)
             .map_err(|e| self.serde_error(&FieldPath::parse(prefix), e))
     }
@@ -1030,8 +1040,8 @@ impl Ctx<'_> {
                 "e.g. `retention: {keep_last: 24, keep_daily: 7}`",
             ));
         }
-        let gap = schedule.longest_gap(cron::reference_instant(), 400);
-        let (needed, why) = needed_lock_days(&retention, gap);
+        let gaps = schedule.wall_clock_gaps(cron::reference_instant(), 400);
+        let (needed, why) = needed_lock_days(&retention, &gaps);
         if raw.lock.days < needed {
             return Err(self.invalid_hint(
                 "lock.days",
@@ -1102,13 +1112,13 @@ impl Ctx<'_> {
         let rest = serde_yaml::Value::Mapping(map);
         match kind.as_str() {
             "sqlite" => {
-                let raw: RawSqlite = self.from_value("source", rest)?;
+                let raw: RawSqlite = self.parse_value("source", rest)?;
                 Ok(SourceSpec::Sqlite {
                     path: self.path("source.path", &raw.path)?,
                 })
             }
             "files" => {
-                let raw: RawFiles = self.from_value("source", rest)?;
+                let raw: RawFiles = self.parse_value("source", rest)?;
                 for (i, glob) in raw.exclude.iter().enumerate() {
                     globset::Glob::new(glob).map_err(|e| {
                         self.invalid(
@@ -1123,7 +1133,7 @@ impl Ctx<'_> {
                 })
             }
             "postgres" => {
-                let raw: RawPostgres = self.from_value("source", rest)?;
+                let raw: RawPostgres = self.parse_value("source", rest)?;
                 let connection = self.connection(
                     RawConnection {
                         host: raw.host,
@@ -1150,7 +1160,7 @@ impl Ctx<'_> {
                 })
             }
             "mariadb" => {
-                let raw: RawMariadb = self.from_value("source", rest)?;
+                let raw: RawMariadb = self.parse_value("source", rest)?;
                 let connection = self.connection(
                     RawConnection {
                         host: raw.host,
@@ -1416,14 +1426,14 @@ impl Ctx<'_> {
         }
         let path = FieldPath::parse("repository.url");
         let (line, column) = locate(self.text, &path).unzip();
-        PlanError::Unsupported {
+        PlanError::Unsupported(Box::new(D {
             file: self.file.to_path_buf(),
             line,
             column,
             field: path.to_string(),
             message: "S3 repositories are not supported by this build yet".into(),
             hint: Some("use a file:// repository for now".into()),
-        }
+        }))
     }
 
     fn drill(&self, raw: RawDrill, schedule: Schedule, source: &SourceSpec) -> Res<DrillSpec> {
@@ -1638,8 +1648,11 @@ mod tests {
 
     #[test]
     fn lock_horizon_counts_gaps_longer_than_the_period() {
-        let day = chrono::Duration::days(1);
-        let hourly = chrono::Duration::hours(1);
+        let hours = |h: &[i64]| {
+            h.iter()
+                .map(|h| chrono::Duration::hours(*h))
+                .collect::<Vec<_>>()
+        };
         let r = |last, daily, weekly, monthly| RetentionSpec {
             keep_last: last,
             keep_daily: daily,
@@ -1647,23 +1660,33 @@ mod tests {
             keep_monthly: monthly,
             ..Default::default()
         };
+        let hourly = hours(&[1; 500]);
         assert_eq!(
-            needed_lock_days(&r(Some(24), None, None, None), hourly).0,
+            needed_lock_days(&r(Some(24), None, None, None), &hourly).0,
             1
         );
         assert_eq!(
-            needed_lock_days(&r(Some(25), None, None, None), hourly).0,
+            needed_lock_days(&r(Some(25), None, None, None), &hourly).0,
             2
         );
         assert_eq!(
-            needed_lock_days(&r(None, Some(7), Some(4), None), hourly).0,
+            needed_lock_days(&r(None, Some(7), Some(4), None), &hourly).0,
             28
         );
-        assert_eq!(needed_lock_days(&r(None, None, None, Some(12)), day).0, 372);
+        assert_eq!(
+            needed_lock_days(&r(None, None, None, Some(12)), &hours(&[24; 400])),
+            (372, "keep_monthly: 12".into())
+        );
         // Weekly backups: 7 "daily" snapshots span 7 weeks.
         assert_eq!(
-            needed_lock_days(&r(None, Some(7), None, None), day * 7).0,
+            needed_lock_days(&r(None, Some(7), None, None), &hours(&[168; 60])).0,
             49
+        );
+        // Weekdays only: the worst window of 6 gaps holds both weekends.
+        let weekdays = hours(&[24, 24, 24, 24, 72].repeat(60));
+        assert_eq!(
+            needed_lock_days(&r(Some(6), None, None, None), &weekdays).0,
+            10
         );
     }
 
