@@ -440,6 +440,13 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn Source>, Failure> {
         SourceSpec::Files { path, exclude } => {
             Box::new(FilesSource::new(path.clone(), exclude.clone())?)
         }
+        other @ (SourceSpec::Postgres { .. } | SourceSpec::Mariadb { .. }) => {
+            return Err(SourceError::Unsupported(format!(
+                "{} sources are not supported by this build yet; it backs up sqlite and files sources",
+                other.kind()
+            ))
+            .into())
+        }
     })
 }
 
@@ -455,6 +462,9 @@ fn plan_check(paths: &[PathBuf], json: bool) -> Result<u8, Failure> {
                     out.push(serde_json::json!({"file": path, "ok": true, "plan": plan.summary_json(now)}));
                 } else {
                     println!("ok    {}", plan.summary(now));
+                }
+                for w in plan.warnings() {
+                    eprintln!("warning: {}: {w}", path.display());
                 }
             }
             Err(e) => {

@@ -121,7 +121,6 @@ impl Source for FilesSource {
             .filter(|m| m.is_file())
             .map(|m| m.len())
     }
-<<<<<<< HEAD
 
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
         let stat = fs::metadata(&self.root).map_err(|e| io_error(&self.root, e))?;
@@ -167,12 +166,6 @@ impl Source for FilesSource {
             json!(counts.changed_while_read),
         );
         Ok(md)
-=======
-    fn snapshot(&mut self, _sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
-        Err(SourceError::Unsupported(
-            "files source: not yet written".into(),
-        ))
->>>>>>> wt-plan
     }
 }
 
