@@ -464,7 +464,7 @@ fn plan_check(paths: &[PathBuf], json: bool) -> Result<u8, Failure> {
                     println!("ok    {}", plan.summary(now));
                 }
                 for w in plan.warnings() {
-                    eprintln!("warning: {}: {w}", path.display());
+                    eprintln!("warning: {w}");
                 }
             }
             Err(e) => {
