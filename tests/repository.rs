@@ -156,3 +156,51 @@ async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
         "no temp path left"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_an_uncompressed_chunk_is_traced_to_its_pack() {
+    // Random bytes do not compress, so the blob is stored raw and only the
+    // file hash can notice the flip; restore must still name the pack.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let repo = repo_at(&root).await;
+    let plan = plan_name("noise");
+    let mut noise = vec![0u8; 3_000_000];
+    getrandom::fill(&mut noise).unwrap();
+    let source = MemSource {
+        files: vec![("noise.bin".into(), noise)],
+    };
+    backup(&repo, &plan, Box::new(source), &opts())
+        .await
+        .unwrap();
+    let victim = repo.store().list("packs/").await.unwrap()[0].key.clone();
+    let path = root.join("objects").join(&victim);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x01;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+
+    let out = tmp.path().join("out");
+    let err = restore(
+        &repo,
+        &plan,
+        &RestoreOptions {
+            snapshot: "latest".into(),
+            to: out.clone(),
+            force: false,
+            progress: ProgressMode::Quiet,
+        },
+    )
+    .await
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    let chain: Vec<String> =
+        std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+    assert!(
+        chain.iter().any(|m| m.contains(victim.as_str())),
+        "{msg} / {chain:?}"
+    );
+    assert!(!out.exists());
+}

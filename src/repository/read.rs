@@ -1,6 +1,11 @@
-//! Reading snapshot content back: chunks fetched with ranged reads, decoded and
-//! checked against their ids in parallel, handed over in stream order, and each
-//! whole file checked against its SHA-256 before it is declared complete.
+//! Reading snapshot content back: chunks fetched with ranged reads and decoded
+//! in parallel, handed over in stream order, and each whole file checked
+//! against its SHA-256 (on a thread of its own) before it is declared complete.
+//!
+//! Restores check the whole-file hash only: it covers every byte end to end,
+//! and hashing each chunk as well would cost a second SHA-256 pass. When a
+//! file does not match, the file's chunks are read again with every chunk
+//! hash checked, to name the pack at fault. `verify` checks both always.
 
 use std::sync::Arc;
 
@@ -8,7 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use sha2::{Digest, Sha256};
 
 use super::manifest::ManifestEntry;
-use super::pack::{decode_blob, BlobEntry, BlobError};
+use super::pack::{decode_blob_checked, BlobEntry, BlobError};
 use super::{pack_key, Index};
 use crate::ids::{ChunkId, Hash256, PackId};
 use crate::source::EntryKind;
@@ -82,6 +87,7 @@ pub struct ChunkReader {
     index: Arc<Index>,
     runtime: tokio::runtime::Handle,
     threads: usize,
+    check_chunks: bool,
 }
 
 impl ChunkReader {
@@ -95,15 +101,49 @@ impl ChunkReader {
             index,
             runtime,
             threads,
+            check_chunks: false,
+        }
+    }
+
+    /// Also checks every chunk against its id as it is decoded.
+    pub fn checking_chunks(mut self) -> Self {
+        self.check_chunks = true;
+        self
+    }
+
+    /// Reads every file entry of `entries`, in order, into `sink`; when a file
+    /// does not match its hash, names the chunk and pack at fault if it can.
+    pub fn read_files(
+        &self,
+        entries: &[ManifestEntry],
+        sink: &mut dyn ReadSink,
+    ) -> Result<(), ReadError> {
+        match self.read_files_once(entries, sink, self.check_chunks) {
+            Err(ReadError::StreamHash {
+                path,
+                got,
+                expected,
+            }) if !self.check_chunks => {
+                let entry: Vec<ManifestEntry> =
+                    entries.iter().filter(|e| e.path == path).cloned().collect();
+                self.read_files_once(&entry, &mut Discard, true)?;
+                Err(ReadError::StreamHash {
+                    path,
+                    got,
+                    expected,
+                })
+            }
+            other => other,
         }
     }
 
     /// Reads every file entry of `entries`, in order, into `sink`. Blocking:
     /// call from a blocking thread.
-    pub fn read_files(
+    fn read_files_once(
         &self,
         entries: &[ManifestEntry],
         sink: &mut dyn ReadSink,
+        check_chunks: bool,
     ) -> Result<(), ReadError> {
         let (job_tx, job_rx) = bounded::<Run>(self.threads);
         let (item_tx, item_rx) = bounded::<Item>(self.threads * 2);
@@ -114,7 +154,7 @@ impl ChunkReader {
                 let runtime = self.runtime.clone();
                 scope.spawn(move || {
                     for run in rx {
-                        let result = fetch_run(&*store, &runtime, &run);
+                        let result = fetch_run(&*store, &runtime, &run, check_chunks);
                         let _ = run.reply.send(result);
                     }
                 });
@@ -197,6 +237,7 @@ fn fetch_run(
     store: &dyn Store,
     runtime: &tokio::runtime::Handle,
     run: &Run,
+    check_chunks: bool,
 ) -> Result<Vec<Vec<u8>>, ReadError> {
     let key = pack_key(&run.pack);
     let bytes = runtime
@@ -210,7 +251,7 @@ fn fetch_run(
         .map(|b| {
             let start = (b.offset - run.offset) as usize;
             let data = &bytes[start..start + b.length as usize];
-            decode_blob(b, data).map_err(|why| ReadError::Blob {
+            decode_blob_checked(b, data, check_chunks).map_err(|why| ReadError::Blob {
                 key: key.clone(),
                 chunk: b.id,
                 path: run.path.to_string(),
@@ -220,12 +261,44 @@ fn fetch_run(
         .collect()
 }
 
+/// Messages to the whole-file hasher thread.
+enum HashMsg {
+    Data(Arc<Vec<Vec<u8>>>),
+    End(Sender<Hash256>),
+}
+
 fn consume(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
 ) -> Result<(), ReadError> {
-    let mut hasher = Sha256::new();
+    let (hash_tx, hash_rx) = bounded::<HashMsg>(4);
+    let hasher = std::thread::Builder::new()
+        .name("hf-file-hash".into())
+        .spawn(move || {
+            let mut h = Sha256::new();
+            for msg in hash_rx {
+                match msg {
+                    HashMsg::Data(chunks) => chunks.iter().for_each(|c| h.update(c)),
+                    HashMsg::End(reply) => {
+                        let _ = reply.send(Hash256(std::mem::take(&mut h).finalize().into()));
+                    }
+                }
+            }
+        })
+        .expect("spawn hasher");
+    let result = consume_items(entries, items, sink, &hash_tx);
+    drop(hash_tx);
+    let _ = hasher.join();
+    result
+}
+
+fn consume_items(
+    entries: &[ManifestEntry],
+    items: Receiver<Item>,
+    sink: &mut dyn ReadSink,
+    hasher: &Sender<HashMsg>,
+) -> Result<(), ReadError> {
     let sink_err = |path: &str, source| ReadError::Sink {
         path: path.to_string(),
         source,
@@ -235,19 +308,24 @@ fn consume(
         match item {
             Item::Start(i) => {
                 current = &entries[i].path;
-                hasher = Sha256::new();
                 sink.start(&entries[i]).map_err(|e| sink_err(current, e))?;
             }
             Item::Run(rx) => {
-                let chunks = rx.recv().expect("run planner keeps its promise")?;
-                for c in &chunks {
-                    hasher.update(c);
+                let chunks = Arc::new(rx.recv().expect("run planner keeps its promise")?);
+                hasher
+                    .send(HashMsg::Data(chunks.clone()))
+                    .expect("hasher runs while reading");
+                for c in chunks.iter() {
                     sink.data(c).map_err(|e| sink_err(current, e))?;
                 }
             }
             Item::End(i) => {
                 let entry = &entries[i];
-                let got = Hash256(std::mem::take(&mut hasher).finalize().into());
+                let (tx, rx) = bounded(1);
+                hasher
+                    .send(HashMsg::End(tx))
+                    .expect("hasher runs while reading");
+                let got = rx.recv().expect("hasher answers");
                 if let Some(expected) = entry.sha256 {
                     if got != expected {
                         return Err(ReadError::StreamHash {
@@ -263,4 +341,19 @@ fn consume(
         }
     }
     Ok(())
+}
+
+/// A sink that keeps nothing, for reads done only to check hashes.
+pub struct Discard;
+
+impl ReadSink for Discard {
+    fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn data(&mut self, _: &[u8]) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+        Ok(())
+    }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::manifest::ManifestEntry;
 use super::pack::{decode_blob, parse_trailer};
-use super::read::{ChunkReader, ReadSink};
+use super::read::{ChunkReader, Discard};
 use super::{pack_key, Repository, SnapshotRef};
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::PlanName;
@@ -212,7 +212,7 @@ pub async fn verify(
         index.clone(),
         tokio::runtime::Handle::current(),
     );
-    let reader = Arc::new(reader);
+    let reader = Arc::new(reader.checking_chunks());
     for (snap, m) in &manifests {
         let broken = m
             .entries
@@ -305,18 +305,4 @@ fn check_pack(
         shown.join("; ")
     });
     (detail, checked)
-}
-
-struct Discard;
-
-impl ReadSink for Discard {
-    fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn data(&mut self, _: &[u8]) -> std::io::Result<()> {
-        Ok(())
-    }
-    fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-        Ok(())
-    }
 }
