@@ -160,7 +160,7 @@ fn classify(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<RestoreError>() {
             return match e {
                 RestoreError::TargetNotEmpty { .. } | RestoreError::Target { .. } => exit::TARGET,
-                RestoreError::Read { source, .. } => match source {
+                RestoreError::Read { source, .. } => match **source {
                     crate::repository::read::ReadError::Sink { .. } => exit::TARGET,
                     _ => exit::VERIFY,
                 },

@@ -59,7 +59,7 @@ pub enum RestoreError {
         snapshot: String,
         target: PathBuf,
         #[source]
-        source: ReadError,
+        source: Box<ReadError>,
     },
     #[error("restored database failed its check, nothing was written to {target}: {source}")]
     Check {
@@ -155,7 +155,7 @@ pub async fn restore(
             return Err(RestoreError::Read {
                 snapshot: snap.id.short(),
                 target,
-                source,
+                source: Box::new(source),
             });
         }
     };
@@ -343,9 +343,7 @@ impl Drop for Syncer {
 
 impl TreeWriter {
     fn path_of(&self, entry: &ManifestEntry) -> PathBuf {
-        if self.single {
-            self.root.clone()
-        } else if entry.path == "." {
+        if self.single || entry.path == "." {
             self.root.clone()
         } else {
             self.root.join(&entry.path)

@@ -554,3 +554,37 @@ fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
         "no partial file or temp path left: {listing:?}"
     );
 }
+
+#[test]
+fn unchanged_files_are_not_reread_but_a_rewrite_that_keeps_size_and_mtime_is_caught() {
+    let env = Env::new();
+    let src = env.path("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big.bin"), common::data(3, 5_000_000)).unwrap();
+    std::fs::write(src.join("config"), b"mode=primary").unwrap();
+    let plan = env.plan("tree", &format!("{{type: files, path: {}}}", src.display()));
+    let plan = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan]);
+
+    // Same size, same mtime, different bytes: only the change time tells.
+    let mtime = filetime::FileTime::from_last_modification_time(
+        &std::fs::metadata(src.join("config")).unwrap(),
+    );
+    std::fs::write(src.join("config"), b"mode=REPLICA").unwrap();
+    filetime::set_file_mtime(src.join("config"), mtime).unwrap();
+    let second = json(&["backup", "--plan", plan, "--json"]);
+    assert!(
+        second["new_bytes"].as_u64().unwrap() <= 12,
+        "only the rewritten file is new: {second}"
+    );
+
+    let out = env.path("out");
+    ok(&["restore", "--plan", plan, "--to", out.to_str().unwrap()]);
+    assert_eq!(std::fs::read(out.join("config")).unwrap(), b"mode=REPLICA");
+    assert_eq!(
+        std::fs::read(out.join("big.bin")).unwrap(),
+        common::data(3, 5_000_000)
+    );
+    let v = json(&["verify", "--plan", plan, "--json"]);
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+}

@@ -7,7 +7,7 @@
 //! stream order; two uploader threads put finished packs. Every queue is
 //! bounded, so memory stays flat whatever the source's size.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +30,7 @@ use super::{
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::progress::{Progress, ProgressMode};
-use crate::source::{EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
+use crate::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -115,8 +115,28 @@ pub async fn backup(
             },
             other => BackupError::Store(other),
         })?;
-    let previous = repo.list_snapshots(plan).await?.last().map(|s| s.id);
+    let last = repo.list_snapshots(plan).await?.last().cloned();
+    let previous = last.as_ref().map(|s| s.id);
     let index = Arc::new(repo.load_index().await?);
+    // Files whose stamp is unchanged since the last snapshot are not read again.
+    let mut unchanged: HashMap<String, ManifestEntry> = HashMap::new();
+    if let Some(last) = &last {
+        match repo.load_manifest(last).await {
+            Ok(m) => {
+                for e in m.entries {
+                    if e.kind == EntryKind::File
+                        && e.stamp.is_some()
+                        && e.chunks.iter().all(|c| index.contains(c))
+                    {
+                        unchanged.insert(e.path.clone(), e);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(plan = %plan, snapshot = %last.id, "previous snapshot unreadable, reading every file: {e}")
+            }
+        }
+    }
     tracing::info!(plan = %plan, repository = %repo.url(), chunks_known = index.len(), source = source.kind(), "backup started");
 
     let progress = Arc::new(Progress::new(
@@ -127,6 +147,8 @@ pub async fn backup(
     let mut writer = Writer::start(
         repo.store().clone(),
         index.clone(),
+        unchanged,
+        source.chunking(),
         repo.config().chunker,
         repo.config().pack_target_size as usize,
         opts.compression_level,
@@ -228,8 +250,14 @@ fn hostname() -> Option<String> {
 }
 
 struct Job {
-    data: Vec<u8>,
+    data: Arc<Vec<u8>>,
     reply: Sender<Done>,
+}
+
+/// Messages to the whole-file hasher thread.
+enum HashMsg {
+    Data(Arc<Vec<u8>>),
+    End(Sender<Hash256>),
 }
 
 struct Done {
@@ -343,6 +371,10 @@ struct Written {
 /// The sink a source writes into.
 struct Writer {
     index: Arc<Index>,
+    /// The previous snapshot's file entries, by path, that may be reused.
+    unchanged: HashMap<String, ManifestEntry>,
+    chunking: Chunking,
+    hasher: Option<(Sender<HashMsg>, JoinHandle<()>)>,
     chunker: ChunkerConfig,
     pack_target: usize,
     jobs: Option<Sender<Job>>,
@@ -367,6 +399,8 @@ impl Writer {
     fn start(
         store: Arc<dyn Store>,
         index: Arc<Index>,
+        unchanged: HashMap<String, ManifestEntry>,
+        chunking: Chunking,
         chunker: ChunkerConfig,
         pack_target: usize,
         level: i32,
@@ -386,7 +420,7 @@ impl Writer {
                     .name(format!("hf-chunk-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let id = ChunkId(Hash256::digest(&job.data));
+                            let id = ChunkId(Hash256::digest(&job.data[..]));
                             let blob =
                                 (!index.contains(&id)).then(|| encode_chunk(id, &job.data, level));
                             let _ = job.reply.send(Done {
@@ -427,8 +461,26 @@ impl Writer {
                     .expect("spawn uploader")
             })
             .collect();
+        let (hash_tx, hash_rx) = bounded::<HashMsg>(threads * 4);
+        let hasher = std::thread::Builder::new()
+            .name("hf-file-hash".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for msg in hash_rx {
+                    match msg {
+                        HashMsg::Data(d) => h.update(&d[..]),
+                        HashMsg::End(reply) => {
+                            let _ = reply.send(Hash256(std::mem::take(&mut h).finalize().into()));
+                        }
+                    }
+                }
+            })
+            .expect("spawn hasher");
         Writer {
             index,
+            unchanged,
+            chunking,
+            hasher: Some((hash_tx, hasher)),
             chunker,
             pack_target,
             jobs: Some(jobs_tx),
@@ -461,6 +513,13 @@ impl Writer {
         }
         let (tx, rx) = bounded(1);
         self.progress.inc(data.len() as u64);
+        let data = Arc::new(data);
+        self.hasher
+            .as_ref()
+            .expect("hasher runs while writing")
+            .0
+            .send(HashMsg::Data(data.clone()))
+            .map_err(|_| WriterError::WorkerGone)?;
         self.jobs
             .as_ref()
             .expect("jobs open while writing")
@@ -545,6 +604,10 @@ impl Writer {
     }
 
     fn stop_threads(&mut self) {
+        if let Some((tx, thread)) = self.hasher.take() {
+            drop(tx);
+            let _ = thread.join();
+        }
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -565,20 +628,56 @@ impl Writer {
             sha256: None,
             chunks: Vec::new(),
             target: None,
+            stamp: meta.stamp,
         });
         self.entries.len() - 1
     }
 
+    /// Reuses the previous snapshot's entry for a file whose stamp is unchanged.
+    fn reuse_unchanged(&mut self, meta: &EntryMeta) -> bool {
+        let Some(stamp) = meta.stamp else {
+            return false;
+        };
+        let Some(prev) = self.unchanged.remove(&meta.path) else {
+            return false;
+        };
+        if prev.stamp != Some(stamp) {
+            return false;
+        }
+        for c in &prev.chunks {
+            if let Some(loc) = self.index.get(c) {
+                self.reused_packs.insert(loc.pack);
+            }
+        }
+        let size = prev.size.unwrap_or_default();
+        self.stats.files += 1;
+        self.stats.chunks += prev.chunks.len() as u64;
+        self.stats.total_bytes += size;
+        self.progress.inc(size);
+        self.entries.push(ManifestEntry {
+            mode: meta.mode,
+            mtime_ns: meta.mtime_ns,
+            ..prev
+        });
+        true
+    }
+
     fn write_file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), WriterError> {
         self.check_failed()?;
+        if self.reuse_unchanged(meta) {
+            return Ok(());
+        }
         let entry = self.push_entry(meta, EntryKind::File);
+        let fixed = match self.chunking {
+            Chunking::Fixed { size } => Some(size as usize),
+            Chunking::ContentDefined => None,
+        };
         let (min, avg, max) = (
             self.chunker.min_size,
             self.chunker.avg_size,
             self.chunker.max_size,
         );
         let mut buf = std::mem::take(&mut self.buf);
-        let mut hasher = Sha256::new();
         let mut size = 0u64;
         let mut len = 0usize;
         let mut eof = false;
@@ -603,12 +702,14 @@ impl Writer {
             let mut pos = 0;
             while pos < len {
                 let remaining = len - pos;
-                if !eof && remaining < max as usize {
-                    break;
-                }
-                let (_, end) = cdc.cut(pos, remaining);
+                let end = match fixed {
+                    Some(n) if remaining >= n => pos + n,
+                    Some(_) if eof => len,
+                    Some(_) => break,
+                    None if !eof && remaining < max as usize => break,
+                    None => cdc.cut(pos, remaining).1,
+                };
                 let chunk = buf[pos..end].to_vec();
-                hasher.update(&chunk);
                 size += chunk.len() as u64;
                 self.submit(entry, chunk)?;
                 pos = end;
@@ -620,10 +721,19 @@ impl Writer {
             }
         })();
         self.buf = buf;
+        let (tx, rx) = bounded(1);
+        let ended = self
+            .hasher
+            .as_ref()
+            .expect("hasher runs while writing")
+            .0
+            .send(HashMsg::End(tx));
         result?;
+        ended.map_err(|_| WriterError::WorkerGone)?;
+        let sha256 = rx.recv().map_err(|_| WriterError::WorkerGone)?;
         let e = &mut self.entries[entry];
         e.size = Some(size);
-        e.sha256 = Some(Hash256(hasher.finalize().into()));
+        e.sha256 = Some(sha256);
         self.stats.files += 1;
         self.stats.total_bytes += size;
         Ok(())

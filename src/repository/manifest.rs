@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, Hash256, SnapshotId};
 use crate::plan::PlanName;
-use crate::source::{EntryKind, SourceMetadata};
+use crate::source::{EntryKind, FileStamp, SourceMetadata};
 use crate::store::Retention;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +63,10 @@ pub struct ManifestEntry {
     pub chunks: Vec<ChunkId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// Size, mtime, ctime and inode of a regular file, so the next backup can
+    /// reuse its chunks without reading it when none changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stamp: Option<FileStamp>,
 }
 
 impl Manifest {

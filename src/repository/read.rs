@@ -41,7 +41,7 @@ pub enum ReadError {
         key: String,
         chunk: ChunkId,
         path: String,
-        why: BlobError,
+        why: Box<BlobError>,
     },
     #[error("{path} does not match its snapshot: SHA-256 of the rebuilt file is {got}, the manifest says {expected}")]
     StreamHash {
@@ -255,7 +255,7 @@ fn fetch_run(
                 key: key.clone(),
                 chunk: b.id,
                 path: run.path.to_string(),
-                why,
+                why: Box::new(why),
             })
         })
         .collect()

@@ -30,7 +30,7 @@ use globset::{GlobBuilder, GlobMatcher};
 use serde_json::json;
 use walkdir::WalkDir;
 
-use super::{EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
+use super::{EntryMeta, EntrySink, FileStamp, Source, SourceError, SourceMetadata};
 
 pub struct FilesSource {
     root: PathBuf,
@@ -329,10 +329,17 @@ impl Read for CountingReader {
 }
 
 fn entry_meta(path: String, stat: &Metadata) -> EntryMeta {
+    let mtime_ns = stat.mtime() * 1_000_000_000 + stat.mtime_nsec();
     EntryMeta {
         path,
         mode: stat.mode() & 0o7777,
-        mtime_ns: Some(stat.mtime() * 1_000_000_000 + stat.mtime_nsec()),
+        mtime_ns: Some(mtime_ns),
+        stamp: stat.is_file().then(|| FileStamp {
+            size: stat.len(),
+            mtime_ns,
+            ctime_ns: stat.ctime() * 1_000_000_000 + stat.ctime_nsec(),
+            inode: stat.ino(),
+        }),
     }
 }
 

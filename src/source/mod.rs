@@ -28,6 +28,33 @@ pub struct EntryMeta {
     pub mode: u32,
     /// Modification time in nanoseconds since the Unix epoch, if known.
     pub mtime_ns: Option<i64>,
+    /// Set only where an unchanged stamp proves unchanged content (regular
+    /// files); the writer then reuses the previous snapshot's chunks without
+    /// reading the file. Never set for database images, whose file metadata
+    /// does not change with their content (e.g. SQLite in WAL mode).
+    pub stamp: Option<FileStamp>,
+}
+
+/// What identifies an unchanged regular file without reading it, as restic
+/// does: the same size, modification time, change time and inode. The change
+/// time cannot be set by users, so a rewrite that restores the mtime still
+/// shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub inode: u64,
+}
+
+/// How a source's streams are best cut into chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunking {
+    /// Content-defined (FastCDC): survives insertions that shift data.
+    ContentDefined,
+    /// Fixed-size chunks, for page-structured images (databases) whose pages
+    /// never shift: dedups as well and costs no rolling hash.
+    Fixed { size: u32 },
 }
 
 /// A sink failure, passed back through the source untouched.
@@ -74,6 +101,10 @@ pub trait Source: Send {
     fn kind(&self) -> &'static str;
     /// A rough size in bytes for progress, if cheap to know.
     fn estimate_bytes(&self) -> Option<u64>;
+    /// How this source's streams should be chunked.
+    fn chunking(&self) -> Chunking {
+        Chunking::ContentDefined
+    }
     /// Takes one consistent snapshot, handing every entry to `sink`.
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError>;
 }

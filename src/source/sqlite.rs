@@ -32,7 +32,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde_json::json;
 
-use super::{EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
+use super::{Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
 
 /// How long we wait for a lock held by a writer (rollback-journal mode, WAL
 /// recovery) before giving up. Writers commit in milliseconds; a long wait
@@ -283,6 +283,13 @@ impl Source for SqliteSource {
         "sqlite"
     }
 
+    /// Pages never move within a database file, so fixed 1 MiB chunks (a
+    /// whole number of pages for every page size) dedup as well as
+    /// content-defined ones, without the rolling hash.
+    fn chunking(&self) -> Chunking {
+        Chunking::Fixed { size: 1 << 20 }
+    }
+
     fn estimate_bytes(&self) -> Option<u64> {
         let from_sqlite = || -> Option<u64> {
             let conn = self.open().ok()?;
@@ -300,6 +307,7 @@ impl Source for SqliteSource {
             path: self.file_name.clone(),
             mode: stat.mode() & 0o7777,
             mtime_ns: Some(stat.mtime() * 1_000_000_000 + stat.mtime_nsec()),
+            stamp: None,
         };
 
         let mut conn = self.open()?;

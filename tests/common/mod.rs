@@ -24,7 +24,7 @@ pub fn data(seed: u64, len: usize) -> Vec<u8> {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        if x % 3 == 0 {
+        if x.is_multiple_of(3) {
             out.extend_from_slice(&x.to_le_bytes());
         } else {
             out.extend_from_slice(words[(x >> 8) as usize % words.len()]);
@@ -51,6 +51,7 @@ impl Source for MemSource {
             path: ".".into(),
             mode: 0o755,
             mtime_ns: Some(1_700_000_000_000_000_000),
+            stamp: None,
         })?;
         for (name, content) in &self.files {
             let mut r: &[u8] = content;
@@ -59,6 +60,7 @@ impl Source for MemSource {
                     path: name.clone(),
                     mode: 0o640,
                     mtime_ns: Some(1_700_000_000_123_456_789),
+                    stamp: None,
                 },
                 &mut r as &mut dyn Read,
             )?;
