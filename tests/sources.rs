@@ -131,7 +131,7 @@ fn payload(id: i64) -> Vec<u8> {
 }
 
 const WRITER: &str = r#"
-import os, sqlite3, sys
+import os, sqlite3, sys, time
 db, autocheckpoint, batch, stop = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 con = sqlite3.connect(db, timeout=60, isolation_level=None)
 if autocheckpoint >= 0:
@@ -144,6 +144,7 @@ while not os.path.exists(stop):
         con.execute('INSERT INTO t(id, payload) VALUES (?, ?)', (i, (b'%08d' % i) * 128))
     con.execute('COMMIT')
     nxt += batch
+    time.sleep(0.005)  # a busy application, not a bulk load: keeps the file a few MB
     if not said:
         print('committing', flush=True)
         said = True
@@ -190,7 +191,7 @@ impl LiveDb {
         }
         fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
         let stop = dir.path().join("stop");
-        let mut writer = Command::new("python3")
+        let writer = Command::new("python3")
             .arg("-c")
             .arg(WRITER)
             .arg(&db)
@@ -200,17 +201,17 @@ impl LiveDb {
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 is needed for the concurrent-writer tests");
-        let mut first = String::new();
-        BufReader::new(writer.stdout.as_mut().unwrap())
-            .read_line(&mut first)
-            .unwrap();
-        assert_eq!(first.trim(), "committing", "the writer did not start");
-        let live = LiveDb {
+        let mut live = LiveDb {
             _dir: dir,
             db,
             stop,
             writer,
         };
+        let mut first = String::new();
+        BufReader::new(live.writer.stdout.as_mut().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first.trim(), "committing", "the writer did not start");
         // Let a few more transactions land (in WAL mode: in the WAL).
         let deadline = Instant::now() + Duration::from_secs(30);
         while live.committed_rows() < PREFILL_ROWS + 10 * BATCH {
@@ -241,6 +242,17 @@ impl LiveDb {
         let status = self.writer.wait().unwrap();
         assert!(status.success(), "the writer failed: {status}");
         out.trim().parse().unwrap()
+    }
+}
+
+/// A failed assertion must not leave the writer running forever (and holding
+/// the test harness's output pipe open).
+impl Drop for LiveDb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.writer.try_wait() {
+            let _ = self.writer.kill();
+            let _ = self.writer.wait();
+        }
     }
 }
 

@@ -383,3 +383,45 @@ fn walk_error(root: &Path, e: walkdir::Error) -> SourceError {
         .unwrap_or_else(|| io::Error::other("filesystem loop"));
     io_error(&path, source)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn excludes(patterns: &[&str]) -> Excludes {
+        Excludes::new(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap()
+    }
+
+    #[test]
+    fn exclude_rules_match_as_documented() {
+        // (patterns, relative path, is a directory, excluded?)
+        let cases: &[(&[&str], &str, bool, bool)] = &[
+            (&["*.log"], "app.log", false, true),
+            (&["*.log"], "var/log/app.log", false, true),
+            (&["*.log"], "app.log.1", false, false),
+            (&["var/*.tmp"], "var/a.tmp", false, true),
+            (&["var/*.tmp"], "var/x/a.tmp", false, false),
+            (&["var/**/*.tmp"], "var/x/y/a.tmp", false, true),
+            (&["/build"], "build", true, true),
+            (&["/build"], "src/build", true, false),
+            (&["build"], "src/build", true, true),
+            (&["tmp/"], "tmp", true, true),
+            (&["tmp/"], "a/tmp", true, true),
+            (&["tmp/"], "tmp", false, false),
+            (&["cache/**"], "cache", true, false),
+            (&["cache/**"], "cache/x", true, true),
+            (&["cache/**"], "cache/x/y", false, true),
+            (&["Cache"], "cache", true, false),
+            (&["\\*"], "*", false, true),
+            (&["\\*"], "x", false, false),
+            (&["{a,b}.txt"], "d/b.txt", false, true),
+        ];
+        for (patterns, rel, is_dir, want) in cases {
+            assert_eq!(
+                excludes(patterns).is_excluded(Path::new(rel), *is_dir),
+                *want,
+                "{patterns:?} on {rel} (dir: {is_dir})"
+            );
+        }
+    }
+}
