@@ -16,6 +16,8 @@ WORKDIR /src
 
 # Dependencies first, against stub sources, so this layer is reused until
 # Cargo.toml or Cargo.lock change; editing src/ rebuilds holdfast only.
+# (Should Cargo.toml name [[bench]]/[[test]] files by path, copy those too:
+# cargo reads them when it loads the manifest.)
 COPY Cargo.toml Cargo.lock ./
 COPY .cargo .cargo
 RUN mkdir src \
