@@ -76,6 +76,11 @@ enum Command {
         /// Replace a non-empty target (the old one is removed only after the new one is in place).
         #[arg(long)]
         force: bool,
+        /// Also run the database's own consistency check (SQLite: PRAGMA
+        /// integrity_check) before putting the copy in place. Bytes are always
+        /// verified against the snapshot's SHA-256.
+        #[arg(long)]
+        check: bool,
         #[arg(long)]
         json: bool,
     },
@@ -351,6 +356,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             snapshot,
             to,
             force,
+            check,
             json,
         } => {
             let plan = load_plan(&plan.plan)?;
@@ -359,6 +365,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 snapshot,
                 to,
                 force,
+                check,
                 progress,
             };
             let report = restore(&repo, &plan.name, &opts).await?;

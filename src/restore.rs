@@ -3,7 +3,7 @@
 //! restore never leaves a target that looks complete.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,10 @@ pub struct RestoreOptions {
     pub to: PathBuf,
     /// Replace a non-empty target.
     pub force: bool,
+    /// Also run the database's own consistency check on the restored copy
+    /// (`PRAGMA integrity_check` for SQLite) before it is put in place. The
+    /// bytes are always verified against the snapshot's SHA-256.
+    pub check: bool,
     pub progress: ProgressMode,
 }
 
@@ -137,6 +141,7 @@ pub async fn restore(
                 Ok(())
             } else {
                 sink.finish_tree(&entries)
+                    .and_then(|_| sync_filesystem(&sink.root))
                     .map_err(|source| ReadError::Sink {
                         path: ".".into(),
                         source,
@@ -159,7 +164,7 @@ pub async fn restore(
             });
         }
     };
-    if manifest.source.kind == "sqlite" {
+    if opts.check && manifest.source.kind == "sqlite" {
         let db = temp.clone();
         let checked =
             tokio::task::spawn_blocking(move || crate::source::sqlite::check_restored(&db))
@@ -170,13 +175,15 @@ pub async fn restore(
             return Err(RestoreError::Check { target, source });
         }
     }
-    swap_into_place(&temp, &target, opts.force).map_err(|source| {
-        let _ = remove_any(&temp);
-        RestoreError::Target {
-            path: target.clone(),
-            source,
-        }
-    })?;
+    swap_into_place(&temp, &target, opts.force)
+        .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
+        .map_err(|source| {
+            let _ = remove_any(&temp);
+            RestoreError::Target {
+                path: target.clone(),
+                source,
+            }
+        })?;
     tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore finished");
     Ok(RestoreReport {
         plan: plan.to_string(),
@@ -288,7 +295,7 @@ fn swap_into_place(temp: &Path, target: &Path, force: bool) -> std::io::Result<(
 struct TreeWriter {
     root: PathBuf,
     single: bool,
-    out: Option<BufWriter<File>>,
+    out: Option<File>,
     progress: Progress,
     files: u64,
     /// Bytes written to the current file since its last background flush.
@@ -307,7 +314,7 @@ const SYNC_EVERY: u64 = 64 * 1024 * 1024;
 
 impl Syncer {
     fn start() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<File>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<File>(64);
         let thread = std::thread::Builder::new()
             .name("hf-restore-sync".into())
             .spawn(move || {
@@ -385,6 +392,12 @@ impl TreeWriter {
     }
 }
 
+/// Flushes the filesystem holding `path` to stable storage.
+fn sync_filesystem(path: &Path) -> std::io::Result<()> {
+    let dir = File::open(path)?;
+    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+}
+
 fn ft(ns: i64) -> filetime::FileTime {
     filetime::FileTime::from_unix_time(
         ns.div_euclid(1_000_000_000),
@@ -421,7 +434,7 @@ impl ReadSink for TreeWriter {
                     format!("unable to create {}: {e}", path.display()),
                 )
             })?;
-        self.out = Some(BufWriter::with_capacity(1 << 20, f));
+        self.out = Some(f);
         Ok(())
     }
 
@@ -432,9 +445,8 @@ impl ReadSink for TreeWriter {
         self.unsynced += bytes.len() as u64;
         if self.unsynced >= SYNC_EVERY {
             self.unsynced = 0;
-            out.flush()?;
             if let Some(s) = &self.syncer {
-                s.nudge(out.get_ref());
+                s.nudge(out);
             }
         }
         Ok(())
@@ -443,8 +455,15 @@ impl ReadSink for TreeWriter {
     fn end(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
         let out = self.out.take().expect("end follows start");
         self.unsynced = 0;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let file = out;
+        // A single stream is synced now; a tree is synced once, whole, by
+        // `syncfs` before it is renamed into place (one flush, not one per file).
+        if self.single {
+            file.sync_all()?;
+        } else if let Some(s) = &self.syncer {
+            // Start this file's writeback now, in the background.
+            s.nudge(&file);
+        }
         file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))?;
         if let Some(ns) = entry.mtime_ns {
             filetime::set_file_handle_times(&file, Some(ft(ns)), Some(ft(ns)))?;

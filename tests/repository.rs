@@ -86,6 +86,7 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
             snapshot: first.snapshot.short(),
             to: out.clone(),
             force: false,
+            check: false,
             progress: ProgressMode::Quiet,
         },
     )
@@ -139,6 +140,7 @@ async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
             snapshot: "latest".into(),
             to: out.clone(),
             force: false,
+            check: false,
             progress: ProgressMode::Quiet,
         },
     )
@@ -188,6 +190,7 @@ async fn a_flipped_byte_in_an_uncompressed_chunk_is_traced_to_its_pack() {
             snapshot: "latest".into(),
             to: out.clone(),
             force: false,
+            check: false,
             progress: ProgressMode::Quiet,
         },
     )

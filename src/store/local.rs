@@ -14,7 +14,7 @@
 //! Object Lock protects against an insider with filesystem access.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +38,13 @@ struct Inner {
     root: PathBuf,
     url: String,
     seq: AtomicU64,
+    /// Open handles of recently read objects. Objects never change once
+    /// written, so a cached handle always reads the right bytes; a restore
+    /// reads each pack many times, a range at a time.
+    open_files: std::sync::Mutex<std::collections::HashMap<String, Arc<File>>>,
 }
+
+const OPEN_FILES_CACHED: usize = 64;
 
 struct FileLock(#[allow(dead_code)] File);
 impl LockGuard for FileLock {}
@@ -61,6 +67,7 @@ impl LocalStore {
                 root,
                 url,
                 seq: AtomicU64::new(0),
+                open_files: Default::default(),
             }),
         })
     }
@@ -202,8 +209,22 @@ impl Inner {
         self.link_into_place(key, &tmp, &dest)
     }
 
+    fn open_cached(&self, key: &str) -> Result<Arc<File>, StoreError> {
+        let mut cache = self.open_files.lock().expect("file cache lock");
+        if let Some(f) = cache.get(key) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(self.object_path(key)).map_err(|e| self.io("read", key, e))?);
+        if cache.len() >= OPEN_FILES_CACHED {
+            cache.clear();
+        }
+        cache.insert(key.to_string(), f.clone());
+        Ok(f)
+    }
+
     fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
-        let mut f = File::open(self.object_path(key)).map_err(|e| self.io("read", key, e))?;
+        use std::os::unix::fs::FileExt;
+        let f = self.open_cached(key)?;
         let size = f.metadata().map_err(|e| self.io("stat", key, e))?.len();
         if offset.saturating_add(len) > size {
             return Err(StoreError::Truncated {
@@ -215,8 +236,7 @@ impl Inner {
             });
         }
         let mut buf = vec![0u8; len as usize];
-        f.seek(SeekFrom::Start(offset))
-            .and_then(|_| f.read_exact(&mut buf))
+        f.read_exact_at(&mut buf, offset)
             .map_err(|e| self.io("read", key, e))?;
         Ok(Bytes::from(buf))
     }
@@ -298,6 +318,7 @@ impl Inner {
                 });
             }
         }
+        self.open_files.lock().expect("file cache lock").remove(key);
         fs::remove_file(self.object_path(key)).map_err(|e| self.io("delete", key, e))?;
         match fs::remove_file(self.retention_path(key)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
