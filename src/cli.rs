@@ -299,8 +299,24 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             let repo = open_repo(&plan).await?;
             let snaps = repo.list_snapshots(&plan.name).await?;
             let mut rows = Vec::new();
+            let mut unreadable = 0;
             for s in &snaps {
-                let m = repo.load_manifest(s).await?;
+                let m = match repo.load_manifest(s).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        // List what can be read; name what cannot, and fail at the end.
+                        unreadable += 1;
+                        eprintln!("error: {e}");
+                        rows.push(serde_json::json!({
+                            "id": s.id,
+                            "short_id": s.id.short(),
+                            "time": s.started_at,
+                            "key": s.key,
+                            "error": e.to_string(),
+                        }));
+                        continue;
+                    }
+                };
                 rows.push(serde_json::json!({
                     "id": s.id,
                     "short_id": s.id.short(),
@@ -345,11 +361,19 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                         r["retain_until"]
                             .as_str()
                             .and_then(|t| t.get(..10))
-                            .unwrap_or("-"),
+                            .unwrap_or(if r.get("error").is_some() {
+                                "UNREADABLE: run verify"
+                            } else {
+                                "-"
+                            }),
                     );
                 }
             }
-            Ok(exit::OK)
+            Ok(if unreadable == 0 {
+                exit::OK
+            } else {
+                exit::VERIFY
+            })
         }
         Command::Restore {
             plan,

@@ -378,6 +378,11 @@ fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
     );
     let msg = fails(&["restore", "--plan", plan, "--to", out_s], 5);
     assert!(msg.contains(&manifest), "{msg}");
+    let msg = fails(&["snapshots", "--plan", plan], 5);
+    assert!(
+        msg.contains(&manifest) && msg.contains("UNREADABLE"),
+        "{msg}"
+    );
     assert!(!out.exists());
 }
 
@@ -389,7 +394,8 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_succeeds() {
     let plan = env.sqlite_plan(&db);
     let plan_s = plan.to_str().unwrap();
     ok(&["backup", "--plan", plan_s]);
-    add_rows(&Connection::open(&db).unwrap(), 150_000);
+    // Enough new data for several packs, so the kill lands mid-way.
+    add_rows(&Connection::open(&db).unwrap(), 400_000);
 
     let mut child = Command::new(BIN)
         .args(["backup", "--plan", plan_s])

@@ -677,6 +677,9 @@ impl Writer {
             self.chunker.avg_size,
             self.chunker.max_size,
         );
+        if let Some(n) = fixed {
+            return self.write_fixed(meta, entry, n, content);
+        }
         let mut buf = std::mem::take(&mut self.buf);
         let mut size = 0u64;
         let mut len = 0usize;
@@ -721,6 +724,50 @@ impl Writer {
             }
         })();
         self.buf = buf;
+        self.end_file(entry, size, result)
+    }
+
+    /// Fixed-size chunks are read straight into their own buffers: no copy.
+    fn write_fixed(
+        &mut self,
+        meta: &EntryMeta,
+        entry: usize,
+        n: usize,
+        content: &mut dyn Read,
+    ) -> Result<(), WriterError> {
+        let mut size = 0u64;
+        let result = (|| loop {
+            let mut chunk = Vec::with_capacity(n);
+            let mut limited = (&mut *content).take(n as u64);
+            match limited.read_to_end(&mut chunk) {
+                Ok(_) => {}
+                Err(source) => {
+                    return Err(WriterError::Read {
+                        path: meta.path.clone(),
+                        source,
+                    })
+                }
+            }
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            let last = chunk.len() < n;
+            size += chunk.len() as u64;
+            self.submit(entry, chunk)?;
+            if last {
+                return Ok(());
+            }
+        })();
+        self.end_file(entry, size, result)
+    }
+
+    /// Collects the file's whole-content hash and completes its entry.
+    fn end_file(
+        &mut self,
+        entry: usize,
+        size: u64,
+        result: Result<(), WriterError>,
+    ) -> Result<(), WriterError> {
         let (tx, rx) = bounded(1);
         let ended = self
             .hasher

@@ -400,7 +400,20 @@ struct PageReader<'s> {
 }
 
 impl PageReader<'_> {
+    /// Reads the next page into the page buffer.
     fn next_page(&mut self) -> Result<(), String> {
+        let mut page = std::mem::take(&mut self.page);
+        let r = self.next_page_with(|data| {
+            page.clear();
+            page.extend_from_slice(data);
+        });
+        self.page = page;
+        self.pos = 0;
+        r
+    }
+
+    /// Hands the next page's bytes to `take`, checked for order and size.
+    fn next_page_with(&mut self, take: impl FnOnce(&[u8])) -> Result<(), String> {
         let row = self
             .rows
             .next()
@@ -429,9 +442,7 @@ impl PageReader<'_> {
                 self.page_size
             ));
         }
-        self.page.clear();
-        self.page.extend_from_slice(data);
-        self.pos = 0;
+        take(data);
         self.next_pgno += 1;
         Ok(())
     }
@@ -441,6 +452,20 @@ impl Read for PageReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(message) = &self.error {
             return Err(io::Error::other(message.clone()));
+        }
+        // Whole pages straight into the caller's buffer: one copy, not two.
+        if self.pos == self.page.len() && buf.len() >= self.page_size {
+            let mut n = 0;
+            let size = self.page_size;
+            while buf.len() - n >= size && self.next_pgno <= self.page_count {
+                let dst = &mut buf[n..n + size];
+                if let Err(message) = self.next_page_with(|data| dst.copy_from_slice(data)) {
+                    self.error = Some(message.clone());
+                    return Err(io::Error::other(message));
+                }
+                n += size;
+            }
+            return Ok(n);
         }
         if self.pos == self.page.len() {
             if self.next_pgno > self.page_count {
