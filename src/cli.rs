@@ -355,7 +355,10 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                             .unwrap_or_default()
                             .replace('T', " "),
                         r["source"].as_str().unwrap_or_default(),
-                        r["files"],
+                        r["files"]
+                            .as_u64()
+                            .map(|n| n.to_string())
+                            .unwrap_or_default(),
                         human_bytes(r["total_bytes"].as_u64().unwrap_or_default()),
                         human_bytes(r["new_bytes"].as_u64().unwrap_or_default()),
                         r["retain_until"]
