@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use fastcdc::v2020::FastCDC;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
+use super::hasher::StreamHasher;
 use super::index::{IndexFile, IndexedPack};
 use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
 use super::pack::{encode_chunk, pack_id, Blob, BlobEntry, PackBuilder};
@@ -254,12 +254,6 @@ struct Job {
     reply: Sender<Done>,
 }
 
-/// Messages to the whole-file hasher thread.
-enum HashMsg {
-    Data(Arc<Vec<u8>>),
-    End(Sender<Hash256>),
-}
-
 struct Done {
     id: ChunkId,
     raw_length: u64,
@@ -374,7 +368,7 @@ struct Writer {
     /// The previous snapshot's file entries, by path, that may be reused.
     unchanged: HashMap<String, ManifestEntry>,
     chunking: Chunking,
-    hasher: Option<(Sender<HashMsg>, JoinHandle<()>)>,
+    hasher: StreamHasher<Vec<u8>>,
     chunker: ChunkerConfig,
     pack_target: usize,
     jobs: Option<Sender<Job>>,
@@ -461,26 +455,12 @@ impl Writer {
                     .expect("spawn uploader")
             })
             .collect();
-        let (hash_tx, hash_rx) = bounded::<HashMsg>(threads * 4);
-        let hasher = std::thread::Builder::new()
-            .name("hf-file-hash".into())
-            .spawn(move || {
-                let mut h = Sha256::new();
-                for msg in hash_rx {
-                    match msg {
-                        HashMsg::Data(d) => h.update(&d[..]),
-                        HashMsg::End(reply) => {
-                            let _ = reply.send(Hash256(std::mem::take(&mut h).finalize().into()));
-                        }
-                    }
-                }
-            })
-            .expect("spawn hasher");
+
         Writer {
             index,
             unchanged,
             chunking,
-            hasher: Some((hash_tx, hasher)),
+            hasher: StreamHasher::start(threads * 4),
             chunker,
             pack_target,
             jobs: Some(jobs_tx),
@@ -515,10 +495,7 @@ impl Writer {
         self.progress.inc(data.len() as u64);
         let data = Arc::new(data);
         self.hasher
-            .as_ref()
-            .expect("hasher runs while writing")
-            .0
-            .send(HashMsg::Data(data.clone()))
+            .feed(data.clone())
             .map_err(|_| WriterError::WorkerGone)?;
         self.jobs
             .as_ref()
@@ -604,10 +581,7 @@ impl Writer {
     }
 
     fn stop_threads(&mut self) {
-        if let Some((tx, thread)) = self.hasher.take() {
-            drop(tx);
-            let _ = thread.join();
-        }
+        self.hasher.stop();
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -768,16 +742,10 @@ impl Writer {
         size: u64,
         result: Result<(), WriterError>,
     ) -> Result<(), WriterError> {
-        let (tx, rx) = bounded(1);
-        let ended = self
-            .hasher
-            .as_ref()
-            .expect("hasher runs while writing")
-            .0
-            .send(HashMsg::End(tx));
+        // Ends the stream even after a failure, so the next one starts clean.
+        let ended = self.hasher.finish();
         result?;
-        ended.map_err(|_| WriterError::WorkerGone)?;
-        let sha256 = rx.recv().map_err(|_| WriterError::WorkerGone)?;
+        let sha256 = ended.map_err(|_| WriterError::WorkerGone)?;
         let e = &mut self.entries[entry];
         e.size = Some(size);
         e.sha256 = Some(sha256);

@@ -6,6 +6,7 @@
 //! because they are defined by the format; restore is in `crate::restore`.
 
 pub mod backup;
+pub mod hasher;
 pub mod index;
 pub mod manifest;
 pub mod pack;

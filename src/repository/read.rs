@@ -10,8 +10,8 @@
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
-use sha2::{Digest, Sha256};
 
+use super::hasher::StreamHasher;
 use super::manifest::ManifestEntry;
 use super::pack::{decode_blob_checked, BlobEntry, BlobError};
 use super::{pack_key, Index};
@@ -261,43 +261,20 @@ fn fetch_run(
         .collect()
 }
 
-/// Messages to the whole-file hasher thread.
-enum HashMsg {
-    Data(Arc<Vec<Vec<u8>>>),
-    End(Sender<Hash256>),
-}
-
 fn consume(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
 ) -> Result<(), ReadError> {
-    let (hash_tx, hash_rx) = bounded::<HashMsg>(4);
-    let hasher = std::thread::Builder::new()
-        .name("hf-file-hash".into())
-        .spawn(move || {
-            let mut h = Sha256::new();
-            for msg in hash_rx {
-                match msg {
-                    HashMsg::Data(chunks) => chunks.iter().for_each(|c| h.update(c)),
-                    HashMsg::End(reply) => {
-                        let _ = reply.send(Hash256(std::mem::take(&mut h).finalize().into()));
-                    }
-                }
-            }
-        })
-        .expect("spawn hasher");
-    let result = consume_items(entries, items, sink, &hash_tx);
-    drop(hash_tx);
-    let _ = hasher.join();
-    result
+    let hasher = StreamHasher::<Vec<Vec<u8>>>::start(4);
+    consume_items(entries, items, sink, &hasher)
 }
 
 fn consume_items(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
-    hasher: &Sender<HashMsg>,
+    hasher: &StreamHasher<Vec<Vec<u8>>>,
 ) -> Result<(), ReadError> {
     let sink_err = |path: &str, source| ReadError::Sink {
         path: path.to_string(),
@@ -313,7 +290,7 @@ fn consume_items(
             Item::Run(rx) => {
                 let chunks = Arc::new(rx.recv().expect("run planner keeps its promise")?);
                 hasher
-                    .send(HashMsg::Data(chunks.clone()))
+                    .feed(chunks.clone())
                     .expect("hasher runs while reading");
                 for c in chunks.iter() {
                     sink.data(c).map_err(|e| sink_err(current, e))?;
@@ -321,11 +298,7 @@ fn consume_items(
             }
             Item::End(i) => {
                 let entry = &entries[i];
-                let (tx, rx) = bounded(1);
-                hasher
-                    .send(HashMsg::End(tx))
-                    .expect("hasher runs while reading");
-                let got = rx.recv().expect("hasher answers");
+                let got = hasher.finish().expect("hasher runs while reading");
                 if let Some(expected) = entry.sha256 {
                     if got != expected {
                         return Err(ReadError::StreamHash {
