@@ -10,6 +10,8 @@ pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x01";
 pub const TRAILER_MAGIC: &[u8; 8] = b"HFPACKTR";
 pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 pub const FOOTER_LEN: usize = 4 + 8;
+/// No chunk is larger than this (FastCDC's largest maximum size).
+pub const MAX_CHUNK_LEN: usize = 16 * 1024 * 1024;
 
 /// How a blob's bytes encode its chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,13 @@ pub fn decode_blob_checked(
     data: &[u8],
     check_hash: bool,
 ) -> Result<Vec<u8>, BlobError> {
+    // A damaged index or trailer must not make us allocate gigabytes.
+    if entry.raw_length as usize > MAX_CHUNK_LEN {
+        return Err(BlobError::Length {
+            got: entry.raw_length as usize,
+            expected: MAX_CHUNK_LEN,
+        });
+    }
     let raw = match entry.encoding {
         Encoding::Raw => data.to_vec(),
         Encoding::Zstd => zstd_decompress(data, entry.raw_length as usize)
