@@ -151,8 +151,7 @@ impl<E: Into<anyhow::Error>> From<E> for Failure {
 
 fn classify(error: &anyhow::Error) -> u8 {
     for cause in error.chain() {
-        if let Some(e) = cause.downcast_ref::<crate::plan::PlanError>() {
-            let _ = e;
+        if cause.downcast_ref::<crate::plan::PlanError>().is_some() {
             return exit::PLAN;
         }
         if let Some(e) = cause.downcast_ref::<BackupError>() {
@@ -188,7 +187,7 @@ fn classify(error: &anyhow::Error) -> u8 {
 
 fn repo_code(e: &RepoError) -> u8 {
     match e {
-        RepoError::Corrupt { .. } | RepoError::MissingChunk { .. } => exit::VERIFY,
+        RepoError::Corrupt { .. } => exit::VERIFY,
         RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => exit::USAGE,
         _ => exit::REPOSITORY,
     }

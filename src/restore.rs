@@ -306,7 +306,7 @@ struct TreeWriter {
 /// Starts writeback of a file being restored while the restore goes on, so
 /// the final fsync of a large file does not wait for all of it at once.
 struct Syncer {
-    tx: std::sync::mpsc::SyncSender<File>,
+    tx: Option<std::sync::mpsc::SyncSender<File>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -325,23 +325,23 @@ impl Syncer {
             })
             .expect("spawn syncer");
         Syncer {
-            tx,
+            tx: Some(tx),
             thread: Some(thread),
         }
     }
 
-    /// Queues a flush unless one is already pending.
+    /// Queues a flush of `f`; skipped when the queue is full (a later nudge
+    /// or the final flush covers it).
     fn nudge(&self, f: &File) {
-        if let Ok(clone) = f.try_clone() {
-            let _ = self.tx.try_send(clone);
+        if let (Some(tx), Ok(clone)) = (&self.tx, f.try_clone()) {
+            let _ = tx.try_send(clone);
         }
     }
 }
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        let (tx, _) = std::sync::mpsc::sync_channel(0);
-        drop(std::mem::replace(&mut self.tx, tx));
+        self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

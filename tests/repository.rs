@@ -38,6 +38,26 @@ fn opts() -> BackupOptions {
     }
 }
 
+/// Restores a plan's latest snapshot into `out`, as `holdfast restore` does.
+async fn restore_latest(
+    repo: &Repository,
+    plan: &PlanName,
+    out: &Path,
+) -> Result<holdfast::restore::RestoreReport, holdfast::restore::RestoreError> {
+    restore(
+        repo,
+        plan,
+        &RestoreOptions {
+            snapshot: "latest".into(),
+            to: out.to_path_buf(),
+            force: false,
+            check: false,
+            progress: ProgressMode::Quiet,
+        },
+    )
+    .await
+}
+
 fn sample() -> MemSource {
     MemSource {
         files: vec![
@@ -133,19 +153,7 @@ async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
     assert_eq!(p.snapshots, vec![snap.snapshot.short()]);
 
     let out = tmp.path().join("out");
-    let err = restore(
-        &repo,
-        &plan,
-        &RestoreOptions {
-            snapshot: "latest".into(),
-            to: out.clone(),
-            force: false,
-            check: false,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = restore_latest(&repo, &plan, &out).await.unwrap_err();
     assert!(err.to_string().contains(victim.as_str()), "{err}");
     assert!(!out.exists(), "a failed restore leaves no target behind");
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
@@ -183,19 +191,7 @@ async fn a_flipped_byte_in_an_uncompressed_chunk_is_traced_to_its_pack() {
     std::fs::write(&path, &bytes).unwrap();
 
     let out = tmp.path().join("out");
-    let err = restore(
-        &repo,
-        &plan,
-        &RestoreOptions {
-            snapshot: "latest".into(),
-            to: out.clone(),
-            force: false,
-            check: false,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .await
-    .unwrap_err();
+    let err = restore_latest(&repo, &plan, &out).await.unwrap_err();
     let msg = format!("{err:#}");
     let chain: Vec<String> =
         std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())

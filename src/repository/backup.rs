@@ -642,18 +642,14 @@ impl Writer {
             return Ok(());
         }
         let entry = self.push_entry(meta, EntryKind::File);
-        let fixed = match self.chunking {
-            Chunking::Fixed { size } => Some(size as usize),
-            Chunking::ContentDefined => None,
-        };
+        if let Chunking::Fixed { size } = self.chunking {
+            return self.write_fixed(meta, entry, size as usize, content);
+        }
         let (min, avg, max) = (
             self.chunker.min_size,
             self.chunker.avg_size,
             self.chunker.max_size,
         );
-        if let Some(n) = fixed {
-            return self.write_fixed(meta, entry, n, content);
-        }
         let mut buf = std::mem::take(&mut self.buf);
         let mut size = 0u64;
         let mut len = 0usize;
@@ -679,13 +675,11 @@ impl Writer {
             let mut pos = 0;
             while pos < len {
                 let remaining = len - pos;
-                let end = match fixed {
-                    Some(n) if remaining >= n => pos + n,
-                    Some(_) if eof => len,
-                    Some(_) => break,
-                    None if !eof && remaining < max as usize => break,
-                    None => cdc.cut(pos, remaining).1,
-                };
+                // Short of a maximum chunk, a cut point may still move: read more.
+                if !eof && remaining < max as usize {
+                    break;
+                }
+                let end = cdc.cut(pos, remaining).1;
                 let chunk = buf[pos..end].to_vec();
                 size += chunk.len() as u64;
                 self.submit(entry, chunk)?;

@@ -30,7 +30,8 @@ pub use manifest::{Manifest, ManifestEntry, SnapshotRef};
 /// The repository format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
-/// Snapshots of a plan whose manifests are indexed per this many packs.
+/// A backup writes an index object after every this many packs (and one at
+/// the end), so the packs of a killed backup are known to the next one.
 pub const PACKS_PER_INDEX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +59,6 @@ pub enum RepoError {
         plan: String,
         selector: String,
         candidates: String,
-    },
-    #[error("chunk {chunk} needed by {path} is in no index of {url}")]
-    MissingChunk {
-        chunk: String,
-        path: String,
-        url: String,
     },
 }
 

@@ -73,7 +73,7 @@ impl FilesSource {
             let entry = entry.map_err(|e| walk_error(root, e))?;
             let path = entry.path();
             if entry.depth() == 0 {
-                let stat = fs::metadata(path).map_err(|e| io_error(path, e))?;
+                let stat = fs::metadata(path).map_err(|e| SourceError::io(path, e))?;
                 sink.dir(&entry_meta(".".into(), &stat))?;
                 counts.dirs += 1;
                 continue;
@@ -88,7 +88,7 @@ impl FilesSource {
                 sink.dir(&entry_meta(rel, &stat))?;
                 counts.dirs += 1;
             } else if ft.is_symlink() {
-                let target = fs::read_link(path).map_err(|e| io_error(path, e))?;
+                let target = fs::read_link(path).map_err(|e| SourceError::io(path, e))?;
                 let target = utf8(&target, path)?.to_owned();
                 sink.symlink(&entry_meta(rel, &stat), &target)?;
                 counts.symlinks += 1;
@@ -123,7 +123,7 @@ impl Source for FilesSource {
     }
 
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
-        let stat = fs::metadata(&self.root).map_err(|e| io_error(&self.root, e))?;
+        let stat = fs::metadata(&self.root).map_err(|e| SourceError::io(&self.root, e))?;
         let mut counts = Counts::default();
         if stat.is_file() {
             let name = self
@@ -269,7 +269,7 @@ fn stream_file(
     sink: &mut dyn EntrySink,
     counts: &mut Counts,
 ) -> Result<(), SourceError> {
-    let file = File::open(path).map_err(|e| io_error(path, e))?;
+    let file = File::open(path).map_err(|e| SourceError::io(path, e))?;
     let mut reader = CountingReader {
         inner: file,
         read: 0,
@@ -283,7 +283,10 @@ fn stream_file(
         });
     }
     sunk?;
-    let after = reader.inner.metadata().map_err(|e| io_error(path, e))?;
+    let after = reader
+        .inner
+        .metadata()
+        .map_err(|e| SourceError::io(path, e))?;
     let changed = reader.read != before.len()
         || after.len() != before.len()
         || after.mtime() != before.mtime()
@@ -363,25 +366,12 @@ fn special_kind(ft: &fs::FileType) -> &'static str {
     }
 }
 
-fn io_error(path: &Path, e: io::Error) -> SourceError {
-    if e.kind() == io::ErrorKind::NotFound {
-        SourceError::Missing {
-            path: path.to_owned(),
-        }
-    } else {
-        SourceError::Io {
-            path: path.to_owned(),
-            source: e,
-        }
-    }
-}
-
 fn walk_error(root: &Path, e: walkdir::Error) -> SourceError {
     let path = e.path().unwrap_or(root).to_owned();
     let source = e
         .into_io_error()
         .unwrap_or_else(|| io::Error::other("filesystem loop"));
-    io_error(&path, source)
+    SourceError::io(&path, source)
 }
 
 #[cfg(test)]

@@ -96,6 +96,23 @@ pub enum SourceError {
     Sink(#[from] SinkError),
 }
 
+impl SourceError {
+    /// An I/O failure on `path`: [`SourceError::Missing`] when it is not
+    /// there, [`SourceError::Io`] otherwise.
+    pub fn io(path: &std::path::Path, e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            SourceError::Missing {
+                path: path.to_owned(),
+            }
+        } else {
+            SourceError::Io {
+                path: path.to_owned(),
+                source: e,
+            }
+        }
+    }
+}
+
 pub trait Source: Send {
     /// `sqlite`, `files`, … as written in plans and manifests.
     fn kind(&self) -> &'static str;

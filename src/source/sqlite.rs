@@ -302,7 +302,7 @@ impl Source for SqliteSource {
 
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {
         check_header(&self.path)?;
-        let stat = fs::metadata(&self.path).map_err(|e| io_or_missing(&self.path, e))?;
+        let stat = fs::metadata(&self.path).map_err(|e| SourceError::io(&self.path, e))?;
         let meta = EntryMeta {
             path: self.file_name.clone(),
             mode: stat.mode() & 0o7777,
@@ -549,7 +549,7 @@ impl Drop for TempCopy {
 /// Refuses a missing path, a directory, or a file that does not start with
 /// the SQLite header (an empty file is a valid, empty database).
 fn check_header(path: &Path) -> Result<(), SourceError> {
-    let stat = fs::metadata(path).map_err(|e| io_or_missing(path, e))?;
+    let stat = fs::metadata(path).map_err(|e| SourceError::io(path, e))?;
     if !stat.is_file() {
         return Err(SourceError::Sqlite {
             path: path.to_owned(),
@@ -559,7 +559,7 @@ fn check_header(path: &Path) -> Result<(), SourceError> {
     let mut head = Vec::with_capacity(16);
     File::open(path)
         .and_then(|f| f.take(16).read_to_end(&mut head))
-        .map_err(|e| io_or_missing(path, e))?;
+        .map_err(|e| SourceError::io(path, e))?;
     if !head.is_empty() && head.as_slice() != SQLITE_HEADER {
         return Err(not_a_database(path));
     }
@@ -572,19 +572,6 @@ fn not_a_database(path: &Path) -> SourceError {
         message: "is not a SQLite database (no \"SQLite format 3\" header); \
                   check the plan's path"
             .into(),
-    }
-}
-
-fn io_or_missing(path: &Path, e: io::Error) -> SourceError {
-    if e.kind() == io::ErrorKind::NotFound {
-        SourceError::Missing {
-            path: path.to_owned(),
-        }
-    } else {
-        SourceError::Io {
-            path: path.to_owned(),
-            source: e,
-        }
     }
 }
 
