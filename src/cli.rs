@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use chrono::Utc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::plan::{Plan, SourceSpec};
+use crate::plan::{Plan, SourceSpec, Tier};
 use crate::progress::ProgressMode;
 use crate::repository::backup::{backup, BackupError, BackupOptions};
 use crate::repository::verify::verify;
@@ -252,13 +252,21 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             let source = open_source(&plan.source)?;
             let store: Arc<dyn store::Store> = store::open(&plan.repository).await?.into();
             let now = Utc::now();
-            let retention = Some(plan.retention_lock(now));
-            let repo = Repository::open_or_init(store, retention, now)
+            let repo = Repository::open_or_init(store, plan.lock_for(Tier::Monthly, now), now)
                 .await
                 .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
+            let earlier: Vec<_> = repo
+                .list_snapshots(&plan.name)
+                .await
+                .with_context(|| format!("unable to list the snapshots of plan {}", plan.name))?
+                .iter()
+                .map(|s| s.started_at)
+                .collect();
+            let tier = plan.tier_of(now, &earlier);
             let opts = BackupOptions {
                 compression_level: plan.compression.level,
-                retention,
+                retention: plan.lock_for(tier, now),
+                tier,
                 progress,
             };
             let report = backup(&repo, &plan.name, source, &opts)

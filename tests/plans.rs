@@ -382,21 +382,44 @@ fn an_invalid_exclude_glob_is_refused() {
 }
 
 #[test]
-fn an_s3_repository_is_validated_then_reported_unsupported() {
+fn an_s3_repository_is_read_with_its_endpoint_and_credentials() {
+    use holdfast::store::s3::SecretSource;
+    use holdfast::store::StoreConfig;
     let s3 = edit(
         "  url: ./repo",
-        "  url: s3://backups/prod\n  region: eu-west-1\n  endpoint: https://s3.example.net",
+        "  url: s3://backups/prod/db/\n  region: eu-west-1\n  endpoint: https://s3.example.net\n  access_key_id: AKIATEST\n  secret_access_key_file: ../s3.key",
     );
     let (_dir, file, result) = load(&s3);
-    let err = result.unwrap_err();
-    assert!(matches!(err, PlanError::Unsupported(_)), "{err:?}");
-    assert!(
-        err.to_string().starts_with(&format!(
-            "{}:6:3: repository.url: S3 repositories are not supported by this build yet",
-            file.display()
-        )),
-        "{err}"
+    let plan = result.unwrap();
+    let StoreConfig::S3(c) = &plan.repository else {
+        panic!("not S3: {:?}", plan.repository)
+    };
+    assert_eq!(
+        (c.bucket.as_str(), c.prefix.as_str()),
+        ("backups", "prod/db")
     );
+    assert_eq!(c.endpoint.as_deref(), Some("https://s3.example.net"));
+    assert_eq!(c.region.as_deref(), Some("eu-west-1"));
+    assert!(c.path_style, "a custom endpoint defaults to path-style");
+    let creds = c.credentials.as_ref().unwrap();
+    assert_eq!(creds.access_key_id, "AKIATEST");
+    assert_eq!(
+        creds.secret,
+        SecretSource::File(file.parent().unwrap().parent().unwrap().join("s3.key"))
+    );
+    assert_eq!(plan.repository.url(), "s3://backups/prod/db");
+
+    // A secret written in clear is refused; only one of key and key file.
+    let clear = edit(
+        "  url: ./repo",
+        "  url: s3://backups\n  access_key_id: AKIATEST\n  secret_access_key: hunter2",
+    );
+    assert!(expect_error(&clear, 8, 3, "repository.secret_access_key").contains("in clear"));
+    let half = edit(
+        "  url: ./repo",
+        "  url: s3://backups\n  access_key_id: AKIATEST",
+    );
+    expect_error(&half, 7, 3, "repository.access_key_id");
     let bad_bucket = edit("  url: ./repo", "  url: s3://Bad_Bucket/x");
     assert!(expect_error(&bad_bucket, 6, 3, "repository.url").contains("not a valid S3 bucket"));
     let bad_endpoint = edit(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use common::{data, MemSource};
-use holdfast::plan::PlanName;
+use holdfast::plan::{PlanName, Tier};
 use holdfast::progress::ProgressMode;
 use holdfast::repository::backup::{backup, BackupOptions};
 use holdfast::repository::verify::{verify, ProblemKind};
@@ -34,6 +34,7 @@ fn opts() -> BackupOptions {
             mode: LockMode::Compliance,
             until: Utc::now() + Duration::days(7),
         }),
+        tier: Tier::Daily,
         progress: ProgressMode::Quiet,
     }
 }

@@ -23,6 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use self::error::{locate, Diagnostic as D, FieldPath, Seg};
+use crate::store::s3::{S3Config, SecretSource, StaticCredentials};
 use crate::store::{LockMode, Retention, StoreConfig};
 
 pub use self::cron::{CronError, Schedule};
@@ -34,6 +35,9 @@ pub const DEFAULT_DRILL_SCHEDULE: &str = "@monthly";
 /// A drill that has not finished by then is failed and torn down.
 pub const DEFAULT_DRILL_MAX_DURATION: Duration = Duration::from_secs(2 * 3600);
 pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
+/// Days added to each tier's lock beyond what its rule needs, for late runs
+/// and clock skew.
+pub const LOCK_MARGIN_DAYS: u32 = 1;
 
 /// A validated plan. Paths in it are absolute; secrets are resolved.
 #[derive(Debug, Clone)]
@@ -272,8 +276,92 @@ pub enum PgSslMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LockSpec {
-    pub mode: LockMode,
+    pub mode: LockSetting,
+    /// The longest lock: what the retention's longest-kept tier needs, or
+    /// more. Shorter tiers get shorter locks (see [`Plan::lock_days_for`]).
+    /// Unused with `mode: none`.
+    #[serde(default)]
     pub days: u32,
+}
+
+/// `lock.mode`: an S3 Object Lock mode, or `none` for a repository without
+/// locks (said explicitly, and warned about, because then a holder of the
+/// credentials can delete every backup).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockSetting {
+    Compliance,
+    Governance,
+    None,
+}
+
+impl LockSetting {
+    pub fn store_mode(self) -> Option<LockMode> {
+        match self {
+            LockSetting::Compliance => Some(LockMode::Compliance),
+            LockSetting::Governance => Some(LockMode::Governance),
+            LockSetting::None => None,
+        }
+    }
+}
+
+impl fmt::Display for LockSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.store_mode() {
+            Some(m) => m.fmt(f),
+            None => f.write_str("none"),
+        }
+    }
+}
+
+/// Which retention rule a snapshot was taken for, decided when it is taken:
+/// the first snapshot of a calendar month (in the plan's timezone) is a
+/// `monthly` one, the first of a week `weekly`, and so on, counting only the
+/// rules the plan has. Its lock lasts as long as that tier keeps snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    Last,
+    Hourly,
+    Daily,
+    Weekly,
+    Monthly,
+}
+
+impl Tier {
+    pub const PERIODIC: [Tier; 4] = [Tier::Monthly, Tier::Weekly, Tier::Daily, Tier::Hourly];
+
+    fn rule(self) -> &'static str {
+        match self {
+            Tier::Last => "keep_last",
+            Tier::Hourly => "keep_hourly",
+            Tier::Daily => "keep_daily",
+            Tier::Weekly => "keep_weekly",
+            Tier::Monthly => "keep_monthly",
+        }
+    }
+
+    /// The calendar period `t` falls in, for this tier.
+    pub fn period(self, t: DateTime<Utc>, tz: Tz) -> (i32, u32, u32) {
+        use chrono::{Datelike, Timelike};
+        let local = t.with_timezone(&tz);
+        match self {
+            Tier::Last => (0, 0, 0),
+            Tier::Hourly => (local.year(), local.ordinal(), local.hour()),
+            Tier::Daily => (local.year(), local.ordinal(), 0),
+            Tier::Weekly => {
+                let w = local.iso_week();
+                (w.year(), w.week(), 0)
+            }
+            Tier::Monthly => (local.year(), local.month(), 0),
+        }
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.rule().trim_start_matches("keep_"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +375,16 @@ pub struct RetentionSpec {
 }
 
 impl RetentionSpec {
+    pub fn keep(&self, tier: Tier) -> Option<u32> {
+        match tier {
+            Tier::Last => self.keep_last,
+            Tier::Hourly => self.keep_hourly,
+            Tier::Daily => self.keep_daily,
+            Tier::Weekly => self.keep_weekly,
+            Tier::Monthly => self.keep_monthly,
+        }
+    }
+
     fn rules(&self) -> [(&'static str, Option<u32>); 5] {
         [
             ("keep_last", self.keep_last),
@@ -517,12 +615,63 @@ impl Plan {
         ctx.build(raw)
     }
 
-    /// The retention to put on objects written now: the plan's lock mode, until now + lock.days.
-    pub fn retention_lock(&self, now: DateTime<Utc>) -> Retention {
-        Retention {
-            mode: self.lock.mode,
-            until: now + chrono::Duration::days(i64::from(self.lock.days)),
+    /// The tier of a snapshot taken at `at`, given when the plan's earlier
+    /// snapshots were taken: the longest-period rule for which it is the
+    /// first snapshot of its period.
+    pub fn tier_of(&self, at: DateTime<Utc>, earlier: &[DateTime<Utc>]) -> Tier {
+        let tz = self.schedule.timezone();
+        for tier in Tier::PERIODIC {
+            if self.retention.keep(tier).is_none() {
+                continue;
+            }
+            let period = tier.period(at, tz);
+            if !earlier
+                .iter()
+                .any(|e| *e < at && tier.period(*e, tz) == period)
+            {
+                return tier;
+            }
         }
+        Tier::Last
+    }
+
+    /// Days a snapshot of `tier` stays locked: as long as any rule that can
+    /// keep it keeps snapshots (`keep_last` and every rule of a shorter
+    /// period keep it too), plus a day of margin, and never more than
+    /// `lock.days`, which validation checked covers the longest rule.
+    pub fn lock_days_for(&self, tier: Tier) -> u32 {
+        let mut rules = RetentionSpec::default();
+        for t in [
+            Tier::Last,
+            Tier::Hourly,
+            Tier::Daily,
+            Tier::Weekly,
+            Tier::Monthly,
+        ] {
+            if t <= tier || t == Tier::Last {
+                match t {
+                    Tier::Last => rules.keep_last = self.retention.keep_last,
+                    Tier::Hourly => rules.keep_hourly = self.retention.keep_hourly,
+                    Tier::Daily => rules.keep_daily = self.retention.keep_daily,
+                    Tier::Weekly => rules.keep_weekly = self.retention.keep_weekly,
+                    Tier::Monthly => rules.keep_monthly = self.retention.keep_monthly,
+                }
+            }
+        }
+        let gaps = self
+            .schedule
+            .wall_clock_gaps(cron::reference_instant(), 400);
+        let (needed, _) = needed_lock_days(&rules, &gaps);
+        (needed + LOCK_MARGIN_DAYS).min(self.lock.days).max(1)
+    }
+
+    /// The lock for objects a snapshot of `tier` writes or reuses, taken at
+    /// `now`; `None` when the plan says `lock.mode: none`.
+    pub fn lock_for(&self, tier: Tier, now: DateTime<Utc>) -> Option<Retention> {
+        Some(Retention {
+            mode: self.lock.mode.store_mode()?,
+            until: now + chrono::Duration::days(i64::from(self.lock_days_for(tier))),
+        })
     }
 
     /// How many days the lock must cover so every snapshot the retention
@@ -549,6 +698,9 @@ impl Plan {
             self.lock.days,
             self.retention,
         );
+        if self.lock.mode == LockSetting::None {
+            line = line.replace(&format!("lock none {}d", self.lock.days), "lock NONE");
+        }
         if let Some(drill) = &self.drill {
             line.push_str(&format!(
                 "; drill \"{}\", next {}",
@@ -621,6 +773,12 @@ impl Plan {
         }
         if let Some(dir) = self.drill.as_ref().and_then(|d| d.scratch_dir.as_ref()) {
             exists("drill.scratch_dir", dir, "drills create it");
+        }
+        if self.lock.mode == LockSetting::None {
+            out.push(format!(
+                "{}: lock.mode: none: snapshots are NOT immutable; anyone holding the repository's credentials can delete every backup",
+                self.file.display()
+            ));
         }
         out
     }
@@ -1016,7 +1174,7 @@ impl Ctx<'_> {
         };
         let schedule = self.schedule("schedule.backup", &raw.schedule.backup, tz)?;
 
-        if raw.lock.days == 0 {
+        if raw.lock.days == 0 && raw.lock.mode != LockSetting::None {
             return Err(self.invalid_hint(
                 "lock.days",
                 "must be at least 1",
@@ -1042,7 +1200,7 @@ impl Ctx<'_> {
         }
         let gaps = schedule.wall_clock_gaps(cron::reference_instant(), 400);
         let (needed, why) = needed_lock_days(&retention, &gaps);
-        if raw.lock.days < needed {
+        if raw.lock.days < needed && raw.lock.mode != LockSetting::None {
             return Err(self.invalid_hint(
                 "lock.days",
                 format!(
@@ -1316,7 +1474,7 @@ impl Ctx<'_> {
     fn repository(&self, raw: RawRepository) -> Res<StoreConfig> {
         let url = raw.url.trim();
         if let Some(rest) = url.strip_prefix("s3://") {
-            return Err(self.s3(rest, &raw));
+            return self.s3(rest, &raw);
         }
         let s3_only = [
             ("endpoint", raw.endpoint.is_some()),
@@ -1364,9 +1522,8 @@ impl Ctx<'_> {
         })
     }
 
-    /// Validates an S3 repository fully, then reports that this build cannot use it.
-    fn s3(&self, rest: &str, raw: &RawRepository) -> PlanError {
-        let (bucket, _prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    fn s3(&self, rest: &str, raw: &RawRepository) -> Res<StoreConfig> {
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let bucket_ok = (3..=63).contains(&bucket.len())
             && bucket
                 .chars()
@@ -1374,66 +1531,97 @@ impl Ctx<'_> {
             && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
             && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !bucket_ok {
-            return self.invalid_hint(
+            return Err(self.invalid_hint(
                 "repository.url",
                 format!("`{bucket}` is not a valid S3 bucket name"),
                 "3 to 63 of a-z, 0-9, - and ., starting and ending with a letter or digit",
-            );
+            ));
         }
         if let Some(endpoint) = &raw.endpoint {
             if !(endpoint.starts_with("https://") || endpoint.starts_with("http://"))
                 || endpoint.ends_with("://")
             {
-                return self.invalid(
+                return Err(self.invalid(
                     "repository.endpoint",
                     format!("`{endpoint}` must be an http:// or https:// URL"),
-                );
+                ));
             }
         }
         if raw.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
-            return self.invalid("repository.region", "is empty");
+            return Err(self.invalid("repository.region", "is empty"));
         }
         if let Some(id) = &raw.access_key_id {
             if let Err(e) = self.secret("repository.access_key_id", id, false) {
-                return e;
+                return Err(e);
             }
         }
         match (&raw.secret_access_key, &raw.secret_access_key_file) {
             (Some(_), Some(_)) => {
-                return self.invalid(
+                return Err(self.invalid(
                     "repository.secret_access_key_file",
                     "cannot be combined with secret_access_key; use one",
-                )
+                ))
             }
             (Some(key), None) => {
                 if let Err(e) = self.secret("repository.secret_access_key", key, true) {
-                    return e;
+                    return Err(e);
                 }
             }
             (None, Some(file)) => {
                 if let Err(e) = self.path("repository.secret_access_key_file", file) {
-                    return e;
+                    return Err(e);
                 }
             }
             (None, None) => {}
         }
         let has_secret = raw.secret_access_key.is_some() || raw.secret_access_key_file.is_some();
         if raw.access_key_id.is_some() != has_secret {
-            return self.invalid(
+            return Err(self.invalid(
                 if has_secret { "repository.secret_access_key" } else { "repository.access_key_id" },
                 "access_key_id and a secret access key go together; set both or neither (neither: the default AWS credential chain)",
-            );
+            ));
         }
-        let path = FieldPath::parse("repository.url");
-        let (line, column) = locate(self.text, &path).unzip();
-        PlanError::Unsupported(Box::new(D {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            field: path.to_string(),
-            message: "S3 repositories are not supported by this build yet".into(),
-            hint: Some("use a file:// repository for now".into()),
-        }))
+        let prefix = prefix.trim_matches('/');
+        if !prefix.is_empty() {
+            if let Err(e) = crate::store::check_key(prefix) {
+                return Err(self.invalid(
+                    "repository.url",
+                    format!("the key prefix `{prefix}` is not valid: {e}"),
+                ));
+            }
+        }
+        let credentials = match (
+            &raw.access_key_id,
+            &raw.secret_access_key,
+            &raw.secret_access_key_file,
+        ) {
+            (Some(id), Some(key), None) => Some(StaticCredentials {
+                access_key_id: self
+                    .secret("repository.access_key_id", id, false)?
+                    .expose()
+                    .to_string(),
+                secret: SecretSource::Value(self.secret(
+                    "repository.secret_access_key",
+                    key,
+                    true,
+                )?),
+            }),
+            (Some(id), None, Some(file)) => Some(StaticCredentials {
+                access_key_id: self
+                    .secret("repository.access_key_id", id, false)?
+                    .expose()
+                    .to_string(),
+                secret: SecretSource::File(self.path("repository.secret_access_key_file", file)?),
+            }),
+            _ => None,
+        };
+        let mut config = S3Config::new(bucket, prefix);
+        config.endpoint = raw.endpoint.clone();
+        config.region = raw.region.clone();
+        // Self-hosted servers (SeaweedFS, MinIO, Ceph) rarely have wildcard DNS.
+        config.path_style = raw.path_style.unwrap_or(raw.endpoint.is_some());
+        config.credentials = credentials;
+        Ok(StoreConfig::S3(config))
     }
 
     fn drill(&self, raw: RawDrill, schedule: Schedule, source: &SourceSpec) -> Res<DrillSpec> {
@@ -1636,14 +1824,45 @@ mod tests {
     }
 
     #[test]
-    fn retention_lock_runs_lock_days_from_now() {
+    fn each_snapshot_is_locked_as_long_as_its_tier_keeps_it() {
         let plan = parse(MINIMAL).unwrap();
-        let now = Utc::now();
-        let r = plan.retention_lock(now);
+        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let first = t("2026-11-26T00:00:00Z");
+        // The first snapshot of a day is the daily one: kept 7 days, locked 7.
+        assert_eq!(plan.tier_of(first, &[]), Tier::Daily);
+        let r = plan.lock_for(Tier::Daily, first).unwrap();
         assert_eq!(
-            (r.mode, r.until - now),
+            (r.mode, r.until - first),
             (LockMode::Compliance, chrono::Duration::days(7))
         );
+        // Later ones that day are kept by keep_last 24 only: a day, plus margin.
+        let later = t("2026-11-26T05:00:00Z");
+        assert_eq!(plan.tier_of(later, &[first]), Tier::Last);
+        assert_eq!(plan.lock_days_for(Tier::Last), 1 + LOCK_MARGIN_DAYS);
+        assert_eq!(
+            plan.tier_of(t("2026-11-27T00:00:00Z"), &[first, later]),
+            Tier::Daily
+        );
+
+        let yearly = MINIMAL
+            .replace("days: 7", "days: 400")
+            .replace("keep_daily: 7", "keep_daily: 7, keep_monthly: 12");
+        let plan = parse(&yearly).unwrap();
+        assert_eq!(plan.tier_of(first, &[]), Tier::Monthly);
+        assert_eq!(
+            plan.tier_of(t("2026-11-27T00:00:00Z"), &[first]),
+            Tier::Daily
+        );
+        let monthly = plan.lock_days_for(Tier::Monthly);
+        assert!((372..=400).contains(&monthly), "{monthly}");
+        assert_eq!(plan.lock_days_for(Tier::Daily), 7 + LOCK_MARGIN_DAYS);
+        assert_eq!(plan.lock_days_for(Tier::Last), 1 + LOCK_MARGIN_DAYS);
+
+        let unlocked = MINIMAL.replace("{mode: compliance, days: 7}", "{mode: none}");
+        let plan = parse(&unlocked).unwrap();
+        assert_eq!(plan.lock_for(Tier::Daily, first), None);
+        assert!(plan.summary(first).contains("lock NONE"));
+        assert!(plan.warnings().iter().any(|w| w.contains("NOT immutable")));
     }
 
     #[test]

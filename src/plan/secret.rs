@@ -1,43 +1,7 @@
 //! Secrets in plans: a newtype that never prints or serialises its value, and
 //! `${VAR}` expansion from an injected environment.
 
-use std::fmt;
-
-use serde::{Serialize, Serializer};
-
-/// A credential. Debug, Display and Serialize all print `***`; only
-/// [`Secret::expose`] gives the value, so every use is greppable.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for handing to a client library. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
-    }
-}
+pub use crate::secret::Secret;
 
 /// Why `${VAR}` expansion failed.
 #[derive(Debug, PartialEq, Eq)]

@@ -28,7 +28,7 @@ use super::{
     FORMAT_VERSION, PACKS_PER_INDEX,
 };
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
-use crate::plan::PlanName;
+use crate::plan::{PlanName, Tier};
 use crate::progress::{Progress, ProgressMode};
 use crate::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use crate::store::{PutOptions, Retention, Store, StoreError};
@@ -39,6 +39,8 @@ pub struct BackupOptions {
     pub compression_level: i32,
     /// Lock applied to every object written, and extended onto reused packs.
     pub retention: Option<Retention>,
+    /// The retention tier the snapshot is taken for; recorded in its manifest.
+    pub tier: Tier,
     pub progress: ProgressMode,
 }
 
@@ -56,6 +58,9 @@ pub struct BackupReport {
     pub packs_written: u64,
     pub packs_reused: u64,
     pub retain_until: Option<DateTime<Utc>>,
+    pub tier: Tier,
+    /// Reused objects whose lock had to be extended for this snapshot.
+    pub locks_extended: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,12 +104,10 @@ impl From<WriterError> for SinkError {
 pub async fn backup(
     repo: &Repository,
     plan: &PlanName,
-    mut source: Box<dyn Source>,
+    source: Box<dyn Source>,
     opts: &BackupOptions,
 ) -> Result<BackupReport, BackupError> {
-    let started = Instant::now();
-    let started_at = Utc::now();
-    let _lock = repo
+    let lock = repo
         .store()
         .try_lock(&format!("backup-{plan}"))
         .await
@@ -115,14 +118,44 @@ pub async fn backup(
             },
             other => BackupError::Store(other),
         })?;
+    let result = backup_locked(repo, plan, source, opts).await;
+    lock.release().await;
+    result
+}
+
+async fn backup_locked(
+    repo: &Repository,
+    plan: &PlanName,
+    mut source: Box<dyn Source>,
+    opts: &BackupOptions,
+) -> Result<BackupReport, BackupError> {
+    let started = Instant::now();
+    let started_at = Utc::now();
     let last = repo.list_snapshots(plan).await?.last().cloned();
     let previous = last.as_ref().map(|s| s.id);
     let index = Arc::new(repo.load_index().await?);
     // Files whose stamp is unchanged since the last snapshot are not read again.
     let mut unchanged: HashMap<String, ManifestEntry> = HashMap::new();
+    // Packs the previous snapshot needed are locked at least until its own
+    // retain-until (its backup made sure): no need to look at them again
+    // unless this snapshot needs a longer lock.
+    let mut covered: HashSet<PackId> = HashSet::new();
     if let Some(last) = &last {
         match repo.load_manifest(last).await {
             Ok(m) => {
+                let covers = match (m.retention, opts.retention) {
+                    (Some(prev), Some(now)) => prev.until >= now.until,
+                    _ => false,
+                };
+                if covers {
+                    for e in &m.entries {
+                        for c in &e.chunks {
+                            if let Some(loc) = index.get(c) {
+                                covered.insert(loc.pack);
+                            }
+                        }
+                    }
+                }
                 for e in m.entries {
                     if e.kind == EntryKind::File
                         && e.stamp.is_some()
@@ -177,9 +210,13 @@ pub async fn backup(
 
     // Every object this snapshot needs stays locked at least as long as it:
     // the packs it reuses, the index objects naming them, the config.
+    let mut locks_extended = 0u64;
     if let Some(retention) = opts.retention {
         let mut keys: Vec<String> = vec![super::CONFIG_KEY.to_string()];
         for pack in &written.reused_packs {
+            if covered.contains(pack) {
+                continue;
+            }
             keys.push(pack_key(pack));
             if let Some(k) = index.described_by(pack) {
                 keys.push(k.to_string());
@@ -187,11 +224,22 @@ pub async fn backup(
         }
         keys.sort();
         keys.dedup();
+        let mut tasks = tokio::task::JoinSet::new();
+        let limit = Arc::new(tokio::sync::Semaphore::new(16));
         for key in keys {
-            let info = repo.store().head(&key).await?;
-            if info.retention.is_none_or(|r| r.until < retention.until) {
-                repo.store().extend_retention(&key, &retention).await?;
-            }
+            let (store, limit) = (repo.store().clone(), limit.clone());
+            tasks.spawn(async move {
+                let _permit = limit.acquire_owned().await.expect("semaphore open");
+                let info = store.head(&key).await?;
+                if info.retention.is_none_or(|r| r.until < retention.until) {
+                    store.extend_retention(&key, &retention).await?;
+                    return Ok::<_, StoreError>(1u64);
+                }
+                Ok(0)
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            locks_extended += done.expect("lock task panicked")?;
         }
     }
 
@@ -202,7 +250,7 @@ pub async fn backup(
         plan: plan.clone(),
         previous,
         holdfast_version: env!("CARGO_PKG_VERSION").into(),
-        hostname: hostname(),
+        hostname: crate::hostname(),
         source: SourceRecord {
             kind: kind.into(),
             metadata,
@@ -210,6 +258,7 @@ pub async fn backup(
         started_at,
         finished_at,
         retention: opts.retention,
+        tier: Some(opts.tier),
         stats: written.stats,
         entries: written.entries,
     };
@@ -238,15 +287,9 @@ pub async fn backup(
         packs_written: written.packs_written,
         packs_reused: written.reused_packs.len() as u64,
         retain_until: opts.retention.map(|r| r.until),
+        tier: opts.tier,
+        locks_extended,
     })
-}
-
-fn hostname() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
 }
 
 struct Job {

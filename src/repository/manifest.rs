@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, Hash256, SnapshotId};
-use crate::plan::PlanName;
+use crate::plan::{PlanName, Tier};
 use crate::source::{EntryKind, FileStamp, SourceMetadata};
 use crate::store::Retention;
 
@@ -20,7 +20,12 @@ pub struct Manifest {
     pub source: SourceRecord,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The snapshot's own lock: every object it needs is locked at least
+    /// this long ("lock coverage", checked by `verify`).
     pub retention: Option<Retention>,
+    /// The retention tier it was taken for (format 1, since holdfast 0.1 with S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
     pub stats: SnapshotStats,
     pub entries: Vec<ManifestEntry>,
 }

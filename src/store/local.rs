@@ -349,7 +349,7 @@ impl Inner {
                     } else {
                         holder.trim().to_string()
                     },
-                    path,
+                    location: path.display().to_string(),
                 });
             }
             Err(fs::TryLockError::Error(e)) => return Err(self.io("lock", name, e)),

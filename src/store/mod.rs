@@ -19,6 +19,7 @@
 //!   [`StoreError::is_transient`] is true.
 
 pub mod local;
+pub mod s3;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -85,12 +86,14 @@ pub struct Capabilities {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreConfig {
     Local { root: PathBuf },
+    S3(s3::S3Config),
 }
 
 impl StoreConfig {
     pub fn url(&self) -> String {
         match self {
             StoreConfig::Local { root } => format!("file://{}", root.display()),
+            StoreConfig::S3(c) => c.url(),
         }
     }
 }
@@ -115,11 +118,20 @@ pub enum StoreError {
         current: DateTime<Utc>,
         requested: DateTime<Utc>,
     },
-    #[error("{what} is held by another process ({holder}); lock file {path}")]
+    #[error("{what} is held by another process ({holder}); lock {location}")]
     Busy {
         what: String,
         holder: String,
-        path: PathBuf,
+        location: String,
+    },
+    #[error("bucket {bucket} of {store} does not exist or is not reachable with these credentials; create it with `holdfast repo init --plan FILE`")]
+    NoBucket { store: String, bucket: String },
+    #[error("{op} {key} in {store} was refused ({detail}); the credentials lack the permission, or an object lock forbids it")]
+    Denied {
+        op: &'static str,
+        store: String,
+        key: String,
+        detail: String,
     },
     #[error("object key `{key}` is not valid: {why}")]
     BadKey { key: String, why: &'static str },
@@ -160,8 +172,14 @@ impl StoreError {
     }
 }
 
-/// Held while a process has exclusive use of a named lock; dropping releases it.
-pub trait LockGuard: Send + Sync {}
+/// Held while a process has exclusive use of a named lock. `release` gives it
+/// back; dropping it releases it on a best-effort basis (a local lock at once,
+/// an S3 lock when its lease ends or a later process on the host sees the
+/// holder is gone).
+#[async_trait]
+pub trait LockGuard: Send + Sync {
+    async fn release(self: Box<Self>) {}
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + fmt::Debug {
@@ -188,6 +206,7 @@ pub trait Store: Send + Sync + fmt::Debug {
 pub async fn open(config: &StoreConfig) -> Result<Box<dyn Store>, StoreError> {
     match config {
         StoreConfig::Local { root } => Ok(Box::new(local::LocalStore::open(root.clone())?)),
+        StoreConfig::S3(c) => Ok(Box::new(s3::S3Store::open(c.clone()).await?)),
     }
 }
 

@@ -68,3 +68,76 @@ impl Source for MemSource {
         Ok(SourceMetadata::new())
     }
 }
+
+/// The S3 test server `scripts/s3-server start` runs (scripts/test starts
+/// it). S3 tests never skip: without a server they fail and say how to start one.
+pub struct S3Env {
+    pub endpoint: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+pub fn s3_env() -> S3Env {
+    let mut vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+    if !vars.contains_key("HOLDFAST_S3_ENDPOINT") {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/s3-server/env");
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for line in text.lines() {
+                if let Some((k, v)) = line.trim().trim_start_matches("export ").split_once('=') {
+                    vars.insert(k.to_string(), v.trim_matches(['"', '\'']).to_string());
+                }
+            }
+        }
+    }
+    let get = |k: &str| {
+        vars.get(k).cloned().unwrap_or_else(|| {
+            panic!("{k} is not set and target/s3-server/env has no S3 server: run `scripts/s3-server start` (scripts/test does); S3 tests never skip")
+        })
+    };
+    S3Env {
+        endpoint: get("HOLDFAST_S3_ENDPOINT"),
+        access_key_id: get("AWS_ACCESS_KEY_ID"),
+        secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+    }
+}
+
+/// A bucket name no other test uses: `hf-<hint>-<random>`.
+pub fn bucket_name(hint: &str) -> String {
+    let mut r = [0u8; 4];
+    getrandom::fill(&mut r).unwrap();
+    let hint: String = hint
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("hf-{hint}-{}", hex::encode(r))
+}
+
+/// Store settings for `bucket` on the test server, with static credentials.
+pub fn s3_config(bucket: &str, prefix: &str) -> holdfast::store::s3::S3Config {
+    use holdfast::store::s3::{S3Config, SecretSource, StaticCredentials};
+    let env = s3_env();
+    let mut c = S3Config::new(bucket, prefix);
+    c.endpoint = Some(env.endpoint);
+    c.region = Some("us-east-1".into());
+    c.path_style = true;
+    c.credentials = Some(StaticCredentials {
+        access_key_id: env.access_key_id,
+        secret: SecretSource::Value(holdfast::secret::Secret::new(env.secret_access_key)),
+    });
+    c
+}
+
+/// A new bucket on the test server, with Object Lock unless `object_lock` is false.
+pub async fn s3_bucket(hint: &str, object_lock: bool) -> holdfast::store::s3::S3Store {
+    let config = s3_config(&bucket_name(hint), "repo");
+    let store = holdfast::store::s3::S3Store::open(config).await.unwrap();
+    store.create_bucket(object_lock).await.unwrap();
+    store
+}
