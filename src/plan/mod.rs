@@ -1550,30 +1550,31 @@ impl Ctx<'_> {
         if raw.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
             return Err(self.invalid("repository.region", "is empty"));
         }
-        if let Some(id) = &raw.access_key_id {
-            if let Err(e) = self.secret("repository.access_key_id", id, false) {
-                return Err(e);
-            }
-        }
-        match (&raw.secret_access_key, &raw.secret_access_key_file) {
+        let access_key_id = match &raw.access_key_id {
+            Some(id) => Some(
+                self.secret("repository.access_key_id", id, false)?
+                    .expose()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let secret = match (&raw.secret_access_key, &raw.secret_access_key_file) {
             (Some(_), Some(_)) => {
                 return Err(self.invalid(
                     "repository.secret_access_key_file",
                     "cannot be combined with secret_access_key; use one",
                 ))
             }
-            (Some(key), None) => {
-                if let Err(e) = self.secret("repository.secret_access_key", key, true) {
-                    return Err(e);
-                }
-            }
-            (None, Some(file)) => {
-                if let Err(e) = self.path("repository.secret_access_key_file", file) {
-                    return Err(e);
-                }
-            }
-            (None, None) => {}
-        }
+            (Some(key), None) => Some(SecretSource::Value(self.secret(
+                "repository.secret_access_key",
+                key,
+                true,
+            )?)),
+            (None, Some(file)) => Some(SecretSource::File(
+                self.path("repository.secret_access_key_file", file)?,
+            )),
+            (None, None) => None,
+        };
         let has_secret = raw.secret_access_key.is_some() || raw.secret_access_key_file.is_some();
         if raw.access_key_id.is_some() != has_secret {
             return Err(self.invalid(
@@ -1590,31 +1591,12 @@ impl Ctx<'_> {
                 ));
             }
         }
-        let credentials = match (
-            &raw.access_key_id,
-            &raw.secret_access_key,
-            &raw.secret_access_key_file,
-        ) {
-            (Some(id), Some(key), None) => Some(StaticCredentials {
-                access_key_id: self
-                    .secret("repository.access_key_id", id, false)?
-                    .expose()
-                    .to_string(),
-                secret: SecretSource::Value(self.secret(
-                    "repository.secret_access_key",
-                    key,
-                    true,
-                )?),
-            }),
-            (Some(id), None, Some(file)) => Some(StaticCredentials {
-                access_key_id: self
-                    .secret("repository.access_key_id", id, false)?
-                    .expose()
-                    .to_string(),
-                secret: SecretSource::File(self.path("repository.secret_access_key_file", file)?),
-            }),
-            _ => None,
-        };
+        let credentials = access_key_id
+            .zip(secret)
+            .map(|(access_key_id, secret)| StaticCredentials {
+                access_key_id,
+                secret,
+            });
         let mut config = S3Config::new(bucket, prefix);
         config.endpoint = raw.endpoint.clone();
         config.region = raw.region.clone();
