@@ -94,6 +94,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Apply the plan's retention policy: remove expired snapshots, and the
+    /// objects no kept snapshot needs, once their locks have ended.
+    Prune {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or check a plan's repository (on S3: the bucket, with
+    /// versioning and Object Lock).
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Prove the repository is immutable from the outside, with the plan's
+    /// own credentials: write a locked canary and try to delete it and to
+    /// shorten its lock (both must be refused); report dangerous permissions
+    /// and print least-privilege IAM policies.
+    Doctor {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long)]
+        json: bool,
+    },
     /// Work with plan files.
     Plan {
         #[command(subcommand)]
@@ -107,6 +134,17 @@ enum PlanCommand {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RepoCommand {
+    /// Create the repository (and bucket) if missing; check it otherwise.
+    Init {
+        #[command(flatten)]
+        plan: PlanArg,
         #[arg(long)]
         json: bool,
     },
@@ -130,6 +168,7 @@ pub mod exit {
     pub const BUSY: u8 = 6;
     pub const SOURCE: u8 = 7;
     pub const TARGET: u8 = 8;
+    pub const NOT_IMMUTABLE: u8 = 9;
 }
 
 /// An error with the exit code it maps to.
@@ -174,6 +213,12 @@ fn classify(error: &anyhow::Error) -> u8 {
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
             return repo_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<crate::doctor::InitError>() {
+            return match e {
+                crate::doctor::InitError::Repo(r) => repo_code(r),
+                _ => exit::REPOSITORY,
+            };
         }
         if cause.downcast_ref::<StoreError>().is_some() {
             return exit::REPOSITORY;
@@ -336,6 +381,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     "stored_bytes": m.stats.stored_bytes,
                     "previous": m.previous,
                     "retain_until": m.retention.map(|r| r.until),
+                    "tier": m.tier,
                     "key": s.key,
                 }));
             }
@@ -348,12 +394,12 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 println!("plan {} has no snapshots in {}", plan.name, repo.url());
             } else {
                 println!(
-                    "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  LOCKED UNTIL",
-                    "ID", "TIME (UTC)", "SOURCE", "FILES", "SIZE", "NEW"
+                    "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  {:<8} LOCKED UNTIL",
+                    "ID", "TIME (UTC)", "SOURCE", "FILES", "SIZE", "NEW", "TIER"
                 );
                 for r in &rows {
                     println!(
-                        "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  {}",
+                        "{:<9} {:<20} {:<7} {:>7} {:>10} {:>10}  {:<8} {}",
                         r["short_id"].as_str().unwrap_or_default(),
                         r["time"]
                             .as_str()
@@ -368,6 +414,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                             .unwrap_or_default(),
                         human_bytes(r["total_bytes"].as_u64().unwrap_or_default()),
                         human_bytes(r["new_bytes"].as_u64().unwrap_or_default()),
+                        r["tier"].as_str().unwrap_or("-"),
                         r["retain_until"]
                             .as_str()
                             .and_then(|t| t.get(..10))
@@ -462,6 +509,138 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 );
             }
             Ok(if report.ok() { exit::OK } else { exit::VERIFY })
+        }
+        Command::Prune {
+            plan,
+            dry_run,
+            json,
+        } => {
+            let plan = load_plan(&plan.plan)?;
+            let repo = open_repo(&plan).await?;
+            let now = Utc::now();
+            let opts = crate::repository::prune::PruneOptions {
+                retention: plan.retention,
+                timezone: plan.schedule.timezone(),
+                dry_run,
+                record_lock: plan.lock_for(Tier::Monthly, now),
+                now,
+            };
+            let report = crate::repository::prune::prune(&repo, &plan.name, &opts)
+                .await
+                .map_err(|e| match e {
+                    RepoError::Store(s @ StoreError::Busy { .. }) => Failure {
+                        code: exit::BUSY,
+                        error: anyhow::Error::new(s)
+                            .context(format!("a backup of plan {} is running", plan.name)),
+                    },
+                    e => e.into(),
+                })?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                let verb = if dry_run { "would remove" } else { "removed" };
+                for v in &report.removed {
+                    println!(
+                        "{verb} snapshot {} of {} ({})",
+                        v.snapshot,
+                        v.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+                        v.reason
+                    );
+                }
+                for v in &report.held_by_lock {
+                    println!(
+                        "keep snapshot {} of {}: {}",
+                        v.snapshot,
+                        v.started_at.format("%Y-%m-%d %H:%M:%SZ"),
+                        v.reason
+                    );
+                }
+                for r in &report.refused {
+                    println!("refused: {}: {}", r.object, r.detail);
+                }
+                println!(
+                    "plan {}: {} snapshot(s) kept by policy, {} held by their lock, {} {verb}; {} pack(s), {} {verb}{}",
+                    report.plan,
+                    report.kept.len(),
+                    report.held_by_lock.len(),
+                    report.removed.len(),
+                    report.packs_removed,
+                    human_bytes(report.bytes_removed),
+                    if report.refused.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {} delete(s) refused by a lock", report.refused.len())
+                    }
+                );
+            }
+            Ok(exit::OK)
+        }
+        Command::Repo {
+            command: RepoCommand::Init { plan, json },
+        } => {
+            let plan = load_plan(&plan.plan)?;
+            let report = crate::doctor::repo_init(&plan).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                if let Some(b) = &report.bucket {
+                    println!(
+                        "bucket {}: {}versioning {}, Object Lock {}",
+                        report.repository,
+                        if report.bucket_created { "created; " } else { "" },
+                        b.versioning.as_deref().unwrap_or("off"),
+                        if b.object_lock { "enabled" } else { "NOT enabled" }
+                    );
+                }
+                println!(
+                    "repository {}: {}",
+                    report.repository,
+                    if report.repository_created { "created" } else { "already initialised" }
+                );
+            }
+            if plan.lock.mode == crate::plan::LockSetting::None {
+                eprintln!("WARNING: plan {} has lock.mode none: its backups are NOT immutable; anyone holding the repository's credentials can delete all of them", plan.name);
+            }
+            Ok(exit::OK)
+        }
+        Command::Doctor { plan, json } => {
+            let plan = load_plan(&plan.plan)?;
+            let report = crate::doctor::doctor(&plan).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("report serialises")
+                );
+            } else {
+                for c in &report.checks {
+                    let mark = match c.status {
+                        crate::doctor::Status::Pass => "ok  ",
+                        crate::doctor::Status::Warn => "WARN",
+                        crate::doctor::Status::Fail => "FAIL",
+                    };
+                    println!("{mark} {}: {}", c.name, c.detail);
+                }
+                if let (Some(w), Some(p)) = (&report.writer_policy, &report.prune_policy) {
+                    println!("\nLeast-privilege IAM policy for the backup writer (no delete except its own lock objects):");
+                    println!("{}", serde_json::to_string_pretty(w).expect("policy serialises"));
+                    println!("\nIAM policy for prune (adds deleting object versions; locks still refuse early deletes):");
+                    println!("{}", serde_json::to_string_pretty(p).expect("policy serialises"));
+                }
+                println!(
+                    "\n{}: repository {} of plan {} {}",
+                    if report.ok() { "PASS" } else { "FAIL" },
+                    report.repository,
+                    report.plan,
+                    if report.ok() { "is immutable: a locked object could be neither deleted nor have its lock shortened" } else { "is NOT proven immutable; see the FAIL lines above" }
+                );
+            }
+            Ok(if report.ok() { exit::OK } else { exit::NOT_IMMUTABLE })
         }
     }
 }

@@ -6,6 +6,7 @@
 //! YAML file to a source and a store.
 
 pub mod cli;
+pub mod doctor;
 pub mod ids;
 pub mod plan;
 pub mod progress;

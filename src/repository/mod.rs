@@ -10,6 +10,7 @@ pub mod hasher;
 pub mod index;
 pub mod manifest;
 pub mod pack;
+pub mod prune;
 pub mod read;
 pub mod verify;
 
@@ -242,6 +243,7 @@ impl Repository {
     pub async fn load_index_lenient(&self) -> Result<(Index, Vec<(String, RepoError)>), RepoError> {
         let mut index = Index::default();
         let mut faults = Vec::new();
+        let pruned = self.pruned_packs().await?;
         for info in self.store.list("index/").await? {
             let decoded = match self.store.get(&info.key).await {
                 Ok(bytes) => index::IndexFile::decode(&info.key, &bytes),
@@ -249,11 +251,35 @@ impl Repository {
                 Err(e) => Err(e.into()),
             };
             match decoded {
-                Ok(file) => index.add_file(&info.key, &file),
+                Ok(mut file) => {
+                    file.packs.retain(|p| !pruned.contains(&p.id));
+                    index.add_file(&info.key, &file)
+                }
                 Err(e) => faults.push((info.key.clone(), e)),
             }
         }
         Ok((index, faults))
+    }
+
+    /// Packs that prune records say were (or are being) deleted.
+    pub async fn pruned_packs(&self) -> Result<std::collections::HashSet<PackId>, RepoError> {
+        Ok(self
+            .prune_records()
+            .await?
+            .into_iter()
+            .flat_map(|r| r.packs)
+            .collect())
+    }
+
+    /// Every prune record, oldest first. An unreadable one is an error: it
+    /// may name packs that are gone.
+    pub async fn prune_records(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
+        let mut out = Vec::new();
+        for info in self.store.list(prune::PRUNES_PREFIX).await? {
+            let bytes = self.store.get(&info.key).await?;
+            out.push(prune::PruneRecord::decode(&info.key, &bytes)?);
+        }
+        Ok(out)
     }
 
     /// A plan's snapshots, oldest first, from the object listing alone.

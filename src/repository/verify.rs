@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::manifest::ManifestEntry;
@@ -44,6 +45,8 @@ pub struct VerifyReport {
     pub packs_checked: usize,
     pub chunks_checked: usize,
     pub bytes_read: u64,
+    /// Objects whose lock was checked against the snapshots needing them.
+    pub objects_lock_checked: usize,
     pub problems: Vec<Problem>,
 }
 
@@ -95,11 +98,19 @@ pub async fn verify(
         }
     }
     let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
+    let pruned: BTreeSet<SnapshotId> = repo
+        .prune_records()
+        .await?
+        .into_iter()
+        .flat_map(|r| r.snapshots)
+        .collect();
     for (snap, m) in &manifests {
         let pos = all.iter().position(|s| s.id == snap.id);
         let expected_prev = pos.and_then(|p| p.checked_sub(1)).map(|p| all[p].id);
         if let Some(prev) = m.previous {
-            if !listed.contains(&prev) {
+            if pruned.contains(&prev) {
+                // Removed by `holdfast prune`, which recorded it.
+            } else if !listed.contains(&prev) {
                 problems.push(Problem {
                     object: snap.key.clone(),
                     kind: ProblemKind::ChainBroken,
@@ -242,8 +253,81 @@ pub async fn verify(
         }
     }
 
+    // Lock coverage: every object a snapshot needs is locked at least until
+    // the snapshot's own retain-until.
+    let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
+    for (snap, m) in &manifests {
+        let Some(r) = m.retention else { continue };
+        let mut need = |key: String| {
+            let e = required.entry(key).or_insert((r.until, BTreeSet::new()));
+            e.0 = e.0.max(r.until);
+            e.1.insert(snap.id.short());
+        };
+        need(snap.key.clone());
+        need(super::CONFIG_KEY.to_string());
+        let packs: BTreeSet<PackId> = m
+            .entries
+            .iter()
+            .flat_map(|e| &e.chunks)
+            .filter_map(|c| index.get(c).map(|l| l.pack))
+            .collect();
+        for p in packs {
+            if let Some(k) = index.described_by(&p) {
+                need(k.to_string());
+            }
+            need(pack_key(&p));
+        }
+    }
+    let mut lock_checks = tokio::task::JoinSet::new();
+    let limit = Arc::new(tokio::sync::Semaphore::new(16));
+    for (key, (until, snaps)) in required {
+        let (store, limit) = (repo.store().clone(), limit.clone());
+        lock_checks.spawn(async move {
+            let _permit = limit.acquire_owned().await.expect("semaphore open");
+            let info = store.head(&key).await;
+            (key, until, snaps, info)
+        });
+    }
+    let mut objects_lock_checked = 0usize;
+    while let Some(done) = lock_checks.join_next().await {
+        let (key, until, snaps, info) = done.expect("lock check panicked");
+        let snapshots: Vec<String> = snaps.into_iter().collect();
+        objects_lock_checked += 1;
+        match info {
+            Ok(info) => {
+                let short = info.retention.is_none_or(|r| r.until < until);
+                if short {
+                    problems.push(Problem {
+                        object: key,
+                        kind: ProblemKind::RetentionTooShort,
+                        detail: match info.retention {
+                            Some(r) => format!(
+                                "locked ({}) until {}, but snapshot(s) needing it are kept until {until}",
+                                r.mode, r.until
+                            ),
+                            None => format!(
+                                "not locked at all, but snapshot(s) needing it are kept until {until}"
+                            ),
+                        },
+                        snapshots,
+                    });
+                }
+            }
+            // Missing objects are reported above, with what they break.
+            Err(e) if e.is_not_found() => {}
+            Err(e) => problems.push(Problem {
+                object: key,
+                kind: ProblemKind::Missing,
+                detail: e.to_string(),
+                snapshots,
+            }),
+        }
+    }
+
     problems.sort_by(|a, b| (a.kind, &a.object).cmp(&(b.kind, &b.object)));
+    problems.dedup();
     Ok(VerifyReport {
+        objects_lock_checked,
         plan: plan.to_string(),
         repository: repo.url(),
         snapshots_checked: selected.len(),

@@ -1,0 +1,392 @@
+//! `holdfast prune`: apply a plan's retention policy to its snapshots and
+//! delete what no kept snapshot needs, once (and only once) its lock allows.
+//!
+//! Safety rests on three rules:
+//! * A snapshot is removed only when the policy no longer keeps it **and** its
+//!   own lock has ended; a pack only when no remaining snapshot of any plan
+//!   needs it **and** its lock has ended. The store refuses anything earlier;
+//!   a refusal is reported, not retried.
+//! * A backup extends the lock of every pack it reuses before it writes its
+//!   manifest, so a pack a running backup has just reused is locked again
+//!   and cannot be deleted under it. (Without locks, prune deletes only packs
+//!   that a completed backup indexed, never unindexed ones that may belong to
+//!   a backup still running.)
+//! * Before deleting anything, prune writes a record (`prunes/<time>-<id>`)
+//!   naming the snapshots and packs it removes. Index loading leaves those
+//!   packs out, so no later backup deduplicates against a deleted pack, and
+//!   `verify` accepts a hash-chain link to a pruned snapshot.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    decode_json_zst, encode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef,
+    FORMAT_VERSION,
+};
+use crate::ids::{Hash256, PackId, SnapshotId};
+use crate::plan::{PlanName, RetentionSpec, Tier};
+use crate::store::{PutOptions, Retention, StoreError};
+
+/// The object written before a prune deletes anything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneRecord {
+    pub format: String,
+    pub version: u32,
+    pub plan: PlanName,
+    pub at: DateTime<Utc>,
+    pub snapshots: Vec<SnapshotId>,
+    pub packs: Vec<PackId>,
+}
+
+pub const PRUNES_PREFIX: &str = "prunes/";
+
+impl PruneRecord {
+    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+        let r: PruneRecord = decode_json_zst("prune record", key, bytes)?;
+        if r.format != "holdfast-prune" {
+            return Err(RepoError::Corrupt {
+                what: "prune record",
+                key: key.to_string(),
+                why: "not a holdfast prune record".into(),
+            });
+        }
+        Ok(r)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SnapshotVerdict {
+    pub snapshot: String,
+    pub started_at: DateTime<Utc>,
+    pub tier: Option<Tier>,
+    pub retain_until: Option<DateTime<Utc>>,
+    /// Why it stays (`keep_last`, `keep_daily`, `locked until …`), or why it goes.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub object: String,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub plan: String,
+    pub repository: String,
+    pub dry_run: bool,
+    pub kept: Vec<SnapshotVerdict>,
+    /// Out of policy but still locked: removed by a later prune.
+    pub held_by_lock: Vec<SnapshotVerdict>,
+    pub removed: Vec<SnapshotVerdict>,
+    pub packs_removed: usize,
+    pub bytes_removed: u64,
+    pub index_objects_removed: usize,
+    pub other_objects_removed: usize,
+    /// Deletes the store refused (a lock still holding): reported, not retried.
+    pub refused: Vec<Refusal>,
+}
+
+/// Which of a plan's snapshots the policy keeps, and by which rule.
+///
+/// `keep_last N` keeps the newest N. `keep_<period> N` keeps, for each of the
+/// newest N periods that have one, the first snapshot of that period whose
+/// tier is at least that rule's (the one taken for it, and locked for it).
+pub fn keep_set(
+    snapshots: &[(SnapshotId, DateTime<Utc>, Option<Tier>)],
+    retention: &RetentionSpec,
+    tz: Tz,
+) -> HashMap<SnapshotId, String> {
+    let mut sorted: Vec<_> = snapshots.to_vec();
+    sorted.sort_by_key(|(id, at, _)| (*at, *id));
+    let mut keep: HashMap<SnapshotId, String> = HashMap::new();
+    if let Some(n) = retention.keep_last {
+        for (id, _, _) in sorted.iter().rev().take(n as usize) {
+            keep.entry(*id).or_insert_with(|| "keep_last".into());
+        }
+    }
+    for tier in Tier::PERIODIC {
+        let Some(n) = retention.keep(tier) else { continue };
+        // First eligible snapshot of each period, oldest first.
+        let mut firsts: BTreeMap<(i32, u32, u32), SnapshotId> = BTreeMap::new();
+        for (id, at, t) in &sorted {
+            // Manifests from before tiers were recorded count by time alone.
+            if t.is_some_and(|t| t < tier) {
+                continue;
+            }
+            firsts.entry(tier.period(*at, tz)).or_insert(*id);
+        }
+        for id in firsts.values().rev().take(n as usize) {
+            keep.entry(*id).or_insert_with(|| format!("keep_{tier}"));
+        }
+    }
+    keep
+}
+
+pub struct PruneOptions {
+    pub retention: RetentionSpec,
+    pub timezone: Tz,
+    pub dry_run: bool,
+    /// Lock for the prune record itself.
+    pub record_lock: Option<Retention>,
+    pub now: DateTime<Utc>,
+}
+
+/// Applies the policy to `plan`'s snapshots and removes what it can.
+pub async fn prune(
+    repo: &Repository,
+    plan: &PlanName,
+    opts: &PruneOptions,
+) -> Result<PruneReport, RepoError> {
+    let lock = repo.store().try_lock(&format!("backup-{plan}")).await?;
+    let result = prune_locked(repo, plan, opts).await;
+    lock.release().await;
+    result
+}
+
+async fn prune_locked(
+    repo: &Repository,
+    plan: &PlanName,
+    opts: &PruneOptions,
+) -> Result<PruneReport, RepoError> {
+    let store = repo.store();
+    // Every plan's manifests: packs are shared across plans by dedup.
+    let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
+    for info in store.list("snapshots/").await? {
+        let Some(snap) = SnapshotRef::from_key(&info.key) else {
+            continue;
+        };
+        // An unreadable manifest could need any pack: refuse to guess.
+        let m = repo.load_manifest(&snap).await?;
+        all.push((snap, m));
+    }
+    let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
+        .iter()
+        .filter(|(_, m)| &m.plan == plan)
+        .map(|(s, m)| (s.id, m.started_at, m.tier))
+        .collect();
+    let keep = keep_set(&mine, &opts.retention, opts.timezone);
+
+    let mut report = PruneReport {
+        plan: plan.to_string(),
+        repository: repo.url(),
+        dry_run: opts.dry_run,
+        kept: Vec::new(),
+        held_by_lock: Vec::new(),
+        removed: Vec::new(),
+        packs_removed: 0,
+        bytes_removed: 0,
+        index_objects_removed: 0,
+        other_objects_removed: 0,
+        refused: Vec::new(),
+    };
+    let mut removing: Vec<SnapshotRef> = Vec::new();
+    let mut remaining: Vec<&Manifest> = Vec::new();
+    for (snap, m) in &all {
+        if &m.plan != plan {
+            remaining.push(m);
+            continue;
+        }
+        let locked_until = m.retention.map(|r| r.until).filter(|u| *u > opts.now);
+        let verdict = |reason: String| SnapshotVerdict {
+            snapshot: snap.id.short(),
+            started_at: m.started_at,
+            tier: m.tier,
+            retain_until: m.retention.map(|r| r.until),
+            reason,
+        };
+        if let Some(rule) = keep.get(&snap.id) {
+            report.kept.push(verdict(rule.clone()));
+            remaining.push(m);
+        } else if let Some(until) = locked_until {
+            report
+                .held_by_lock
+                .push(verdict(format!("out of policy; locked until {until}")));
+            remaining.push(m);
+        } else {
+            report.removed.push(verdict("out of policy, lock ended".into()));
+            removing.push(snap.clone());
+        }
+    }
+
+    // Packs: everything listed that no remaining snapshot needs.
+    let index = repo.load_index().await?;
+    let mut live: HashSet<PackId> = HashSet::new();
+    for m in &remaining {
+        for e in &m.entries {
+            for c in &e.chunks {
+                if let Some(loc) = index.get(c) {
+                    live.insert(loc.pack);
+                }
+            }
+        }
+    }
+    let mut dead: BTreeMap<PackId, u64> = BTreeMap::new();
+    for info in store.list("packs/").await? {
+        let Some(id) = info.key.rsplit('/').next().and_then(|h| h.parse::<Hash256>().ok())
+        else {
+            continue;
+        };
+        let id = PackId(id);
+        if live.contains(&id) {
+            continue;
+        }
+        // Unindexed packs may belong to a backup still running; only their
+        // lock (which such a backup just set) says when they are old enough.
+        let indexed = index.packs().contains_key(&id);
+        if !indexed && store.head(&info.key).await?.retention.is_none() {
+            continue;
+        }
+        dead.insert(id, info.size);
+    }
+
+    if opts.dry_run {
+        report.packs_removed = dead.len();
+        report.bytes_removed = dead.values().sum();
+        return Ok(report);
+    }
+    if removing.is_empty() && dead.is_empty() {
+        return Ok(report);
+    }
+
+    let record = PruneRecord {
+        format: "holdfast-prune".into(),
+        version: FORMAT_VERSION,
+        plan: plan.clone(),
+        at: opts.now,
+        snapshots: removing.iter().map(|s| s.id).collect(),
+        packs: dead.keys().copied().collect(),
+    };
+    let bytes = encode_json_zst(&record);
+    let sha = Hash256::digest(&bytes);
+    let key = format!(
+        "{PRUNES_PREFIX}{}-{}",
+        opts.now.format("%Y%m%dT%H%M%S%.3fZ"),
+        sha.to_hex()
+    );
+    store
+        .put(
+            &key,
+            Bytes::from(bytes),
+            &PutOptions {
+                sha256: sha,
+                retention: opts.record_lock,
+            },
+        )
+        .await?;
+
+    let mut refuse = |object: &str, e: StoreError| -> Result<(), RepoError> {
+        match e {
+            StoreError::NotFound { .. } => Ok(()),
+            e @ (StoreError::Retained { .. } | StoreError::Denied { .. }) => {
+                report.refused.push(Refusal {
+                    object: object.to_string(),
+                    detail: e.to_string(),
+                });
+                Ok(())
+            }
+            e => Err(e.into()),
+        }
+    };
+    for snap in &removing {
+        if let Err(e) = store.delete(&snap.key).await {
+            refuse(&snap.key, e)?;
+        }
+    }
+    let mut gone: BTreeSet<PackId> = BTreeSet::new();
+    let mut packs_removed = 0;
+    let mut bytes_removed = 0;
+    for (pack, size) in &dead {
+        let key = pack_key(pack);
+        match store.delete(&key).await {
+            Ok(()) => {
+                gone.insert(*pack);
+                packs_removed += 1;
+                bytes_removed += size;
+            }
+            Err(e) => refuse(&key, e)?,
+        }
+    }
+    // Index objects all of whose packs are gone (now or by earlier prunes).
+    let pruned = repo.pruned_packs().await?;
+    let mut index_removed = 0;
+    for info in store.list("index/").await? {
+        let Ok(bytes) = store.get(&info.key).await else {
+            continue;
+        };
+        let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes) else {
+            continue;
+        };
+        if file
+            .packs
+            .iter()
+            .all(|p| gone.contains(&p.id) || pruned.contains(&p.id))
+        {
+            match store.delete(&info.key).await {
+                Ok(()) => index_removed += 1,
+                Err(e) => refuse(&info.key, e)?,
+            }
+        }
+    }
+    // Expired `doctor` canaries.
+    let mut other = 0;
+    for info in store.list("doctor/").await? {
+        match store.delete(&info.key).await {
+            Ok(()) => other += 1,
+            Err(StoreError::Retained { .. }) => {}
+            Err(e) => refuse(&info.key, e)?,
+        }
+    }
+    report.packs_removed = packs_removed;
+    report.bytes_removed = bytes_removed;
+    report.index_objects_removed = index_removed;
+    report.other_objects_removed = other;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    fn id(n: u8) -> SnapshotId {
+        SnapshotId(Hash256([n; 32]))
+    }
+
+    #[test]
+    fn keeps_the_newest_and_the_first_of_each_period() {
+        // Hourly backups over three days; the first of each day is `daily`.
+        let mut snaps = Vec::new();
+        let mut n = 0u8;
+        for day in 1..=3 {
+            for hour in 0..4 {
+                let tier = if hour == 0 { Tier::Daily } else { Tier::Last };
+                snaps.push((
+                    id(n),
+                    t(&format!("2026-11-0{day}T0{hour}:00:00Z")),
+                    Some(tier),
+                ));
+                n += 1;
+            }
+        }
+        let policy = RetentionSpec {
+            keep_last: Some(3),
+            keep_daily: Some(2),
+            ..Default::default()
+        };
+        let keep = keep_set(&snaps, &policy, Tz::UTC);
+        let mut kept: Vec<u8> = keep.keys().map(|k| k.0 .0[0]).collect();
+        kept.sort();
+        // Newest three (9, 10, 11) and the daily of days 2 and 3 (4, 8).
+        assert_eq!(kept, vec![4, 8, 9, 10, 11]);
+        assert_eq!(keep[&id(4)], "keep_daily");
+        assert_eq!(keep[&id(11)], "keep_last");
+    }
+}
