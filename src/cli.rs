@@ -593,15 +593,27 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     println!(
                         "bucket {}: {}versioning {}, Object Lock {}",
                         report.repository,
-                        if report.bucket_created { "created; " } else { "" },
+                        if report.bucket_created {
+                            "created; "
+                        } else {
+                            ""
+                        },
                         b.versioning.as_deref().unwrap_or("off"),
-                        if b.object_lock { "enabled" } else { "NOT enabled" }
+                        if b.object_lock {
+                            "enabled"
+                        } else {
+                            "NOT enabled"
+                        }
                     );
                 }
                 println!(
                     "repository {}: {}",
                     report.repository,
-                    if report.repository_created { "created" } else { "already initialised" }
+                    if report.repository_created {
+                        "created"
+                    } else {
+                        "already initialised"
+                    }
                 );
             }
             if plan.lock.mode == crate::plan::LockSetting::None {
@@ -628,19 +640,33 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 }
                 if let (Some(w), Some(p)) = (&report.writer_policy, &report.prune_policy) {
                     println!("\nLeast-privilege IAM policy for the backup writer (no delete except its own lock objects):");
-                    println!("{}", serde_json::to_string_pretty(w).expect("policy serialises"));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(w).expect("policy serialises")
+                    );
                     println!("\nIAM policy for prune (adds deleting object versions; locks still refuse early deletes):");
-                    println!("{}", serde_json::to_string_pretty(p).expect("policy serialises"));
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(p).expect("policy serialises")
+                    );
                 }
                 println!(
                     "\n{}: repository {} of plan {} {}",
                     if report.ok() { "PASS" } else { "FAIL" },
                     report.repository,
                     report.plan,
-                    if report.ok() { "is immutable: a locked object could be neither deleted nor have its lock shortened" } else { "is NOT proven immutable; see the FAIL lines above" }
+                    if report.ok() {
+                        "is immutable: a locked object could be neither deleted nor have its lock shortened"
+                    } else {
+                        "is NOT proven immutable; see the FAIL lines above"
+                    }
                 );
             }
-            Ok(if report.ok() { exit::OK } else { exit::NOT_IMMUTABLE })
+            Ok(if report.ok() {
+                exit::OK
+            } else {
+                exit::NOT_IMMUTABLE
+            })
         }
     }
 }

@@ -193,15 +193,26 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
                 report.push(
                     "bucket",
                     Status::Fail,
-                    format!("bucket {} does not exist; run `holdfast repo init --plan {}`", s3.bucket(), plan.file.display()),
+                    format!(
+                        "bucket {} does not exist; run `holdfast repo init --plan {}`",
+                        s3.bucket(),
+                        plan.file.display()
+                    ),
                 );
                 return Ok(report);
             }
             Ok(state) => {
                 report.push(
                     "bucket versioning",
-                    if state.versioning.as_deref() == Some("Enabled") { Status::Pass } else { Status::Fail },
-                    format!("versioning is {}", state.versioning.as_deref().unwrap_or("off")),
+                    if state.versioning.as_deref() == Some("Enabled") {
+                        Status::Pass
+                    } else {
+                        Status::Fail
+                    },
+                    format!(
+                        "versioning is {}",
+                        state.versioning.as_deref().unwrap_or("off")
+                    ),
                 );
                 let lock_status = match (state.object_lock, plan.lock.mode) {
                     (true, _) => Status::Pass,
@@ -233,7 +244,11 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
     }
 
     match Repository::open(store.clone()).await {
-        Ok(_) => report.push("repository", Status::Pass, "config readable, format understood"),
+        Ok(_) => report.push(
+            "repository",
+            Status::Pass,
+            "config readable, format understood",
+        ),
         Err(e) => report.push("repository", Status::Fail, e.to_string()),
     }
 
@@ -250,13 +265,20 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
     let until = Utc::now() + CANARY_LOCK;
     let key = canary_key("canary");
     if let Err(e) = put_canary(store.as_ref(), &key, Some(Retention { mode, until })).await {
-        report.push("canary write", Status::Fail, format!("unable to write {key} under lock: {e}"));
+        report.push(
+            "canary write",
+            Status::Fail,
+            format!("unable to write {key} under lock: {e}"),
+        );
         return Ok(report);
     }
     report.push(
         "canary write",
         Status::Pass,
-        format!("wrote {key} locked ({mode}) until {}", until.format("%H:%M:%SZ")),
+        format!(
+            "wrote {key} locked ({mode}) until {}",
+            until.format("%H:%M:%SZ")
+        ),
     );
 
     match &s3 {
@@ -265,7 +287,11 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
             let deleted = store.delete(&key).await;
             report.push(
                 "canary delete refused",
-                if matches!(deleted, Err(StoreError::Retained { .. })) { Status::Pass } else { Status::Fail },
+                if matches!(deleted, Err(StoreError::Retained { .. })) {
+                    Status::Pass
+                } else {
+                    Status::Fail
+                },
                 match deleted {
                     Err(e) => format!("refused: {e}"),
                     Ok(()) => "the canary was DELETED: objects are not immutable".into(),
@@ -297,20 +323,37 @@ async fn s3_attacks(
     let mut deleted = Vec::new();
     let mut refusals = Vec::new();
     for (v, _) in &versions {
-        match client.delete_object().bucket(bucket).key(&full).version_id(v).send().await {
+        match client
+            .delete_object()
+            .bucket(bucket)
+            .key(&full)
+            .version_id(v)
+            .send()
+            .await
+        {
             Ok(_) => deleted.push(v.clone()),
             Err(e) => refusals.push(failure(&e).to_string()),
         }
     }
     report.push(
         "canary delete refused",
-        if deleted.is_empty() && !versions.is_empty() { Status::Pass } else { Status::Fail },
+        if deleted.is_empty() && !versions.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
         if !deleted.is_empty() {
-            format!("deleting version(s) {} of {key} SUCCEEDED: these credentials can destroy backups", deleted.join(", "))
+            format!(
+                "deleting version(s) {} of {key} SUCCEEDED: these credentials can destroy backups",
+                deleted.join(", ")
+            )
         } else if versions.is_empty() {
             format!("no version of {key} is listed, so the delete could not be tried")
         } else {
-            format!("deleting the version of {key} was refused ({})", refusals.join("; "))
+            format!(
+                "deleting the version of {key} was refused ({})",
+                refusals.join("; ")
+            )
         },
     );
 
@@ -326,17 +369,25 @@ async fn s3_attacks(
                     LockMode::Compliance => aws_sdk_s3::types::ObjectLockRetentionMode::Compliance,
                     LockMode::Governance => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
                 })
-                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(shorter.timestamp()))
+                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                    shorter.timestamp(),
+                ))
                 .build(),
         )
         .send()
         .await;
     report.push(
         "canary lock cannot be shortened",
-        if res.is_err() { Status::Pass } else { Status::Fail },
+        if res.is_err() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
         match res {
             Err(e) => format!("shortening the lock of {key} was refused ({})", failure(&e)),
-            Ok(_) => format!("the lock of {key} was SHORTENED to {shorter}: it does not protect anything"),
+            Ok(_) => format!(
+                "the lock of {key} was SHORTENED to {shorter}: it does not protect anything"
+            ),
         },
     );
 
@@ -388,8 +439,15 @@ async fn s3_attacks(
         },
     );
 
-    let lock_conf = client.get_object_lock_configuration().bucket(bucket).send().await;
-    let conf_probe = match lock_conf.ok().and_then(|o| o.object_lock_configuration().cloned()) {
+    let lock_conf = client
+        .get_object_lock_configuration()
+        .bucket(bucket)
+        .send()
+        .await;
+    let conf_probe = match lock_conf
+        .ok()
+        .and_then(|o| o.object_lock_configuration().cloned())
+    {
         Some(conf) => client
             .put_object_lock_configuration()
             .bucket(bucket)
@@ -438,7 +496,11 @@ fn arns(s3: &S3Store) -> (String, String, String) {
     } else {
         format!("{bucket}/{prefix}/*")
     };
-    let list_prefix = if prefix.is_empty() { "*".to_string() } else { format!("{prefix}/*") };
+    let list_prefix = if prefix.is_empty() {
+        "*".to_string()
+    } else {
+        format!("{prefix}/*")
+    };
     (bucket, objects, list_prefix)
 }
 

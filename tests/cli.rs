@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::{add_rows, checksum, make_db};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -99,62 +101,6 @@ fn fails(args: &[&str], code: i32) -> String {
 
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).unwrap()
-}
-
-/// A database of `rows` orders with mixed text and numbers.
-fn make_db(path: &Path, rows: usize) {
-    let conn = Connection::open(path).unwrap();
-    conn.execute_batch(
-        "PRAGMA journal_mode=WAL;
-         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT);",
-    )
-    .unwrap();
-    add_rows(&conn, rows);
-}
-
-fn add_rows(conn: &Connection, rows: usize) {
-    let start: i64 = conn
-        .query_row("SELECT coalesce(max(id), 0) FROM orders", [], |r| r.get(0))
-        .unwrap();
-    let tx = conn.unchecked_transaction().unwrap();
-    {
-        let mut stmt = tx
-            .prepare("INSERT INTO orders(id, customer, amount, note) VALUES (?, ?, ?, ?)")
-            .unwrap();
-        for i in 0..rows as i64 {
-            let id = start + i + 1;
-            let note = String::from_utf8_lossy(&common::data(id as u64, 200)).into_owned();
-            stmt.execute(rusqlite::params![
-                id,
-                format!("customer-{}", id % 977),
-                id as f64 * 1.25,
-                note
-            ])
-            .unwrap();
-        }
-    }
-    tx.commit().unwrap();
-}
-
-fn checksum(db: &Path) -> (i64, String) {
-    let conn = Connection::open(db).unwrap();
-    let n: i64 = conn
-        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
-        .unwrap();
-    let mut stmt = conn
-        .prepare("SELECT id, customer, amount, note FROM orders ORDER BY id")
-        .unwrap();
-    let mut h = sha2::Sha256::default();
-    use sha2::Digest;
-    let mut rows = stmt.query([]).unwrap();
-    while let Some(r) = rows.next().unwrap() {
-        let id: i64 = r.get(0).unwrap();
-        let c: String = r.get(1).unwrap();
-        let a: f64 = r.get(2).unwrap();
-        let note: String = r.get(3).unwrap();
-        h.update(format!("{id}|{c}|{a}|{note}\n"));
-    }
-    (n, hex::encode(h.finalize()))
 }
 
 fn flip_byte(path: &Path) {

@@ -282,6 +282,35 @@ pub struct LockSpec {
     /// Unused with `mode: none`.
     #[serde(default)]
     pub days: u32,
+    /// Instead of `days`: a lock of any length (`90s`, `36h`), for short-lived
+    /// repositories and tests of expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<LockDuration>,
+}
+
+/// `lock.duration`, written as a humantime duration (`90s`, `12h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockDuration(pub Duration);
+
+impl Serialize for LockDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for LockDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = humantime::parse_duration(text.trim()).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration ({e}); write e.g. 90s, 36h, 30d"
+            ))
+        })?;
+        if parsed.is_zero() {
+            return Err(serde::de::Error::custom("must be longer than zero"));
+        }
+        Ok(LockDuration(parsed))
+    }
 }
 
 /// `lock.mode`: an S3 Object Lock mode, or `none` for a repository without
@@ -635,11 +664,25 @@ impl Plan {
         Tier::Last
     }
 
-    /// Days a snapshot of `tier` stays locked: as long as any rule that can
-    /// keep it keeps snapshots (`keep_last` and every rule of a shorter
-    /// period keep it too), plus a day of margin, and never more than
-    /// `lock.days`, which validation checked covers the longest rule.
+    /// The plan's longest lock: `lock.duration`, or `lock.days`.
+    pub fn lock_length(&self) -> chrono::Duration {
+        match self.lock.duration {
+            Some(d) => chrono::Duration::from_std(d.0).unwrap_or(chrono::Duration::MAX),
+            None => chrono::Duration::days(i64::from(self.lock.days)),
+        }
+    }
+
+    /// Days a snapshot of `tier` stays locked, rounded up (see [`Plan::lock_length_for`]).
     pub fn lock_days_for(&self, tier: Tier) -> u32 {
+        let secs = self.lock_length_for(tier).num_seconds();
+        u32::try_from((secs + 86_399) / 86_400).unwrap_or(u32::MAX)
+    }
+
+    /// How long a snapshot of `tier` stays locked: as long as any rule that
+    /// can keep it keeps snapshots (`keep_last` and every rule of a shorter
+    /// period keep it too), plus a day of margin, and never more than the
+    /// plan's lock length, which validation checked covers the longest rule.
+    pub fn lock_length_for(&self, tier: Tier) -> chrono::Duration {
         let mut rules = RetentionSpec::default();
         for t in [
             Tier::Last,
@@ -661,8 +704,12 @@ impl Plan {
         let gaps = self
             .schedule
             .wall_clock_gaps(cron::reference_instant(), 400);
-        let (needed, _) = needed_lock_days(&rules, &gaps);
-        (needed + LOCK_MARGIN_DAYS).min(self.lock.days).max(1)
+        let (needed, _) = needed_lock_seconds(&rules, &gaps);
+        let wanted =
+            chrono::Duration::seconds(needed) + chrono::Duration::days(i64::from(LOCK_MARGIN_DAYS));
+        wanted
+            .min(self.lock_length())
+            .max(chrono::Duration::seconds(1))
     }
 
     /// The lock for objects a snapshot of `tier` writes or reuses, taken at
@@ -670,7 +717,7 @@ impl Plan {
     pub fn lock_for(&self, tier: Tier, now: DateTime<Utc>) -> Option<Retention> {
         Some(Retention {
             mode: self.lock.mode.store_mode()?,
-            until: now + chrono::Duration::days(i64::from(self.lock_days_for(tier))),
+            until: now + self.lock_length_for(tier),
         })
     }
 
@@ -687,7 +734,7 @@ impl Plan {
     /// `quickstart: sqlite /abs/app.db -> file:///abs/repo, backup "0 * * * *" UTC, next 2026-11-26T05:00:00Z, 06:00:00Z, 07:00:00Z; lock compliance 14d; keep last 24, daily 7`.
     pub fn summary(&self, now: DateTime<Utc>) -> String {
         let mut line = format!(
-            "{}: {} -> {}, backup \"{}\" {}, next {}; lock {} {}d; {}",
+            "{}: {} -> {}, backup \"{}\" {}, next {}; lock {} {}; {}",
             self.name,
             self.source,
             self.repository.url(),
@@ -695,7 +742,10 @@ impl Plan {
             self.schedule.timezone().name(),
             format_runs(&self.schedule.next_runs(now, 3)),
             self.lock.mode,
-            self.lock.days,
+            match self.lock.duration {
+                Some(d) => humantime::format_duration(d.0).to_string(),
+                None => format!("{}d", self.lock.days),
+            },
             self.retention,
         );
         if self.lock.mode == LockSetting::None {
@@ -813,9 +863,19 @@ fn format_runs(runs: &[DateTime<Utc>]) -> String {
 /// least one gap. We take the longest such span over the gaps given (a year
 /// or more of runs) and round up to whole days.
 fn needed_lock_days(retention: &RetentionSpec, gaps: &[chrono::Duration]) -> (u32, String) {
+    let (secs, why) = needed_lock_seconds(retention, gaps);
+    let day = 86_400i64;
+    (
+        u32::try_from((secs + day - 1) / day).unwrap_or(u32::MAX),
+        why,
+    )
+}
+
+/// [`needed_lock_days`] to the second.
+fn needed_lock_seconds(retention: &RetentionSpec, gaps: &[chrono::Duration]) -> (i64, String) {
     let day = 86_400i64;
     let gaps: Vec<i64> = gaps.iter().map(|g| g.num_seconds()).collect();
-    let mut best = (0u32, String::new());
+    let mut best = (0i64, String::new());
     for (rule, n) in retention.rules() {
         let Some(n) = n else { continue };
         let period = match rule {
@@ -826,9 +886,8 @@ fn needed_lock_days(retention: &RetentionSpec, gaps: &[chrono::Duration]) -> (u3
             _ => 31 * day,
         };
         let secs = longest_span(&gaps, n as usize, period);
-        let days = u32::try_from((secs + day - 1) / day).unwrap_or(u32::MAX);
-        if days > best.0 {
-            best = (days, format!("{rule}: {n}"));
+        if secs > best.0 {
+            best = (secs, format!("{rule}: {n}"));
         }
     }
     best
@@ -1174,7 +1233,13 @@ impl Ctx<'_> {
         };
         let schedule = self.schedule("schedule.backup", &raw.schedule.backup, tz)?;
 
-        if raw.lock.days == 0 && raw.lock.mode != LockSetting::None {
+        if raw.lock.duration.is_some() && raw.lock.days != 0 {
+            return Err(self.invalid(
+                "lock.duration",
+                "cannot be combined with lock.days; use one",
+            ));
+        }
+        if raw.lock.days == 0 && raw.lock.duration.is_none() && raw.lock.mode != LockSetting::None {
             return Err(self.invalid_hint(
                 "lock.days",
                 "must be at least 1",
@@ -1200,7 +1265,20 @@ impl Ctx<'_> {
         }
         let gaps = schedule.wall_clock_gaps(cron::reference_instant(), 400);
         let (needed, why) = needed_lock_days(&retention, &gaps);
-        if raw.lock.days < needed && raw.lock.mode != LockSetting::None {
+        if let (Some(d), true) = (raw.lock.duration, raw.lock.mode != LockSetting::None) {
+            let (secs, why) = needed_lock_seconds(&retention, &gaps);
+            if (d.0.as_secs() as i64) < secs {
+                let need = humantime::format_duration(Duration::from_secs(secs as u64));
+                return Err(self.invalid_hint(
+                    "lock.duration",
+                    format!(
+                        "{} is shorter than the retention needs: retention.{why} keeps snapshots for up to {need}",
+                        humantime::format_duration(d.0)
+                    ),
+                    format!("raise lock.duration to {need}, or keep fewer snapshots"),
+                ));
+            }
+        } else if raw.lock.days < needed && raw.lock.mode != LockSetting::None {
             return Err(self.invalid_hint(
                 "lock.days",
                 format!(
@@ -1591,12 +1669,13 @@ impl Ctx<'_> {
                 ));
             }
         }
-        let credentials = access_key_id
-            .zip(secret)
-            .map(|(access_key_id, secret)| StaticCredentials {
-                access_key_id,
-                secret,
-            });
+        let credentials =
+            access_key_id
+                .zip(secret)
+                .map(|(access_key_id, secret)| StaticCredentials {
+                    access_key_id,
+                    secret,
+                });
         let mut config = S3Config::new(bucket, prefix);
         config.endpoint = raw.endpoint.clone();
         config.region = raw.region.clone();

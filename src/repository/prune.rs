@@ -110,7 +110,9 @@ pub fn keep_set(
         }
     }
     for tier in Tier::PERIODIC {
-        let Some(n) = retention.keep(tier) else { continue };
+        let Some(n) = retention.keep(tier) else {
+            continue;
+        };
         // First eligible snapshot of each period, oldest first.
         let mut firsts: BTreeMap<(i32, u32, u32), SnapshotId> = BTreeMap::new();
         for (id, at, t) in &sorted {
@@ -208,7 +210,9 @@ async fn prune_locked(
                 .push(verdict(format!("out of policy; locked until {until}")));
             remaining.push(m);
         } else {
-            report.removed.push(verdict("out of policy, lock ended".into()));
+            report
+                .removed
+                .push(verdict("out of policy, lock ended".into()));
             removing.push(snap.clone());
         }
     }
@@ -227,7 +231,11 @@ async fn prune_locked(
     }
     let mut dead: BTreeMap<PackId, u64> = BTreeMap::new();
     for info in store.list("packs/").await? {
-        let Some(id) = info.key.rsplit('/').next().and_then(|h| h.parse::<Hash256>().ok())
+        let Some(id) = info
+            .key
+            .rsplit('/')
+            .next()
+            .and_then(|h| h.parse::<Hash256>().ok())
         else {
             continue;
         };

@@ -16,6 +16,13 @@
 //!   jitter (standard mode); what reaches the caller is final.
 //! * Deleting removes every version of a key by version id: a plain DELETE on a
 //!   versioned bucket only hides the object behind a delete marker.
+//! * Reads go to each key's **original** (oldest) version. holdfast never
+//!   overwrites a key, so any later version, and any delete marker, is
+//!   somebody else's doing: an insider who overwrites or "deletes" every key
+//!   with the backup credentials changes nothing holdfast reads, and the
+//!   locked originals restore. Listings come from the version listing for the
+//!   same reason. (Lock objects under `locks/` are the one mutable thing and
+//!   are read at their latest version.)
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,6 +137,15 @@ pub struct S3Store {
     client: Client,
     config: Arc<S3Config>,
     url: String,
+    /// Each key's original version and size, as listed or written.
+    originals: Arc<std::sync::Mutex<std::collections::HashMap<String, Original>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Original {
+    /// `None` on a bucket that never had versioning.
+    version: Option<String>,
+    size: u64,
 }
 
 /// What a failed request came back with, for messages and decisions.
@@ -309,6 +325,7 @@ impl S3Store {
             client: Client::from_conf(builder.build()),
             config: Arc::new(config),
             url,
+            originals: Default::default(),
         })
     }
 
@@ -430,14 +447,101 @@ impl S3Store {
                 .object_lock_mode(lock_mode(r.mode))
                 .object_lock_retain_until_date(aws_time(r.until));
         }
-        req.customize()
+        let size = req.get_content_length().unwrap_or(0) as u64;
+        let out = req
+            .customize()
             // The signed x-amz-checksum-sha256 header already covers the body;
             // signing the payload too would hash every byte a second time.
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| self.error("put", key, e))?;
+        self.remember(key, out.version_id(), size);
         Ok(())
+    }
+
+    fn remember(&self, key: &str, version: Option<&str>, size: u64) {
+        if key.starts_with("locks/") {
+            return;
+        }
+        self.originals.lock().expect("originals lock").insert(
+            key.to_string(),
+            Original {
+                version: version.filter(|v| *v != "null").map(str::to_string),
+                size,
+            },
+        );
+    }
+
+    /// The original version of `key`: the oldest one that is not a delete
+    /// marker. Later versions are reported, since holdfast never writes them.
+    async fn original(&self, key: &str) -> Result<Original, StoreError> {
+        if let Some(o) = self.originals.lock().expect("originals lock").get(key) {
+            return Ok(o.clone());
+        }
+        let full = self.full_key(key);
+        let mut found: Vec<(Option<String>, u64)> = Vec::new();
+        let mut markers = 0usize;
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.config.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| self.error("list versions of", key, e))?;
+            for v in page.versions() {
+                if v.key() == Some(full.as_str()) {
+                    found.push((
+                        v.version_id().map(str::to_string),
+                        v.size().unwrap_or(0).max(0) as u64,
+                    ));
+                }
+            }
+            markers += page
+                .delete_markers()
+                .iter()
+                .filter(|m| m.key() == Some(full.as_str()))
+                .count();
+            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+        }
+        // Versions are listed newest first.
+        let Some((version, size)) = found.last().cloned() else {
+            return Err(StoreError::NotFound {
+                store: self.url.clone(),
+                key: key.to_string(),
+            });
+        };
+        if found.len() > 1 || markers > 0 {
+            tracing::warn!(
+                object = %key,
+                versions = found.len(),
+                delete_markers = markers,
+                "object was overwritten or deleted outside holdfast; reading its original version"
+            );
+        }
+        self.remember(key, version.as_deref(), size);
+        Ok(Original {
+            version: version.filter(|v| v != "null"),
+            size,
+        })
+    }
+
+    /// The version to read `key` at: its original, or the latest for locks.
+    async fn read_version(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if key.starts_with("locks/") {
+            return Ok(None);
+        }
+        Ok(self.original(key).await?.version)
     }
 
     async fn put_multipart(
@@ -490,6 +594,7 @@ impl S3Store {
         data: Bytes,
     ) -> Result<(), StoreError> {
         let part_size = self.config.part_size.max(5 * 1024 * 1024);
+        let size = data.len() as u64;
         let mut tasks = tokio::task::JoinSet::new();
         for (i, start) in (0..data.len()).step_by(part_size).enumerate() {
             let part = data.slice(start..(start + part_size).min(data.len()));
@@ -527,7 +632,8 @@ impl S3Store {
             parts.push(done.expect("upload task panicked")?);
         }
         parts.sort_by_key(|p| p.part_number());
-        self.client
+        let done = self
+            .client
             .complete_multipart_upload()
             .bucket(&self.config.bucket)
             .key(full)
@@ -541,6 +647,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| self.error("put", key, e))?;
+        self.remember(key, done.version_id(), size);
         Ok(())
     }
 
@@ -550,11 +657,13 @@ impl S3Store {
         key: &str,
         range: Option<(u64, u64)>,
     ) -> Result<(Bytes, u64), StoreError> {
+        let version = self.read_version(key).await?;
         let mut req = self
             .client
             .get_object()
             .bucket(&self.config.bucket)
-            .key(self.full_key(key));
+            .key(self.full_key(key))
+            .set_version_id(version);
         if let Some((start, end)) = range {
             req = req.range(format!("bytes={start}-{}", end - 1));
         }
@@ -870,6 +979,13 @@ impl Store for S3Store {
     async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         check_key(key)?;
         let part = self.config.part_size as u64;
+        if !key.starts_with("locks/") {
+            let size = self.original(key).await?.size;
+            if size <= part {
+                return self.get_one(key, None).await.map(|(b, _)| b);
+            }
+            return self.get_span(key, 0, size).await;
+        }
         let (first, total) = match self.get_one(key, Some((0, part))).await {
             Ok(v) => v,
             // An empty object has no byte 0 to range over.
@@ -911,11 +1027,13 @@ impl Store for S3Store {
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {
         check_key(key)?;
+        let version = self.read_version(key).await?;
         let out = self
             .client
             .head_object()
             .bucket(&self.config.bucket)
             .key(self.full_key(key))
+            .set_version_id(version)
             .send()
             .await
             .map_err(|e| self.error("head", key, e))?;
@@ -936,32 +1054,51 @@ impl Store for S3Store {
         } else {
             full
         };
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
+        // Every key with a version that is not a delete marker, at its
+        // original (oldest) version: listed newest first within each key.
+        let mut originals: std::collections::BTreeMap<String, (Option<String>, u64)> =
+            std::collections::BTreeMap::new();
+        let mut key_marker: Option<String> = None;
+        let mut version_marker: Option<String> = None;
         loop {
             let page = self
                 .client
-                .list_objects_v2()
+                .list_object_versions()
                 .bucket(&self.config.bucket)
                 .prefix(&full)
-                .set_continuation_token(token.take())
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
                 .send()
                 .await
                 .map_err(|e| self.error("list", prefix, e))?;
-            for o in page.contents() {
-                let Some(k) = o.key() else { continue };
-                out.push(ObjectInfo {
-                    key: self.store_key(k).to_string(),
-                    size: o.size().unwrap_or(0).max(0) as u64,
-                    retention: None,
-                });
+            for v in page.versions() {
+                let Some(k) = v.key() else { continue };
+                originals.insert(
+                    self.store_key(k).to_string(),
+                    (
+                        v.version_id().map(str::to_string),
+                        v.size().unwrap_or(0).max(0) as u64,
+                    ),
+                );
             }
-            match page.next_continuation_token() {
-                Some(t) if page.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
+            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
+                break;
             }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = Vec::with_capacity(originals.len());
+        for (key, (version, size)) in originals {
+            if key.starts_with("locks/") {
+                continue;
+            }
+            self.remember(&key, version.as_deref(), size);
+            out.push(ObjectInfo {
+                key,
+                size,
+                retention: None,
+            });
+        }
         Ok(out)
     }
 
@@ -989,10 +1126,12 @@ impl Store for S3Store {
             }) => LockMode::Compliance,
             _ => retention.mode,
         };
+        let version = self.read_version(key).await?;
         self.client
             .put_object_retention()
             .bucket(&self.config.bucket)
             .key(self.full_key(key))
+            .set_version_id(version)
             .retention(
                 ObjectLockRetention::builder()
                     .mode(match mode {
@@ -1010,6 +1149,7 @@ impl Store for S3Store {
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
         check_key(key)?;
+        self.originals.lock().expect("originals lock").remove(key);
         let versions = self.versions(key).await?;
         if versions.iter().all(|(_, marker)| *marker) {
             return Err(StoreError::NotFound {

@@ -141,3 +141,59 @@ pub async fn s3_bucket(hint: &str, object_lock: bool) -> holdfast::store::s3::S3
     store.create_bucket(object_lock).await.unwrap();
     store
 }
+
+/// A database of `rows` orders with mixed text and numbers.
+pub fn make_db(path: &std::path::Path, rows: usize) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         CREATE TABLE IF NOT EXISTS orders(id INTEGER PRIMARY KEY, customer TEXT, amount REAL, note TEXT);",
+    )
+    .unwrap();
+    add_rows(&conn, rows);
+}
+
+pub fn add_rows(conn: &rusqlite::Connection, rows: usize) {
+    let start: i64 = conn
+        .query_row("SELECT coalesce(max(id), 0) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    {
+        let mut stmt = tx
+            .prepare("INSERT INTO orders(id, customer, amount, note) VALUES (?, ?, ?, ?)")
+            .unwrap();
+        for i in 0..rows as i64 {
+            let id = start + i + 1;
+            let note = String::from_utf8_lossy(&data(id as u64, 200)).into_owned();
+            stmt.execute(rusqlite::params![
+                id,
+                format!("customer-{}", id % 977),
+                id as f64 * 1.25,
+                note
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+}
+
+pub fn checksum(db: &std::path::Path) -> (i64, String) {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT id, customer, amount, note FROM orders ORDER BY id")
+        .unwrap();
+    let mut h = sha2::Sha256::default();
+    use sha2::Digest;
+    let mut rows = stmt.query([]).unwrap();
+    while let Some(r) = rows.next().unwrap() {
+        let id: i64 = r.get(0).unwrap();
+        let c: String = r.get(1).unwrap();
+        let a: f64 = r.get(2).unwrap();
+        let note: String = r.get(3).unwrap();
+        h.update(format!("{id}|{c}|{a}|{note}\n"));
+    }
+    (n, hex::encode(h.finalize()))
+}

@@ -1,0 +1,608 @@
+//! The runbook on S3, against a real SeaweedFS with Object Lock
+//! (`scripts/s3-server`): back up and restore over S3, survive an insider
+//! holding the backup credentials, prove immutability with `doctor`, survive
+//! the server going away mid-upload, name damaged packs, and prune.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use common::{add_rows, checksum, make_db};
+
+const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
+
+struct Env {
+    dir: tempfile::TempDir,
+    endpoint: String,
+    bucket: String,
+    /// AWS_* variables for the holdfast processes.
+    vars: Vec<(String, String)>,
+}
+
+impl Env {
+    fn new(hint: &str) -> Self {
+        Self::on(hint, common::s3_env().endpoint)
+    }
+
+    fn on(hint: &str, endpoint: String) -> Self {
+        let s3 = common::s3_env();
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+            endpoint,
+            bucket: common::bucket_name(hint),
+            vars: vec![
+                ("AWS_ACCESS_KEY_ID".into(), s3.access_key_id),
+                ("AWS_SECRET_ACCESS_KEY".into(), s3.secret_access_key),
+                ("AWS_REGION".into(), "us-east-1".into()),
+            ],
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A plan for `source_yaml` in this test's bucket, credentials from the
+    /// environment (the default AWS chain).
+    fn plan(&self, name: &str, source_yaml: &str, lock_yaml: &str, retention: &str) -> PathBuf {
+        let file = self.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}\nsource: {source_yaml}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\nschedule:\n  backup: \"0 * * * *\"\nlock: {lock_yaml}\nretention: {retention}\n",
+                bucket = self.bucket,
+                endpoint = self.endpoint,
+            ),
+        )
+        .unwrap();
+        file
+    }
+
+    fn sqlite_plan(&self, db: &Path) -> PathBuf {
+        self.plan(
+            "app",
+            &format!("{{type: sqlite, path: {}}}", db.display()),
+            "{mode: compliance, days: 7}",
+            "{keep_last: 24, keep_daily: 7}",
+        )
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("HOLDFAST_LOG", "warn")
+            .output()
+            .expect("holdfast runs")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "holdfast {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(out.status.code(), Some(code), "holdfast {args:?}: {text}");
+        text
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    /// A raw client with the same credentials the plan uses: the insider's.
+    async fn raw(&self) -> holdfast::store::s3::S3Store {
+        let mut c = common::s3_config(&self.bucket, "prod");
+        c.endpoint = Some(self.endpoint.clone());
+        holdfast::store::s3::S3Store::open(c).await.unwrap()
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn sqlite_and_files_back_up_and_restore_over_s3() {
+    let env = Env::new("roundtrip");
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.sqlite_plan(&db);
+    let init = env.json(&["repo", "init", "--plan", s(&plan), "--json"]);
+    assert_eq!(init["bucket_created"], true);
+    assert_eq!(init["bucket"]["object_lock"], true);
+    assert_eq!(init["bucket"]["versioning"], "Enabled");
+
+    let first = env.json(&["backup", "--plan", s(&plan), "--json"]);
+    let state1 = checksum(&db);
+    add_rows(&rusqlite::Connection::open(&db).unwrap(), 2_000);
+    let second = env.json(&["backup", "--plan", s(&plan), "--json"]);
+    let state2 = checksum(&db);
+    assert_eq!(first["tier"], "daily");
+    assert_eq!(second["tier"], "last");
+    // The hourly-kept snapshot is locked for days, the daily one for a week.
+    let until = |r: &serde_json::Value| {
+        r["retain_until"]
+            .as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    assert!(until(&first) - until(&second) > chrono::Duration::days(4));
+
+    let out1 = env.path("out1.db");
+    let id1 = first["snapshot"].as_str().unwrap();
+    env.ok(&[
+        "restore",
+        "--plan",
+        s(&plan),
+        "--snapshot",
+        &id1[..8],
+        "--to",
+        s(&out1),
+    ]);
+    assert_eq!(checksum(&out1), state1);
+    let out2 = env.path("out2.db");
+    env.ok(&["restore", "--plan", s(&plan), "--to", s(&out2), "--check"]);
+    assert_eq!(checksum(&out2), state2);
+    let report = env.json(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert!(report["objects_lock_checked"].as_u64().unwrap() >= 4);
+
+    // A files tree in the same bucket, another plan.
+    let tree = env.path("tree");
+    std::fs::create_dir_all(tree.join("etc/conf.d")).unwrap();
+    std::fs::write(tree.join("etc/app.conf"), "listen = 8080\n").unwrap();
+    std::fs::write(tree.join("etc/conf.d/big.bin"), common::data(7, 30 << 20)).unwrap();
+    std::os::unix::fs::symlink("app.conf", tree.join("etc/current.conf")).unwrap();
+    let files = env.plan(
+        "etc",
+        &format!("{{type: files, path: {}}}", tree.display()),
+        "{mode: compliance, days: 7}",
+        "{keep_last: 24, keep_daily: 7}",
+    );
+    env.ok(&["backup", "--plan", s(&files)]);
+    let out = env.path("tree-out");
+    env.ok(&["restore", "--plan", s(&files), "--to", s(&out)]);
+    assert_eq!(
+        std::fs::read(out.join("etc/conf.d/big.bin")).unwrap(),
+        common::data(7, 30 << 20)
+    );
+    assert_eq!(
+        std::fs::read_link(out.join("etc/current.conf")).unwrap(),
+        Path::new("app.conf")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() {
+    let env = Env::new("insider");
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.sqlite_plan(&db);
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let state = checksum(&db);
+
+    // The insider, with the very same credentials: delete every version of
+    // every object, hide every key behind a delete marker, overwrite every key
+    // with garbage, and try to shorten the locks.
+    let raw = env.raw().await;
+    let client = raw.client().clone();
+    let keys: Vec<String> = {
+        let out = client
+            .list_object_versions()
+            .bucket(&env.bucket)
+            .send()
+            .await
+            .unwrap();
+        out.versions()
+            .iter()
+            .filter_map(|v| v.key().map(str::to_string))
+            .collect()
+    };
+    assert!(keys.len() >= 4, "config, index, pack, manifest: {keys:?}");
+    let mut refused = 0;
+    for key in &keys {
+        let versions = client
+            .list_object_versions()
+            .bucket(&env.bucket)
+            .prefix(key)
+            .send()
+            .await
+            .unwrap();
+        for v in versions.versions() {
+            let res = client
+                .delete_object()
+                .bucket(&env.bucket)
+                .key(key)
+                .version_id(v.version_id().unwrap())
+                .bypass_governance_retention(true)
+                .send()
+                .await;
+            if res.is_err() {
+                refused += 1;
+            }
+        }
+        let until = client
+            .head_object()
+            .bucket(&env.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap()
+            .object_lock_retain_until_date()
+            .cloned()
+            .expect("every object holdfast wrote is locked");
+        let shorten = client
+            .put_object_retention()
+            .bucket(&env.bucket)
+            .key(key)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                    .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                        until.secs() - 86_400,
+                    ))
+                    .build(),
+            )
+            .send()
+            .await;
+        assert!(shorten.is_err(), "the lock of {key} was shortened");
+        client
+            .delete_object()
+            .bucket(&env.bucket)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+        client
+            .put_object()
+            .bucket(&env.bucket)
+            .key(key)
+            .body(ByteStream::from_static(b"ransom note: pay us"))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(refused, keys.len(), "every locked version refused deletion");
+    let plain_get = client
+        .get_object()
+        .bucket(&env.bucket)
+        .key(&keys[0])
+        .send()
+        .await
+        .unwrap()
+        .body
+        .collect()
+        .await
+        .unwrap()
+        .into_bytes();
+    assert_eq!(
+        &plain_get[..],
+        b"ransom note: pay us",
+        "the attack did land"
+    );
+
+    // On-call restores from what the locks kept.
+    let snaps = env.json(&["snapshots", "--plan", s(&plan), "--json"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
+    let report = env.json(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let out = env.path("restored.db");
+    env.ok(&["restore", "--plan", s(&plan), "--to", s(&out), "--check"]);
+    assert_eq!(checksum(&out), state);
+    // And backups go on in the attacked bucket.
+    add_rows(&rusqlite::Connection::open(&db).unwrap(), 500);
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let out = env.path("restored2.db");
+    env.ok(&["restore", "--plan", s(&plan), "--to", s(&out)]);
+    assert_eq!(checksum(&out), checksum(&db));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_on_a_locked_bucket_and_fails_on_an_unlocked_one() {
+    let env = Env::new("doctor-locked");
+    let db = env.path("app.db");
+    make_db(&db, 100);
+    let plan = env.sqlite_plan(&db);
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    let report = env.json(&["doctor", "--plan", s(&plan), "--json"]);
+    let status = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))["status"]
+            .clone()
+    };
+    assert_eq!(status("canary delete refused"), "pass", "{report}");
+    assert_eq!(status("canary lock cannot be shortened"), "pass");
+    assert_eq!(status("bucket object lock"), "pass");
+    let writer = report["writer_policy"].to_string();
+    assert!(writer.contains("s3:PutObject") && writer.contains("s3:BypassGovernanceRetention"));
+    assert!(
+        !report["writer_policy"]["Statement"][0]["Action"]
+            .to_string()
+            .contains("Delete"),
+        "the writer may not delete backups: {writer}"
+    );
+    assert!(report["prune_policy"]
+        .to_string()
+        .contains("s3:DeleteObjectVersion"));
+
+    // A bucket made without Object Lock: init refuses a locking plan, and
+    // doctor fails it; a plan that says `mode: none` is let in, loudly.
+    let bare = Env::new("doctor-bare");
+    let store = bare.raw().await;
+    store.create_bucket(false).await.unwrap();
+    let db = bare.path("app.db");
+    make_db(&db, 100);
+    let locked = bare.sqlite_plan(&db);
+    let msg = bare.fails(&["repo", "init", "--plan", s(&locked)], 4);
+    assert!(
+        msg.contains(&bare.bucket) && msg.contains("no Object Lock"),
+        "{msg}"
+    );
+    let msg = bare.fails(&["doctor", "--plan", s(&locked)], 9);
+    assert!(msg.contains("FAIL bucket object lock"), "{msg}");
+    let unlocked = bare.plan(
+        "open",
+        &format!("{{type: sqlite, path: {}}}", db.display()),
+        "{mode: none}",
+        "{keep_last: 3}",
+    );
+    let out = bare.run(&["repo", "init", "--plan", s(&unlocked)]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT immutable"));
+    let msg = bare.fails(&["doctor", "--plan", s(&unlocked)], 9);
+    assert!(msg.contains("FAIL immutability"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_missing_or_corrupt_pack() {
+    // Without locks, so the test can damage what it needs to.
+    let env = Env::new("damage");
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.plan(
+        "app",
+        &format!("{{type: sqlite, path: {}}}", db.display()),
+        "{mode: none}",
+        "{keep_last: 3}",
+    );
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let raw = env.raw().await;
+    use holdfast::store::Store;
+    let packs = raw.list("packs/").await.unwrap();
+    assert_eq!(packs.len(), 1);
+    let pack = &packs[0].key;
+
+    // Corrupt: replace the pack's only version with other bytes of its size.
+    let good = raw.get(pack).await.unwrap();
+    raw.delete(pack).await.unwrap();
+    let mut bad = good.to_vec();
+    bad[100] ^= 0xff;
+    raw.client()
+        .put_object()
+        .bucket(&env.bucket)
+        .key(raw.full_key(pack))
+        .body(ByteStream::from(bad))
+        .send()
+        .await
+        .unwrap();
+    let report = env.run(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report.status.code(), Some(5));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["problems"][0]["object"], pack.as_str(), "{report}");
+    assert_eq!(report["problems"][0]["kind"], "corrupt");
+    let msg = env.fails(
+        &["restore", "--plan", s(&plan), "--to", s(&env.path("x.db"))],
+        5,
+    );
+    assert!(msg.contains(pack.as_str()), "{msg}");
+    assert!(!env.path("x.db").exists(), "nothing restored silently");
+
+    // Missing.
+    raw.delete(pack).await.unwrap();
+    let report = env.run(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report.status.code(), Some(5));
+    let report: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    assert_eq!(report["problems"][0]["object"], pack.as_str(), "{report}");
+    assert_eq!(report["problems"][0]["kind"], "missing");
+}
+
+#[test]
+fn prune_reports_under_dry_run_and_removes_after_a_short_lock_ends() {
+    let env = Env::new("prune");
+    let db = env.path("app.db");
+    make_db(&db, 5_000);
+    // Every 5 s, keep the last one: a lock of 20 s covers it.
+    let plan = env.path("app.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: app\nsource: {{type: sqlite, path: {db}}}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\nschedule:\n  backup: \"*/5 * * * * *\"\nlock: {{mode: compliance, duration: 20s}}\nretention: {{keep_last: 1}}\n",
+            db = db.display(),
+            bucket = env.bucket,
+            endpoint = env.endpoint
+        ),
+    )
+    .unwrap();
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    let first = env.json(&["backup", "--plan", s(&plan), "--json"]);
+    // Rewrite every row so the second snapshot shares no chunk with the first.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute("UPDATE orders SET note = hex(randomblob(120))", [])
+        .unwrap();
+    drop(conn);
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let state = checksum(&db);
+
+    // At once: the first snapshot is out of policy but still locked.
+    let dry = env.json(&["prune", "--plan", s(&plan), "--dry-run", "--json"]);
+    assert_eq!(dry["held_by_lock"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 0);
+    let real = env.json(&["prune", "--plan", s(&plan), "--json"]);
+    assert_eq!(real["removed"].as_array().unwrap().len(), 0, "{real}");
+    assert_eq!(
+        env.json(&["snapshots", "--plan", s(&plan), "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    // After the lock ends: dry run removes nothing, the real run removes it.
+    let until: chrono::DateTime<chrono::Utc> =
+        first["retain_until"].as_str().unwrap().parse().unwrap();
+    let wait = (until - chrono::Utc::now()).num_milliseconds() + 1500;
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(wait as u64));
+    }
+    let dry = env.json(&["prune", "--plan", s(&plan), "--dry-run", "--json"]);
+    assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(
+        env.json(&["snapshots", "--plan", s(&plan), "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let real = env.json(&["prune", "--plan", s(&plan), "--json"]);
+    assert_eq!(real["removed"].as_array().unwrap().len(), 1, "{real}");
+    assert!(real["packs_removed"].as_u64().unwrap() >= 1, "{real}");
+    assert_eq!(real["refused"], serde_json::json!([]), "{real}");
+    let snaps = env.json(&["snapshots", "--plan", s(&plan), "--json"]);
+    assert_eq!(snaps.as_array().unwrap().len(), 1);
+    // What is left verifies (the chain names a pruned snapshot: recorded) and restores.
+    let report = env.json(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let out = env.path("out.db");
+    env.ok(&["restore", "--plan", s(&plan), "--to", s(&out)]);
+    assert_eq!(checksum(&out), state);
+}
+
+/// A server of this test's own, so it can be stopped mid-backup.
+struct OwnServer {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl OwnServer {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/s3-server")
+    }
+
+    fn start(dir: &Path, port: u16) -> OwnServer {
+        let out = Command::new(Self::script())
+            .args(["start", s(dir)])
+            .env("HOLDFAST_S3_PORT", port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/s3-server start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        OwnServer {
+            dir: dir.to_path_buf(),
+            port,
+        }
+    }
+
+    fn stop(&self) {
+        let out = Command::new(Self::script())
+            .args(["stop", s(&self.dir)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::script())
+            .args(["stop", s(&self.dir)])
+            .output();
+    }
+}
+
+#[test]
+fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
+    // A port block of its own: S3 port + 4, each + 10000 for gRPC.
+    let port = 21_000 + (std::process::id() % 400) as u16 * 10;
+    let state_dir = tempfile::tempdir().unwrap();
+    let server = OwnServer::start(state_dir.path(), port);
+    let env = Env::on("cutoff", format!("http://127.0.0.1:{}", server.port));
+    let db = env.path("app.db");
+    make_db(&db, 400_000);
+    let plan = env.sqlite_plan(&db);
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+
+    let mut child = Command::new(BIN)
+        .args(["backup", "--plan", s(&plan)])
+        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("HOLDFAST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Stop the server once the first pack is up, while the backup runs.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let raw = rt.block_on(env.raw());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        use holdfast::store::Store;
+        let packs = rt.block_on(raw.list("packs/")).unwrap_or_default();
+        if !packs.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup finished before the cut"
+    );
+    server.stop();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the backup cannot succeed without its server"
+    );
+    assert!(stderr.contains("no snapshot was recorded"), "{stderr}");
+
+    // Back up: nothing half-written is visible, and the next backup works.
+    let _server = OwnServer::start(state_dir.path(), port);
+    let snaps = env.json(&["snapshots", "--plan", s(&plan), "--json"]);
+    assert_eq!(snaps, serde_json::json!([]));
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let report = env.json(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let out = env.path("out.db");
+    env.ok(&["restore", "--plan", s(&plan), "--to", s(&out)]);
+    assert_eq!(checksum(&out), checksum(&db));
+}
