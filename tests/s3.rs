@@ -164,21 +164,55 @@ fn sqlite_and_files_back_up_and_restore_over_s3() {
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
     assert!(report["objects_lock_checked"].as_u64().unwrap() >= 4);
 
-    // A files tree in the same bucket, another plan.
+    // A files tree in the same bucket, another plan, with the plan's own
+    // credentials (access_key_id + secret_access_key_file) and none in the
+    // environment.
     let tree = env.path("tree");
     std::fs::create_dir_all(tree.join("etc/conf.d")).unwrap();
     std::fs::write(tree.join("etc/app.conf"), "listen = 8080\n").unwrap();
     std::fs::write(tree.join("etc/conf.d/big.bin"), common::data(7, 30 << 20)).unwrap();
     std::os::unix::fs::symlink("app.conf", tree.join("etc/current.conf")).unwrap();
-    let files = env.plan(
-        "etc",
-        &format!("{{type: files, path: {}}}", tree.display()),
-        "{mode: compliance, days: 7}",
-        "{keep_last: 24, keep_daily: 7}",
+    let keys = common::s3_env();
+    std::fs::write(env.path("s3.key"), format!("{}\n", keys.secret_access_key)).unwrap();
+    let files = env.path("etc.yaml");
+    let files_plan = |key_id: &str| {
+        std::fs::write(
+            &files,
+            format!(
+                "name: etc\nsource: {{type: files, path: {tree}}}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\n  region: us-east-1\n  access_key_id: {key_id}\n  secret_access_key_file: s3.key\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: governance, days: 7}}\nretention: {{keep_last: 24, keep_daily: 7}}\n",
+                tree = tree.display(),
+                bucket = env.bucket,
+                endpoint = env.endpoint,
+            ),
+        )
+        .unwrap();
+    };
+    let bare = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("HOLDFAST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    // Wrong key id: refused by the server, named, exit 4.
+    files_plan("not-a-key");
+    let out = bare(&["backup", "--plan", s(&files)]);
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{msg}");
+    assert!(msg.contains("403") && msg.contains(&env.bucket), "{msg}");
+    files_plan(&keys.access_key_id);
+    let out = bare(&["backup", "--plan", s(&files), "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    env.ok(&["backup", "--plan", s(&files)]);
     let out = env.path("tree-out");
-    env.ok(&["restore", "--plan", s(&files), "--to", s(&out)]);
+    assert!(bare(&["restore", "--plan", s(&files), "--to", s(&out)])
+        .status
+        .success());
     assert_eq!(
         std::fs::read(out.join("etc/conf.d/big.bin")).unwrap(),
         common::data(7, 30 << 20)

@@ -158,8 +158,25 @@ async fn prune_locked(
     let store = repo.store();
     // Every plan's manifests: packs are shared across plans by dedup.
     let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
+    // Listed twice: once whole, then plan by plan. Some servers' paged
+    // listings skip keys when one plan's name is a prefix of another's
+    // (SeaweedFS 4.48: `snapshots/home/` beside `snapshots/home-docs/`).
+    let mut keys: BTreeSet<String> = BTreeSet::new();
+    let mut plans: BTreeSet<String> = BTreeSet::new();
     for info in store.list("snapshots/").await? {
-        let Some(snap) = SnapshotRef::from_key(&info.key) else {
+        if let Some(plan) = info.key.split('/').nth(1) {
+            plans.insert(plan.to_string());
+        }
+        keys.insert(info.key);
+    }
+    plans.insert(plan.to_string());
+    for p in &plans {
+        for info in store.list(&format!("snapshots/{p}/")).await? {
+            keys.insert(info.key);
+        }
+    }
+    for key in keys {
+        let Some(snap) = SnapshotRef::from_key(&key) else {
             continue;
         };
         // An unreadable manifest could need any pack: refuse to guess.
