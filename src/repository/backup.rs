@@ -479,7 +479,10 @@ impl Writer {
             packs_written: Default::default(),
         });
         let (up_tx, up_rx) = bounded::<(Vec<u8>, Vec<BlobEntry>)>(1);
-        let uploaders = (0..2)
+        // Each uploader holds one pack (16 MiB); remote stores get a few more
+        // so round trips overlap.
+        let uploader_count = 2.max(shared.store.capabilities().parallel_reads / 4);
+        let uploaders = (0..uploader_count)
             .map(|i| {
                 let rx = up_rx.clone();
                 let shared = shared.clone();

@@ -88,20 +88,90 @@ pub struct ChunkReader {
     runtime: tokio::runtime::Handle,
     threads: usize,
     check_chunks: bool,
+    /// Remote stores read whole aligned windows of a pack, shared between
+    /// runs: many small files then cost one request, not one each.
+    windows: Option<Arc<WindowCache>>,
+}
+
+type WindowSlot = Arc<std::sync::OnceLock<Option<bytes::Bytes>>>;
+type WindowKey = (PackId, u64);
+
+/// Pack windows read from a remote store, kept until `capacity` newer ones
+/// have been read. Concurrent readers of one window wait for one request.
+struct WindowCache {
+    size: u64,
+    capacity: usize,
+    slots: std::sync::Mutex<WindowSlots>,
+}
+
+#[derive(Default)]
+struct WindowSlots {
+    map: std::collections::HashMap<WindowKey, WindowSlot>,
+    order: std::collections::VecDeque<WindowKey>,
+}
+
+impl WindowCache {
+    /// Window `w` of `pack` (`pack_size` bytes long), read once; `None` if the
+    /// read failed (the caller then reads directly, for a precise error).
+    fn window(
+        &self,
+        store: &dyn Store,
+        runtime: &tokio::runtime::Handle,
+        pack: PackId,
+        pack_size: u64,
+        w: u64,
+    ) -> Option<bytes::Bytes> {
+        let slot = {
+            let mut guard = self.slots.lock().expect("window cache lock");
+            let WindowSlots { map, order } = &mut *guard;
+            if let Some(slot) = map.get(&(pack, w)) {
+                slot.clone()
+            } else {
+                let slot = WindowSlot::default();
+                map.insert((pack, w), slot.clone());
+                order.push_back((pack, w));
+                while order.len() > self.capacity {
+                    if let Some(old) = order.pop_front() {
+                        map.remove(&old);
+                    }
+                }
+                slot
+            }
+        };
+        slot.get_or_init(|| {
+            let start = w * self.size;
+            let len = self.size.min(pack_size.saturating_sub(start));
+            runtime
+                .block_on(store.get_range(&pack_key(&pack), start, len))
+                .ok()
+        })
+        .clone()
+    }
 }
 
 impl ChunkReader {
     pub fn new(store: Arc<dyn Store>, index: Arc<Index>, runtime: tokio::runtime::Handle) -> Self {
+        // Local reads are CPU-bound (decode); remote ones wait on round trips.
+        let remote = store.capabilities().parallel_reads;
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2)
-            .max(2);
+            .max(2)
+            .max(remote);
+        let windows = (remote > 0).then(|| {
+            Arc::new(WindowCache {
+                size: MAX_RUN,
+                capacity: threads + 2,
+                slots: Default::default(),
+            })
+        });
         ChunkReader {
             store,
             index,
             runtime,
             threads,
             check_chunks: false,
+            windows,
         }
     }
 
@@ -146,15 +216,25 @@ impl ChunkReader {
         check_chunks: bool,
     ) -> Result<(), ReadError> {
         let (job_tx, job_rx) = bounded::<Run>(self.threads);
-        let (item_tx, item_rx) = bounded::<Item>(self.threads * 2);
+        // Decoded runs waiting for their turn are the reader's memory: keep
+        // them to a couple per thread.
+        let (item_tx, item_rx) = bounded::<Item>(self.threads + 2);
         std::thread::scope(|scope| {
             for _ in 0..self.threads {
                 let rx = job_rx.clone();
                 let store = self.store.clone();
                 let runtime = self.runtime.clone();
+                let windows = self.windows.clone();
+                let index = self.index.clone();
                 scope.spawn(move || {
                     for run in rx {
-                        let result = fetch_run(&*store, &runtime, &run, check_chunks);
+                        let result = fetch_run(
+                            &*store,
+                            &runtime,
+                            &run,
+                            check_chunks,
+                            windows.as_deref().map(|w| (w, &*index)),
+                        );
                         let _ = run.reply.send(result);
                     }
                 });
@@ -233,19 +313,54 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
     }
 }
 
+/// The run's bytes from cached windows, if every window it spans was read.
+fn from_windows(
+    store: &dyn Store,
+    runtime: &tokio::runtime::Handle,
+    run: &Run,
+    windows: &WindowCache,
+    index: &Index,
+) -> Option<bytes::Bytes> {
+    let pack_size = *index.packs().get(&run.pack)?;
+    let end = run.offset + run.len;
+    if end > pack_size || run.len == 0 {
+        return None;
+    }
+    let (first, last) = (run.offset / windows.size, (end - 1) / windows.size);
+    if first == last {
+        let w = windows.window(store, runtime, run.pack, pack_size, first)?;
+        let start = (run.offset - first * windows.size) as usize;
+        return w.get(start..start + run.len as usize).map(|b| w.slice_ref(b));
+    }
+    let mut out = Vec::with_capacity(run.len as usize);
+    for i in first..=last {
+        let w = windows.window(store, runtime, run.pack, pack_size, i)?;
+        let base = i * windows.size;
+        let from = run.offset.max(base) - base;
+        let to = end.min(base + w.len() as u64) - base;
+        out.extend_from_slice(w.get(from as usize..to as usize)?);
+    }
+    (out.len() as u64 == run.len).then(|| bytes::Bytes::from(out))
+}
+
 fn fetch_run(
     store: &dyn Store,
     runtime: &tokio::runtime::Handle,
     run: &Run,
     check_chunks: bool,
+    windows: Option<(&WindowCache, &Index)>,
 ) -> Result<Vec<Vec<u8>>, ReadError> {
     let key = pack_key(&run.pack);
-    let bytes = runtime
-        .block_on(store.get_range(&key, run.offset, run.len))
-        .map_err(|source| ReadError::Fetch {
-            path: run.path.to_string(),
-            source,
-        })?;
+    let cached = windows.and_then(|(w, index)| from_windows(store, runtime, run, w, index));
+    let bytes = match cached {
+        Some(b) => b,
+        None => runtime
+            .block_on(store.get_range(&key, run.offset, run.len))
+            .map_err(|source| ReadError::Fetch {
+                path: run.path.to_string(),
+                source,
+            })?,
+    };
     run.blobs
         .iter()
         .map(|b| {

@@ -378,6 +378,7 @@ impl Store for LocalStore {
             server_enforced_lock: false,
             atomic_create: true,
             versioning: false,
+            parallel_reads: 0,
         }
     }
 

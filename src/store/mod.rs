@@ -80,6 +80,9 @@ pub struct Capabilities {
     /// Create-only puts are atomic on the server side (no check-then-write race).
     pub atomic_create: bool,
     pub versioning: bool,
+    /// Requests worth keeping in flight at once when reading: each one waits
+    /// on a network round trip, so more than there are cores. 0: one per core.
+    pub parallel_reads: usize,
 }
 
 /// Where a store lives, as the plan's `repository` section describes it.

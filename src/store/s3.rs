@@ -964,6 +964,7 @@ impl Store for S3Store {
             server_enforced_lock: true,
             atomic_create: true,
             versioning: true,
+            parallel_reads: 8,
         }
     }
 
