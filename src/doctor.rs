@@ -73,7 +73,7 @@ pub struct InitReport {
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("bucket {bucket} has no Object Lock, so nothing in it can be made immutable; plan {plan} asks for lock.mode {mode}. Create a new bucket with `holdfast repo init` (Object Lock can only be turned on when a bucket is created), or, knowing that anyone with the credentials could then delete every backup, set `lock: {{mode: none}}` in the plan")]
+    #[error("bucket {bucket} has no Object Lock, so nothing in it can be made immutable; plan {plan} asks for lock.mode {mode}. Have an administrator enable Object Lock on it (versioning on, then PutObjectLockConfiguration), or name a new bucket in the plan and run `holdfast repo init`, which creates it locked; or, knowing that anyone with the credentials could then delete every backup, set `lock: {{mode: none}}` in the plan")]
     NoObjectLock {
         bucket: String,
         plan: String,
@@ -488,7 +488,8 @@ async fn s3_attacks(
     );
 }
 
-fn arns(s3: &S3Store) -> (String, String, String) {
+/// The bucket's ARN and its objects' ARN pattern.
+fn arns(s3: &S3Store) -> (String, String) {
     let bucket = format!("arn:aws:s3:::{}", s3.bucket());
     let prefix = s3.config().prefix.clone();
     let objects = if prefix.is_empty() {
@@ -496,12 +497,7 @@ fn arns(s3: &S3Store) -> (String, String, String) {
     } else {
         format!("{bucket}/{prefix}/*")
     };
-    let list_prefix = if prefix.is_empty() {
-        "*".to_string()
-    } else {
-        format!("{prefix}/*")
-    };
-    (bucket, objects, list_prefix)
+    (bucket, objects)
 }
 
 fn deny_admin(bucket: &str) -> serde_json::Value {
@@ -523,7 +519,9 @@ fn deny_admin(bucket: &str) -> serde_json::Value {
 
 /// The backup writer: put and read, extend locks; delete only its own lock objects.
 pub fn writer_policy(s3: &S3Store) -> serde_json::Value {
-    let (bucket, objects, list_prefix) = arns(s3);
+    // The list statement has no prefix condition: HeadBucket (which `doctor`
+    // and `repo init` use) checks s3:ListBucket without one.
+    let (bucket, objects) = arns(s3);
     let locks = objects.trim_end_matches('*').to_string() + "locks/*";
     serde_json::json!({
         "Version": "2012-10-17",
@@ -538,8 +536,7 @@ pub fn writer_policy(s3: &S3Store) -> serde_json::Value {
                 "Sid": "List",
                 "Effect": "Allow",
                 "Action": ["s3:ListBucket", "s3:ListBucketVersions"],
-                "Resource": bucket,
-                "Condition": {"StringLike": {"s3:prefix": [list_prefix]}}
+                "Resource": bucket
             },
             {
                 "Sid": "CheckTheBucket",
@@ -561,7 +558,7 @@ pub fn writer_policy(s3: &S3Store) -> serde_json::Value {
 /// Prune: the writer's rights plus deleting object versions (the lock still
 /// refuses any version before its retain-until).
 pub fn prune_policy(s3: &S3Store) -> serde_json::Value {
-    let (bucket, objects, _) = arns(s3);
+    let (_, objects) = arns(s3);
     let mut policy = writer_policy(s3);
     let statements = policy["Statement"].as_array_mut().expect("statements");
     statements.insert(
@@ -573,6 +570,5 @@ pub fn prune_policy(s3: &S3Store) -> serde_json::Value {
             "Resource": objects
         }),
     );
-    let _ = bucket;
     policy
 }

@@ -228,9 +228,21 @@ impl Repository {
         self.store.url()
     }
 
-    /// Reads every index object into one in-memory index; any unreadable
-    /// index object is an error.
+    /// Reads every index object into one in-memory index. An unreadable one
+    /// is logged and skipped: a backup then stores its chunks again, and a
+    /// restore that needs one of them names it; neither can go wrong
+    /// silently, and nobody who can add a junk object stops either.
     pub async fn load_index(&self) -> Result<Index, RepoError> {
+        let (index, faults) = self.load_index_lenient().await?;
+        for (key, e) in faults {
+            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}");
+        }
+        Ok(index)
+    }
+
+    /// Like [`Repository::load_index`], but any unreadable index object is an
+    /// error: for `prune`, which must know everything a snapshot needs.
+    pub async fn load_index_strict(&self) -> Result<Index, RepoError> {
         let (index, mut faults) = self.load_index_lenient().await?;
         match faults.pop() {
             Some((_, e)) => Err(e),
@@ -261,10 +273,10 @@ impl Repository {
         Ok((index, faults))
     }
 
-    /// Packs that prune records say were (or are being) deleted.
+    /// Packs that readable prune records say were (or are being) deleted.
     pub async fn pruned_packs(&self) -> Result<std::collections::HashSet<PackId>, RepoError> {
         Ok(self
-            .prune_records()
+            .prune_records_lenient()
             .await?
             .into_iter()
             .flat_map(|r| r.packs)
@@ -272,12 +284,33 @@ impl Repository {
     }
 
     /// Every prune record, oldest first. An unreadable one is an error: it
-    /// may name packs that are gone.
+    /// may name packs that are gone (for `prune` itself).
     pub async fn prune_records(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
         let mut out = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
             let bytes = self.store.get(&info.key).await?;
             out.push(prune::PruneRecord::decode(&info.key, &bytes)?);
+        }
+        Ok(out)
+    }
+
+    /// Every readable prune record; unreadable ones are logged. Restores and
+    /// backups go on without them: a pack a lost record named is simply
+    /// found missing (and named) if anything still asks for it.
+    pub async fn prune_records_lenient(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
+        let mut out = Vec::new();
+        for info in self.store.list(prune::PRUNES_PREFIX).await? {
+            let decoded = match self.store.get(&info.key).await {
+                Ok(bytes) => prune::PruneRecord::decode(&info.key, &bytes),
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => Err(e.into()),
+            };
+            match decoded {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::warn!(object = %info.key, "skipping an unreadable prune record (run `holdfast verify`): {e}")
+                }
+            }
         }
         Ok(out)
     }

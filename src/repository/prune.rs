@@ -156,6 +156,8 @@ async fn prune_locked(
     opts: &PruneOptions,
 ) -> Result<PruneReport, RepoError> {
     let store = repo.store();
+    // Everything must be readable before anything is deleted.
+    repo.prune_records().await?;
     // Every plan's manifests: packs are shared across plans by dedup.
     let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
     // Listed twice: once whole, then plan by plan. Some servers' paged
@@ -235,7 +237,7 @@ async fn prune_locked(
     }
 
     // Packs: everything listed that no remaining snapshot needs.
-    let index = repo.load_index().await?;
+    let index = repo.load_index_strict().await?;
     let mut live: HashSet<PackId> = HashSet::new();
     for m in &remaining {
         for e in &m.entries {

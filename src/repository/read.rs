@@ -330,7 +330,9 @@ fn from_windows(
     if first == last {
         let w = windows.window(store, runtime, run.pack, pack_size, first)?;
         let start = (run.offset - first * windows.size) as usize;
-        return w.get(start..start + run.len as usize).map(|b| w.slice_ref(b));
+        return w
+            .get(start..start + run.len as usize)
+            .map(|b| w.slice_ref(b));
     }
     let mut out = Vec::with_capacity(run.len as usize);
     for i in first..=last {

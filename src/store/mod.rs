@@ -15,8 +15,10 @@
 //! * `delete` of an object whose retention has not ended fails with
 //!   [`StoreError::Retained`]; retention can be extended, never shortened.
 //! * `list` returns every key under a prefix, sorted, each with its size.
-//! * Retries: backends do not retry; a wrapper does, for errors whose
-//!   [`StoreError::is_transient`] is true.
+//! * Retries: what a backend returns is final. The local store has nothing
+//!   worth retrying; the S3 store retries throttling, timeouts and 5xx inside
+//!   the AWS SDK (standard mode, backoff with jitter). [`StoreError::is_transient`]
+//!   tells callers (the daemon's schedule) whether a later run may succeed.
 
 pub mod local;
 pub mod s3;

@@ -2,10 +2,11 @@
 //! under S3 Object Lock retention, through the official `aws-sdk-s3`.
 //!
 //! * Create-only puts send `If-None-Match: *` (also on the multipart
-//!   completion); a server that answers 412 refuses to overwrite. Servers
-//!   without conditional writes get a HEAD first (documented in
-//!   `docs/repository-format.md`); keys are content hashes, so the remaining
-//!   race can only write the same bytes.
+//!   completion); the server answers 412 instead of overwriting. Multipart
+//!   uploads also HEAD first, since not every server checks the condition on
+//!   completion (SeaweedFS 4.48 lets concurrent completions through). Keys
+//!   are content hashes, so that race can only write the same bytes again,
+//!   and reads take a key's original version anyway.
 //! * Every put carries `x-amz-checksum-sha256`, so the server verifies the
 //!   bytes on arrival (AWS requires a checksum with Object Lock). Multipart
 //!   parts each carry their own; the composite the server keeps is not the
