@@ -333,11 +333,28 @@ async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() 
         "the attack did land"
     );
 
-    // On-call restores from what the locks kept.
+    // New junk keys where holdfast looks for index objects and prune records.
+    let junk_index = format!("index/{}", "0".repeat(64));
+    for key in [junk_index.as_str(), "prunes/20261126T000000.000Z-junk"] {
+        client
+            .put_object()
+            .bucket(&env.bucket)
+            .key(raw.full_key(key))
+            .body(ByteStream::from_static(b"not what you think"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    // On-call restores from what the locks kept; verify names the junk.
     let snaps = env.json(&["snapshots", "--plan", s(&plan), "--json"]);
     assert_eq!(snaps.as_array().unwrap().len(), 1, "{snaps}");
-    let report = env.json(&["verify", "--plan", s(&plan), "--json"]);
-    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    let out = env.run(&["verify", "--plan", s(&plan), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{report}");
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["object"], junk_index.as_str());
     let out = env.path("restored.db");
     env.ok(&["restore", "--plan", s(&plan), "--to", s(&out), "--check"]);
     assert_eq!(checksum(&out), state);
