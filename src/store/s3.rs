@@ -142,6 +142,16 @@ pub struct S3Store {
     originals: Arc<std::sync::Mutex<std::collections::HashMap<String, Original>>>,
 }
 
+/// One entry of a version listing.
+#[derive(Debug, Clone)]
+struct Listed {
+    /// The bucket key.
+    key: String,
+    version: Option<String>,
+    size: u64,
+    delete_marker: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Original {
     /// `None` on a bucket that never had versioning.
@@ -481,40 +491,14 @@ impl S3Store {
             return Ok(o.clone());
         }
         let full = self.full_key(key);
-        let mut found: Vec<(Option<String>, u64)> = Vec::new();
-        let mut markers = 0usize;
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
-                .bucket(&self.config.bucket)
-                .prefix(&full)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("list versions of", key, e))?;
-            for v in page.versions() {
-                if v.key() == Some(full.as_str()) {
-                    found.push((
-                        v.version_id().map(str::to_string),
-                        v.size().unwrap_or(0).max(0) as u64,
-                    ));
-                }
-            }
-            markers += page
-                .delete_markers()
-                .iter()
-                .filter(|m| m.key() == Some(full.as_str()))
-                .count();
-            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
-        }
+        let listed = self.list_versions(&full, "list versions of", key).await?;
+        let exact = listed.iter().filter(|v| v.key == full);
+        let found: Vec<(Option<String>, u64)> = exact
+            .clone()
+            .filter(|v| !v.delete_marker)
+            .map(|v| (v.version.clone(), v.size))
+            .collect();
+        let markers = exact.filter(|v| v.delete_marker).count();
         // Versions are listed newest first.
         let Some((version, size)) = found.last().cloned() else {
             return Err(StoreError::NotFound {
@@ -770,6 +754,23 @@ impl S3Store {
     /// Every version and delete marker of exactly `key`.
     pub async fn versions(&self, key: &str) -> Result<Vec<(String, bool)>, StoreError> {
         let full = self.full_key(key);
+        Ok(self
+            .list_versions(&full, "list versions of", key)
+            .await?
+            .into_iter()
+            .filter(|v| v.key == full)
+            .map(|v| (v.version.unwrap_or_else(|| "null".into()), v.delete_marker))
+            .collect())
+    }
+
+    /// Every version and delete marker under a bucket prefix, in listing
+    /// order (by key, newest version first within a key).
+    async fn list_versions(
+        &self,
+        full_prefix: &str,
+        op: &'static str,
+        key: &str,
+    ) -> Result<Vec<Listed>, StoreError> {
         let mut out = Vec::new();
         let mut key_marker: Option<String> = None;
         let mut version_marker: Option<String> = None;
@@ -778,31 +779,41 @@ impl S3Store {
                 .client
                 .list_object_versions()
                 .bucket(&self.config.bucket)
-                .prefix(&full)
+                .prefix(full_prefix)
                 .set_key_marker(key_marker.take())
                 .set_version_id_marker(version_marker.take())
                 .send()
                 .await
-                .map_err(|e| self.error("list versions of", key, e))?;
+                .map_err(|e| self.error(op, key, e))?;
+            let mut page_items: Vec<Listed> = Vec::new();
             for v in page.versions() {
-                if v.key() == Some(full.as_str()) {
-                    out.push((v.version_id().unwrap_or("null").to_string(), false));
-                }
+                let Some(k) = v.key() else { continue };
+                page_items.push(Listed {
+                    key: k.to_string(),
+                    version: v.version_id().map(str::to_string),
+                    size: v.size().unwrap_or(0).max(0) as u64,
+                    delete_marker: false,
+                });
             }
             for m in page.delete_markers() {
-                if m.key() == Some(full.as_str()) {
-                    out.push((m.version_id().unwrap_or("null").to_string(), true));
-                }
+                let Some(k) = m.key() else { continue };
+                page_items.push(Listed {
+                    key: k.to_string(),
+                    version: m.version_id().map(str::to_string),
+                    size: 0,
+                    delete_marker: true,
+                });
             }
-            if page.is_truncated() == Some(true) {
-                key_marker = page.next_key_marker().map(str::to_string);
-                version_marker = page.next_version_id_marker().map(str::to_string);
-                if key_marker.is_none() {
-                    break;
-                }
-            } else {
+            // Versions and markers come in two lists; put them back in key
+            // order, keeping each list's newest-first order within a key
+            // (the sort is stable).
+            page_items.sort_by(|a, b| a.key.cmp(&b.key));
+            out.extend(page_items);
+            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
                 break;
             }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
         }
         Ok(out)
     }
@@ -1060,34 +1071,10 @@ impl Store for S3Store {
         // original (oldest) version: listed newest first within each key.
         let mut originals: std::collections::BTreeMap<String, (Option<String>, u64)> =
             std::collections::BTreeMap::new();
-        let mut key_marker: Option<String> = None;
-        let mut version_marker: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_object_versions()
-                .bucket(&self.config.bucket)
-                .prefix(&full)
-                .set_key_marker(key_marker.take())
-                .set_version_id_marker(version_marker.take())
-                .send()
-                .await
-                .map_err(|e| self.error("list", prefix, e))?;
-            for v in page.versions() {
-                let Some(k) = v.key() else { continue };
-                originals.insert(
-                    self.store_key(k).to_string(),
-                    (
-                        v.version_id().map(str::to_string),
-                        v.size().unwrap_or(0).max(0) as u64,
-                    ),
-                );
+        for v in self.list_versions(&full, "list", prefix).await? {
+            if !v.delete_marker {
+                originals.insert(self.store_key(&v.key).to_string(), (v.version, v.size));
             }
-            if page.is_truncated() != Some(true) || page.next_key_marker().is_none() {
-                break;
-            }
-            key_marker = page.next_key_marker().map(str::to_string);
-            version_marker = page.next_version_id_marker().map(str::to_string);
         }
         let mut out = Vec::with_capacity(originals.len());
         for (key, (version, size)) in originals {
