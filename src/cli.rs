@@ -323,10 +323,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     )
                 })?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 let s = &report.stats;
                 println!(
@@ -386,10 +383,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 }));
             }
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("rows serialise")
-                );
+                print_json(&rows);
             } else if rows.is_empty() {
                 println!("plan {} has no snapshots in {}", plan.name, repo.url());
             } else {
@@ -451,10 +445,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             };
             let report = restore(&repo, &plan.name, &opts).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 println!(
                     "restored snapshot {} ({} of {}) of plan {} to {}: {} files, {} in {:.1}s",
@@ -479,10 +470,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             let repo = open_repo(&plan).await?;
             let report = verify(&repo, &plan.name, snapshot.as_deref(), progress).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 for p in &report.problems {
                     println!(
@@ -536,10 +524,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     e => e.into(),
                 })?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 let verb = if dry_run { "would remove" } else { "removed" };
                 for v in &report.removed {
@@ -584,10 +569,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             let plan = load_plan(&plan.plan)?;
             let report = crate::doctor::repo_init(&plan).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 if let Some(b) = &report.bucket {
                     println!(
@@ -625,10 +607,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             let plan = load_plan(&plan.plan)?;
             let report = crate::doctor::doctor(&plan).await?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("report serialises")
-                );
+                print_json(&report);
             } else {
                 for c in &report.checks {
                     let mark = match c.status {
@@ -673,6 +652,14 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
 
 fn load_plan(path: &Path) -> Result<Plan, Failure> {
     Ok(Plan::load(path)?)
+}
+
+/// Pretty JSON on stdout, for `--json`.
+fn print_json<T: serde::Serialize>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("reports serialise")
+    );
 }
 
 async fn open_repo(plan: &Plan) -> Result<Repository, Failure> {
@@ -726,10 +713,7 @@ fn plan_check(paths: &[PathBuf], json: bool) -> Result<u8, Failure> {
         }
     }
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).expect("results serialise")
-        );
+        print_json(&out);
     } else {
         println!("{} plan(s) checked, {} with errors", results.len(), failed);
     }
