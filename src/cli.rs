@@ -121,6 +121,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Archive one WAL file into the plan's repository: PostgreSQL's
+    /// `archive_command = 'holdfast wal-push --plan FILE %p'`. Idempotent for
+    /// a file already archived with the same content; fails (so PostgreSQL
+    /// keeps the file and retries) on anything else.
+    WalPush {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The WAL file (`%p`).
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one archived WAL file, checked against its SHA-256:
+    /// PostgreSQL's `restore_command = 'holdfast wal-fetch --plan FILE %f %p'`.
+    /// Exit 1: not in the archive (recovery ends there); 126: anything else
+    /// (recovery stops rather than end at the wrong point).
+    WalFetch {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The archived file's name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+    },
     /// Work with plan files.
     Plan {
         #[command(subcommand)]
@@ -169,6 +193,10 @@ pub mod exit {
     pub const SOURCE: u8 = 7;
     pub const TARGET: u8 = 8;
     pub const NOT_IMMUTABLE: u8 = 9;
+    /// `wal-fetch` only: any failure but "not in the archive". PostgreSQL
+    /// treats exit codes above 125 as fatal and stops recovery, where any
+    /// other non-zero code would make it end recovery and promote early.
+    pub const WAL_FETCH_FATAL: u8 = 126;
 }
 
 /// An error with the exit code it maps to.
@@ -603,6 +631,62 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             }
             Ok(exit::OK)
         }
+        Command::WalPush { plan, path, json } => {
+            let plan = load_plan(&plan.plan)?;
+            wal_plan(&plan)?;
+            let context = || {
+                format!(
+                    "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
+                    path.display(),
+                    plan.name
+                )
+            };
+            let store: Arc<dyn store::Store> = store::open(&plan.repository)
+                .await
+                .with_context(context)?
+                .into();
+            // Each file stays locked as long as the longest-kept base backup
+            // may need it.
+            let report = crate::repository::wal::push(
+                store.as_ref(),
+                &plan.name,
+                &path,
+                plan.lock_for(Tier::Monthly, Utc::now()),
+            )
+            .await
+            .with_context(context)?;
+            if json {
+                print_json(&report);
+            }
+            tracing::info!(plan = %plan.name, object = %report.key, bytes = report.bytes, stored_bytes = report.stored_bytes, already_archived = report.already_archived, "WAL archived");
+            Ok(exit::OK)
+        }
+        Command::WalFetch { plan, name, dest } => {
+            let fatal = |e: anyhow::Error| Failure {
+                code: exit::WAL_FETCH_FATAL,
+                error: e,
+            };
+            let plan = Plan::load(&plan.plan).map_err(|e| fatal(e.into()))?;
+            wal_plan(&plan).map_err(|f| fatal(f.error))?;
+            let store: Arc<dyn store::Store> = store::open(&plan.repository)
+                .await
+                .map_err(|e| fatal(e.into()))?
+                .into();
+            match crate::repository::wal::fetch(store.as_ref(), &plan.name, &name, &dest).await {
+                Ok(bytes) => {
+                    tracing::info!(plan = %plan.name, file = %name, bytes, "WAL restored");
+                    Ok(exit::OK)
+                }
+                Err(e @ crate::repository::wal::WalError::NotFound { .. }) => Err(Failure {
+                    code: exit::FAILURE,
+                    error: anyhow::Error::new(e),
+                }),
+                Err(e) => Err(fatal(anyhow::Error::new(e).context(format!(
+                    "unable to restore {name} for plan {}; stopping recovery rather than ending it early",
+                    plan.name
+                )))),
+            }
+        }
         Command::Doctor { plan, json } => {
             let plan = load_plan(&plan.plan)?;
             let report = crate::doctor::doctor(&plan).await?;
@@ -652,6 +736,22 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
 
 fn load_plan(path: &Path) -> Result<Plan, Failure> {
     Ok(Plan::load(path)?)
+}
+
+/// WAL commands need a physical PostgreSQL plan that archives.
+fn wal_plan(plan: &Plan) -> Result<(), Failure> {
+    match &plan.source {
+        SourceSpec::Postgres { archive: true, .. } => Ok(()),
+        other => Err(Failure {
+            code: exit::PLAN,
+            error: anyhow::anyhow!(
+                "{}: plan {} does not archive WAL: wal-push and wal-fetch need `source: {{type: postgres, mode: physical}}` with `archive: true` (the default); this plan's source is {}",
+                plan.file.display(),
+                plan.name,
+                other.kind()
+            ),
+        }),
+    }
 }
 
 /// Pretty JSON on stdout, for `--json`.

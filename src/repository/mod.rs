@@ -13,6 +13,7 @@ pub mod pack;
 pub mod prune;
 pub mod read;
 pub mod verify;
+pub mod wal;
 
 use std::io::Read;
 use std::sync::Arc;
