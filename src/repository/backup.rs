@@ -230,12 +230,13 @@ async fn backup_locked(
             let (store, limit) = (repo.store().clone(), limit.clone());
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("semaphore open");
-                let info = store.head(&key).await?;
-                if info.retention.is_none_or(|r| r.until < retention.until) {
-                    store.extend_retention(&key, &retention).await?;
-                    return Ok::<_, StoreError>(1u64);
+                // Every store checks the current lock itself and refuses to
+                // shorten it: a longer lock already in place is not an error.
+                match store.extend_retention(&key, &retention).await {
+                    Ok(()) => Ok::<_, StoreError>(1u64),
+                    Err(StoreError::RetentionShortening { .. }) => Ok(0),
+                    Err(e) => Err(e),
                 }
-                Ok(0)
             });
         }
         while let Some(done) = tasks.join_next().await {
