@@ -8,16 +8,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::plan::{Plan, SourceSpec, Tier};
+use crate::plan::{DbMode, Plan, SourceSpec, Tier};
 use crate::progress::ProgressMode;
 use crate::repository::backup::{backup, BackupError, BackupOptions};
 use crate::repository::verify::verify;
 use crate::repository::{RepoError, Repository};
+use crate::restore::postgres::{restore_pitr, PgTarget, PitrOptions, PitrReport};
 use crate::restore::{restore, RestoreError, RestoreOptions};
-use crate::source::{files::FilesSource, sqlite::SqliteSource, Source, SourceError};
+use crate::source::{
+    files::FilesSource, postgres::PostgresSource, sqlite::SqliteSource, Source, SourceError,
+};
 use crate::store::{self, StoreError};
 
 #[derive(Debug, Parser)]
@@ -63,14 +66,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Restore a snapshot into an empty or new path.
+    /// Restore a snapshot into an empty or new path; for PostgreSQL, rebuild
+    /// the cluster as it was at a point in time (`--at`, `--lsn`, `--latest`).
     Restore {
         #[command(flatten)]
         plan: PlanArg,
-        /// Snapshot id (any unique prefix) or `latest`.
-        #[arg(long, default_value = "latest")]
-        snapshot: String,
-        /// Where to restore: a file path for sqlite, a directory for files.
+        /// Snapshot id (any unique prefix) or `latest` (the default). For
+        /// PostgreSQL: the base backup to start from (default: the newest
+        /// that can reach the target); alone, restore to its end.
+        #[arg(long)]
+        snapshot: Option<String>,
+        /// PostgreSQL: the state as of this instant (RFC 3339, e.g.
+        /// 2026-02-23T18:55:59Z): replays WAL up to it, excluding later
+        /// transactions.
+        #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "latest"])]
+        at: Option<String>,
+        /// PostgreSQL: replay WAL up to this location (e.g. 0/3000148).
+        #[arg(long, conflicts_with = "latest")]
+        lsn: Option<String>,
+        /// PostgreSQL: replay all archived WAL.
+        #[arg(long)]
+        latest: bool,
+        /// PostgreSQL: start the restored server, wait until it has reached
+        /// the target and promoted, and report the recovery.
+        #[arg(long)]
+        start: bool,
+        /// PostgreSQL: the port the restored server listens on.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Where to restore: a file path for sqlite, a directory for files,
+        /// an empty or new data directory for PostgreSQL.
         #[arg(long)]
         to: PathBuf,
         /// Replace a non-empty target (the old one is removed only after the new one is in place).
@@ -140,6 +165,10 @@ enum Command {
     WalFetch {
         #[command(flatten)]
         plan: PlanArg,
+        /// A folder of segments already fetched and verified by `holdfast
+        /// restore`: a file found there is moved into place instead of fetched.
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
         /// The archived file's name (`%f`).
         name: String,
         /// Where to write it (`%p`).
@@ -235,8 +264,10 @@ fn classify(error: &anyhow::Error) -> u8 {
                     crate::repository::read::ReadError::Sink { .. } => exit::TARGET,
                     _ => exit::VERIFY,
                 },
-                RestoreError::Check { .. } => exit::VERIFY,
+                RestoreError::Check { .. } | RestoreError::WalSegment { .. } => exit::VERIFY,
                 RestoreError::Repo(r) => repo_code(r),
+                RestoreError::OutsideWindow { .. } => exit::USAGE,
+                RestoreError::Postgres(_) | RestoreError::Recovery { .. } => exit::FAILURE,
             };
         }
         if let Some(e) = cause.downcast_ref::<RepoError>() {
@@ -410,6 +441,24 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     "key": s.key,
                 }));
             }
+            // PostgreSQL: how far back and forward a restore can reach.
+            let windows = if let SourceSpec::Postgres {
+                mode: DbMode::Physical,
+                ..
+            } = &plan.source
+            {
+                Some(crate::restore::postgres::restorable_windows(&repo, &plan.name).await?)
+            } else {
+                None
+            };
+            if let Some(windows) = &windows {
+                for r in rows.iter_mut() {
+                    let short = r["short_id"].as_str().unwrap_or_default().to_string();
+                    if let Some(w) = windows.iter().find(|w| w.base_backups.contains(&short)) {
+                        r["restorable"] = serde_json::to_value(w).expect("windows serialise");
+                    }
+                }
+            }
             if json {
                 print_json(&rows);
             } else if rows.is_empty() {
@@ -448,6 +497,20 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     );
                 }
             }
+            if let (Some(windows), false) = (&windows, json) {
+                if windows.is_empty() {
+                    println!(
+                        "restorable window: none (no base backup has all of its WAL archived)"
+                    );
+                }
+                for w in windows {
+                    println!(
+                        "restorable window: {w}\n  through segment {}, from base backup(s) {}",
+                        w.through_segment,
+                        w.base_backups.join(", ")
+                    );
+                }
+            }
             Ok(if unreadable == 0 {
                 exit::OK
             } else {
@@ -457,15 +520,54 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
         Command::Restore {
             plan,
             snapshot,
+            at,
+            lsn,
+            latest,
+            start,
+            port,
             to,
             force,
             check,
             json,
         } => {
             let plan = load_plan(&plan.plan)?;
+            if let SourceSpec::Postgres {
+                mode: DbMode::Physical,
+                ..
+            } = &plan.source
+            {
+                let target = pg_target(at.as_deref(), lsn.as_deref(), latest, snapshot.is_some())?;
+                if force {
+                    return Err(usage("a PostgreSQL restore goes into an empty or new data directory; --force is not accepted"));
+                }
+                let repo = open_repo(&plan).await?;
+                let opts = PitrOptions {
+                    target,
+                    snapshot,
+                    to,
+                    plan_file: plan.file.clone(),
+                    start,
+                    port,
+                    progress,
+                };
+                let report = restore_pitr(&repo, &plan.name, &opts).await?;
+                if json {
+                    print_json(&report);
+                } else {
+                    print_pitr(&report, &plan);
+                }
+                return Ok(exit::OK);
+            }
+            if at.is_some() || lsn.is_some() || latest || start || port.is_some() {
+                return Err(usage(&format!(
+                    "--at, --lsn, --latest, --start and --port are for PostgreSQL plans; plan {} backs up {}",
+                    plan.name,
+                    plan.source.kind()
+                )));
+            }
             let repo = open_repo(&plan).await?;
             let opts = RestoreOptions {
-                snapshot,
+                snapshot: snapshot.unwrap_or_else(|| "latest".into()),
                 to,
                 force,
                 check,
@@ -661,11 +763,30 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             tracing::info!(plan = %plan.name, object = %report.key, bytes = report.bytes, stored_bytes = report.stored_bytes, already_archived = report.already_archived, "WAL archived");
             Ok(exit::OK)
         }
-        Command::WalFetch { plan, name, dest } => {
+        Command::WalFetch {
+            plan,
+            spool,
+            name,
+            dest,
+        } => {
             let fatal = |e: anyhow::Error| Failure {
                 code: exit::WAL_FETCH_FATAL,
                 error: e,
             };
+            if let Some(spool) = spool {
+                crate::repository::wal::check_name(&name).map_err(|e| fatal(e.into()))?;
+                let spooled = spool.join(&name);
+                if spooled.exists() {
+                    std::fs::rename(&spooled, &dest)
+                        .or_else(|_| std::fs::copy(&spooled, &dest).map(|_| ()))
+                        .with_context(|| {
+                            format!("unable to move {} to {}", spooled.display(), dest.display())
+                        })
+                        .map_err(fatal)?;
+                    tracing::info!(file = %name, "WAL restored from the restore's spool");
+                    return Ok(exit::OK);
+                }
+            }
             let plan = Plan::load(&plan.plan).map_err(|e| fatal(e.into()))?;
             wal_plan(&plan).map_err(|f| fatal(f.error))?;
             let store: Arc<dyn store::Store> = store::open(&plan.repository)
@@ -734,6 +855,87 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
     }
 }
 
+fn usage(msg: &str) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        error: anyhow::anyhow!("{msg}"),
+    }
+}
+
+/// The recovery target of a PostgreSQL restore from its flags.
+fn pg_target(
+    at: Option<&str>,
+    lsn: Option<&str>,
+    latest: bool,
+    snapshot: bool,
+) -> Result<PgTarget, Failure> {
+    if let Some(at) = at {
+        let t = DateTime::parse_from_rfc3339(at.trim())
+            .map_err(|e| {
+                usage(&format!(
+                    "--at {at:?} is not a time: {e}; write it in RFC 3339 with a zone, e.g. 2026-02-23T18:55:59Z"
+                ))
+            })?
+            .with_timezone(&Utc);
+        return Ok(PgTarget::Time(t));
+    }
+    if let Some(lsn) = lsn {
+        return Ok(PgTarget::Lsn(
+            lsn.parse()
+                .map_err(|e: String| usage(&format!("--lsn: {e}")))?,
+        ));
+    }
+    if latest {
+        return Ok(PgTarget::Latest);
+    }
+    if snapshot {
+        return Ok(PgTarget::Immediate);
+    }
+    Err(usage(
+        "say how far to restore a PostgreSQL plan: --at TIME, --lsn LSN, --latest (all archived WAL), or --snapshot ID (that base backup, to its end)",
+    ))
+}
+
+fn print_pitr(r: &PitrReport, plan: &Plan) {
+    println!(
+        "restored plan {} to {} into {}\n  base backup {} (taken {}, consistent at {}), timeline path {:?}\n  {} files, {}; WAL checked: {} segment(s) {} .. {}",
+        r.plan,
+        r.target,
+        r.data_directory.display(),
+        r.base_backup.short(),
+        r.base_backup_time.to_rfc3339(),
+        r.base_backup_consistent_at.to_rfc3339(),
+        r.timeline_path,
+        r.files,
+        human_bytes(r.bytes),
+        r.segments_checked,
+        r.first_segment,
+        r.last_segment,
+    );
+    match (r.port, r.segments_replayed) {
+        (Some(port), Some(n)) => println!(
+            "  server running on port {port}, promoted; {n} segment(s) replayed from the archive; {}\n  server log: {}",
+            r.reached.as_deref().unwrap_or("no transaction replayed"),
+            r.server_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        _ => println!(
+            "  start it with: pg_ctl -D {} start   (it replays WAL through `holdfast wal-fetch --plan {}` and promotes at the target)",
+            r.data_directory.display(),
+            plan.file.display()
+        ),
+    }
+    let p = &r.phases;
+    println!(
+        "  time: WAL check {:.1}s, base restore {:.1}s{}, total {:.1}s",
+        p.check_wal_seconds,
+        p.restore_base_seconds,
+        p.recovery_seconds
+            .map(|s| format!(", recovery {s:.1}s"))
+            .unwrap_or_default(),
+        p.total_seconds
+    );
+}
+
 fn load_plan(path: &Path) -> Result<Plan, Failure> {
     Ok(Plan::load(path)?)
 }
@@ -773,9 +975,22 @@ fn open_source(spec: &SourceSpec) -> Result<Box<dyn Source>, Failure> {
         SourceSpec::Files { path, exclude } => {
             Box::new(FilesSource::new(path.clone(), exclude.clone())?)
         }
-        other @ (SourceSpec::Postgres { .. } | SourceSpec::Mariadb { .. }) => {
+        SourceSpec::Postgres {
+            connection,
+            sslmode,
+            mode,
+            archive,
+            logical_dumps,
+        } => Box::new(PostgresSource::new(
+            connection.clone(),
+            *sslmode,
+            *mode,
+            *archive,
+            logical_dumps.clone(),
+        )),
+        other @ SourceSpec::Mariadb { .. } => {
             return Err(SourceError::Unsupported(format!(
-                "{} sources are not supported by this build yet; it backs up sqlite and files sources",
+                "{} sources are not supported by this build yet; it backs up sqlite, files and postgres sources",
                 other.kind()
             ))
             .into())

@@ -1,6 +1,9 @@
-//! PostgreSQL WAL archiving against a real PostgreSQL 15 cluster of the
-//! test's own (initdb into a temp folder, a free port, `archive_command` =
-//! the built holdfast), never the shared server on 5432.
+//! PostgreSQL base backups, WAL archiving and point-in-time restore against
+//! real PostgreSQL 15 clusters of the tests' own (initdb into a temp folder,
+//! a free port, `archive_command` = the built holdfast), never the shared
+//! server on 5432. holdfast runs as the `postgres` OS user, as it would on a
+//! database host: the server runs `wal-push` and `wal-fetch` as that user,
+//! and they share the repository with `backup` and `restore`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -159,12 +162,121 @@ impl Cluster {
     }
 
     fn holdfast(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .env("HOLDFAST_LOG", "warn")
-            .output()
-            .unwrap()
+        holdfast(args)
     }
+
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `pgbench -i` at `scale`.
+    fn pgbench_init(&self, scale: u32) {
+        let out = pgbench(self.port, &["-i", "-q", "-s", &scale.to_string()]);
+        assert!(out.status.success(), "pgbench -i: {}", text(&out));
+    }
+
+    /// Switches WAL and waits until the segment switched away from is archived.
+    fn archive_now(&self) -> String {
+        let seg = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
+        self.wait_archived(&seg, Duration::from_secs(60));
+        seg
+    }
+
+    /// The server's clock, as RFC 3339 UTC.
+    fn now(&self) -> String {
+        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+    }
+
+    fn stop(&self) {
+        let _ = as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", s(&self.path("data")), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
+/// holdfast as the `postgres` OS user.
+fn holdfast(args: &[&str]) -> Output {
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "env", "HOLDFAST_LOG=warn", BIN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn pgbench(port: u16, args: &[&str]) -> Output {
+    Command::new(format!("{PG_BIN}/pgbench"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
+        .args(args)
+        .arg("postgres")
+        .output()
+        .unwrap()
+}
+
+/// psql against any server on 127.0.0.1.
+fn sql_at(port: u16, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-XAtqc",
+            sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Every table in `public` with its row count and a checksum over its rows
+/// in a fixed order: equal strings mean equal contents.
+fn state(port: u16) -> String {
+    let tables = sql_at(
+        port,
+        "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1",
+    );
+    tables
+        .lines()
+        .map(|t| {
+            let sum = sql_at(
+                port,
+                &format!(
+                    "SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
+                ),
+            );
+            format!("{t}: {sum}")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A restored server started by `holdfast restore --start`; stopped at the end.
+struct Restored {
+    data: PathBuf,
+}
+
+impl Drop for Restored {
+    fn drop(&mut self) {
+        let _ = as_postgres(
+            &format!("{PG_BIN}/pg_ctl"),
+            &["-D", s(&self.data), "-m", "immediate", "-w", "stop"],
+        );
+    }
+}
+
+fn json_of(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "{}", text(out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
 }
 
 impl Drop for Cluster {
@@ -331,4 +443,330 @@ fn nothing_is_lost_while_the_store_is_down() {
     for pair in segs.windows(2) {
         assert_eq!(pair[1], pair[0] + 1, "a gap in the archive: {archived:?}");
     }
+}
+
+#[test]
+fn a_dropped_table_comes_back_as_it_was_just_before_the_drop_and_a_second_restore_follows_the_new_timeline(
+) {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 5000) i");
+
+    // A base backup while a pgbench write load runs.
+    let mut load = Command::new(format!("{PG_BIN}/pgbench"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["-T", "6", "-c", "2", "-n", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let backup = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    assert!(load.wait().unwrap().success(), "pgbench load failed");
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+
+    // More writes after the backup; then T, the state at T, then the drop.
+    pg.sql("INSERT INTO orders(note) SELECT 'after backup ' || i FROM generate_series(1, 1000) i; UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid % 10 = 0");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.now();
+    let at_t = state(pg.port());
+    assert!(at_t.contains("orders: 6000 rows"), "{at_t}");
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("DROP TABLE orders");
+    pg.sql("UPDATE pgbench_accounts SET abalance = -1 WHERE aid <= 500; INSERT INTO pgbench_history(tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 999, now())");
+    pg.archive_now();
+
+    // The window covers T.
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let window = &listed[0]["restorable"];
+    assert!(window["from"].as_str().unwrap() < t.as_str(), "{listed}");
+    assert!(window["to"].as_str().unwrap() > t.as_str(), "{listed}");
+    let text_listing = pg.holdfast(&["snapshots", "--plan", &plan]);
+    assert!(
+        text(&text_listing).contains("restorable window:"),
+        "{}",
+        text(&text_listing)
+    );
+
+    // Restore to T into a new data directory, started on its own port.
+    let to = pg.path("restored");
+    let port2 = free_port();
+    let restored = Restored { data: to.clone() };
+    let report = json_of(&pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port2.to_string(),
+        "--json",
+    ]));
+    assert_eq!(report["base_backup"].as_str().unwrap(), snap, "{report}");
+    assert!(
+        report["segments_checked"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["segments_replayed"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(
+        report["reached"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before"),
+        "{report}"
+    );
+    assert!(
+        report["phases"]["recovery_seconds"].as_f64().is_some(),
+        "{report}"
+    );
+    assert_eq!(
+        state(port2),
+        at_t,
+        "the restored cluster differs from the state at {t}"
+    );
+    assert_eq!(sql_at(port2, "SELECT pg_is_in_recovery()"), "f");
+
+    // The restored server is promoted on timeline 2 and archives into the
+    // same plan. Writes there; T2; more writes; then a second restore to T2
+    // from the same base backup must follow timeline 2, not 1.
+    sql_at(
+        port2,
+        "CREATE TABLE refunds AS SELECT i AS id FROM generate_series(1, 300) i",
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    let t2 = sql_at(
+        port2,
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+    );
+    let at_t2 = state(port2);
+    std::thread::sleep(Duration::from_millis(1100));
+    sql_at(
+        port2,
+        "DELETE FROM refunds WHERE id > 100; DROP TABLE pgbench_tellers",
+    );
+    let seg = sql_at(port2, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pg.archived().contains(&seg) {
+        assert!(
+            Instant::now() < deadline,
+            "{seg} not archived: {:?}",
+            pg.archived()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(pg.archived().contains(&"00000002.history".to_string()));
+    drop(restored);
+
+    let to2 = pg.path("restored-again");
+    let port3 = free_port();
+    let _again = Restored { data: to2.clone() };
+    let report = json_of(&pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t2,
+        "--to",
+        s(&to2),
+        "--start",
+        "--port",
+        &port3.to_string(),
+        "--json",
+    ]));
+    assert_eq!(
+        report["timeline_path"],
+        serde_json::json!([1, 2]),
+        "{report}"
+    );
+    assert_eq!(
+        state(port3),
+        at_t2,
+        "the second restore differs from the state at {t2}"
+    );
+}
+
+#[test]
+fn after_rm_rf_of_pgdata_the_cluster_is_rebuilt_from_the_repository_alone() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = pgbench(pg.port(), &["-t", "300", "-c", "2", "-n"]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.sql("CREATE TABLE customers AS SELECT i AS id, md5(i::text) AS email FROM generate_series(1, 2000) i");
+    let before = state(pg.port());
+    pg.archive_now();
+
+    // The seed's wipe: the server dies and its data directory is deleted.
+    pg.stop();
+    let data = pg.path("data");
+    std::fs::remove_dir_all(&data).unwrap();
+
+    // Rebuilt into the same path, started on the same port.
+    let port = pg.port();
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&data),
+        "--start",
+        "--port",
+        &port.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(
+        said.contains("promoted") && said.contains("segment(s) replayed"),
+        "{said}"
+    );
+    assert_eq!(state(port), before, "the rebuilt cluster lost data");
+}
+
+#[test]
+fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before_anything_is_written(
+) {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let early = pg.now();
+    pg.pgbench_init(1);
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut segments = Vec::new();
+    for i in 1..=3 {
+        segments.push(pg.fill_segment(i));
+    }
+    let t = pg.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("INSERT INTO orders(note) VALUES ('after t')");
+    pg.archive_now();
+    let to = pg.path("restored");
+
+    // Earlier than the oldest base backup: refused with the window.
+    let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &early, "--to", s(&to)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("Restorable window:"), "{}", text(&out));
+    assert!(!to.exists());
+
+    // Later than anything archived: refused with the window.
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        "2099-01-01T00:00:00Z",
+        "--to",
+        s(&to),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("later than the newest archived transaction"),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.exists());
+
+    // A segment in the middle is corrupt: named, nothing written.
+    let object = pg.path(&format!("repo/objects/wal/pg/{}", segments[1]));
+    let good = std::fs::read(&object).unwrap();
+    let mut bad = good.clone();
+    let at = bad.len() - 30;
+    bad[at] ^= 0x5a;
+    std::fs::remove_file(&object).unwrap();
+    std::fs::write(&object, &bad).unwrap();
+    let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("wal/pg/{} is corrupt", segments[1])),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.exists());
+
+    // Missing: named, nothing written.
+    std::fs::remove_file(&object).unwrap();
+    let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("wal/pg/{} is missing", segments[1])),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.exists());
+    let listed = pg.holdfast(&["snapshots", "--plan", &plan]);
+    assert!(
+        text(&listed).contains(&format!("segment {} is missing", segments[1])),
+        "{}",
+        text(&listed)
+    );
+
+    // Put back (as a new object, as an operator would from elsewhere): it restores.
+    std::fs::write(&object, &good).unwrap();
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert!(
+        report["segments_checked"].as_u64().unwrap() >= 3,
+        "{report}"
+    );
+    assert!(to.join("recovery.signal").exists());
+    let auto = std::fs::read_to_string(to.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        auto.contains("recovery_target_time") && auto.contains("wal-fetch"),
+        "{auto}"
+    );
+}
+
+#[test]
+fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'");
+    pg.sql("SELECT pg_reload_conf()");
+    let out = Command::new("runuser")
+        .args([
+            "-u",
+            "postgres",
+            "--",
+            "env",
+            "HOLDFAST_LOG=warn",
+            "HOLDFAST_ARCHIVE_STALL_SECONDS=3",
+            BIN,
+        ])
+        .args(["backup", "--plan", &plan])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not archive WAL segment 0000000100000000000000"),
+        "{}",
+        text(&out)
+    );
+    let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
+    assert_eq!(json_of(&listed), serde_json::json!([]));
 }

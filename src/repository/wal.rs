@@ -244,9 +244,156 @@ pub async fn fetch(
     .expect("WAL writer panicked")
 }
 
+/// A WAL location (`X/Y` as PostgreSQL prints it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl std::str::FromStr for Lsn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad =
+            || format!("`{s}` is not a WAL location (write it as PostgreSQL does, e.g. 0/3000148)");
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(bad)?;
+        let hi = u32::from_str_radix(hi, 16).map_err(|_| bad())?;
+        let lo = u32::from_str_radix(lo, 16).map_err(|_| bad())?;
+        Ok(Lsn(((hi as u64) << 32) | lo as u64))
+    }
+}
+
+impl std::fmt::Display for Lsn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+/// PostgreSQL's default (and holdfast's assumed) WAL segment size.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 16 * 1024 * 1024;
+
+/// One WAL segment: its timeline and number (LSN / segment size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Segment {
+    pub timeline: u32,
+    pub number: u64,
+}
+
+impl Segment {
+    pub fn of(timeline: u32, lsn: Lsn, segment_size: u64) -> Segment {
+        Segment {
+            timeline,
+            number: lsn.0 / segment_size,
+        }
+    }
+
+    /// `TTTTTTTTXXXXXXXXYYYYYYYY`.
+    pub fn name(&self, segment_size: u64) -> String {
+        let per_id = 0x1_0000_0000u64 / segment_size;
+        format!(
+            "{:08X}{:08X}{:08X}",
+            self.timeline,
+            self.number / per_id,
+            self.number % per_id
+        )
+    }
+
+    pub fn parse(name: &str, segment_size: u64) -> Option<Segment> {
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let per_id = 0x1_0000_0000u64 / segment_size;
+        let timeline = u32::from_str_radix(&name[..8], 16).ok()?;
+        let hi = u64::from_str_radix(&name[8..16], 16).ok()?;
+        let lo = u64::from_str_radix(&name[16..], 16).ok()?;
+        Some(Segment {
+            timeline,
+            number: hi * per_id + lo,
+        })
+    }
+
+    /// The first location after this segment.
+    pub fn end(&self, segment_size: u64) -> Lsn {
+        Lsn((self.number + 1) * segment_size)
+    }
+}
+
+/// One step of a timeline's history: `timeline` was followed from its
+/// parent's switch point `begins` on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineStep {
+    pub timeline: u32,
+    pub begins: Lsn,
+}
+
+/// Parses `TTTTTTTT.history` of `timeline`: lines `parent<TAB>switchpoint<TAB>reason`.
+/// Returns the ancestry, oldest first, ending with `timeline` itself.
+pub fn parse_history(timeline: u32, text: &str) -> Result<Vec<TimelineStep>, String> {
+    let mut steps = Vec::new();
+    let mut begins = Lsn(0);
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(parent), Some(switch)) = (fields.next(), fields.next()) else {
+            return Err(format!(
+                "line {}: `{line}` is not `parent switchpoint reason`",
+                i + 1
+            ));
+        };
+        let parent: u32 = parent
+            .parse()
+            .map_err(|_| format!("line {}: `{parent}` is not a timeline", i + 1))?;
+        let switch: Lsn = switch.parse().map_err(|e| format!("line {}: {e}", i + 1))?;
+        steps.push(TimelineStep {
+            timeline: parent,
+            begins,
+        });
+        begins = switch;
+    }
+    steps.push(TimelineStep { timeline, begins });
+    Ok(steps)
+}
+
+/// The timeline a segment number is read from when following `ancestry`
+/// (as PostgreSQL does: the newest timeline that had begun by that segment).
+pub fn timeline_for(ancestry: &[TimelineStep], number: u64, segment_size: u64) -> u32 {
+    ancestry
+        .iter()
+        .rev()
+        .find(|s| s.begins.0 / segment_size <= number)
+        .map(|s| s.timeline)
+        .unwrap_or(ancestry[0].timeline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_names_locations_and_timelines_follow_postgres() {
+        let size = DEFAULT_SEGMENT_SIZE;
+        let lsn: Lsn = "1/2000028".parse().unwrap();
+        assert_eq!(lsn.to_string(), "1/2000028");
+        let seg = Segment::of(3, lsn, size);
+        assert_eq!(seg.name(size), "000000030000000100000002");
+        assert_eq!(Segment::parse(&seg.name(size), size), Some(seg));
+        assert_eq!(seg.end(size).to_string(), "1/3000000");
+        let history = parse_history(
+            3,
+            "1\t0/5000A8\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-26\n",
+        )
+        .unwrap();
+        assert_eq!(
+            history.iter().map(|s| s.timeline).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(timeline_for(&history, 4, size), 1);
+        // The segment holding a switch point is read from the new timeline.
+        assert_eq!(timeline_for(&history, 5, size), 2);
+        assert_eq!(timeline_for(&history, 9, size), 3);
+        assert!(parse_history(2, "x y z").is_err());
+        assert!("3000148".parse::<Lsn>().is_err());
+    }
 
     #[test]
     fn names_postgres_archives_are_accepted_and_others_refused() {

@@ -3,6 +3,7 @@
 //! stores, packs or S3.
 
 pub mod files;
+pub mod postgres;
 pub mod sqlite;
 
 use std::io::Read;
@@ -85,6 +86,9 @@ pub enum SourceError {
     },
     #[error("SQLite database {path}: {message}")]
     Sqlite { path: PathBuf, message: String },
+    /// A database client program or query failed; `what` names it.
+    #[error("{what}: {detail}")]
+    Database { what: String, detail: String },
     #[error("{0}")]
     Unsupported(String),
     /// Manifests and restore paths are strings; we refuse rather than skip.

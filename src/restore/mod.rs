@@ -19,6 +19,8 @@ use crate::repository::read::{ChunkReader, ReadError, ReadSink};
 use crate::repository::{Manifest, ManifestEntry, RepoError, Repository};
 use crate::source::{EntryKind, SourceError};
 
+pub mod postgres;
+
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// `latest` or a snapshot id prefix.
@@ -65,6 +67,26 @@ pub enum RestoreError {
         #[source]
         source: Box<ReadError>,
     },
+    /// A PostgreSQL restore could not be done; the message says why and what to do.
+    #[error("{0}")]
+    Postgres(String),
+    /// A WAL segment the restore needs is missing or damaged; nothing was restored.
+    #[error("WAL segment {key} {problem}; nothing was restored")]
+    WalSegment { key: String, problem: String },
+    /// The target cannot be reached from what the repository holds.
+    #[error("cannot restore to {target}: {why}. Restorable window: {windows}")]
+    OutsideWindow {
+        target: String,
+        why: String,
+        windows: String,
+    },
+    /// The restored server did not finish recovery.
+    #[error("recovery failed: {why}; the server log is {log}, ending:\n{tail}")]
+    Recovery {
+        why: String,
+        log: PathBuf,
+        tail: String,
+    },
     #[error("restored database failed its check, nothing was written to {target}: {source}")]
     Check {
         target: PathBuf,
@@ -87,13 +109,73 @@ pub async fn restore(
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
     let manifest = repo.load_manifest(&snap).await?;
-    let index = Arc::new(repo.load_index().await?);
+    if manifest.source.kind == "postgres" {
+        return Err(RestoreError::Postgres(
+            "PostgreSQL snapshots are restored with --at TIME, --lsn, --latest or --snapshot ID plus --to DATADIR (point-in-time restore); see `holdfast restore --help`".into(),
+        ));
+    }
     let target = absolute(&opts.to);
     let single = is_single_file(&manifest);
-    check_target(&target, single, opts.force)?;
     if manifest.source.kind == "sqlite" {
         check_sqlite_companions(&target, opts.force)?;
     }
+    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
+    let check: Option<CheckFn> = (opts.check && manifest.source.kind == "sqlite")
+        .then_some(crate::source::sqlite::check_restored as CheckFn);
+    let total = manifest.stats.total_bytes;
+    let files = materialize(
+        repo,
+        &snap.id,
+        manifest.entries.clone(),
+        total,
+        &Materialize {
+            target: &target,
+            single,
+            force: opts.force,
+            progress: opts.progress,
+            check,
+        },
+    )
+    .await?;
+    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore finished");
+    Ok(RestoreReport {
+        plan: plan.to_string(),
+        snapshot: snap.id,
+        snapshot_time: manifest.started_at,
+        source: manifest.source.kind.clone(),
+        target,
+        files,
+        bytes: total,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A check of the restored copy before it is put in place.
+pub(crate) type CheckFn = fn(&Path) -> Result<(), SourceError>;
+
+pub(crate) struct Materialize<'a> {
+    pub target: &'a Path,
+    /// One stream restored to a file path.
+    pub single: bool,
+    pub force: bool,
+    pub progress: ProgressMode,
+    pub check: Option<CheckFn>,
+}
+
+/// Writes `entries` into a temporary path beside the target, checks every
+/// byte against the snapshot, flushes it, and renames it into place; on any
+/// failure removes it and leaves the target as it was. Returns the file count.
+pub(crate) async fn materialize(
+    repo: &Repository,
+    snapshot: &SnapshotId,
+    entries: Vec<ManifestEntry>,
+    total: u64,
+    how: &Materialize<'_>,
+) -> Result<u64, RestoreError> {
+    let target = how.target.to_path_buf();
+    let single = how.single;
+    check_target(&target, single, how.force)?;
+    let index = Arc::new(repo.load_index().await?);
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
     fs::create_dir_all(&parent).map_err(|source| RestoreError::Target {
         path: parent.clone(),
@@ -105,16 +187,13 @@ pub async fn restore(
         .unwrap_or_else(|| "restore".into());
     let temp = parent.join(format!(".{name}.holdfast-restore-{}", std::process::id()));
     let _ = remove_any(&temp);
-    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
 
     let reader = ChunkReader::new(
         repo.store().clone(),
         index,
         tokio::runtime::Handle::current(),
     );
-    let total = manifest.stats.total_bytes;
-    let progress = Progress::new("restore", Some(total), opts.progress);
-    let entries = manifest.entries.clone();
+    let progress = Progress::new("restore", Some(total), how.progress);
     let temp_in = temp.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut sink = TreeWriter {
@@ -158,24 +237,23 @@ pub async fn restore(
         Err(source) => {
             let _ = remove_any(&temp);
             return Err(RestoreError::Read {
-                snapshot: snap.id.short(),
+                snapshot: snapshot.short(),
                 target,
                 source: Box::new(source),
             });
         }
     };
-    if opts.check && manifest.source.kind == "sqlite" {
+    if let Some(check) = how.check {
         let db = temp.clone();
-        let checked =
-            tokio::task::spawn_blocking(move || crate::source::sqlite::check_restored(&db))
-                .await
-                .expect("sqlite check panicked");
+        let checked = tokio::task::spawn_blocking(move || check(&db))
+            .await
+            .expect("restore check panicked");
         if let Err(source) = checked {
             let _ = remove_any(&temp);
             return Err(RestoreError::Check { target, source });
         }
     }
-    swap_into_place(&temp, &target, opts.force)
+    swap_into_place(&temp, &target, how.force)
         .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
         .map_err(|source| {
             let _ = remove_any(&temp);
@@ -184,20 +262,10 @@ pub async fn restore(
                 source,
             }
         })?;
-    tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore finished");
-    Ok(RestoreReport {
-        plan: plan.to_string(),
-        snapshot: snap.id,
-        snapshot_time: manifest.started_at,
-        source: manifest.source.kind.clone(),
-        target,
-        files,
-        bytes: total,
-        duration_seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(files)
 }
 
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -207,7 +275,7 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-fn check_target(target: &Path, single: bool, force: bool) -> Result<(), RestoreError> {
+pub(crate) fn check_target(target: &Path, single: bool, force: bool) -> Result<(), RestoreError> {
     let meta = match fs::symlink_metadata(target) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
