@@ -94,10 +94,19 @@ enum Command {
         /// PostgreSQL: the port the restored server listens on.
         #[arg(long)]
         port: Option<u16>,
+        /// PostgreSQL: restore this database's logical dump (`pg_restore`)
+        /// instead of the cluster; needs --into.
+        #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "latest", "start", "port", "to"])]
+        dump: Option<String>,
+        /// With --dump: the database to restore into, as a URL
+        /// (postgres://user@host:port/name); created if missing, refused if
+        /// it has tables. Any PostgreSQL version pg_restore can write to.
+        #[arg(long, value_name = "URL")]
+        into: Option<String>,
         /// Where to restore: a file path for sqlite, a directory for files,
         /// an empty or new data directory for PostgreSQL.
-        #[arg(long)]
-        to: PathBuf,
+        #[arg(long, required_unless_present = "dump")]
+        to: Option<PathBuf>,
         /// Replace a non-empty target (the old one is removed only after the new one is in place).
         #[arg(long)]
         force: bool,
@@ -525,12 +534,61 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             latest,
             start,
             port,
+            dump,
+            into,
             to,
             force,
             check,
             json,
         } => {
             let plan = load_plan(&plan.plan)?;
+            if let (Some(db), Some(into)) = (&dump, &into) {
+                if !matches!(plan.source, SourceSpec::Postgres { .. }) {
+                    return Err(usage(&format!(
+                        "--dump is for PostgreSQL plans; plan {} backs up {}",
+                        plan.name,
+                        plan.source.kind()
+                    )));
+                }
+                let repo = open_repo(&plan).await?;
+                let report = crate::restore::postgres::restore_dump(
+                    &repo,
+                    &plan.name,
+                    snapshot.as_deref().unwrap_or("latest"),
+                    db,
+                    into,
+                    progress,
+                )
+                .await?;
+                if json {
+                    print_json(&report);
+                } else {
+                    println!(
+                        "restored the dump of database {} from snapshot {} ({}) of plan {} into {}: {} in {:.1}s",
+                        report.database,
+                        report.snapshot.short(),
+                        report.snapshot_time.to_rfc3339(),
+                        report.plan,
+                        report.into,
+                        human_bytes(report.bytes),
+                        report.duration_seconds
+                    );
+                }
+                return Ok(exit::OK);
+            }
+            let Some(to) = to else {
+                return Err(usage("say where to restore with --to"));
+            };
+            if let SourceSpec::Postgres {
+                mode: DbMode::Logical,
+                ..
+            } = &plan.source
+            {
+                return Err(usage(&format!(
+                    "plan {} takes logical dumps only: restore one with --dump DATABASE --into URL",
+                    plan.name
+                )));
+            }
             if let SourceSpec::Postgres {
                 mode: DbMode::Physical,
                 ..

@@ -215,6 +215,10 @@ fn pgbench(port: u16, args: &[&str]) -> Output {
 
 /// psql against any server on 127.0.0.1.
 fn sql_at(port: u16, sql: &str) -> String {
+    sql_in(port, "postgres", sql)
+}
+
+fn sql_in(port: u16, db: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([
             "-h",
@@ -224,7 +228,7 @@ fn sql_at(port: u16, sql: &str) -> String {
             "-U",
             "postgres",
             "-d",
-            "postgres",
+            db,
             "-XAtqc",
             sql,
         ])
@@ -241,15 +245,21 @@ fn sql_at(port: u16, sql: &str) -> String {
 /// Every table in `public` with its row count and a checksum over its rows
 /// in a fixed order: equal strings mean equal contents.
 fn state(port: u16) -> String {
-    let tables = sql_at(
+    state_in(port, "postgres")
+}
+
+fn state_in(port: u16, db: &str) -> String {
+    let tables = sql_in(
         port,
+        db,
         "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1",
     );
     tables
         .lines()
         .map(|t| {
-            let sum = sql_at(
+            let sum = sql_in(
                 port,
+                db,
                 &format!(
                     "SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
                 ),
@@ -769,4 +779,111 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     );
     let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
     assert_eq!(json_of(&listed), serde_json::json!([]));
+}
+
+#[test]
+fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
+    let pg = Cluster::start();
+    pg.sql("CREATE DATABASE app");
+    let app = |sql: &str| sql_in(pg.port(), "app", sql);
+    app("CREATE TABLE invoices(id int PRIMARY KEY, total numeric, memo text); INSERT INTO invoices SELECT i, i * 1.5, repeat(md5(i::text), 4) FROM generate_series(1, 20000) i; CREATE INDEX ON invoices(total)");
+    let before = state_in(pg.port(), "app");
+    let plan = pg.path("logical.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: pg-logical\nsource: {{type: postgres, host: 127.0.0.1, port: {}, user: postgres, mode: logical, logical_dumps: [app]}}\nrepository: {{url: {}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {{mode: compliance, days: 8}}\nretention: {{keep_daily: 7}}\n",
+            pg.port(),
+            pg.path("repo-logical").display()
+        ),
+    )
+    .unwrap();
+    chown_postgres(pg.dir.path());
+    let plan = s(&plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let url = |db: &str| format!("postgres://postgres@127.0.0.1:{}/{db}", pg.port());
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--dump",
+        "app",
+        "--into",
+        &url("app_copy"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state_in(pg.port(), "app_copy"), before);
+
+    // Into a database that has tables: refused. A dump that was not taken: named.
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--dump",
+        "app",
+        "--into",
+        &url("app_copy"),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("already has tables"), "{}", text(&out));
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--dump",
+        "nope",
+        "--into",
+        &url("x"),
+    ]);
+    assert!(
+        text(&out).contains("no logical dump of database nope (it has: app)"),
+        "{}",
+        text(&out)
+    );
+
+    // A damaged pack: the restore fails naming it, and the transaction is
+    // rolled back, leaving no half-restored tables.
+    let packs = pg.path("repo-logical/objects/packs");
+    let pack = walk_files(&packs)
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::remove_file(&pack).unwrap();
+    std::fs::write(&pack, &bytes).unwrap();
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--dump",
+        "app",
+        "--into",
+        &url("app_damaged"),
+    ]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert_eq!(
+        sql_in(
+            pg.port(),
+            "app_damaged",
+            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
+        ),
+        "0"
+    );
+}
+
+fn walk_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

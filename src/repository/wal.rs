@@ -380,7 +380,7 @@ mod tests {
         assert_eq!(seg.end(size).to_string(), "1/3000000");
         let history = parse_history(
             3,
-            "1\t0/5000A8\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-26\n",
+            "1\t0/50000A8\tno recovery target specified\n\n2\t0/9000000\tbefore 2026-11-26\n",
         )
         .unwrap();
         assert_eq!(

@@ -1132,6 +1132,212 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct DumpRestoreReport {
+    pub plan: String,
+    pub snapshot: SnapshotId,
+    pub snapshot_time: DateTime<Utc>,
+    pub database: String,
+    /// The database restored into (its connection URL without password).
+    pub into: String,
+    pub bytes: u64,
+    pub duration_seconds: f64,
+}
+
+/// Restores the logical dump of `database` from a snapshot (`latest` or an
+/// id prefix) into the database named by the URL `into`, created if missing
+/// and refused if it already has tables. `pg_restore` runs as one
+/// transaction fed from the repository as chunks are verified; if any byte
+/// fails its check the transaction is rolled back, so nothing half-restored
+/// stays behind.
+pub async fn restore_dump(
+    repo: &Repository,
+    plan: &PlanName,
+    selector: &str,
+    database: &str,
+    into: &str,
+    progress: ProgressMode,
+) -> Result<DumpRestoreReport, RestoreError> {
+    use crate::plan::{DbConnection, PgSslMode};
+    use crate::repository::read::{ChunkReader, ReadSink};
+    use crate::secret::Secret;
+    use crate::source::postgres::{PgClient, DUMPS_PREFIX};
+
+    let started = Instant::now();
+    let snap = repo.find_snapshot(plan, selector).await?;
+    let manifest = repo.load_manifest(&snap).await?;
+    let path = format!("{DUMPS_PREFIX}/{database}.pgdump");
+    let Some(entry) = manifest.entries.iter().find(|e| e.path == path).cloned() else {
+        let have: Vec<&str> = manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix(&format!("{DUMPS_PREFIX}/")))
+            .filter_map(|p| p.strip_suffix(".pgdump"))
+            .collect();
+        return Err(RestoreError::Postgres(format!(
+            "snapshot {} of plan {plan} has no logical dump of database {database} (it has: {})",
+            snap.id.short(),
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            }
+        )));
+    };
+    if !into.starts_with("postgres://") && !into.starts_with("postgresql://") {
+        return Err(RestoreError::Postgres(format!(
+            "--into must be a postgres:// URL naming the database to restore into, e.g. postgres://postgres@127.0.0.1:5432/{database}_restored; got {into:?}"
+        )));
+    }
+    let client = |url: &str| {
+        PgClient::new(
+            DbConnection {
+                host: None,
+                port: 5432,
+                socket: None,
+                user: None,
+                database: None,
+                dsn: Some(Secret::new(url)),
+                password: None,
+            },
+            PgSslMode::Prefer,
+        )
+    };
+    let target = client(into);
+    let target_db = into
+        .split('?')
+        .next()
+        .and_then(|u| u.split("://").nth(1))
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_, db)| db.to_string())
+        .filter(|db| !db.is_empty())
+        .ok_or_else(|| RestoreError::Postgres(format!("--into {into:?} names no database")))?;
+    let pg = |e: crate::source::SourceError| RestoreError::Postgres(e.to_string());
+    // Create it if missing (connected to the maintenance database), refuse it if it has tables.
+    let admin = client(&crate::source::postgres::dsn_with_database(
+        into, "postgres",
+    ));
+    let exists = admin
+        .query(&format!(
+            "SELECT 1 FROM pg_database WHERE datname = '{}'",
+            target_db.replace('\'', "''")
+        ))
+        .map_err(pg)?;
+    if exists.is_empty() {
+        admin
+            .query(&format!(
+                "CREATE DATABASE \"{}\"",
+                target_db.replace('"', "\"\"")
+            ))
+            .map_err(pg)?;
+    } else {
+        let tables = target
+            .query("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'")
+            .map_err(pg)?;
+        if tables.first().and_then(|r| r.first()).map(String::as_str) != Some("0") {
+            return Err(RestoreError::Postgres(format!(
+                "database {target_db} already has tables; restore into a new or empty database"
+            )));
+        }
+    }
+    let mut cmd = target.command("pg_restore", None).map_err(pg)?;
+    cmd.args([
+        "--single-transaction",
+        "--exit-on-error",
+        "--no-owner",
+        "-d",
+    ]);
+    cmd.arg(into);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        RestoreError::Postgres(format!("cannot run pg_restore: {e} (set HOLDFAST_PG_BIN)"))
+    })?;
+    let stdin = child.stdin.take().expect("piped");
+
+    struct Pipe {
+        stdin: Option<std::process::ChildStdin>,
+        progress: crate::progress::Progress,
+    }
+    impl ReadSink for Pipe {
+        fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.progress.inc(bytes.len() as u64);
+            self.stdin
+                .as_mut()
+                .expect("open until end")
+                .write_all(bytes)
+        }
+        fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            // Closing stdin lets pg_restore commit: only after the whole
+            // dump matched its SHA-256.
+            self.stdin = None;
+            Ok(())
+        }
+    }
+    let index = Arc::new(repo.load_index().await?);
+    let reader = ChunkReader::new(
+        repo.store().clone(),
+        index,
+        tokio::runtime::Handle::current(),
+    );
+    let total = entry.size.unwrap_or_default();
+    let progress = crate::progress::Progress::new("restore", Some(total), progress);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut sink = Pipe {
+            stdin: Some(stdin),
+            progress,
+        };
+        let r = reader.read_files(std::slice::from_ref(&entry), &mut sink);
+        sink.progress.finish();
+        (r, sink.stdin.is_some())
+    })
+    .await
+    .expect("dump reader panicked");
+    let (read, unfinished) = read;
+    if read.is_err() || unfinished {
+        // Kill before pg_restore sees a clean end of input: its transaction
+        // is rolled back.
+        let _ = child.kill();
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| RestoreError::Postgres(format!("pg_restore: {e}")))?;
+    if let Err(source) = read {
+        return Err(RestoreError::Read {
+            snapshot: snap.id.short(),
+            target: PathBuf::from(format!("database {target_db}")),
+            source: Box::new(source),
+        });
+    }
+    if !out.status.success() {
+        return Err(RestoreError::Postgres(format!(
+            "pg_restore into database {target_db} failed ({}), its transaction was rolled back: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let shown = match into.split_once('@') {
+        Some((scheme_user, host)) => {
+            let user = scheme_user.split(':').take(2).collect::<Vec<_>>().join(":");
+            format!("{user}@{host}")
+        }
+        None => into.to_string(),
+    };
+    Ok(DumpRestoreReport {
+        plan: plan.to_string(),
+        snapshot: snap.id,
+        snapshot_time: manifest.started_at,
+        database: database.to_string(),
+        into: shown,
+        bytes: total,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -81,15 +81,24 @@ impl PgClient {
         ] {
             cmd.env_remove(var);
         }
+        cmd.env("PGAPPNAME", "holdfast");
         let c = &self.conn;
         if let Some(dsn) = &c.dsn {
             let dsn = match database {
                 Some(db) => dsn_with_database(dsn.expose(), db),
                 None => dsn.expose().to_string(),
             };
-            // A URL is itself a valid `dbname`, which every client accepts.
-            cmd.env("PGDATABASE", dsn);
+            // As libpq environment variables, never as an argument: the URL
+            // may carry a password.
+            let vars = url_env(&dsn)?;
+            if !vars.iter().any(|(k, _)| *k == "PGSSLMODE") {
+                cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
+            }
+            for (var, value) in vars {
+                cmd.env(var, value);
+            }
         } else {
+            cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
             if let Some(h) = &c.host {
                 cmd.env("PGHOST", h);
             }
@@ -101,8 +110,6 @@ impl PgClient {
                 cmd.env("PGDATABASE", db);
             }
         }
-        cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
-        cmd.env("PGAPPNAME", "holdfast");
         cmd.env("PGCONNECT_TIMEOUT", "10");
         match &c.password {
             Some(Password::Value(s)) => {
@@ -201,8 +208,109 @@ fn spawn_error(what: &str, cmd: &Command, e: io::Error) -> SourceError {
     }
 }
 
+/// A `postgres://user:password@host:port/dbname?param=value` URL as libpq
+/// environment variables.
+fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
+    let bad = |why: &str| SourceError::Database {
+        what: "connection URL".into(),
+        detail: format!("{why} (write postgres://user:password@host:port/dbname?sslmode=…)"),
+    };
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| bad("it does not start with postgres://"))?;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db) = main.split_once('/').unwrap_or((main, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut env = Vec::new();
+    if let Some(u) = userinfo {
+        let (user, password) = match u.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (u, None),
+        };
+        if !user.is_empty() {
+            env.push(("PGUSER", percent_decode(user)));
+        }
+        if let Some(p) = password {
+            env.push(("PGPASSWORD", percent_decode(p)));
+        }
+    }
+    if hostport.contains(',') {
+        return Err(bad("several hosts in one URL are not supported"));
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed [ in the host"))?;
+        (h.to_string(), after.strip_prefix(':').map(str::to_string))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.to_string())),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if !host.is_empty() {
+        env.push(("PGHOST", percent_decode(&host)));
+    }
+    if let Some(p) = port.filter(|p| !p.is_empty()) {
+        if p.parse::<u16>().is_err() {
+            return Err(bad(&format!("port `{p}` is not a number")));
+        }
+        env.push(("PGPORT", p));
+    }
+    if !db.is_empty() {
+        env.push(("PGDATABASE", percent_decode(db)));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let var = match k {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "application_name" => "PGAPPNAME",
+            "connect_timeout" => "PGCONNECT_TIMEOUT",
+            "options" => "PGOPTIONS",
+            "target_session_attrs" => "PGTARGETSESSIONATTRS",
+            "host" => "PGHOST",
+            "port" => "PGPORT",
+            "user" => "PGUSER",
+            "dbname" => "PGDATABASE",
+            other => {
+                return Err(bad(&format!(
+                    "parameter `{other}` is not supported; use sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout, options, target_session_attrs, host, port, user or dbname"
+                )))
+            }
+        };
+        env.push((var, percent_decode(v)));
+    }
+    Ok(env)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The URL `dsn` pointing at `database` instead of its own.
-fn dsn_with_database(dsn: &str, database: &str) -> String {
+pub fn dsn_with_database(dsn: &str, database: &str) -> String {
     let Some(scheme_end) = dsn.find("://") else {
         return format!("{dsn} dbname={database}");
     };
@@ -680,6 +788,34 @@ mod tests {
             dsn_with_database("postgres://h?application_name=a", "x"),
             "postgres://h/x?application_name=a"
         );
+    }
+
+    #[test]
+    fn a_url_becomes_libpq_environment_variables() {
+        let env = url_env("postgres://app%40x:p%2Fw@[::1]:5433/my%20db?sslmode=require").unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("PGUSER", "app@x".to_string()),
+                ("PGPASSWORD", "p/w".to_string()),
+                ("PGHOST", "::1".to_string()),
+                ("PGPORT", "5433".to_string()),
+                ("PGDATABASE", "my db".to_string()),
+                ("PGSSLMODE", "require".to_string()),
+            ]
+        );
+        assert_eq!(
+            url_env("postgresql://db.internal/app").unwrap(),
+            vec![
+                ("PGHOST", "db.internal".to_string()),
+                ("PGDATABASE", "app".to_string())
+            ]
+        );
+        assert!(url_env("postgres://h:xx/db").is_err());
+        assert!(url_env("postgres://h/db?weird=1")
+            .unwrap_err()
+            .to_string()
+            .contains("weird"));
     }
 
     #[test]
