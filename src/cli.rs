@@ -94,6 +94,11 @@ enum Command {
         /// PostgreSQL: the port the restored server listens on.
         #[arg(long)]
         port: Option<u16>,
+        /// PostgreSQL: turn archiving off in the restored copy. Use it for a
+        /// scratch copy beside production: started with archiving on, a copy
+        /// archives its new timeline into the plan, and later restores follow it.
+        #[arg(long)]
+        no_archive: bool,
         /// PostgreSQL: restore this database's logical dump (`pg_restore`)
         /// instead of the cluster; needs --into.
         #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "latest", "start", "port", "to"])]
@@ -534,6 +539,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
             latest,
             start,
             port,
+            no_archive,
             dump,
             into,
             to,
@@ -606,6 +612,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     plan_file: plan.file.clone(),
                     start,
                     port,
+                    no_archive,
                     progress,
                 };
                 let report = restore_pitr(&repo, &plan.name, &opts).await?;
@@ -616,9 +623,9 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                 }
                 return Ok(exit::OK);
             }
-            if at.is_some() || lsn.is_some() || latest || start || port.is_some() {
+            if at.is_some() || lsn.is_some() || latest || start || port.is_some() || no_archive {
                 return Err(usage(&format!(
-                    "--at, --lsn, --latest, --start and --port are for PostgreSQL plans; plan {} backs up {}",
+                    "--at, --lsn, --latest, --start, --port and --no-archive are for PostgreSQL plans; plan {} backs up {}",
                     plan.name,
                     plan.source.kind()
                 )));
@@ -735,13 +742,22 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     println!("refused: {}: {}", r.object, r.detail);
                 }
                 println!(
-                    "plan {}: {} snapshot(s) kept by policy, {} held by their lock, {} {verb}; {} pack(s), {} {verb}{}",
+                    "plan {}: {} snapshot(s) kept by policy, {} held by their lock, {} {verb}; {} pack(s), {} {verb}{}{}",
                     report.plan,
                     report.kept.len(),
                     report.held_by_lock.len(),
                     report.removed.len(),
                     report.packs_removed,
                     human_bytes(report.bytes_removed),
+                    if report.wal_files_removed > 0 {
+                        format!(
+                            "; {} WAL file(s) older than every remaining base backup, {} {verb}",
+                            report.wal_files_removed,
+                            human_bytes(report.wal_bytes_removed)
+                        )
+                    } else {
+                        String::new()
+                    },
                     if report.refused.is_empty() {
                         String::new()
                     } else {

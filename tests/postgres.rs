@@ -37,6 +37,10 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Cluster::start_with("{mode: compliance, days: 8}", "{keep_daily: 7}")
+    }
+
+    fn start_with(lock: &str, retention: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let root = dir.path();
@@ -44,7 +48,7 @@ impl Cluster {
         std::fs::write(
             &plan,
             format!(
-                "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {port}, user: postgres}}\nrepository: {{url: {repo}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {{mode: compliance, days: 8}}\nretention: {{keep_daily: 7}}\n",
+                "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {port}, user: postgres}}\nrepository: {{url: {repo}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {lock}\nretention: {retention}\n",
                 repo = root.join("repo").display()
             ),
         )
@@ -737,6 +741,7 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         &t,
         "--to",
         s(&to),
+        "--no-archive",
         "--json",
     ]);
     let report = json_of(&out);
@@ -750,6 +755,7 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         auto.contains("recovery_target_time") && auto.contains("wal-fetch"),
         "{auto}"
     );
+    assert!(auto.contains("archive_mode = off"), "{auto}");
 }
 
 #[test]
@@ -886,4 +892,65 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[test]
+fn prune_removes_wal_older_than_every_remaining_base_backup_and_the_rest_still_restores() {
+    let pg = Cluster::start_with("{mode: none}", "{keep_last: 1}");
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let old: Vec<String> = (1..=3).map(|i| pg.fill_segment(i)).collect();
+    let second = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    pg.fill_segment(1);
+    let after = state(pg.port());
+    pg.archive_now();
+    let start_of_second = pg
+        .archived()
+        .into_iter()
+        .filter(|n| n.ends_with(".backup"))
+        .max()
+        .unwrap()[..24]
+        .to_string();
+
+    let dry = json_of(&pg.holdfast(&["prune", "--plan", &plan, "--dry-run", "--json"]));
+    assert!(dry["wal_files_removed"].as_u64().unwrap() >= 3, "{dry}");
+    assert!(pg.archived().contains(&old[0]));
+    let report = json_of(&pg.holdfast(&["prune", "--plan", &plan, "--json"]));
+    assert_eq!(report["removed"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(
+        report["wal_files_removed"], dry["wal_files_removed"],
+        "{report}"
+    );
+    let left = pg.archived();
+    for seg in &old {
+        assert!(
+            !left.contains(seg),
+            "{seg} outlived every base backup: {left:?}"
+        );
+    }
+    assert!(
+        left.contains(&start_of_second),
+        "{start_of_second} was removed: {left:?}"
+    );
+
+    // The remaining base backup and its WAL still rebuild the cluster.
+    let to = pg.path("restored");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(report["base_backup"], second["snapshot"], "{report}");
+    assert_eq!(state(port), after);
 }

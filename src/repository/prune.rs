@@ -87,6 +87,9 @@ pub struct PruneReport {
     pub bytes_removed: u64,
     pub index_objects_removed: usize,
     pub other_objects_removed: usize,
+    /// Archived PostgreSQL WAL files older than every remaining base backup.
+    pub wal_files_removed: usize,
+    pub wal_bytes_removed: u64,
     /// Deletes the store refused (a lock still holding): reported, not retried.
     pub refused: Vec<Refusal>,
 }
@@ -203,6 +206,8 @@ async fn prune_locked(
         bytes_removed: 0,
         index_objects_removed: 0,
         other_objects_removed: 0,
+        wal_files_removed: 0,
+        wal_bytes_removed: 0,
         refused: Vec::new(),
     };
     let mut removing: Vec<SnapshotRef> = Vec::new();
@@ -271,12 +276,31 @@ async fn prune_locked(
         dead.insert(id, info.size);
     }
 
+    // PostgreSQL: WAL before the oldest remaining base backup's first
+    // segment can no longer be replayed by any restore. Without a remaining
+    // base backup, none is touched.
+    let oldest_wal_needed: Option<String> = remaining
+        .iter()
+        .filter(|m| &m.plan == plan && m.source.kind == "postgres")
+        .filter_map(|m| m.source.metadata.get("start_wal_file")?.as_str())
+        .filter(|f| f.len() == 24)
+        .min_by_key(|f| f[8..].to_string())
+        .map(str::to_owned);
     if opts.dry_run {
         report.packs_removed = dead.len();
         report.bytes_removed = dead.values().sum();
+        if let Some(oldest) = &oldest_wal_needed {
+            for info in store.list(&super::wal::wal_prefix(plan)).await? {
+                let name = info.key.rsplit('/').next().unwrap_or_default();
+                if wal_before(name, oldest) {
+                    report.wal_files_removed += 1;
+                    report.wal_bytes_removed += info.size;
+                }
+            }
+        }
         return Ok(report);
     }
-    if removing.is_empty() && dead.is_empty() {
+    if removing.is_empty() && dead.is_empty() && oldest_wal_needed.is_none() {
         return Ok(report);
     }
 
@@ -368,11 +392,38 @@ async fn prune_locked(
             Err(e) => refuse(&info.key, e)?,
         }
     }
+    // Archived WAL older than every remaining base backup of this plan.
+    if let Some(oldest) = &oldest_wal_needed {
+        for info in store.list(&super::wal::wal_prefix(plan)).await? {
+            let name = info.key.rsplit('/').next().unwrap_or_default();
+            if !wal_before(name, oldest) {
+                continue;
+            }
+            match store.delete(&info.key).await {
+                Ok(()) => {
+                    report.wal_files_removed += 1;
+                    report.wal_bytes_removed += info.size;
+                }
+                Err(e) => refuse(&info.key, e)?,
+            }
+        }
+    }
     report.packs_removed = packs_removed;
     report.bytes_removed = bytes_removed;
     report.index_objects_removed = index_removed;
     report.other_objects_removed = other;
     Ok(report)
+}
+
+/// True for an archived WAL file (segment, `.partial`, `.backup`) wholly
+/// before segment file `oldest` on any timeline. Timeline histories are kept:
+/// they are tiny and every later timeline's history builds on them.
+fn wal_before(name: &str, oldest: &str) -> bool {
+    if name.ends_with(".history") || name.len() < 24 || oldest.len() < 24 {
+        return false;
+    }
+    let position = &name[8..24];
+    position.bytes().all(|b| b.is_ascii_hexdigit()) && position < &oldest[8..24]
 }
 
 #[cfg(test)]

@@ -80,6 +80,10 @@ pub struct PitrOptions {
     pub plan_file: PathBuf,
     pub start: bool,
     pub port: Option<u16>,
+    /// Write `archive_mode = off`: for scratch copies (drills, inspecting
+    /// a table beside production), which must not archive a new timeline
+    /// into the plan that later restores would follow.
+    pub no_archive: bool,
     pub progress: ProgressMode,
 }
 
@@ -976,6 +980,9 @@ fn prepare_recovery(
     if let Some(port) = opts.port {
         conf.push_str(&format!("port = {port}\n"));
     }
+    if opts.no_archive {
+        conf.push_str("# --no-archive: a scratch copy must not archive its own timeline into the plan.\narchive_mode = off\n");
+    }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
@@ -1306,6 +1313,20 @@ pub async fn restore_dump(
     let out = child
         .wait_with_output()
         .map_err(|e| RestoreError::Postgres(format!("pg_restore: {e}")))?;
+    // pg_restore gave up first (our write then failed on the closed pipe):
+    // its own error is the one that says why.
+    let pg_restore_failed = out.status.code().is_some_and(|c| c != 0)
+        && matches!(
+            read,
+            Ok(()) | Err(crate::repository::read::ReadError::Sink { .. })
+        );
+    if pg_restore_failed {
+        return Err(RestoreError::Postgres(format!(
+            "pg_restore into database {target_db} failed ({}), its transaction was rolled back: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
     if let Err(source) = read {
         return Err(RestoreError::Read {
             snapshot: snap.id.short(),

@@ -439,7 +439,11 @@ impl PostgresSource {
             std::thread::spawn(move || archive_watchdog(&client, &child, &done, &stalled, stall))
         };
         let stdout = child.lock().unwrap().stdout.take().expect("piped");
-        let streamed = stream_tar(stdout, sink, meta);
+        // A bigger pipe and a big read buffer: the tar members are read in
+        // 8 KiB chunks, which would otherwise be a syscall and often a
+        // context switch each.
+        let _ = rustix::pipe::fcntl_setpipe_size(&stdout, 1 << 20);
+        let streamed = stream_tar(BufReader::with_capacity(1 << 20, stdout), sink, meta);
         let status = loop {
             // Not `wait()` under the lock: the watchdog must be able to kill it.
             if let Some(s) = child.lock().unwrap().try_wait().ok().flatten() {
