@@ -583,6 +583,18 @@ pub async fn restore_pitr(
     let mut archive = WalArchive::list(repo, plan).await?;
     let base = choose_base(&bases, &mut archive, opts).await?;
     let ancestry = archive.target_ancestry(&base).await?;
+    let manifest = repo.load_manifest(&base.snapshot).await?;
+    if opts.start
+        && !manifest
+            .entries
+            .iter()
+            .any(|e| e.path == format!("{PGDATA_PREFIX}/postgresql.conf"))
+    {
+        return Err(RestoreError::Postgres(format!(
+            "base backup {} has no postgresql.conf: the server keeps its configuration outside the data directory (Debian and Ubuntu: /etc/postgresql/<version>/<cluster>), so --start cannot start it. Restore without --start, then start it with its own configuration (e.g. pg_ctlcluster 15 main start when restoring into that cluster's data directory)",
+            base.snapshot.id.short()
+        )));
+    }
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, target = %opts.target, "point-in-time restore started");
 
     // 1. The WAL, checked before anything is written.
@@ -611,7 +623,6 @@ pub async fn restore_pitr(
 
     // 2. The base backup.
     let restore_started = Instant::now();
-    let manifest = repo.load_manifest(&base.snapshot).await?;
     let (entries, total) = pgdata_entries(&manifest);
     let files = materialize(
         repo,
