@@ -678,11 +678,16 @@ async fn run(command: Command, progress: ProgressMode) -> Result<u8, Failure> {
                     );
                 }
                 println!(
-                    "verified {} snapshot(s) of plan {}: {} packs, {} chunks, {} read; {}",
+                    "verified {} snapshot(s) of plan {}: {} packs, {} chunks, {}{} read; {}",
                     report.snapshots_checked,
                     report.plan,
                     report.packs_checked,
                     report.chunks_checked,
+                    if report.wal_files_checked > 0 {
+                        format!("{} archived WAL files, ", report.wal_files_checked)
+                    } else {
+                        String::new()
+                    },
                     human_bytes(report.bytes_read),
                     if report.ok() {
                         "no problems".to_string()

@@ -668,10 +668,22 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         segments.push(pg.fill_segment(i));
     }
     let t = pg.now();
+    let lsn_t = pg.sql("SELECT pg_current_wal_lsn()");
+    let at_t = state(pg.port());
     std::thread::sleep(Duration::from_millis(1100));
     pg.sql("INSERT INTO orders(note) VALUES ('after t')");
     pg.archive_now();
     let to = pg.path("restored");
+
+    // Past the end of the archived WAL by location: refused with the window.
+    let out = pg.holdfast(&["restore", "--plan", &plan, "--lsn", "FF/0", "--to", s(&to)]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("past the end of the newest archived segment"),
+        "{}",
+        text(&out)
+    );
+    assert!(!to.exists());
 
     // Earlier than the oldest base backup: refused with the window.
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &early, "--to", s(&to)]);
@@ -713,6 +725,15 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         text(&out)
     );
     assert!(!to.exists());
+
+    // verify reads the archived WAL too, and names the damaged file.
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("wal/pg/{} is corrupt", segments[1])),
+        "{}",
+        text(&out)
+    );
 
     // Missing: named, nothing written.
     std::fs::remove_file(&object).unwrap();
@@ -756,6 +777,28 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         "{auto}"
     );
     assert!(auto.contains("archive_mode = off"), "{auto}");
+
+    // By location: the state at the LSN noted with T, without the later row.
+    let by_lsn = pg.path("by-lsn");
+    let port = free_port();
+    let _restored = Restored {
+        data: by_lsn.clone(),
+    };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--lsn",
+        &lsn_t,
+        "--to",
+        s(&by_lsn),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-archive",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(port), at_t);
 }
 
 #[test]
