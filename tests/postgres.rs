@@ -102,27 +102,7 @@ impl Cluster {
     }
 
     fn sql(&self, sql: &str) -> String {
-        let out = Command::new("psql")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-                "-XAtqc",
-                sql,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        sql_at(self.port, sql)
     }
 
     /// Writes some rows and switches to a new WAL segment; returns the

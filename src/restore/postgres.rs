@@ -858,12 +858,12 @@ async fn check_wal(
         count += 1;
         last = name.clone();
         if number >= must_reach {
-            match (target, &waldump) {
+            let reached = match (target, &waldump) {
                 (PgTarget::Time(t), Some(w)) => {
                     let path = spool.join(&name);
-                    let times = tokio::task::spawn_blocking({
-                        let w = w.program.clone();
-                        move || Waldump { program: w }.transaction_times(&path)
+                    let program = w.program.clone();
+                    let times = tokio::task::spawn_blocking(move || {
+                        Waldump { program }.transaction_times(&path)
                     })
                     .await
                     .expect("pg_waldump task panicked")
@@ -873,27 +873,19 @@ async fn check_wal(
                     if let Some(newest_here) = times.last() {
                         newest_seen = Some(*newest_here);
                     }
-                    if times.iter().any(|x| *x > t) {
-                        for (_, _, t) in pending.drain(..) {
-                            t.abort();
-                        }
-                        return Ok(Checked {
-                            count,
-                            first: archive.segment_name(ancestry, first, size),
-                            last,
-                        });
-                    }
+                    times.iter().any(|x| *x > t)
                 }
-                _ => {
-                    for (_, _, t) in pending.drain(..) {
-                        t.abort();
-                    }
-                    return Ok(Checked {
-                        count,
-                        first: archive.segment_name(ancestry, first, size),
-                        last,
-                    });
+                _ => true,
+            };
+            if reached {
+                for (_, _, task) in pending.drain(..) {
+                    task.abort();
                 }
+                return Ok(Checked {
+                    count,
+                    first: archive.segment_name(ancestry, first, size),
+                    last,
+                });
             }
         }
     }
