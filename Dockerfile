@@ -38,11 +38,14 @@ FROM ${RUNTIME_IMAGE}
 # Client majors follow Debian 12 (PostgreSQL 15, MariaDB 10.11); the wildcard
 # keeps the major fixed while taking Debian's security updates. pg_dump cannot
 # dump a newer server than itself: for PostgreSQL 16+ add the PGDG repository.
+# postgresql-15 (the server package) brings pg_waldump, which point-in-time
+# restores to a time need, and pg_ctl for `restore --start`; no server runs.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         ca-certificates=2025* \
         mariadb-client=1:10.11.* \
         postgresql-client=15+* \
+        postgresql-15=15.* \
         tini=0.19.* \
     && rm -rf /var/lib/apt/lists/*
 
