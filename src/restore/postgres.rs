@@ -1084,10 +1084,7 @@ async fn start_and_recover(
             if o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "f" {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 return Ok(Recovered {
-                    segments_replayed: text
-                        .lines()
-                        .filter(|l| l.contains("restored log file") && !l.contains(".history"))
-                        .count() as u64,
+                    segments_replayed: replayed_segments(&text),
                     reached: reached_from_log(&text),
                     port,
                     log,
@@ -1117,6 +1114,16 @@ fn postmaster_address(dir: &Path) -> Option<(u16, String)> {
             .to_string()
     };
     Some((port, host))
+}
+
+/// Distinct WAL segments the server restored from the archive
+/// (`restored log file "…" from archive`; one may be read twice).
+fn replayed_segments(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once("restored log file \"")?.1.split('"').next())
+        .filter(|name| name.len() == 24)
+        .collect::<BTreeSet<_>>()
+        .len() as u64
 }
 
 fn reached_from_log(text: &str) -> Option<String> {
@@ -1381,6 +1388,7 @@ rmgr: Transaction len (rec/tot):    405/   405, tx:        737, lsn: 0/0301B828,
     #[test]
     fn the_server_log_says_where_recovery_stopped() {
         let log = "LOG:  restored log file \"000000010000000000000003\" from archive\nLOG:  recovery stopping before commit of transaction 750, time 2026-11-26 09:52:04.1+00\nLOG:  last completed transaction was at log time 2026-11-26 09:52:03.000001+00\n";
+        assert_eq!(replayed_segments(log), 1);
         let r = reached_from_log(log).unwrap();
         assert!(
             r.contains("09:52:03.000001") && r.contains("transaction 750"),
