@@ -172,47 +172,6 @@ pub(crate) async fn materialize(
     total: u64,
     how: &Materialize<'_>,
 ) -> Result<u64, RestoreError> {
-    let staged = stage(repo, snapshot, entries, total, how, None).await?;
-    staged.put_in_place(how.target, how.force)
-}
-
-/// A restore written and checked in its temporary path, not yet in place.
-pub(crate) struct Staged {
-    temp: PathBuf,
-    pub files: u64,
-}
-
-impl Staged {
-    /// Renames it onto the target (see [`materialize`]).
-    pub(crate) fn put_in_place(self, target: &Path, force: bool) -> Result<u64, RestoreError> {
-        let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-        swap_into_place(&self.temp, target, force)
-            .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
-            .map_err(|source| {
-                let _ = remove_any(&self.temp);
-                RestoreError::Target {
-                    path: target.to_path_buf(),
-                    source,
-                }
-            })?;
-        Ok(self.files)
-    }
-
-    pub(crate) fn discard(self) {
-        let _ = remove_any(&self.temp);
-    }
-}
-
-/// The first half of [`materialize`]: everything but the rename. Setting
-/// `cancel` stops it at the next write, and it removes what it wrote.
-pub(crate) async fn stage(
-    repo: &Repository,
-    snapshot: &SnapshotId,
-    entries: Vec<ManifestEntry>,
-    total: u64,
-    how: &Materialize<'_>,
-    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Result<Staged, RestoreError> {
     let target = how.target.to_path_buf();
     let single = how.single;
     check_target(&target, single, how.force)?;
@@ -245,7 +204,6 @@ pub(crate) async fn stage(
             files: 0,
             unsynced: 0,
             syncer: Some(Syncer::start()),
-            cancel,
         };
         let r = if single {
             Ok(())
@@ -295,7 +253,16 @@ pub(crate) async fn stage(
             return Err(RestoreError::Check { target, source });
         }
     }
-    Ok(Staged { temp, files })
+    swap_into_place(&temp, &target, how.force)
+        .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
+        .map_err(|source| {
+            let _ = remove_any(&temp);
+            RestoreError::Target {
+                path: target.clone(),
+                source,
+            }
+        })?;
+    Ok(files)
 }
 
 pub(crate) fn absolute(p: &Path) -> PathBuf {
@@ -402,8 +369,6 @@ struct TreeWriter {
     /// Bytes written to the current file since its last background flush.
     unsynced: u64,
     syncer: Option<Syncer>,
-    /// Set from outside to stop the restore at the next write.
-    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Starts writeback of a file being restored while the restore goes on, so
@@ -542,16 +507,6 @@ impl ReadSink for TreeWriter {
     }
 
     fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        if self
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "restore cancelled",
-            ));
-        }
         self.progress.inc(bytes.len() as u64);
         let out = self.out.as_mut().expect("data comes between start and end");
         out.write_all(bytes)?;

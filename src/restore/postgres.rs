@@ -2,10 +2,7 @@
 //! repository, then the archived WAL replayed by PostgreSQL itself up to a
 //! target (a time, an LSN, the end of the archive, or just consistency).
 //!
-//! Order of work, so no data directory appears before the restore is known
-//! to work (steps 2 and 3 run side by side; the restored folder is renamed
-//! into place only once both have passed, and a failed WAL check stops the
-//! base restore and removes what it wrote):
+//! Order of work, so nothing is written before the restore is known to work:
 //! 1. Pick the newest base backup that is consistent before the target.
 //! 2. Walk the WAL it needs, segment by segment along the target timeline's
 //!    history: each one must be in the archive and match its SHA-256 (the
@@ -16,9 +13,9 @@
 //!    the restorable window. Verified segments are kept in a spool that
 //!    `wal-fetch --spool` hands to PostgreSQL, so recovery does not fetch
 //!    them again.
-//! 3. Restore the base backup into a temporary folder beside the empty data
-//!    directory (parallel reads, checked), rename it into place, write
-//!    `recovery.signal` and the recovery settings into `postgresql.auto.conf`.
+//! 3. Restore the base backup into the empty data directory (parallel reads,
+//!    checked, renamed into place), write `recovery.signal` and the recovery
+//!    settings into `postgresql.auto.conf`.
 //! 4. With `--start`: start the server, wait until it has replayed to the
 //!    target and promoted, and report what it did.
 
@@ -32,7 +29,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use serde::Serialize;
 
-use super::{absolute, stage, Materialize, RestoreError};
+use super::{absolute, materialize, Materialize, RestoreError};
 use crate::ids::SnapshotId;
 use crate::plan::PlanName;
 use crate::progress::ProgressMode;
@@ -614,50 +611,34 @@ pub async fn restore_pitr(
         path: spool.clone(),
         source,
     })?;
-    // 1 and 2 side by side: the WAL check, and the base backup written into
-    // a temporary folder beside the target. The data directory appears only
-    // once both have passed; a failed WAL check stops the base restore.
+    let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&spool);
+            return Err(e);
+        }
+    };
+    let check_wal_seconds = started.elapsed().as_secs_f64();
+
+    // 2. The base backup.
     let restore_started = Instant::now();
     let (entries, total) = pgdata_entries(&manifest);
-    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let how = Materialize {
-        target: &target_dir,
-        single: false,
-        force: false,
-        progress: opts.progress,
-        check: None,
-    };
-    let wal_check = async {
-        let r = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
-        if r.is_err() {
-            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        (r, started.elapsed().as_secs_f64())
-    };
-    let staging = stage(
+    let files = materialize(
         repo,
         &base.snapshot.id,
         entries,
         total,
-        &how,
-        Some(cancel.clone()),
-    );
-    let ((checked, check_wal_seconds), staged) = tokio::join!(wal_check, staging);
-    let (checked, staged) = match (checked, staged) {
-        (Ok(c), Ok(s)) => (c, s),
-        (Err(e), staged) => {
-            if let Ok(s) = staged {
-                s.discard();
-            }
-            let _ = std::fs::remove_dir_all(&spool);
-            return Err(e);
-        }
-        (Ok(_), Err(e)) => {
-            let _ = std::fs::remove_dir_all(&spool);
-            return Err(e);
-        }
-    };
-    let files = match staged.put_in_place(&target_dir, false) {
+        &Materialize {
+            target: &target_dir,
+            single: false,
+            force: false,
+            progress: opts.progress,
+            check: None,
+        },
+    )
+    .await;
+    let files = match files {
         Ok(f) => f,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&spool);
