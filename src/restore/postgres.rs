@@ -44,8 +44,9 @@ use crate::store::Store;
 /// directory's `pg_wal` (never part of a base backup).
 pub const SPOOL_DIR: &str = "pg_wal/holdfast-spool";
 
-/// How many segments are fetched ahead of the one being checked.
-const FETCH_AHEAD: usize = 8;
+/// How many segments are fetched ahead of the one being checked (each up to
+/// 16 MiB decoded in memory while in flight).
+const FETCH_AHEAD: usize = 4;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgTarget {
@@ -756,7 +757,7 @@ async fn choose_base(
 }
 
 /// A segment being fetched and verified in the background.
-type FetchTask = tokio::task::JoinHandle<Result<Vec<u8>, RestoreError>>;
+type FetchTask = tokio::task::JoinHandle<Result<(), RestoreError>>;
 
 struct Checked {
     count: u64,
@@ -843,18 +844,25 @@ async fn check_wal(
                 break;
             }
             let (store, plan, n) = (archive.store.clone(), archive.plan.clone(), name.clone());
+            let spool = spool.to_path_buf();
+            // Each task writes its segment to the spool itself, so memory
+            // holds only the segments being decoded, not a queue of them.
             pending.push_back((
                 next,
                 name,
-                tokio::spawn(async move { fetch_checked(store.as_ref(), &plan, &n).await }),
+                tokio::spawn(async move {
+                    let raw = fetch_checked(store.as_ref(), &plan, &n).await?;
+                    tokio::task::spawn_blocking(move || write_spool(&spool, &n, &raw))
+                        .await
+                        .expect("spool writer panicked")
+                }),
             ));
             next += 1;
         }
         let Some((number, name, task)) = pending.pop_front() else {
             break;
         };
-        let raw = task.await.expect("WAL fetch task panicked")?;
-        write_spool(spool, &name, &raw)?;
+        task.await.expect("WAL fetch task panicked")?;
         count += 1;
         last = name.clone();
         if number >= must_reach {
