@@ -268,6 +268,12 @@ impl Drop for Restored {
     }
 }
 
+/// `out` exited with `code` and said `needle` (on stderr or stdout).
+fn exits_saying(out: &Output, code: i32, needle: &str) {
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(text(out).contains(needle), "{}", text(out));
+}
+
 fn json_of(out: &Output) -> serde_json::Value {
     assert!(out.status.success(), "{}", text(out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
@@ -355,8 +361,7 @@ fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
         "0000000100000000000000FF",
         s(&pg.path("nope")),
     ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("not in the archive"));
+    exits_saying(&out, 1, "not in the archive");
     assert!(!pg.path("nope").exists());
 
     // Corrupt in the repository: exit 126, so recovery stops instead of
@@ -374,12 +379,7 @@ fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
         &segments[0],
         s(&pg.path("bad")),
     ]);
-    assert_eq!(out.status.code(), Some(126), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("wal/pg/{} is corrupt", segments[0])),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 126, &format!("wal/pg/{} is corrupt", segments[0]));
     assert!(!pg.path("bad").exists());
 }
 
@@ -657,18 +657,12 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
 
     // Past the end of the archived WAL by location: refused with the window.
     let out = pg.holdfast(&["restore", "--plan", &plan, "--lsn", "FF/0", "--to", s(&to)]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("past the end of the newest archived segment"),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 2, "past the end of the newest archived segment");
     assert!(!to.exists());
 
     // Earlier than the oldest base backup: refused with the window.
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &early, "--to", s(&to)]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("Restorable window:"), "{}", text(&out));
+    exits_saying(&out, 2, "Restorable window:");
     assert!(!to.exists());
 
     // Later than anything archived: refused with the window.
@@ -681,12 +675,7 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
         "--to",
         s(&to),
     ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("later than the newest archived transaction"),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 2, "later than the newest archived transaction");
     assert!(!to.exists());
 
     // A segment in the middle is corrupt: named, nothing written.
@@ -698,32 +687,17 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     std::fs::remove_file(&object).unwrap();
     std::fs::write(&object, &bad).unwrap();
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("wal/pg/{} is corrupt", segments[1])),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
     assert!(!to.exists());
 
     // verify reads the archived WAL too, and names the damaged file.
     let out = pg.holdfast(&["verify", "--plan", &plan]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("wal/pg/{} is corrupt", segments[1])),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
 
     // Missing: named, nothing written.
     std::fs::remove_file(&object).unwrap();
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
-    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("wal/pg/{} is missing", segments[1])),
-        "{}",
-        text(&out)
-    );
+    exits_saying(&out, 5, &format!("wal/pg/{} is missing", segments[1]));
     assert!(!to.exists());
     let listed = pg.holdfast(&["snapshots", "--plan", &plan]);
     assert!(
@@ -800,11 +774,10 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
         .args(["backup", "--plan", &plan])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
-    assert!(
-        text(&out).contains("could not archive WAL segment 0000000100000000000000"),
-        "{}",
-        text(&out)
+    exits_saying(
+        &out,
+        7,
+        "could not archive WAL segment 0000000100000000000000",
     );
     let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
     assert_eq!(json_of(&listed), serde_json::json!([]));

@@ -37,7 +37,7 @@ use crate::repository::wal::{
     self, parse_history, timeline_for, Lsn, Segment, TimelineStep, WalError, DEFAULT_SEGMENT_SIZE,
 };
 use crate::repository::{Manifest, ManifestEntry, Repository, SnapshotRef};
-use crate::source::postgres::{pg_bin_dir, pg_program, PGDATA_PREFIX};
+use crate::source::postgres::{pg_bin_for, pg_program, PGDATA_PREFIX};
 use crate::store::Store;
 
 /// Where verified segments wait for `wal-fetch --spool`, inside the data
@@ -467,12 +467,7 @@ struct Waldump {
 
 impl Waldump {
     fn find(major: u64) -> Option<Waldump> {
-        let versioned = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin/pg_waldump"));
-        let program = if versioned.exists() {
-            versioned
-        } else {
-            pg_program(pg_bin_dir().as_deref(), "pg_waldump")
-        };
+        let program = pg_program(pg_bin_for(major).as_deref(), "pg_waldump");
         Command::new(&program)
             .arg("--version")
             .output()
@@ -612,14 +607,9 @@ pub async fn restore_pitr(
         path: spool.clone(),
         source,
     })?;
-    let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
-    let checked = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&spool);
-            return Err(e);
-        }
-    };
+    // Removed on any failure; on success it has been moved into the data directory.
+    let _spool_guard = RemoveOnDrop(spool.clone());
+    let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await?;
     let check_wal_seconds = started.elapsed().as_secs_f64();
 
     // 2. The base backup.
@@ -638,22 +628,11 @@ pub async fn restore_pitr(
             check: None,
         },
     )
-    .await;
-    let files = match files {
-        Ok(f) => f,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&spool);
-            return Err(e);
-        }
-    };
-    let prepared = prepare_recovery(&target_dir, &spool, opts, &base);
-    if let Err(source) = prepared {
-        let _ = std::fs::remove_dir_all(&spool);
-        return Err(RestoreError::Target {
-            path: target_dir.clone(),
-            source,
-        });
-    }
+    .await?;
+    prepare_recovery(&target_dir, &spool, opts, &base).map_err(|source| RestoreError::Target {
+        path: target_dir.clone(),
+        source,
+    })?;
     let restore_base_seconds = restore_started.elapsed().as_secs_f64();
     let mut report = PitrReport {
         plan: plan.to_string(),
@@ -698,6 +677,15 @@ pub async fn restore_pitr(
     report.phases.total_seconds = started.elapsed().as_secs_f64();
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, "point-in-time restore finished");
     Ok(report)
+}
+
+/// Removes a scratch folder when dropped (if it is still there).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn choose_base(
@@ -1017,14 +1005,7 @@ async fn start_and_recover(
     port: Option<u16>,
     base: &BaseBackup,
 ) -> Result<Recovered, RestoreError> {
-    let bin = {
-        let versioned = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", base.major()));
-        if versioned.join("pg_ctl").exists() {
-            Some(versioned)
-        } else {
-            pg_bin_dir()
-        }
-    };
+    let bin = pg_bin_for(base.major());
     let log = dir.with_file_name(format!(
         "{}-recovery.log",
         dir.file_name()
@@ -1228,33 +1209,33 @@ pub async fn restore_dump(
             PgSslMode::Prefer,
         )
     };
-    let target = client(into);
-    let target_db = into
-        .split('?')
-        .next()
-        .and_then(|u| u.split("://").nth(1))
-        .and_then(|rest| rest.split_once('/'))
-        .map(|(_, db)| db.to_string())
-        .filter(|db| !db.is_empty())
-        .ok_or_else(|| RestoreError::Postgres(format!("--into {into:?} names no database")))?;
     let pg = |e: crate::source::SourceError| RestoreError::Postgres(e.to_string());
+    let target = client(into);
+    let url = crate::source::postgres::url_env(into).map_err(pg)?;
+    let part = |k: &str| url.iter().find(|(v, _)| *v == k).map(|(_, x)| x.as_str());
+    let target_db = part("PGDATABASE")
+        .ok_or_else(|| RestoreError::Postgres(format!("--into {into:?} names no database")))?
+        .to_string();
+    // Where it went, without the password.
+    let shown = format!(
+        "{}@{}:{}/{target_db}",
+        part("PGUSER").unwrap_or(""),
+        part("PGHOST").unwrap_or("localhost"),
+        part("PGPORT").unwrap_or("5432")
+    );
     // Create it if missing (connected to the maintenance database), refuse it if it has tables.
-    let admin = client(&crate::source::postgres::dsn_with_database(
-        into, "postgres",
-    ));
-    let exists = admin
-        .query(&format!(
-            "SELECT 1 FROM pg_database WHERE datname = '{}'",
-            target_db.replace('\'', "''")
+    let admin = |sql: &str| target.query_in(Some("postgres"), sql);
+    let exists = admin(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{}'",
+        target_db.replace('\'', "''")
+    ))
+    .map_err(pg)?;
+    if exists.is_empty() {
+        admin(&format!(
+            "CREATE DATABASE \"{}\"",
+            target_db.replace('"', "\"\"")
         ))
         .map_err(pg)?;
-    if exists.is_empty() {
-        admin
-            .query(&format!(
-                "CREATE DATABASE \"{}\"",
-                target_db.replace('"', "\"\"")
-            ))
-            .map_err(pg)?;
     } else {
         let tables = target
             .query("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'")
@@ -1331,41 +1312,31 @@ pub async fn restore_dump(
     let out = child
         .wait_with_output()
         .map_err(|e| RestoreError::Postgres(format!("pg_restore: {e}")))?;
-    // pg_restore gave up first (our write then failed on the closed pipe):
-    // its own error is the one that says why.
-    let pg_restore_failed = out.status.code().is_some_and(|c| c != 0)
-        && matches!(
-            read,
-            Ok(()) | Err(crate::repository::read::ReadError::Sink { .. })
-        );
-    if pg_restore_failed {
-        return Err(RestoreError::Postgres(format!(
+    let failed = || {
+        RestoreError::Postgres(format!(
             "pg_restore into database {target_db} failed ({}), its transaction was rolled back: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    if let Err(source) = read {
-        return Err(RestoreError::Read {
-            snapshot: snap.id.short(),
-            target: PathBuf::from(format!("database {target_db}")),
-            source: Box::new(source),
-        });
-    }
-    if !out.status.success() {
-        return Err(RestoreError::Postgres(format!(
-            "pg_restore into database {target_db} failed ({}), its transaction was rolled back: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let shown = match into.split_once('@') {
-        Some((scheme_user, host)) => {
-            let user = scheme_user.split(':').take(2).collect::<Vec<_>>().join(":");
-            format!("{user}@{host}")
-        }
-        None => into.to_string(),
+        ))
     };
+    match read {
+        // pg_restore gave up first (our write then failed on the closed
+        // pipe): its own error is the one that says why.
+        Err(crate::repository::read::ReadError::Sink { .. })
+            if out.status.code().is_some_and(|c| c != 0) =>
+        {
+            return Err(failed())
+        }
+        Err(source) => {
+            return Err(RestoreError::Read {
+                snapshot: snap.id.short(),
+                target: PathBuf::from(format!("database {target_db}")),
+                source: Box::new(source),
+            })
+        }
+        Ok(()) if !out.status.success() => return Err(failed()),
+        Ok(()) => {}
+    }
     Ok(DumpRestoreReport {
         plan: plan.to_string(),
         snapshot: snap.id,

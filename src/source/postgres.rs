@@ -84,13 +84,13 @@ impl PgClient {
         cmd.env("PGAPPNAME", "holdfast");
         let c = &self.conn;
         if let Some(dsn) = &c.dsn {
-            let dsn = match database {
-                Some(db) => dsn_with_database(dsn.expose(), db),
-                None => dsn.expose().to_string(),
-            };
             // As libpq environment variables, never as an argument: the URL
             // may carry a password.
-            let vars = url_env(&dsn)?;
+            let mut vars = url_env(dsn.expose())?;
+            if let Some(db) = database {
+                vars.retain(|(k, _)| *k != "PGDATABASE");
+                vars.push(("PGDATABASE", db.to_string()));
+            }
             if !vars.iter().any(|(k, _)| *k == "PGSSLMODE") {
                 cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
             }
@@ -127,7 +127,16 @@ impl PgClient {
     /// Runs one query with `psql` and returns its unaligned rows, fields
     /// split on `|`.
     pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, SourceError> {
-        let mut cmd = self.command("psql", None)?;
+        self.query_in(None, sql)
+    }
+
+    /// [`PgClient::query`] in `database` instead of the connection's own.
+    pub fn query_in(
+        &self,
+        database: Option<&str>,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, SourceError> {
+        let mut cmd = self.command("psql", database)?;
         cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|", "-c", sql]);
         let out = run(cmd, "psql")?;
         Ok(String::from_utf8_lossy(&out)
@@ -172,6 +181,17 @@ pub fn pg_bin_dir() -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
+/// The programs of PostgreSQL `major` (Debian's `/usr/lib/postgresql/<major>/bin`),
+/// which read that version's WAL and data directories; else [`pg_bin_dir`].
+pub fn pg_bin_for(major: u64) -> Option<PathBuf> {
+    let versioned = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if versioned.join("pg_ctl").exists() {
+        Some(versioned)
+    } else {
+        pg_bin_dir()
+    }
+}
+
 pub fn pg_program(bin_dir: Option<&std::path::Path>, program: &str) -> PathBuf {
     match bin_dir {
         Some(d) => d.join(program),
@@ -210,7 +230,7 @@ fn spawn_error(what: &str, cmd: &Command, e: io::Error) -> SourceError {
 
 /// A `postgres://user:password@host:port/dbname?param=value` URL as libpq
 /// environment variables.
-fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
+pub fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
     let bad = |why: &str| SourceError::Database {
         what: "connection URL".into(),
         detail: format!("{why} (write postgres://user:password@host:port/dbname?sslmode=…)"),
@@ -307,37 +327,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// The URL `dsn` pointing at `database` instead of its own.
-pub fn dsn_with_database(dsn: &str, database: &str) -> String {
-    let Some(scheme_end) = dsn.find("://") else {
-        return format!("{dsn} dbname={database}");
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &dsn[rest_start..];
-    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
-    let query = rest[path_start..]
-        .find('?')
-        .map(|q| &rest[path_start + q..])
-        .unwrap_or("");
-    let encoded: String = database
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!(
-        "{}{}/{}{}",
-        &dsn[..rest_start],
-        &rest[..path_start],
-        encoded,
-        query
-    )
 }
 
 pub struct PostgresSource {
@@ -542,9 +531,9 @@ fn archive_watchdog(
     stalled: &Mutex<Option<String>>,
     stall: Duration,
 ) {
-    let poll = Duration::from_millis(500)
-        .min(stall / 4)
-        .max(Duration::from_millis(50));
+    // One psql per poll, beside the backup: every 2 s is plenty against a
+    // 60 s stall.
+    let poll = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
     let mut failing_since: Option<(Instant, String)> = None;
     let mut last_warn = Instant::now();
     while !done.load(Ordering::SeqCst) {
@@ -783,14 +772,37 @@ mod tests {
 
     #[test]
     fn a_dsn_is_pointed_at_another_database_keeping_its_options() {
+        let client = |url: &str| {
+            PgClient::new(
+                DbConnection {
+                    host: None,
+                    port: 5432,
+                    socket: None,
+                    user: None,
+                    database: None,
+                    dsn: Some(crate::secret::Secret::new(url)),
+                    password: None,
+                },
+                PgSslMode::Prefer,
+            )
+        };
+        let env = |url: &str, db: &str| -> std::collections::HashMap<String, String> {
+            client(url)
+                .command("psql", Some(db))
+                .unwrap()
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+                .collect()
+        };
+        let e = env("postgres://u:p@h:5433/app?sslmode=require", "other db");
+        assert_eq!(e["PGDATABASE"], "other db");
+        assert_eq!(e["PGSSLMODE"], "require");
+        assert_eq!((e["PGHOST"].as_str(), e["PGPORT"].as_str()), ("h", "5433"));
+        assert_eq!(env("postgresql://h", "x")["PGDATABASE"], "x");
+        let e = env("postgres://h?application_name=a", "x");
         assert_eq!(
-            dsn_with_database("postgres://u:p@h:5433/app?sslmode=require", "other db"),
-            "postgres://u:p@h:5433/other%20db?sslmode=require"
-        );
-        assert_eq!(dsn_with_database("postgresql://h", "x"), "postgresql://h/x");
-        assert_eq!(
-            dsn_with_database("postgres://h?application_name=a", "x"),
-            "postgres://h/x?application_name=a"
+            (e["PGDATABASE"].as_str(), e["PGAPPNAME"].as_str()),
+            ("x", "a")
         );
     }
 
