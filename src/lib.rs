@@ -1,19 +1,20 @@
 //! holdfast: checksummed, compressed, deduplicated, immutable snapshots of
 //! databases and files, and restores you have rehearsed.
 //!
-//! Layers, each knowing only those below it:
-//! `cli` → `restore` / backup in `repository` → `source`, `store`; `plan` ties a
-//! YAML file to a source and a store.
+//! Layers, each knowing only those below it (`docs/architecture.md`):
+//! `cli` → `ops` (use cases the CLI and the daemon share) → `engine/<database>`
+//! → `repository` (the format) → `store` (where bytes live); `plan` is the
+//! validated YAML every layer may read, `error` the exit-code table.
 
 pub mod cli;
-pub mod doctor;
+pub mod engine;
+pub mod error;
 pub mod ids;
+pub mod ops;
 pub mod plan;
 pub mod progress;
 pub mod repository;
-pub mod restore;
 pub mod secret;
-pub mod source;
 pub mod store;
 
 /// This machine's host name, for manifests and lock holders.

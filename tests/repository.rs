@@ -11,9 +11,9 @@ use common::{data, MemSource};
 use holdfast::plan::{PlanName, Tier};
 use holdfast::progress::ProgressMode;
 use holdfast::repository::backup::{backup, BackupOptions};
+use holdfast::repository::materialize::{restore, RestoreOptions};
 use holdfast::repository::verify::{verify, ProblemKind};
 use holdfast::repository::Repository;
-use holdfast::restore::{restore, RestoreOptions};
 use holdfast::store::{local::LocalStore, LockMode, Retention, Store};
 
 fn plan_name(s: &str) -> PlanName {
@@ -44,7 +44,10 @@ async fn restore_latest(
     repo: &Repository,
     plan: &PlanName,
     out: &Path,
-) -> Result<holdfast::restore::RestoreReport, holdfast::restore::RestoreError> {
+) -> Result<
+    holdfast::repository::materialize::RestoreReport,
+    holdfast::repository::materialize::MaterializeError,
+> {
     restore(
         repo,
         plan,
@@ -52,7 +55,8 @@ async fn restore_latest(
             snapshot: "latest".into(),
             to: out.to_path_buf(),
             force: false,
-            check: false,
+            check_with: None,
+            single_stream: false,
             progress: ProgressMode::Quiet,
         },
     )
@@ -107,7 +111,8 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
             snapshot: first.snapshot.short(),
             to: out.clone(),
             force: false,
-            check: false,
+            check_with: None,
+            single_stream: false,
             progress: ProgressMode::Quiet,
         },
     )
@@ -116,7 +121,7 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
     for (name, content) in &sample().files {
         assert_eq!(&std::fs::read(out.join(name)).unwrap(), content, "{name}");
     }
-    let report = verify(&repo, &plan, None, ProgressMode::Quiet)
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
         .await
         .unwrap();
     assert!(report.ok(), "{:?}", report.problems);
@@ -141,7 +146,7 @@ async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::write(&path, &bytes).unwrap();
 
-    let report = verify(&repo, &plan, None, ProgressMode::Quiet)
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
         .await
         .unwrap();
     assert!(!report.ok());

@@ -15,9 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use filetime::FileTime;
-use holdfast::source::files::FilesSource;
-use holdfast::source::sqlite::{check_restored, SnapshotMethod, SqliteSource};
-use holdfast::source::{EntryMeta, EntrySink, SinkError, Source, SourceError, SourceMetadata};
+use holdfast::engine::files::FilesSource;
+use holdfast::engine::sqlite::{check_restored, SnapshotMethod, SqliteSource};
+use holdfast::repository::source::{
+    EntryMeta, EntrySink, SinkError, Source, SourceError, SourceMetadata,
+};
 use rusqlite::Connection;
 
 // ---------------------------------------------------------------- test sinks

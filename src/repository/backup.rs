@@ -23,6 +23,7 @@ use super::hasher::StreamHasher;
 use super::index::{IndexFile, IndexedPack};
 use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
 use super::pack::{encode_chunk, pack_id, Blob, BlobEntry, PackBuilder};
+use super::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use super::{
     index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
     FORMAT_VERSION, PACKS_PER_INDEX,
@@ -30,7 +31,6 @@ use super::{
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::progress::{Progress, ProgressMode};
-use crate::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
 #[derive(Debug, Clone)]
@@ -77,6 +77,17 @@ pub enum BackupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Source(#[from] SourceError),
+}
+
+impl crate::error::HasExit for BackupError {
+    fn exit(&self) -> crate::error::Exit {
+        use crate::error::Exit;
+        match self {
+            BackupError::Busy { .. } => Exit::Busy,
+            BackupError::Source(_) => Exit::Source,
+            BackupError::Repo(_) | BackupError::Store(_) => Exit::Repository,
+        }
+    }
 }
 
 /// Failures on the writing side, handed back through the source.

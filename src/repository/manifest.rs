@@ -3,10 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::source::{EntryKind, FileStamp, SourceMetadata};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, Hash256, SnapshotId};
 use crate::plan::{PlanName, Tier};
-use crate::source::{EntryKind, FileStamp, SourceMetadata};
 use crate::store::Retention;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

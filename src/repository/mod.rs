@@ -2,18 +2,23 @@
 //! index objects and snapshot manifests on top of any [`Store`].
 //!
 //! This module owns what the bytes in a repository mean; `store` owns where
-//! they live. Backup ([`backup`]) and verification ([`verify`]) live here
-//! because they are defined by the format; restore is in `crate::restore`.
+//! they live. It is engine-neutral: the backup pipeline ([`backup`]) reads
+//! from any [`source::Source`], [`materialize`] writes a snapshot's entries
+//! back to disk, [`log_archive`] holds a database's archived log files, and
+//! [`verify`] and [`prune`] are defined by the format. Which database a
+//! snapshot came from matters only to `crate::engine`.
 
 pub mod backup;
 pub mod hasher;
 pub mod index;
+pub mod log_archive;
 pub mod manifest;
+pub mod materialize;
 pub mod pack;
 pub mod prune;
 pub mod read;
+pub mod source;
 pub mod verify;
-pub mod wal;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -62,6 +67,18 @@ pub enum RepoError {
         selector: String,
         candidates: String,
     },
+}
+
+impl crate::error::HasExit for RepoError {
+    fn exit(&self) -> crate::error::Exit {
+        use crate::error::Exit;
+        match self {
+            RepoError::Corrupt { .. } => Exit::Verify,
+            RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
+            RepoError::Store(crate::store::StoreError::Busy { .. }) => Exit::Busy,
+            _ => Exit::Repository,
+        }
+    }
 }
 
 /// The `config` object.

@@ -132,7 +132,10 @@ pub fn keep_set(
     keep
 }
 
-pub struct PruneOptions {
+pub struct PruneOptions<'a> {
+    /// The plan's log archive and which of its files a restore can still
+    /// use (PostgreSQL's WAL), if the plan's engine has one.
+    pub logs: Option<&'a dyn super::log_archive::LogRetention>,
     pub retention: RetentionSpec,
     pub timezone: Tz,
     pub dry_run: bool,
@@ -145,7 +148,7 @@ pub struct PruneOptions {
 pub async fn prune(
     repo: &Repository,
     plan: &PlanName,
-    opts: &PruneOptions,
+    opts: &PruneOptions<'_>,
 ) -> Result<PruneReport, RepoError> {
     let lock = repo.store().try_lock(&format!("backup-{plan}")).await?;
     let result = prune_locked(repo, plan, opts).await;
@@ -156,7 +159,7 @@ pub async fn prune(
 async fn prune_locked(
     repo: &Repository,
     plan: &PlanName,
-    opts: &PruneOptions,
+    opts: &PruneOptions<'_>,
 ) -> Result<PruneReport, RepoError> {
     let store = repo.store();
     // Everything must be readable before anything is deleted.
@@ -276,31 +279,31 @@ async fn prune_locked(
         dead.insert(id, info.size);
     }
 
+    // Archived logs no remaining snapshot of this plan can replay (for
     // PostgreSQL: WAL before the oldest remaining base backup's first
-    // segment can no longer be replayed by any restore. Without a remaining
-    // base backup, none is touched.
-    let oldest_wal_needed: Option<String> = remaining
+    // segment). Without a remaining base backup, none is touched.
+    let plan_remaining: Vec<&Manifest> = remaining
         .iter()
-        .filter(|m| &m.plan == plan && m.source.kind == "postgres")
-        .filter_map(|m| m.source.metadata.get("start_wal_file")?.as_str())
-        .filter(|f| f.len() == 24)
-        .min_by_key(|f| f[8..].to_string())
-        .map(str::to_owned);
+        .filter(|m| &m.plan == plan)
+        .copied()
+        .collect();
+    let mut expired_logs = Vec::new();
+    if let Some(logs) = opts.logs {
+        for info in store.list(&logs.prefix()).await? {
+            let name = info.key.rsplit('/').next().unwrap_or_default();
+            if logs.expired(&plan_remaining, name) {
+                expired_logs.push(info);
+            }
+        }
+    }
     if opts.dry_run {
         report.packs_removed = dead.len();
         report.bytes_removed = dead.values().sum();
-        if let Some(oldest) = &oldest_wal_needed {
-            for info in store.list(&super::wal::wal_prefix(plan)).await? {
-                let name = info.key.rsplit('/').next().unwrap_or_default();
-                if wal_before(name, oldest) {
-                    report.wal_files_removed += 1;
-                    report.wal_bytes_removed += info.size;
-                }
-            }
-        }
+        report.wal_files_removed = expired_logs.len();
+        report.wal_bytes_removed = expired_logs.iter().map(|i| i.size).sum();
         return Ok(report);
     }
-    if removing.is_empty() && dead.is_empty() && oldest_wal_needed.is_none() {
+    if removing.is_empty() && dead.is_empty() && expired_logs.is_empty() {
         return Ok(report);
     }
 
@@ -392,20 +395,14 @@ async fn prune_locked(
             Err(e) => refuse(&info.key, e)?,
         }
     }
-    // Archived WAL older than every remaining base backup of this plan.
-    if let Some(oldest) = &oldest_wal_needed {
-        for info in store.list(&super::wal::wal_prefix(plan)).await? {
-            let name = info.key.rsplit('/').next().unwrap_or_default();
-            if !wal_before(name, oldest) {
-                continue;
+    // Archived logs no remaining snapshot can replay.
+    for info in &expired_logs {
+        match store.delete(&info.key).await {
+            Ok(()) => {
+                report.wal_files_removed += 1;
+                report.wal_bytes_removed += info.size;
             }
-            match store.delete(&info.key).await {
-                Ok(()) => {
-                    report.wal_files_removed += 1;
-                    report.wal_bytes_removed += info.size;
-                }
-                Err(e) => refuse(&info.key, e)?,
-            }
+            Err(e) => refuse(&info.key, e)?,
         }
     }
     report.packs_removed = packs_removed;
@@ -413,17 +410,6 @@ async fn prune_locked(
     report.index_objects_removed = index_removed;
     report.other_objects_removed = other;
     Ok(report)
-}
-
-/// True for an archived WAL file (segment, `.partial`, `.backup`) wholly
-/// before segment file `oldest` on any timeline. Timeline histories are kept:
-/// they are tiny and every later timeline's history builds on them.
-fn wal_before(name: &str, oldest: &str) -> bool {
-    if name.ends_with(".history") || name.len() < 24 || oldest.len() < 24 {
-        return false;
-    }
-    let position = &name[8..24];
-    position.bytes().all(|b| b.is_ascii_hexdigit()) && position < &oldest[8..24]
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::hasher::StreamHasher;
 use super::manifest::ManifestEntry;
 use super::pack::{decode_blob_checked, BlobEntry, BlobError};
+use super::source::EntryKind;
 use super::{pack_key, Index};
 use crate::ids::{ChunkId, Hash256, PackId};
-use crate::source::EntryKind;
 use crate::store::{Store, StoreError};
 
 /// Reads are coalesced into runs of adjacent blobs of up to this many stored

@@ -11,11 +11,11 @@ use serde::Serialize;
 use super::manifest::ManifestEntry;
 use super::pack::{decode_blob, parse_trailer};
 use super::read::{ChunkReader, Discard};
+use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::progress::{Progress, ProgressMode};
-use crate::source::EntryKind;
 
 /// One thing wrong, with what it breaks.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -59,10 +59,14 @@ impl VerifyReport {
 }
 
 /// Verifies one snapshot (`selector` = id prefix or `latest`) or all of a plan's.
+/// Verifies `plan`'s snapshots (all, or the one `selector` names); with
+/// `log_prefix`, and when the whole plan is verified, also every archived
+/// log file under it (`wal/<plan>/` for PostgreSQL).
 pub async fn verify(
     repo: &Repository,
     plan: &PlanName,
     selector: Option<&str>,
+    log_prefix: Option<&str>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
     let all = repo.list_snapshots(plan).await?;
@@ -326,11 +330,11 @@ pub async fn verify(
         }
     }
 
-    // Archived WAL (PostgreSQL plans): every file read back and checked
+    // Archived logs (PostgreSQL's WAL): every file read back and checked
     // against the SHA-256 in its header. Only when the whole plan is verified.
     let mut wal_files_checked = 0;
-    if selector.is_none() {
-        let listed = repo.store().list(&super::wal::wal_prefix(plan)).await?;
+    if let (None, Some(prefix)) = (selector, log_prefix) {
+        let listed = repo.store().list(prefix).await?;
         let mut tasks = tokio::task::JoinSet::new();
         let mut listed = listed.into_iter();
         loop {
@@ -344,7 +348,7 @@ pub async fn verify(
                             let key = info.key.clone();
                             let len = bytes.len() as u64;
                             tokio::task::spawn_blocking(move || {
-                                super::wal::decode(&key, &bytes).map(|_| len)
+                                super::log_archive::decode(&key, &bytes).map(|_| len)
                             })
                             .await
                             .expect("WAL check panicked")

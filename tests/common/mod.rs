@@ -3,7 +3,7 @@
 
 use std::io::Read;
 
-use holdfast::source::{EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
+use holdfast::repository::source::{EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
 
 /// Deterministic pseudo-random bytes (xorshift), half of them text-like so
 /// they compress like real data.

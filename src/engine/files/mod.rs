@@ -30,7 +30,15 @@ use globset::{GlobBuilder, GlobMatcher};
 use serde_json::json;
 use walkdir::WalkDir;
 
-use super::{EntryMeta, EntrySink, FileStamp, Source, SourceError, SourceMetadata};
+use async_trait::async_trait;
+
+use crate::engine::{Engine, RestoreError, RestoreReport, RestoreRequest, SourceKind};
+use crate::plan::Plan;
+use crate::repository::materialize::{self, RestoreOptions};
+use crate::repository::source::{
+    EntryMeta, EntrySink, FileStamp, Source, SourceError, SourceMetadata,
+};
+use crate::repository::Repository;
 
 pub struct FilesSource {
     root: PathBuf,
@@ -372,6 +380,47 @@ fn walk_error(root: &Path, e: walkdir::Error) -> SourceError {
         .into_io_error()
         .unwrap_or_else(|| io::Error::other("filesystem loop"));
     SourceError::io(&path, source)
+}
+
+/// Files: a directory tree (or one file), restored with modes, times and
+/// links into an empty or new path.
+pub struct FilesEngine {
+    pub path: PathBuf,
+    pub exclude: Vec<String>,
+}
+
+#[async_trait]
+impl Engine for FilesEngine {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Files
+    }
+
+    fn open_source(&self) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(FilesSource::new(
+            self.path.clone(),
+            self.exclude.clone(),
+        )?))
+    }
+
+    async fn restore(
+        &self,
+        repo: &Repository,
+        plan: &Plan,
+        req: &RestoreRequest,
+    ) -> Result<RestoreReport, RestoreError> {
+        let snapshot = crate::engine::snapshot_only(plan, self.kind(), req)?;
+        let opts = RestoreOptions {
+            snapshot,
+            to: req.to.clone(),
+            force: req.force,
+            check_with: None,
+            single_stream: false,
+            progress: req.progress,
+        };
+        Ok(RestoreReport::Snapshot(
+            materialize::restore(repo, &plan.name, &opts).await?,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
-//! Putting a snapshot back: into an empty target only (unless forced), through
-//! a temporary path renamed into place after every check passed, so a failed
-//! restore never leaves a target that looks complete.
+//! Putting a snapshot's entries back on disk: into an empty target only
+//! (unless forced), through a temporary path renamed into place after every
+//! check passed, so a failed restore never leaves a target that looks
+//! complete. Engine-neutral: an engine says whether the snapshot is one
+//! stream (a file path) or a tree, and which check its copy must pass.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -12,27 +14,28 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::read::{ChunkReader, ReadError, ReadSink};
+use super::source::{EntryKind, SourceError};
+use super::{Manifest, ManifestEntry, RepoError, Repository};
+use crate::error::{Exit, HasExit};
 use crate::ids::SnapshotId;
 use crate::plan::PlanName;
 use crate::progress::{Progress, ProgressMode};
-use crate::repository::read::{ChunkReader, ReadError, ReadSink};
-use crate::repository::{Manifest, ManifestEntry, RepoError, Repository};
-use crate::source::{EntryKind, SourceError};
-
-pub mod postgres;
 
 #[derive(Debug, Clone)]
 pub struct RestoreOptions {
+    /// Also run this check on the restored copy before it is put in place
+    /// (the engine's own, e.g. SQLite's `PRAGMA integrity_check`).
+    pub check_with: Option<CheckFn>,
     /// `latest` or a snapshot id prefix.
     pub snapshot: String,
     /// A file path for single-stream sources (sqlite), a directory otherwise.
     pub to: PathBuf,
     /// Replace a non-empty target.
     pub force: bool,
-    /// Also run the database's own consistency check on the restored copy
-    /// (`PRAGMA integrity_check` for SQLite) before it is put in place. The
-    /// bytes are always verified against the snapshot's SHA-256.
-    pub check: bool,
+    /// The snapshot is one stream restored to a file path (a database
+    /// image), whatever its entries look like.
+    pub single_stream: bool,
     pub progress: ProgressMode,
 }
 
@@ -49,11 +52,11 @@ pub struct RestoreReport {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
+pub enum MaterializeError {
     #[error(transparent)]
     Repo(#[from] RepoError),
-    #[error("restore target {path} is not empty; choose an empty or new path, or pass --force to replace it")]
-    TargetNotEmpty { path: PathBuf },
+    #[error("restore target {path} is not empty; {hint}")]
+    TargetNotEmpty { path: PathBuf, hint: &'static str },
     #[error("unable to prepare restore target {path}: {source}")]
     Target {
         path: PathBuf,
@@ -67,26 +70,6 @@ pub enum RestoreError {
         #[source]
         source: Box<ReadError>,
     },
-    /// A PostgreSQL restore could not be done; the message says why and what to do.
-    #[error("{0}")]
-    Postgres(String),
-    /// A WAL segment the restore needs is missing or damaged; nothing was restored.
-    #[error("WAL segment {key} {problem}; nothing was restored")]
-    WalSegment { key: String, problem: String },
-    /// The target cannot be reached from what the repository holds.
-    #[error("cannot restore to {target}: {why}. Restorable window: {windows}")]
-    OutsideWindow {
-        target: String,
-        why: String,
-        windows: String,
-    },
-    /// The restored server did not finish recovery.
-    #[error("recovery failed: {why}; the server log is {log}, ending:\n{tail}")]
-    Recovery {
-        why: String,
-        log: PathBuf,
-        tail: String,
-    },
     #[error("restored database failed its check, nothing was written to {target}: {source}")]
     Check {
         target: PathBuf,
@@ -95,33 +78,41 @@ pub enum RestoreError {
     },
 }
 
+/// The hint for a non-empty target where `--force` is accepted.
+pub const FORCE_HINT: &str = "choose an empty or new path, or pass --force to replace it";
+
+impl HasExit for MaterializeError {
+    fn exit(&self) -> Exit {
+        match self {
+            MaterializeError::TargetNotEmpty { .. } | MaterializeError::Target { .. } => {
+                Exit::Target
+            }
+            MaterializeError::Read { source, .. } => match **source {
+                ReadError::Sink { .. } => Exit::Target,
+                _ => Exit::Verify,
+            },
+            MaterializeError::Check { .. } => Exit::Verify,
+            MaterializeError::Repo(r) => r.exit(),
+        }
+    }
+}
+
 /// True when a snapshot is one stream restored to a file path (e.g. sqlite).
 pub fn is_single_file(manifest: &Manifest) -> bool {
-    manifest.source.kind == "sqlite"
-        || (manifest.entries.len() == 1 && manifest.entries[0].kind == EntryKind::File)
+    manifest.entries.len() == 1 && manifest.entries[0].kind == EntryKind::File
 }
 
 pub async fn restore(
     repo: &Repository,
     plan: &PlanName,
     opts: &RestoreOptions,
-) -> Result<RestoreReport, RestoreError> {
+) -> Result<RestoreReport, MaterializeError> {
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
     let manifest = repo.load_manifest(&snap).await?;
-    if manifest.source.kind == "postgres" {
-        return Err(RestoreError::Postgres(
-            "PostgreSQL snapshots are restored with --at TIME, --lsn, --latest or --snapshot ID plus --to DATADIR (point-in-time restore); see `holdfast restore --help`".into(),
-        ));
-    }
     let target = absolute(&opts.to);
-    let single = is_single_file(&manifest);
-    if manifest.source.kind == "sqlite" {
-        check_sqlite_companions(&target, opts.force)?;
-    }
+    let single = opts.single_stream || is_single_file(&manifest);
     tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
-    let check: Option<CheckFn> = (opts.check && manifest.source.kind == "sqlite")
-        .then_some(crate::source::sqlite::check_restored as CheckFn);
     let total = manifest.stats.total_bytes;
     let files = materialize(
         repo,
@@ -133,7 +124,7 @@ pub async fn restore(
             single,
             force: opts.force,
             progress: opts.progress,
-            check,
+            check: opts.check_with,
         },
     )
     .await?;
@@ -151,9 +142,9 @@ pub async fn restore(
 }
 
 /// A check of the restored copy before it is put in place.
-pub(crate) type CheckFn = fn(&Path) -> Result<(), SourceError>;
+pub type CheckFn = fn(&Path) -> Result<(), SourceError>;
 
-pub(crate) struct Materialize<'a> {
+pub struct Materialize<'a> {
     pub target: &'a Path,
     /// One stream restored to a file path.
     pub single: bool,
@@ -165,19 +156,19 @@ pub(crate) struct Materialize<'a> {
 /// Writes `entries` into a temporary path beside the target, checks every
 /// byte against the snapshot, flushes it, and renames it into place; on any
 /// failure removes it and leaves the target as it was. Returns the file count.
-pub(crate) async fn materialize(
+pub async fn materialize(
     repo: &Repository,
     snapshot: &SnapshotId,
     entries: Vec<ManifestEntry>,
     total: u64,
     how: &Materialize<'_>,
-) -> Result<u64, RestoreError> {
+) -> Result<u64, MaterializeError> {
     let target = how.target.to_path_buf();
     let single = how.single;
     check_target(&target, single, how.force)?;
     let index = Arc::new(repo.load_index().await?);
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-    fs::create_dir_all(&parent).map_err(|source| RestoreError::Target {
+    fs::create_dir_all(&parent).map_err(|source| MaterializeError::Target {
         path: parent.clone(),
         source,
     })?;
@@ -236,7 +227,7 @@ pub(crate) async fn materialize(
         Ok(n) => n,
         Err(source) => {
             let _ = remove_any(&temp);
-            return Err(RestoreError::Read {
+            return Err(MaterializeError::Read {
                 snapshot: snapshot.short(),
                 target,
                 source: Box::new(source),
@@ -250,14 +241,14 @@ pub(crate) async fn materialize(
             .expect("restore check panicked");
         if let Err(source) = checked {
             let _ = remove_any(&temp);
-            return Err(RestoreError::Check { target, source });
+            return Err(MaterializeError::Check { target, source });
         }
     }
     swap_into_place(&temp, &target, how.force)
         .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
         .map_err(|source| {
             let _ = remove_any(&temp);
-            RestoreError::Target {
+            MaterializeError::Target {
                 path: target.clone(),
                 source,
             }
@@ -265,7 +256,7 @@ pub(crate) async fn materialize(
     Ok(files)
 }
 
-pub(crate) fn absolute(p: &Path) -> PathBuf {
+pub fn absolute(p: &Path) -> PathBuf {
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -275,12 +266,12 @@ pub(crate) fn absolute(p: &Path) -> PathBuf {
     }
 }
 
-pub(crate) fn check_target(target: &Path, single: bool, force: bool) -> Result<(), RestoreError> {
+pub fn check_target(target: &Path, single: bool, force: bool) -> Result<(), MaterializeError> {
     let meta = match fs::symlink_metadata(target) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
-            return Err(RestoreError::Target {
+            return Err(MaterializeError::Target {
                 path: target.to_path_buf(),
                 source,
             })
@@ -289,7 +280,7 @@ pub(crate) fn check_target(target: &Path, single: bool, force: bool) -> Result<(
     let empty = !single
         && meta.is_dir()
         && fs::read_dir(target)
-            .map_err(|source| RestoreError::Target {
+            .map_err(|source| MaterializeError::Target {
                 path: target.to_path_buf(),
                 source,
             })?
@@ -298,28 +289,11 @@ pub(crate) fn check_target(target: &Path, single: bool, force: bool) -> Result<(
     if empty || force {
         Ok(())
     } else {
-        Err(RestoreError::TargetNotEmpty {
+        Err(MaterializeError::TargetNotEmpty {
             path: target.to_path_buf(),
+            hint: FORCE_HINT,
         })
     }
-}
-
-/// A stale `-wal` or `-journal` beside a restored database would be applied
-/// to it on open and corrupt it: refuse, or with --force remove them.
-fn check_sqlite_companions(target: &Path, force: bool) -> Result<(), RestoreError> {
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut name = target.as_os_str().to_owned();
-        name.push(suffix);
-        let path = PathBuf::from(name);
-        if fs::symlink_metadata(&path).is_err() {
-            continue;
-        }
-        if !force {
-            return Err(RestoreError::TargetNotEmpty { path });
-        }
-        fs::remove_file(&path).map_err(|source| RestoreError::Target { path, source })?;
-    }
-    Ok(())
 }
 
 fn remove_any(p: &Path) -> std::io::Result<()> {

@@ -32,7 +32,17 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use serde_json::json;
 
-use super::{Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata};
+use async_trait::async_trait;
+
+use crate::engine::{Engine, RestoreError, RestoreReport, RestoreRequest, SourceKind};
+use crate::plan::Plan;
+use crate::repository::materialize::{
+    self, absolute, MaterializeError, RestoreOptions, FORCE_HINT,
+};
+use crate::repository::source::{
+    Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata,
+};
+use crate::repository::Repository;
 
 /// How long we wait for a lock held by a writer (rollback-journal mode, WAL
 /// recovery) before giving up. Writers commit in milliseconds; a long wait
@@ -598,4 +608,66 @@ fn sqlite_error(path: &Path, doing: &str, e: rusqlite::Error) -> SourceError {
             message: format!("{doing}: {e}"),
         },
     }
+}
+/// SQLite: a consistent online copy of one database file, restored to a
+/// file path (with `--check`, `PRAGMA integrity_check` before it is put in place).
+pub struct SqliteEngine {
+    pub path: PathBuf,
+}
+
+#[async_trait]
+impl Engine for SqliteEngine {
+    fn kind(&self) -> SourceKind {
+        SourceKind::Sqlite
+    }
+
+    fn open_source(&self) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(SqliteSource::new(self.path.clone())?))
+    }
+
+    async fn restore(
+        &self,
+        repo: &Repository,
+        plan: &Plan,
+        req: &RestoreRequest,
+    ) -> Result<RestoreReport, RestoreError> {
+        let snapshot = crate::engine::snapshot_only(plan, self.kind(), req)?;
+        let target = absolute(&req.to);
+        let force = req.force;
+        tokio::task::spawn_blocking(move || check_sqlite_companions(&target, force))
+            .await
+            .expect("companion check panicked")?;
+        let opts = RestoreOptions {
+            snapshot,
+            to: req.to.clone(),
+            force: req.force,
+            check_with: req.check.then_some(check_restored as materialize::CheckFn),
+            single_stream: true,
+            progress: req.progress,
+        };
+        Ok(RestoreReport::Snapshot(
+            materialize::restore(repo, &plan.name, &opts).await?,
+        ))
+    }
+}
+
+/// A stale `-wal` or `-journal` beside a restored database would be applied
+/// to it on open and corrupt it: refuse, or with --force remove them.
+fn check_sqlite_companions(target: &Path, force: bool) -> Result<(), MaterializeError> {
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut name = target.as_os_str().to_owned();
+        name.push(suffix);
+        let path = PathBuf::from(name);
+        if fs::symlink_metadata(&path).is_err() {
+            continue;
+        }
+        if !force {
+            return Err(MaterializeError::TargetNotEmpty {
+                path,
+                hint: FORCE_HINT,
+            });
+        }
+        fs::remove_file(&path).map_err(|source| MaterializeError::Target { path, source })?;
+    }
+    Ok(())
 }

@@ -1,68 +1,32 @@
-//! The WAL archive: PostgreSQL's `archive_command` (`holdfast wal-push`) and
-//! `restore_command` (`holdfast wal-fetch`).
-//!
-//! Each file PostgreSQL archives (WAL segments, `.history` and `.backup`
-//! files, `.partial` segments) is one write-once object
-//! `wal/<plan>/<file name>`: a 48-byte header (`HFWAL001`, the raw length as
-//! u64 little-endian, the raw SHA-256) and the file as one zstd frame. WAL
-//! file names carry the timeline, so the listing of `wal/<plan>/` is the
-//! archive in order.
+//! PostgreSQL's WAL as holdfast sees it: which file names the server
+//! archives, locations (LSNs), segments, timelines and their histories, and
+//! `wal-push` / `wal-fetch` (`archive_command` / `restore_command`) over the
+//! repository's log archive (`repository::log_archive`, objects
+//! `wal/<plan>/<file name>`). WAL file names carry the timeline, so the
+//! listing of `wal/<plan>/` is the archive in order.
 //!
 //! The rules PostgreSQL needs from these commands:
-//! * push is idempotent: the same name with the same content succeeds again
-//!   (PostgreSQL re-archives after a crash), and the same name with other
-//!   content fails loudly, never overwriting;
+//! * push is idempotent for the same content and refuses other content under
+//!   the same name (the log archive guarantees both);
 //! * push fails (non-zero) on any error, so PostgreSQL keeps the segment and
 //!   retries: nothing is dropped;
 //! * fetch distinguishes "not in the archive" (PostgreSQL then ends recovery
 //!   or switches to streaming) from every other failure, which must stop
 //!   recovery instead of ending it early at the wrong point.
 
-use std::io::Write;
 use std::path::Path;
 
-use bytes::Bytes;
-
-use crate::ids::Hash256;
 use crate::plan::PlanName;
-use crate::store::{PutOptions, Retention, Store, StoreError};
-
-const MAGIC: &[u8; 8] = b"HFWAL001";
-const HEADER: usize = 8 + 8 + 32;
-/// WAL compresses well and arrives every few seconds on a busy server: a fast
-/// level keeps `archive_command` from falling behind.
-const LEVEL: i32 = 1;
-/// The largest WAL file accepted (wal_segment_size is at most 1 GiB).
-const MAX_RAW: u64 = 1 << 30;
+use crate::repository::log_archive::{self, LogError, LogRetention, PushReport};
+use crate::repository::Manifest;
+use crate::store::{Retention, Store};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
     #[error("`{name}` is not a PostgreSQL WAL, history, backup or partial file name")]
     BadName { name: String },
-    #[error("unable to read {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("unable to write {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{key} is already archived with different content (archived SHA-256 {archived}, this file {pushed}); refusing to overwrite it. Two clusters may be archiving into one plan")]
-    Conflict {
-        key: String,
-        archived: Hash256,
-        pushed: Hash256,
-    },
-    #[error("{key} is not in the archive")]
-    NotFound { key: String },
-    #[error("{key} is corrupt: {why}")]
-    Corrupt { key: String, why: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Log(#[from] LogError),
 }
 
 /// `wal/<plan>/`
@@ -90,69 +54,7 @@ pub fn check_name(name: &str) -> Result<(), WalError> {
     }
 }
 
-fn encode(raw: &[u8]) -> (Hash256, Vec<u8>) {
-    let sha = Hash256::digest(raw);
-    let mut out = Vec::with_capacity(HEADER + raw.len() / 3);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(raw.len() as u64).to_le_bytes());
-    out.extend_from_slice(&sha.0);
-    let compressed = zstd::bulk::compress(raw, LEVEL).expect("zstd compresses in memory");
-    out.extend_from_slice(&compressed);
-    (sha, out)
-}
-
-/// The raw SHA-256 an archived object claims, from its header alone.
-fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), WalError> {
-    let corrupt = |why: &str| WalError::Corrupt {
-        key: key.to_string(),
-        why: why.to_string(),
-    };
-    if object.len() < HEADER || &object[..8] != MAGIC {
-        return Err(corrupt("no holdfast WAL header"));
-    }
-    let len = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
-    if len > MAX_RAW {
-        return Err(corrupt("its header claims more than 1 GiB"));
-    }
-    let sha = Hash256(object[16..48].try_into().expect("32 bytes"));
-    Ok((len, sha))
-}
-
-/// Decodes an archived object and checks it against its header's SHA-256.
-pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, WalError> {
-    let (len, sha) = header_sha(key, object)?;
-    let raw =
-        zstd::bulk::decompress(&object[HEADER..], len as usize).map_err(|e| WalError::Corrupt {
-            key: key.to_string(),
-            why: format!("cannot decompress: {e}"),
-        })?;
-    if raw.len() as u64 != len {
-        return Err(WalError::Corrupt {
-            key: key.to_string(),
-            why: format!("{} bytes decompressed, its header says {len}", raw.len()),
-        });
-    }
-    let got = Hash256::digest(&raw);
-    if got != sha {
-        return Err(WalError::Corrupt {
-            key: key.to_string(),
-            why: format!("SHA-256 of the content is {got}, its header says {sha}"),
-        });
-    }
-    Ok(raw)
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PushReport {
-    pub key: String,
-    pub bytes: u64,
-    pub stored_bytes: u64,
-    pub sha256: Hash256,
-    /// The same file was already archived (a retry after a crash).
-    pub already_archived: bool,
-}
-
-/// Archives the WAL file at `path`.
+/// Archives the WAL file at `path` (`archive_command`).
 pub async fn push(
     store: &dyn Store,
     plan: &PlanName,
@@ -165,49 +67,12 @@ pub async fn push(
         .unwrap_or_default()
         .to_string();
     check_name(&name)?;
-    let raw = tokio::fs::read(path)
-        .await
-        .map_err(|source| WalError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let (sha, object) = tokio::task::spawn_blocking(move || encode(&raw))
-        .await
-        .expect("WAL encoder panicked");
-    let bytes = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
     let key = format!("{}{name}", wal_prefix(plan));
-    let stored_bytes = object.len() as u64;
-    let opts = PutOptions {
-        sha256: Hash256::digest(&object),
-        retention,
-    };
-    let already_archived = match store.put(&key, Bytes::from(object), &opts).await {
-        Ok(()) => false,
-        Err(StoreError::AlreadyExists { .. }) => {
-            let existing = store.get(&key).await?;
-            let (_, archived) = header_sha(&key, &existing)?;
-            if archived != sha {
-                return Err(WalError::Conflict {
-                    key,
-                    archived,
-                    pushed: sha,
-                });
-            }
-            true
-        }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(PushReport {
-        key,
-        bytes,
-        stored_bytes,
-        sha256: sha,
-        already_archived,
-    })
+    Ok(log_archive::push(store, key, path, retention).await?)
 }
 
-/// Restores archived file `name` to `dest`, checked against its SHA-256,
-/// written to a temporary name beside it and renamed into place.
+/// Restores archived file `name` to `dest` (`restore_command`), checked
+/// against its SHA-256, written beside it and renamed into place.
 pub async fn fetch(
     store: &dyn Store,
     plan: &PlanName,
@@ -216,32 +81,7 @@ pub async fn fetch(
 ) -> Result<u64, WalError> {
     check_name(name)?;
     let key = format!("{}{name}", wal_prefix(plan));
-    let object = match store.get(&key).await {
-        Ok(o) => o,
-        Err(e) if e.is_not_found() => return Err(WalError::NotFound { key }),
-        Err(e) => return Err(e.into()),
-    };
-    let dest = dest.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        let raw = decode(&key, &object)?;
-        let tmp = dest.with_extension("holdfast-tmp");
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(tmp)?;
-            f.write_all(&raw)?;
-            f.sync_all()?;
-            std::fs::rename(tmp, &dest)
-        };
-        write(&tmp).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            WalError::Write {
-                path: dest.display().to_string(),
-                source,
-            }
-        })?;
-        Ok(raw.len() as u64)
-    })
-    .await
-    .expect("WAL writer panicked")
+    Ok(log_archive::fetch(store, key, dest).await?)
 }
 
 /// A WAL location (`X/Y` as PostgreSQL prints it).
@@ -309,6 +149,17 @@ impl Segment {
         })
     }
 
+    /// The (log id, segment) pair a WAL segment file name encodes: it orders
+    /// positions across timelines whatever the segment size.
+    pub fn position_of(name: &str) -> Option<(u32, u32)> {
+        if name.len() != 24 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let hi = u32::from_str_radix(name.get(8..16)?, 16).ok()?;
+        let lo = u32::from_str_radix(name.get(16..24)?, 16).ok()?;
+        Some((hi, lo))
+    }
+
     /// The first location after this segment.
     pub fn end(&self, segment_size: u64) -> Lsn {
         Lsn((self.number + 1) * segment_size)
@@ -365,6 +216,45 @@ pub fn timeline_for(ancestry: &[TimelineStep], number: u64, segment_size: u64) -
         .unwrap_or(ancestry[0].timeline)
 }
 
+/// Prune's rule for archived WAL: a file (segment, `.partial`, `.backup`)
+/// wholly before the first segment of the oldest remaining base backup can
+/// no longer be replayed by any restore. Timeline histories are kept: they
+/// are tiny and every later timeline's history builds on them. Without a
+/// remaining base backup nothing is expired.
+pub struct WalRetention {
+    pub plan: PlanName,
+}
+
+impl WalRetention {
+    /// The position of the first segment the oldest remaining base backup needs.
+    fn oldest_needed(remaining: &[&Manifest]) -> Option<(u32, u32)> {
+        remaining
+            .iter()
+            .filter_map(|m| super::meta::PgSnapshotMeta::of(m))
+            .filter_map(|meta| Segment::position_of(meta.start_wal_file.as_deref()?))
+            .min()
+    }
+}
+
+impl LogRetention for WalRetention {
+    fn prefix(&self) -> String {
+        wal_prefix(&self.plan)
+    }
+
+    fn expired(&self, remaining: &[&Manifest], name: &str) -> bool {
+        if name.ends_with(".history") {
+            return false;
+        }
+        let Some(oldest) = Self::oldest_needed(remaining) else {
+            return false;
+        };
+        // Positions compare across timelines: any timeline's file before the
+        // oldest needed position is unreachable.
+        let file = name.split('.').next().unwrap_or_default();
+        Segment::position_of(file).is_some_and(|p| p < oldest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,19 +304,5 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn objects_round_trip_and_damage_is_named() {
-        let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        let (sha, object) = encode(&raw);
-        assert_eq!(Hash256::digest(&raw), sha);
-        assert_eq!(decode("wal/p/x", &object).unwrap(), raw);
-        let mut bad = object.clone();
-        let last = bad.len() - 10;
-        bad[last] ^= 1;
-        let err = decode("wal/p/x", &bad).unwrap_err().to_string();
-        assert!(err.contains("wal/p/x is corrupt"), "{err}");
-        assert!(decode("wal/p/x", &object[..20]).is_err());
     }
 }

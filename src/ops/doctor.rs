@@ -12,6 +12,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use crate::error::HasExit;
 use crate::ids::Hash256;
 use crate::plan::{LockSetting, Plan, Tier};
 use crate::repository::Repository;
@@ -571,4 +572,14 @@ pub fn prune_policy(s3: &S3Store) -> serde_json::Value {
         }),
     );
     policy
+}
+
+impl HasExit for InitError {
+    fn exit(&self) -> crate::error::Exit {
+        use crate::error::Exit;
+        match self {
+            InitError::Repo(r) => r.exit(),
+            _ => Exit::Repository,
+        }
+    }
 }

@@ -1,10 +1,8 @@
-//! What is backed up: a source walks what it protects and hands each entry to
-//! a sink (the repository writer) in a stable order. Sources know nothing of
-//! stores, packs or S3.
-
-pub mod files;
-pub mod postgres;
-pub mod sqlite;
+//! What the backup pipeline reads: every engine's source walks what it
+//! protects and hands each entry to a sink (the repository writer) in a
+//! stable order. The interface lives with the repository, which consumes it,
+//! so dependencies point one way (engines → repository); sources know
+//! nothing of stores, packs or S3.
 
 use std::io::Read;
 use std::path::PathBuf;

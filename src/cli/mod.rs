@@ -1,0 +1,270 @@
+//! Command line: parses arguments, sets up logging and progress, and hands
+//! each command to its file in this folder, which calls one `ops` use case
+//! and renders the report (text, or `--json` for scripts). Failures end with
+//! the stable exit codes of `crate::error` (`docs/exit-codes.md`).
+
+mod backup;
+mod doctor;
+mod plan;
+mod prune;
+pub(crate) mod render;
+mod repo;
+mod restore;
+mod snapshots;
+mod verify;
+mod wal;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{Error, Exit};
+use crate::plan::Plan;
+use crate::progress::ProgressMode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Checksummed, deduplicated, immutable backups and rehearsed restores"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Only warnings and errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// No progress bar (log lines still report progress).
+    #[arg(long, global = true)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Take a snapshot of a plan's source now.
+    Backup {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a plan's snapshots.
+    Snapshots {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into an empty or new path; for PostgreSQL, rebuild
+    /// the cluster as it was at a point in time (`--at`, `--lsn`, `--latest`).
+    Restore(restore::RestoreArgs),
+    /// Read every object of a plan's snapshots and recompute every checksum.
+    Verify {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Verify one snapshot (id prefix or `latest`) instead of all.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the plan's retention policy: remove expired snapshots, and the
+    /// objects no kept snapshot needs, once their locks have ended.
+    Prune {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create or check a plan's repository (on S3: the bucket, with
+    /// versioning and Object Lock).
+    Repo {
+        #[command(subcommand)]
+        command: RepoCommand,
+    },
+    /// Prove the repository is immutable from the outside, with the plan's
+    /// own credentials: write a locked canary and try to delete it and to
+    /// shorten its lock (both must be refused); report dangerous permissions
+    /// and print least-privilege IAM policies.
+    Doctor {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive one WAL file into the plan's repository: PostgreSQL's
+    /// `archive_command = 'holdfast wal-push --plan FILE %p'`. Idempotent for
+    /// a file already archived with the same content; fails (so PostgreSQL
+    /// keeps the file and retries) on anything else.
+    WalPush {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The WAL file (`%p`).
+        path: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore one archived WAL file, checked against its SHA-256:
+    /// PostgreSQL's `restore_command = 'holdfast wal-fetch --plan FILE %f %p'`.
+    /// Exit 1: not in the archive (recovery ends there); 126: anything else
+    /// (recovery stops rather than end at the wrong point).
+    WalFetch {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// A folder of segments already fetched and verified by `holdfast
+        /// restore`: a file found there is moved into place instead of fetched.
+        #[arg(long, value_name = "DIR")]
+        spool: Option<PathBuf>,
+        /// The archived file's name (`%f`).
+        name: String,
+        /// Where to write it (`%p`).
+        dest: PathBuf,
+    },
+    /// Work with plan files.
+    Plan {
+        #[command(subcommand)]
+        command: PlanCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum PlanCommand {
+    /// Validate plan files or folders of plans; print a summary of each.
+    Check {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepoCommand {
+    /// Create the repository (and bucket) if missing; check it otherwise.
+    Init {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PlanArg {
+    /// The plan file (YAML).
+    #[arg(long, value_name = "FILE")]
+    pub plan: PathBuf,
+}
+
+impl PlanArg {
+    pub fn load(&self) -> Result<Plan, Error> {
+        Ok(Plan::load(&self.plan)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                Exit::Usage.code()
+            } else {
+                Exit::Ok.code()
+            });
+        }
+    };
+    if matches!(cli.command, Command::WalFetch { .. }) {
+        // PostgreSQL reads exit 101 (a Rust panic) as "not in the archive"
+        // and would end recovery early at the wrong point: a panic anywhere
+        // in wal-fetch must stop recovery instead.
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            std::process::exit(Exit::WalFetchFatal.code().into());
+        }));
+    }
+    init_tracing(cli.log_format, cli.quiet);
+    let progress = if cli.quiet {
+        ProgressMode::Quiet
+    } else if cli.no_progress || matches!(cli.log_format, LogFormat::Json) {
+        ProgressMode::Log
+    } else {
+        ProgressMode::Auto
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("holdfast-io")
+        .build()
+        .expect("tokio runtime starts");
+    match runtime.block_on(run(cli.command, progress)) {
+        Ok(exit) => ExitCode::from(exit.code()),
+        Err(e) if render::is_closed_pipe(&e) => ExitCode::from(Exit::Ok.code()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit.code())
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet { "warn" } else { "info" };
+    let filter = EnvFilter::try_from_env("HOLDFAST_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},aws=warn,hyper=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
+    match command {
+        Command::Plan {
+            command: PlanCommand::Check { paths, json },
+        } => plan::check(&paths, json),
+        Command::Backup { plan, json } => backup::run(&plan, json, progress).await,
+        Command::Snapshots { plan, json } => snapshots::run(&plan, json).await,
+        Command::Restore(args) => restore::run(args, progress).await,
+        Command::Verify {
+            plan,
+            snapshot,
+            json,
+        } => verify::run(&plan, snapshot.as_deref(), json, progress).await,
+        Command::Prune {
+            plan,
+            dry_run,
+            json,
+        } => prune::run(&plan, dry_run, json).await,
+        Command::Repo {
+            command: RepoCommand::Init { plan, json },
+        } => repo::init(&plan, json).await,
+        Command::WalPush { plan, path, json } => wal::push(&plan, &path, json).await,
+        Command::WalFetch {
+            plan,
+            spool,
+            name,
+            dest,
+        } => wal::fetch(&plan, spool.as_deref(), &name, &dest).await,
+        Command::Doctor { plan, json } => doctor::run(&plan, json).await,
+    }
+}

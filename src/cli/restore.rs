@@ -1,0 +1,200 @@
+//! `holdfast restore`: flags → one restore request for the plan's engine.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::Args;
+
+use super::render::{human_bytes, json as print_json, outln};
+use super::PlanArg;
+use crate::engine::postgres::pitr::PitrReport;
+use crate::engine::{DumpRequest, RestorePoint, RestoreReport, RestoreRequest};
+use crate::error::{Error, Exit};
+use crate::plan::Plan;
+use crate::progress::ProgressMode;
+
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    #[command(flatten)]
+    pub plan: PlanArg,
+    /// Snapshot id (any unique prefix) or `latest` (the default). For
+    /// PostgreSQL: the base backup to start from (default: the newest
+    /// that can reach the target); alone, restore to its end.
+    #[arg(long)]
+    pub snapshot: Option<String>,
+    /// PostgreSQL: the state as of this instant (RFC 3339, e.g.
+    /// 2026-02-23T18:55:59Z): replays WAL up to it, excluding later
+    /// transactions.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "latest"])]
+    pub at: Option<String>,
+    /// PostgreSQL: replay WAL up to this location (e.g. 0/3000148).
+    #[arg(long, conflicts_with = "latest")]
+    pub lsn: Option<String>,
+    /// PostgreSQL: replay all archived WAL.
+    #[arg(long)]
+    pub latest: bool,
+    /// PostgreSQL: start the restored server, wait until it has reached
+    /// the target and promoted, and report the recovery.
+    #[arg(long)]
+    pub start: bool,
+    /// PostgreSQL: the port the restored server listens on.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// PostgreSQL: turn archiving off in the restored copy. Use it for a
+    /// scratch copy beside production: started with archiving on, a copy
+    /// archives its new timeline into the plan, and later restores follow it.
+    #[arg(long)]
+    pub no_archive: bool,
+    /// PostgreSQL: restore this database's logical dump (`pg_restore`)
+    /// instead of the cluster; needs --into.
+    #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "latest", "start", "port", "to"])]
+    pub dump: Option<String>,
+    /// With --dump: the database to restore into, as a URL
+    /// (postgres://user@host:port/name); created if missing, refused if
+    /// it has tables. Any PostgreSQL version pg_restore can write to.
+    #[arg(long, value_name = "URL")]
+    pub into: Option<String>,
+    /// Where to restore: a file path for sqlite, a directory for files,
+    /// an empty or new data directory for PostgreSQL.
+    #[arg(long, required_unless_present = "dump")]
+    pub to: Option<PathBuf>,
+    /// Replace a non-empty target (the old one is removed only after the new one is in place).
+    #[arg(long)]
+    pub force: bool,
+    /// Also run the database's own consistency check (SQLite: PRAGMA
+    /// integrity_check) before putting the copy in place. Bytes are always
+    /// verified against the snapshot's SHA-256.
+    #[arg(long)]
+    pub check: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RestoreArgs, progress: ProgressMode) -> Result<Exit, Error> {
+    let plan = args.plan.load()?;
+    if let (Some(database), Some(into)) = (&args.dump, &args.into) {
+        let req = DumpRequest {
+            snapshot: args.snapshot.clone().unwrap_or_else(|| "latest".into()),
+            database: database.clone(),
+            into: into.clone(),
+            progress,
+        };
+        let report = crate::ops::restore::restore_dump(&plan, &req).await?;
+        return render(&report, &plan, args.json);
+    }
+    let Some(to) = args.to.clone() else {
+        return Err(Error::usage("say where to restore with --to"));
+    };
+    let point = point(&args)?;
+    let base = match point {
+        Some(RestorePoint::Snapshot(_)) | None => None,
+        _ => args.snapshot.clone(),
+    };
+    let req = RestoreRequest {
+        point,
+        base,
+        to,
+        plan_file: plan.file.clone(),
+        force: args.force,
+        check: args.check,
+        start: args.start,
+        port: args.port,
+        no_archive: args.no_archive,
+        progress,
+    };
+    let report = crate::ops::restore::restore(&plan, &req).await?;
+    render(&report, &plan, args.json)
+}
+
+/// How far to restore, from `--at`, `--lsn`, `--latest` or `--snapshot`.
+fn point(args: &RestoreArgs) -> Result<Option<RestorePoint>, Error> {
+    if let Some(at) = &args.at {
+        let t = DateTime::parse_from_rfc3339(at.trim())
+            .map_err(|e| {
+                Error::usage(format!(
+                    "--at {at:?} is not a time: {e}; write it in RFC 3339 with a zone, e.g. 2026-02-23T18:55:59Z"
+                ))
+            })?
+            .with_timezone(&Utc);
+        return Ok(Some(RestorePoint::Time(t)));
+    }
+    if let Some(lsn) = &args.lsn {
+        return Ok(Some(RestorePoint::Position(lsn.clone())));
+    }
+    if args.latest {
+        return Ok(Some(RestorePoint::Latest));
+    }
+    Ok(args.snapshot.clone().map(RestorePoint::Snapshot))
+}
+
+fn render(report: &RestoreReport, plan: &Plan, json: bool) -> Result<Exit, Error> {
+    if json {
+        print_json(report)?;
+        return Ok(Exit::Ok);
+    }
+    match report {
+        RestoreReport::Snapshot(r) => outln!(
+            "restored snapshot {} ({} of {}) of plan {} to {}: {} files, {} in {:.1}s",
+            r.snapshot.short(),
+            r.source,
+            r.snapshot_time.to_rfc3339(),
+            r.plan,
+            r.target.display(),
+            r.files,
+            human_bytes(r.bytes),
+            r.duration_seconds
+        )?,
+        RestoreReport::PointInTime(r) => print_pitr(r, plan)?,
+        RestoreReport::Dump(r) => outln!(
+            "restored the dump of database {} from snapshot {} ({}) of plan {} into {}: {} in {:.1}s",
+            r.database,
+            r.snapshot.short(),
+            r.snapshot_time.to_rfc3339(),
+            r.plan,
+            r.into,
+            human_bytes(r.bytes),
+            r.duration_seconds
+        )?,
+    }
+    Ok(Exit::Ok)
+}
+
+fn print_pitr(r: &PitrReport, plan: &Plan) -> Result<(), Error> {
+    outln!(
+        "restored plan {} to {} into {}\n  base backup {} (taken {}, consistent at {}), timeline path {:?}\n  {} files, {}; WAL checked: {} segment(s) {} .. {}",
+        r.plan,
+        r.target,
+        r.data_directory.display(),
+        r.base_backup.short(),
+        r.base_backup_time.to_rfc3339(),
+        r.base_backup_consistent_at.to_rfc3339(),
+        r.timeline_path,
+        r.files,
+        human_bytes(r.bytes),
+        r.segments_checked,
+        r.first_segment,
+        r.last_segment,
+    )?;
+    match (r.port, r.segments_replayed) {
+        (Some(port), Some(n)) => outln!(
+            "  server running on port {port}, promoted; {n} segment(s) replayed from the archive; {}\n  server log: {}",
+            r.reached.as_deref().unwrap_or("no transaction replayed"),
+            r.server_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        )?,
+        _ => outln!(
+            "  start it with: pg_ctl -D {} start   (it replays WAL through `holdfast wal-fetch --plan {}` and promotes at the target)",
+            r.data_directory.display(),
+            plan.file.display()
+        )?,
+    }
+    let p = &r.phases;
+    outln!(
+        "  time: WAL check {:.1}s, base restore {:.1}s{}, total {:.1}s",
+        p.check_wal_seconds,
+        p.restore_base_seconds,
+        p.recovery_seconds
+            .map(|s| format!(", recovery {s:.1}s"))
+            .unwrap_or_default(),
+        p.total_seconds
+    )
+}

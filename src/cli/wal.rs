@@ -1,0 +1,54 @@
+//! `holdfast wal-push` and `holdfast wal-fetch`: PostgreSQL's
+//! `archive_command` and `restore_command`. For wal-fetch every failure but
+//! "not in the archive" exits 126, so PostgreSQL stops recovery instead of
+//! ending it early.
+
+use std::path::Path;
+
+use super::render::json as print_json;
+use super::PlanArg;
+use crate::error::{Error, Exit};
+use crate::ops::wal::Fetched;
+use crate::plan::Plan;
+
+pub async fn push(plan: &PlanArg, path: &Path, json: bool) -> Result<Exit, Error> {
+    let plan = plan.load()?;
+    let report = crate::ops::wal::push(&plan, path).await?;
+    if json {
+        print_json(&report)?;
+    }
+    tracing::info!(plan = %plan.name, object = %report.key, bytes = report.bytes, stored_bytes = report.stored_bytes, already_archived = report.already_archived, "WAL archived");
+    Ok(Exit::Ok)
+}
+
+pub async fn fetch(
+    plan: &PlanArg,
+    spool: Option<&Path>,
+    name: &str,
+    dest: &Path,
+) -> Result<Exit, Error> {
+    let fatal = |e: Error| Error {
+        exit: Exit::WalFetchFatal,
+        error: e.error,
+    };
+    if let Some(spool) = spool {
+        if crate::ops::wal::fetch_spooled(spool, name, dest)
+            .await
+            .map_err(fatal)?
+        {
+            tracing::info!(file = %name, "WAL restored from the restore's spool");
+            return Ok(Exit::Ok);
+        }
+    }
+    let plan = Plan::load(&plan.plan).map_err(|e| fatal(e.into()))?;
+    match crate::ops::wal::fetch(&plan, name, dest)
+        .await
+        .map_err(fatal)?
+    {
+        Fetched::Restored { bytes } => {
+            tracing::info!(plan = %plan.name, file = %name, bytes, "WAL restored");
+            Ok(Exit::Ok)
+        }
+        Fetched::NotFound(e) => Err(Error::new(Exit::Failure, e)),
+    }
+}

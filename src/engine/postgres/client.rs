@@ -1,0 +1,366 @@
+//! Running PostgreSQL's client programs (`psql`, `pg_basebackup`,
+//! `pg_dump`, `pg_restore`, `pg_ctl`, `pg_waldump`) against one server: the
+//! connection reaches them as libpq environment variables, never as
+//! arguments (where `ps` would show a password), and the programs of the
+//! right major version are found in Debian's layout or `HOLDFAST_PG_BIN`.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use crate::plan::{DbConnection, Password, PgSslMode};
+use crate::repository::source::SourceError;
+
+/// How to run PostgreSQL's client programs against one server.
+#[derive(Debug, Clone)]
+pub struct PgClient {
+    conn: DbConnection,
+    sslmode: PgSslMode,
+    /// The folder holding `pg_basebackup`, `psql`, … (`HOLDFAST_PG_BIN`), or
+    /// `None` for `$PATH`.
+    bin_dir: Option<PathBuf>,
+}
+
+impl PgClient {
+    pub fn new(conn: DbConnection, sslmode: PgSslMode) -> Self {
+        PgClient {
+            conn,
+            sslmode,
+            bin_dir: pg_bin_dir(),
+        }
+    }
+
+    /// A client for a `postgres://` URL (passwords in it stay out of
+    /// arguments and logs like any other).
+    pub fn from_url(url: &str) -> Self {
+        PgClient::new(
+            DbConnection {
+                host: None,
+                port: 5432,
+                socket: None,
+                user: None,
+                database: None,
+                dsn: Some(crate::secret::Secret::new(url)),
+                password: None,
+            },
+            PgSslMode::Prefer,
+        )
+    }
+
+    /// A client command with the connection in its environment (never in its
+    /// arguments, where `ps` would show a password).
+    pub fn command(&self, program: &str, database: Option<&str>) -> Result<Command, SourceError> {
+        let mut cmd = Command::new(pg_program(self.bin_dir.as_deref(), program));
+        for var in [
+            "PGHOST",
+            "PGPORT",
+            "PGUSER",
+            "PGDATABASE",
+            "PGPASSWORD",
+            "PGSERVICE",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("PGAPPNAME", "holdfast");
+        let c = &self.conn;
+        if let Some(dsn) = &c.dsn {
+            // As libpq environment variables, never as an argument: the URL
+            // may carry a password.
+            let mut vars = url_env(dsn.expose())?;
+            if let Some(db) = database {
+                vars.retain(|(k, _)| *k != "PGDATABASE");
+                vars.push(("PGDATABASE", db.to_string()));
+            }
+            if !vars.iter().any(|(k, _)| *k == "PGSSLMODE") {
+                cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
+            }
+            for (var, value) in vars {
+                cmd.env(var, value);
+            }
+        } else {
+            cmd.env("PGSSLMODE", sslmode_str(self.sslmode));
+            if let Some(h) = &c.host {
+                cmd.env("PGHOST", h);
+            }
+            cmd.env("PGPORT", c.port.to_string());
+            if let Some(u) = &c.user {
+                cmd.env("PGUSER", u);
+            }
+            if let Some(db) = database.or(c.database.as_deref()) {
+                cmd.env("PGDATABASE", db);
+            }
+        }
+        cmd.env("PGCONNECT_TIMEOUT", "10");
+        match &c.password {
+            Some(Password::Value(s)) => {
+                cmd.env("PGPASSWORD", s.expose());
+            }
+            Some(Password::File(p)) => {
+                let text = std::fs::read_to_string(p).map_err(|e| SourceError::io(p, e))?;
+                cmd.env("PGPASSWORD", text.trim_end_matches(['\n', '\r']));
+            }
+            None => {}
+        }
+        Ok(cmd)
+    }
+
+    /// Runs one query with `psql` and returns its unaligned rows, fields
+    /// split on `|`.
+    pub fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, SourceError> {
+        self.query_in(None, sql)
+    }
+
+    /// [`PgClient::query`] in `database` instead of the connection's own.
+    pub fn query_in(
+        &self,
+        database: Option<&str>,
+        sql: &str,
+    ) -> Result<Vec<Vec<String>>, SourceError> {
+        let mut cmd = self.command("psql", database)?;
+        cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|", "-c", sql]);
+        let out = run(cmd, "psql")?;
+        Ok(String::from_utf8_lossy(&out)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect())
+    }
+
+    pub fn describe(&self) -> String {
+        self.conn.to_string()
+    }
+}
+
+fn sslmode_str(m: PgSslMode) -> &'static str {
+    match m {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// `HOLDFAST_PG_BIN`, else the newest `/usr/lib/postgresql/*/bin` (Debian's
+/// layout, where the client programs on `$PATH` are wrappers), else `$PATH`.
+pub fn pg_bin_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("HOLDFAST_PG_BIN") {
+        return Some(PathBuf::from(dir));
+    }
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("pg_ctl").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, p)| p)
+}
+
+/// The programs of PostgreSQL `major` (Debian's `/usr/lib/postgresql/<major>/bin`),
+/// which read that version's WAL and data directories; else [`pg_bin_dir`].
+pub fn pg_bin_for(major: u64) -> Option<PathBuf> {
+    let versioned = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if versioned.join("pg_ctl").exists() {
+        Some(versioned)
+    } else {
+        pg_bin_dir()
+    }
+}
+
+pub fn pg_program(bin_dir: Option<&std::path::Path>, program: &str) -> PathBuf {
+    match bin_dir {
+        Some(d) => d.join(program),
+        None => PathBuf::from(program),
+    }
+}
+
+/// Runs a client program to its end, returning stdout, or its stderr as the error.
+pub(super) fn run(mut cmd: Command, what: &str) -> Result<Vec<u8>, SourceError> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| spawn_error(what, &cmd, e))?;
+    if !out.status.success() {
+        return Err(SourceError::Database {
+            what: what.to_string(),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        });
+    }
+    Ok(out.stdout)
+}
+
+pub(super) fn spawn_error(what: &str, cmd: &Command, e: io::Error) -> SourceError {
+    SourceError::Database {
+        what: what.to_string(),
+        detail: format!(
+            "cannot run {}: {e} (install PostgreSQL's client programs, or set HOLDFAST_PG_BIN to their folder)",
+            cmd.get_program().to_string_lossy()
+        ),
+    }
+}
+
+/// A `postgres://user:password@host:port/dbname?param=value` URL as libpq
+/// environment variables.
+pub fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
+    let bad = |why: &str| SourceError::Database {
+        what: "connection URL".into(),
+        detail: format!("{why} (write postgres://user:password@host:port/dbname?sslmode=…)"),
+    };
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or_else(|| bad("it does not start with postgres://"))?;
+    let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (authority, db) = main.split_once('/').unwrap_or((main, ""));
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    let mut env = Vec::new();
+    if let Some(u) = userinfo {
+        let (user, password) = match u.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (u, None),
+        };
+        if !user.is_empty() {
+            env.push(("PGUSER", percent_decode(user)));
+        }
+        if let Some(p) = password {
+            env.push(("PGPASSWORD", percent_decode(p)));
+        }
+    }
+    if hostport.contains(',') {
+        return Err(bad("several hosts in one URL are not supported"));
+    }
+    let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+        let (h, after) = v6
+            .split_once(']')
+            .ok_or_else(|| bad("unclosed [ in the host"))?;
+        (h.to_string(), after.strip_prefix(':').map(str::to_string))
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p.to_string())),
+            None => (hostport.to_string(), None),
+        }
+    };
+    if !host.is_empty() {
+        env.push(("PGHOST", percent_decode(&host)));
+    }
+    if let Some(p) = port.filter(|p| !p.is_empty()) {
+        if p.parse::<u16>().is_err() {
+            return Err(bad(&format!("port `{p}` is not a number")));
+        }
+        env.push(("PGPORT", p));
+    }
+    if !db.is_empty() {
+        env.push(("PGDATABASE", percent_decode(db)));
+    }
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let var = match k {
+            "sslmode" => "PGSSLMODE",
+            "sslrootcert" => "PGSSLROOTCERT",
+            "sslcert" => "PGSSLCERT",
+            "sslkey" => "PGSSLKEY",
+            "application_name" => "PGAPPNAME",
+            "connect_timeout" => "PGCONNECT_TIMEOUT",
+            "options" => "PGOPTIONS",
+            "target_session_attrs" => "PGTARGETSESSIONATTRS",
+            "host" => "PGHOST",
+            "port" => "PGPORT",
+            "user" => "PGUSER",
+            "dbname" => "PGDATABASE",
+            other => {
+                return Err(bad(&format!(
+                    "parameter `{other}` is not supported; use sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout, options, target_session_attrs, host, port, user or dbname"
+                )))
+            }
+        };
+        env.push((var, percent_decode(v)));
+    }
+    Ok(env)
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
+            if let Ok(v) = u8::from_str_radix(hex, 16) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dsn_is_pointed_at_another_database_keeping_its_options() {
+        let client = PgClient::from_url;
+        let env = |url: &str, db: &str| -> std::collections::HashMap<String, String> {
+            client(url)
+                .command("psql", Some(db))
+                .unwrap()
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_str()?.to_string(), v?.to_str()?.to_string())))
+                .collect()
+        };
+        let e = env("postgres://u:p@h:5433/app?sslmode=require", "other db");
+        assert_eq!(e["PGDATABASE"], "other db");
+        assert_eq!(e["PGSSLMODE"], "require");
+        assert_eq!((e["PGHOST"].as_str(), e["PGPORT"].as_str()), ("h", "5433"));
+        assert_eq!(env("postgresql://h", "x")["PGDATABASE"], "x");
+        let e = env("postgres://h?application_name=a", "x");
+        assert_eq!(
+            (e["PGDATABASE"].as_str(), e["PGAPPNAME"].as_str()),
+            ("x", "a")
+        );
+    }
+
+    #[test]
+    fn a_url_becomes_libpq_environment_variables() {
+        let env = url_env("postgres://app%40x:p%2Fw@[::1]:5433/my%20db?sslmode=require").unwrap();
+        assert_eq!(
+            env,
+            vec![
+                ("PGUSER", "app@x".to_string()),
+                ("PGPASSWORD", "p/w".to_string()),
+                ("PGHOST", "::1".to_string()),
+                ("PGPORT", "5433".to_string()),
+                ("PGDATABASE", "my db".to_string()),
+                ("PGSSLMODE", "require".to_string()),
+            ]
+        );
+        assert_eq!(
+            url_env("postgresql://db.internal/app").unwrap(),
+            vec![
+                ("PGHOST", "db.internal".to_string()),
+                ("PGDATABASE", "app".to_string())
+            ]
+        );
+        assert!(url_env("postgres://h:xx/db").is_err());
+        assert!(url_env("postgres://h/db?weird=1")
+            .unwrap_err()
+            .to_string()
+            .contains("weird"));
+    }
+}

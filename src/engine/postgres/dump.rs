@@ -1,0 +1,251 @@
+//! Restoring one logical dump (`dumps/<database>.pgdump`, `pg_dump -Fc`)
+//! into a running server with `pg_restore`, as one transaction fed from the
+//! repository while every chunk is checked.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::backup::DUMPS_PREFIX;
+use super::client::{url_env, PgClient};
+use super::PgError;
+use crate::engine::scratch::recovery_deadline;
+use crate::engine::DumpRequest;
+use crate::ids::SnapshotId;
+use crate::plan::PlanName;
+use crate::progress::Progress;
+use crate::repository::materialize::MaterializeError;
+use crate::repository::read::{ChunkReader, ReadError, ReadSink};
+use crate::repository::{ManifestEntry, Repository};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DumpRestoreReport {
+    pub plan: String,
+    pub snapshot: SnapshotId,
+    pub snapshot_time: DateTime<Utc>,
+    pub database: String,
+    /// The database restored into (its connection URL without password).
+    pub into: String,
+    pub bytes: u64,
+    pub duration_seconds: f64,
+}
+
+/// Restores the logical dump of `database` from a snapshot (`latest` or an
+/// id prefix) into the database named by the URL `into`, created if missing
+/// and refused if it already has tables. `pg_restore` runs as one
+/// transaction fed from the repository as chunks are verified; if any byte
+/// fails its check the transaction is rolled back, so nothing half-restored
+/// stays behind.
+pub async fn restore_dump(
+    repo: &Repository,
+    plan: &PlanName,
+    req: &DumpRequest,
+) -> Result<DumpRestoreReport, PgError> {
+    let (database, into) = (req.database.as_str(), req.into.as_str());
+    let started = Instant::now();
+    let snap = repo.find_snapshot(plan, &req.snapshot).await?;
+    let manifest = repo.load_manifest(&snap).await?;
+    let path = format!("{DUMPS_PREFIX}/{database}.pgdump");
+    let Some(entry) = manifest.entries.iter().find(|e| e.path == path).cloned() else {
+        let have: Vec<&str> = manifest
+            .entries
+            .iter()
+            .filter_map(|e| e.path.strip_prefix(&format!("{DUMPS_PREFIX}/")))
+            .filter_map(|p| p.strip_suffix(".pgdump"))
+            .collect();
+        return Err(PgError::NoDump {
+            snapshot: snap.id.short(),
+            plan: plan.to_string(),
+            database: database.to_string(),
+            have: if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            },
+        });
+    };
+    if !into.starts_with("postgres://") && !into.starts_with("postgresql://") {
+        return Err(PgError::IntoNotUrl {
+            into: into.to_string(),
+            database: database.to_string(),
+        });
+    }
+    let target = PgClient::from_url(into);
+    let url = url_env(into)?;
+    let part = |k: &str| url.iter().find(|(v, _)| *v == k).map(|(_, x)| x.as_str());
+    let target_db = part("PGDATABASE")
+        .ok_or_else(|| PgError::IntoNoDatabase {
+            into: into.to_string(),
+        })?
+        .to_string();
+    // Where it went, without the password.
+    let shown = format!(
+        "{}@{}:{}/{target_db}",
+        part("PGUSER").unwrap_or(""),
+        part("PGHOST").unwrap_or("localhost"),
+        part("PGPORT").unwrap_or("5432")
+    );
+    let index = Arc::new(repo.load_index().await?);
+    let reader = ChunkReader::new(
+        repo.store().clone(),
+        index,
+        tokio::runtime::Handle::current(),
+    );
+    let total = entry.size.unwrap_or_default();
+    let progress = Progress::new("restore", Some(total), req.progress);
+    let into = into.to_string();
+    let snapshot = snap.id.short();
+    let db = target_db.clone();
+    // psql, pg_restore and the pipe between them all block: one thread.
+    tokio::task::spawn_blocking(move || {
+        feed_pg_restore(&target, &into, &db, &snapshot, reader, entry, progress)
+    })
+    .await
+    .expect("pg_restore feeder panicked")?;
+    Ok(DumpRestoreReport {
+        plan: plan.to_string(),
+        snapshot: snap.id,
+        snapshot_time: manifest.started_at,
+        database: database.to_string(),
+        into: shown,
+        bytes: total,
+        duration_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Creates the target database if missing (refuses one with tables), then
+/// streams the dump into `pg_restore --single-transaction`; kills it before
+/// it can commit if any chunk fails its check.
+fn feed_pg_restore(
+    target: &PgClient,
+    into: &str,
+    target_db: &str,
+    snapshot: &str,
+    reader: ChunkReader,
+    entry: ManifestEntry,
+    progress: Progress,
+) -> Result<(), PgError> {
+    // Create it if missing (connected to the maintenance database), refuse it if it has tables.
+    let admin = |sql: &str| target.query_in(Some("postgres"), sql);
+    let exists = admin(&format!(
+        "SELECT 1 FROM pg_database WHERE datname = '{}'",
+        target_db.replace('\'', "''")
+    ))?;
+    if exists.is_empty() {
+        admin(&format!(
+            "CREATE DATABASE \"{}\"",
+            target_db.replace('"', "\"\"")
+        ))?;
+    } else {
+        let tables = target
+            .query("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r','p') AND n.nspname NOT IN ('pg_catalog','information_schema') AND n.nspname NOT LIKE 'pg_toast%'")?;
+        if tables.first().and_then(|r| r.first()).map(String::as_str) != Some("0") {
+            return Err(PgError::HasTables {
+                database: target_db.to_string(),
+            });
+        }
+    }
+    let mut cmd = target.command("pg_restore", None)?;
+    cmd.args([
+        "--single-transaction",
+        "--exit-on-error",
+        "--no-owner",
+        "-d",
+    ]);
+    cmd.arg(into);
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| PgError::Program {
+        program: "pg_restore".into(),
+        detail: format!("cannot run it: {e} (set HOLDFAST_PG_BIN)"),
+    })?;
+    let stdin = child.stdin.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+
+    struct Pipe {
+        stdin: Option<std::process::ChildStdin>,
+        progress: Progress,
+    }
+    impl ReadSink for Pipe {
+        fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.progress.inc(bytes.len() as u64);
+            self.stdin
+                .as_mut()
+                .expect("open until end")
+                .write_all(bytes)
+        }
+        fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            // Closing stdin lets pg_restore commit: only after the whole
+            // dump matched its SHA-256.
+            self.stdin = None;
+            Ok(())
+        }
+    }
+    let mut sink = Pipe {
+        stdin: Some(stdin),
+        progress,
+    };
+    let read = reader.read_files(std::slice::from_ref(&entry), &mut sink);
+    sink.progress.finish();
+    let unfinished = sink.stdin.is_some();
+    drop(sink);
+    if read.is_err() || unfinished {
+        // Kill before pg_restore sees a clean end of input: its transaction
+        // is rolled back.
+        let _ = child.kill();
+    }
+    // pg_restore commits after its input ends: wait for it, with a deadline.
+    let deadline = Instant::now() + recovery_deadline();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            _ => {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| PgError::Program {
+        program: "pg_restore".into(),
+        detail: e.to_string(),
+    })?;
+    let stderr = stderr_reader.join().unwrap_or_default();
+    let failed = || PgError::PgRestore {
+        database: target_db.to_string(),
+        status: status.to_string(),
+        stderr: stderr.trim().to_string(),
+    };
+    match read {
+        // pg_restore gave up first (our write then failed on the closed
+        // pipe): its own error is the one that says why.
+        Err(ReadError::Sink { .. }) if status.code().is_some_and(|c| c != 0) => {
+            return Err(failed())
+        }
+        Err(source) => {
+            return Err(MaterializeError::Read {
+                snapshot: snapshot.to_string(),
+                target: PathBuf::from(format!("database {target_db}")),
+                source: Box::new(source),
+            }
+            .into())
+        }
+        Ok(()) if !status.success() => return Err(failed()),
+        Ok(()) => {}
+    }
+    Ok(())
+}

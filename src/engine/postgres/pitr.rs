@@ -1,0 +1,766 @@
+//! Point-in-time restore of a PostgreSQL cluster: a base backup from the
+//! repository, then the archived WAL replayed by PostgreSQL itself up to a
+//! target (a time, an LSN, the end of the archive, or just consistency).
+//!
+//! Order of work, so nothing is written before the restore is known to work:
+//! 1. Pick the newest base backup that is consistent before the target.
+//! 2. Walk the WAL it needs, segment by segment along the target timeline's
+//!    history: each one must be in the archive and match its SHA-256 (the
+//!    first missing or corrupt one is named). For a time target the walk
+//!    also reads the commit times in each segment (`pg_waldump`) and ends at
+//!    the first segment with a commit after the target: if there is none,
+//!    the target is past the newest archived transaction and is refused with
+//!    the restorable window. Verified segments are kept in a spool that
+//!    `wal-fetch --spool` hands to PostgreSQL, so recovery does not fetch
+//!    them again.
+//! 3. Restore the base backup into the empty data directory (parallel reads,
+//!    checked, renamed into place), write `recovery.signal` and the recovery
+//!    settings into `postgresql.auto.conf`.
+//! 4. With `--start`: start the server, wait until it has replayed to the
+//!    target and promoted, and report what it did.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::backup::PGDATA_PREFIX;
+use super::meta::BaseBackup;
+use super::recovery::{prepare_recovery, start_and_recover};
+use super::wal::{self, parse_history, timeline_for, Lsn, Segment, TimelineStep};
+use super::waldump::Waldump;
+use super::PgError;
+use crate::engine::point::{windows_text, Window};
+use crate::engine::scratch::{recovery_deadline, ScratchServer};
+use crate::ids::SnapshotId;
+use crate::plan::PlanName;
+use crate::progress::ProgressMode;
+use crate::repository::log_archive::{self, LogError};
+use crate::repository::materialize::{
+    absolute, check_target, materialize, Materialize, MaterializeError,
+};
+use crate::repository::{Manifest, ManifestEntry, Repository};
+use crate::store::Store;
+
+/// Where verified segments wait for `wal-fetch --spool`, inside the data
+/// directory's `pg_wal` (never part of a base backup).
+pub const SPOOL_DIR: &str = "pg_wal/holdfast-spool";
+
+/// How many segments are fetched ahead of the one being checked (each up to
+/// 16 MiB decoded in memory while in flight).
+const FETCH_AHEAD: usize = 4;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgTarget {
+    /// `recovery_target_time`: the state as of this instant.
+    Time(DateTime<Utc>),
+    /// `recovery_target_lsn`.
+    Lsn(Lsn),
+    /// Replay every archived segment, then promote.
+    Latest,
+    /// Stop as soon as the base backup is consistent.
+    Immediate,
+}
+
+impl std::fmt::Display for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PgTarget::Time(t) => write!(f, "time {}", t.to_rfc3339()),
+            PgTarget::Lsn(l) => write!(f, "LSN {l}"),
+            PgTarget::Latest => f.write_str("the end of the archived WAL"),
+            PgTarget::Immediate => f.write_str("the end of the base backup"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PitrOptions {
+    pub target: PgTarget,
+    /// Use this base backup (id prefix) instead of choosing one.
+    pub snapshot: Option<String>,
+    pub to: PathBuf,
+    /// The plan file, for the `restore_command` written into the restore.
+    pub plan_file: PathBuf,
+    pub start: bool,
+    pub port: Option<u16>,
+    /// Write `archive_mode = off`: for scratch copies (drills, inspecting
+    /// a table beside production), which must not archive a new timeline
+    /// into the plan that later restores would follow.
+    pub no_archive: bool,
+    pub progress: ProgressMode,
+}
+
+/// What the archive holds for a plan: file names under `wal/<plan>/`, and
+/// timeline histories as they are read.
+pub struct WalArchive {
+    store: Arc<dyn Store>,
+    plan: PlanName,
+    names: BTreeSet<String>,
+    histories: HashMap<u32, Vec<TimelineStep>>,
+}
+
+impl WalArchive {
+    pub async fn list(repo: &Repository, plan: &PlanName) -> Result<WalArchive, PgError> {
+        let prefix = wal::wal_prefix(plan);
+        let names = repo
+            .store()
+            .list(&prefix)
+            .await
+            .map_err(|e| PgError::Repo(e.into()))?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        Ok(WalArchive {
+            store: repo.store().clone(),
+            plan: plan.clone(),
+            names,
+            histories: HashMap::new(),
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    async fn history(&mut self, timeline: u32) -> Result<Vec<TimelineStep>, PgError> {
+        if let Some(h) = self.histories.get(&timeline) {
+            return Ok(h.clone());
+        }
+        let name = format!("{timeline:08X}.history");
+        let steps = if timeline == 1 {
+            vec![TimelineStep {
+                timeline: 1,
+                begins: Lsn(0),
+            }]
+        } else {
+            let text = self.fetch(&name).await?;
+            parse_history(timeline, &String::from_utf8_lossy(&text)).map_err(|why| {
+                PgError::History {
+                    key: format!("{}{name}", wal::wal_prefix(&self.plan)),
+                    why,
+                }
+            })?
+        };
+        self.histories.insert(timeline, steps.clone());
+        Ok(steps)
+    }
+
+    async fn fetch(&self, name: &str) -> Result<Vec<u8>, PgError> {
+        fetch_checked(self.store.as_ref(), &self.plan, name).await
+    }
+
+    /// The ancestry of the newest timeline that follows from `base`, as
+    /// PostgreSQL's `recovery_target_timeline = 'latest'` finds it: the
+    /// highest consecutive `N.history` after the backup's own timeline.
+    async fn target_ancestry(&mut self, base: &BaseBackup) -> Result<Vec<TimelineStep>, PgError> {
+        let mut newest = base.timeline;
+        while self.has(&format!("{:08X}.history", newest + 1)) {
+            newest += 1;
+        }
+        let ancestry = self.history(newest).await?;
+        // The backup must lie on that history, before its timeline was left.
+        let pos = ancestry.iter().position(|s| s.timeline == base.timeline);
+        let left_at = pos.and_then(|i| ancestry.get(i + 1)).map(|s| s.begins);
+        match (pos, left_at) {
+            (None, _) => Err(PgError::NotDescendant {
+                newest,
+                timeline: base.timeline,
+                backup: base.snapshot.id.short(),
+            }),
+            (Some(_), Some(left)) if left < base.stop => Err(PgError::BranchedBefore {
+                backup: base.snapshot.id.short(),
+                timeline: base.timeline,
+                stop: base.stop,
+                left,
+            }),
+            _ => Ok(ancestry),
+        }
+    }
+
+    fn segment_name(&self, ancestry: &[TimelineStep], number: u64, size: u64) -> String {
+        Segment {
+            timeline: timeline_for(ancestry, number, size),
+            number,
+        }
+        .name(size)
+    }
+
+    /// The newest segment number present on `ancestry` at or after `from`.
+    fn newest_on(&self, ancestry: &[TimelineStep], from: u64, size: u64) -> Option<u64> {
+        self.names
+            .iter()
+            .filter_map(|n| Segment::parse(n, size))
+            .filter(|s| s.number >= from && timeline_for(ancestry, s.number, size) == s.timeline)
+            .map(|s| s.number)
+            .max()
+    }
+
+    /// The first segment missing between `from` and `to` (inclusive).
+    fn first_missing(
+        &self,
+        ancestry: &[TimelineStep],
+        from: u64,
+        to: u64,
+        size: u64,
+    ) -> Option<String> {
+        (from..=to)
+            .map(|n| self.segment_name(ancestry, n, size))
+            .find(|name| !self.has(name))
+    }
+}
+
+/// Fetches one archived file and checks it against its SHA-256.
+async fn fetch_checked(store: &dyn Store, plan: &PlanName, name: &str) -> Result<Vec<u8>, PgError> {
+    let key = format!("{}{name}", wal::wal_prefix(plan));
+    log_archive::get(store, &key).await.map_err(|e| match e {
+        LogError::NotFound { key } => missing(&key, "it is listed but cannot be read"),
+        LogError::Store(e) => PgError::Repo(e.into()),
+        LogError::Corrupt { key, why } => PgError::WalSegment {
+            key,
+            problem: format!("is corrupt ({why})"),
+        },
+        other => PgError::Log(other),
+    })
+}
+
+fn missing(key: &str, why: &str) -> PgError {
+    PgError::WalSegment {
+        key: key.to_string(),
+        problem: format!("is missing from the archive ({why})"),
+    }
+}
+
+/// The plan's base backups, oldest first.
+pub async fn base_backups(repo: &Repository, plan: &PlanName) -> Result<Vec<BaseBackup>, PgError> {
+    let mut out = Vec::new();
+    for s in repo.list_snapshots(plan).await? {
+        match repo.load_manifest(&s).await {
+            Ok(m) => {
+                if let Some(b) = BaseBackup::from_manifest(&s, &m) {
+                    out.push(b);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %s.key, error = %e, "skipping an unreadable snapshot")
+            }
+        }
+    }
+    out.sort_by_key(|b| b.consistent_at);
+    Ok(out)
+}
+
+/// The restorable windows of a plan: for each base backup whose own WAL is
+/// all archived, the stretch from its consistent point to the newest
+/// transaction reachable through unbroken WAL. Backups reaching the same
+/// segment share a window.
+pub async fn restorable_windows(
+    repo: &Repository,
+    plan: &PlanName,
+) -> Result<Vec<Window>, PgError> {
+    let bases = base_backups(repo, plan).await?;
+    let mut archive = WalArchive::list(repo, plan).await?;
+    windows_of(&bases, &mut archive).await
+}
+
+async fn windows_of(
+    bases: &[BaseBackup],
+    archive: &mut WalArchive,
+) -> Result<Vec<Window>, PgError> {
+    // (end segment name) -> window
+    let mut by_end: BTreeMap<String, (Window, BaseBackup, Vec<TimelineStep>, u64)> =
+        BTreeMap::new();
+    for b in bases {
+        let Ok(ancestry) = archive.target_ancestry(b).await else {
+            continue;
+        };
+        let size = b.segment_size;
+        let start = b.start_segment().number;
+        if archive
+            .first_missing(&ancestry, start, b.stop_segment().number, size)
+            .is_some()
+        {
+            continue;
+        }
+        let newest = archive.newest_on(&ancestry, start, size).unwrap_or(start);
+        let gap = archive.first_missing(&ancestry, start, newest, size);
+        let end = match &gap {
+            Some(g) => Segment::parse(g, size)
+                .map(|s| s.number - 1)
+                .unwrap_or(start),
+            None => newest,
+        };
+        let through = archive.segment_name(&ancestry, end, size);
+        by_end
+            .entry(through.clone())
+            .and_modify(|(w, _, _, _)| w.base_backups.push(b.snapshot.id.short()))
+            .or_insert((
+                Window {
+                    from: b.consistent_at,
+                    to: None,
+                    base_backups: vec![b.snapshot.id.short()],
+                    through_segment: through,
+                    ends_at_gap: gap,
+                },
+                b.clone(),
+                ancestry,
+                end,
+            ));
+    }
+    let mut out = Vec::new();
+    for (_, (mut w, base, ancestry, end)) in by_end {
+        w.to = newest_transaction(archive, &base, &ancestry, end).await;
+        out.push(w);
+    }
+    out.sort_by_key(|w| w.from);
+    Ok(out)
+}
+
+/// The time of the newest commit or abort in the segments up to `end`
+/// (reading back at most a few segments), by `pg_waldump`.
+async fn newest_transaction(
+    archive: &WalArchive,
+    base: &BaseBackup,
+    ancestry: &[TimelineStep],
+    end: u64,
+) -> Option<DateTime<Utc>> {
+    let size = base.segment_size;
+    let waldump = Waldump::find(base.major()).await?;
+    let dir = tokio::task::spawn_blocking(tempfile::tempdir)
+        .await
+        .ok()?
+        .ok()?;
+    // Keep the temporary folder until the end of the function.
+    let first = base.start_segment().number;
+    for n in (first..=end).rev().take(8) {
+        let name = archive.segment_name(ancestry, n, size);
+        let raw = archive.fetch(&name).await.ok()?;
+        let path = dir.path().join(&name);
+        tokio::fs::write(&path, raw).await.ok()?;
+        let times = waldump.transaction_times(&path).await.ok()?;
+        if let Some(t) = times.last() {
+            return Some(*t);
+        }
+    }
+    None
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseTimes {
+    pub check_wal_seconds: f64,
+    pub restore_base_seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery_seconds: Option<f64>,
+    pub total_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PitrReport {
+    pub plan: String,
+    pub target: String,
+    pub base_backup: SnapshotId,
+    pub base_backup_time: DateTime<Utc>,
+    pub base_backup_consistent_at: DateTime<Utc>,
+    pub timeline_path: Vec<u32>,
+    pub data_directory: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    /// Segments checked (present and matching their SHA-256) before restoring.
+    pub segments_checked: u64,
+    pub first_segment: String,
+    pub last_segment: String,
+    /// Segments PostgreSQL restored from the archive during recovery (`--start`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub segments_replayed: Option<u64>,
+    /// The last transaction replayed (`--start`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<String>,
+    /// Where the started server listens (`--start`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_log: Option<PathBuf>,
+    pub phases: PhaseTimes,
+}
+
+/// Restores a cluster to `opts.target`; see the module documentation.
+pub async fn restore_pitr(
+    repo: &Repository,
+    plan: &PlanName,
+    opts: &PitrOptions,
+) -> Result<PitrReport, PgError> {
+    let started = Instant::now();
+    let target_dir = absolute(&opts.to);
+    let check_dir = target_dir.clone();
+    tokio::task::spawn_blocking(move || check_target(&check_dir, false, false))
+        .await
+        .expect("target check panicked")
+        .map_err(|e| match e {
+            MaterializeError::TargetNotEmpty { path, .. } => PgError::TargetNotEmpty { path },
+            e => e.into(),
+        })?;
+    if opts.start && rustix::process::geteuid().is_root() {
+        return Err(PgError::RunAsRoot);
+    }
+    let bases = base_backups(repo, plan).await?;
+    if bases.is_empty() {
+        return Err(PgError::NoBaseBackup {
+            plan: plan.to_string(),
+            repository: repo.url(),
+            plan_file: opts.plan_file.display().to_string(),
+        });
+    }
+    let mut archive = WalArchive::list(repo, plan).await?;
+    let base = choose_base(&bases, &mut archive, opts).await?;
+    let ancestry = archive.target_ancestry(&base).await?;
+    let manifest = repo.load_manifest(&base.snapshot).await?;
+    if opts.start
+        && !manifest
+            .entries
+            .iter()
+            .any(|e| e.path == format!("{PGDATA_PREFIX}/postgresql.conf"))
+    {
+        return Err(PgError::NoConfig {
+            backup: base.snapshot.id.short(),
+        });
+    }
+    tracing::info!(plan = %plan, base_backup = %base.snapshot.id, target = %opts.target, "point-in-time restore started");
+
+    // 1. The WAL, checked before anything is written.
+    let spool = target_dir.with_file_name(format!(
+        ".{}.holdfast-wal-{}",
+        target_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&spool);
+    std::fs::create_dir_all(&spool).map_err(|source| MaterializeError::Target {
+        path: spool.clone(),
+        source,
+    })?;
+    // Removed on any failure; on success it has been moved into the data directory.
+    let _spool_guard = RemoveOnDrop(spool.clone());
+    let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await?;
+    let check_wal_seconds = started.elapsed().as_secs_f64();
+
+    // 2. The base backup.
+    let restore_started = Instant::now();
+    let (entries, total) = pgdata_entries(&manifest);
+    let files = materialize(
+        repo,
+        &base.snapshot.id,
+        entries,
+        total,
+        &Materialize {
+            target: &target_dir,
+            single: false,
+            force: false,
+            progress: opts.progress,
+            check: None,
+        },
+    )
+    .await?;
+    prepare_recovery(&target_dir, &spool, opts, &base).map_err(|source| {
+        MaterializeError::Target {
+            path: target_dir.clone(),
+            source,
+        }
+    })?;
+    let restore_base_seconds = restore_started.elapsed().as_secs_f64();
+    let mut report = PitrReport {
+        plan: plan.to_string(),
+        target: opts.target.to_string(),
+        base_backup: base.snapshot.id,
+        base_backup_time: base.snapshot.started_at,
+        base_backup_consistent_at: base.consistent_at,
+        timeline_path: ancestry
+            .iter()
+            .filter(|s| s.timeline >= base.timeline)
+            .map(|s| s.timeline)
+            .collect(),
+        data_directory: target_dir.clone(),
+        files,
+        bytes: total,
+        segments_checked: checked.count,
+        first_segment: checked.first,
+        last_segment: checked.last,
+        segments_replayed: None,
+        reached: None,
+        port: None,
+        server_log: None,
+        phases: PhaseTimes {
+            check_wal_seconds,
+            restore_base_seconds,
+            recovery_seconds: None,
+            total_seconds: 0.0,
+        },
+    };
+
+    // 3. Recovery.
+    if opts.start {
+        let recovery_started = Instant::now();
+        let outcome = start_and_recover(&target_dir, opts.port, &base, recovery_deadline()).await?;
+        report.segments_replayed = Some(outcome.segments_replayed);
+        report.reached = outcome.reached;
+        report.port = Some(outcome.server.address().port);
+        report.server_log = Some(outcome.server.log().clone());
+        report.phases.recovery_seconds = Some(recovery_started.elapsed().as_secs_f64());
+        // The restore's user takes the running server over.
+        Box::new(outcome.server).keep();
+        let _ = tokio::fs::remove_dir_all(target_dir.join(SPOOL_DIR)).await;
+    }
+    report.phases.total_seconds = started.elapsed().as_secs_f64();
+    tracing::info!(plan = %plan, base_backup = %base.snapshot.id, "point-in-time restore finished");
+    Ok(report)
+}
+
+/// Removes a scratch folder when dropped (if it is still there).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn choose_base(
+    bases: &[BaseBackup],
+    archive: &mut WalArchive,
+    opts: &PitrOptions,
+) -> Result<BaseBackup, PgError> {
+    if let Some(sel) = &opts.snapshot {
+        let sel_lc = sel.to_ascii_lowercase();
+        let found: Vec<_> = bases
+            .iter()
+            .filter(|b| sel == "latest" || b.snapshot.id.to_hex().starts_with(&sel_lc))
+            .collect();
+        let b = match (sel.as_str(), found.as_slice()) {
+            ("latest", [.., last]) => *last,
+            (_, [one]) => *one,
+            (_, []) => {
+                return Err(PgError::NoSuchBaseBackup {
+                    selector: sel.clone(),
+                })
+            }
+            (_, many) => {
+                return Err(PgError::AmbiguousBaseBackup {
+                    selector: sel.clone(),
+                    count: many.len(),
+                })
+            }
+        };
+        if let PgTarget::Time(t) = opts.target {
+            if t < b.consistent_at {
+                return Err(PgError::BackupTooLate {
+                    backup: b.snapshot.id.short(),
+                    consistent_at: b.consistent_at.to_rfc3339(),
+                    target: t.to_rfc3339(),
+                });
+            }
+        }
+        return Ok(b.clone());
+    }
+    let pick = match opts.target {
+        PgTarget::Time(t) => bases.iter().rev().find(|b| b.consistent_at <= t),
+        PgTarget::Lsn(l) => bases.iter().rev().find(|b| b.stop <= l),
+        PgTarget::Latest | PgTarget::Immediate => bases.last(),
+    };
+    match pick {
+        Some(b) => Ok(b.clone()),
+        None => {
+            let windows = windows_of(bases, archive).await?;
+            Err(PgError::OutsideWindow {
+                target: opts.target.to_string(),
+                why: "it is earlier than the oldest base backup's consistent point".into(),
+                windows: windows_text(&windows),
+            })
+        }
+    }
+}
+
+/// A segment being fetched and verified in the background.
+type FetchTask = tokio::task::JoinHandle<Result<(), PgError>>;
+
+struct Checked {
+    count: u64,
+    first: String,
+    last: String,
+}
+
+/// Fetches, verifies and spools the segments from the base backup's start
+/// to the target; see the module documentation.
+async fn check_wal(
+    archive: &mut WalArchive,
+    bases: &[BaseBackup],
+    base: &BaseBackup,
+    ancestry: &[TimelineStep],
+    target: PgTarget,
+    spool: &Path,
+) -> Result<Checked, PgError> {
+    let size = base.segment_size;
+    let first = base.start_segment().number;
+    let stop = base.stop_segment().number;
+    let newest = archive.newest_on(ancestry, first, size).unwrap_or(first);
+    let prefix = wal::wal_prefix(&archive.plan);
+    // The last segment that must be there, where it is known in advance.
+    let must_reach = match target {
+        PgTarget::Immediate => stop,
+        PgTarget::Latest => newest.max(stop),
+        PgTarget::Lsn(l) => {
+            let n = l.0 / size;
+            if n > newest {
+                let windows = windows_of(bases, archive).await?;
+                return Err(PgError::OutsideWindow {
+                    target: target.to_string(),
+                    why: format!(
+                        "it is past the end of the newest archived segment {} ({})",
+                        archive.segment_name(ancestry, newest, size),
+                        Segment {
+                            timeline: 0,
+                            number: newest
+                        }
+                        .end(size)
+                    ),
+                    windows: windows_text(&windows),
+                });
+            }
+            n.max(stop)
+        }
+        PgTarget::Time(_) => stop,
+    };
+    if let Some(name) = archive.first_missing(ancestry, first, must_reach, size) {
+        return Err(missing(
+            &format!("{prefix}{name}"),
+            &format!(
+                "base backup {} needs every segment from {} to {}",
+                base.snapshot.id.short(),
+                archive.segment_name(ancestry, first, size),
+                archive.segment_name(ancestry, must_reach, size)
+            ),
+        ));
+    }
+    let waldump =
+        match target {
+            PgTarget::Time(_) => Some(Waldump::find(base.major()).await.ok_or(
+                PgError::NoWaldump {
+                    major: base.major(),
+                },
+            )?),
+            _ => None,
+        };
+    // History files the restored server will ask for come along too.
+    for step in ancestry.iter().filter(|s| s.timeline > 1) {
+        let name = format!("{:08X}.history", step.timeline);
+        let raw = archive.fetch(&name).await?;
+        let spool = spool.to_path_buf();
+        tokio::task::spawn_blocking(move || write_spool(&spool, &name, &raw))
+            .await
+            .expect("spool writer panicked")?;
+    }
+    let mut pending: VecDeque<(u64, String, FetchTask)> = VecDeque::new();
+    let mut next = first;
+    let mut count = 0;
+    let mut last = archive.segment_name(ancestry, first, size);
+    let mut newest_seen: Option<DateTime<Utc>> = None;
+    loop {
+        while pending.len() < FETCH_AHEAD && next <= newest {
+            let name = archive.segment_name(ancestry, next, size);
+            if !archive.has(&name) {
+                break;
+            }
+            let (store, plan, n) = (archive.store.clone(), archive.plan.clone(), name.clone());
+            let spool = spool.to_path_buf();
+            // Each task writes its segment to the spool itself, so memory
+            // holds only the segments being decoded, not a queue of them.
+            pending.push_back((
+                next,
+                name,
+                tokio::spawn(async move {
+                    let raw = fetch_checked(store.as_ref(), &plan, &n).await?;
+                    tokio::task::spawn_blocking(move || write_spool(&spool, &n, &raw))
+                        .await
+                        .expect("spool writer panicked")
+                }),
+            ));
+            next += 1;
+        }
+        let Some((number, name, task)) = pending.pop_front() else {
+            break;
+        };
+        task.await.expect("WAL fetch task panicked")?;
+        count += 1;
+        last = name.clone();
+        if number >= must_reach {
+            let reached = match (target, &waldump) {
+                (PgTarget::Time(t), Some(w)) => {
+                    let times = w.transaction_times(&spool.join(&name)).await?;
+                    if let Some(newest_here) = times.last() {
+                        newest_seen = Some(*newest_here);
+                    }
+                    times.iter().any(|x| *x > t)
+                }
+                _ => true,
+            };
+            if reached {
+                for (_, _, task) in pending.drain(..) {
+                    task.abort();
+                }
+                return Ok(Checked {
+                    count,
+                    first: archive.segment_name(ancestry, first, size),
+                    last,
+                });
+            }
+        }
+    }
+    // Ran out of archive before the target.
+    let after = archive.segment_name(ancestry, next, size);
+    if next <= newest {
+        return Err(missing(
+            &format!("{prefix}{after}"),
+            &format!(
+                "the restore to {target} needs it: later segments are archived, so the WAL has a gap there"
+            ),
+        ));
+    }
+    let windows = windows_of(bases, archive).await?;
+    Err(PgError::OutsideWindow {
+        target: target.to_string(),
+        why: format!(
+            "it is later than the newest archived transaction{} (archived WAL ends with segment {last})",
+            newest_seen
+                .map(|t| format!(" ({})", t.to_rfc3339()))
+                .unwrap_or_default()
+        ),
+        windows: windows_text(&windows),
+    })
+}
+
+fn write_spool(spool: &Path, name: &str, raw: &[u8]) -> Result<(), PgError> {
+    let path = spool.join(name);
+    std::fs::write(&path, raw).map_err(|source| MaterializeError::Target { path, source }.into())
+}
+
+/// The base backup's `pgdata/` entries, re-rooted at the data directory.
+fn pgdata_entries(m: &Manifest) -> (Vec<ManifestEntry>, u64) {
+    let prefix = format!("{PGDATA_PREFIX}/");
+    let mut total = 0;
+    let entries: Vec<ManifestEntry> = m
+        .entries
+        .iter()
+        .filter_map(|e| {
+            let path = if e.path == PGDATA_PREFIX {
+                ".".to_string()
+            } else {
+                e.path.strip_prefix(&prefix)?.to_string()
+            };
+            total += e.size.unwrap_or_default();
+            Some(ManifestEntry { path, ..e.clone() })
+        })
+        .collect();
+    (entries, total)
+}

@@ -1,0 +1,346 @@
+//! Turning a restored base backup into a recovering server: the recovery
+//! settings and `recovery.signal` holdfast writes, and starting the server
+//! (`--start`), waiting — with a deadline — until it has replayed to the
+//! target and promoted, and reading from its log what it did.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::process::Command;
+
+use super::client::{pg_bin_for, pg_program};
+use super::meta::BaseBackup;
+use super::pitr::{PgTarget, PitrOptions, SPOOL_DIR};
+use super::PgError;
+use crate::engine::process;
+use crate::engine::scratch::{Address, ScratchServer};
+use crate::repository::materialize::absolute;
+
+/// How long `pg_ctl` and one `psql` poll may take.
+const PG_CTL_DEADLINE: Duration = Duration::from_secs(120);
+const POLL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `recovery.signal`, the recovery settings, the WAL spool, and the folders
+/// a base backup leaves out.
+pub fn prepare_recovery(
+    dir: &Path,
+    spool: &Path,
+    opts: &PitrOptions,
+    base: &BaseBackup,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for sub in ["pg_wal", "pg_wal/archive_status"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let spool_in = dir.join(SPOOL_DIR);
+    std::fs::rename(spool, &spool_in)?;
+    let exe = std::env::current_exe()?;
+    let plan = absolute(&opts.plan_file);
+    for p in [&exe, &plan, &spool_in] {
+        if p.to_string_lossy().contains(['\'', '"']) {
+            return Err(std::io::Error::other(format!(
+                "{} contains a quote, which cannot go into restore_command",
+                p.display()
+            )));
+        }
+    }
+    let mut conf = format!(
+        "\n# Added by holdfast restore at {now}: point-in-time recovery to {target}\n# from base backup {id}. Remove these lines once the server has promoted.\nrestore_command = '\"{exe}\" wal-fetch --plan \"{plan}\" --spool \"{spool}\" %f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
+        now = Utc::now().to_rfc3339(),
+        target = opts.target,
+        id = base.snapshot.id,
+        exe = exe.display(),
+        plan = plan.display(),
+        spool = spool_in.display(),
+    );
+    match opts.target {
+        PgTarget::Time(t) => conf.push_str(&format!(
+            "recovery_target_time = '{}'\n",
+            t.format("%Y-%m-%d %H:%M:%S%.6f+00")
+        )),
+        PgTarget::Lsn(l) => conf.push_str(&format!("recovery_target_lsn = '{l}'\n")),
+        PgTarget::Immediate => conf.push_str("recovery_target = 'immediate'\n"),
+        PgTarget::Latest => {}
+    }
+    if let Some(port) = opts.port {
+        conf.push_str(&format!("port = {port}\n"));
+    }
+    if opts.no_archive {
+        conf.push_str("# --no-archive: a scratch copy must not archive its own timeline into the plan.\narchive_mode = off\n");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(dir.join("postgresql.auto.conf"))?;
+    f.write_all(conf.as_bytes())?;
+    f.sync_all()?;
+    let signal = std::fs::File::create(dir.join("recovery.signal"))?;
+    signal.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub struct Recovered {
+    pub segments_replayed: u64,
+    pub reached: Option<String>,
+    pub server: PgServer,
+}
+
+/// A PostgreSQL server started on a restored data directory; stopped
+/// (`pg_ctl stop -m fast`) when dropped unless kept.
+pub struct PgServer {
+    dir: PathBuf,
+    bin: Option<PathBuf>,
+    address: Address,
+    log: PathBuf,
+    keep: bool,
+}
+
+impl PgServer {
+    fn pg_ctl(&self) -> PathBuf {
+        pg_program(self.bin.as_deref(), "pg_ctl")
+    }
+
+    async fn alive(&self) -> bool {
+        let mut cmd = Command::new(self.pg_ctl());
+        cmd.arg("-D").arg(&self.dir).arg("status");
+        process::output(cmd, POLL_DEADLINE)
+            .await
+            .is_ok_and(|o| o.status.success())
+    }
+}
+
+#[async_trait]
+impl ScratchServer for PgServer {
+    fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn log(&self) -> &PathBuf {
+        &self.log
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let mut cmd = Command::new(pg_program(self.bin.as_deref(), "psql"));
+        cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|", "-h"])
+            .arg(&self.address.host)
+            .args(["-p", &self.address.port.to_string(), "-d", "postgres", "-c"])
+            .arg(sql)
+            .env("PGCONNECT_TIMEOUT", "5");
+        let out = process::output(cmd, POLL_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| l.split('|').map(str::to_owned).collect())
+            .collect())
+    }
+
+    async fn stop(mut self: Box<Self>) -> Result<(), String> {
+        self.keep = true;
+        let mut cmd = Command::new(self.pg_ctl());
+        cmd.arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "fast", "-w", "stop"]);
+        let out = process::output(cmd, PG_CTL_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    fn keep(mut self: Box<Self>) {
+        self.keep = true;
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
+        // A failed or cancelled restore: stop what it started. Drop cannot
+        // await; `pg_ctl stop` without waiting returns at once.
+        let _ = std::process::Command::new(self.pg_ctl())
+            .arg("-D")
+            .arg(&self.dir)
+            .args(["-m", "fast", "-W", "stop"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Starts the server on `dir` and waits until it has finished recovery and
+/// promoted, or until `deadline`; the server is stopped again on failure.
+pub async fn start_and_recover(
+    dir: &Path,
+    port: Option<u16>,
+    base: &BaseBackup,
+    deadline: Duration,
+) -> Result<Recovered, PgError> {
+    let bin = pg_bin_for(base.major());
+    let log = dir.with_file_name(format!(
+        "{}-recovery.log",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    let failed = |why: String, log: &Path| PgError::Recovery {
+        why,
+        log: log.to_path_buf(),
+        tail: log_tail(log),
+    };
+    let mut cmd = Command::new(pg_program(bin.as_deref(), "pg_ctl"));
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-W", "start"]);
+    if let Some(p) = port {
+        cmd.args(["-o", &format!("-p {p}")]);
+    }
+    let out = process::output(cmd, PG_CTL_DEADLINE)
+        .await
+        .map_err(|e| PgError::Program {
+            program: "pg_ctl".into(),
+            detail: format!("{e} (set HOLDFAST_PG_BIN)"),
+        })?;
+    if !out.status.success() {
+        return Err(failed(
+            format!(
+                "pg_ctl start failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            &log,
+        ));
+    }
+    let mut server = PgServer {
+        dir: dir.to_path_buf(),
+        bin,
+        address: Address {
+            host: String::new(),
+            port: port.unwrap_or(5432),
+        },
+        log: log.clone(),
+        keep: false,
+    };
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if started.elapsed() > deadline {
+            return Err(failed(
+                format!(
+                    "the server had not finished recovery after {}s (HOLDFAST_RECOVERY_TIMEOUT_SECONDS) and was stopped",
+                    deadline.as_secs()
+                ),
+                &log,
+            ));
+        }
+        if !server.alive().await {
+            server.keep = true;
+            return Err(failed("the server stopped during recovery".into(), &log));
+        }
+        let pid_file = dir.join("postmaster.pid");
+        let Some(address) = tokio::fs::read_to_string(&pid_file)
+            .await
+            .ok()
+            .and_then(|t| postmaster_address(&t))
+        else {
+            continue;
+        };
+        server.address = address;
+        let in_recovery = server.query("SELECT pg_is_in_recovery()").await;
+        if matches!(in_recovery.as_deref(), Ok([row]) if row.first().map(String::as_str) == Some("f"))
+        {
+            let text = tokio::fs::read_to_string(&log).await.unwrap_or_default();
+            return Ok(Recovered {
+                segments_replayed: replayed_segments(&text),
+                reached: reached_from_log(&text),
+                server,
+            });
+        }
+    }
+}
+
+/// Port and a host to reach the server at, from `postmaster.pid`.
+fn postmaster_address(text: &str) -> Option<Address> {
+    let lines: Vec<&str> = text.lines().collect();
+    let port = lines.get(3)?.trim().parse().ok()?;
+    let socket = lines.get(4).map(|s| s.trim()).unwrap_or("");
+    let listen = lines.get(5).map(|s| s.trim()).unwrap_or("");
+    let host = if !socket.is_empty() {
+        socket.to_string()
+    } else if listen.is_empty() || listen == "*" {
+        "127.0.0.1".to_string()
+    } else {
+        listen
+            .split(',')
+            .next()
+            .unwrap_or("127.0.0.1")
+            .trim()
+            .to_string()
+    };
+    Some(Address { host, port })
+}
+
+/// Distinct WAL segments the server restored from the archive
+/// (`restored log file "…" from archive`; one may be read twice).
+fn replayed_segments(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.split_once("restored log file \"")?.1.split('"').next())
+        .filter(|name| name.len() == 24)
+        .collect::<BTreeSet<_>>()
+        .len() as u64
+}
+
+fn reached_from_log(text: &str) -> Option<String> {
+    let stopping = text.lines().rev().find_map(|l| {
+        l.split_once("recovery stopping ")
+            .map(|(_, r)| r.trim().to_string())
+    });
+    let last = text.lines().rev().find_map(|l| {
+        l.split_once("last completed transaction was at log time ")
+            .map(|(_, r)| r.trim().to_string())
+    });
+    match (last, stopping) {
+        (Some(l), Some(s)) => Some(format!("last transaction replayed at {l}; stopped {s}")),
+        (Some(l), None) => Some(format!("last transaction replayed at {l}")),
+        (None, Some(s)) => Some(format!("stopped {s}")),
+        (None, None) => None,
+    }
+}
+
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_server_log_says_where_recovery_stopped() {
+        let log = "LOG:  restored log file \"000000010000000000000003\" from archive\nLOG:  recovery stopping before commit of transaction 750, time 2026-11-26 09:52:04.1+00\nLOG:  last completed transaction was at log time 2026-11-26 09:52:03.000001+00\n";
+        assert_eq!(replayed_segments(log), 1);
+        let r = reached_from_log(log).unwrap();
+        assert!(
+            r.contains("09:52:03.000001") && r.contains("transaction 750"),
+            "{r}"
+        );
+    }
+}

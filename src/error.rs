@@ -1,0 +1,213 @@
+//! How a command ends: every failure class maps to one stable exit code,
+//! declared once here ([`Exit`]) and documented in `docs/exit-codes.md` (a
+//! test checks the two agree). Each module's error type says which class each
+//! of its kinds is in ([`HasExit`]); [`Error`] carries the error with the
+//! context the caller added (`backup of plan app failed; …`) and its class.
+
+use std::fmt;
+
+/// Stable exit codes; see `docs/exit-codes.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exit {
+    Ok,
+    Failure,
+    Usage,
+    Plan,
+    Repository,
+    Verify,
+    Busy,
+    Source,
+    Target,
+    NotImmutable,
+    /// `wal-fetch` only: any failure but "not in the archive". PostgreSQL
+    /// treats exit codes above 125 as fatal and stops recovery, where any
+    /// other non-zero code would make it end recovery and promote early.
+    WalFetchFatal,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 11] = [
+        Exit::Ok,
+        Exit::Failure,
+        Exit::Usage,
+        Exit::Plan,
+        Exit::Repository,
+        Exit::Verify,
+        Exit::Busy,
+        Exit::Source,
+        Exit::Target,
+        Exit::NotImmutable,
+        Exit::WalFetchFatal,
+    ];
+
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::Ok => 0,
+            Exit::Failure => 1,
+            Exit::Usage => 2,
+            Exit::Plan => 3,
+            Exit::Repository => 4,
+            Exit::Verify => 5,
+            Exit::Busy => 6,
+            Exit::Source => 7,
+            Exit::Target => 8,
+            Exit::NotImmutable => 9,
+            Exit::WalFetchFatal => 126,
+        }
+    }
+
+    /// The meaning column of `docs/exit-codes.md`.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Exit::Ok => "success",
+            Exit::Failure => "other failure",
+            Exit::Usage => "usage",
+            Exit::Plan => "plan invalid",
+            Exit::Repository => "repository unavailable",
+            Exit::Verify => "verification failed",
+            Exit::Busy => "busy",
+            Exit::Source => "source failure",
+            Exit::Target => "restore target",
+            Exit::NotImmutable => "not immutable",
+            Exit::WalFetchFatal => "`wal-fetch` only: recovery must stop",
+        }
+    }
+}
+
+/// An error type that knows the exit class of each of its kinds.
+pub trait HasExit {
+    fn exit(&self) -> Exit;
+}
+
+/// A command's failure: the error with its context, and its exit class.
+#[derive(Debug)]
+pub struct Error {
+    pub exit: Exit,
+    pub error: anyhow::Error,
+}
+
+impl Error {
+    pub fn new(exit: Exit, error: impl Into<anyhow::Error>) -> Self {
+        Error {
+            exit,
+            error: error.into(),
+        }
+    }
+
+    pub fn usage(msg: impl fmt::Display) -> Self {
+        Error::new(Exit::Usage, anyhow::anyhow!("{msg}"))
+    }
+
+    /// Adds what could not be done, keeping the class.
+    pub fn context(self, what: impl fmt::Display + Send + Sync + 'static) -> Self {
+        Error {
+            exit: self.exit,
+            error: self.error.context(what),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#}", self.error)
+    }
+}
+
+macro_rules! from_has_exit {
+    ($($t:ty),* $(,)?) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::new(e.exit(), e)
+            }
+        }
+    )*};
+}
+
+from_has_exit!(
+    crate::plan::PlanError,
+    crate::repository::RepoError,
+    crate::repository::backup::BackupError,
+    crate::repository::materialize::MaterializeError,
+    crate::repository::source::SourceError,
+    crate::repository::log_archive::LogError,
+    crate::store::StoreError,
+    crate::engine::RestoreError,
+    crate::engine::postgres::PgError,
+    crate::engine::postgres::wal::WalError,
+    crate::ops::doctor::InitError,
+);
+
+/// Adds context to a `Result` whose error converts into [`Error`].
+pub trait Context<T> {
+    fn context<C: fmt::Display + Send + Sync + 'static>(self, what: C) -> Result<T, Error>;
+    fn with_context<C: fmt::Display + Send + Sync + 'static>(
+        self,
+        what: impl FnOnce() -> C,
+    ) -> Result<T, Error>;
+}
+
+impl<T, E: Into<Error>> Context<T> for Result<T, E> {
+    fn context<C: fmt::Display + Send + Sync + 'static>(self, what: C) -> Result<T, Error> {
+        self.map_err(|e| e.into().context(what))
+    }
+    fn with_context<C: fmt::Display + Send + Sync + 'static>(
+        self,
+        what: impl FnOnce() -> C,
+    ) -> Result<T, Error> {
+        self.map_err(|e| e.into().context(what()))
+    }
+}
+
+impl HasExit for crate::plan::PlanError {
+    fn exit(&self) -> Exit {
+        Exit::Plan
+    }
+}
+
+impl HasExit for crate::store::StoreError {
+    fn exit(&self) -> Exit {
+        match self {
+            crate::store::StoreError::Busy { .. } => Exit::Busy,
+            _ => Exit::Repository,
+        }
+    }
+}
+
+impl HasExit for crate::repository::source::SourceError {
+    fn exit(&self) -> Exit {
+        Exit::Source
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_exit_code_is_documented_and_every_documented_code_exists() {
+        let doc = include_str!("../docs/exit-codes.md");
+        let rows: Vec<(u8, String)> = doc
+            .lines()
+            .filter_map(|l| {
+                let mut cells = l.strip_prefix('|')?.split('|').map(str::trim);
+                let code = cells.next()?.parse().ok()?;
+                Some((code, cells.next()?.to_string()))
+            })
+            .collect();
+        for exit in Exit::ALL {
+            assert!(
+                rows.iter()
+                    .any(|(c, m)| *c == exit.code() && m == exit.meaning()),
+                "docs/exit-codes.md has no row `| {} | {} |`",
+                exit.code(),
+                exit.meaning()
+            );
+        }
+        for (code, _) in &rows {
+            assert!(
+                Exit::ALL.iter().any(|e| e.code() == *code),
+                "docs/exit-codes.md documents exit code {code}, which no error uses"
+            );
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! Take one snapshot of a plan's source now: the plan's engine gives the
+//! source, the plan's history gives the retention tier, and the tier gives
+//! the lock.
+
+use chrono::Utc;
+
+use crate::engine::engine_for;
+use crate::error::{Context, Error};
+use crate::plan::{Plan, Tier};
+use crate::progress::ProgressMode;
+use crate::repository::backup::{backup as write_snapshot, BackupOptions, BackupReport};
+use crate::repository::Repository;
+
+pub async fn backup(plan: &Plan, progress: ProgressMode) -> Result<BackupReport, Error> {
+    let engine = engine_for(plan)?;
+    let source = engine.open_source()?;
+    let store = super::open_store(plan).await?;
+    let now = Utc::now();
+    let repo = Repository::open_or_init(store, plan.lock_for(Tier::Monthly, now), now)
+        .await
+        .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
+    let earlier: Vec<_> = repo
+        .list_snapshots(&plan.name)
+        .await
+        .with_context(|| format!("unable to list the snapshots of plan {}", plan.name))?
+        .iter()
+        .map(|s| s.started_at)
+        .collect();
+    let tier = plan.tier_of(now, &earlier);
+    let opts = BackupOptions {
+        compression_level: plan.compression.level,
+        retention: plan.lock_for(tier, now),
+        tier,
+        progress,
+    };
+    write_snapshot(&repo, &plan.name, source, &opts)
+        .await
+        .with_context(|| {
+            format!(
+                "backup of plan {} failed; no snapshot was recorded",
+                plan.name
+            )
+        })
+}

@@ -1,0 +1,99 @@
+//! PostgreSQL's `archive_command` and `restore_command`: archive one WAL
+//! file into the plan's repository, and fetch one back for recovery.
+
+use std::path::Path;
+
+use chrono::Utc;
+
+use crate::engine::postgres::wal::{self, WalError};
+use crate::error::{Context, Error, Exit};
+use crate::plan::{Plan, SourceSpec, Tier};
+use crate::repository::log_archive::{LogError, PushReport};
+
+/// WAL commands need a physical PostgreSQL plan that archives.
+pub fn check_archiving(plan: &Plan) -> Result<(), Error> {
+    match &plan.source {
+        SourceSpec::Postgres { archive: true, .. } => Ok(()),
+        other => Err(Error::new(
+            Exit::Plan,
+            anyhow::anyhow!(
+                "{}: plan {} does not archive WAL: wal-push and wal-fetch need `source: {{type: postgres, mode: physical}}` with `archive: true` (the default); this plan's source is {}",
+                plan.file.display(),
+                plan.name,
+                other.kind()
+            ),
+        )),
+    }
+}
+
+/// Archives the WAL file at `path`. Each file stays locked as long as the
+/// longest-kept base backup may need it.
+pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
+    check_archiving(plan)?;
+    let context = || {
+        format!(
+            "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
+            path.display(),
+            plan.name
+        )
+    };
+    let store = super::open_store(plan).await.with_context(context)?;
+    wal::push(
+        store.as_ref(),
+        &plan.name,
+        path,
+        plan.lock_for(Tier::Monthly, Utc::now()),
+    )
+    .await
+    .with_context(context)
+}
+
+/// How a fetch ended, for PostgreSQL: found, or not in the archive (exit 1,
+/// recovery ends there); anything else is an error that must stop recovery.
+pub enum Fetched {
+    Restored { bytes: u64 },
+    NotFound(WalError),
+}
+
+/// Restores archived file `name` to `dest`.
+pub async fn fetch(plan: &Plan, name: &str, dest: &Path) -> Result<Fetched, Error> {
+    check_archiving(plan)?;
+    let store = super::open_store(plan).await?;
+    match wal::fetch(store.as_ref(), &plan.name, name, dest).await {
+        Ok(bytes) => Ok(Fetched::Restored { bytes }),
+        Err(e @ WalError::Log(LogError::NotFound { .. })) => Ok(Fetched::NotFound(e)),
+        Err(e) => Err(Error::from(e).context(format!(
+            "unable to restore {name} for plan {}; stopping recovery rather than ending it early",
+            plan.name
+        ))),
+    }
+}
+
+/// `wal-fetch --spool`: a segment `holdfast restore` already fetched and
+/// checked is moved into place instead of fetched again. `Ok(false)` when
+/// the spool does not have it.
+pub async fn fetch_spooled(spool: &Path, name: &str, dest: &Path) -> Result<bool, Error> {
+    wal::check_name(name)?;
+    let spooled = spool.join(name);
+    let dest = dest.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        if !spooled.exists() {
+            return Ok(false);
+        }
+        std::fs::rename(&spooled, &dest)
+            .or_else(|_| std::fs::copy(&spooled, &dest).map(|_| ()))
+            .map(|_| true)
+            .map_err(|e| {
+                Error::new(
+                    Exit::Failure,
+                    anyhow::Error::new(e).context(format!(
+                        "unable to move {} to {}",
+                        spooled.display(),
+                        dest.display()
+                    )),
+                )
+            })
+    })
+    .await
+    .expect("spool move panicked")
+}
