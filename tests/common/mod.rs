@@ -1,5 +1,11 @@
-//! Shared test helpers: deterministic data and a synthetic source.
+//! Shared test helpers: deterministic data, a synthetic source, the S3 test
+//! server, SQLite databases; and in modules the built binary (`bin`), files
+//! and trees (`files`), a PostgreSQL cluster of the test's own (`postgres`).
 #![allow(dead_code)]
+
+pub mod bin;
+pub mod files;
+pub mod postgres;
 
 use std::io::Read;
 
@@ -196,4 +202,21 @@ pub fn checksum(db: &std::path::Path) -> (i64, String) {
         h.update(format!("{id}|{c}|{a}|{note}\n"));
     }
     (n, hex::encode(h.finalize()))
+}
+
+/// A port nothing listens on now, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The tests run as root (CI does): faults that need setpriv or mount.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
