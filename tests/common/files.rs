@@ -1,7 +1,7 @@
 //! Files on disk: setting modes and times, damaging a stored object, listing
-//! the files under a folder.
+//! the files under a folder, and describing a tree so two can be compared.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 pub fn set_mode(path: &Path, mode: u32) {
@@ -36,4 +36,39 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
         .collect();
     files.sort();
     files
+}
+
+/// One line per entry under `root` (itself included), in path order: kind,
+/// path, mode, modification time, and a file's length and SHA-256 or a
+/// link's target. Equal listings mean equal trees.
+pub fn tree_listing(root: &Path) -> String {
+    use sha2::Digest;
+    let mut lines = Vec::new();
+    for e in walkdir::WalkDir::new(root).sort_by_file_name() {
+        let e = e.unwrap();
+        let m = e.path().symlink_metadata().unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        let what = if m.is_symlink() {
+            format!(
+                "link -> {}",
+                std::fs::read_link(e.path()).unwrap().display()
+            )
+        } else if m.is_dir() {
+            "dir".to_string()
+        } else {
+            let bytes = std::fs::read(e.path()).unwrap();
+            format!(
+                "file {} bytes sha256 {}",
+                bytes.len(),
+                hex::encode(sha2::Sha256::digest(&bytes))
+            )
+        };
+        lines.push(format!(
+            "/{rel} {what} mode {:o} mtime {}.{:09}",
+            m.mode() & 0o7777,
+            m.mtime(),
+            m.mtime_nsec()
+        ));
+    }
+    lines.join("\n")
 }

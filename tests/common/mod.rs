@@ -204,6 +204,42 @@ pub fn checksum(db: &std::path::Path) -> (i64, String) {
     (n, hex::encode(h.finalize()))
 }
 
+/// Every table of the SQLite database `db` with its row count and a checksum
+/// over its rows in a fixed order: equal strings mean equal contents.
+pub fn sqlite_state(db: &std::path::Path) -> String {
+    use sha2::Digest;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables
+        .iter()
+        .map(|t| {
+            let all = format!("SELECT * FROM \"{t}\"");
+            let columns = conn.prepare(&all).unwrap().column_count();
+            let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
+            let mut stmt = conn
+                .prepare(&format!("{all} ORDER BY {}", order.join(", ")))
+                .unwrap();
+            let mut rows = stmt.query([]).unwrap();
+            let (mut n, mut h) = (0, sha2::Sha256::default());
+            while let Some(r) = rows.next().unwrap() {
+                for i in 0..columns {
+                    h.update(format!("{:?}|", r.get_ref(i).unwrap()));
+                }
+                h.update("\n");
+                n += 1;
+            }
+            format!("{t}: {n} rows, sha256 {}", hex::encode(h.finalize()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// A port nothing listens on now, for a server the test starts.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
