@@ -4,15 +4,15 @@
 
 mod common;
 
-use common::{add_rows, checksum, make_db};
+use common::bin::{command, fails, json, ok, BIN};
+use common::files::{files_under, flip, set_mode, set_mtime};
+use common::{add_rows, checksum, is_root, make_db};
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
 
 struct Env {
     dir: tempfile::TempDir,
@@ -53,70 +53,16 @@ impl Env {
 
     fn keys(&self, prefix: &str) -> Vec<String> {
         let root = self.path("repo/objects");
-        walkdir::WalkDir::new(root.join(prefix))
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file())
-            .map(|e| {
-                e.path()
-                    .strip_prefix(&root)
+        files_under(&root.join(prefix))
+            .iter()
+            .map(|p| {
+                p.strip_prefix(&root)
                     .unwrap()
                     .to_string_lossy()
                     .into_owned()
             })
             .collect()
     }
-}
-
-fn holdfast(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("HOLDFAST_LOG", "warn")
-        .output()
-        .expect("holdfast runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = holdfast(args);
-    assert!(
-        out.status.success(),
-        "holdfast {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn fails(args: &[&str], code: i32) -> String {
-    let out = holdfast(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "holdfast {args:?}: {stderr}\n{stdout}"
-    );
-    format!("{stderr}{stdout}")
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(args)).unwrap()
-}
-
-fn flip_byte(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    let mut bytes = std::fs::read(path).unwrap();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 0x01;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(path, bytes).unwrap();
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 #[test]
@@ -194,15 +140,11 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
     std::fs::create_dir_all(src.join("empty-dir")).unwrap();
     std::fs::write(src.join("a/b/data.bin"), common::data(9, 3_000_000)).unwrap();
     std::fs::write(src.join("a/secret"), b"top").unwrap();
-    std::fs::set_permissions(src.join("a/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    set_mode(&src.join("a/secret"), 0o600);
     std::fs::write(src.join("empty"), b"").unwrap();
     std::fs::write(src.join("skip.log"), b"noise").unwrap();
     std::os::unix::fs::symlink("a/b/data.bin", src.join("link")).unwrap();
-    filetime::set_file_mtime(
-        src.join("a/secret"),
-        filetime::FileTime::from_unix_time(1_600_000_000, 123),
-    )
-    .unwrap();
+    set_mtime(&src.join("a/secret"), 1_600_000_000, 123);
     let plan = env.plan(
         "tree",
         &format!(
@@ -282,7 +224,7 @@ fn corrupt_missing_and_truncated_objects_are_named_never_restored() {
     let out_s = out.to_str().unwrap();
 
     // A flipped byte in one pack.
-    flip_byte(&env.object(&packs[0]));
+    flip(&env.object(&packs[0]), |len| len / 2, 0x01);
     let msg = fails(&["verify", "--plan", plan], 5);
     assert!(msg.contains(&packs[0]) && msg.contains(short), "{msg}");
     let msg = fails(&["restore", "--plan", plan, "--to", out_s], 5);
@@ -343,7 +285,7 @@ fn a_backup_killed_mid_way_leaves_no_snapshot_and_the_next_one_succeeds() {
     // Enough new data for several packs, so the kill lands mid-way.
     add_rows(&Connection::open(&db).unwrap(), 400_000);
 
-    let mut child = Command::new(BIN)
+    let mut child = command()
         .args(["backup", "--plan", plan_s])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -387,9 +329,8 @@ fn two_backups_of_one_plan_at_once_one_fails_clearly() {
     let plan_s = plan.to_str().unwrap();
     ok(&["backup", "--plan", plan_s]); // creates the repository
     let spawn = || {
-        Command::new(BIN)
+        command()
             .args(["backup", "--plan", plan_s])
-            .env("HOLDFAST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -443,10 +384,10 @@ fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
     }
 
     // No permission: an unprivileged user restoring into a root-owned folder.
-    use std::os::unix::fs::PermissionsExt;
     for p in [env.dir.path().to_path_buf(), env.path("repo")] {
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        set_mode(&p, 0o755);
     }
+    use std::os::unix::fs::PermissionsExt;
     for e in walkdir::WalkDir::new(env.path("repo"))
         .into_iter()
         .filter_map(Result::ok)

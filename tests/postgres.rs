@@ -5,308 +5,18 @@
 //! database host: the server runs `wal-push` and `wal-fetch` as that user,
 //! and they share the repository with `backup` and `restore`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn as_postgres(program: &str, args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", program])
-        .args(args)
-        .output()
-        .expect("runuser runs")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A cluster that archives through `holdfast wal-push` into a local repository.
-struct Cluster {
-    dir: tempfile::TempDir,
-    port: u16,
-    plan: PathBuf,
-}
-
-impl Cluster {
-    fn start() -> Cluster {
-        Cluster::start_with("{mode: compliance, days: 8}", "{keep_daily: 7}")
-    }
-
-    fn start_with(lock: &str, retention: &str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let root = dir.path();
-        let plan = root.join("pg.yaml");
-        std::fs::write(
-            &plan,
-            format!(
-                "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {port}, user: postgres}}\nrepository: {{url: {repo}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {lock}\nretention: {retention}\n",
-                repo = root.join("repo").display()
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir(root.join("repo")).unwrap();
-        chown_postgres(root);
-        let data = root.join("data");
-        let out = as_postgres(
-            &format!("{PG_BIN}/initdb"),
-            &[
-                "-D",
-                s(&data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\nwal_level = replica\narchive_mode = on\narchive_command = 'HOLDFAST_LOG=warn {BIN} wal-push --plan {plan} %p'\nfsync = off\n",
-            root = root.display(),
-            plan = plan.display()
-        );
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
-        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
-        let cluster = Cluster { dir, port, plan };
-        let out = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &["-D", s(&data), "-l", s(&cluster.path("log")), "-w", "start"],
-        );
-        assert!(out.status.success(), "pg_ctl start: {}", cluster.log());
-        cluster
-    }
-
-    fn path(&self, p: &str) -> PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.path("log")).unwrap_or_default()
-    }
-
-    fn sql(&self, sql: &str) -> String {
-        sql_at(self.port, sql)
-    }
-
-    /// Writes some rows and switches to a new WAL segment; returns the
-    /// segment that was switched away from.
-    fn fill_segment(&self, n: u32) -> String {
-        self.sql(&format!(
-            "CREATE TABLE IF NOT EXISTS orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, {}) i",
-            1000 * n
-        ));
-        self.sql("SELECT pg_walfile_name(pg_switch_wal())")
-    }
-
-    /// Waits until `segment` is archived; panics with the server log if not.
-    fn wait_archived(&self, segment: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last = self.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver");
-            if last.as_str() >= segment && !last.is_empty() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{segment} not archived (last: {last}); server log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn archived(&self) -> Vec<String> {
-        let dir = self.path("repo/objects/wal/pg");
-        let mut names: Vec<String> = std::fs::read_dir(dir)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    fn holdfast(&self, args: &[&str]) -> Output {
-        holdfast(args)
-    }
-
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `pgbench -i` at `scale`.
-    fn pgbench_init(&self, scale: u32) {
-        let out = pgbench(self.port, &["-i", "-q", "-s", &scale.to_string()]);
-        assert!(out.status.success(), "pgbench -i: {}", text(&out));
-    }
-
-    /// Switches WAL and waits until the segment switched away from is archived.
-    fn archive_now(&self) -> String {
-        let seg = self.sql("SELECT pg_walfile_name(pg_switch_wal())");
-        self.wait_archived(&seg, Duration::from_secs(60));
-        seg
-    }
-
-    /// The server's clock, as RFC 3339 UTC.
-    fn now(&self) -> String {
-        self.sql("SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-    }
-
-    fn stop(&self) {
-        let _ = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &["-D", s(&self.path("data")), "-m", "immediate", "-w", "stop"],
-        );
-    }
-}
-
-/// holdfast as the `postgres` OS user.
-fn holdfast(args: &[&str]) -> Output {
-    Command::new("runuser")
-        .args(["-u", "postgres", "--", "env", "HOLDFAST_LOG=warn", BIN])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn pgbench(port: u16, args: &[&str]) -> Output {
-    Command::new(format!("{PG_BIN}/pgbench"))
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .output()
-        .unwrap()
-}
-
-/// psql against any server on 127.0.0.1.
-fn sql_at(port: u16, sql: &str) -> String {
-    sql_in(port, "postgres", sql)
-}
-
-fn sql_in(port: u16, db: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-U",
-            "postgres",
-            "-d",
-            db,
-            "-XAtqc",
-            sql,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-/// Every table in `public` with its row count and a checksum over its rows
-/// in a fixed order: equal strings mean equal contents.
-fn state(port: u16) -> String {
-    state_in(port, "postgres")
-}
-
-fn state_in(port: u16, db: &str) -> String {
-    let tables = sql_in(
-        port,
-        db,
-        "SELECT relname FROM pg_class WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace ORDER BY 1",
-    );
-    tables
-        .lines()
-        .map(|t| {
-            let sum = sql_in(
-                port,
-                db,
-                &format!(
-                    "SELECT count(*) || ' rows, md5 ' || md5(coalesce(string_agg(x::text, '|' ORDER BY x::text), '')) FROM {t} x"
-                ),
-            );
-            format!("{t}: {sum}")
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A restored server started by `holdfast restore --start`; stopped at the end.
-struct Restored {
-    data: PathBuf,
-}
-
-impl Drop for Restored {
-    fn drop(&mut self) {
-        let _ = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &["-D", s(&self.data), "-m", "immediate", "-w", "stop"],
-        );
-    }
-}
-
-/// `out` exited with `code` and said `needle` (on stderr or stdout).
-fn exits_saying(out: &Output, code: i32, needle: &str) {
-    assert_eq!(out.status.code(), Some(code), "{}", text(out));
-    assert!(text(out).contains(needle), "{}", text(out));
-}
-
-fn json_of(out: &Output) -> serde_json::Value {
-    assert!(out.status.success(), "{}", text(out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let _ = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &["-D", s(&self.path("data")), "-m", "immediate", "-w", "stop"],
-        );
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn chown_postgres(p: &Path) {
-    let out = Command::new("chown")
-        .args(["-R", "postgres:postgres", s(p)])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    )
-}
+use common::bin::{command_as, exits_saying, json_of, s, text};
+use common::files::{files_under, flip};
+use common::free_port;
+use common::postgres::{
+    chown_postgres, now_at, pgbench, pgbench_command, sql_at, sql_in, state, state_in, Cluster,
+    Restored,
+};
 
 #[test]
 fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
@@ -367,11 +77,7 @@ fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
     // Corrupt in the repository: exit 126, so recovery stops instead of
     // ending early; the segment is named and nothing is written.
     let object = pg.path(&format!("repo/objects/wal/pg/{}", segments[0]));
-    let mut stored = std::fs::read(&object).unwrap();
-    let at = stored.len() - 20;
-    stored[at] ^= 0x55;
-    std::fs::remove_file(&object).unwrap();
-    std::fs::write(&object, &stored).unwrap();
+    flip(&object, |len| len - 20, 0x55);
     let out = pg.holdfast(&[
         "wal-fetch",
         "--plan",
@@ -448,15 +154,7 @@ fn a_dropped_table_comes_back_as_it_was_just_before_the_drop_and_a_second_restor
     pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 5000) i");
 
     // A base backup while a pgbench write load runs.
-    let mut load = Command::new(format!("{PG_BIN}/pgbench"))
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &pg.port().to_string(),
-            "-U",
-            "postgres",
-        ])
+    let mut load = pgbench_command(pg.port())
         .args(["-T", "6", "-c", "2", "-n", "postgres"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -542,10 +240,7 @@ fn a_dropped_table_comes_back_as_it_was_just_before_the_drop_and_a_second_restor
         "CREATE TABLE refunds AS SELECT i AS id FROM generate_series(1, 300) i",
     );
     std::thread::sleep(Duration::from_millis(1100));
-    let t2 = sql_at(
-        port2,
-        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-    );
+    let t2 = now_at(port2);
     let at_t2 = state(port2);
     std::thread::sleep(Duration::from_millis(1100));
     sql_at(
@@ -680,12 +375,7 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
 
     // A segment in the middle is corrupt: named, nothing written.
     let object = pg.path(&format!("repo/objects/wal/pg/{}", segments[1]));
-    let good = std::fs::read(&object).unwrap();
-    let mut bad = good.clone();
-    let at = bad.len() - 30;
-    bad[at] ^= 0x5a;
-    std::fs::remove_file(&object).unwrap();
-    std::fs::write(&object, &bad).unwrap();
+    let good = flip(&object, |len| len - 30, 0x5a);
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
     exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
     assert!(!to.exists());
@@ -761,16 +451,7 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     let plan = s(&pg.plan).to_string();
     pg.sql("ALTER SYSTEM SET archive_command = 'false'");
     pg.sql("SELECT pg_reload_conf()");
-    let out = Command::new("runuser")
-        .args([
-            "-u",
-            "postgres",
-            "--",
-            "env",
-            "HOLDFAST_LOG=warn",
-            "HOLDFAST_ARCHIVE_STALL_SECONDS=3",
-            BIN,
-        ])
+    let out = command_as("postgres", &[("HOLDFAST_ARCHIVE_STALL_SECONDS", "3")])
         .args(["backup", "--plan", &plan])
         .output()
         .unwrap();
@@ -848,15 +529,11 @@ fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
     // A damaged pack: the restore fails naming it, and the transaction is
     // rolled back, leaving no half-restored tables.
     let packs = pg.path("repo-logical/objects/packs");
-    let pack = walk_files(&packs)
+    let pack = files_under(&packs)
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::remove_file(&pack).unwrap();
-    std::fs::write(&pack, &bytes).unwrap();
+    flip(&pack, |len| len / 2, 0xff);
     let out = pg.holdfast(&[
         "restore",
         "--plan",
@@ -875,19 +552,6 @@ fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
         ),
         "0"
     );
-}
-
-fn walk_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().filter_map(Result::ok) {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -10,9 +10,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use common::bin::{command, json_of, s, said_by, stdout_of};
 use common::{add_rows, checksum, make_db};
-
-const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
 
 struct Env {
     dir: tempfile::TempDir,
@@ -70,39 +69,27 @@ impl Env {
         )
     }
 
+    /// holdfast with this test's AWS_* variables.
+    fn command(&self) -> Command {
+        let mut c = command();
+        c.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        c
+    }
+
     fn run(&self, args: &[&str]) -> Output {
-        Command::new(BIN)
-            .args(args)
-            .envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .env("HOLDFAST_LOG", "warn")
-            .output()
-            .expect("holdfast runs")
+        self.command().args(args).output().expect("holdfast runs")
     }
 
     fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "holdfast {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        stdout_of(&self.run(args))
     }
 
     fn fails(&self, args: &[&str], code: i32) -> String {
-        let out = self.run(args);
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert_eq!(out.status.code(), Some(code), "holdfast {args:?}: {text}");
-        text
+        said_by(&self.run(args), code)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
+        json_of(&self.run(args))
     }
 
     /// A raw client with the same credentials the plan uses: the insider's.
@@ -111,10 +98,6 @@ impl Env {
         c.endpoint = Some(self.endpoint.clone());
         holdfast::store::s3::S3Store::open(c).await.unwrap()
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]
@@ -188,11 +171,10 @@ fn sqlite_and_files_back_up_and_restore_over_s3() {
         .unwrap();
     };
     let bare = |args: &[&str]| {
-        Command::new(BIN)
+        command()
             .args(args)
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
-            .env("HOLDFAST_LOG", "warn")
             .output()
             .unwrap()
     };
@@ -613,10 +595,9 @@ fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
     let plan = env.sqlite_plan(&db);
     env.ok(&["repo", "init", "--plan", s(&plan)]);
 
-    let mut child = Command::new(BIN)
+    let mut child = env
+        .command()
         .args(["backup", "--plan", s(&plan)])
-        .envs(env.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("HOLDFAST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

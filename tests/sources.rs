@@ -5,15 +5,18 @@
 //! write the one database file into a restore directory) so each test can say
 //! "snapshot, restore, compare".
 
+mod common;
+
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::files::{set_mode, set_mtime};
 use filetime::FileTime;
 use holdfast::engine::files::FilesSource;
 use holdfast::engine::sqlite::{check_restored, SnapshotMethod, SqliteSource};
@@ -191,7 +194,7 @@ impl LiveDb {
                 tx.commit().unwrap();
             }
         }
-        fs::set_permissions(&db, fs::Permissions::from_mode(0o640)).unwrap();
+        set_mode(&db, 0o640);
         let stop = dir.path().join("stop");
         let writer = Command::new("python3")
             .arg("-c")
@@ -490,15 +493,6 @@ fn sqlite_check_restored_reports_corruption() {
 
 // -------------------------------------------------------------------- files
 
-fn set_mtime(path: &Path, secs: i64, nanos: u32) {
-    let t = FileTime::from_unix_time(secs, nanos);
-    filetime::set_symlink_file_times(path, t, t).unwrap();
-}
-
-fn mode(path: &Path, mode: u32) {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
-}
-
 /// A tree with one of everything the files source promises to handle.
 fn build_tree(root: &Path) {
     let p = |rel: &str| root.join(rel);
@@ -535,12 +529,12 @@ fn build_tree(root: &Path) {
     assert!(status.success());
     std::os::unix::net::UnixListener::bind(p("sock")).unwrap();
 
-    mode(&p("empty.txt"), 0o644);
-    mode(&p("script.sh"), 0o755);
-    mode(&p("secret"), 0o600);
-    mode(&p("setuid"), 0o4750);
-    mode(&p("a/empty_dir"), 0o700);
-    mode(&p("shared"), 0o1777);
+    set_mode(&p("empty.txt"), 0o644);
+    set_mode(&p("script.sh"), 0o755);
+    set_mode(&p("secret"), 0o600);
+    set_mode(&p("setuid"), 0o4750);
+    set_mode(&p("a/empty_dir"), 0o700);
+    set_mode(&p("shared"), 0o1777);
     // Times last: creating children changes a directory's mtime.
     set_mtime(&p("a/b/deep.txt"), 1_600_000_000, 1);
     set_mtime(&p("empty.txt"), 1_600_000_001, 999_999_999);
@@ -670,7 +664,7 @@ fn files_a_single_file_root_is_one_entry_named_after_it() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("dump.sql");
     fs::write(&file, "SELECT 1;\n").unwrap();
-    mode(&file, 0o640);
+    set_mode(&file, 0o640);
     let mut source = FilesSource::new(file, vec![]).unwrap();
     assert_eq!(source.estimate_bytes(), Some(10));
     let mut sink = CollectSink::default();
@@ -746,7 +740,7 @@ fn files_unreadable_file_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let locked = dir.path().join("locked");
     fs::write(&locked, "no").unwrap();
-    mode(&locked, 0o000);
+    set_mode(&locked, 0o000);
     if fs::File::open(&locked).is_err() {
         match FilesSource::new(dir.path().to_owned(), vec![])
             .unwrap()

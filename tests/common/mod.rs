@@ -1,5 +1,11 @@
-//! Shared test helpers: deterministic data and a synthetic source.
+//! Shared test helpers: deterministic data, a synthetic source, the S3 test
+//! server, SQLite databases; and in modules the built binary (`bin`), files
+//! and trees (`files`), a PostgreSQL cluster of the test's own (`postgres`).
 #![allow(dead_code)]
+
+pub mod bin;
+pub mod files;
+pub mod postgres;
 
 use std::io::Read;
 
@@ -196,4 +202,57 @@ pub fn checksum(db: &std::path::Path) -> (i64, String) {
         h.update(format!("{id}|{c}|{a}|{note}\n"));
     }
     (n, hex::encode(h.finalize()))
+}
+
+/// Every table of the SQLite database `db` with its row count and a checksum
+/// over its rows in a fixed order: equal strings mean equal contents.
+pub fn sqlite_state(db: &std::path::Path) -> String {
+    use sha2::Digest;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    tables
+        .iter()
+        .map(|t| {
+            let all = format!("SELECT * FROM \"{t}\"");
+            let columns = conn.prepare(&all).unwrap().column_count();
+            let order: Vec<String> = (1..=columns).map(|i| i.to_string()).collect();
+            let mut stmt = conn
+                .prepare(&format!("{all} ORDER BY {}", order.join(", ")))
+                .unwrap();
+            let mut rows = stmt.query([]).unwrap();
+            let (mut n, mut h) = (0, sha2::Sha256::default());
+            while let Some(r) = rows.next().unwrap() {
+                for i in 0..columns {
+                    h.update(format!("{:?}|", r.get_ref(i).unwrap()));
+                }
+                h.update("\n");
+                n += 1;
+            }
+            format!("{t}: {n} rows, sha256 {}", hex::encode(h.finalize()))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A port nothing listens on now, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The tests run as root (CI does): faults that need setpriv or mount.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
