@@ -481,3 +481,111 @@ fn unchanged_files_are_not_reread_but_a_rewrite_that_keeps_size_and_mtime_is_cau
     let v = json(&["verify", "--plan", plan, "--json"]);
     assert_eq!(v["problems"], serde_json::json!([]), "{v}");
 }
+
+#[test]
+fn a_prune_never_runs_beside_a_backup_of_another_plan_sharing_the_repository() {
+    use holdfast::store::{local::LocalStore, LockKind, Store};
+    // Two plans, one repository: their snapshots share packs.
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 5_000);
+    let app = env.sqlite_plan(&db);
+    let app = app.to_str().unwrap();
+    std::fs::create_dir(env.path("tree")).unwrap();
+    std::fs::write(env.path("tree/a.txt"), "shared by nobody").unwrap();
+    let other = env.plan(
+        "other",
+        &format!("{{type: files, path: {}}}", env.path("tree").display()),
+    );
+    let other = other.to_str().unwrap();
+    ok(&["backup", "--plan", app]);
+    ok(&["backup", "--plan", other]);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = LocalStore::open(env.path("repo")).unwrap();
+    // A backup of `other` is running (it holds the repository shared): a
+    // prune of `app` must not decide which packs are dead under it.
+    let backup_running = rt
+        .block_on(store.try_lock("repository", LockKind::Shared))
+        .unwrap();
+    let msg = fails(&["prune", "--plan", app], 6);
+    assert!(msg.contains("lock `repository`"), "{msg}");
+    drop(backup_running);
+
+    // A prune is running (it holds the repository alone): a backup of the
+    // other plan waits for another run instead of reusing packs it deletes.
+    let prune_running = rt
+        .block_on(store.try_lock("repository", LockKind::Exclusive))
+        .unwrap();
+    let msg = fails(&["backup", "--plan", other], 6);
+    assert!(
+        msg.contains("a prune is running in the repository"),
+        "{msg}"
+    );
+    drop(prune_running);
+    assert_eq!(
+        json(&["snapshots", "--plan", other, "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1,
+        "the refused backup recorded nothing"
+    );
+
+    ok(&["backup", "--plan", other]);
+    ok(&["prune", "--plan", app]);
+    ok(&["verify", "--plan", other]);
+}
+
+#[test]
+fn a_panic_in_wal_fetch_stops_recovery_instead_of_ending_it() {
+    // PostgreSQL reads 101 (Rust's panic exit) as "not in the archive" and
+    // would promote early; anything above 125 stops recovery.
+    let env = Env::new();
+    let plan = env.plan("pg", "{type: postgres, host: 127.0.0.1}");
+    let out = command()
+        .args(["wal-fetch", "--plan", plan.to_str().unwrap()])
+        .args([
+            "000000010000000000000003",
+            "/nonexistent/pg_wal/RECOVERYXLOG",
+        ])
+        .env("HOLDFAST_FAULT", "panic-in-wal-fetch")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(126),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fault injected"));
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_the_listing_quietly() {
+    // `holdfast snapshots | head -1`: the pipe closes under the listing.
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 2_000);
+    let plan = env.sqlite_plan(&db);
+    let plan = plan.to_str().unwrap();
+    for _ in 0..3 {
+        ok(&["backup", "--plan", plan]);
+    }
+    for args in [
+        vec!["snapshots", "--plan", plan],
+        vec!["snapshots", "--plan", plan, "--json"],
+    ] {
+        let mut child = command()
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader is gone before the first line
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

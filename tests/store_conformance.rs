@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{Duration, Utc};
 use holdfast::ids::Hash256;
+use holdfast::store::LockKind::{Exclusive, Shared};
 use holdfast::store::{local::LocalStore, LockMode, PutOptions, Retention, Store, StoreError};
 
 fn put_opts(data: &[u8], retain: Option<Duration>) -> PutOptions {
@@ -145,15 +146,51 @@ async fn conformance(store: Arc<dyn Store>) {
     }
 
     // Locks are exclusive while held and free once dropped.
-    let held = store.try_lock("backup-x").await.unwrap();
+    let held = store.try_lock("backup-x", Exclusive).await.unwrap();
     let err = store
-        .try_lock("backup-x")
+        .try_lock("backup-x", Exclusive)
         .await
         .err()
         .expect("second holder refused");
     assert!(matches!(err, StoreError::Busy { .. }), "{url}: {err}");
     held.release().await;
-    store.try_lock("backup-x").await.unwrap().release().await;
+    store
+        .try_lock("backup-x", Exclusive)
+        .await
+        .unwrap()
+        .release()
+        .await;
+
+    // Shared holders (backups of two plans) coexist; an exclusive holder (a
+    // prune) is refused while either holds it, and excludes new shared ones.
+    let a = store.try_lock("repo-x", Shared).await.unwrap();
+    let b = store.try_lock("repo-x", Shared).await.unwrap();
+    let err = store
+        .try_lock("repo-x", Exclusive)
+        .await
+        .err()
+        .expect("exclusive refused while shared holders run");
+    assert!(matches!(err, StoreError::Busy { .. }), "{url}: {err}");
+    a.release().await;
+    assert!(
+        store.try_lock("repo-x", Exclusive).await.is_err(),
+        "{url}: one shared holder is enough to refuse"
+    );
+    b.release().await;
+    let exclusive = store.try_lock("repo-x", Exclusive).await.unwrap();
+    let err = store
+        .try_lock("repo-x", Shared)
+        .await
+        .err()
+        .expect("shared refused while an exclusive holder runs");
+    assert!(matches!(err, StoreError::Busy { .. }), "{url}: {err}");
+    exclusive.release().await;
+    store
+        .try_lock("repo-x", Shared)
+        .await
+        .unwrap()
+        .release()
+        .await;
 
     // Large objects (multipart and parallel ranged reads on S3) round-trip
     // exactly, and ranges across part boundaries are exact.

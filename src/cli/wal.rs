@@ -31,6 +31,13 @@ pub async fn fetch(
         exit: Exit::WalFetchFatal,
         error: e.error,
     };
+    // Debug builds only: lets the tests prove a panic stops recovery.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("HOLDFAST_FAULT").is_some_and(|v| v == "panic-in-wal-fetch") {
+        tokio::task::spawn_blocking(|| panic!("fault injected by HOLDFAST_FAULT"))
+            .await
+            .expect("the injected panic propagates");
+    }
     if let Some(spool) = spool {
         if crate::ops::wal::fetch_spooled(spool, name, dest)
             .await

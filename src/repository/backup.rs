@@ -31,7 +31,7 @@ use super::{
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::progress::{Progress, ProgressMode};
-use crate::store::{PutOptions, Retention, Store, StoreError};
+use crate::store::{LockKind, PutOptions, Retention, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -71,6 +71,11 @@ pub enum BackupError {
         #[source]
         source: StoreError,
     },
+    #[error("a prune is running in the repository: {source}")]
+    Pruning {
+        #[source]
+        source: StoreError,
+    },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error(transparent)]
@@ -83,7 +88,7 @@ impl crate::error::HasExit for BackupError {
     fn exit(&self) -> crate::error::Exit {
         use crate::error::Exit;
         match self {
-            BackupError::Busy { .. } => Exit::Busy,
+            BackupError::Busy { .. } | BackupError::Pruning { .. } => Exit::Busy,
             BackupError::Source(_) => Exit::Source,
             BackupError::Repo(_) | BackupError::Store(_) => Exit::Repository,
         }
@@ -120,7 +125,7 @@ pub async fn backup(
 ) -> Result<BackupReport, BackupError> {
     let lock = repo
         .store()
-        .try_lock(&format!("backup-{plan}"))
+        .try_lock(&format!("backup-{plan}"), LockKind::Exclusive)
         .await
         .map_err(|source| match source {
             StoreError::Busy { .. } => BackupError::Busy {
@@ -129,7 +134,24 @@ pub async fn backup(
             },
             other => BackupError::Store(other),
         })?;
+    // Backups of every plan share the repository; a prune, which deletes
+    // packs any of them may be reusing, holds it alone.
+    let shared = match repo
+        .store()
+        .try_lock(super::REPOSITORY_LOCK, LockKind::Shared)
+        .await
+    {
+        Ok(l) => l,
+        Err(source) => {
+            lock.release().await;
+            return Err(match source {
+                StoreError::Busy { .. } => BackupError::Pruning { source },
+                other => BackupError::Store(other),
+            });
+        }
+    };
     let result = backup_locked(repo, plan, source, opts).await;
+    shared.release().await;
     lock.release().await;
     result
 }

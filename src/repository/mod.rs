@@ -37,6 +37,9 @@ pub use manifest::{Manifest, ManifestEntry, SnapshotRef};
 /// The repository format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// The lock every backup holds shared and a prune holds exclusively.
+pub const REPOSITORY_LOCK: &str = "repository";
+
 /// A backup writes an index object after every this many packs (and one at
 /// the end), so the packs of a killed backup are known to the next one.
 pub const PACKS_PER_INDEX: usize = 64;

@@ -29,7 +29,7 @@ use super::{
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
-use crate::store::{PutOptions, Retention, StoreError};
+use crate::store::{LockKind, PutOptions, Retention, StoreError};
 
 /// The object written before a prune deletes anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -150,8 +150,25 @@ pub async fn prune(
     plan: &PlanName,
     opts: &PruneOptions<'_>,
 ) -> Result<PruneReport, RepoError> {
-    let lock = repo.store().try_lock(&format!("backup-{plan}")).await?;
+    let lock = repo
+        .store()
+        .try_lock(&format!("backup-{plan}"), LockKind::Exclusive)
+        .await?;
+    // Packs are shared by every plan's snapshots: no backup of any plan may
+    // reuse one while this prune decides it is dead and deletes it.
+    let repository = match repo
+        .store()
+        .try_lock(super::REPOSITORY_LOCK, LockKind::Exclusive)
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            lock.release().await;
+            return Err(e.into());
+        }
+    };
     let result = prune_locked(repo, plan, opts).await;
+    repository.release().await;
     lock.release().await;
     result
 }

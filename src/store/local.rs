@@ -25,7 +25,8 @@ use bytes::Bytes;
 use chrono::Utc;
 
 use super::{
-    check_key, Capabilities, LockGuard, ObjectInfo, PutOptions, Retention, Store, StoreError,
+    check_key, Capabilities, LockGuard, LockKind, ObjectInfo, PutOptions, Retention, Store,
+    StoreError,
 };
 
 #[derive(Debug, Clone)]
@@ -46,8 +47,20 @@ struct Inner {
 
 const OPEN_FILES_CACHED: usize = 64;
 
-struct FileLock(#[allow(dead_code)] File);
+/// A held `flock`; an exclusive holder's stamp is cleared when it lets go,
+/// so a later Busy message never names a holder that is gone.
+struct FileLock {
+    file: File,
+    exclusive: bool,
+}
 impl LockGuard for FileLock {}
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        if self.exclusive {
+            let _ = self.file.set_len(0);
+        }
+    }
+}
 
 impl LocalStore {
     /// Opens (creating if needed) a store rooted at `root`.
@@ -328,7 +341,7 @@ impl Inner {
         }
     }
 
-    fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>, StoreError> {
+    fn try_lock(&self, name: &str, kind: LockKind) -> Result<Box<dyn LockGuard>, StoreError> {
         let path = self.root.join("locks").join(format!("{name}.lock"));
         let mut file = OpenOptions::new()
             .read(true)
@@ -337,7 +350,11 @@ impl Inner {
             .truncate(false)
             .open(&path)
             .map_err(|e| self.io("open lock", name, e))?;
-        match file.try_lock() {
+        let locked = match kind {
+            LockKind::Exclusive => file.try_lock(),
+            LockKind::Shared => file.try_lock_shared(),
+        };
+        match locked {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -345,7 +362,7 @@ impl Inner {
                 return Err(StoreError::Busy {
                     what: format!("lock `{name}` in {}", self.url),
                     holder: if holder.trim().is_empty() {
-                        "unknown holder".into()
+                        "shared holders (backups of other plans)".into()
                     } else {
                         holder.trim().to_string()
                     },
@@ -354,16 +371,23 @@ impl Inner {
             }
             Err(fs::TryLockError::Error(e)) => return Err(self.io("lock", name, e)),
         }
-        let stamp = format!(
-            "pid {} since {}",
-            std::process::id(),
-            Utc::now().to_rfc3339()
-        );
-        let _ = file
-            .set_len(0)
-            .and_then(|_| file.write_all(stamp.as_bytes()))
-            .and_then(|_| file.flush());
-        Ok(Box::new(FileLock(file)))
+        // The holder, for a later process's Busy message; shared holders
+        // would overwrite each other's, so only an exclusive holder writes.
+        if kind == LockKind::Exclusive {
+            let stamp = format!(
+                "pid {} since {}",
+                std::process::id(),
+                Utc::now().to_rfc3339()
+            );
+            let _ = file
+                .set_len(0)
+                .and_then(|_| file.write_all(stamp.as_bytes()))
+                .and_then(|_| file.flush());
+        }
+        Ok(Box::new(FileLock {
+            file,
+            exclusive: kind == LockKind::Exclusive,
+        }))
     }
 }
 
@@ -431,9 +455,9 @@ impl Store for LocalStore {
         self.blocking(move |s| s.delete(&key)).await
     }
 
-    async fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>, StoreError> {
+    async fn try_lock(&self, name: &str, kind: LockKind) -> Result<Box<dyn LockGuard>, StoreError> {
         check_key(name)?;
         let name = name.to_string();
-        self.blocking(move |s| s.try_lock(&name)).await
+        self.blocking(move |s| s.try_lock(&name, kind)).await
     }
 }

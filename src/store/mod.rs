@@ -177,7 +177,16 @@ impl StoreError {
     }
 }
 
-/// Held while a process has exclusive use of a named lock. `release` gives it
+/// How a named lock is held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// With other shared holders (backups of different plans).
+    Shared,
+    /// Alone (a prune, or one backup of one plan).
+    Exclusive,
+}
+
+/// Held while a process has use of a named lock. `release` gives it
 /// back; dropping it releases it on a best-effort basis (a local lock at once,
 /// an S3 lock when its lease ends or a later process on the host sees the
 /// holder is gone).
@@ -203,8 +212,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     async fn extend_retention(&self, key: &str, retention: &Retention) -> Result<(), StoreError>;
     /// Deletes an object whose retention has ended; refuses otherwise.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
-    /// Takes the named exclusive lock without waiting, or fails with [`StoreError::Busy`].
-    async fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>, StoreError>;
+    /// Takes the named lock without waiting, or fails with
+    /// [`StoreError::Busy`] naming a holder. Any number of [`LockKind::Shared`]
+    /// holders may hold one name at once; an [`LockKind::Exclusive`] holder
+    /// excludes every other holder, shared or exclusive.
+    async fn try_lock(&self, name: &str, kind: LockKind) -> Result<Box<dyn LockGuard>, StoreError>;
 }
 
 /// Opens the store a configuration names.

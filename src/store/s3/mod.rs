@@ -53,8 +53,8 @@ pub use self::error::{failure, Failure};
 use self::retention::{aws_time, retention_of};
 use self::versions::Original;
 use super::{
-    check_key, Capabilities, LockGuard, LockMode, ObjectInfo, PutOptions, Retention, Store,
-    StoreError,
+    check_key, Capabilities, LockGuard, LockKind, LockMode, ObjectInfo, PutOptions, Retention,
+    Store, StoreError,
 };
 
 /// An S3 client for one bucket, shared by the store and the `repo`/`doctor`
@@ -303,7 +303,7 @@ impl Store for S3Store {
         Ok(())
     }
 
-    async fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>, StoreError> {
-        self.acquire_lock(name).await
+    async fn try_lock(&self, name: &str, kind: LockKind) -> Result<Box<dyn LockGuard>, StoreError> {
+        self.acquire_lock(name, kind).await
     }
 }
