@@ -101,7 +101,7 @@ fn every_shipped_plan_loads() {
     }
     let kinds: Vec<&str> = files
         .iter()
-        .map(|f| Plan::load(f).unwrap().source.kind())
+        .map(|f| Plan::load(f).unwrap().source.kind().as_str())
         .collect();
     for kind in ["sqlite", "files", "postgres", "mariadb"] {
         assert!(kinds.contains(&kind), "no example plan for {kind}");

@@ -360,6 +360,23 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     exits_saying(&out, 2, "Restorable window:");
     assert!(!to.exists());
 
+    // A base backup that does not exist: a usage error, like any bad selector.
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--snapshot",
+        "ffffffff",
+        "--to",
+        s(&to),
+    ]);
+    exits_saying(
+        &out,
+        2,
+        "no PostgreSQL base backup matches --snapshot ffffffff",
+    );
+    assert!(!to.exists());
+
     // Later than anything archived: refused with the window.
     let out = pg.holdfast(&[
         "restore",

@@ -388,7 +388,7 @@ fn sqlite_auto_uses_dbpage_in_this_build() {
     let mtime = FileTime::from_unix_time(1_700_000_000, 123_456_789);
     filetime::set_file_mtime(&db, mtime).unwrap();
     let mut source = SqliteSource::new(db).unwrap();
-    assert_eq!(source.kind(), "sqlite");
+    assert_eq!(source.kind().as_str(), "sqlite");
     let mut sink = CollectSink::default();
     let md = source.snapshot(&mut sink).unwrap();
     assert_eq!(md["method"], "dbpage");
@@ -557,7 +557,7 @@ fn files_snapshot_keeps_the_tree_in_order_with_modes_times_and_links() {
         TREE_EXCLUDES.iter().map(|s| s.to_string()).collect(),
     )
     .unwrap();
-    assert_eq!(source.kind(), "files");
+    assert_eq!(source.kind().as_str(), "files");
     let mut sink = CollectSink::default();
     let (md, logs) = with_logs(|| source.snapshot(&mut sink).unwrap());
 

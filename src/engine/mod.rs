@@ -19,11 +19,10 @@ pub mod process;
 pub mod scratch;
 pub mod sqlite;
 
-use std::fmt;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::error::{Exit, HasExit};
 use crate::plan::{Plan, PlanName, SourceSpec};
@@ -33,55 +32,8 @@ use crate::repository::materialize::{MaterializeError, RestoreReport as Snapshot
 use crate::repository::source::{Source, SourceError};
 use crate::repository::{RepoError, Repository};
 
+pub use crate::plan::SourceKind;
 pub use point::{RestorePoint, Window};
-
-/// The kinds of source a plan can name, as written in plans and manifests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Sqlite,
-    Files,
-    Postgres,
-    Mariadb,
-}
-
-impl SourceKind {
-    pub const ALL: [SourceKind; 4] = [
-        SourceKind::Sqlite,
-        SourceKind::Files,
-        SourceKind::Postgres,
-        SourceKind::Mariadb,
-    ];
-
-    pub fn of(spec: &SourceSpec) -> SourceKind {
-        match spec {
-            SourceSpec::Sqlite { .. } => SourceKind::Sqlite,
-            SourceSpec::Files { .. } => SourceKind::Files,
-            SourceSpec::Postgres { .. } => SourceKind::Postgres,
-            SourceSpec::Mariadb { .. } => SourceKind::Mariadb,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Sqlite => "sqlite",
-            SourceKind::Files => "files",
-            SourceKind::Postgres => "postgres",
-            SourceKind::Mariadb => "mariadb",
-        }
-    }
-
-    /// The kind a manifest records, if it is one this build knows.
-    pub fn parse(s: &str) -> Option<SourceKind> {
-        SourceKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for SourceKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// What `holdfast restore` asks of an engine. Which fields apply depends on
 /// the engine; one that does not is refused with [`RestoreError::NotFor`].

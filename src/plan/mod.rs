@@ -29,7 +29,7 @@ pub use self::error::{Diagnostic, PlanError};
 pub use self::model::{
     CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillSpec, Expectation,
     LockDuration, LockSetting, LockSpec, Password, PgSslMode, Plan, PlanName, RetentionSpec,
-    SourceSpec, Tier, DEFAULT_COMPRESSION_LEVEL,
+    SourceKind, SourceSpec, Tier, DEFAULT_COMPRESSION_LEVEL,
 };
 pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;

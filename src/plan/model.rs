@@ -81,6 +81,45 @@ impl fmt::Display for PlanName {
     }
 }
 
+/// The kinds of source a plan can name, as written in plans and manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Sqlite,
+    Files,
+    Postgres,
+    Mariadb,
+}
+
+impl SourceKind {
+    pub const ALL: [SourceKind; 4] = [
+        SourceKind::Sqlite,
+        SourceKind::Files,
+        SourceKind::Postgres,
+        SourceKind::Mariadb,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Sqlite => "sqlite",
+            SourceKind::Files => "files",
+            SourceKind::Postgres => "postgres",
+            SourceKind::Mariadb => "mariadb",
+        }
+    }
+
+    /// The kind a manifest records, if it is one this build knows.
+    pub fn parse(s: &str) -> Option<SourceKind> {
+        SourceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What is backed up. Serialises with secrets as `***`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -115,12 +154,12 @@ pub enum SourceSpec {
 
 impl SourceSpec {
     /// `sqlite`, `files`, `postgres`, `mariadb`, as written in plans.
-    pub fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> SourceKind {
         match self {
-            SourceSpec::Sqlite { .. } => "sqlite",
-            SourceSpec::Files { .. } => "files",
-            SourceSpec::Postgres { .. } => "postgres",
-            SourceSpec::Mariadb { .. } => "mariadb",
+            SourceSpec::Sqlite { .. } => SourceKind::Sqlite,
+            SourceSpec::Files { .. } => SourceKind::Files,
+            SourceSpec::Postgres { .. } => SourceKind::Postgres,
+            SourceSpec::Mariadb { .. } => SourceKind::Mariadb,
         }
     }
 
@@ -165,7 +204,7 @@ impl fmt::Display for SourceSpec {
             } => {
                 write!(f, "{} {connection} ({mode}", self.kind())?;
                 if *archive {
-                    f.write_str(if self.kind() == "postgres" {
+                    f.write_str(if self.kind() == SourceKind::Postgres {
                         " + WAL archive"
                     } else {
                         " + binlog archive"

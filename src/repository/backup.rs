@@ -159,7 +159,7 @@ pub async fn backup(
 async fn backup_locked(
     repo: &Repository,
     plan: &PlanName,
-    mut source: Box<dyn Source>,
+    source: Box<dyn Source>,
     opts: &BackupOptions,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
@@ -203,13 +203,16 @@ async fn backup_locked(
             }
         }
     }
-    tracing::info!(plan = %plan, repository = %repo.url(), chunks_known = index.len(), source = source.kind(), "backup started");
+    tracing::info!(plan = %plan, repository = %repo.url(), chunks_known = index.len(), source = %source.kind(), "backup started");
 
-    let progress = Arc::new(Progress::new(
-        "backup",
-        source.estimate_bytes(),
-        opts.progress,
-    ));
+    // A database source estimates with a query: not on a runtime worker.
+    let (mut source, estimate) = tokio::task::spawn_blocking(move || {
+        let estimate = source.estimate_bytes();
+        (source, estimate)
+    })
+    .await
+    .expect("size estimate panicked");
+    let progress = Arc::new(Progress::new("backup", estimate, opts.progress));
     let mut writer = Writer::start(
         repo.store().clone(),
         index.clone(),
@@ -286,7 +289,7 @@ async fn backup_locked(
         holdfast_version: env!("CARGO_PKG_VERSION").into(),
         hostname: crate::hostname(),
         source: SourceRecord {
-            kind: kind.into(),
+            kind: kind.as_str().into(),
             metadata,
         },
         started_at,

@@ -165,19 +165,27 @@ pub async fn materialize(
 ) -> Result<u64, MaterializeError> {
     let target = how.target.to_path_buf();
     let single = how.single;
-    check_target(&target, single, how.force)?;
-    let index = Arc::new(repo.load_index().await?);
+    let force = how.force;
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
-    fs::create_dir_all(&parent).map_err(|source| MaterializeError::Target {
-        path: parent.clone(),
-        source,
-    })?;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "restore".into());
     let temp = parent.join(format!(".{name}.holdfast-restore-{}", std::process::id()));
-    let _ = remove_any(&temp);
+    // File system work runs on blocking threads, never on a runtime worker.
+    let (t, p, tmp) = (target.clone(), parent.clone(), temp.clone());
+    tokio::task::spawn_blocking(move || {
+        check_target(&t, single, force)?;
+        fs::create_dir_all(&p).map_err(|source| MaterializeError::Target {
+            path: p.clone(),
+            source,
+        })?;
+        let _ = remove_any(&tmp);
+        Ok::<_, MaterializeError>(())
+    })
+    .await
+    .expect("target preparation panicked")?;
+    let index = Arc::new(repo.load_index().await?);
 
     let reader = ChunkReader::new(
         repo.store().clone(),
@@ -226,7 +234,7 @@ pub async fn materialize(
     let files = match result {
         Ok(n) => n,
         Err(source) => {
-            let _ = remove_any(&temp);
+            remove_in_background(&temp).await;
             return Err(MaterializeError::Read {
                 snapshot: snapshot.short(),
                 target,
@@ -240,20 +248,28 @@ pub async fn materialize(
             .await
             .expect("restore check panicked");
         if let Err(source) = checked {
-            let _ = remove_any(&temp);
+            remove_in_background(&temp).await;
             return Err(MaterializeError::Check { target, source });
         }
     }
-    swap_into_place(&temp, &target, how.force)
-        .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
-        .map_err(|source| {
-            let _ = remove_any(&temp);
-            MaterializeError::Target {
-                path: target.clone(),
-                source,
-            }
-        })?;
+    let t = target.clone();
+    tokio::task::spawn_blocking(move || {
+        swap_into_place(&temp, &t, force)
+            .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
+            .map_err(|source| {
+                let _ = remove_any(&temp);
+                MaterializeError::Target { path: t, source }
+            })
+    })
+    .await
+    .expect("swap into place panicked")?;
     Ok(files)
+}
+
+/// Removes a failed restore's temporary path on a blocking thread.
+async fn remove_in_background(temp: &Path) {
+    let temp = temp.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || remove_any(&temp)).await;
 }
 
 pub fn absolute(p: &Path) -> PathBuf {

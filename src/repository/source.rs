@@ -116,8 +116,8 @@ impl SourceError {
 }
 
 pub trait Source: Send {
-    /// `sqlite`, `files`, … as written in plans and manifests.
-    fn kind(&self) -> &'static str;
+    /// What it backs up, as written in plans and manifests.
+    fn kind(&self) -> crate::plan::SourceKind;
     /// A rough size in bytes for progress, if cheap to know.
     fn estimate_bytes(&self) -> Option<u64>;
     /// How this source's streams should be chunked.

@@ -46,8 +46,8 @@ pub struct MemSource {
 }
 
 impl Source for MemSource {
-    fn kind(&self) -> &'static str {
-        "files"
+    fn kind(&self) -> holdfast::plan::SourceKind {
+        holdfast::plan::SourceKind::Files
     }
     fn estimate_bytes(&self) -> Option<u64> {
         Some(self.files.iter().map(|(_, d)| d.len() as u64).sum())

@@ -118,8 +118,8 @@ impl FilesSource {
 }
 
 impl Source for FilesSource {
-    fn kind(&self) -> &'static str {
-        "files"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Files
     }
 
     /// Known cheaply only for a single-file root; a tree would need a walk.

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use super::client::{spawn_error, PgClient};
 use super::meta::PgSnapshotMeta;
+use crate::engine::SourceKind;
 use crate::plan::{DbConnection, DbMode, PgSslMode};
 use crate::repository::source::{
     Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata,
@@ -423,8 +424,8 @@ fn parse_backup_label(text: &str, meta: &mut PgSnapshotMeta) {
 }
 
 impl Source for PostgresSource {
-    fn kind(&self) -> &'static str {
-        "postgres"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Postgres
     }
 
     fn estimate_bytes(&self) -> Option<u64> {

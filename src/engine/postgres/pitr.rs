@@ -437,11 +437,13 @@ pub async fn restore_pitr(
             .unwrap_or_default(),
         std::process::id()
     ));
-    let _ = std::fs::remove_dir_all(&spool);
-    std::fs::create_dir_all(&spool).map_err(|source| MaterializeError::Target {
-        path: spool.clone(),
-        source,
-    })?;
+    let _ = tokio::fs::remove_dir_all(&spool).await;
+    tokio::fs::create_dir_all(&spool)
+        .await
+        .map_err(|source| MaterializeError::Target {
+            path: spool.clone(),
+            source,
+        })?;
     // Removed on any failure; on success it has been moved into the data directory.
     let _spool_guard = RemoveOnDrop(spool.clone());
     let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await?;
@@ -464,12 +466,19 @@ pub async fn restore_pitr(
         },
     )
     .await?;
-    prepare_recovery(&target_dir, &spool, opts, &base).map_err(|source| {
-        MaterializeError::Target {
+    let (dir, spool_in, opts_in, base_in) = (
+        target_dir.clone(),
+        spool.clone(),
+        opts.clone(),
+        base.clone(),
+    );
+    tokio::task::spawn_blocking(move || prepare_recovery(&dir, &spool_in, &opts_in, &base_in))
+        .await
+        .expect("recovery set-up panicked")
+        .map_err(|source| MaterializeError::Target {
             path: target_dir.clone(),
             source,
-        }
-    })?;
+        })?;
     let restore_base_seconds = restore_started.elapsed().as_secs_f64();
     let mut report = PitrReport {
         plan: plan.to_string(),

@@ -289,8 +289,8 @@ pub fn check_restored(path: &Path) -> Result<(), SourceError> {
 }
 
 impl Source for SqliteSource {
-    fn kind(&self) -> &'static str {
-        "sqlite"
+    fn kind(&self) -> SourceKind {
+        SourceKind::Sqlite
     }
 
     /// Pages never move within a database file, so fixed 1 MiB chunks (a
