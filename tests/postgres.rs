@@ -188,7 +188,9 @@ fn a_dropped_table_comes_back_as_it_was_just_before_the_drop_and_a_second_restor
         text(&text_listing)
     );
 
-    // Restore to T into a new data directory, started on its own port.
+    // Restore to T into a new data directory, started on its own port, as
+    // the cluster's replacement (--archive: a new path is otherwise a
+    // scratch copy that must not archive).
     let to = pg.path("restored");
     let port2 = free_port();
     let restored = Restored { data: to.clone() };
@@ -203,8 +205,11 @@ fn a_dropped_table_comes_back_as_it_was_just_before_the_drop_and_a_second_restor
         "--start",
         "--port",
         &port2.to_string(),
+        "--archive",
         "--json",
     ]));
+    assert_eq!(report["role"], "rebuild", "{report}");
+    assert_eq!(report["archiving"], true, "{report}");
     assert_eq!(report["base_backup"].as_str().unwrap(), snap, "{report}");
     assert!(
         report["segments_checked"].as_u64().unwrap() >= 1,
@@ -326,7 +331,109 @@ fn after_rm_rf_of_pgdata_the_cluster_is_rebuilt_from_the_repository_alone() {
         said.contains("promoted") && said.contains("segment(s) replayed"),
         "{said}"
     );
+    // Into the cluster's own data directory: a rebuild, which archives.
+    assert!(
+        said.contains("REBUILD of the cluster (restored into the cluster's own data directory"),
+        "{said}"
+    );
+    assert!(
+        said.contains("restart it under its service manager"),
+        "{said}"
+    );
     assert_eq!(state(port), before, "the rebuilt cluster lost data");
+    let seg = sql_at(port, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    pg.wait_archived(&seg, Duration::from_secs(60));
+}
+
+#[test]
+fn a_copy_beside_the_cluster_never_archives_into_the_plan_even_after_its_block_is_removed() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.sql("CREATE TABLE orders AS SELECT i AS id FROM generate_series(1, 500) i");
+    pg.archive_now();
+
+    // The runbook's side restore, with no archiving flag: a new path is a
+    // scratch copy.
+    let to = pg.path("side");
+    let out = pg.holdfast(&["restore", "--plan", &plan, "--latest", "--to", s(&to)]);
+    assert!(out.status.success(), "{}", text(&out));
+    let said = text(&out);
+    assert!(said.contains("SCRATCH COPY (restored to"), "{said}");
+    assert!(said.contains("it does not archive"), "{said}");
+
+    // Follow the runbook: once promoted, delete the recovery block (BEGIN to
+    // END). What holdfast wrote outside it must keep the copy out of the plan.
+    let port = free_port();
+    let _side = Restored { data: to.clone() };
+    let out = common::postgres::as_postgres(
+        "pg_ctl",
+        &[
+            "-D",
+            s(&to),
+            "-l",
+            s(&pg.path("side.log")),
+            "-o",
+            &format!("-p {port}"),
+            "-w",
+            "start",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql_at(port, "SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "the copy never promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let conf = to.join("postgresql.auto.conf");
+    let auto = std::fs::read_to_string(&conf).unwrap();
+    let (before_block, rest) = auto.split_once("# BEGIN holdfast recovery").unwrap();
+    let (_, after_block) = rest.split_once("# END holdfast recovery\n").unwrap();
+    assert!(after_block.contains("archive_mode = off"), "{auto}");
+    std::fs::write(&conf, format!("{before_block}{after_block}")).unwrap();
+    let out = common::postgres::as_postgres(
+        "pg_ctl",
+        &["-D", s(&to), "-l", s(&pg.path("side.log")), "-w", "restart"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sql_at(port, "SHOW archive_mode"), "off");
+
+    // It writes and switches WAL; the plan's archive gets nothing of it.
+    let archived_before = pg.archived();
+    sql_at(port, "CREATE TABLE side_work AS SELECT 1 AS x");
+    let seg = sql_at(port, "SELECT pg_walfile_name(pg_switch_wal())");
+    assert!(seg.starts_with("00000002"), "{seg}");
+    std::thread::sleep(Duration::from_secs(3));
+    let archived_after = pg.archived();
+    assert!(
+        archived_after.iter().all(|f| !f.starts_with("00000002")),
+        "the scratch copy archived into the plan: {archived_after:?}"
+    );
+    assert_eq!(archived_before.len(), archived_after.len());
+}
+
+#[test]
+fn a_restore_as_root_is_refused_before_anything_is_written() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.archive_now();
+    let to = pg.path("as-root");
+    // The test runs as root (as CI does); the binary directly, not as postgres.
+    let out = common::bin::command()
+        .args(["restore", "--plan", &plan, "--latest", "--to", s(&to)])
+        .output()
+        .unwrap();
+    if !common::is_root() {
+        eprintln!("this check needs root; CI runs as root");
+        return;
+    }
+    exits_saying(&out, 1, "runuser -u postgres -- holdfast restore");
+    assert!(!to.exists(), "nothing may be written");
 }
 
 #[test]

@@ -56,7 +56,7 @@ pub(crate) enum Command {
     Backup {
         #[command(flatten)]
         plan: PlanArg,
-        /// Print the result as JSON on stdout.
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -64,6 +64,7 @@ pub(crate) enum Command {
     Snapshots {
         #[command(flatten)]
         plan: PlanArg,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -77,6 +78,7 @@ pub(crate) enum Command {
         /// Verify one snapshot (id prefix or `latest`) instead of all.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -88,6 +90,7 @@ pub(crate) enum Command {
         /// Report what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -104,6 +107,7 @@ pub(crate) enum Command {
     Doctor {
         #[command(flatten)]
         plan: PlanArg,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -116,6 +120,7 @@ pub(crate) enum Command {
         plan: PlanArg,
         /// The WAL file (`%p`).
         path: PathBuf,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -148,6 +153,7 @@ pub(crate) enum PlanCommand {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -159,6 +165,7 @@ pub(crate) enum RepoCommand {
     Init {
         #[command(flatten)]
         plan: PlanArg,
+        /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },

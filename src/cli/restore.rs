@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::render::{human_bytes, json as print_json, outln};
 use super::PlanArg;
-use crate::engine::postgres::pitr::PitrReport;
+use crate::engine::postgres::pitr::{CopyRole, PitrReport};
 use crate::engine::{DumpRequest, RestorePoint, RestoreReport, RestoreRequest};
 use crate::error::{Error, Exit};
 use crate::plan::Plan;
@@ -40,9 +40,16 @@ pub(crate) struct RestoreArgs {
     /// PostgreSQL: the port the restored server listens on.
     #[arg(long)]
     pub port: Option<u16>,
-    /// PostgreSQL: turn archiving off in the restored copy. Use it for a
-    /// scratch copy beside production: started with archiving on, a copy
-    /// archives its new timeline into the plan, and later restores follow it.
+    /// PostgreSQL: this copy replaces the cluster (a rebuild on a new host or
+    /// path): it keeps archiving into the plan. Without --archive or
+    /// --no-archive, a restore into the cluster's own data directory (as its
+    /// base backup recorded it) is a rebuild that archives, and any other
+    /// path is a scratch copy with `archive_mode = off`.
+    #[arg(long, conflicts_with = "no_archive")]
+    pub archive: bool,
+    /// PostgreSQL: a scratch copy beside the cluster, whatever the path:
+    /// `archive_mode = off`, so it never archives its own timeline into the
+    /// plan (later restores would follow it).
     #[arg(long)]
     pub no_archive: bool,
     /// PostgreSQL: restore this database's logical dump (`pg_restore`)
@@ -66,6 +73,7 @@ pub(crate) struct RestoreArgs {
     /// verified against the snapshot's SHA-256.
     #[arg(long)]
     pub check: bool,
+    /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -99,7 +107,11 @@ pub async fn run(args: RestoreArgs, progress: ProgressMode) -> Result<Exit, Erro
         check: args.check,
         start: args.start,
         port: args.port,
-        no_archive: args.no_archive,
+        archive: match (args.archive, args.no_archive) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         progress,
     };
     let report = crate::ops::restore::restore(&plan, &req).await?;
@@ -175,16 +187,51 @@ fn print_pitr(r: &PitrReport, plan: &Plan) -> Result<(), Error> {
         r.first_segment,
         r.last_segment,
     )?;
-    match (r.port, r.segments_replayed) {
-        (Some(port), Some(n)) => outln!(
-            "  server running on port {port}, promoted; {n} segment(s) replayed from the archive; {}\n  server log: {}",
-            r.reached.as_deref().unwrap_or("no transaction replayed"),
-            r.server_log.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    match r.role {
+        CopyRole::Rebuild => outln!(
+            "  REBUILD of the cluster ({}): once started it archives into plan {} as the cluster did",
+            r.role_reason,
+            r.plan
         )?,
+        CopyRole::Scratch => outln!(
+            "  SCRATCH COPY ({}): archive_mode = off, so it never archives into plan {}",
+            r.role_reason,
+            r.plan
+        )?,
+    }
+    match (r.port, r.segments_replayed) {
+        (Some(port), Some(n)) => {
+            let log = r
+                .server_log
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            outln!(
+                "  server running on port {port}, promoted; {n} segment(s) replayed from the archive; {}\n  server log: {log}",
+                r.reached.as_deref().unwrap_or("no transaction replayed"),
+            )?;
+            if r.role == CopyRole::Rebuild {
+                outln!(
+                    "  next: restart it under its service manager (it logs to {log} until then): pg_ctl -D {dir} stop, then e.g. systemctl start postgresql / pg_ctlcluster 15 main start; then take a base backup: holdfast backup --plan {plan}",
+                    dir = r.data_directory.display(),
+                    plan = plan.file.display()
+                )?;
+            } else {
+                outln!(
+                    "  stop it when done: pg_ctl -D {} stop",
+                    r.data_directory.display()
+                )?;
+            }
+        }
         _ => outln!(
-            "  start it with: pg_ctl -D {} start   (it replays WAL through `holdfast wal-fetch --plan {}` and promotes at the target)",
+            "  start it with: pg_ctl -D {} start   (it replays WAL through `holdfast wal-fetch --plan {}` and promotes at the target; {})",
             r.data_directory.display(),
-            plan.file.display()
+            plan.file.display(),
+            if r.archiving {
+                "then it archives into the plan"
+            } else {
+                "it does not archive"
+            }
         )?,
     }
     let p = &r.phases;

@@ -54,8 +54,10 @@ pub struct RestoreRequest {
     /// Start the restored server and wait until it is usable.
     pub start: bool,
     pub port: Option<u16>,
-    /// A scratch copy: turn off what would write into the plan (archiving).
-    pub no_archive: bool,
+    /// `--archive` (Some(true): the copy replaces the source and writes into
+    /// the plan as it did) or `--no-archive` (Some(false): a scratch copy
+    /// that must not); `None` lets the engine decide from where it goes.
+    pub archive: Option<bool>,
     pub progress: ProgressMode,
 }
 
@@ -194,9 +196,9 @@ pub(crate) fn snapshot_only(
 ) -> Result<String, RestoreError> {
     let pitr_flags =
         !matches!(req.point, None | Some(RestorePoint::Snapshot(_))) || req.base.is_some();
-    if pitr_flags || req.start || req.port.is_some() || req.no_archive {
+    if pitr_flags || req.start || req.port.is_some() || req.archive.is_some() {
         return Err(RestoreError::NotFor {
-            what: "--at, --lsn, --latest, --start, --port and --no-archive",
+            what: "--at, --lsn, --latest, --start, --port, --archive and --no-archive",
             applies: "are for PostgreSQL plans",
             plan: plan.name.clone(),
             kind,

@@ -94,7 +94,17 @@ impl PostgresSource {
                 what: "psql".into(),
                 detail: format!("unexpected answer to the server query: {rows:?}"),
             })?;
+        // Where the cluster lives, if this role may see it (not secret, but
+        // superuser-only without pg_read_all_settings).
+        let place = self
+            .client
+            .query("SELECT current_setting('data_directory'), current_setting('port')")
+            .ok()
+            .and_then(|rows| rows.into_iter().next())
+            .filter(|r| r.len() == 2);
         Ok(PgSnapshotMeta {
+            data_directory: place.as_ref().map(|r| r[0].clone()),
+            port: place.as_ref().and_then(|r| r[1].parse().ok()),
             server_version_num: row[0].parse::<u64>().unwrap_or_default(),
             server_version: row[1].clone(),
             system_identifier: row[2].clone(),

@@ -27,6 +27,14 @@ pub struct PgSnapshotMeta {
     /// The server, as the plan names it (never a password).
     #[serde(default)]
     pub server: String,
+    /// The cluster's own data directory and port (`SHOW data_directory`,
+    /// readable by superusers and `pg_read_all_settings` members; absent
+    /// otherwise): a restore into that directory rebuilds the cluster, any
+    /// other is a scratch copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_directory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// From `backup_label`: where the backup's WAL starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_lsn: Option<String>,
@@ -91,6 +99,8 @@ pub struct BaseBackup {
     pub consistent_at: DateTime<Utc>,
     pub server_version_num: u64,
     pub segment_size: u64,
+    /// The cluster's own data directory, if the backup could read it.
+    pub data_directory: Option<std::path::PathBuf>,
 }
 
 impl BaseBackup {
@@ -108,6 +118,7 @@ impl BaseBackup {
                 .unwrap_or(m.finished_at),
             server_version_num: meta.server_version_num,
             segment_size: meta.segment_size(),
+            data_directory: meta.data_directory.map(Into::into),
         })
     }
 

@@ -60,7 +60,7 @@ pub enum PgError {
     BadLsn(String),
     #[error("plan {plan} takes logical dumps only: restore one with --dump DATABASE --into URL")]
     LogicalOnly { plan: String },
-    #[error("PostgreSQL refuses to run as root: run `holdfast restore … --start` as the PostgreSQL OS user (e.g. `runuser -u postgres -- holdfast restore …`), or restore without --start, chown the data directory and start it yourself")]
+    #[error("refusing to restore a PostgreSQL data directory as root: its files would belong to root, and PostgreSQL neither starts on them nor runs as root. Run the restore as the PostgreSQL OS user, e.g. `runuser -u postgres -- holdfast restore …` (that user must read the plan file and reach the repository; the target's parent must be writable by it: `mkdir -p DIR && chown postgres: DIR`)")]
     RunAsRoot,
     #[error("plan {plan} has no PostgreSQL base backup in {repository}; take one with `holdfast backup --plan {plan_file}`")]
     NoBaseBackup {
@@ -244,7 +244,7 @@ impl Engine for PostgresEngine {
             plan_file: req.plan_file.clone(),
             start: req.start,
             port: req.port,
-            no_archive: req.no_archive,
+            archive: req.archive,
             progress: req.progress,
         };
         let report = pitr::restore_pitr(repo, &plan.name, &opts).await?;

@@ -53,6 +53,61 @@ pub const SPOOL_DIR: &str = "pg_wal/holdfast-spool";
 /// 16 MiB decoded in memory while in flight).
 const FETCH_AHEAD: usize = 4;
 
+/// What a restored cluster is for, which decides whether it may archive into
+/// the plan. A scratch copy that archived would write its own timeline into
+/// production's archive, and every later restore would follow it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CopyRole {
+    /// It replaces the cluster: it archives into the plan as the cluster did.
+    Rebuild,
+    /// A copy beside the cluster (a table to fetch, a drill): `archive_mode
+    /// = off`, kept outside the block the runbook says to delete.
+    Scratch,
+}
+
+impl CopyRole {
+    /// `--archive` / `--no-archive` decide; without either, a restore into
+    /// the cluster's own data directory (as the base backup recorded it) is
+    /// a rebuild and anything else a scratch copy. Returns why, for the report.
+    pub fn decide(archive: Option<bool>, base: &BaseBackup, target: &Path) -> (CopyRole, String) {
+        match (archive, &base.data_directory) {
+            (Some(true), _) => (
+                CopyRole::Rebuild,
+                "--archive: this copy replaces the cluster".into(),
+            ),
+            (Some(false), _) => (CopyRole::Scratch, "--no-archive".into()),
+            (None, Some(own)) if same_dir(own, target) => (
+                CopyRole::Rebuild,
+                format!("restored into the cluster's own data directory {}", own.display()),
+            ),
+            (None, Some(own)) => (
+                CopyRole::Scratch,
+                format!(
+                    "restored to {}, not the cluster's data directory {}; pass --archive if this copy replaces the cluster",
+                    target.display(),
+                    own.display()
+                ),
+            ),
+            (None, None) => (
+                CopyRole::Scratch,
+                "the base backup does not record the cluster's data directory (its role could not read it); pass --archive if this copy replaces the cluster".into(),
+            ),
+        }
+    }
+}
+
+/// The same directory, also when one path goes through a symbolic link.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let canon = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = std::fs::canonicalize(p.parent()?).ok()?;
+            Some(parent.join(p.file_name()?))
+        })
+    };
+    a == b || matches!((canon(a), canon(b)), (Some(x), Some(y)) if x == y)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PgTarget {
     /// `recovery_target_time`: the state as of this instant.
@@ -86,10 +141,9 @@ pub struct PitrOptions {
     pub plan_file: PathBuf,
     pub start: bool,
     pub port: Option<u16>,
-    /// Write `archive_mode = off`: for scratch copies (drills, inspecting
-    /// a table beside production), which must not archive a new timeline
-    /// into the plan that later restores would follow.
-    pub no_archive: bool,
+    /// `--archive` (Some(true)) or `--no-archive` (Some(false)); `None`:
+    /// decided by where the copy goes (see [`CopyRole::decide`]).
+    pub archive: Option<bool>,
     pub progress: ProgressMode,
 }
 
@@ -364,6 +418,13 @@ pub struct PitrReport {
     pub base_backup_time: DateTime<Utc>,
     pub base_backup_consistent_at: DateTime<Utc>,
     pub timeline_path: Vec<u32>,
+    /// `rebuild` (it replaces the cluster and archives into the plan) or
+    /// `scratch` (`archive_mode = off`).
+    pub role: CopyRole,
+    /// Whether the restored server archives into the plan once started.
+    pub archiving: bool,
+    /// Why it is a rebuild or a scratch copy.
+    pub role_reason: String,
     pub data_directory: PathBuf,
     pub files: u64,
     pub bytes: u64,
@@ -393,6 +454,11 @@ pub async fn restore_pitr(
 ) -> Result<PitrReport, PgError> {
     let started = Instant::now();
     let target_dir = absolute(&opts.to);
+    // A data directory written as root belongs to root: PostgreSQL refuses
+    // to start on it, and to run as root. Refuse before writing anything.
+    if rustix::process::geteuid().is_root() {
+        return Err(PgError::RunAsRoot);
+    }
     let check_dir = target_dir.clone();
     tokio::task::spawn_blocking(move || check_target(&check_dir, false, false))
         .await
@@ -401,9 +467,6 @@ pub async fn restore_pitr(
             MaterializeError::TargetNotEmpty { path, .. } => PgError::TargetNotEmpty { path },
             e => e.into(),
         })?;
-    if opts.start && rustix::process::geteuid().is_root() {
-        return Err(PgError::RunAsRoot);
-    }
     let bases = base_backups(repo, plan).await?;
     if bases.is_empty() {
         return Err(PgError::NoBaseBackup {
@@ -466,19 +529,23 @@ pub async fn restore_pitr(
         },
     )
     .await?;
-    let (dir, spool_in, opts_in, base_in) = (
+    let (role, role_reason) = CopyRole::decide(opts.archive, &base, &target_dir);
+    let (dir, spool_in, opts_in, base_in, why) = (
         target_dir.clone(),
         spool.clone(),
         opts.clone(),
         base.clone(),
+        role_reason.clone(),
     );
-    tokio::task::spawn_blocking(move || prepare_recovery(&dir, &spool_in, &opts_in, &base_in))
-        .await
-        .expect("recovery set-up panicked")
-        .map_err(|source| MaterializeError::Target {
-            path: target_dir.clone(),
-            source,
-        })?;
+    tokio::task::spawn_blocking(move || {
+        prepare_recovery(&dir, &spool_in, &opts_in, &base_in, (role, &why))
+    })
+    .await
+    .expect("recovery set-up panicked")
+    .map_err(|source| MaterializeError::Target {
+        path: target_dir.clone(),
+        source,
+    })?;
     let restore_base_seconds = restore_started.elapsed().as_secs_f64();
     let mut report = PitrReport {
         plan: plan.to_string(),
@@ -492,6 +559,9 @@ pub async fn restore_pitr(
             .map(|s| s.timeline)
             .collect(),
         data_directory: target_dir.clone(),
+        role,
+        archiving: role == CopyRole::Rebuild,
+        role_reason,
         files,
         bytes: total,
         segments_checked: checked.count,

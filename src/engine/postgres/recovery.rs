@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 use super::client::{pg_bin_for, pg_program};
 use super::meta::BaseBackup;
-use super::pitr::{PgTarget, PitrOptions, SPOOL_DIR};
+use super::pitr::{CopyRole, PgTarget, PitrOptions, SPOOL_DIR};
 use super::PgError;
 use crate::engine::process;
 use crate::engine::scratch::{Address, ScratchServer};
@@ -26,11 +26,15 @@ const POLL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `recovery.signal`, the recovery settings, the WAL spool, and the folders
 /// a base backup leaves out.
+/// `role` decides the block that stays: a scratch copy gets `archive_mode =
+/// off` outside the recovery block, which the runbook says to delete once
+/// the server has promoted.
 pub fn prepare_recovery(
     dir: &Path,
     spool: &Path,
     opts: &PitrOptions,
     base: &BaseBackup,
+    role: (CopyRole, &str),
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for sub in ["pg_wal", "pg_wal/archive_status"] {
@@ -49,9 +53,9 @@ pub fn prepare_recovery(
             )));
         }
     }
+    let now = Utc::now().to_rfc3339();
     let mut conf = format!(
-        "\n# Added by holdfast restore at {now}: point-in-time recovery to {target}\n# from base backup {id}. Remove these lines once the server has promoted.\nrestore_command = '\"{exe}\" wal-fetch --plan \"{plan}\" --spool \"{spool}\" %f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
-        now = Utc::now().to_rfc3339(),
+        "\n# BEGIN holdfast recovery, added by holdfast restore at {now}: point-in-time\n# recovery to {target} from base backup {id}. PostgreSQL reads these only\n# during recovery: delete from BEGIN to END once the server has promoted.\nrestore_command = '\"{exe}\" wal-fetch --plan \"{plan}\" --spool \"{spool}\" %f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
         target = opts.target,
         id = base.snapshot.id,
         exe = exe.display(),
@@ -67,11 +71,20 @@ pub fn prepare_recovery(
         PgTarget::Immediate => conf.push_str("recovery_target = 'immediate'\n"),
         PgTarget::Latest => {}
     }
+    conf.push_str("# END holdfast recovery\n");
+    // What stays after recovery: the copy's port, and for a scratch copy
+    // the setting that keeps it out of the plan's archive.
+    let (role, why) = role;
+    match role {
+        CopyRole::Scratch => conf.push_str(&format!(
+            "\n# holdfast restore at {now}: a SCRATCH COPY ({why}).\n# It must never archive into the plan (its own timeline would become the one\n# every later restore follows): keep this line. docs/runbook.md, section 10.\narchive_mode = off\n"
+        )),
+        CopyRole::Rebuild => conf.push_str(&format!(
+            "\n# holdfast restore at {now}: a REBUILD of the cluster ({why}).\n# It archives into the plan as the cluster did.\n"
+        )),
+    }
     if let Some(port) = opts.port {
         conf.push_str(&format!("port = {port}\n"));
-    }
-    if opts.no_archive {
-        conf.push_str("# --no-archive: a scratch copy must not archive its own timeline into the plan.\narchive_mode = off\n");
     }
     let mut f = std::fs::OpenOptions::new()
         .append(true)
