@@ -582,7 +582,7 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     exits_saying(
         &out,
         7,
-        "could not archive WAL segment 0000000100000000000000",
+        "has not archived WAL segment 0000000100000000000000",
     );
     let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
     assert_eq!(json_of(&listed), serde_json::json!([]));
@@ -737,4 +737,73 @@ fn prune_removes_wal_older_than_every_remaining_base_backup_and_the_rest_still_r
     let report = json_of(&out);
     assert_eq!(report["base_backup"], second["snapshot"], "{report}");
     assert_eq!(state(port), after);
+}
+
+#[test]
+fn a_base_backup_whose_archive_command_is_not_found_ends_naming_the_segment_and_the_cause() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    // Runbook §9's archive_command with holdfast not where the server looks:
+    // exit 127, which ends PostgreSQL's archiver and counts no failure.
+    pg.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '/nonexistent/holdfast wal-push --plan {plan} %p'"
+    ));
+    pg.sql("SELECT pg_reload_conf()");
+    let mut backup = command_as("postgres", &[("HOLDFAST_ARCHIVE_STALL_SECONDS", "8")])
+        .args(["backup", "--plan", &plan])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bound, so that a backup waiting for ever fails the test instead of
+    // hanging it.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while backup.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = backup.kill();
+            panic!(
+                "holdfast backup still waits after 180 s (failed_count {}); server log:\n{}",
+                pg.sql("SELECT failed_count FROM pg_stat_archiver"),
+                pg.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = backup.wait_with_output().unwrap();
+    let said = common::bin::said_by(&out, 7);
+    // PostgreSQL counted nothing: the judgement was on progress alone.
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    let (_, after) = said
+        .split_once("has not archived WAL segment ")
+        .unwrap_or_else(|| panic!("no segment named: {said}"));
+    let segment = &after[..24.min(after.len())];
+    assert!(
+        segment.len() == 24 && segment.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{said}"
+    );
+    for needle in [
+        "last archived: never",
+        "command not found",
+        "/usr/local/bin/holdfast",
+        "permissions",
+        "server log",
+    ] {
+        assert!(said.contains(needle), "{needle:?} not in: {said}");
+    }
+    // The server's side of the backup was ended too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %'",
+    ) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the backup's walsender is still there"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
+    assert_eq!(json_of(&listed), serde_json::json!([]));
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
 }

@@ -10,9 +10,10 @@
 //! returns, the backup is restorable from the repository alone.
 //!
 //! That wait is also the one way a base backup hangs: if `archive_command`
-//! fails, the server waits forever. A watchdog polls `pg_stat_archiver`
-//! meanwhile and ends the backup with the failing segment named once the
-//! archiver has failed without progress for [`ARCHIVE_STALL`].
+//! fails, or cannot even be run (exit 127, which PostgreSQL counts nowhere),
+//! the server waits forever. A watchdog (`archiver::watch`) judges the
+//! archiver's progress meanwhile and ends the backup, naming the segment it
+//! waits for, once nothing has been archived for [`ARCHIVE_STALL`].
 //!
 //! Logical dumps are `pg_dump -Fc -Z0` (uncompressed, so the repository can
 //! deduplicate and compress them) streamed the same way.
@@ -23,11 +24,12 @@
 //! a log line.
 
 use std::io::{self, BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::archiver;
 use super::client::{spawn_error, PgClient};
 use super::meta::PgSnapshotMeta;
 use crate::engine::SourceKind;
@@ -36,8 +38,8 @@ use crate::repository::source::{
     Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata,
 };
 
-/// How long the archiver may keep failing, with no segment archived, while a
-/// base backup waits for its WAL before the backup is abandoned
+/// How long a base backup waits for its stop segment to be archived, with
+/// nothing archived meanwhile, before it is abandoned
 /// (`HOLDFAST_ARCHIVE_STALL_SECONDS` overrides it).
 pub const ARCHIVE_STALL: Duration = Duration::from_secs(60);
 
@@ -121,6 +123,9 @@ impl PostgresSource {
         meta: &mut PgSnapshotMeta,
     ) -> Result<(), SourceError> {
         let mut cmd = self.client.command("pg_basebackup", None)?;
+        // Its own name, so the watchdog finds this backup's session.
+        let app = archiver::backup_application_name();
+        cmd.env("PGAPPNAME", &app);
         cmd.args([
             "-D", "-", "-F", "tar", "-X", "none", "-c", "fast", "-v", "-l", "holdfast",
         ]);
@@ -150,7 +155,12 @@ impl PostgresSource {
                 stalled.clone(),
                 self.stall,
             );
-            std::thread::spawn(move || archive_watchdog(&client, &child, &done, &stalled, stall))
+            std::thread::spawn(move || {
+                if let Some(why) = archiver::watch(&client, &app, &done, stall) {
+                    *stalled.lock().unwrap() = Some(why);
+                    let _ = child.lock().unwrap().kill();
+                }
+            })
         };
         let stdout = child.lock().unwrap().stdout.take().expect("piped");
         // A bigger pipe and a big read buffer: the tar members are read in
@@ -246,60 +256,6 @@ fn now_ns() -> i64 {
 fn tail(log: &[String]) -> String {
     let start = log.len().saturating_sub(6);
     log[start..].join("; ")
-}
-
-/// Ends a base backup that waits on an archiver that keeps failing.
-fn archive_watchdog(
-    client: &PgClient,
-    child: &Mutex<Child>,
-    done: &AtomicBool,
-    stalled: &Mutex<Option<String>>,
-    stall: Duration,
-) {
-    // One psql per poll, beside the backup: every 2 s is plenty against a
-    // 60 s stall.
-    let poll = (stall / 4).clamp(Duration::from_millis(50), Duration::from_secs(2));
-    let mut failing_since: Option<(Instant, String)> = None;
-    let mut last_warn = Instant::now();
-    while !done.load(Ordering::SeqCst) {
-        std::thread::sleep(poll);
-        if done.load(Ordering::SeqCst) {
-            return;
-        }
-        // failing: the last attempt failed, after the last success.
-        let rows = client.query(
-            "SELECT coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, ''), \
-             coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false) \
-             FROM pg_stat_archiver",
-        );
-        let Ok(rows) = rows else { continue };
-        let Some(row) = rows.first().filter(|r| r.len() == 3) else {
-            continue;
-        };
-        if row[2] != "t" {
-            failing_since = None;
-            continue;
-        }
-        let (since, _) = failing_since.get_or_insert_with(|| (Instant::now(), row[0].clone()));
-        if last_warn.elapsed() > Duration::from_secs(10) {
-            last_warn = Instant::now();
-            tracing::warn!(
-                wal = %row[0],
-                at = %row[1],
-                "PostgreSQL is failing to archive WAL; the base backup waits for it (see the server log for archive_command's error)"
-            );
-        }
-        if since.elapsed() >= stall {
-            *stalled.lock().unwrap() = Some(format!(
-                "PostgreSQL could not archive WAL segment {} (last failure at {}) for {}s while the base backup waited for it; the backup was abandoned. Fix archive_command (the server log has its error; `holdfast wal-push` says \"unable to archive\"), then back up again",
-                row[0],
-                row[1],
-                stall.as_secs()
-            ));
-            let _ = child.lock().unwrap().kill();
-            return;
-        }
-    }
 }
 
 /// Hands each tar member to the sink under `pgdata/`, and reads the backup

@@ -3,6 +3,7 @@
 //! `restore_command`), point-in-time restore, and logical dumps.
 //!
 //! * `client` — running the client programs against one server;
+//! * `archiver` — is the server archiving? (the base backup's watchdog);
 //! * `backup` — the `Source`: base backup and dumps into the repository;
 //! * `meta` — what a snapshot's manifest records (typed);
 //! * `wal` — WAL names, LSNs, segments, timelines; push/fetch; prune's rule;
@@ -11,6 +12,7 @@
 //! * `waldump` — commit times read with `pg_waldump`;
 //! * `dump` — restoring a logical dump with `pg_restore`.
 
+pub mod archiver;
 pub mod backup;
 pub mod client;
 pub mod dump;
