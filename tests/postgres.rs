@@ -798,7 +798,7 @@ fn a_base_backup_whose_archive_command_is_not_found_ends_naming_the_segment_and_
     {
         assert!(
             Instant::now() < deadline,
-            "the backup's walsender is still there"
+            "the backup's walsender is still there; holdfast said: {said}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
