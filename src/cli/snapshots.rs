@@ -76,11 +76,23 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             outln!("restorable window: none (no base backup has all of its WAL archived)")?;
         }
         for w in windows {
+            let bases = w
+                .base_backups
+                .iter()
+                .zip(&w.base_backups_at)
+                .map(|(id, at)| format!("{id} (consistent at {})", at.to_rfc3339()))
+                .collect::<Vec<_>>()
+                .join(", ");
             outln!(
-                "restorable window: {w}\n  through segment {}, from base backup(s) {}",
+                "restorable window: {w}\n  through segment {}, from base backup(s) {bases}\n  newest archived transaction: {}",
                 w.through_segment,
-                w.base_backups.join(", ")
+                w.newest_transaction
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_else(|| "unknown (pg_waldump could not read it)".into()),
             )?;
+        }
+        for p in &report.pending {
+            outln!("not yet restorable: {p}")?;
         }
     }
     Ok(if report.unreadable == 0 {
