@@ -86,9 +86,11 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             outln!(
                 "restorable window: {w}\n  through segment {}, from base backup(s) {bases}\n  newest archived transaction: {}",
                 w.through_segment,
-                w.newest_transaction
-                    .map(|t| t.to_rfc3339())
-                    .unwrap_or_else(|| "unknown (pg_waldump could not read it)".into()),
+                match (w.newest_transaction, &w.times_unreadable) {
+                    (Some(t), _) => t.to_rfc3339(),
+                    (None, Some(_)) => "unknown".into(),
+                    (None, None) => "none since the base backup began".into(),
+                },
             )?;
         }
         for p in &report.pending {

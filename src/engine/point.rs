@@ -34,10 +34,15 @@ pub struct Window {
     pub base_backups: Vec<String>,
     /// Their consistent points, in the same order.
     pub base_backups_at: Vec<DateTime<Utc>>,
-    /// The newest archived transaction (commit or abort) reachable, if the
-    /// archived log could be read; it may be older than a base backup taken
-    /// when nothing was being written.
+    /// The newest archived transaction (commit or abort) after the oldest
+    /// base backup began, if there is one and the archived log could be
+    /// read; it may be older than a base backup taken while nothing was
+    /// written.
     pub newest_transaction: Option<DateTime<Utc>>,
+    /// Why the archived log's transaction times could not be read (the
+    /// window may then reach further than `to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub times_unreadable: Option<String>,
     /// The last archived log file (segment) of the window.
     pub through_segment: String,
     /// Set when the window ends because a log file is missing.
@@ -47,10 +52,10 @@ pub struct Window {
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} to {}", self.from.to_rfc3339(), self.to.to_rfc3339())?;
-        if self.newest_transaction.is_none() {
+        if let Some(why) = &self.times_unreadable {
             write!(
                 f,
-                " (transaction times in the archived log could not be read; it reaches the end of segment {})",
+                " or later (transaction times in the archived log could not be read: {why}; it reaches the end of segment {})",
                 self.through_segment
             )?;
         }

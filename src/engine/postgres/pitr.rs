@@ -362,6 +362,7 @@ async fn windows_of(bases: &[BaseBackup], archive: &mut WalArchive) -> Result<Re
                     base_backups: vec![b.snapshot.id.short()],
                     base_backups_at: vec![b.consistent_at],
                     newest_transaction: None,
+                    times_unreadable: None,
                     through_segment: through,
                     ends_at_gap: gap,
                 },
@@ -372,7 +373,10 @@ async fn windows_of(bases: &[BaseBackup], archive: &mut WalArchive) -> Result<Re
     }
     let mut windows = Vec::new();
     for (_, (mut w, base, ancestry, end)) in by_end {
-        w.newest_transaction = newest_transaction(archive, &base, &ancestry, end).await;
+        match newest_transaction(archive, &base, &ancestry, end).await {
+            Ok(t) => w.newest_transaction = t,
+            Err(why) => w.times_unreadable = Some(why),
+        }
         // The window ends at whichever is later: the newest archived
         // transaction, or the newest base backup in it.
         w.to = w
@@ -389,32 +393,41 @@ async fn windows_of(bases: &[BaseBackup], archive: &mut WalArchive) -> Result<Re
 }
 
 /// The time of the newest commit or abort in the segments up to `end`
-/// (reading back at most a few segments), by `pg_waldump`.
+/// (reading back at most a few segments, none before the base backup's
+/// start), by `pg_waldump`: `Ok(None)` when they hold none, `Err` saying why
+/// they could not be read.
 async fn newest_transaction(
     archive: &WalArchive,
     base: &BaseBackup,
     ancestry: &[TimelineStep],
     end: u64,
-) -> Option<DateTime<Utc>> {
+) -> Result<Option<DateTime<Utc>>, String> {
     let size = base.segment_size;
-    let waldump = Waldump::find(base.major()).await?;
+    let waldump = Waldump::find(base.major())
+        .await
+        .ok_or_else(|| format!("no pg_waldump of PostgreSQL {}", base.major()))?;
     let dir = tokio::task::spawn_blocking(tempfile::tempdir)
         .await
-        .ok()?
-        .ok()?;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("no temporary folder: {e}"))?;
     // Keep the temporary folder until the end of the function.
     let first = base.start_segment().number;
     for n in (first..=end).rev().take(8) {
         let name = archive.segment_name(ancestry, n, size);
-        let raw = archive.fetch(&name).await.ok()?;
+        let raw = archive.fetch(&name).await.map_err(|e| e.to_string())?;
         let path = dir.path().join(&name);
-        tokio::fs::write(&path, raw).await.ok()?;
-        let times = waldump.transaction_times(&path).await.ok()?;
+        tokio::fs::write(&path, raw)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let times = waldump
+            .transaction_times(&path)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(t) = times.last() {
-            return Some(*t);
+            return Ok(Some(*t));
         }
     }
-    None
+    Ok(None)
 }
 
 #[derive(Debug, Clone, Serialize)]
