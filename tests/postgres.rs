@@ -974,4 +974,22 @@ fn snapshot_latest_on_postgres_says_it_stops_at_the_base_backup_and_points_to_la
     ]));
     assert_eq!(report["replays_wal_after_base_backup"], true, "{report}");
     assert_eq!(report["notes"], serde_json::json!([]), "{report}");
+
+    // Past the archive: refused, saying how to archive what was written since.
+    let to = pg.path("past");
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        "2099-01-01T00:00:00Z",
+        "--to",
+        s(&to),
+    ]);
+    exits_saying(
+        &out,
+        2,
+        "run `SELECT pg_switch_wal()` on it, wait for archiving, and retry",
+    );
+    assert!(!to.exists());
 }
