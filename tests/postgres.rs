@@ -807,3 +807,258 @@ fn a_base_backup_whose_archive_command_is_not_found_ends_naming_the_segment_and_
     let out = pg.holdfast(&["verify", "--plan", &plan]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// A time from a report or listing.
+fn time_of(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
+    let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("{s}: {e}"))
+        .with_timezone(&chrono::Utc)
+}
+
+/// The listing's row for the snapshot whose id is `id`.
+fn row_of<'a>(listed: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("snapshot {id} is not listed: {listed}"))
+}
+
+/// Autovacuum commits at times of its own; these tests need to know which
+/// transaction is the newest.
+fn without_autovacuum(pg: &Cluster) {
+    pg.sql("ALTER SYSTEM SET autovacuum = off");
+    pg.sql("SELECT pg_reload_conf()");
+}
+
+#[test]
+fn every_base_backup_lies_in_a_window_that_never_ends_before_it_starts() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    without_autovacuum(&pg);
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 1000) i");
+
+    pg.pgbench_init(1);
+
+    // (a) Right after the first base backup (taken under a write load, so
+    // its own WAL holds commits), before any later WAL is archived: its
+    // window starts and ends at it, not at the last commit inside it.
+    let mut load = pgbench_command(pg.port())
+        .args(["-T", "4", "-c", "2", "-n", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let first = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let first = first["snapshot"].as_str().unwrap().to_string();
+    assert!(load.wait().unwrap().success(), "pgbench load failed");
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let w = &row_of(&listed, &first)["restorable"];
+    let (from, to) = (time_of(&w["from"]), time_of(&w["to"]));
+    assert!(from <= to, "window ends before it starts: {w}");
+    let consistent = time_of(&w["base_backups_at"][0]);
+    assert!(
+        from <= consistent && consistent <= to,
+        "the window does not hold the base backup's consistent point {consistent}: {w}"
+    );
+    assert!(
+        time_of(&w["newest_transaction"]) < consistent,
+        "the load's commits inside the backup are not read: {w}"
+    );
+
+    // (b) Writes, archived; then, with nothing written since, a second base
+    // backup: newer than the newest archived transaction, and restorable.
+    pg.sql("INSERT INTO orders(note) SELECT 'after the first backup ' || i FROM generate_series(1, 500) i");
+    let after_writes = state(pg.port());
+    pg.archive_now();
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let second = second["snapshot"].as_str().unwrap().to_string();
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let row = row_of(&listed, &second);
+    let w = &row["restorable"];
+    assert!(
+        w.is_object(),
+        "base backup {second} is in no window: {listed}"
+    );
+    let n = w["base_backups"].as_array().unwrap().len();
+    let consistent = time_of(&w["base_backups_at"][n - 1]);
+    assert!(
+        time_of(&w["newest_transaction"]) < time_of(&serde_json::json!(t)),
+        "a transaction after {t}: {w}"
+    );
+    assert!(
+        time_of(&w["to"]) >= consistent,
+        "the window ends before base backup {second}'s consistent point {consistent}: {w}"
+    );
+    assert!(row.get("pending").is_none(), "{row}");
+
+    // Its WAL not archived yet (the archiver behind): listed as pending,
+    // naming the segment it waits for; back in the window once archived.
+    let stop_segment = pg
+        .archived()
+        .into_iter()
+        .filter(|n| n.len() == 24)
+        .max()
+        .unwrap();
+    let object = pg.path(&format!("repo/objects/wal/pg/{stop_segment}"));
+    let aside = pg.path("aside");
+    std::fs::rename(&object, &aside).unwrap();
+    let out = pg.holdfast(&["snapshots", "--plan", &plan]);
+    let short = &second[..8];
+    assert!(
+        text(&out).contains(&format!(
+            "base backup {short} (consistent at {}) is restorable once segment {stop_segment} is archived",
+            consistent.to_rfc3339()
+        )),
+        "{}",
+        text(&out)
+    );
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let row = row_of(&listed, &second);
+    assert_eq!(row["pending"]["waits_for_segment"], stop_segment, "{row}");
+    assert!(row.get("restorable").is_none(), "{row}");
+    std::fs::rename(&aside, &object).unwrap();
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    assert!(
+        row_of(&listed, &second)["restorable"].is_object(),
+        "{listed}"
+    );
+
+    // A time after the newest archived transaction, covered by the second
+    // backup: restored from it, to its end, and said so.
+    let to = pg.path("restored");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let report = json_of(&pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-archive",
+        "--json",
+    ]));
+    assert_eq!(report["base_backup"], second, "{report}");
+    assert_eq!(report["target"], "the end of the base backup", "{report}");
+    assert!(
+        report["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("is later than the newest archived transaction"),
+        "{report}"
+    );
+    assert_eq!(
+        state(port),
+        after_writes,
+        "the restored cluster differs from the state at {t}"
+    );
+}
+
+#[test]
+fn snapshot_latest_on_postgres_says_it_stops_at_the_base_backup_and_points_to_latest() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 1000) i");
+    let backup = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let snap = backup["snapshot"].as_str().unwrap().to_string();
+    let at_backup = state(pg.port());
+    pg.sql(
+        "INSERT INTO orders(note) SELECT 'after the backup ' || i FROM generate_series(1, 500) i",
+    );
+    let newest = pg.archive_now();
+    assert_ne!(state(pg.port()), at_backup);
+
+    // Text: what was restored, what was not, and what gives the newest state.
+    let to = pg.path("text");
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--snapshot",
+        "latest",
+        "--to",
+        s(&to),
+    ]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "note: restored to the end of base backup {}",
+            &snap[..8]
+        )) && said.contains(&format!("through {newest}) were not replayed"))
+            && said.contains("use --latest for the newest state"),
+        "{said}"
+    );
+
+    // JSON, started: the state at the base backup, not the newest one.
+    let to = pg.path("json");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let report = json_of(&pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--snapshot",
+        "latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-archive",
+        "--json",
+    ]));
+    assert_eq!(report["base_backup"], snap, "{report}");
+    assert_eq!(report["replays_wal_after_base_backup"], false, "{report}");
+    assert!(
+        report["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("use --latest for the newest state"),
+        "{report}"
+    );
+    assert_eq!(state(port), at_backup);
+
+    // --latest replays the WAL after it and says nothing of the kind.
+    let to = pg.path("latest");
+    let report = json_of(&pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&to),
+        "--json",
+    ]));
+    assert_eq!(report["replays_wal_after_base_backup"], true, "{report}");
+    assert_eq!(report["notes"], serde_json::json!([]), "{report}");
+
+    // Past the archive: refused, saying how to archive what was written since.
+    let to = pg.path("past");
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        "2099-01-01T00:00:00Z",
+        "--to",
+        s(&to),
+    ]);
+    exits_saying(
+        &out,
+        2,
+        "run `SELECT pg_switch_wal()` on it, wait for archiving, and retry",
+    );
+    assert!(!to.exists());
+}

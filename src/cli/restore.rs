@@ -19,7 +19,8 @@ pub(crate) struct RestoreArgs {
     pub plan: PlanArg,
     /// Snapshot id (any unique prefix) or `latest` (the default). For
     /// PostgreSQL: the base backup to start from (default: the newest
-    /// that can reach the target); alone, restore to its end.
+    /// that can reach the target); alone, restore to its end, replaying
+    /// no WAL archived after it (--latest gives the newest state).
     #[arg(long)]
     pub snapshot: Option<String>,
     /// PostgreSQL: the state as of this instant (RFC 3339, e.g.
@@ -187,6 +188,9 @@ fn print_pitr(r: &PitrReport, plan: &Plan) -> Result<(), Error> {
         r.first_segment,
         r.last_segment,
     )?;
+    for note in &r.notes {
+        outln!("  note: {note}")?;
+    }
     match r.role {
         CopyRole::Rebuild => outln!(
             "  REBUILD of the cluster ({}): once started it archives into plan {} as the cluster did",

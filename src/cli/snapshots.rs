@@ -76,11 +76,25 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             outln!("restorable window: none (no base backup has all of its WAL archived)")?;
         }
         for w in windows {
+            let bases = w
+                .base_backups
+                .iter()
+                .zip(&w.base_backups_at)
+                .map(|(id, at)| format!("{id} (consistent at {})", at.to_rfc3339()))
+                .collect::<Vec<_>>()
+                .join(", ");
             outln!(
-                "restorable window: {w}\n  through segment {}, from base backup(s) {}",
+                "restorable window: {w}\n  through segment {}, from base backup(s) {bases}\n  newest archived transaction: {}",
                 w.through_segment,
-                w.base_backups.join(", ")
+                match (w.newest_transaction, &w.times_unreadable) {
+                    (Some(t), _) => t.to_rfc3339(),
+                    (None, Some(_)) => "unknown".into(),
+                    (None, None) => "none since the base backup began".into(),
+                },
             )?;
+        }
+        for p in &report.pending {
+            outln!("not yet restorable: {p}")?;
         }
     }
     Ok(if report.unreadable == 0 {

@@ -33,7 +33,7 @@ use crate::repository::source::{Source, SourceError};
 use crate::repository::{RepoError, Repository};
 
 pub use crate::plan::SourceKind;
-pub use point::{RestorePoint, Window};
+pub use point::{Pending, Reach, RestorePoint, Window};
 
 /// What `holdfast restore` asks of an engine. Which fields apply depends on
 /// the engine; one that does not is refused with [`RestoreError::NotFor`].
@@ -137,7 +137,7 @@ pub trait Engine: Send + Sync {
         &self,
         _repo: &Repository,
         _plan: &Plan,
-    ) -> Result<Option<Vec<Window>>, RestoreError> {
+    ) -> Result<Option<Reach>, RestoreError> {
         Ok(None)
     }
 

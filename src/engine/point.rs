@@ -25,11 +25,24 @@ pub enum RestorePoint {
 pub struct Window {
     /// The earliest target: the oldest usable base backup's consistent point.
     pub from: DateTime<Utc>,
-    /// The newest archived transaction (commit or abort) reachable from it,
-    /// if the archived log could be read.
-    pub to: Option<DateTime<Utc>>,
+    /// The latest target: the newest archived transaction or the newest
+    /// base backup's consistent point, whichever is later. Never before
+    /// `from`: a base backup is itself a restorable state even when no
+    /// transaction was archived after it.
+    pub to: DateTime<Utc>,
     /// The base backups that start this window, oldest first.
     pub base_backups: Vec<String>,
+    /// Their consistent points, in the same order.
+    pub base_backups_at: Vec<DateTime<Utc>>,
+    /// The newest archived transaction (commit or abort) after the oldest
+    /// base backup began, if there is one and the archived log could be
+    /// read; it may be older than a base backup taken while nothing was
+    /// written.
+    pub newest_transaction: Option<DateTime<Utc>>,
+    /// Why the archived log's transaction times could not be read (the
+    /// window may then reach further than `to`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub times_unreadable: Option<String>,
     /// The last archived log file (segment) of the window.
     pub through_segment: String,
     /// Set when the window ends because a log file is missing.
@@ -38,14 +51,14 @@ pub struct Window {
 
 impl std::fmt::Display for Window {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} to {}",
-            self.from.to_rfc3339(),
-            self.to
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_else(|| format!("the end of segment {}", self.through_segment))
-        )?;
+        write!(f, "{} to {}", self.from.to_rfc3339(), self.to.to_rfc3339())?;
+        if let Some(why) = &self.times_unreadable {
+            write!(
+                f,
+                " or later (transaction times in the archived log could not be read: {why}; it reaches the end of segment {})",
+                self.through_segment
+            )?;
+        }
         if let Some(gap) = &self.ends_at_gap {
             write!(f, " (segment {gap} is missing)")?;
         }
@@ -53,14 +66,50 @@ impl std::fmt::Display for Window {
     }
 }
 
-/// The windows as one line, for errors that offer them.
-pub fn windows_text(windows: &[Window]) -> String {
-    if windows.is_empty() {
-        return "none (no base backup has all of its WAL archived)".into();
+/// A base backup that cannot be restored yet: its own log is not all
+/// archived (the archiver is behind or failing).
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    pub base_backup: String,
+    pub consistent_at: DateTime<Utc>,
+    /// The first of its log files not yet in the archive.
+    pub waits_for_segment: String,
+}
+
+impl std::fmt::Display for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "base backup {} (consistent at {}) is restorable once segment {} is archived",
+            self.base_backup,
+            self.consistent_at.to_rfc3339(),
+            self.waits_for_segment
+        )
     }
-    windows
-        .iter()
-        .map(|w| w.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+}
+
+/// How far a plan's restores reach: the windows, and the base backups that
+/// will join one once their log is archived.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Reach {
+    pub windows: Vec<Window>,
+    pub pending: Vec<Pending>,
+}
+
+impl std::fmt::Display for Reach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.windows.is_empty() {
+            f.write_str("none (no base backup has all of its WAL archived)")?;
+        }
+        for (i, w) in self.windows.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{w}")?;
+        }
+        for p in &self.pending {
+            write!(f, "; {p}")?;
+        }
+        Ok(())
+    }
 }

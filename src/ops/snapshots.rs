@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::engine::{engine_for, Window};
+use crate::engine::{engine_for, Pending, Window};
 use crate::error::Error;
 use crate::ids::SnapshotId;
 use crate::plan::{Plan, Tier};
@@ -20,9 +20,12 @@ pub enum SnapshotRow {
         id: SnapshotId,
         key: String,
         new_bytes: u64,
+        /// A base backup whose WAL is not all archived yet.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pending: Option<Pending>,
         previous: Option<SnapshotId>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        restorable: Option<Window>,
+        restorable: Option<Box<Window>>,
         retain_until: Option<DateTime<Utc>>,
         short_id: String,
         source: String,
@@ -58,6 +61,8 @@ pub struct SnapshotsReport {
     pub rows: Vec<SnapshotRow>,
     /// Restorable windows, for engines with a log archive.
     pub windows: Option<Vec<Window>>,
+    /// Base backups that are restorable once their WAL is archived.
+    pub pending: Vec<Pending>,
     /// Manifests that could not be read (each named in its row).
     pub unreadable: usize,
 }
@@ -75,6 +80,7 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
                 id: s.id,
                 key: s.key.clone(),
                 new_bytes: m.stats.new_bytes,
+                pending: None,
                 previous: m.previous,
                 restorable: None,
                 retain_until: m.retention.map(|r| r.until),
@@ -97,25 +103,41 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
             }
         }
     }
-    let windows = match engine_for(plan) {
+    let reach = match engine_for(plan) {
         Ok(engine) => engine.windows(&repo, plan).await?,
         Err(_) => None,
     };
-    if let Some(windows) = &windows {
+    if let Some(reach) = &reach {
         for row in rows.iter_mut() {
             let short = row.short_id().to_string();
-            if let SnapshotRow::Readable { restorable, .. } = row {
-                *restorable = windows
+            if let SnapshotRow::Readable {
+                restorable,
+                pending,
+                ..
+            } = row
+            {
+                *restorable = reach
+                    .windows
                     .iter()
                     .find(|w| w.base_backups.contains(&short))
+                    .map(|w| Box::new(w.clone()));
+                *pending = reach
+                    .pending
+                    .iter()
+                    .find(|p| p.base_backup == short)
                     .cloned();
             }
         }
     }
+    let (windows, pending) = match reach {
+        Some(r) => (Some(r.windows), r.pending),
+        None => (None, Vec::new()),
+    };
     Ok(SnapshotsReport {
         repository: repo.url(),
         rows,
         windows,
+        pending,
         unreadable,
     })
 }

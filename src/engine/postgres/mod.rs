@@ -27,8 +27,8 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 use super::{
-    DumpRequest, Engine, RestoreError, RestorePoint, RestoreReport, RestoreRequest, SourceKind,
-    Window,
+    DumpRequest, Engine, Reach, RestoreError, RestorePoint, RestoreReport, RestoreRequest,
+    SourceKind,
 };
 use crate::error::{Exit, HasExit};
 use crate::plan::{DbConnection, DbMode, PgSslMode, Plan};
@@ -263,11 +263,7 @@ impl Engine for PostgresEngine {
         Ok(RestoreReport::Dump(report))
     }
 
-    async fn windows(
-        &self,
-        repo: &Repository,
-        plan: &Plan,
-    ) -> Result<Option<Vec<Window>>, RestoreError> {
+    async fn windows(&self, repo: &Repository, plan: &Plan) -> Result<Option<Reach>, RestoreError> {
         if self.mode != DbMode::Physical {
             return Ok(None);
         }

@@ -33,7 +33,7 @@ use super::recovery::{prepare_recovery, start_and_recover};
 use super::wal::{self, parse_history, timeline_for, Lsn, Segment, TimelineStep};
 use super::waldump::Waldump;
 use super::PgError;
-use crate::engine::point::{windows_text, Window};
+use crate::engine::point::{Pending, Reach, Window};
 use crate::engine::scratch::{recovery_deadline, ScratchServer};
 use crate::ids::SnapshotId;
 use crate::plan::PlanName;
@@ -306,36 +306,38 @@ pub async fn base_backups(repo: &Repository, plan: &PlanName) -> Result<Vec<Base
     Ok(out)
 }
 
-/// The restorable windows of a plan: for each base backup whose own WAL is
+/// How far a plan's restores reach: for each base backup whose own WAL is
 /// all archived, the stretch from its consistent point to the newest
-/// transaction reachable through unbroken WAL. Backups reaching the same
-/// segment share a window.
-pub async fn restorable_windows(
-    repo: &Repository,
-    plan: &PlanName,
-) -> Result<Vec<Window>, PgError> {
+/// transaction reachable through unbroken WAL, or to the newest base
+/// backup's consistent point if that is later (a backup taken while nothing
+/// was written is newer than any archived transaction, and restorable).
+/// Backups reaching the same segment share a window; backups still waiting
+/// for their WAL are listed as pending, with the segment they wait for.
+pub async fn restorable_windows(repo: &Repository, plan: &PlanName) -> Result<Reach, PgError> {
     let bases = base_backups(repo, plan).await?;
     let mut archive = WalArchive::list(repo, plan).await?;
     windows_of(&bases, &mut archive).await
 }
 
-async fn windows_of(
-    bases: &[BaseBackup],
-    archive: &mut WalArchive,
-) -> Result<Vec<Window>, PgError> {
+async fn windows_of(bases: &[BaseBackup], archive: &mut WalArchive) -> Result<Reach, PgError> {
     // (end segment name) -> window
     let mut by_end: BTreeMap<String, (Window, BaseBackup, Vec<TimelineStep>, u64)> =
         BTreeMap::new();
+    let mut pending = Vec::new();
     for b in bases {
         let Ok(ancestry) = archive.target_ancestry(b).await else {
             continue;
         };
         let size = b.segment_size;
         let start = b.start_segment().number;
-        if archive
-            .first_missing(&ancestry, start, b.stop_segment().number, size)
-            .is_some()
+        if let Some(missing) =
+            archive.first_missing(&ancestry, start, b.stop_segment().number, size)
         {
+            pending.push(Pending {
+                base_backup: b.snapshot.id.short(),
+                consistent_at: b.consistent_at,
+                waits_for_segment: missing,
+            });
             continue;
         }
         let newest = archive.newest_on(&ancestry, start, size).unwrap_or(start);
@@ -349,12 +351,18 @@ async fn windows_of(
         let through = archive.segment_name(&ancestry, end, size);
         by_end
             .entry(through.clone())
-            .and_modify(|(w, _, _, _)| w.base_backups.push(b.snapshot.id.short()))
+            .and_modify(|(w, _, _, _)| {
+                w.base_backups.push(b.snapshot.id.short());
+                w.base_backups_at.push(b.consistent_at);
+            })
             .or_insert((
                 Window {
                     from: b.consistent_at,
-                    to: None,
+                    to: b.consistent_at,
                     base_backups: vec![b.snapshot.id.short()],
+                    base_backups_at: vec![b.consistent_at],
+                    newest_transaction: None,
+                    times_unreadable: None,
                     through_segment: through,
                     ends_at_gap: gap,
                 },
@@ -363,42 +371,63 @@ async fn windows_of(
                 end,
             ));
     }
-    let mut out = Vec::new();
+    let mut windows = Vec::new();
     for (_, (mut w, base, ancestry, end)) in by_end {
-        w.to = newest_transaction(archive, &base, &ancestry, end).await;
-        out.push(w);
+        match newest_transaction(archive, &base, &ancestry, end).await {
+            Ok(t) => w.newest_transaction = t,
+            Err(why) => w.times_unreadable = Some(why),
+        }
+        // The window ends at whichever is later: the newest archived
+        // transaction, or the newest base backup in it.
+        w.to = w
+            .base_backups_at
+            .iter()
+            .copied()
+            .chain(w.newest_transaction)
+            .max()
+            .unwrap_or(w.from);
+        windows.push(w);
     }
-    out.sort_by_key(|w| w.from);
-    Ok(out)
+    windows.sort_by_key(|w| w.from);
+    Ok(Reach { windows, pending })
 }
 
 /// The time of the newest commit or abort in the segments up to `end`
-/// (reading back at most a few segments), by `pg_waldump`.
+/// (reading back at most a few segments, none before the base backup's
+/// start), by `pg_waldump`: `Ok(None)` when they hold none, `Err` saying why
+/// they could not be read.
 async fn newest_transaction(
     archive: &WalArchive,
     base: &BaseBackup,
     ancestry: &[TimelineStep],
     end: u64,
-) -> Option<DateTime<Utc>> {
+) -> Result<Option<DateTime<Utc>>, String> {
     let size = base.segment_size;
-    let waldump = Waldump::find(base.major()).await?;
+    let waldump = Waldump::find(base.major())
+        .await
+        .ok_or_else(|| format!("no pg_waldump of PostgreSQL {}", base.major()))?;
     let dir = tokio::task::spawn_blocking(tempfile::tempdir)
         .await
-        .ok()?
-        .ok()?;
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("no temporary folder: {e}"))?;
     // Keep the temporary folder until the end of the function.
     let first = base.start_segment().number;
     for n in (first..=end).rev().take(8) {
         let name = archive.segment_name(ancestry, n, size);
-        let raw = archive.fetch(&name).await.ok()?;
+        let raw = archive.fetch(&name).await.map_err(|e| e.to_string())?;
         let path = dir.path().join(&name);
-        tokio::fs::write(&path, raw).await.ok()?;
-        let times = waldump.transaction_times(&path).await.ok()?;
+        tokio::fs::write(&path, raw)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let times = waldump
+            .transaction_times(&path)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(t) = times.last() {
-            return Some(*t);
+            return Ok(Some(*t));
         }
     }
-    None
+    Ok(None)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -418,6 +447,11 @@ pub struct PitrReport {
     pub base_backup_time: DateTime<Utc>,
     pub base_backup_consistent_at: DateTime<Utc>,
     pub timeline_path: Vec<u32>,
+    /// False when the restore stops at the end of the base backup
+    /// (`--snapshot` alone), whatever WAL was archived after it.
+    pub replays_wal_after_base_backup: bool,
+    /// What the restore did that the request alone does not say.
+    pub notes: Vec<String>,
     /// `rebuild` (it replaces the cluster and archives into the plan) or
     /// `scratch` (`archive_mode = off`).
     pub role: CopyRole,
@@ -476,19 +510,9 @@ pub async fn restore_pitr(
         });
     }
     let mut archive = WalArchive::list(repo, plan).await?;
-    let base = choose_base(&bases, &mut archive, opts).await?;
-    let ancestry = archive.target_ancestry(&base).await?;
-    let manifest = repo.load_manifest(&base.snapshot).await?;
-    if opts.start
-        && !manifest
-            .entries
-            .iter()
-            .any(|e| e.path == format!("{PGDATA_PREFIX}/postgresql.conf"))
-    {
-        return Err(PgError::NoConfig {
-            backup: base.snapshot.id.short(),
-        });
-    }
+    let mut base = choose_base(&bases, &mut archive, opts).await?;
+    let mut ancestry = archive.target_ancestry(&base).await?;
+    let mut manifest = base_manifest(repo, &base, opts.start).await?;
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, target = %opts.target, "point-in-time restore started");
 
     // 1. The WAL, checked before anything is written.
@@ -509,7 +533,74 @@ pub async fn restore_pitr(
         })?;
     // Removed on any failure; on success it has been moved into the data directory.
     let _spool_guard = RemoveOnDrop(spool.clone());
-    let checked = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await?;
+    // What the restore actually does, where that differs from what was asked.
+    let mut opts = opts.clone();
+    let mut notes = Vec::new();
+    let checked = match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool)
+        .await?
+    {
+        Ok(checked) => checked,
+        Err(past) => {
+            // A time after every archived transaction, but not after every
+            // base backup: the first backup consistent at or after it holds
+            // the state as of that time (nothing archived committed between).
+            let later = match (opts.target, &opts.snapshot) {
+                (PgTarget::Time(t), None) => bases.iter().find(|b| b.consistent_at >= t),
+                _ => None,
+            };
+            let (PgTarget::Time(t), Some(later)) = (opts.target, later) else {
+                return Err(past.refusal(opts.target, &bases, &mut archive).await?);
+            };
+            notes.push(format!(
+                "{} is later than the newest archived transaction{}; base backup {} is consistent at {}, with no archived transaction in between, so it was restored to its end (recovery_target = immediate)",
+                t.to_rfc3339(),
+                past.newest_seen
+                    .map(|n| format!(" ({})", n.to_rfc3339()))
+                    .unwrap_or_default(),
+                later.snapshot.id.short(),
+                later.consistent_at.to_rfc3339()
+            ));
+            base = later.clone();
+            ancestry = archive.target_ancestry(&base).await?;
+            manifest = base_manifest(repo, &base, opts.start).await?;
+            opts.target = PgTarget::Immediate;
+            // The spool holds the earlier backup's segments: start it afresh.
+            let _ = tokio::fs::remove_dir_all(&spool).await;
+            tokio::fs::create_dir_all(&spool)
+                .await
+                .map_err(|source| MaterializeError::Target {
+                    path: spool.clone(),
+                    source,
+                })?;
+            match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await? {
+                Ok(checked) => checked,
+                Err(past) => return Err(past.refusal(opts.target, &bases, &mut archive).await?),
+            }
+        }
+    };
+    if opts.target == PgTarget::Immediate && notes.is_empty() {
+        // `--snapshot X` alone: say what was not replayed.
+        let size = base.segment_size;
+        let stop = base.stop_segment().number;
+        let newest = archive
+            .newest_on(&ancestry, base.start_segment().number, size)
+            .unwrap_or(stop);
+        let after = if newest > stop {
+            format!(
+                "the {} WAL segment(s) archived after it (through {}) were not replayed",
+                newest - stop,
+                archive.segment_name(&ancestry, newest, size)
+            )
+        } else {
+            "WAL archived after it would not be replayed".to_string()
+        };
+        notes.push(format!(
+            "restored to the end of base backup {} (consistent at {}); {after}; use --latest for the newest state, or --at TIME",
+            base.snapshot.id.short(),
+            base.consistent_at.to_rfc3339()
+        ));
+    }
+    let opts = &opts;
     let check_wal_seconds = started.elapsed().as_secs_f64();
 
     // 2. The base backup.
@@ -558,6 +649,8 @@ pub async fn restore_pitr(
             .filter(|s| s.timeline >= base.timeline)
             .map(|s| s.timeline)
             .collect(),
+        replays_wal_after_base_backup: opts.target != PgTarget::Immediate,
+        notes,
         data_directory: target_dir.clone(),
         role,
         archiving: role == CopyRole::Rebuild,
@@ -595,6 +688,27 @@ pub async fn restore_pitr(
     report.phases.total_seconds = started.elapsed().as_secs_f64();
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, "point-in-time restore finished");
     Ok(report)
+}
+
+/// The base backup's manifest; with `--start`, it must carry the server's
+/// configuration.
+async fn base_manifest(
+    repo: &Repository,
+    base: &BaseBackup,
+    start: bool,
+) -> Result<Manifest, PgError> {
+    let manifest = repo.load_manifest(&base.snapshot).await?;
+    if start
+        && !manifest
+            .entries
+            .iter()
+            .any(|e| e.path == format!("{PGDATA_PREFIX}/postgresql.conf"))
+    {
+        return Err(PgError::NoConfig {
+            backup: base.snapshot.id.short(),
+        });
+    }
+    Ok(manifest)
 }
 
 /// Removes a scratch folder when dropped (if it is still there).
@@ -651,11 +765,11 @@ async fn choose_base(
     match pick {
         Some(b) => Ok(b.clone()),
         None => {
-            let windows = windows_of(bases, archive).await?;
+            let reach = windows_of(bases, archive).await?;
             Err(PgError::OutsideWindow {
                 target: opts.target.to_string(),
                 why: "it is earlier than the oldest base backup's consistent point".into(),
-                windows: windows_text(&windows),
+                windows: reach.to_string(),
             })
         }
     }
@@ -671,7 +785,9 @@ struct Checked {
 }
 
 /// Fetches, verifies and spools the segments from the base backup's start
-/// to the target; see the module documentation.
+/// to the target; see the module documentation. A time target later than
+/// every archived transaction is returned as [`PastArchive`], for the caller
+/// to refuse or to serve from a later base backup.
 async fn check_wal(
     archive: &mut WalArchive,
     bases: &[BaseBackup],
@@ -679,7 +795,7 @@ async fn check_wal(
     ancestry: &[TimelineStep],
     target: PgTarget,
     spool: &Path,
-) -> Result<Checked, PgError> {
+) -> Result<Result<Checked, PastArchive>, PgError> {
     let size = base.segment_size;
     let first = base.start_segment().number;
     let stop = base.stop_segment().number;
@@ -692,7 +808,7 @@ async fn check_wal(
         PgTarget::Lsn(l) => {
             let n = l.0 / size;
             if n > newest {
-                let windows = windows_of(bases, archive).await?;
+                let reach = windows_of(bases, archive).await?;
                 return Err(PgError::OutsideWindow {
                     target: target.to_string(),
                     why: format!(
@@ -704,7 +820,7 @@ async fn check_wal(
                         }
                         .end(size)
                     ),
-                    windows: windows_text(&windows),
+                    windows: reach.to_string(),
                 });
             }
             n.max(stop)
@@ -788,11 +904,11 @@ async fn check_wal(
                 for (_, _, task) in pending.drain(..) {
                     task.abort();
                 }
-                return Ok(Checked {
+                return Ok(Ok(Checked {
                     count,
                     first: archive.segment_name(ancestry, first, size),
                     last,
-                });
+                }));
             }
         }
     }
@@ -806,17 +922,36 @@ async fn check_wal(
             ),
         ));
     }
-    let windows = windows_of(bases, archive).await?;
-    Err(PgError::OutsideWindow {
-        target: target.to_string(),
-        why: format!(
-            "it is later than the newest archived transaction{} (archived WAL ends with segment {last})",
-            newest_seen
-                .map(|t| format!(" ({})", t.to_rfc3339()))
-                .unwrap_or_default()
-        ),
-        windows: windows_text(&windows),
-    })
+    Ok(Err(PastArchive { newest_seen, last }))
+}
+
+/// A time target later than every transaction in the archived WAL.
+struct PastArchive {
+    newest_seen: Option<DateTime<Utc>>,
+    /// The last archived segment.
+    last: String,
+}
+
+impl PastArchive {
+    async fn refusal(
+        self,
+        target: PgTarget,
+        bases: &[BaseBackup],
+        archive: &mut WalArchive,
+    ) -> Result<PgError, PgError> {
+        let reach = windows_of(bases, archive).await?;
+        Ok(PgError::OutsideWindow {
+            target: target.to_string(),
+            why: format!(
+                "it is later than the newest archived transaction{} (archived WAL ends with segment {}); if the server has written since, run `SELECT pg_switch_wal()` on it, wait for archiving, and retry",
+                self.newest_seen
+                    .map(|t| format!(" ({})", t.to_rfc3339()))
+                    .unwrap_or_default(),
+                self.last
+            ),
+            windows: reach.to_string(),
+        })
+    }
 }
 
 fn write_spool(spool: &Path, name: &str, raw: &[u8]) -> Result<(), PgError> {
