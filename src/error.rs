@@ -62,7 +62,7 @@ impl Exit {
             Exit::Ok => "success",
             Exit::Failure => "other failure",
             Exit::Usage => "usage",
-            Exit::Plan => "plan invalid",
+            Exit::Plan => "plan invalid or unreadable",
             Exit::Repository => "repository unavailable",
             Exit::Verify => "verification failed",
             Exit::Busy => "busy",
@@ -108,8 +108,23 @@ impl Error {
 }
 
 impl fmt::Display for Error {
+    /// The context, then each cause, joined by `: `. Many error kinds
+    /// already end their message with their cause (`unable to read plan
+    /// pg.yml: No such file or directory`) so it shows without the chain; a
+    /// cause the text so far already ends with is not said again.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#}", self.error)
+        let mut said = String::new();
+        for cause in self.error.chain() {
+            let text = cause.to_string();
+            if said == text || said.ends_with(&format!(": {text}")) {
+                continue;
+            }
+            if !said.is_empty() {
+                said.push_str(": ");
+            }
+            said.push_str(&text);
+        }
+        f.write_str(&said)
     }
 }
 
@@ -135,6 +150,7 @@ from_has_exit!(
     crate::engine::postgres::PgError,
     crate::engine::postgres::wal::WalError,
     crate::ops::doctor::InitError,
+    crate::engine::when::TimeError,
 );
 
 /// Adds context to a `Result` whose error converts into [`Error`].
@@ -182,6 +198,26 @@ impl HasExit for crate::repository::source::SourceError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_said_once() {
+        let e: Error = crate::plan::PlanError::Read {
+            file: "/etc/holdfast/pg.yml".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        }
+        .into();
+        let e = e.context("unable to archive pg_wal/000000010000000000000003");
+        assert_eq!(
+            e.to_string(),
+            "unable to archive pg_wal/000000010000000000000003: unable to read plan /etc/holdfast/pg.yml: entity not found"
+        );
+        // A cause the message does not carry is still shown.
+        let e = Error::new(
+            Exit::Failure,
+            anyhow::Error::new(std::io::Error::other("disk full")).context("unable to write x"),
+        );
+        assert_eq!(e.to_string(), "unable to write x: disk full");
+    }
 
     #[test]
     fn every_exit_code_is_documented_and_every_documented_code_exists() {

@@ -589,3 +589,89 @@ fn a_reader_that_stops_early_ends_the_listing_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn a_missing_plan_is_named_with_its_cause_once_and_wal_push_says_unable_to_archive() {
+    let env = Env::new();
+    let missing = env.path("pg.yml");
+    let msg = fails(&["snapshots", "--plan", missing.to_str().unwrap()], 3);
+    assert!(
+        msg.contains(&format!("unable to read plan {}", missing.display())),
+        "{msg}"
+    );
+    assert_eq!(
+        msg.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {msg}"
+    );
+    // In the server log, runbook section 9 says to look for `unable to archive`.
+    let wal = "pg_wal/000000010000000000000003";
+    let msg = fails(&["wal-push", "--plan", missing.to_str().unwrap(), wal], 3);
+    assert!(
+        msg.starts_with(&format!("error: unable to archive {wal}")) && msg.contains("pg.yml"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("No such file or directory").count(), 1, "{msg}");
+    // A plan that does not archive WAL: the same first words.
+    let files = env.plan(
+        "f",
+        &format!("{{type: files, path: {}}}", env.path("").display()),
+    );
+    let msg = fails(&["wal-push", "--plan", files.to_str().unwrap(), wal], 3);
+    assert!(
+        msg.starts_with(&format!("error: unable to archive {wal}"))
+            && msg.contains("does not archive WAL"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn restore_at_takes_a_time_as_psql_prints_it_and_a_bare_time_in_the_plans_timezone() {
+    let env = Env::new();
+    std::fs::create_dir(env.path("repo")).unwrap();
+    let plan = env.path("pg.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: 5432, user: postgres}}\nrepository: {{url: file://{}}}\nschedule: {{backup: '0 1 * * *', timezone: Europe/Berlin}}\nlock: {{mode: compliance, days: 7}}\nretention: {{keep_last: 3}}\n",
+            env.path("repo").display()
+        ),
+    )
+    .unwrap();
+    let to = env.path("restored");
+    let restore = |at: &str| {
+        command()
+            .args(["restore", "--plan", plan.to_str().unwrap(), "--to"])
+            .arg(&to)
+            .args(["--at", at])
+            .output()
+            .unwrap()
+    };
+    // The time is read; the restore then stops at the empty repository (exit 4).
+    for at in [
+        "2026-12-01 23:50:36+00",
+        "2026-12-01 23:50:36.123456+05:30",
+        "2026-12-01 23:50:36.123 UTC",
+    ] {
+        let out = restore(at);
+        let said = common::bin::said_by(&out, 4);
+        assert!(said.contains("no holdfast repository"), "{at}: {said}");
+    }
+    let said = common::bin::said_by(&restore("2026-12-01 23:50:36"), 4);
+    assert!(
+        said.contains("note: --at \"2026-12-01 23:50:36\" has no zone: read in the plan's timezone Europe/Berlin (schedule.timezone) as +01:00, i.e. 2026-12-01T22:50:36Z"),
+        "{said}"
+    );
+    let said = common::bin::said_by(&restore("2026-03-29 02:30"), 2);
+    assert!(
+        said.contains("2026-03-29T02:30:00+01:00 (2026-03-29T01:30:00Z) or 2026-03-29T02:30:00+02:00 (2026-03-29T00:30:00Z)"),
+        "{said}"
+    );
+    let said = common::bin::said_by(&restore("yesterday 18:55"), 2);
+    assert!(
+        said.contains("--at \"yesterday 18:55\" is not a time")
+            && said.contains("2026-02-23 18:55:59.123456+00"),
+        "{said}"
+    );
+    assert!(!to.exists());
+}

@@ -1062,3 +1062,69 @@ fn snapshot_latest_on_postgres_says_it_stops_at_the_base_backup_and_points_to_la
     );
     assert!(!to.exists());
 }
+
+#[test]
+fn recovery_on_a_port_in_use_says_the_data_directory_is_ready_and_how_to_start_it() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.sql("CREATE TABLE orders AS SELECT i AS id FROM generate_series(1, 500) i");
+    pg.archive_now();
+
+    // The cluster itself listens on this port.
+    let to = pg.path("busy-port");
+    let _copy = Restored { data: to.clone() };
+    let busy = pg.port().to_string();
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &busy,
+    ]);
+    exits_saying(&out, 1, "recovery failed");
+    let said = text(&out);
+    assert!(said.contains("Address already in use"), "{said}");
+    let hint = said
+        .lines()
+        .find(|l| l.contains("is restored and ready"))
+        .unwrap_or_else(|| panic!("no way out: {said}"));
+    assert!(
+        hint.contains("The port is in use") && hint.contains("its owner postgres"),
+        "{hint}"
+    );
+    // The command as printed: pg_ctl -D DIR -o '-p N' -l LOG start.
+    let command = hint.split_once("its owner postgres: ").unwrap().1;
+    let words: Vec<&str> = command.split(' ').collect();
+    assert_eq!(words[1..3], ["-D", s(&to)], "{command}");
+    assert_eq!(words[3], "-o", "{command}");
+    let port: u16 = words[5].trim_end_matches('\'').parse().unwrap();
+    assert_ne!(port.to_string(), busy);
+    assert_eq!((words[6], words[8]), ("-l", "start"), "{command}");
+    // Run it, as the owner: the copy recovers and promotes.
+    let out = common::postgres::as_postgres(
+        words[0],
+        &[
+            "-D",
+            s(&to),
+            "-o",
+            &format!("-p {port}"),
+            "-l",
+            words[7],
+            "-w",
+            "start",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sql_at(port, "SELECT pg_is_in_recovery()") != "f" {
+        assert!(Instant::now() < deadline, "the copy never promoted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(sql_at(port, "SELECT count(*) FROM orders"), "500");
+}

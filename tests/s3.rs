@@ -638,3 +638,63 @@ fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
     env.ok(&["restore", "--plan", s(&plan), "--to", s(&out)]);
     assert_eq!(checksum(&out), checksum(&db));
 }
+
+#[test]
+fn with_no_credentials_anywhere_the_error_says_where_they_go_without_the_sdks_noise() {
+    let env = Env::new("nocreds");
+    let db = env.path("app.db");
+    make_db(&db, 1);
+    let plan = env.sqlite_plan(&db);
+    let home = env.path("home");
+    std::fs::create_dir(&home).unwrap();
+    // As a newcomer's shell: no AWS_* at all (AWS_EC2_METADATA_DISABLED
+    // unset, so the chain asks instance metadata too), an empty HOME, and
+    // the default log level.
+    let mut cmd = Command::new(common::bin::BIN);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env_remove("HOLDFAST_LOG")
+        .env("HOME", &home)
+        .args(["backup", "--plan", s(&plan)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    // A hang guard, not a measurement: the chain must give up on its own.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("holdfast without credentials did not end within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = said_by(&out, 4);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: no S3 credentials for s3://{}/prod",
+            env.bucket
+        )),
+        "{said}"
+    );
+    for hint in [
+        "access_key_id",
+        "secret_access_key_file",
+        "AWS_ACCESS_KEY_ID",
+        "set -a; . FILE; set +a",
+        "AWS_PROFILE",
+        &format!("HOME={}", home.display()),
+    ] {
+        assert!(stderr.contains(hint), "no {hint:?} in: {said}");
+    }
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one error line, no SDK warnings or debug dumps: {said}"
+    );
+    assert!(!stderr.contains("raw: Response"), "{said}");
+}

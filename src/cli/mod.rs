@@ -233,7 +233,12 @@ fn init_tracing(format: LogFormat, quiet: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet { "warn" } else { "info" };
     let filter = EnvFilter::try_from_env("HOLDFAST_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("{default},aws=warn,hyper=warn")));
+        // aws_config warns about every provider of its chain that found
+        // nothing (instance metadata dumps whole HTTP responses); holdfast
+        // reports missing credentials itself, with a hint.
+        .unwrap_or_else(|_| {
+            EnvFilter::new(format!("{default},aws=warn,aws_config=error,hyper=warn"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

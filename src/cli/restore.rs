@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, Utc};
 use clap::Args;
 
 use super::render::{human_bytes, json as print_json, outln};
 use super::PlanArg;
 use crate::engine::postgres::pitr::{CopyRole, PitrReport};
+use crate::engine::when::parse_time;
 use crate::engine::{DumpRequest, RestorePoint, RestoreReport, RestoreRequest};
 use crate::error::{Error, Exit};
 use crate::plan::Plan;
@@ -23,9 +23,11 @@ pub(crate) struct RestoreArgs {
     /// no WAL archived after it (--latest gives the newest state).
     #[arg(long)]
     pub snapshot: Option<String>,
-    /// PostgreSQL: the state as of this instant (RFC 3339, e.g.
-    /// 2026-02-23T18:55:59Z): replays WAL up to it, excluding later
-    /// transactions.
+    /// PostgreSQL: the state as of this instant: replays WAL up to it,
+    /// excluding later transactions. RFC 3339 (2026-02-23T18:55:59Z), what
+    /// psql and server logs print (2026-02-23 18:55:59.123+00, +05:30,
+    /// -0800, UTC), or a bare time read in the plan's timezone (a note says
+    /// which offset; a time the clocks skip or repeat is refused).
     #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "latest"])]
     pub at: Option<String>,
     /// PostgreSQL: replay WAL up to this location (e.g. 0/3000148).
@@ -94,7 +96,7 @@ pub async fn run(args: RestoreArgs, progress: ProgressMode) -> Result<Exit, Erro
     let Some(to) = args.to.clone() else {
         return Err(Error::usage("say where to restore with --to"));
     };
-    let point = point(&args)?;
+    let point = point(&args, &plan)?;
     let base = match point {
         Some(RestorePoint::Snapshot(_)) | None => None,
         _ => args.snapshot.clone(),
@@ -120,16 +122,14 @@ pub async fn run(args: RestoreArgs, progress: ProgressMode) -> Result<Exit, Erro
 }
 
 /// How far to restore, from `--at`, `--lsn`, `--latest` or `--snapshot`.
-fn point(args: &RestoreArgs) -> Result<Option<RestorePoint>, Error> {
+fn point(args: &RestoreArgs, plan: &Plan) -> Result<Option<RestorePoint>, Error> {
     if let Some(at) = &args.at {
-        let t = DateTime::parse_from_rfc3339(at.trim())
-            .map_err(|e| {
-                Error::usage(format!(
-                    "--at {at:?} is not a time: {e}; write it in RFC 3339 with a zone, e.g. 2026-02-23T18:55:59Z"
-                ))
-            })?
-            .with_timezone(&Utc);
-        return Ok(Some(RestorePoint::Time(t)));
+        let parsed = parse_time(at, plan.schedule.timezone())
+            .map_err(|e| Error::usage(format!("--at {e}")))?;
+        if let Some(note) = &parsed.note {
+            eprintln!("note: --at {note}");
+        }
+        return Ok(Some(RestorePoint::Time(parsed.at)));
     }
     if let Some(lsn) = &args.lsn {
         return Ok(Some(RestorePoint::Position(lsn.clone())));

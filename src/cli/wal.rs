@@ -12,7 +12,14 @@ use crate::ops::wal::Fetched;
 use crate::plan::Plan;
 
 pub async fn push(plan: &PlanArg, path: &Path, json: bool) -> Result<Exit, Error> {
-    let plan = plan.load()?;
+    // Runbook section 9 tells on-call to look for `unable to archive` in the
+    // server log: every failure, the plan's own included, starts with it.
+    let plan = plan.load().map_err(|e| {
+        e.context(format!(
+            "unable to archive {}; PostgreSQL keeps it and retries",
+            path.display()
+        ))
+    })?;
     let report = crate::ops::wal::push(&plan, path).await?;
     if json {
         print_json(&report)?;

@@ -18,6 +18,7 @@ pub mod postgres;
 pub mod process;
 pub mod scratch;
 pub mod sqlite;
+pub mod when;
 
 use std::path::PathBuf;
 

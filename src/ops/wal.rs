@@ -29,7 +29,6 @@ pub fn check_archiving(plan: &Plan) -> Result<(), Error> {
 /// Archives the WAL file at `path`. Each file stays locked as long as the
 /// longest-kept base backup may need it.
 pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
-    check_archiving(plan)?;
     let context = || {
         format!(
             "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
@@ -37,6 +36,7 @@ pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
             plan.name
         )
     };
+    check_archiving(plan).with_context(context)?;
     let store = super::open_store(plan).await.with_context(context)?;
     wal::push(
         store.as_ref(),

@@ -138,6 +138,13 @@ pub enum StoreError {
         key: String,
         detail: String,
     },
+    /// No credentials anywhere the AWS chain looks, and none in the plan.
+    #[error("no S3 credentials for {store}: none in the plan, and the AWS chain found none ({detail}). Give them one of these ways: `access_key_id` with `secret_access_key: ${{VAR}}` or `secret_access_key_file` in the plan's repository section; AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment of the user running holdfast (an env file must be exported into that shell: `set -a; . FILE; set +a`, or EnvironmentFile= in a systemd unit; the server's archive_command sees only the server's environment); or AWS_PROFILE naming a profile in ~/.aws/credentials of that user (HOME={home})")]
+    NoCredentials {
+        store: String,
+        detail: String,
+        home: String,
+    },
     #[error("object key `{key}` is not valid: {why}")]
     BadKey { key: String, why: &'static str },
     #[error("object {key} in {store} is shorter than expected: wanted bytes {offset}..{end}, it has {size}")]

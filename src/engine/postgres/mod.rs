@@ -117,11 +117,13 @@ pub enum PgError {
         windows: String,
     },
     /// The restored server did not finish recovery.
-    #[error("recovery failed: {why}; the server log is {log}, ending:\n{tail}")]
+    #[error("recovery failed: {why}; the server log is {log}, ending:\n{tail}\n{next}")]
     Recovery {
         why: String,
         log: PathBuf,
         tail: String,
+        /// What to do with the data directory, which is restored and ready.
+        next: String,
     },
     #[error("snapshot {snapshot} of plan {plan} has no logical dump of database {database} (it has: {have})")]
     NoDump {

@@ -211,10 +211,16 @@ pub async fn start_and_recover(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    let failed = |why: String, log: &Path| PgError::Recovery {
-        why,
-        log: log.to_path_buf(),
-        tail: log_tail(log),
+    let pg_ctl = pg_program(bin.as_deref(), "pg_ctl");
+    let failed = |why: String, log: &Path| {
+        let tail = log_tail(log);
+        let next = start_by_hand(dir, &pg_ctl, port, log, &tail);
+        PgError::Recovery {
+            why,
+            log: log.to_path_buf(),
+            tail,
+            next,
+        }
     };
     let mut cmd = Command::new(pg_program(bin.as_deref(), "pg_ctl"));
     cmd.arg("-D")
@@ -286,6 +292,60 @@ pub async fn start_and_recover(
             });
         }
     }
+}
+
+/// Said where recovery fails with the server down: the data directory is
+/// complete, with its recovery settings, so starting it by hand (as its
+/// owner) resumes recovery where it stopped. A port in use is the common
+/// case: PostgreSQL's hint names another server, not this way out.
+fn start_by_hand(dir: &Path, pg_ctl: &Path, port: Option<u16>, log: &Path, tail: &str) -> String {
+    let owner = owner_of(dir);
+    let in_use = tail.contains("Address already in use");
+    let port = if in_use {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .ok()
+            .or(port.map(|p| p.wrapping_add(1)))
+    } else {
+        port
+    };
+    let command = format!(
+        "{pg_ctl} -D {dir}{port} -l {log} start",
+        pg_ctl = pg_ctl.display(),
+        dir = dir.display(),
+        port = port.map(|p| format!(" -o '-p {p}'")).unwrap_or_default(),
+        log = log.display(),
+    );
+    if in_use {
+        format!(
+            "The port is in use (by another server). The data directory {} is restored and ready: start it by hand on a free port (this one was free just now), as its owner {owner}: {command}",
+            dir.display()
+        )
+    } else {
+        format!(
+            "The data directory {} is restored and ready: once the cause above is fixed, start it by hand as its owner {owner} (recovery resumes where it stopped): {command}",
+            dir.display()
+        )
+    }
+}
+
+/// The name of the user owning `path` (from /etc/passwd), else its uid.
+fn owner_of(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata(path).map(|m| m.uid()) else {
+        return "the data directory's owner".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                let name = f.next()?;
+                (f.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// Port and a host to reach the server at, from `postmaster.pid`.

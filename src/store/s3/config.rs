@@ -113,6 +113,9 @@ pub(super) async fn build_client(config: &S3Config) -> Result<Client, StoreError
         ));
     }
     let shared = loader.load().await;
+    if config.credentials.is_none() {
+        check_credentials(&shared, &config.url()).await?;
+    }
     let mut builder = aws_sdk_s3::config::Builder::from(&shared)
         .force_path_style(config.path_style)
         .retry_config(
@@ -138,4 +141,29 @@ pub(super) async fn build_client(config: &S3Config) -> Result<Client, StoreError
         builder = builder.endpoint_url(endpoint.trim_end_matches('/'));
     }
     Ok(Client::from_conf(builder.build()))
+}
+
+/// Resolves the default chain's credentials once, up front: without this a
+/// missing key surfaces only at the first request, as a connection failure
+/// ("ConnectionFailed … loading credentials") with no hint where keys go.
+/// The client resolves them again on its own (cached from then on); from the
+/// environment or a profile that costs nothing, from instance metadata one
+/// more local request.
+async fn check_credentials(shared: &aws_config::SdkConfig, store: &str) -> Result<(), StoreError> {
+    use aws_sdk_s3::config::ProvideCredentials;
+    let missing = |detail: String| StoreError::NoCredentials {
+        store: store.to_string(),
+        detail,
+        home: std::env::var("HOME").unwrap_or_else(|_| "unset".into()),
+    };
+    let Some(provider) = shared.credentials_provider() else {
+        return Err(missing("no credential provider".into()));
+    };
+    match provider.provide_credentials().await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(missing(format!(
+            "looked in the environment, ~/.aws, web identity, container and instance metadata; last: {}",
+            super::error::error_chain(&e).trim_end_matches('.')
+        ))),
+    }
 }
