@@ -185,7 +185,9 @@ impl S3Store {
         }
     }
 
-    async fn version_retention(
+    /// The lock on one version of `key`, read from S3 (for `doctor`'s
+    /// read-back after an attempt to change it).
+    pub async fn version_retention(
         &self,
         key: &str,
         version: &str,
