@@ -717,6 +717,9 @@ struct Fault {
     status: u16,
     code: &'static str,
     message: &'static str,
+    /// Done (with the request line) before the error is answered: what a
+    /// lying refusal hides.
+    meanwhile: Option<fn(&str)>,
 }
 
 impl FaultyProxy {
@@ -760,6 +763,9 @@ impl FaultyProxy {
                 .unwrap_or(0);
             let mut body = vec![0u8; len];
             let _ = client.read_exact(&mut body);
+            if let Some(act) = f.meanwhile {
+                act(&line);
+            }
             let xml = format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>faulty-proxy</RequestId></Error>",
                 f.code, f.message
@@ -807,6 +813,7 @@ fn doctor_never_passes_when_the_attacks_fail_for_another_reason() {
                 status: 500,
                 code: "InternalError",
                 message: "We encountered an internal error. Please try again.",
+                meanwhile: None,
             },
             Fault {
                 method: "PUT",
@@ -814,6 +821,7 @@ fn doctor_never_passes_when_the_attacks_fail_for_another_reason() {
                 status: 403,
                 code: "ExpiredToken",
                 message: "The provided token has expired.",
+                meanwhile: None,
             },
         ],
     );
@@ -847,6 +855,7 @@ fn doctor_never_passes_when_the_attacks_fail_for_another_reason() {
                 status: 400,
                 code: "InvalidRequest",
                 message: "Missing required header for this request: Content-MD5",
+                meanwhile: None,
             },
             Fault {
                 method: "PUT",
@@ -854,6 +863,7 @@ fn doctor_never_passes_when_the_attacks_fail_for_another_reason() {
                 status: 400,
                 code: "InvalidRequest",
                 message: "Bucket is missing Object Lock Configuration",
+                meanwhile: None,
             },
         ],
     );
@@ -961,6 +971,82 @@ async fn governance_locks_warn_and_a_bypassed_lock_is_named_by_verify() {
             .unwrap()
             .contains("locked (governance) until"),
         "{report}"
+    );
+
+    // A refusal that lies: the canary's version is deleted (with the bypass
+    // these credentials hold) and the answer is the lock's 403 AccessDenied.
+    // The read-back finds the canary gone: FAIL, not PASS.
+    fn delete_with_bypass(request_line: &str) {
+        // DELETE /<bucket>/<key>?versionId=<v>&x-id=DeleteObject HTTP/1.1
+        let target = request_line.split(' ').nth(1).unwrap();
+        let (path, query) = target.split_once('?').unwrap();
+        let (bucket, key) = path.trim_start_matches('/').split_once('/').unwrap();
+        let version = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("versionId="))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = holdfast::store::s3::S3Store::open(common::s3_config(bucket, ""))
+                .await
+                .unwrap();
+            store
+                .client()
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .bypass_governance_retention(true)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+    let proxy = FaultyProxy::start(
+        common::s3_env()
+            .endpoint
+            .trim_start_matches("http://")
+            .to_string(),
+        vec![Fault {
+            method: "DELETE",
+            needles: &["doctor/canary-", "versionId="],
+            status: 403,
+            code: "AccessDenied",
+            message: "Access Denied.",
+            meanwhile: Some(delete_with_bypass),
+        }],
+    );
+    let liar = Env {
+        endpoint: format!("http://127.0.0.1:{}", proxy.port),
+        ..env
+    };
+    let plan = liar.plan(
+        "app",
+        &format!("{{type: sqlite, path: {}}}", db.display()),
+        "{mode: governance, days: 7}",
+        "{keep_last: 24, keep_daily: 7}",
+    );
+    let out = liar.run(&["doctor", "--plan", s(&plan), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(9), "{report}");
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "canary delete refused")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "fail", "{report}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("is GONE")
+            && check["error"]
+                .as_str()
+                .unwrap()
+                .contains("403 AccessDenied"),
+        "{check}"
     );
 }
 
