@@ -19,6 +19,9 @@ pub enum Exit {
     Source,
     Target,
     NotImmutable,
+    /// `doctor` could not tell: an attack on the canary failed with an error
+    /// that is not the lock's refusal, so immutability is not proven.
+    ImmutabilityUnknown,
     /// `wal-fetch` only: any failure but "not in the archive". PostgreSQL
     /// treats exit codes above 125 as fatal and stops recovery, where any
     /// other non-zero code would make it end recovery and promote early.
@@ -26,7 +29,7 @@ pub enum Exit {
 }
 
 impl Exit {
-    pub const ALL: [Exit; 11] = [
+    pub const ALL: [Exit; 12] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -37,6 +40,7 @@ impl Exit {
         Exit::Source,
         Exit::Target,
         Exit::NotImmutable,
+        Exit::ImmutabilityUnknown,
         Exit::WalFetchFatal,
     ];
 
@@ -52,6 +56,7 @@ impl Exit {
             Exit::Source => 7,
             Exit::Target => 8,
             Exit::NotImmutable => 9,
+            Exit::ImmutabilityUnknown => 10,
             Exit::WalFetchFatal => 126,
         }
     }
@@ -69,6 +74,7 @@ impl Exit {
             Exit::Source => "source failure",
             Exit::Target => "restore target",
             Exit::NotImmutable => "not immutable",
+            Exit::ImmutabilityUnknown => "immutability unknown",
             Exit::WalFetchFatal => "`wal-fetch` only: recovery must stop",
         }
     }

@@ -209,3 +209,81 @@ async fn a_flipped_byte_in_an_uncompressed_chunk_is_traced_to_its_pack() {
     );
     assert!(!out.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_hash_chain_is_named_by_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_at(&tmp.path().join("repo")).await;
+    let plan = plan_name("app");
+    // Unlocked, so the test can remove what it needs to.
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    let mut ids = Vec::new();
+    for seed in 1..=3 {
+        let source = MemSource {
+            files: vec![("app.db".into(), data(seed, 200_000))],
+        };
+        let r = backup(&repo, &plan, Box::new(source), &unlocked)
+            .await
+            .unwrap();
+        ids.push(r.snapshot);
+    }
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let snaps = repo.list_snapshots(&plan).await.unwrap();
+
+    // A manifest written through the store, as a copy of the newest with its
+    // `previous` pointing past it to the first: a valid object (its name is
+    // its hash) whose chain skips two snapshots.
+    let mut forged = repo.load_manifest(&snaps[2]).await.unwrap();
+    forged.previous = Some(ids[0]);
+    forged.started_at = snaps[2].started_at + Duration::seconds(10);
+    let (id, bytes) = forged.encode();
+    let key = holdfast::repository::snapshot_key(&plan, forged.started_at, &id);
+    repo.store()
+        .put(
+            &key,
+            bytes.clone().into(),
+            &holdfast::store::PutOptions {
+                sha256: holdfast::ids::Hash256::digest(&bytes),
+                retention: None,
+            },
+        )
+        .await
+        .unwrap();
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let p = &report.problems[0];
+    assert_eq!(p.kind, ProblemKind::ChainBroken);
+    assert_eq!(p.object, key);
+    assert_eq!(p.snapshots, vec![id.short()]);
+    assert!(
+        p.detail.contains(&ids[0].short()) && p.detail.contains(&ids[2].short()),
+        "{}",
+        p.detail
+    );
+    repo.store().delete(&key).await.unwrap();
+
+    // The middle snapshot's manifest removed outside holdfast (no prune
+    // record): the one after it names a snapshot that is gone.
+    repo.store().delete(&snaps[1].key).await.unwrap();
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    let p = &report.problems[0];
+    assert_eq!(p.kind, ProblemKind::ChainBroken);
+    assert_eq!(p.object, snaps[2].key);
+    assert!(
+        p.detail.contains(&ids[1].to_string()) && p.detail.contains("not in the repository"),
+        "{}",
+        p.detail
+    );
+    assert_eq!(report.snapshots_checked, 2);
+}

@@ -233,6 +233,28 @@ async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() 
             .collect()
     };
     assert!(keys.len() >= 4, "config, index, pack, manifest: {keys:?}");
+    // A refusal counts only as S3's Object Lock refusal (403 AccessDenied),
+    // and only when the version's lock reads back unchanged afterwards.
+    let lock_of = |key: String, version: String| {
+        let client = client.clone();
+        let bucket = env.bucket.clone();
+        async move {
+            let out = client
+                .head_object()
+                .bucket(bucket)
+                .key(&key)
+                .version_id(&version)
+                .send()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("version {version} of {key} cannot be read back: {e:?}")
+                });
+            (
+                out.object_lock_mode().map(|m| m.as_str().to_string()),
+                out.object_lock_retain_until_date().cloned(),
+            )
+        }
+    };
     let mut refused = 0;
     for key in &keys {
         let versions = client
@@ -243,43 +265,65 @@ async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() 
             .await
             .unwrap();
         for v in versions.versions() {
+            let version = v.version_id().unwrap().to_string();
+            let before = lock_of(key.clone(), version.clone()).await;
+            assert!(before.1.is_some(), "{key} {version} is not locked");
             let res = client
                 .delete_object()
                 .bucket(&env.bucket)
                 .key(key)
-                .version_id(v.version_id().unwrap())
+                .version_id(&version)
                 .bypass_governance_retention(true)
                 .send()
                 .await;
-            if res.is_err() {
-                refused += 1;
+            match res {
+                Ok(_) => panic!("version {version} of {key} was deleted"),
+                Err(e) => {
+                    let f = holdfast::store::s3::failure(&e);
+                    assert!(
+                        f.is_lock_refusal(),
+                        "deleting version {version} of {key} failed, but not with the lock's refusal: {f}"
+                    );
+                }
             }
+            assert_eq!(
+                lock_of(key.clone(), version.clone()).await,
+                before,
+                "the lock of {key} {version} changed"
+            );
+            refused += 1;
+
+            let shorten = client
+                .put_object_retention()
+                .bucket(&env.bucket)
+                .key(key)
+                .version_id(&version)
+                .retention(
+                    aws_sdk_s3::types::ObjectLockRetention::builder()
+                        .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
+                        .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                            before.1.unwrap().secs() - 86_400,
+                        ))
+                        .build(),
+                )
+                .send()
+                .await;
+            match shorten {
+                Ok(_) => panic!("the lock of {key} {version} was shortened"),
+                Err(e) => {
+                    let f = holdfast::store::s3::failure(&e);
+                    assert!(
+                        f.is_lock_refusal(),
+                        "shortening the lock of {key} {version} failed, but not with the lock's refusal: {f}"
+                    );
+                }
+            }
+            assert_eq!(
+                lock_of(key.clone(), version.clone()).await,
+                before,
+                "the lock of {key} {version} changed although shortening it was refused"
+            );
         }
-        let until = client
-            .head_object()
-            .bucket(&env.bucket)
-            .key(key)
-            .send()
-            .await
-            .unwrap()
-            .object_lock_retain_until_date()
-            .cloned()
-            .expect("every object holdfast wrote is locked");
-        let shorten = client
-            .put_object_retention()
-            .bucket(&env.bucket)
-            .key(key)
-            .retention(
-                aws_sdk_s3::types::ObjectLockRetention::builder()
-                    .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Compliance)
-                    .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
-                        until.secs() - 86_400,
-                    ))
-                    .build(),
-            )
-            .send()
-            .await;
-        assert!(shorten.is_err(), "the lock of {key} was shortened");
         client
             .delete_object()
             .bucket(&env.bucket)
@@ -368,6 +412,24 @@ async fn doctor_passes_on_a_locked_bucket_and_fails_on_an_unlocked_one() {
     assert_eq!(status("canary delete refused"), "pass", "{report}");
     assert_eq!(status("canary lock cannot be shortened"), "pass");
     assert_eq!(status("bucket object lock"), "pass");
+    assert_eq!(status("lock mode"), "pass");
+    assert_eq!(report["verdict"], "pass", "{report}");
+    // Each pass names the refusal it rests on.
+    for name in ["canary delete refused", "canary lock cannot be shortened"] {
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert!(
+            check["error"]
+                .as_str()
+                .unwrap()
+                .contains("403 AccessDenied"),
+            "{check}"
+        );
+    }
     let writer = report["writer_policy"].to_string();
     assert!(writer.contains("s3:PutObject") && writer.contains("s3:BypassGovernanceRetention"));
     assert!(
@@ -697,4 +759,432 @@ fn with_no_credentials_anywhere_the_error_says_where_they_go_without_the_sdks_no
         "one error line, no SDK warnings or debug dumps: {said}"
     );
     assert!(!stderr.contains("raw: Response"), "{said}");
+}
+
+/// A proxy in front of the S3 server that answers the requests a rule
+/// matches with the error the rule gives, and passes every other request
+/// through byte for byte (one request per connection, so each is seen). The
+/// Host header is kept, so request signatures still verify.
+struct FaultyProxy {
+    port: u16,
+}
+
+/// Answers requests whose request line starts with `method` and contains
+/// every string in `needles` with HTTP `status` and S3 error `code`.
+struct Fault {
+    method: &'static str,
+    needles: &'static [&'static str],
+    status: u16,
+    code: &'static str,
+    message: &'static str,
+    /// Done (with the request line) before the error is answered: what a
+    /// lying refusal hides.
+    meanwhile: Option<fn(&str)>,
+}
+
+impl FaultyProxy {
+    fn start(upstream: String, faults: Vec<Fault>) -> FaultyProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let faults = std::sync::Arc::new(faults);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (upstream, faults) = (upstream.clone(), faults.clone());
+                std::thread::spawn(move || Self::serve(conn, &upstream, &faults));
+            }
+        });
+        FaultyProxy { port }
+    }
+
+    fn serve(mut client: std::net::TcpStream, upstream: &str, faults: &[Fault]) {
+        use std::io::{Read, Write};
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                _ => return,
+            }
+        }
+        let text = String::from_utf8_lossy(&head).to_string();
+        let line = text.lines().next().unwrap_or("").to_string();
+        if let Some(f) = faults
+            .iter()
+            .find(|f| line.starts_with(f.method) && f.needles.iter().all(|n| line.contains(n)))
+        {
+            let len: usize = text
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            let mut body = vec![0u8; len];
+            let _ = client.read_exact(&mut body);
+            if let Some(act) = f.meanwhile {
+                act(&line);
+            }
+            let xml = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{}</Code><Message>{}</Message><RequestId>faulty-proxy</RequestId></Error>",
+                f.code, f.message
+            );
+            let _ = write!(
+                client,
+                "HTTP/1.1 {} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{xml}",
+                f.status,
+                xml.len()
+            );
+            return;
+        }
+        let Ok(mut up) = std::net::TcpStream::connect(upstream) else {
+            return;
+        };
+        let head = text.replacen("\r\n", "\r\nConnection: close\r\n", 1);
+        if up.write_all(head.as_bytes()).is_err() {
+            return;
+        }
+        let (mut c2, mut u2) = (client.try_clone().unwrap(), up.try_clone().unwrap());
+        let forward = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut u2);
+        });
+        let _ = std::io::copy(&mut up, &mut client);
+        let _ = client.shutdown(std::net::Shutdown::Both);
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        let _ = forward.join();
+    }
+}
+
+#[test]
+fn doctor_never_passes_when_the_attacks_fail_for_another_reason() {
+    let upstream = common::s3_env()
+        .endpoint
+        .trim_start_matches("http://")
+        .to_string();
+    // The delete answered 500 (retried by the SDK, then given up), the lock
+    // change 403 ExpiredToken: neither is the lock's refusal.
+    let proxy = FaultyProxy::start(
+        upstream.clone(),
+        vec![
+            Fault {
+                method: "DELETE",
+                needles: &["doctor/canary-", "versionId="],
+                status: 500,
+                code: "InternalError",
+                message: "We encountered an internal error. Please try again.",
+                meanwhile: None,
+            },
+            Fault {
+                method: "PUT",
+                needles: &["doctor/canary-", "retention"],
+                status: 403,
+                code: "ExpiredToken",
+                message: "The provided token has expired.",
+                meanwhile: None,
+            },
+        ],
+    );
+    let env = Env::on("doctor-faulty", format!("http://127.0.0.1:{}", proxy.port));
+    let db = env.path("app.db");
+    make_db(&db, 100);
+    let plan = env.sqlite_plan(&db);
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    let out = env.run(&["doctor", "--plan", s(&plan)]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(10), "{text}");
+    assert!(!text.contains("PASS"), "{text}");
+    assert!(
+        text.contains("UNKNOWN canary delete refused") && text.contains("InternalError"),
+        "{text}"
+    );
+    assert!(
+        text.contains("UNKNOWN canary lock cannot be shortened")
+            && text.contains("error: HTTP 403 ExpiredToken: The provided token has expired."),
+        "{text}"
+    );
+    assert!(text.contains("\nUNKNOWN: repository"), "{text}");
+
+    // A malformed request (400 InvalidRequest) on both: unknown too, in --json.
+    let proxy = FaultyProxy::start(
+        upstream,
+        vec![
+            Fault {
+                method: "DELETE",
+                needles: &["doctor/canary-", "versionId="],
+                status: 400,
+                code: "InvalidRequest",
+                message: "Missing required header for this request: Content-MD5",
+                meanwhile: None,
+            },
+            Fault {
+                method: "PUT",
+                needles: &["doctor/canary-", "retention"],
+                status: 400,
+                code: "InvalidRequest",
+                message: "Bucket is missing Object Lock Configuration",
+                meanwhile: None,
+            },
+        ],
+    );
+    let env = Env {
+        endpoint: format!("http://127.0.0.1:{}", proxy.port),
+        ..env
+    };
+    let plan = env.sqlite_plan(&db);
+    let out = env.run(&["doctor", "--plan", s(&plan), "--json"]);
+    assert_eq!(out.status.code(), Some(10));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["verdict"], "unknown", "{report}");
+    for name in ["canary delete refused", "canary lock cannot be shortened"] {
+        let check = report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap();
+        assert_eq!(check["status"], "unknown", "{check}");
+        assert!(
+            check["error"]
+                .as_str()
+                .unwrap()
+                .contains("HTTP 400 InvalidRequest"),
+            "{check}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn governance_locks_warn_and_a_bypassed_lock_is_named_by_verify() {
+    let env = Env::new("governance");
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.plan(
+        "app",
+        &format!("{{type: sqlite, path: {}}}", db.display()),
+        "{mode: governance, days: 7}",
+        "{keep_last: 24, keep_daily: 7}",
+    );
+    env.ok(&["repo", "init", "--plan", s(&plan)]);
+    // The test server's one identity may bypass governance locks: doctor
+    // warns about the mode, and fails the plan on the permission.
+    let out = env.run(&["doctor", "--plan", s(&plan), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(9), "{report}");
+    let status = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no check {name}: {report}"))["status"]
+            .clone()
+    };
+    assert_eq!(status("lock mode"), "warn", "{report}");
+    assert_eq!(status("canary delete refused"), "pass", "{report}");
+    assert_eq!(status("canary lock cannot be shortened"), "pass");
+    assert_eq!(status("s3:BypassGovernanceRetention"), "fail");
+    assert_eq!(report["verdict"], "fail");
+
+    env.ok(&["backup", "--plan", s(&plan)]);
+    let clean = env.json(&["verify", "--plan", s(&plan), "--json"]);
+    assert_eq!(clean["problems"], serde_json::json!([]), "{clean}");
+
+    // Whoever holds the bypass shortens a pack's lock to an hour.
+    let raw = env.raw().await;
+    use holdfast::store::Store;
+    let packs = raw.list("packs/").await.unwrap();
+    let pack = &packs[0].key;
+    let version = raw.versions(pack).await.unwrap()[0].0.clone();
+    let before = raw.head(pack).await.unwrap().retention.unwrap();
+    let shorter = chrono::Utc::now() + chrono::Duration::hours(1);
+    raw.client()
+        .put_object_retention()
+        .bucket(&env.bucket)
+        .key(raw.full_key(pack))
+        .version_id(&version)
+        .bypass_governance_retention(true)
+        .retention(
+            aws_sdk_s3::types::ObjectLockRetention::builder()
+                .mode(aws_sdk_s3::types::ObjectLockRetentionMode::Governance)
+                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                    shorter.timestamp(),
+                ))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let after = raw.head(pack).await.unwrap().retention.unwrap();
+    assert!(after.until < before.until, "{before:?} -> {after:?}");
+
+    let out = env.run(&["verify", "--plan", s(&plan), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(5), "{report}");
+    let problems = report["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["kind"], "retention_too_short");
+    assert_eq!(problems[0]["object"], pack.as_str());
+    assert!(
+        problems[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("locked (governance) until"),
+        "{report}"
+    );
+
+    // A refusal that lies: the canary's version is deleted (with the bypass
+    // these credentials hold) and the answer is the lock's 403 AccessDenied.
+    // The read-back finds the canary gone: FAIL, not PASS.
+    fn delete_with_bypass(request_line: &str) {
+        // DELETE /<bucket>/<key>?versionId=<v>&x-id=DeleteObject HTTP/1.1
+        let target = request_line.split(' ').nth(1).unwrap();
+        let (path, query) = target.split_once('?').unwrap();
+        let (bucket, key) = path.trim_start_matches('/').split_once('/').unwrap();
+        let version = query
+            .split('&')
+            .find_map(|p| p.strip_prefix("versionId="))
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = holdfast::store::s3::S3Store::open(common::s3_config(bucket, ""))
+                .await
+                .unwrap();
+            store
+                .client()
+                .delete_object()
+                .bucket(bucket)
+                .key(key)
+                .version_id(version)
+                .bypass_governance_retention(true)
+                .send()
+                .await
+                .unwrap();
+        });
+    }
+    let proxy = FaultyProxy::start(
+        common::s3_env()
+            .endpoint
+            .trim_start_matches("http://")
+            .to_string(),
+        vec![Fault {
+            method: "DELETE",
+            needles: &["doctor/canary-", "versionId="],
+            status: 403,
+            code: "AccessDenied",
+            message: "Access Denied.",
+            meanwhile: Some(delete_with_bypass),
+        }],
+    );
+    let liar = Env {
+        endpoint: format!("http://127.0.0.1:{}", proxy.port),
+        ..env
+    };
+    let plan = liar.plan(
+        "app",
+        &format!("{{type: sqlite, path: {}}}", db.display()),
+        "{mode: governance, days: 7}",
+        "{keep_last: 24, keep_daily: 7}",
+    );
+    let out = liar.run(&["doctor", "--plan", s(&plan), "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(9), "{report}");
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "canary delete refused")
+        .unwrap()
+        .clone();
+    assert_eq!(check["status"], "fail", "{report}");
+    assert!(
+        check["detail"].as_str().unwrap().contains("is GONE")
+            && check["error"]
+                .as_str()
+                .unwrap()
+                .contains("403 AccessDenied"),
+        "{check}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pack_reused_by_a_snapshot_kept_longer_gets_its_lock_extended() {
+    use holdfast::plan::Tier;
+    use holdfast::repository::backup::{backup, BackupOptions};
+    use holdfast::store::{LockMode, Retention, Store};
+    let store = common::s3_bucket("extend", true).await;
+    let repo = holdfast::repository::Repository::open_or_init(
+        std::sync::Arc::new(store.clone()),
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let plan: holdfast::plan::PlanName = serde_json::from_value(serde_json::json!("app")).unwrap();
+    let source = || {
+        Box::new(common::MemSource {
+            files: vec![("app.db".into(), common::data(5, 3_000_000))],
+        })
+    };
+    let whole = |days: i64| Retention {
+        mode: LockMode::Compliance,
+        until: chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + days * 86_400, 0)
+            .unwrap(),
+    };
+    let opts = |tier: Tier, retention: Retention| BackupOptions {
+        compression_level: 3,
+        retention: Some(retention),
+        tier,
+        progress: holdfast::progress::ProgressMode::Quiet,
+    };
+    // First a snapshot kept briefly (`last`), then the same data as the day's
+    // snapshot, kept a week: every pack is reused, and must be locked a week.
+    let short = whole(1);
+    let first = backup(&repo, &plan, source(), &opts(Tier::Last, short))
+        .await
+        .unwrap();
+    assert!(first.packs_written >= 1);
+    let long = whole(7);
+    let second = backup(&repo, &plan, source(), &opts(Tier::Daily, long))
+        .await
+        .unwrap();
+    assert_eq!(second.packs_written, 0, "{second:?}");
+    assert_eq!(second.packs_reused, first.packs_written);
+    let packs = store.list("packs/").await.unwrap();
+    let index = store.list("index/").await.unwrap();
+    assert!(!packs.is_empty() && !index.is_empty());
+    for info in packs.iter().chain(&index) {
+        // Read back from the server, not from anything holdfast remembers.
+        let full = store.full_key(&info.key);
+        let out = store
+            .client()
+            .get_object_retention()
+            .bucket(store.bucket())
+            .key(&full)
+            .send()
+            .await
+            .unwrap();
+        let until = out.retention().unwrap().retain_until_date().unwrap().secs();
+        assert_eq!(
+            until,
+            long.until.timestamp(),
+            "{} is locked until {until}, the daily snapshot needs {}",
+            info.key,
+            long.until
+        );
+    }
+    assert!(second.locks_extended >= (packs.len() + index.len()) as u64);
+    let report = holdfast::repository::verify::verify(
+        &repo,
+        &plan,
+        None,
+        None,
+        holdfast::progress::ProgressMode::Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
 }

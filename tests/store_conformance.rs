@@ -101,16 +101,37 @@ async fn conformance(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let info = store.head("t/locked").await.unwrap();
-    let until = info.retention.expect("retention is recorded").until;
+    let locked = info.retention.expect("retention is recorded");
+    let until = locked.until;
+    // Each attempt is judged by the error it gets (the lock's own refusal,
+    // nothing else), and the lock is read back after it.
     let err = store.delete("t/locked").await.unwrap_err();
-    assert!(matches!(err, StoreError::Retained { .. }), "{url}: {err}");
+    assert!(
+        matches!(&err, StoreError::Retained { key, until: u, .. } if key == "t/locked" && *u == until),
+        "{url}: a delete of a locked object must be refused as Retained, naming it and its lock: {err}"
+    );
+    assert_eq!(
+        store.head("t/locked").await.unwrap().retention,
+        Some(locked),
+        "{url}: the lock changed after a refused delete"
+    );
     let shorter = Retention {
         mode: LockMode::Compliance,
         until: until - Duration::days(1),
     };
+    let err = store
+        .extend_retention("t/locked", &shorter)
+        .await
+        .unwrap_err();
     assert!(
-        store.extend_retention("t/locked", &shorter).await.is_err(),
-        "{url}: shortened"
+        matches!(&err, StoreError::RetentionShortening { key, current, requested, .. }
+            if key == "t/locked" && *current == until && *requested == shorter.until),
+        "{url}: shortening must be refused as RetentionShortening: {err}"
+    );
+    assert_eq!(
+        store.head("t/locked").await.unwrap().retention,
+        Some(locked),
+        "{url}: the lock changed although shortening it was refused"
     );
     let longer = Retention {
         mode: LockMode::Compliance,

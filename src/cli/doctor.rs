@@ -3,7 +3,7 @@
 use super::render::{json as print_json, outln};
 use super::PlanArg;
 use crate::error::{Error, Exit};
-use crate::ops::doctor::Status;
+use crate::ops::doctor::{Status, Verdict};
 
 pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
     let plan = plan.load()?;
@@ -15,9 +15,13 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             let mark = match c.status {
                 Status::Pass => "ok  ",
                 Status::Warn => "WARN",
+                Status::Unknown => "UNKNOWN",
                 Status::Fail => "FAIL",
             };
             outln!("{mark} {}: {}", c.name, c.detail)?;
+            if let Some(e) = &c.error {
+                outln!("     error: {e}")?;
+            }
         }
         if let (Some(w), Some(p)) = (&report.writer_policy, &report.prune_policy) {
             outln!("\nLeast-privilege IAM policy for the backup writer (no delete except its own lock objects):")?;
@@ -33,19 +37,23 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
         }
         outln!(
             "\n{}: repository {} of plan {} {}",
-            if report.ok() { "PASS" } else { "FAIL" },
+            match report.verdict {
+                Verdict::Pass => "PASS",
+                Verdict::Unknown => "UNKNOWN",
+                Verdict::Fail => "FAIL",
+            },
             report.repository,
             report.plan,
-            if report.ok() {
-                "is immutable: a locked object could be neither deleted nor have its lock shortened"
-            } else {
-                "is NOT proven immutable; see the FAIL lines above"
+            match report.verdict {
+                Verdict::Pass => "is immutable: a locked object could be neither deleted nor have its lock shortened (refused with the lock's own error, read back unchanged)",
+                Verdict::Unknown => "could NOT be proven immutable: an attempt failed with an error that says nothing about the lock; see the UNKNOWN lines and their errors",
+                Verdict::Fail => "is NOT proven immutable; see the FAIL lines above",
             }
         )?;
     }
-    Ok(if report.ok() {
-        Exit::Ok
-    } else {
-        Exit::NotImmutable
+    Ok(match report.verdict {
+        Verdict::Pass => Exit::Ok,
+        Verdict::Unknown => Exit::ImmutabilityUnknown,
+        Verdict::Fail => Exit::NotImmutable,
     })
 }

@@ -16,7 +16,7 @@ use crate::error::HasExit;
 use crate::ids::Hash256;
 use crate::plan::{LockSetting, Plan, Tier};
 use crate::repository::Repository;
-use crate::store::s3::{failure, BucketState, S3Store};
+use crate::store::s3::{failure, BucketState, Failure, S3Store};
 use crate::store::{LockMode, PutOptions, Retention, Store, StoreConfig, StoreError};
 
 /// How long doctor's canaries stay locked; `prune` removes them afterwards.
@@ -27,6 +27,20 @@ pub const CANARY_LOCK: Duration = Duration::minutes(2);
 pub enum Status {
     Pass,
     Warn,
+    /// Could not tell: the attempt failed with an error that says nothing
+    /// about the lock (a 5xx, an expired credential, a malformed request, no
+    /// answer), or what it changed could not be read back. Never a pass.
+    Unknown,
+    Fail,
+}
+
+/// The answer doctor gives: proven immutable, proven not, or not proven
+/// either way. `Warn` lines alone still pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Unknown,
     Fail,
 }
 
@@ -35,6 +49,10 @@ pub struct Check {
     pub name: &'static str,
     pub status: Status,
     pub detail: String,
+    /// The error the storage service answered this check's request with
+    /// (`HTTP 403 AccessDenied: Access Denied.`): the refusal a pass rests
+    /// on, or what made it a fail or unknown.
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -42,6 +60,8 @@ pub struct DoctorReport {
     pub plan: String,
     pub repository: String,
     pub lock: LockSetting,
+    /// `fail` if any check failed, else `unknown` if any could not tell, else `pass`.
+    pub verdict: Verdict,
     pub checks: Vec<Check>,
     /// Least-privilege IAM policies (S3 only): the backup writer's, and prune's.
     pub writer_policy: Option<serde_json::Value>,
@@ -50,15 +70,37 @@ pub struct DoctorReport {
 
 impl DoctorReport {
     pub fn ok(&self) -> bool {
-        self.checks.iter().all(|c| c.status != Status::Fail)
+        self.verdict == Verdict::Pass
     }
 
     fn push(&mut self, name: &'static str, status: Status, detail: impl Into<String>) {
+        self.push_seen(name, status, detail, None);
+    }
+
+    fn push_seen(
+        &mut self,
+        name: &'static str,
+        status: Status,
+        detail: impl Into<String>,
+        error: Option<String>,
+    ) {
         self.checks.push(Check {
             name,
             status,
             detail: detail.into(),
+            error,
         });
+    }
+
+    fn decide(&mut self) {
+        let has = |s: Status| self.checks.iter().any(|c| c.status == s);
+        self.verdict = if has(Status::Fail) {
+            Verdict::Fail
+        } else if has(Status::Unknown) {
+            Verdict::Unknown
+        } else {
+            Verdict::Pass
+        };
     }
 }
 
@@ -174,11 +216,18 @@ async fn put_canary(
 
 /// Runs every check against the plan's repository.
 pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
+    let mut report = run_checks(plan).await?;
+    report.decide();
+    Ok(report)
+}
+
+async fn run_checks(plan: &Plan) -> Result<DoctorReport, StoreError> {
     let s3 = s3_store(plan).await?;
     let mut report = DoctorReport {
         plan: plan.name.to_string(),
         repository: plan.repository.url(),
         lock: plan.lock.mode,
+        verdict: Verdict::Unknown,
         checks: Vec::new(),
         writer_policy: s3.as_ref().map(writer_policy),
         prune_policy: s3.as_ref().map(prune_policy),
@@ -238,7 +287,12 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
                 );
             }
             Err(e) => {
-                report.push("bucket", Status::Fail, e.to_string());
+                report.push_seen(
+                    "bucket",
+                    Status::Fail,
+                    format!("unable to read the state of bucket {}", s3.bucket()),
+                    Some(e.to_string()),
+                );
                 return Ok(report);
             }
         }
@@ -261,15 +315,27 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
         );
         return Ok(report);
     };
+    report.push(
+        "lock mode",
+        match mode {
+            LockMode::Compliance => Status::Pass,
+            LockMode::Governance => Status::Warn,
+        },
+        match mode {
+            LockMode::Compliance => "compliance: no one, not even the bucket's owner, can shorten a lock or delete a locked version".to_string(),
+            LockMode::Governance => "GOVERNANCE: anyone granted s3:BypassGovernanceRetention (an administrator, or a role given it later) can delete locked backups or shorten their locks; use `lock: {mode: compliance}` for backups that must survive a compromised account".to_string(),
+        },
+    );
 
     // The canary: locked as the plan locks, then attacked.
     let until = Utc::now() + CANARY_LOCK;
     let key = canary_key("canary");
     if let Err(e) = put_canary(store.as_ref(), &key, Some(Retention { mode, until })).await {
-        report.push(
+        report.push_seen(
             "canary write",
             Status::Fail,
-            format!("unable to write {key} under lock: {e}"),
+            format!("unable to write {key} under lock"),
+            Some(e.to_string()),
         );
         return Ok(report);
     }
@@ -284,28 +350,196 @@ pub async fn doctor(plan: &Plan) -> Result<DoctorReport, StoreError> {
 
     match &s3 {
         Some(s3) => s3_attacks(&mut report, s3, &key, mode, until).await,
-        None => {
-            let deleted = store.delete(&key).await;
-            report.push(
-                "canary delete refused",
-                if matches!(deleted, Err(StoreError::Retained { .. })) {
-                    Status::Pass
-                } else {
-                    Status::Fail
-                },
-                match deleted {
-                    Err(e) => format!("refused: {e}"),
-                    Ok(()) => "the canary was DELETED: objects are not immutable".into(),
-                },
-            );
-            report.push(
+        None => local_attacks(&mut report, store.as_ref(), &key, mode).await,
+    }
+    if s3.is_none() {
+        report.push(
                 "local repository",
                 Status::Warn,
                 "a local repository's locks are enforced by holdfast, not by the operating system: root on this machine can still delete it. Keep a copy on S3 with Object Lock",
             );
-        }
     }
     Ok(report)
+}
+
+/// How one attempt to destroy the canary ended.
+enum Attempt {
+    /// Refused with the lock's own refusal, and a read-back shows the lock
+    /// unchanged: what a pass rests on.
+    Refused { error: String },
+    /// The change went through, or a read-back shows it did.
+    Done { what: String, error: Option<String> },
+    /// Neither: an error that says nothing about the lock, or a read-back
+    /// that failed.
+    Unclear { why: String, error: String },
+}
+
+/// Turns the attempts of one check into its line.
+fn judge(
+    report: &mut DoctorReport,
+    name: &'static str,
+    attempts: Vec<Attempt>,
+    pass: String,
+    none: String,
+) {
+    let mut done = Vec::new();
+    let mut unclear = Vec::new();
+    let mut errors = Vec::new();
+    for a in attempts {
+        match a {
+            Attempt::Refused { error } => errors.push(error),
+            Attempt::Done { what, error } => {
+                done.push(what);
+                errors.extend(error);
+            }
+            Attempt::Unclear { why, error } => {
+                unclear.push(why);
+                errors.push(error);
+            }
+        }
+    }
+    let error = (!errors.is_empty()).then(|| errors.join("; "));
+    if !done.is_empty() {
+        report.push_seen(name, Status::Fail, done.join("; "), error);
+    } else if !unclear.is_empty() {
+        report.push_seen(
+            name,
+            Status::Unknown,
+            format!(
+                "could not tell: {}; that is not the Object Lock refusal (HTTP 403 AccessDenied), so it proves nothing about the lock. Fix what the error names and run doctor again",
+                unclear.join("; ")
+            ),
+            error,
+        );
+    } else if error.is_none() {
+        report.push_seen(name, Status::Unknown, none, None);
+    } else {
+        report.push_seen(name, Status::Pass, pass, error);
+    }
+}
+
+/// On a local store the store itself enforces the lock: its refusals are
+/// typed, so only `Retained` and `RetentionShortening` count.
+async fn local_attacks(report: &mut DoctorReport, store: &dyn Store, key: &str, mode: LockMode) {
+    let before = store.head(key).await.map(|i| i.retention);
+    let readback = |after: Result<crate::store::ObjectInfo, StoreError>| match (&before, after) {
+        (Ok(b), Ok(a)) if a.retention == *b && b.is_some() => None,
+        (Ok(b), Ok(a)) => Some(Ok(format!(
+            "the lock of {key} is now {:?}, was {b:?}",
+            a.retention
+        ))),
+        (_, Err(e)) if e.is_not_found() => Some(Ok(format!("{key} is GONE"))),
+        (_, Err(e)) => Some(Err(e.to_string())),
+        (Err(e), _) => Some(Err(e.to_string())),
+    };
+    let attempt = match store.delete(key).await {
+        Ok(()) => Attempt::Done {
+            what: format!("the canary {key} was DELETED: objects are not immutable"),
+            error: None,
+        },
+        Err(e @ StoreError::Retained { .. }) => match readback(store.head(key).await) {
+            None => Attempt::Refused {
+                error: e.to_string(),
+            },
+            Some(Ok(what)) => Attempt::Done {
+                what,
+                error: Some(e.to_string()),
+            },
+            Some(Err(r)) => Attempt::Unclear {
+                why: format!("{key} could not be read back after the delete"),
+                error: r,
+            },
+        },
+        Err(e) => Attempt::Unclear {
+            why: format!("deleting {key} failed with an error that is not the lock's refusal"),
+            error: e.to_string(),
+        },
+    };
+    judge(
+        report,
+        "canary delete refused",
+        vec![attempt],
+        format!("deleting {key} was refused by its lock, which reads back unchanged"),
+        String::new(),
+    );
+    let shorter = Retention {
+        mode,
+        until: Utc::now(),
+    };
+    let attempt = match store.extend_retention(key, &shorter).await {
+        Ok(()) => Attempt::Done {
+            what: format!("the lock of {key} was SHORTENED"),
+            error: None,
+        },
+        Err(e @ StoreError::RetentionShortening { .. }) => match readback(store.head(key).await) {
+            None => Attempt::Refused {
+                error: e.to_string(),
+            },
+            Some(Ok(what)) => Attempt::Done {
+                what,
+                error: Some(e.to_string()),
+            },
+            Some(Err(r)) => Attempt::Unclear {
+                why: format!("the lock of {key} could not be read back"),
+                error: r,
+            },
+        },
+        Err(e) => Attempt::Unclear {
+            why: format!(
+                "shortening the lock of {key} failed with an error that is not the lock's refusal"
+            ),
+            error: e.to_string(),
+        },
+    };
+    judge(
+        report,
+        "canary lock cannot be shortened",
+        vec![attempt],
+        format!("shortening the lock of {key} was refused, and it reads back unchanged"),
+        String::new(),
+    );
+}
+
+/// Reads back the lock of one version after an attempt S3 answered with the
+/// lock's refusal: only an unchanged lock makes the refusal a pass.
+async fn after_refusal(
+    s3: &S3Store,
+    key: &str,
+    version: &str,
+    before: Option<Retention>,
+    refusal: Failure,
+    what: &str,
+) -> Attempt {
+    match s3.version_retention(key, version).await {
+        Ok(after) if after == before => Attempt::Refused {
+            error: refusal.to_string(),
+        },
+        Ok(after) => Attempt::Done {
+            what: format!(
+                "{what} of version {version} of {key} was answered {refusal}, yet its lock now reads {}, was {}",
+                show_lock(after),
+                show_lock(before)
+            ),
+            error: Some(refusal.to_string()),
+        },
+        Err(e) if e.is_not_found() => Attempt::Done {
+            what: format!(
+                "version {version} of {key} is GONE, although {what} was answered {refusal}"
+            ),
+            error: Some(refusal.to_string()),
+        },
+        Err(e) => Attempt::Unclear {
+            why: format!("the lock of version {version} of {key} could not be read back after {what}"),
+            error: format!("{refusal}; read-back: {e}"),
+        },
+    }
+}
+
+fn show_lock(r: Option<Retention>) -> String {
+    match r {
+        Some(r) => format!("{} until {}", r.mode, r.until),
+        None => "no lock".into(),
+    }
 }
 
 async fn s3_attacks(
@@ -320,81 +554,139 @@ async fn s3_attacks(
     let full = s3.full_key(key);
 
     // 1. Delete every version of the canary, as an insider would.
-    let versions = s3.versions(key).await.unwrap_or_default();
-    let mut deleted = Vec::new();
-    let mut refusals = Vec::new();
-    for (v, _) in &versions {
-        match client
+    let mut attempts = Vec::new();
+    let mut data_versions = Vec::new();
+    match s3.versions(key).await {
+        Ok(versions) => data_versions.extend(
+            versions
+                .into_iter()
+                .filter(|(_, marker)| !marker)
+                .map(|(v, _)| v),
+        ),
+        Err(e) => attempts.push(Attempt::Unclear {
+            why: format!("the versions of {key} could not be listed"),
+            error: e.to_string(),
+        }),
+    }
+    for v in &data_versions {
+        let before = match s3.version_retention(key, v).await {
+            Ok(r) => r,
+            Err(e) => {
+                attempts.push(Attempt::Unclear {
+                    why: format!("the lock of version {v} of {key} could not be read"),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let res = client
             .delete_object()
             .bucket(bucket)
             .key(&full)
             .version_id(v)
             .send()
-            .await
-        {
-            Ok(_) => deleted.push(v.clone()),
-            Err(e) => refusals.push(failure(&e).to_string()),
-        }
+            .await;
+        attempts.push(match res {
+            Ok(_) => Attempt::Done {
+                what: format!(
+                    "deleting version {v} of {key} SUCCEEDED: these credentials can destroy backups"
+                ),
+                error: None,
+            },
+            Err(e) => {
+                let f = failure(&e);
+                if f.is_lock_refusal() {
+                    after_refusal(s3, key, v, before, f, "the delete").await
+                } else {
+                    Attempt::Unclear {
+                        why: format!("deleting version {v} of {key} failed"),
+                        error: f.to_string(),
+                    }
+                }
+            }
+        });
     }
-    report.push(
+    judge(
+        report,
         "canary delete refused",
-        if deleted.is_empty() && !versions.is_empty() {
-            Status::Pass
-        } else {
-            Status::Fail
-        },
-        if !deleted.is_empty() {
-            format!(
-                "deleting version(s) {} of {key} SUCCEEDED: these credentials can destroy backups",
-                deleted.join(", ")
-            )
-        } else if versions.is_empty() {
-            format!("no version of {key} is listed, so the delete could not be tried")
-        } else {
-            format!(
-                "deleting the version of {key} was refused ({})",
-                refusals.join("; ")
-            )
-        },
+        attempts,
+        format!(
+            "deleting the version of {key} was refused by its lock, which reads back unchanged"
+        ),
+        format!("no version of {key} is listed, so the delete could not be tried"),
     );
 
     // 2. Shorten its lock.
     let shorter = until - Duration::seconds(60);
-    let res = client
-        .put_object_retention()
-        .bucket(bucket)
-        .key(&full)
-        .retention(
-            aws_sdk_s3::types::ObjectLockRetention::builder()
-                .mode(match mode {
-                    LockMode::Compliance => aws_sdk_s3::types::ObjectLockRetentionMode::Compliance,
-                    LockMode::Governance => aws_sdk_s3::types::ObjectLockRetentionMode::Governance,
-                })
-                .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
-                    shorter.timestamp(),
-                ))
-                .build(),
-        )
-        .send()
-        .await;
-    report.push(
+    let mut attempts = Vec::new();
+    for v in data_versions.iter().take(1) {
+        let before = match s3.version_retention(key, v).await {
+            Ok(r) => r,
+            Err(e) => {
+                attempts.push(Attempt::Unclear {
+                    why: format!("the lock of version {v} of {key} could not be read"),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let res = client
+            .put_object_retention()
+            .bucket(bucket)
+            .key(&full)
+            .version_id(v)
+            .retention(
+                aws_sdk_s3::types::ObjectLockRetention::builder()
+                    .mode(match mode {
+                        LockMode::Compliance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Compliance
+                        }
+                        LockMode::Governance => {
+                            aws_sdk_s3::types::ObjectLockRetentionMode::Governance
+                        }
+                    })
+                    .retain_until_date(aws_sdk_s3::primitives::DateTime::from_secs(
+                        shorter.timestamp(),
+                    ))
+                    .build(),
+            )
+            .send()
+            .await;
+        attempts.push(match res {
+            Ok(_) => Attempt::Done {
+                what: format!(
+                    "the lock of {key} was SHORTENED (it now reads {}): it does not protect anything",
+                    match s3.version_retention(key, v).await {
+                        Ok(r) => show_lock(r),
+                        Err(e) => format!("unreadable: {e}"),
+                    }
+                ),
+                error: None,
+            },
+            Err(e) => {
+                let f = failure(&e);
+                if f.is_lock_refusal() {
+                    after_refusal(s3, key, v, before, f, "shortening the lock").await
+                } else {
+                    Attempt::Unclear {
+                        why: format!("shortening the lock of version {v} of {key} failed"),
+                        error: f.to_string(),
+                    }
+                }
+            }
+        });
+    }
+    judge(
+        report,
         "canary lock cannot be shortened",
-        if res.is_err() {
-            Status::Pass
-        } else {
-            Status::Fail
-        },
-        match res {
-            Err(e) => format!("shortening the lock of {key} was refused ({})", failure(&e)),
-            Ok(_) => format!(
-                "the lock of {key} was SHORTENED to {shorter}: it does not protect anything"
-            ),
-        },
+        attempts,
+        format!("shortening the lock of {key} was refused, and it reads back unchanged"),
+        format!("no version of {key} is listed, so shortening its lock could not be tried"),
     );
 
     // 3. Dangerous permissions the credentials hold, probed harmlessly.
     let gkey = canary_key("governance-canary");
-    let bypass = match put_canary(
+    let bypass: Result<bool, String> = match put_canary(
         s3,
         &gkey,
         Some(Retention {
@@ -407,37 +699,52 @@ async fn s3_attacks(
         Err(e) => Err(e.to_string()),
         Ok(()) => {
             let gfull = s3.full_key(&gkey);
-            let mut bypassed = false;
-            for (v, _) in s3.versions(&gkey).await.unwrap_or_default() {
-                bypassed |= client
-                    .delete_object()
-                    .bucket(bucket)
-                    .key(&gfull)
-                    .version_id(&v)
-                    .bypass_governance_retention(true)
-                    .send()
-                    .await
-                    .is_ok();
+            let mut seen: Result<bool, String> = Ok(false);
+            match s3.versions(&gkey).await {
+                Err(e) => seen = Err(e.to_string()),
+                Ok(versions) => {
+                    for (v, _) in versions {
+                        let res = client
+                            .delete_object()
+                            .bucket(bucket)
+                            .key(&gfull)
+                            .version_id(&v)
+                            .bypass_governance_retention(true)
+                            .send()
+                            .await;
+                        match res {
+                            Ok(_) => seen = Ok(true),
+                            Err(e) => {
+                                let f = failure(&e);
+                                if !f.is_lock_refusal() && seen == Ok(false) {
+                                    seen = Err(f.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
             }
-            Ok(bypassed)
+            seen
         }
     };
-    report.push(
+    report.push_seen(
         "s3:BypassGovernanceRetention",
         match (&bypass, mode) {
             (Ok(false), _) => Status::Pass,
             (Ok(true), LockMode::Governance) => Status::Fail,
             (Ok(true), LockMode::Compliance) => Status::Warn,
-            (Err(_), _) => Status::Warn,
+            (Err(_), LockMode::Governance) => Status::Unknown,
+            (Err(_), LockMode::Compliance) => Status::Warn,
         },
-        match bypass {
+        match &bypass {
             Ok(false) => "not held: a GOVERNANCE lock cannot be bypassed with these credentials".to_string(),
             Ok(true) => format!(
                 "HELD: these credentials deleted a GOVERNANCE-locked canary{}",
                 if mode == LockMode::Governance { "; the plan's governance locks do not protect against them. Use compliance mode or drop the permission" } else { " (the plan uses compliance mode, which no permission bypasses)" }
             ),
-            Err(e) => format!("could not tell: {e}"),
+            Err(_) => "could not tell: the probe failed with an error that is not the lock's refusal".to_string(),
         },
+        bypass.err(),
     );
 
     let lock_conf = client
@@ -459,14 +766,12 @@ async fn s3_attacks(
             .map_err(|e| failure(&e)),
         None => Ok(false),
     };
-    report.push(
+    permission_probe(
+        report,
         "s3:PutBucketObjectLockConfiguration",
-        if matches!(conf_probe, Ok(true)) { Status::Warn } else { Status::Pass },
-        match conf_probe {
-            Ok(true) => "HELD: these credentials can change the bucket's default retention (existing locks still hold); the backup writer does not need it".to_string(),
-            Ok(false) => "not probed: the bucket has no lock configuration to write back".to_string(),
-            Err(f) => format!("not held ({f})"),
-        },
+        conf_probe,
+        "HELD: these credentials can change the bucket's default retention (existing locks still hold); the backup writer does not need it",
+        "not probed: the bucket has no lock configuration to write back",
     );
 
     let versioning_probe = client
@@ -478,15 +783,41 @@ async fn s3_attacks(
                 .build(),
         )
         .send()
-        .await;
-    report.push(
+        .await
+        .map(|_| true)
+        .map_err(|e| failure(&e));
+    permission_probe(
+        report,
         "s3:PutBucketVersioning",
-        if versioning_probe.is_ok() { Status::Warn } else { Status::Pass },
-        match versioning_probe {
-            Ok(_) => "HELD: these credentials can change bucket versioning; the backup writer does not need it".to_string(),
-            Err(e) => format!("not held ({})", failure(&e)),
-        },
+        versioning_probe,
+        "HELD: these credentials can change bucket versioning; the backup writer does not need it",
+        "",
     );
+}
+
+/// A permission the writer should not hold, probed by writing back what is
+/// there: held is a warning, 403 AccessDenied is "not held", and any other
+/// error cannot tell either way.
+fn permission_probe(
+    report: &mut DoctorReport,
+    name: &'static str,
+    probe: Result<bool, Failure>,
+    held: &str,
+    not_probed: &str,
+) {
+    let (status, detail, error) = match probe {
+        Ok(true) => (Status::Warn, held.to_string(), None),
+        Ok(false) => (Status::Pass, not_probed.to_string(), None),
+        Err(f) if f.status == Some(403) && f.code == "AccessDenied" => {
+            (Status::Pass, "not held".to_string(), Some(f.to_string()))
+        }
+        Err(f) => (
+            Status::Warn,
+            "could not tell whether it is held: the probe failed with an error other than AccessDenied".to_string(),
+            Some(f.to_string()),
+        ),
+    };
+    report.push_seen(name, status, detail, error);
 }
 
 /// The bucket's ARN and its objects' ARN pattern.

@@ -17,6 +17,24 @@ pub struct Failure {
     pub message: String,
     /// No HTTP answer at all, or an answer worth retrying later.
     pub transient: bool,
+    /// Whether `code` is the one S3 sent, not inferred from the status.
+    pub coded: bool,
+}
+
+impl Failure {
+    /// Whether S3 refused the request because an Object Lock forbids it:
+    /// deleting a locked version, or shortening (or lifting) its retention.
+    /// AWS answers both with 403 `AccessDenied` (its message adds "because
+    /// object protected by object lock"); SeaweedFS 4.48 answers both with 403
+    /// `AccessDenied`, "Access Denied.", in compliance and governance mode
+    /// alike (checked against the server `scripts/s3-server` runs). Any other
+    /// answer (a 5xx, `ExpiredToken`, `InvalidRequest`, a malformed request,
+    /// no answer at all) says nothing about the lock, so `doctor` and the
+    /// tests take it as "could not tell", never as a refusal. A 403 whose
+    /// body carries no code is not taken either: the code is what says why.
+    pub fn is_lock_refusal(&self) -> bool {
+        self.status == Some(403) && self.code == "AccessDenied" && self.coded
+    }
 }
 
 impl std::fmt::Display for Failure {
@@ -41,6 +59,7 @@ where
             let e = se.err();
             let status = Some(se.raw().status().as_u16());
             let code = e.code().unwrap_or("").to_string();
+            let coded = !code.is_empty();
             let code = if code.is_empty() {
                 match status {
                     Some(404) => "NotFound".to_string(),
@@ -58,18 +77,21 @@ where
                     || code == "SlowDown"
                     || code == "Throttling",
                 code,
+                coded,
                 message: e.message().unwrap_or("").to_string(),
             }
         }
         SdkError::TimeoutError(_) => Failure {
             status: None,
             code: "Timeout".into(),
+            coded: false,
             message: "the request timed out".into(),
             transient: true,
         },
         SdkError::DispatchFailure(d) => Failure {
             status: None,
             code: "ConnectionFailed".into(),
+            coded: false,
             message: d
                 .as_connector_error()
                 .map(|c| error_chain(c))
@@ -79,12 +101,14 @@ where
         SdkError::ResponseError(r) => Failure {
             status: None,
             code: "BadResponse".into(),
+            coded: false,
             message: format!("{r:?}"),
             transient: true,
         },
         other => Failure {
             status: None,
             code: "RequestFailed".into(),
+            coded: false,
             message: error_chain(other),
             transient: false,
         },

@@ -202,6 +202,7 @@ impl S3Store {
                         code: "BodyInterrupted".into(),
                         message: error_chain(&e),
                         transient: true,
+                        coded: false,
                     },
                 )
             })?

@@ -153,8 +153,9 @@ impl S3Store {
         Ok(out)
     }
 
-    /// Deletes one version; a lock refusal comes back as `Retained` when the
-    /// version's retention can be read, `Denied` otherwise.
+    /// Deletes one version; the lock's refusal (403 `AccessDenied`) comes back
+    /// as `Retained` when the version's retention can be read and has not
+    /// ended, `Denied` otherwise.
     pub async fn delete_version(&self, key: &str, version: &str) -> Result<(), StoreError> {
         let res = self
             .client
@@ -167,8 +168,12 @@ impl S3Store {
         match res {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = self.error("delete", key, e);
-                if matches!(err, StoreError::Denied { .. }) {
+                let f = super::error::failure(&e);
+                let refusal = f.is_lock_refusal();
+                let err = self.failure_error("delete", key, f);
+                // Only the lock's own refusal can mean "retained"; another
+                // 403 (an expired token, a policy) stays `Denied`.
+                if refusal {
                     if let Ok(Some(r)) = self.version_retention(key, version).await {
                         if r.until > Utc::now() {
                             return Err(StoreError::Retained {
@@ -185,7 +190,9 @@ impl S3Store {
         }
     }
 
-    async fn version_retention(
+    /// The lock on one version of `key`, read from S3 (for `doctor`'s
+    /// read-back after an attempt to change it).
+    pub async fn version_retention(
         &self,
         key: &str,
         version: &str,
