@@ -1,11 +1,13 @@
 //! Shared test helpers: deterministic data, a synthetic source, the S3 test
 //! server, SQLite databases; and in modules the built binary (`bin`), files
-//! and trees (`files`), a PostgreSQL cluster of the test's own (`postgres`).
+//! and trees (`files`), a PostgreSQL cluster of the test's own (`postgres`),
+//! an S3 server of the test's own (`s3_server`).
 #![allow(dead_code)]
 
 pub mod bin;
 pub mod files;
 pub mod postgres;
+pub mod s3_server;
 
 use std::io::Read;
 
@@ -105,6 +107,16 @@ pub fn s3_env() -> S3Env {
         access_key_id: get("AWS_ACCESS_KEY_ID"),
         secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
     }
+}
+
+/// The variables an `env` file of `scripts/s3-server start` exports; none
+/// when it cannot be read.
+pub fn env_file(file: &std::path::Path) -> std::collections::HashMap<String, String> {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.trim().trim_start_matches("export ").split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim_matches(['"', '\'']).to_string()))
+        .collect()
 }
 
 /// A bucket name no other test uses: `hf-<hint>-<random>`.

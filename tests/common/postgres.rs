@@ -1,6 +1,7 @@
 //! A PostgreSQL 15 cluster of the test's own: initdb into a temp folder, a
 //! free port, `archive_command` = the built holdfast's `wal-push` into a
-//! local repository, stopped when dropped; never the shared server on 5432.
+//! local repository (or the S3 one a test's plan names), stopped when
+//! dropped; never the shared server on 5432.
 //! Server and holdfast run as the `postgres` OS user, as on a database host.
 
 use std::path::{Path, PathBuf};
@@ -32,19 +33,33 @@ impl Cluster {
     }
 
     pub fn start_with(lock: &str, retention: &str) -> Cluster {
+        let cluster = Cluster::create(None, lock, retention);
+        cluster.start_server();
+        cluster
+    }
+
+    /// initdb and the archiving settings, not started yet. `repository` is
+    /// the plan's `repository:` block as a YAML flow mapping; `None` for a
+    /// local repository in `repo/`.
+    pub fn create(repository: Option<&str>, lock: &str, retention: &str) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let root = dir.path();
         let plan = root.join("pg.yaml");
+        let repository = match repository {
+            Some(r) => r.to_string(),
+            None => {
+                std::fs::create_dir(root.join("repo")).unwrap();
+                format!("{{url: {}}}", root.join("repo").display())
+            }
+        };
         std::fs::write(
             &plan,
             format!(
-                "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {port}, user: postgres}}\nrepository: {{url: {repo}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {lock}\nretention: {retention}\n",
-                repo = root.join("repo").display()
+                "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {port}, user: postgres}}\nrepository: {repository}\nschedule: {{backup: '0 1 * * *'}}\nlock: {lock}\nretention: {retention}\n",
             ),
         )
         .unwrap();
-        std::fs::create_dir(root.join("repo")).unwrap();
         chown_postgres(root);
         let data = root.join("data");
         let out = as_postgres(
@@ -75,13 +90,19 @@ impl Cluster {
             .open(data.join("postgresql.conf"))
             .unwrap();
         std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
-        let cluster = Cluster { dir, port, plan };
-        let out = as_postgres(
-            &format!("{PG_BIN}/pg_ctl"),
-            &["-D", s(&data), "-l", s(&cluster.path("log")), "-w", "start"],
-        );
-        assert!(out.status.success(), "pg_ctl start: {}", cluster.log());
-        cluster
+        Cluster { dir, port, plan }
+    }
+
+    /// Starts the server, without the test's AWS_* variables: its
+    /// `archive_command` reaches a store only through the plan, as on a
+    /// database host whose server was started by systemd.
+    pub fn start_server(&self) {
+        let out = without_aws(&mut run_as("postgres", &format!("{PG_BIN}/pg_ctl")))
+            .args(["-D", s(&self.path("data")), "-l", s(&self.path("log"))])
+            .args(["-w", "start"])
+            .output()
+            .expect("runuser runs");
+        assert!(out.status.success(), "pg_ctl start: {}", self.log());
     }
 
     pub fn path(&self, p: &str) -> PathBuf {
@@ -174,6 +195,17 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `command` without the test's AWS_* variables, so a store is reached
+/// only with the credentials the plan names.
+pub fn without_aws(command: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 /// A restored server started by `holdfast restore --start`; stopped at the end.
