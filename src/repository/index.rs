@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::pack::{BlobEntry, Encoding};
+use super::pack::{BlobEntry, Encoding, MAX_CHUNK_LEN, PACK_MAGIC};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, PackId};
 
@@ -148,6 +148,31 @@ impl IndexFile {
                 key: key.to_string(),
                 why: format!("unknown version {}", file.version),
             });
+        }
+        // Every chunk must lie inside its pack: readers slice packs by these
+        // numbers, and a decoder sizes its buffer by `raw_length`.
+        for p in &file.packs {
+            for c in &p.chunks {
+                let end = c.offset.checked_add(c.length as u64);
+                let why = if c.offset < PACK_MAGIC.len() as u64 || end.is_none_or(|e| e > p.size) {
+                    format!(
+                        "chunk {} at offset {} ({} bytes) lies outside pack {} ({} bytes)",
+                        c.id, c.offset, c.length, p.id, p.size
+                    )
+                } else if c.raw_length as usize > MAX_CHUNK_LEN {
+                    format!(
+                        "chunk {} claims {} bytes, more than a chunk can hold ({MAX_CHUNK_LEN})",
+                        c.id, c.raw_length
+                    )
+                } else {
+                    continue;
+                };
+                return Err(RepoError::Corrupt {
+                    what: "index object",
+                    key: key.to_string(),
+                    why,
+                });
+            }
         }
         Ok(file)
     }

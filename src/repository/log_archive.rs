@@ -15,7 +15,7 @@
 //!   nothing is dropped;
 //! * fetch distinguishes "not in the archive" from every other failure.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -100,8 +100,13 @@ fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), LogError> {
 /// Decodes an archived object and checks it against its header's SHA-256.
 pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, LogError> {
     let (len, sha) = header_sha(key, object)?;
-    let raw =
-        zstd::bulk::decompress(&object[HEADER..], len as usize).map_err(|e| LogError::Corrupt {
+    // Memory follows what the frame really holds, not what the header
+    // claims: a damaged length must not reserve a gigabyte up front. One
+    // byte more than the header says is read, to notice a longer file.
+    let mut raw = Vec::with_capacity(len.min(16 << 20) as usize);
+    zstd::stream::read::Decoder::new(&object[HEADER..])
+        .and_then(|d| d.take(len + 1).read_to_end(&mut raw))
+        .map_err(|e| LogError::Corrupt {
             key: key.to_string(),
             why: format!("cannot decompress: {e}"),
         })?;

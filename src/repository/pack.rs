@@ -247,7 +247,9 @@ pub fn parse_trailer(pack: &[u8]) -> Result<Vec<BlobEntry>, String> {
         let raw_length = u32::from_le_bytes(raw[44..48].try_into().expect("4 bytes"));
         let encoding = Encoding::from_byte(raw[48])
             .ok_or_else(|| format!("blob {id} has unknown encoding {}", raw[48]))?;
-        if offset < PACK_MAGIC.len() as u64 || offset + length as u64 > blobs_end as u64 {
+        // Checked: a damaged offset near u64::MAX must not wrap into range.
+        let end = offset.checked_add(length as u64);
+        if offset < PACK_MAGIC.len() as u64 || end.is_none_or(|end| end > blobs_end as u64) {
             return Err(format!("blob {id} lies outside the pack's blob area"));
         }
         out.push(BlobEntry {
