@@ -7,6 +7,7 @@
 //! validated YAML every layer may read, `error` the exit-code table.
 
 pub mod cli;
+pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod ids;
