@@ -323,23 +323,30 @@ async fn local_store_puts_are_atomic_read_only_and_leave_no_temp_files() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let store = Arc::new(LocalStore::open(tmp.path().to_path_buf()).unwrap());
-    const OBJECTS: usize = 12;
-    const SIZE: usize = 6 * 1024 * 1024;
+    const OBJECTS: usize = 4;
+    const SIZE: usize = 32 * 1024 * 1024;
     let object = |i: usize| Bytes::from(vec![i as u8 + 1; SIZE]);
 
-    // A reader spins on each object's file while it is written: whenever the
-    // file exists it must hold the whole object, never a prefix.
+    // A reader watches each object's path while it is written: whenever the
+    // file exists it must have the object's whole length and bytes, never a
+    // prefix. The writer starts each put only once the reader is watching.
     let objects = tmp.path().join("objects/packs/aa");
+    let (watching, ready) = std::sync::mpsc::channel::<usize>();
     let reader = std::thread::spawn(move || {
         let mut partial = Vec::new();
         for i in 0..OBJECTS {
             let path = objects.join(format!("x{i}"));
+            watching.send(i).unwrap();
             loop {
-                match std::fs::read(&path) {
-                    Ok(bytes) if bytes.len() == SIZE && bytes.iter().all(|b| *b == i as u8 + 1) => {
-                        break
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() == SIZE as u64 => {
+                        let bytes = std::fs::read(&path).unwrap();
+                        if bytes.len() != SIZE || bytes.iter().any(|b| *b != i as u8 + 1) {
+                            partial.push((i, bytes.len()));
+                        }
+                        break;
                     }
-                    Ok(bytes) => partial.push((i, bytes.len())),
+                    Ok(m) => partial.push((i, m.len() as usize)),
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => panic!("reading {}: {e}", path.display()),
                 }
@@ -348,6 +355,7 @@ async fn local_store_puts_are_atomic_read_only_and_leave_no_temp_files() {
         partial
     });
     for i in 0..OBJECTS {
+        assert_eq!(ready.recv().unwrap(), i);
         let d = object(i);
         store
             .put(&format!("packs/aa/x{i}"), d.clone(), &put_opts(&d, None))
@@ -357,7 +365,8 @@ async fn local_store_puts_are_atomic_read_only_and_leave_no_temp_files() {
     let partial = reader.join().unwrap();
     assert!(
         partial.is_empty(),
-        "a reader saw partial objects (index, bytes): {partial:?}"
+        "a reader saw partial objects (index, bytes): {:?}",
+        &partial[..partial.len().min(5)]
     );
 
     let meta = std::fs::metadata(tmp.path().join("objects/packs/aa/x0")).unwrap();
