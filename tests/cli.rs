@@ -138,13 +138,30 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
     let src = env.path("src");
     std::fs::create_dir_all(src.join("a/b")).unwrap();
     std::fs::create_dir_all(src.join("empty-dir")).unwrap();
+    std::fs::create_dir_all(src.join("drop")).unwrap();
     std::fs::write(src.join("a/b/data.bin"), common::data(9, 3_000_000)).unwrap();
     std::fs::write(src.join("a/secret"), b"top").unwrap();
-    set_mode(&src.join("a/secret"), 0o600);
+    std::fs::write(src.join("a/tool"), b"#!/bin/sh\n").unwrap();
+    std::fs::write(src.join("drop/note"), b"left here").unwrap();
     std::fs::write(src.join("empty"), b"").unwrap();
     std::fs::write(src.join("skip.log"), b"noise").unwrap();
     std::os::unix::fs::symlink("a/b/data.bin", src.join("link")).unwrap();
-    set_mtime(&src.join("a/secret"), 1_600_000_000, 123);
+    // Files, then directories (a directory's mtime moves when an entry is
+    // created in it, so these come last): setuid, setgid and sticky bits
+    // included, each with its own time.
+    let modes: [(&str, u32, i64); 7] = [
+        ("a/secret", 0o600, 1_600_000_000),
+        ("a/tool", 0o4755, 1_600_000_100),
+        ("a/b", 0o2750, 1_600_000_200),
+        ("a", 0o700, 1_600_000_300),
+        ("empty-dir", 0o555, 1_600_000_400),
+        ("drop", 0o1777, 1_600_000_500),
+        ("drop/note", 0o640, 1_600_000_600),
+    ];
+    for (path, mode, secs) in modes {
+        set_mode(&src.join(path), mode);
+        set_mtime(&src.join(path), secs, 123);
+    }
     let plan = env.plan(
         "tree",
         &format!(
@@ -172,9 +189,14 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
         std::fs::read_link(out.join("link")).unwrap(),
         Path::new("a/b/data.bin")
     );
-    let m = std::fs::metadata(out.join("a/secret")).unwrap();
-    assert_eq!(m.permissions().mode() & 0o777, 0o600);
-    assert_eq!((m.mtime(), m.mtime_nsec()), (1_600_000_000, 123));
+    for (path, mode, secs) in modes {
+        let m = std::fs::symlink_metadata(out.join(path)).unwrap();
+        assert_eq!(
+            (m.permissions().mode() & 0o7777, m.mtime(), m.mtime_nsec()),
+            (mode, secs, 123),
+            "mode and mtime of {path}"
+        );
+    }
 }
 
 #[test]
@@ -370,44 +392,46 @@ fn two_backups_of_one_plan_at_once_one_fails_clearly() {
     ok(&["verify", "--plan", plan_s]);
 }
 
+/// holdfast as an unprivileged user: as `nobody` when the tests run as root
+/// (as CI does), as ourselves otherwise.
+fn unprivileged() -> Command {
+    if is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
+        c.env("HOLDFAST_LOG", "warn");
+        c
+    } else {
+        command()
+    }
+}
+
+/// Makes the test's files readable by `nobody`.
+fn open_to_all(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in walkdir::WalkDir::new(root)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let mode = if e.file_type().is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
 #[test]
-fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
+fn restore_into_a_folder_without_permission_fails_naming_it() {
     let env = Env::new();
     let db = env.path("app.db");
     make_db(&db, 20_000);
     let plan = env.sqlite_plan(&db);
     let plan_s = plan.to_str().unwrap();
     ok(&["backup", "--plan", plan_s]);
-    if !is_root() {
-        eprintln!("restore permission/space faults need root (setpriv, tmpfs); CI runs as root");
-        return;
-    }
-
-    // No permission: an unprivileged user restoring into a root-owned folder.
-    for p in [env.dir.path().to_path_buf(), env.path("repo")] {
-        set_mode(&p, 0o755);
-    }
-    use std::os::unix::fs::PermissionsExt;
-    for e in walkdir::WalkDir::new(env.path("repo"))
-        .into_iter()
-        .filter_map(Result::ok)
-    {
-        let mode = if e.file_type().is_dir() { 0o755 } else { 0o644 };
-        let _ = std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode));
-    }
+    open_to_all(env.dir.path());
+    // A folder nobody may write to (its owner neither, unless root).
     std::fs::create_dir(env.path("locked")).unwrap();
+    set_mode(&env.path("locked"), 0o555);
     let target = env.path("locked/out.db");
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            BIN,
-            "restore",
-            "--plan",
-            plan_s,
-            "--to",
-        ])
+    let out = unprivileged()
+        .args(["restore", "--plan", plan_s, "--to"])
         .arg(&target)
         .output()
         .unwrap();
@@ -418,33 +442,41 @@ fn restore_into_a_path_without_permission_or_space_fails_cleanly() {
         "{msg}"
     );
     assert!(!target.exists());
+}
 
-    // No space: a 1 MiB filesystem.
+#[test]
+fn restore_onto_a_full_filesystem_fails_and_leaves_nothing() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 20_000);
+    let plan = env.sqlite_plan(&db);
+    let plan_s = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan_s]);
+    // A 1 MiB tmpfs in a mount namespace of the restore's own (a user
+    // namespace too when not root), gone when it ends; the listing is taken
+    // inside it.
     let small = env.path("small");
     std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
-        .arg(&small)
-        .status()
+    let mut unshare = Command::new("unshare");
+    if !is_root() {
+        unshare.arg("--map-root-user");
+    }
+    let out = unshare
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=1m tmpfs \"$1\" || exit 99; \
+             HOLDFAST_LOG=warn \"$2\" restore --plan \"$3\" --to \"$1/out.db\"; rc=$?; \
+             echo \"listing: $(ls -A \"$1\")\"; exit $rc",
+        )
+        .args(["sh", small.to_str().unwrap(), BIN, plan_s])
+        .output()
         .unwrap();
-    assert!(mounted.success(), "mounting a small tmpfs failed");
-    let target = small.join("out.db");
-    let msg = fails(
-        &[
-            "restore",
-            "--plan",
-            plan_s,
-            "--to",
-            target.to_str().unwrap(),
-        ],
-        8,
-    );
-    let listing: Vec<_> = std::fs::read_dir(&small).unwrap().collect();
-    Command::new("umount").arg(&small).status().unwrap();
+    let msg = common::bin::text(&out);
+    assert_eq!(out.status.code(), Some(8), "{msg}");
     assert!(msg.contains("No space left"), "{msg}");
     assert!(
-        listing.is_empty(),
-        "no partial file or temp path left: {listing:?}"
+        msg.contains("listing: \n"),
+        "no partial file or temp path left: {msg}"
     );
 }
 
@@ -457,7 +489,8 @@ fn unchanged_files_are_not_reread_but_a_rewrite_that_keeps_size_and_mtime_is_cau
     std::fs::write(src.join("config"), b"mode=primary").unwrap();
     let plan = env.plan("tree", &format!("{{type: files, path: {}}}", src.display()));
     let plan = plan.to_str().unwrap();
-    ok(&["backup", "--plan", plan]);
+    let first = json(&["backup", "--plan", plan, "--json"]);
+    assert_eq!(first["bytes_read"], 5_000_012, "{first}");
 
     // Same size, same mtime, different bytes: only the change time tells.
     let mtime = filetime::FileTime::from_last_modification_time(
@@ -466,10 +499,15 @@ fn unchanged_files_are_not_reread_but_a_rewrite_that_keeps_size_and_mtime_is_cau
     std::fs::write(src.join("config"), b"mode=REPLICA").unwrap();
     filetime::set_file_mtime(src.join("config"), mtime).unwrap();
     let second = json(&["backup", "--plan", plan, "--json"]);
+    assert_eq!(
+        second["bytes_read"], 12,
+        "only the rewritten file is read again, not big.bin: {second}"
+    );
     assert!(
         second["new_bytes"].as_u64().unwrap() <= 12,
         "only the rewritten file is new: {second}"
     );
+    assert_eq!(second["total_bytes"], 5_000_012, "{second}");
 
     let out = env.path("out");
     ok(&["restore", "--plan", plan, "--to", out.to_str().unwrap()]);

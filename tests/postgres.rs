@@ -575,6 +575,26 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     let plan = s(&pg.plan).to_string();
     pg.sql("ALTER SYSTEM SET archive_command = 'false'");
     pg.sql("SELECT pg_reload_conf()");
+    // pg_reload_conf() only signals: wait until the archiver itself runs the
+    // new command and fails, so the backup below meets a failing archiver.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.sql("SHOW archive_command") != "false" {
+        assert!(
+            Instant::now() < deadline,
+            "the server never reloaded: {}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.fill_segment(1);
+    while pg.sql("SELECT failed_count FROM pg_stat_archiver") == "0" {
+        assert!(
+            Instant::now() < deadline,
+            "the archiver never ran the failing command: {}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = command_as("postgres", &[("HOLDFAST_ARCHIVE_STALL_SECONDS", "3")])
         .args(["backup", "--plan", &plan])
         .output()

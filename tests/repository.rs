@@ -100,7 +100,7 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
     assert_eq!(
         m2.previous,
         Some(first.snapshot),
-        "manifests form a hash chain"
+        "each manifest names the one before it"
     );
 
     let out = tmp.path().join("out");
@@ -125,6 +125,25 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
         .await
         .unwrap();
     assert!(report.ok(), "{:?}", report.problems);
+
+    // The chain is verified: the first manifest removed behind holdfast's
+    // back (no prune record) breaks the second snapshot's link to it.
+    std::fs::remove_file(tmp.path().join("repo/objects").join(&snaps[0].key)).unwrap();
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    let broken: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| matches!(p.kind, ProblemKind::ChainBroken))
+        .collect();
+    assert_eq!(broken.len(), 1, "{:?}", report.problems);
+    assert_eq!(broken[0].object, snaps[1].key, "{:?}", report.problems);
+    assert!(
+        broken[0].detail.contains(&first.snapshot.to_string()),
+        "{:?}",
+        report.problems
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,8 +59,43 @@ proptest! {
     }
 }
 
+/// Set in the copy of this test binary that runs under an address-space limit.
+const UNDER_LIMIT: &str = "HOLDFAST_TEST_UNDER_ADDRESS_LIMIT";
+
 #[test]
 fn a_damaged_length_cannot_make_a_reader_allocate_gigabytes() {
+    // A blob claiming 4 GiB decompressed. Linux overcommits, so an
+    // unguarded 4 GiB allocation would succeed here unnoticed: the check runs
+    // again in a copy of this test under a 1 GiB address-space limit, where
+    // such an allocation aborts the process.
+    if std::env::var_os(UNDER_LIMIT).is_none() {
+        let out = std::process::Command::new("prlimit")
+            .arg("--as=1073741824")
+            .arg("--")
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "a_damaged_length_cannot_make_a_reader_allocate_gigabytes",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(UNDER_LIMIT, "1")
+            .output()
+            .expect("prlimit runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "under a 1 GiB limit: {:?}\n{said}",
+            out.status
+        );
+        assert!(
+            said.contains("1 passed"),
+            "the limited copy ran the test: {said}"
+        );
+    }
     let entry = BlobEntry {
         id: holdfast::ids::ChunkId(Hash256::digest(b"x")),
         offset: 8,
@@ -68,7 +103,11 @@ fn a_damaged_length_cannot_make_a_reader_allocate_gigabytes() {
         raw_length: u32::MAX,
         encoding: Encoding::Zstd,
     };
-    assert!(decode_blob(&entry, b"\x28\xb5\x2f\xfd").is_err());
+    let err = decode_blob(&entry, b"\x28\xb5\x2f\xfd").expect_err("a 4 GiB claim is refused");
+    assert!(
+        err.to_string().contains(&u32::MAX.to_string()),
+        "the error names the claimed length: {err}"
+    );
 }
 
 /// Mutations of real objects: the valid pack, index, manifest and archived

@@ -111,10 +111,26 @@ fn sqlite_and_files_back_up_and_restore_over_s3() {
     assert_eq!(init["bucket"]["object_lock"], true);
     assert_eq!(init["bucket"]["versioning"], "Enabled");
 
-    let first = env.json(&["backup", "--plan", s(&plan), "--json"]);
+    // Both backups on one UTC day whenever the test runs (a real clock
+    // could cross midnight between them and make both "daily").
+    let noon = chrono::Utc::now()
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .unwrap()
+        .and_utc();
+    let backup_at = |at: chrono::DateTime<chrono::Utc>| {
+        let mut c = env.command();
+        c.env(holdfast::clock::NOW_VAR, at.to_rfc3339());
+        json_of(
+            &c.args(["backup", "--plan", s(&plan), "--json"])
+                .output()
+                .unwrap(),
+        )
+    };
+    let first = backup_at(noon);
     let state1 = checksum(&db);
     add_rows(&rusqlite::Connection::open(&db).unwrap(), 2_000);
-    let second = env.json(&["backup", "--plan", s(&plan), "--json"]);
+    let second = backup_at(noon + chrono::Duration::seconds(1));
     let state2 = checksum(&db);
     assert_eq!(first["tier"], "daily");
     assert_eq!(second["tier"], "last");
@@ -529,12 +545,12 @@ fn prune_reports_under_dry_run_and_removes_after_a_short_lock_ends() {
     let env = Env::new("prune");
     let db = env.path("app.db");
     make_db(&db, 5_000);
-    // Every 5 s, keep the last one: a lock of 20 s covers it.
+    // Every 5 s, keep the last one: a lock of 8 s covers it.
     let plan = env.path("app.yaml");
     std::fs::write(
         &plan,
         format!(
-            "name: app\nsource: {{type: sqlite, path: {db}}}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\nschedule:\n  backup: \"*/5 * * * * *\"\nlock: {{mode: compliance, duration: 20s}}\nretention: {{keep_last: 1}}\n",
+            "name: app\nsource: {{type: sqlite, path: {db}}}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\nschedule:\n  backup: \"*/5 * * * * *\"\nlock: {{mode: compliance, duration: 8s}}\nretention: {{keep_last: 1}}\n",
             db = db.display(),
             bucket = env.bucket,
             endpoint = env.endpoint
@@ -548,15 +564,30 @@ fn prune_reports_under_dry_run_and_removes_after_a_short_lock_ends() {
     conn.execute("UPDATE orders SET note = hex(randomblob(120))", [])
         .unwrap();
     drop(conn);
-    env.ok(&["backup", "--plan", s(&plan)]);
+    let second = env.json(&["backup", "--plan", s(&plan), "--json"]);
     let state = checksum(&db);
+    let time = |r: &serde_json::Value, field: &str| -> chrono::DateTime<chrono::Utc> {
+        r[field].as_str().unwrap().parse().unwrap()
+    };
+    let until = time(&first, "retain_until");
 
-    // At once: the first snapshot is out of policy but still locked.
-    let dry = env.json(&["prune", "--plan", s(&plan), "--dry-run", "--json"]);
+    assert!(time(&second, "started_at") > time(&first, "started_at"));
+
+    // While the first snapshot's lock holds (the prune's clock injected just
+    // before it ends, however long the backups took): out of policy, held by
+    // its lock, nothing removed.
+    let during = (until - chrono::Duration::milliseconds(1)).to_rfc3339();
+    let prune_at = |args: &[&str]| {
+        let mut c = env.command();
+        c.env(holdfast::clock::NOW_VAR, &during);
+        json_of(&c.args(args).output().unwrap())
+    };
+    let dry = prune_at(&["prune", "--plan", s(&plan), "--dry-run", "--json"]);
     assert_eq!(dry["held_by_lock"].as_array().unwrap().len(), 1, "{dry}");
     assert_eq!(dry["removed"].as_array().unwrap().len(), 0);
-    let real = env.json(&["prune", "--plan", s(&plan), "--json"]);
+    let real = prune_at(&["prune", "--plan", s(&plan), "--json"]);
     assert_eq!(real["removed"].as_array().unwrap().len(), 0, "{real}");
+    assert_eq!(real["refused"], serde_json::json!([]), "{real}");
     assert_eq!(
         env.json(&["snapshots", "--plan", s(&plan), "--json"])
             .as_array()
@@ -565,12 +596,10 @@ fn prune_reports_under_dry_run_and_removes_after_a_short_lock_ends() {
         2
     );
 
-    // After the lock ends: dry run removes nothing, the real run removes it.
-    let until: chrono::DateTime<chrono::Utc> =
-        first["retain_until"].as_str().unwrap().parse().unwrap();
-    let wait = (until - chrono::Utc::now()).num_milliseconds() + 1500;
-    if wait > 0 {
-        std::thread::sleep(Duration::from_millis(wait as u64));
+    // After the lock ends (the server's clock, which is this machine's): dry
+    // run removes nothing, the real run removes it.
+    while chrono::Utc::now() <= until + chrono::Duration::seconds(1) {
+        std::thread::sleep(Duration::from_millis(200));
     }
     let dry = env.json(&["prune", "--plan", s(&plan), "--dry-run", "--json"]);
     assert_eq!(dry["removed"].as_array().unwrap().len(), 1, "{dry}");
@@ -670,10 +699,16 @@ fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         use holdfast::store::Store;
-        let packs = rt.block_on(raw.list("packs/")).unwrap_or_default();
-        if !packs.is_empty() || Instant::now() > deadline {
+        let packs = rt
+            .block_on(raw.list("packs/"))
+            .unwrap_or_else(|e| panic!("listing packs/ while the backup runs: {e}"));
+        if !packs.is_empty() {
             break;
         }
+        assert!(
+            Instant::now() < deadline,
+            "the backup put no pack within 60 s"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(

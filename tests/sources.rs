@@ -740,20 +740,52 @@ fn files_unreadable_file_fails_naming_it() {
         Err(SourceError::Io { path, .. }) => assert_eq!(path, mem),
         other => panic!("expected Io naming {}, got {other:?}", mem.display()),
     }
+}
 
-    // A file we may not open (root may open anything, so only as a user).
+/// Set in the copy of this test binary that runs as `nobody`.
+const UNPRIVILEGED: &str = "HOLDFAST_TEST_UNPRIVILEGED";
+
+#[test]
+fn files_a_file_we_may_not_open_fails_naming_it() {
+    // Root may open anything, so as root (CI) the check runs in a copy of
+    // this test as `nobody`.
+    if common::is_root() {
+        let out = Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "files_a_file_we_may_not_open_fails_naming_it",
+                "--exact",
+                "--test-threads=1",
+            ])
+            .env(UNPRIVILEGED, "1")
+            .env("TMPDIR", "/tmp")
+            .output()
+            .expect("setpriv runs");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "as nobody: {said}");
+        assert!(said.contains("1 passed"), "the copy as nobody ran: {said}");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let locked = dir.path().join("locked");
     fs::write(&locked, "no").unwrap();
     set_mode(&locked, 0o000);
-    if fs::File::open(&locked).is_err() {
-        match FilesSource::new(dir.path().to_owned(), vec![])
-            .unwrap()
-            .snapshot(&mut CollectSink::default())
-        {
-            Err(SourceError::Io { path, .. }) => assert_eq!(path, locked),
-            other => panic!("expected Io naming {}, got {other:?}", locked.display()),
-        }
+    assert!(
+        fs::File::open(&locked).is_err(),
+        "{} opened: this part must run unprivileged",
+        locked.display()
+    );
+    match FilesSource::new(dir.path().to_owned(), vec![])
+        .unwrap()
+        .snapshot(&mut CollectSink::default())
+    {
+        Err(SourceError::Io { path, .. }) => assert_eq!(path, locked),
+        other => panic!("expected Io naming {}, got {other:?}", locked.display()),
     }
 }
 

@@ -25,6 +25,25 @@ fn put_opts(data: &[u8], retain: Option<Duration>) -> PutOptions {
 async fn conformance(store: Arc<dyn Store>) {
     let url = store.url();
 
+    // An object with a real, short retention: deleting it is refused until
+    // the retention ends, then allowed (checked at the end of the suite).
+    let short = Bytes::from_static(b"short-lived lock");
+    store
+        .put(
+            "t/short",
+            short.clone(),
+            &put_opts(&short, Some(Duration::seconds(3))),
+        )
+        .await
+        .unwrap();
+    let short_until = store
+        .head("t/short")
+        .await
+        .unwrap()
+        .retention
+        .expect("retention is recorded")
+        .until;
+
     // Create-only: a second put of the same key fails and changes nothing.
     let a = Bytes::from_static(b"first version");
     store
@@ -150,7 +169,7 @@ async fn conformance(store: Arc<dyn Store>) {
     );
     assert_eq!(store.get("t/locked").await.unwrap(), r);
 
-    // An object whose retention has ended (or never had one) can be deleted.
+    // An object that never had a retention can be deleted.
     store.delete("t/a").await.unwrap();
     assert!(store.get("t/a").await.unwrap_err().is_not_found());
 
@@ -276,6 +295,33 @@ async fn conformance(store: Arc<dyn Store>) {
             "{url}"
         );
     }
+
+    // The short retention: refused while it lasts, deleted once it has ended.
+    // Waits on the store's answer, not on a clock; every refusal before the
+    // end must be `Retained`.
+    let waited_from = std::time::Instant::now();
+    loop {
+        match store.delete("t/short").await {
+            Ok(()) => break,
+            Err(StoreError::Retained { .. }) => {
+                assert!(
+                    waited_from.elapsed() < std::time::Duration::from_secs(120),
+                    "{url}: t/short (retained until {short_until}) still refused at {}",
+                    Utc::now()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{url}: deleting t/short: {e}"),
+        }
+    }
+    assert!(
+        Utc::now() >= short_until,
+        "{url}: t/short deleted before its retention ended ({short_until})"
+    );
+    assert!(
+        store.get("t/short").await.unwrap_err().is_not_found(),
+        "{url}: t/short still readable after delete"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,16 +340,57 @@ async fn s3_store_honours_the_contract() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_store_puts_are_atomic_and_read_only() {
+async fn local_store_puts_are_atomic_read_only_and_leave_no_temp_files() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(tmp.path().to_path_buf()).unwrap();
-    let d = Bytes::from(vec![7u8; 100_000]);
-    store
-        .put("packs/aa/x", d.clone(), &put_opts(&d, None))
-        .await
-        .unwrap();
-    let meta = std::fs::metadata(tmp.path().join("objects/packs/aa/x")).unwrap();
+    let store = Arc::new(LocalStore::open(tmp.path().to_path_buf()).unwrap());
+    const OBJECTS: usize = 4;
+    const SIZE: usize = 32 * 1024 * 1024;
+    let object = |i: usize| Bytes::from(vec![i as u8 + 1; SIZE]);
+
+    // A reader watches each object's path while it is written: whenever the
+    // file exists it must have the object's whole length and bytes, never a
+    // prefix. The writer starts each put only once the reader is watching.
+    let objects = tmp.path().join("objects/packs/aa");
+    let (watching, ready) = std::sync::mpsc::channel::<usize>();
+    let reader = std::thread::spawn(move || {
+        let mut partial = Vec::new();
+        for i in 0..OBJECTS {
+            let path = objects.join(format!("x{i}"));
+            watching.send(i).unwrap();
+            loop {
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() == SIZE as u64 => {
+                        let bytes = std::fs::read(&path).unwrap();
+                        if bytes.len() != SIZE || bytes.iter().any(|b| *b != i as u8 + 1) {
+                            partial.push((i, bytes.len()));
+                        }
+                        break;
+                    }
+                    Ok(m) => partial.push((i, m.len() as usize)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("reading {}: {e}", path.display()),
+                }
+            }
+        }
+        partial
+    });
+    for i in 0..OBJECTS {
+        assert_eq!(ready.recv().unwrap(), i);
+        let d = object(i);
+        store
+            .put(&format!("packs/aa/x{i}"), d.clone(), &put_opts(&d, None))
+            .await
+            .unwrap();
+    }
+    let partial = reader.join().unwrap();
+    assert!(
+        partial.is_empty(),
+        "a reader saw partial objects (index, bytes): {:?}",
+        &partial[..partial.len().min(5)]
+    );
+
+    let meta = std::fs::metadata(tmp.path().join("objects/packs/aa/x0")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o444);
     assert_eq!(
         std::fs::read_dir(tmp.path().join("tmp")).unwrap().count(),

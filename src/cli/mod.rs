@@ -206,7 +206,8 @@ pub fn main() -> ExitCode {
             std::process::exit(Exit::WalFetchFatal.code().into());
         }));
     }
-    init_tracing(cli.log_format, cli.quiet);
+    let log_format = cli.log_format;
+    init_tracing(log_format, cli.quiet);
     let progress = if cli.quiet {
         ProgressMode::Quiet
     } else if cli.no_progress || matches!(cli.log_format, LogFormat::Json) {
@@ -223,9 +224,26 @@ pub fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit.code()),
         Err(e) if render::is_closed_pipe(&e) => ExitCode::from(Exit::Ok.code()),
         Err(e) => {
-            eprintln!("error: {e}");
+            report_failure(&e, log_format);
             ExitCode::from(e.exit.code())
         }
+    }
+}
+
+/// The final error on stderr: a plain line, or with `--log-format json` one
+/// JSON line shaped like the log lines before it, so a log shipper parsing
+/// every line does not drop the one that matters most.
+fn report_failure(e: &Error, format: LogFormat) {
+    match format {
+        LogFormat::Text => eprintln!("error: {e}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "ERROR",
+                "fields": {"message": e.to_string(), "exit_code": e.exit.code()},
+            })
+        ),
     }
 }
 

@@ -2,8 +2,6 @@
 //! source, the plan's history gives the retention tier, and the tier gives
 //! the lock.
 
-use chrono::Utc;
-
 use crate::engine::engine_for;
 use crate::error::{Context, Error};
 use crate::plan::{Plan, Tier};
@@ -15,7 +13,7 @@ pub async fn backup(plan: &Plan, progress: ProgressMode) -> Result<BackupReport,
     let engine = engine_for(plan)?;
     let source = engine.open_source()?;
     let store = super::open_store(plan).await?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let repo = Repository::open_or_init(store, plan.lock_for(Tier::Monthly, now), now)
         .await
         .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;

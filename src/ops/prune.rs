@@ -1,7 +1,5 @@
 //! Apply a plan's retention policy now.
 
-use chrono::Utc;
-
 use crate::engine::engine_for;
 use crate::error::{Error, Exit};
 use crate::plan::{Plan, Tier};
@@ -12,7 +10,7 @@ use crate::store::StoreError;
 pub async fn prune(plan: &Plan, dry_run: bool) -> Result<PruneReport, Error> {
     let logs = engine_for(plan).ok().and_then(|e| e.log_retention(plan));
     let repo = super::open_repo(plan).await?;
-    let now = Utc::now();
+    let now = crate::clock::now();
     let opts = PruneOptions {
         logs: logs.as_deref(),
         retention: plan.retention,

@@ -57,6 +57,9 @@ pub struct BackupReport {
     pub stats: SnapshotStats,
     pub packs_written: u64,
     pub packs_reused: u64,
+    /// Bytes read from the source: files whose stamp (size, mtime, ctime,
+    /// inode) is unchanged since the last snapshot are not read again.
+    pub bytes_read: u64,
     pub retain_until: Option<DateTime<Utc>>,
     pub tier: Tier,
     /// Reused objects whose lock had to be extended for this snapshot.
@@ -163,7 +166,7 @@ async fn backup_locked(
     opts: &BackupOptions,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
-    let started_at = Utc::now();
+    let started_at = crate::clock::now();
     let last = repo.list_snapshots(plan).await?.last().cloned();
     let previous = last.as_ref().map(|s| s.id);
     let index = Arc::new(repo.load_index().await?);
@@ -280,7 +283,7 @@ async fn backup_locked(
         }
     }
 
-    let finished_at = Utc::now();
+    let finished_at = crate::clock::now();
     let manifest = Manifest {
         format: "holdfast-snapshot".into(),
         version: FORMAT_VERSION,
@@ -323,6 +326,7 @@ async fn backup_locked(
         stats: written.stats,
         packs_written: written.packs_written,
         packs_reused: written.reused_packs.len() as u64,
+        bytes_read: written.bytes_read,
         retain_until: opts.retention.map(|r| r.until),
         tier: opts.tier,
         locks_extended,
@@ -440,6 +444,7 @@ struct Written {
     stats: SnapshotStats,
     reused_packs: HashSet<PackId>,
     packs_written: u64,
+    bytes_read: u64,
 }
 
 /// The sink a source writes into.
@@ -464,6 +469,8 @@ struct Writer {
     shared: Arc<Shared>,
     entries: Vec<ManifestEntry>,
     stats: SnapshotStats,
+    /// Bytes read from the source; files reused by their stamp add nothing.
+    bytes_read: u64,
     progress: Arc<Progress>,
     buf: Vec<u8>,
 }
@@ -558,6 +565,7 @@ impl Writer {
             shared,
             entries: Vec::new(),
             stats: SnapshotStats::default(),
+            bytes_read: 0,
             progress,
             buf: vec![0u8; 2 * chunker.max_size as usize],
         }
@@ -649,6 +657,7 @@ impl Writer {
             entries: std::mem::take(&mut self.entries),
             stats: self.stats,
             reused_packs: std::mem::take(&mut self.reused_packs),
+            bytes_read: self.bytes_read,
             packs_written: self
                 .shared
                 .packs_written
@@ -819,6 +828,7 @@ impl Writer {
         size: u64,
         result: Result<(), WriterError>,
     ) -> Result<(), WriterError> {
+        self.bytes_read += size;
         // Ends the stream even after a failure, so the next one starts clean.
         let ended = self.hasher.finish();
         result?;

@@ -634,7 +634,7 @@ impl Engine for SqliteEngine {
         let snapshot = crate::engine::snapshot_only(plan, self.kind(), req)?;
         let target = absolute(&req.to);
         let force = req.force;
-        tokio::task::spawn_blocking(move || check_sqlite_companions(&target, force))
+        let aside = tokio::task::spawn_blocking(move || set_companions_aside(&target, force))
             .await
             .expect("companion check panicked")?;
         let opts = RestoreOptions {
@@ -645,29 +645,72 @@ impl Engine for SqliteEngine {
             single_stream: true,
             progress: req.progress,
         };
-        Ok(RestoreReport::Snapshot(
-            materialize::restore(repo, &plan.name, &opts).await?,
-        ))
+        let restored = materialize::restore(repo, &plan.name, &opts).await;
+        let ok = restored.is_ok();
+        tokio::task::spawn_blocking(move || settle_companions(aside, ok))
+            .await
+            .expect("companion settle panicked")?;
+        Ok(RestoreReport::Snapshot(restored?))
     }
 }
 
 /// A stale `-wal` or `-journal` beside a restored database would be applied
-/// to it on open and corrupt it: refuse, or with --force remove them.
-fn check_sqlite_companions(target: &Path, force: bool) -> Result<(), MaterializeError> {
+/// to it on open and corrupt it: refuse, or with --force move them aside
+/// (they belong to the old database, which must survive a failed restore).
+/// Returns each companion moved and where to.
+fn set_companions_aside(
+    target: &Path,
+    force: bool,
+) -> Result<Vec<(PathBuf, PathBuf)>, MaterializeError> {
+    let mut found = Vec::new();
     for suffix in ["-wal", "-shm", "-journal"] {
         let mut name = target.as_os_str().to_owned();
         name.push(suffix);
         let path = PathBuf::from(name);
-        if fs::symlink_metadata(&path).is_err() {
-            continue;
+        if fs::symlink_metadata(&path).is_ok() {
+            found.push(path);
         }
-        if !force {
-            return Err(MaterializeError::TargetNotEmpty {
-                path,
-                hint: FORCE_HINT,
-            });
+    }
+    if let (false, Some(path)) = (force, found.first()) {
+        return Err(MaterializeError::TargetNotEmpty {
+            path: path.clone(),
+            hint: FORCE_HINT,
+        });
+    }
+    let mut moved = Vec::new();
+    for path in found {
+        let aside = path.with_file_name(format!(
+            ".{}.holdfast-old-{}",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            std::process::id()
+        ));
+        if let Err(source) = fs::rename(&path, &aside) {
+            let _ = settle_companions(moved, false);
+            return Err(MaterializeError::Target { path, source });
         }
-        fs::remove_file(&path).map_err(|source| MaterializeError::Target { path, source })?;
+        moved.push((path, aside));
+    }
+    Ok(moved)
+}
+
+/// After the restore: drops the old companions once the new database is in
+/// place, or puts them back beside the old one when the restore failed.
+fn settle_companions(
+    moved: Vec<(PathBuf, PathBuf)>,
+    restored: bool,
+) -> Result<(), MaterializeError> {
+    for (path, aside) in moved {
+        let done = if restored {
+            fs::remove_file(&aside)
+        } else {
+            fs::rename(&aside, &path)
+        };
+        done.map_err(|source| MaterializeError::Target {
+            path: aside,
+            source,
+        })?;
     }
     Ok(())
 }
