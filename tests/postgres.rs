@@ -301,6 +301,14 @@ fn after_rm_rf_of_pgdata_the_cluster_is_rebuilt_from_the_repository_alone() {
     pg.pgbench_init(1);
     let out = pg.holdfast(&["backup", "--plan", &plan]);
     assert!(out.status.success(), "{}", text(&out));
+    // The hint after a base backup points at the newest state, not at the
+    // base backup alone (which would stop at its end).
+    assert!(
+        text(&out).contains("restore with: holdfast restore --plan")
+            && text(&out).contains("--latest --to DATADIR"),
+        "{}",
+        text(&out)
+    );
     let out = pgbench(pg.port(), &["-t", "300", "-c", "2", "-n"]);
     assert!(out.status.success(), "{}", text(&out));
     pg.sql("CREATE TABLE customers AS SELECT i AS id, md5(i::text) AS email FROM generate_series(1, 2000) i");

@@ -13,7 +13,7 @@ pub async fn run(plan: &PlanArg, json: bool, progress: ProgressMode) -> Result<E
     } else {
         let s = &report.stats;
         outln!(
-            "snapshot {} of plan {} saved to {}\n  {} files, {} read, {} new ({} stored), {:.1}s; locked until {}\n  restore with: holdfast restore --plan {} --snapshot {} --to PATH",
+            "snapshot {} of plan {} saved to {}\n  {} files, {} read, {} new ({} stored), {:.1}s; locked until {}\n  restore with: holdfast restore --plan {} {}",
             report.snapshot.short(),
             report.plan,
             report.repository,
@@ -27,8 +27,26 @@ pub async fn run(plan: &PlanArg, json: bool, progress: ProgressMode) -> Result<E
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_else(|| "never".into()),
             plan.file.display(),
-            report.snapshot.short(),
+            restore_args(&plan.source, &report.snapshot.short()),
         )?;
     }
     Ok(Exit::Ok)
+}
+
+/// The restore command line that gets back what this backup protects: for a
+/// PostgreSQL plan that archives WAL, the newest state (`--snapshot` alone
+/// would stop at the end of this base backup).
+fn restore_args(source: &crate::plan::SourceSpec, short: &str) -> String {
+    match source {
+        crate::plan::SourceSpec::Postgres {
+            mode: crate::plan::DbMode::Physical,
+            archive: true,
+            ..
+        } => {
+            "--latest --to DATADIR (or --at TIME; --snapshot ".to_string()
+                + short
+                + " alone stops at the end of this base backup)"
+        }
+        _ => format!("--snapshot {short} --to PATH"),
+    }
 }
