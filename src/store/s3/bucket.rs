@@ -33,7 +33,7 @@ impl S3Store {
                         default_retention: None,
                     });
                 }
-                return Err(self.failure_error("check bucket", "", f));
+                return Err(self.failure_error("check", "the bucket", f));
             }
         }
         let versioning = self
@@ -42,7 +42,7 @@ impl S3Store {
             .bucket(bucket)
             .send()
             .await
-            .map_err(|e| self.error("read the versioning of", "", e))?
+            .map_err(|e| self.error("read the versioning of", "the bucket", e))?
             .status()
             .map(|s| s.as_str().to_string());
         let (object_lock, default_retention) = match self
@@ -78,7 +78,11 @@ impl S3Store {
                 if f.status == Some(404) || f.code.contains("ObjectLockConfiguration") {
                     (false, None)
                 } else {
-                    return Err(self.failure_error("read the object lock configuration of", "", f));
+                    return Err(self.failure_error(
+                        "read the object lock configuration of",
+                        "the bucket",
+                        f,
+                    ));
                 }
             }
         };
@@ -126,7 +130,7 @@ impl S3Store {
             )
             .send()
             .await
-            .map_err(|e| self.error("enable versioning on", "", e))?;
+            .map_err(|e| self.error("enable versioning on", "the bucket", e))?;
         Ok(())
     }
 }
