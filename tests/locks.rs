@@ -154,6 +154,28 @@ async fn a_kept_snapshot_whose_lock_would_end_is_locked_again_with_its_packs() {
         &["keep-locks", "--plan", plan, "--json"],
     );
     assert_eq!(again["objects_extended"], 0, "{again}");
+
+    // Backups resume half a day later: the hour's snapshot leaves the policy
+    // (keep_last 1), its recorded lock ended a week ago, but the keeper's
+    // lock still holds: prune keeps it, and names nothing as removed.
+    let later = now + Duration::hours(12);
+    let resumed = run_json(at(later), &["backup", "--plan", plan, "--json"]);
+    assert_eq!(resumed["tier"], "daily", "{resumed}");
+    let prune = run_json(at(later), &["prune", "--plan", plan, "--json"]);
+    assert_eq!(prune["removed"], serde_json::json!([]), "{prune}");
+    assert_eq!(prune["refused"], serde_json::json!([]), "{prune}");
+    let held = prune["held_by_lock"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{prune}");
+    assert!(
+        last["snapshot"]
+            .as_str()
+            .unwrap()
+            .starts_with(held[0]["snapshot"].as_str().unwrap()),
+        "{prune}"
+    );
+    assert!(store.list("prunes/").await.unwrap().is_empty(), "{prune}");
+    let verify = run_json(at(later), &["verify", "--plan", plan, "--json"]);
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
