@@ -27,13 +27,16 @@ pub async fn run(plan: &PlanArg, dry_run: bool, json: bool) -> Result<Exit, Erro
         )?;
     }
     let coverage = match (&report.lock_coverage_seconds, &report.weakest) {
-        (Some(secs), Some((key, until))) => format!(
-            "; lock coverage {} (until {}, {key})",
-            humantime::format_duration(std::time::Duration::from_secs(
-                u64::try_from(*secs).unwrap_or(0)
-            )),
-            until.format("%Y-%m-%d %H:%M:%SZ")
-        ),
+        (Some(secs), Some((key, until))) => {
+            let span =
+                humantime::format_duration(std::time::Duration::from_secs(secs.unsigned_abs()));
+            let until = until.format("%Y-%m-%d %H:%M:%SZ");
+            if *secs > 0 {
+                format!("; lock coverage {span} (until {until}, {key})")
+            } else {
+                format!("; NO lock coverage: the lock of {key} ended {span} ago ({until})")
+            }
+        }
         _ => "; nothing locked to keep".into(),
     };
     outln!(
