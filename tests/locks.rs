@@ -276,3 +276,64 @@ async fn keep_locks_on_s3_lengthens_compliance_retention_read_back_through_the_a
     let v = run_json(verify, &["verify", "--plan", plan, "--json"]);
     assert_eq!(v["problems"], serde_json::json!([]), "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_wal_a_kept_base_backup_replays_is_kept_locked_and_older_wal_is_not() {
+    use common::bin::command_as;
+    use common::postgres::Cluster;
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    // WAL from before the base backup: no kept snapshot can replay it.
+    let before = pg.archive_now();
+    let as_pg = |now: Option<DateTime<Utc>>, args: &[&str]| {
+        let vars: Vec<(&str, String)> = now
+            .map(|n| vec![(holdfast::clock::NOW_VAR, n.to_rfc3339())])
+            .unwrap_or_default();
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        json_of(&command_as("postgres", &vars).args(args).output().unwrap())
+    };
+    let backup = as_pg(None, &["backup", "--plan", &plan, "--json"]);
+    pg.sql("INSERT INTO orders(note) SELECT 'after ' || i FROM generate_series(1, 500) i");
+    pg.archive_now();
+
+    // Three days on, without another backup.
+    let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap() + Duration::days(3);
+    let report = as_pg(Some(now), &["keep-locks", "--plan", &plan, "--json"]);
+    assert_eq!(report["snapshots_kept"], 1, "{report}");
+    let logs = report["log_files_extended"].as_u64().unwrap();
+    assert!(logs >= 2, "{report}");
+    let target = now + Duration::days(8);
+    assert_eq!(
+        ts(&report["snapshots"][0]["locked_until"]),
+        target,
+        "{report}"
+    );
+
+    let store = LocalStore::open(pg.path("repo")).unwrap();
+    let key = backup["key"].as_str().unwrap();
+    assert_eq!(
+        store.head(key).await.unwrap().retention.unwrap().until,
+        target
+    );
+    let wal = locks(&store, "wal/pg/").await;
+    let at_target: Vec<&String> = wal
+        .iter()
+        .filter(|(_, until)| *until == target)
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(at_target.len() as u64, logs, "{wal:?}");
+    // The segment archived before the base backup keeps the lock it was
+    // pushed with: prune would remove it, so nothing needs it locked longer.
+    let (old_key, old_until) = wal
+        .iter()
+        .find(|(k, _)| k.ends_with(&before))
+        .unwrap_or_else(|| panic!("{before} not archived: {wal:?}"));
+    assert!(
+        *old_until < target - Duration::days(1),
+        "{old_key} {old_until}"
+    );
+
+    let verify = as_pg(Some(now), &["verify", "--plan", &plan, "--json"]);
+    assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
+}
