@@ -194,6 +194,8 @@ pub struct Alerter {
     client: HttpsClient,
     /// Where the status page lives, for `generatorURL`.
     generator_url: String,
+    webhook_deadline: Duration,
+    command_deadline: Duration,
 }
 
 impl fmt::Debug for Alerter {
@@ -235,7 +237,16 @@ impl Alerter {
             open: Mutex::new(HashMap::new()),
             client,
             generator_url: String::new(),
+            webhook_deadline: WEBHOOK_DEADLINE,
+            command_deadline: COMMAND_DEADLINE,
         }
+    }
+
+    /// Other deadlines than [`WEBHOOK_DEADLINE`] and [`COMMAND_DEADLINE`].
+    pub fn with_deadlines(mut self, webhook: Duration, command: Duration) -> Self {
+        self.webhook_deadline = webhook;
+        self.command_deadline = command;
+        self
     }
 
     /// Links alerts to the daemon's status page (`http://host:port/`).
@@ -353,7 +364,7 @@ impl Alerter {
         };
         let command = async {
             match &self.config.command {
-                Some(argv) => Some(run_command(argv, alert, &json).await),
+                Some(argv) => Some(run_command(argv, alert, &json, self.command_deadline).await),
                 None => None,
             }
         };
@@ -385,7 +396,7 @@ impl Alerter {
                 )
                 .body(Full::new(Bytes::copy_from_slice(json)))
                 .map_err(|e| format!("unable to build a request to {shown}: {e}"))?;
-            let sent = tokio::time::timeout(WEBHOOK_DEADLINE, async {
+            let sent = tokio::time::timeout(self.webhook_deadline, async {
                 let response = self.client.request(request).await?;
                 let status = response.status();
                 // Read the (small) answer so the connection can be reused.
@@ -396,8 +407,8 @@ impl Alerter {
             match sent {
                 Err(_) => {
                     last = format!(
-                    "POST {shown}: no answer within {}s (attempt {attempt} of {WEBHOOK_ATTEMPTS})",
-                    WEBHOOK_DEADLINE.as_secs()
+                    "POST {shown}: no answer within {:?} (attempt {attempt} of {WEBHOOK_ATTEMPTS})",
+                    self.webhook_deadline
                 )
                 }
                 Ok(Err(e)) => {
@@ -426,7 +437,12 @@ fn redact(url: &Url) -> String {
     u.to_string()
 }
 
-async fn run_command(argv: &[String], alert: &AlertBody, json: &[u8]) -> Result<(), String> {
+async fn run_command(
+    argv: &[String],
+    alert: &AlertBody,
+    json: &[u8],
+    deadline: Duration,
+) -> Result<(), String> {
     let Some((program, args)) = argv.split_first() else {
         return Err("the alert command is empty".into());
     };
@@ -475,11 +491,10 @@ async fn run_command(argv: &[String], alert: &AlertBody, json: &[u8]) -> Result<
         let (_, out) = tokio::join!(feed, child.wait_with_output());
         out
     };
-    match tokio::time::timeout(COMMAND_DEADLINE, run).await {
+    match tokio::time::timeout(deadline, run).await {
         // Dropping the future drops the child: kill_on_drop kills it.
         Err(_) => Err(format!(
-            "alert command {program} did not finish within {}s and was killed",
-            COMMAND_DEADLINE.as_secs()
+            "alert command {program} did not finish within {deadline:?} and was killed"
         )),
         Ok(Err(e)) => Err(format!("unable to wait for alert command {program}: {e}")),
         Ok(Ok(out)) if out.status.success() => Ok(()),

@@ -184,3 +184,49 @@ async fn a_refused_body_is_not_retried_and_a_failing_command_is_reported() {
     received.recv().await.unwrap();
     assert!(received.try_recv().is_err(), "a 4xx was retried");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_over_its_deadline_is_killed_and_a_silent_webhook_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    // A receiver that accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (sock, _) = listener.accept().await.unwrap();
+            held.push(sock);
+        }
+    });
+    let alerter = Alerter::new(AlertConfig {
+        webhook: Some(url.parse().unwrap()),
+        // `exec`, so the recorded pid is the process the deadline must kill.
+        command: Some(AlertConfig::shell(&format!(
+            "echo $$ > {}; exec sleep 600",
+            pid_file.display()
+        ))),
+        repeat: Duration::from_secs(60),
+    })
+    .with_deadlines(Duration::from_millis(300), Duration::from_secs(1));
+    let (_, delivery) = alerter.update(&backup_failed(true)).await;
+    let err = delivery.command.clone().unwrap().unwrap_err();
+    assert!(err.contains("was killed"), "{err}");
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let proc_dir = format!("/proc/{}", pid.trim());
+    // Killed, then reaped by tokio's orphan reaper: gone or a zombie.
+    let gone = (0..100).any(|_| {
+        let state = std::fs::read_to_string(format!("{proc_dir}/stat")).unwrap_or_default();
+        let alive = !state.is_empty() && !state.contains(") Z ");
+        if alive {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        !alive
+    });
+    assert!(gone, "the alert command (pid {pid}) still runs");
+    let err = delivery.webhook.clone().unwrap().unwrap_err();
+    assert!(
+        err.contains("no answer within") && err.contains("attempt 3 of 3"),
+        "{err}"
+    );
+}
