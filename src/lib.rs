@@ -41,6 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod alert;
 pub mod cli;
 pub mod clock;
 pub mod engine;

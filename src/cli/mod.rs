@@ -5,6 +5,7 @@
 
 mod backup;
 mod doctor;
+mod locks;
 mod plan;
 mod prune;
 pub(crate) mod render;
@@ -88,6 +89,19 @@ pub(crate) enum Command {
         #[command(flatten)]
         plan: PlanArg,
         /// Report what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lengthen the locks of every snapshot the retention policy still keeps
+    /// (and of every object it needs) so they run a whole tier's lock ahead
+    /// of now: kept snapshots stay locked even when backups stop.
+    KeepLocks {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Report what would be extended; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Print the report as JSON on stdout.
@@ -285,6 +299,11 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             dry_run,
             json,
         } => prune::run(&plan, dry_run, json).await,
+        Command::KeepLocks {
+            plan,
+            dry_run,
+            json,
+        } => locks::run(&plan, dry_run, json).await,
         Command::Repo {
             command: RepoCommand::Init { plan, json },
         } => repo::init(&plan, json).await,

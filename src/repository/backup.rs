@@ -263,24 +263,8 @@ async fn backup_locked(
         }
         keys.sort();
         keys.dedup();
-        let mut tasks = tokio::task::JoinSet::new();
-        let limit = Arc::new(tokio::sync::Semaphore::new(16));
-        for key in keys {
-            let (store, limit) = (repo.store().clone(), limit.clone());
-            tasks.spawn(async move {
-                let _permit = limit.acquire_owned().await.expect("semaphore open");
-                // Every store checks the current lock itself and refuses to
-                // shorten it: a longer lock already in place is not an error.
-                match store.extend_retention(&key, &retention).await {
-                    Ok(()) => Ok::<_, StoreError>(1u64),
-                    Err(StoreError::RetentionShortening { .. }) => Ok(0),
-                    Err(e) => Err(e),
-                }
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            locks_extended += done.expect("lock task panicked")?;
-        }
+        let keys = keys.into_iter().map(|k| (k, retention)).collect();
+        locks_extended = super::locks::extend_all(repo.store(), keys).await?;
     }
 
     let finished_at = crate::clock::now();

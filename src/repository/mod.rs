@@ -11,6 +11,7 @@
 pub mod backup;
 pub mod hasher;
 pub mod index;
+pub mod locks;
 pub mod log_archive;
 pub mod manifest;
 pub mod materialize;

@@ -237,7 +237,19 @@ async fn prune_locked(
             remaining.push(m);
             continue;
         }
-        let locked_until = m.retention.map(|r| r.until).filter(|u| *u > opts.now);
+        let mut locked_until = m.retention.map(|r| r.until).filter(|u| *u > opts.now);
+        if locked_until.is_none() && !keep.contains_key(&snap.id) {
+            // The lock keeper may have lengthened the manifest's lock past
+            // what it records: the store's word decides. Deleting it anyway
+            // would be refused, after the prune record had already named it
+            // (and its packs) as gone.
+            locked_until = store
+                .head(&snap.key)
+                .await?
+                .retention
+                .map(|r| r.until)
+                .filter(|u| *u > opts.now);
+        }
         let verdict = |reason: String| SnapshotVerdict {
             snapshot: snap.id.short(),
             started_at: m.started_at,
