@@ -1,0 +1,353 @@
+//! Restore drills, run through the real binary: back up, drill (restore into
+//! scratch space, check, measure, record), and see what an on-call engineer
+//! would see when a drill fails — a check that cannot hold, a drill over its
+//! time, a corrupted pack — and that a killed drill's scratch folder goes.
+
+mod common;
+
+use common::bin::{command, holdfast, json, ok, said_by, text};
+use common::files::{files_under, flip};
+use common::make_db;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    /// A plan named `app` backing up `source_yaml` into `repo/`, with `drill_yaml`
+    /// (the drill section's body, indented by two spaces).
+    fn plan(&self, file: &str, source_yaml: &str, drill_yaml: &str) -> PathBuf {
+        let path = self.path(file);
+        std::fs::write(
+            &path,
+            format!(
+                "name: app\nsource: {source_yaml}\nrepository:\n  url: file://{repo}\nschedule:\n  backup: \"0 * * * *\"\nlock:\n  mode: compliance\n  days: 7\nretention:\n  keep_last: 24\n  keep_daily: 7\ndrill:\n  scratch_dir: {scratch}\n{drill_yaml}",
+                repo = self.path("repo").display(),
+                scratch = self.path("scratch").display()
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn sqlite_plan(&self, file: &str, drill_yaml: &str) -> PathBuf {
+        let db = self.path("app.db");
+        self.plan(
+            file,
+            &format!("{{type: sqlite, path: {}}}", db.display()),
+            drill_yaml,
+        )
+    }
+
+    fn reports(&self) -> PathBuf {
+        self.path("reports")
+    }
+
+    /// `holdfast drill --plan FILE --json --reports DIR`.
+    fn drill(&self, plan: &Path) -> std::process::Output {
+        holdfast(&[
+            "drill",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--json",
+            "--reports",
+            self.reports().to_str().unwrap(),
+        ])
+    }
+
+    /// The scratch folders left in `scratch/`.
+    fn scratch_left(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("scratch"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+const CHECKS: &str = "  checks:\n    - name: has orders\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {at_least: 500}\n";
+
+fn report_of(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(out)))
+}
+
+fn check<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {report}"))
+}
+
+#[test]
+fn a_sqlite_drill_passes_its_checks_is_recorded_write_once_and_listed_with_a_trend() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 800);
+    let plan = env.sqlite_plan("app.yaml", CHECKS);
+    let plan_s = plan.to_str().unwrap();
+    ok(&["backup", "--plan", plan_s]);
+
+    let out = env.drill(&plan);
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(check(&report, "has orders")["passed"], true, "{report}");
+    assert!(check(&report, "has orders")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("800"));
+    assert_eq!(check(&report, "integrity_check")["passed"], true);
+    assert_eq!(check(&report, "sha256")["passed"], true);
+    assert_eq!(report["checks_failed"], 0);
+    assert_eq!(report["checks_passed"], 3);
+    assert_eq!(report["target"]["kind"], "latest");
+    assert!(
+        report["bytes_restored"].as_u64().unwrap() > 100_000,
+        "{report}"
+    );
+    assert!(report["rto_seconds"].as_f64().unwrap() > 0.0);
+    assert!(report["rpo_seconds"].as_f64().unwrap() >= 0.0);
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["fetch_restore", "checks"], "{report}");
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+
+    // The local reports: JSON and Markdown.
+    let local: Vec<PathBuf> = files_under(&env.reports());
+    assert_eq!(local.len(), 2, "{local:?}");
+    let md = local
+        .iter()
+        .find(|p| p.extension().unwrap() == "md")
+        .unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("PASSED") && md.contains("has orders"), "{md}");
+
+    // The record in the repository, write-once and locked.
+    let key = report["record_key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("drills/app/"), "{key}");
+    let store = holdfast::store::local::LocalStore::open(env.path("repo")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    use holdfast::store::Store;
+    let deleted = rt.block_on(store.delete(&key)).unwrap_err().to_string();
+    assert!(deleted.contains(&key), "{deleted}");
+    let bytes = rt.block_on(store.get(&key)).unwrap();
+    let opts = holdfast::store::PutOptions {
+        sha256: holdfast::ids::Hash256::digest(b"{}"),
+        retention: None,
+    };
+    let overwrite = rt
+        .block_on(store.put(&key, bytes::Bytes::from_static(b"{}"), &opts))
+        .unwrap_err();
+    assert!(
+        matches!(overwrite, holdfast::store::StoreError::AlreadyExists { .. }),
+        "{overwrite}"
+    );
+    assert_eq!(rt.block_on(store.get(&key)).unwrap(), bytes);
+
+    // A second drill; `drills` lists both, the second with its trend.
+    let second = report_of(&env.drill(&plan));
+    let list = json(&["drills", "--plan", plan_s, "--json"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2, "{list:?}");
+    assert_eq!(list[0]["key"], key.as_str());
+    assert_eq!(list[0]["report"]["id"], report["id"]);
+    assert_eq!(list[1]["report"]["id"], second["id"]);
+    assert!(list[0].get("trend").is_none());
+    let trend = &list[1]["trend"];
+    let delta = second["rto_seconds"].as_f64().unwrap() - report["rto_seconds"].as_f64().unwrap();
+    assert!(
+        (trend["vs_previous_seconds"].as_f64().unwrap() - delta).abs() < 1e-6,
+        "{trend}"
+    );
+    let table = ok(&["drills", "--plan", plan_s]);
+    assert!(
+        table.contains("passed") && table.contains(report["id"].as_str().unwrap()),
+        "{table}"
+    );
+
+    // A record that is not a drill report is named, never trusted.
+    let bad = env.path("repo/objects/drills/app/20990101T000000.000Z-ffffffffffffffff.json");
+    std::fs::write(&bad, b"{\"format\": 1").unwrap();
+    let out = holdfast(&["drills", "--plan", plan_s]);
+    let said = said_by(&out, 5);
+    assert!(
+        said.contains("drills/app/20990101T000000.000Z-ffffffffffffffff.json")
+            && said.contains("not a drill report"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_check_that_cannot_hold_fails_the_drill_naming_the_check() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 100);
+    let plan = env.sqlite_plan(
+        "app.yaml",
+        "  checks:\n    - name: a million orders\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {at_least: 1000000}\n",
+    );
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    let out = env.drill(&plan);
+    let said = said_by(&out, 11);
+    assert!(
+        said.contains("check a million orders failed: returned 100, expected at least 1000000"),
+        "{said}"
+    );
+    let report = report_of(&out);
+    assert_eq!(report["passed"], false);
+    assert_eq!(report["checks_failed"], 1);
+    assert_eq!(check(&report, "integrity_check")["passed"], true);
+    // The failure is recorded too.
+    assert!(report["record_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("drills/app/"));
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+}
+
+#[test]
+fn a_drill_over_max_duration_fails_even_with_the_data_right() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 100);
+    let plan = env.sqlite_plan("app.yaml", "  max_duration: 1ns\n");
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    let out = env.drill(&plan);
+    let said = said_by(&out, 11);
+    // Stopped at the deadline ("ran past"), or finished and then judged ("took").
+    assert!(
+        said.contains("max_duration") && said.contains("1ns"),
+        "{said}"
+    );
+    let report = report_of(&out);
+    assert_eq!(report["over_time"], true);
+    assert_eq!(report["passed"], false);
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+}
+
+#[test]
+fn a_corrupted_pack_fails_the_drill_naming_the_object() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 300);
+    let plan = env.sqlite_plan("app.yaml", CHECKS);
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    let packs = files_under(&env.path("repo/objects/packs"));
+    assert!(!packs.is_empty());
+    for p in &packs {
+        flip(p, |len| len / 2, 0x40);
+    }
+    let out = env.drill(&plan);
+    let said = said_by(&out, 11);
+    let named = packs.iter().any(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        said.contains(&name[..16.min(name.len())])
+    });
+    assert!(named && said.contains("pack"), "{said}");
+    let report = report_of(&out);
+    assert_eq!(report["passed"], false);
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+}
+
+#[test]
+fn a_killed_drills_scratch_folder_is_removed_by_the_next_drill() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 600);
+    // A check that never ends holds the drill in its checks phase.
+    let slow = env.sqlite_plan(
+        "slow.yaml",
+        "  checks:\n    - name: forever\n      sql: \"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c\"\n",
+    );
+    ok(&["backup", "--plan", slow.to_str().unwrap()]);
+    let mut child = command()
+        .args(["drill", "--plan", slow.to_str().unwrap(), "--reports"])
+        .arg(env.reports())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let leftover = env.path(&format!("scratch/holdfast-drill-app-{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !leftover.join("restored.db").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the drill restored nothing in 120s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(leftover.exists(), "a killed drill cannot clean up");
+
+    let plan = env.sqlite_plan("app.yaml", CHECKS);
+    let out = env.drill(&plan);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = report_of(&out);
+    let notes = report["notes"].to_string();
+    assert!(
+        notes.contains(&leftover.display().to_string()) && notes.contains("which is gone"),
+        "{notes}"
+    );
+    assert!(!leftover.exists());
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+}
+
+#[test]
+fn a_files_drill_checks_the_files_and_counts_the_verified_ones() {
+    let env = Env::new();
+    let tree = env.path("site");
+    std::fs::create_dir_all(tree.join("conf")).unwrap();
+    std::fs::write(tree.join("conf/app.toml"), b"port = 8080\n").unwrap();
+    std::fs::write(tree.join("index.html"), common::data(7, 300_000)).unwrap();
+    std::fs::write(tree.join("notes.txt"), b"hello\n").unwrap();
+    let plan = env.plan(
+        "app.yaml",
+        &format!("{{type: files, path: {}}}", tree.display()),
+        "  checks:\n    - name: config\n      file: conf/app.toml\n    - file: index.html\n",
+    );
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    let out = env.drill(&plan);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = report_of(&out);
+    assert_eq!(report["files_verified"], 3, "{report}");
+    assert_eq!(report["checks_passed"], 3, "{report}");
+    assert_eq!(check(&report, "config")["passed"], true);
+    assert_eq!(check(&report, "checks[1]")["passed"], true);
+    assert!(check(&report, "sha256")["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("3 restored file(s)"));
+
+    // A file the snapshot does not have fails the drill, named.
+    std::fs::remove_file(tree.join("notes.txt")).unwrap();
+    let missing = env.plan(
+        "missing.yaml",
+        &format!("{{type: files, path: {}}}", tree.display()),
+        "  checks:\n    - name: the ledger\n      file: ledger.csv\n",
+    );
+    let out = env.drill(&missing);
+    let said = said_by(&out, 11);
+    assert!(
+        said.contains("check the ledger failed: ledger.csv is not in the restored tree"),
+        "{said}"
+    );
+}
