@@ -351,3 +351,92 @@ fn a_files_drill_checks_the_files_and_counts_the_verified_ones() {
         "{said}"
     );
 }
+
+#[test]
+fn a_postgres_drill_starts_a_scratch_server_runs_the_sql_check_and_reports_phases() {
+    use common::postgres::Cluster;
+    let pg = Cluster::start();
+    pg.sql("CREATE TABLE orders AS SELECT i AS id FROM generate_series(1, 5000) i");
+    let plan = common::bin::s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Written after the base backup: only WAL replay brings these back.
+    pg.sql("INSERT INTO orders SELECT generate_series(5001, 6000)");
+    let archived_before = pg.archive_now();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&pg.plan)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        format!(
+            "drill:\n  scratch_dir: {}\n  checks:\n    - name: every order\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{equals: \"6000\"}}\n",
+            pg.path("scratch").display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let reports = pg.path("reports");
+    let out = pg.holdfast(&[
+        "drill",
+        "--plan",
+        &plan,
+        "--json",
+        "--reports",
+        common::bin::s(&reports),
+    ]);
+    let report = report_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(report["passed"], true, "{report}");
+    let every = check(&report, "every order");
+    assert_eq!(every["passed"], true, "{report}");
+    assert!(every["detail"].as_str().unwrap().contains("6000"));
+    assert_eq!(check(&report, "pg_amcheck")["passed"], true, "{report}");
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "wal_check",
+            "fetch_restore",
+            "start_wal_replay",
+            "checks",
+            "stop"
+        ],
+        "{report}"
+    );
+    let sum: f64 = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] != "stop")
+        .map(|p| p["seconds"].as_f64().unwrap())
+        .sum();
+    assert!(sum <= report["rto_seconds"].as_f64().unwrap(), "{report}");
+    assert!(report["rpo_seconds"].as_f64().unwrap() >= 0.0, "{report}");
+    assert!(report["bytes_restored"].as_u64().unwrap() > 1_000_000);
+    // Torn down: no scratch folder, no server; the scratch copy never
+    // archived into the plan (archiving off: no new timeline's history).
+    let left: Vec<_> = std::fs::read_dir(pg.path("scratch"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        !pg.archived().iter().any(|f| f.ends_with(".history")),
+        "{:?}",
+        pg.archived()
+    );
+    assert!(pg.archived().contains(&archived_before));
+    let listed = common::bin::json_of(&pg.holdfast(&["drills", "--plan", &plan, "--json"]));
+    assert_eq!(listed[0]["report"]["id"], report["id"]);
+    eprintln!(
+        "PostgreSQL drill: RTO {}s, RPO {}s, phases {}, {} bytes",
+        report["rto_seconds"], report["rpo_seconds"], report["phases"], report["bytes_restored"]
+    );
+}
