@@ -440,3 +440,159 @@ fn a_postgres_drill_starts_a_scratch_server_runs_the_sql_check_and_reports_phase
         report["rto_seconds"], report["rpo_seconds"], report["phases"], report["bytes_restored"]
     );
 }
+
+/// `holdfast drill` at the injected time `now` (debug builds read `HOLDFAST_NOW`).
+fn drill_at(env: &Env, plan: &Path, now: &str, extra: &[&str]) -> std::process::Output {
+    command()
+        .env("HOLDFAST_NOW", now)
+        .args([
+            "drill",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--json",
+            "--reports",
+        ])
+        .arg(env.reports())
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_target_is_the_newest_point_the_plans_rewind_clamped_or_at() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 100);
+    let plan = env.sqlite_plan("app.yaml", "  rewind: 1h\n");
+    let backup_at = |now: &str| {
+        let out = command()
+            .env("HOLDFAST_NOW", now)
+            .args(["backup", "--plan", plan.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+    };
+    backup_at("2026-03-02T08:00:00Z");
+    common::add_rows(&rusqlite::Connection::open(env.path("app.db")).unwrap(), 50);
+    backup_at("2026-03-02T10:00:00Z");
+    let point = |r: &serde_json::Value| {
+        (
+            r["target"]["kind"].as_str().unwrap().to_string(),
+            r["target"]["at"].as_str().unwrap()[..19].to_string(),
+            r["restored_point"].as_str().unwrap()[..19].to_string(),
+            r["rpo_seconds"].as_f64().unwrap(),
+        )
+    };
+    let s =
+        |k: &str, t: &str, p: &str, rpo: f64| (k.to_string(), t.to_string(), p.to_string(), rpo);
+
+    // The plan's rewind: 10:30 - 1h = 09:30, whose state is the 08:00 snapshot's.
+    let r = report_of(&drill_at(&env, &plan, "2026-03-02T10:30:00Z", &[]));
+    assert_eq!(
+        point(&r),
+        s(
+            "rewind",
+            "2026-03-02T09:30:00",
+            "2026-03-02T08:00:00",
+            5400.0
+        ),
+        "{r}"
+    );
+    // --latest ignores the rewind.
+    let r = report_of(&drill_at(
+        &env,
+        &plan,
+        "2026-03-02T10:30:00Z",
+        &["--latest"],
+    ));
+    assert_eq!(
+        point(&r),
+        s(
+            "latest",
+            "2026-03-02T10:30:00",
+            "2026-03-02T10:00:00",
+            1800.0
+        ),
+        "{r}"
+    );
+    // --at.
+    let r = report_of(&drill_at(
+        &env,
+        &plan,
+        "2026-03-02T10:30:00Z",
+        &["--at", "2026-03-02T09:59:00Z"],
+    ));
+    assert_eq!(
+        point(&r),
+        s("at", "2026-03-02T09:59:00", "2026-03-02T08:00:00", 7140.0),
+        "{r}"
+    );
+    // A rewind before the oldest snapshot is clamped to it, and says so.
+    let r = report_of(&drill_at(&env, &plan, "2026-03-02T08:30:00Z", &[]));
+    assert_eq!(
+        point(&r),
+        s("rewind", "2026-03-02T08:00:00", "2026-03-02T08:00:00", 0.0),
+        "{r}"
+    );
+    assert!(r["notes"].to_string().contains("clamped"), "{r}");
+    // An --at before every snapshot is refused, naming the oldest.
+    let out = drill_at(
+        &env,
+        &plan,
+        "2026-03-02T10:30:00Z",
+        &["--at", "2026-03-01T00:00:00Z"],
+    );
+    let said = said_by(&out, 2);
+    assert!(
+        said.contains("oldest snapshot is from 2026-03-02T08:00:00"),
+        "{said}"
+    );
+}
+
+#[test]
+fn a_drill_without_room_in_the_scratch_space_is_refused_up_front_with_the_figures() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 20_000);
+    let small = env.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let plan = env.plan(
+        "app.yaml",
+        &format!("{{type: sqlite, path: {}}}", env.path("app.db").display()),
+        "",
+    );
+    // scratch_dir: the 1 MiB tmpfs below.
+    let text_ = std::fs::read_to_string(&plan).unwrap().replace(
+        &env.path("scratch").display().to_string(),
+        small.to_str().unwrap(),
+    );
+    std::fs::write(&plan, text_).unwrap();
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    let mut unshare = std::process::Command::new("unshare");
+    if !common::is_root() {
+        unshare.arg("--map-root-user");
+    }
+    let out = unshare
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs -o size=1m tmpfs \"$1\" || exit 99; \
+             HOLDFAST_LOG=warn \"$2\" drill --plan \"$3\" --reports \"$4\"; rc=$?; \
+             echo \"listing: $(ls -A \"$1\")\"; exit $rc",
+        )
+        .args([
+            "sh",
+            small.to_str().unwrap(),
+            common::bin::BIN,
+            plan.to_str().unwrap(),
+            env.reports().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let said = said_by(&out, 8);
+    assert!(
+        said.contains("not enough scratch space for a drill of plan app")
+            && said.contains(&format!("{} has ", small.display()))
+            && said.contains("MiB) free, snapshot ")
+            && said.contains("needs "),
+        "{said}"
+    );
+    assert!(said.contains("listing: \n"), "nothing written: {said}");
+}
