@@ -225,7 +225,12 @@ pub async fn drill(
             anyhow::anyhow!("unable to create drill.scratch_dir {}: {e}", base.display()),
         )
     })?;
-    notes.extend(scratch::remove_leftovers(&base, &plan.name));
+    let (b, name) = (base.clone(), plan.name.clone());
+    notes.extend(
+        tokio::task::spawn_blocking(move || scratch::remove_leftovers(&b, &name))
+            .await
+            .expect("leftover removal panicked"),
+    );
 
     // The point and how much room it needs, before anything is written.
     let pick = pick_snapshot(&repo, plan, &mut target, &mut notes).await?;
@@ -302,7 +307,8 @@ pub async fn drill(
         outcome.phases.push(phase("stop", stopping));
     }
     let scratch_path = dir.path().to_path_buf();
-    drop(dir);
+    // Removing a restored data directory takes a while: off the async threads.
+    let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
     let mut failures = outcome.failures;
     let over_time = over_time || rto > max_duration;
     if over_time && failures.is_empty() {
