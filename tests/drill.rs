@@ -596,3 +596,74 @@ fn a_drill_without_room_in_the_scratch_space_is_refused_up_front_with_the_figure
     );
     assert!(said.contains("listing: \n"), "nothing written: {said}");
 }
+
+#[test]
+fn on_s3_the_drill_record_is_under_object_lock_and_cannot_be_deleted() {
+    let env = Env::new();
+    let s3 = common::s3_env();
+    let bucket = common::bucket_name("drill");
+    make_db(&env.path("app.db"), 600);
+    let plan = env.path("app.yaml");
+    std::fs::write(
+        &plan,
+        format!(
+            "name: app\nsource: {{type: sqlite, path: {db}}}\nrepository:\n  url: s3://{bucket}/prod\n  endpoint: {endpoint}\n  region: us-east-1\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: compliance, days: 7}}\nretention: {{keep_last: 24, keep_daily: 7}}\ndrill:\n  scratch_dir: {scratch}\n{CHECKS}",
+            db = env.path("app.db").display(),
+            endpoint = s3.endpoint,
+            scratch = env.path("scratch").display(),
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        command()
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key_id)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_access_key)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let plan_s = plan.to_str().unwrap();
+    let reports = env.reports();
+    for args in [
+        &["repo", "init", "--plan", plan_s][..],
+        &["backup", "--plan", plan_s][..],
+    ] {
+        let out = run(args);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let out = run(&[
+        "drill",
+        "--plan",
+        plan_s,
+        "--json",
+        "--reports",
+        reports.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report = report_of(&out);
+    let key = report["record_key"].as_str().unwrap().to_string();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use holdfast::store::Store;
+        let store = holdfast::store::s3::S3Store::open(common::s3_config(&bucket, "prod"))
+            .await
+            .unwrap();
+        let head = store.head(&key).await.unwrap();
+        let lock = head.retention.expect("the record is locked");
+        assert_eq!(lock.mode, holdfast::store::LockMode::Compliance);
+        assert!(
+            lock.until > chrono::Utc::now() + chrono::Duration::days(6),
+            "{lock:?}"
+        );
+        let refused = store.delete(&key).await.unwrap_err();
+        assert!(
+            matches!(refused, holdfast::store::StoreError::Retained { .. }),
+            "{refused}"
+        );
+        assert_eq!(store.list("drills/app/").await.unwrap().len(), 1);
+    });
+    let out = run(&["drills", "--plan", plan_s, "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["report"]["id"], report["id"], "{}", text(&out));
+}
