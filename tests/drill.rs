@@ -272,10 +272,7 @@ fn a_killed_drills_scratch_folder_is_removed_by_the_next_drill() {
     let env = Env::new();
     make_db(&env.path("app.db"), 600);
     // A check that never ends holds the drill in its checks phase.
-    let slow = env.sqlite_plan(
-        "slow.yaml",
-        "  checks:\n    - name: forever\n      sql: \"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c\"\n",
-    );
+    let slow = env.sqlite_plan("slow.yaml", FOREVER);
     ok(&["backup", "--plan", slow.to_str().unwrap()]);
     let mut child = command()
         .args(["drill", "--plan", slow.to_str().unwrap(), "--reports"])
@@ -666,4 +663,49 @@ fn on_s3_the_drill_record_is_under_object_lock_and_cannot_be_deleted() {
     let out = run(&["drills", "--plan", plan_s, "--json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed[0]["report"]["id"], report["id"], "{}", text(&out));
+}
+
+/// A plan whose only check never ends: the drill sits in its checks phase.
+const FOREVER: &str = "  checks:\n    - name: forever\n      sql: \"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c\"\n";
+
+#[test]
+fn a_check_that_never_ends_is_stopped_at_max_duration_and_sigterm_cleans_up() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 100);
+    let plan = env.sqlite_plan("app.yaml", &format!("  max_duration: 2s\n{FOREVER}"));
+    ok(&["backup", "--plan", plan.to_str().unwrap()]);
+    // Stopped at max_duration: the query is interrupted, the process exits.
+    let out = env.drill(&plan);
+    let said = said_by(&out, 11);
+    assert!(said.contains("ran past max_duration (2s)"), "{said}");
+    assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
+
+    // SIGTERM in the middle: the scratch folder is removed before exit.
+    let plan = env.sqlite_plan("slow.yaml", FOREVER);
+    let mut child = command()
+        .args(["drill", "--plan", plan.to_str().unwrap(), "--reports"])
+        .arg(env.reports())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let scratch = env.path(&format!("scratch/holdfast-drill-app-{}", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !scratch.join("restored.db").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the drill restored nothing in 120s"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the drill ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let out = child.wait_with_output().unwrap();
+    let said = said_by(&out, 1);
+    assert!(said.contains("interrupted by SIGTERM"), "{said}");
+    assert!(!scratch.exists(), "{:?}", env.scratch_left());
 }

@@ -47,9 +47,17 @@ pub async fn run(args: DrillArgs, progress: ProgressMode) -> Result<Exit, Error>
         target,
         reports: args.reports,
     };
-    let report = crate::ops::drill::drill(&plan, &req, progress)
-        .await
-        .map_err(|e| e.context(format!("drill of plan {} could not run", plan.name)))?;
+    // SIGINT or SIGTERM (Ctrl-C, a CronJob's deadline): dropping the drill
+    // stops its scratch server and removes its scratch folder before exit.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::new(Exit::Failure, e))?;
+    let drilled = tokio::select! {
+        r = crate::ops::drill::drill(&plan, &req, progress) => r,
+        _ = tokio::signal::ctrl_c() => Err(interrupted("SIGINT")),
+        _ = term.recv() => Err(interrupted("SIGTERM")),
+    };
+    let report =
+        drilled.map_err(|e| e.context(format!("drill of plan {} could not run", plan.name)))?;
     if args.json {
         print_json(&report)?;
     } else {
@@ -176,4 +184,13 @@ pub async fn list(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
         ));
     }
     Ok(Exit::Ok)
+}
+
+fn interrupted(signal: &str) -> Error {
+    Error::new(
+        Exit::Failure,
+        anyhow::anyhow!(
+            "interrupted by {signal}: the scratch copy was stopped and removed, nothing was recorded"
+        ),
+    )
 }

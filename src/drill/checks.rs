@@ -4,6 +4,7 @@
 //! (`PRAGMA integrity_check`, `pg_amcheck`).
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -51,9 +52,26 @@ fn result(check: &DrillCheck, kind: &str, outcome: Result<String, String>) -> Ch
     }
 }
 
+/// Where [`sqlite_checks`] leaves its connection's interrupt handle.
+pub type InterruptSlot = Arc<Mutex<Option<rusqlite::InterruptHandle>>>;
+
+/// Interrupts the SQLite checks when dropped: a drill stopped at
+/// `max_duration` or cancelled (SIGTERM, the daemon's shutdown) must not
+/// leave a query running on a blocking thread, which would also keep the
+/// process from exiting. Harmless once the checks have ended.
+pub struct InterruptOnDrop(pub InterruptSlot);
+
+impl Drop for InterruptOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.lock().ok().and_then(|mut g| g.take()) {
+            h.interrupt();
+        }
+    }
+}
+
 /// `PRAGMA integrity_check` and the plan's SQL checks on a restored SQLite
 /// file, opened read-only (blocking: run on a blocking thread).
-pub fn sqlite_checks(db: &Path, checks: &[DrillCheck]) -> Vec<CheckResult> {
+pub fn sqlite_checks(db: &Path, checks: &[DrillCheck], slot: &InterruptSlot) -> Vec<CheckResult> {
     use rusqlite::OpenFlags;
     let mut out = Vec::new();
     let conn = match rusqlite::Connection::open_with_flags(
@@ -71,6 +89,9 @@ pub fn sqlite_checks(db: &Path, checks: &[DrillCheck]) -> Vec<CheckResult> {
             return out;
         }
     };
+    if let Ok(mut g) = slot.lock() {
+        *g = Some(conn.get_interrupt_handle());
+    }
     let integrity = conn
         .prepare("PRAGMA integrity_check")
         .and_then(|mut s| {

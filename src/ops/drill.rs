@@ -555,9 +555,11 @@ async fn run_engine(
             });
             let checking = Instant::now();
             let checks = checks.to_vec();
+            let slot = checks::InterruptSlot::default();
+            let _interrupt = checks::InterruptOnDrop(slot.clone());
             let found = tokio::task::spawn_blocking(move || {
                 if sqlite {
-                    checks::sqlite_checks(&to, &checks)
+                    checks::sqlite_checks(&to, &checks, &slot)
                 } else {
                     checks::file_checks(&to, &checks)
                 }
