@@ -675,7 +675,20 @@ fn a_check_that_never_ends_is_stopped_at_max_duration_and_sigterm_cleans_up() {
     let plan = env.sqlite_plan("app.yaml", &format!("  max_duration: 2s\n{FOREVER}"));
     ok(&["backup", "--plan", plan.to_str().unwrap()]);
     // Stopped at max_duration: the query is interrupted, the process exits.
-    let out = env.drill(&plan);
+    let child = command()
+        .args([
+            "drill",
+            "--plan",
+            plan.to_str().unwrap(),
+            "--json",
+            "--reports",
+        ])
+        .arg(env.reports())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = exits_within(child, 60);
     let said = said_by(&out, 11);
     assert!(said.contains("ran past max_duration (2s)"), "{said}");
     assert!(env.scratch_left().is_empty(), "{:?}", env.scratch_left());
@@ -704,8 +717,23 @@ fn a_check_that_never_ends_is_stopped_at_max_duration_and_sigterm_cleans_up() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let out = child.wait_with_output().unwrap();
+    let out = exits_within(child, 60);
     let said = said_by(&out, 1);
     assert!(said.contains("interrupted by SIGTERM"), "{said}");
     assert!(!scratch.exists(), "{:?}", env.scratch_left());
+}
+
+/// The child's output once it exits; killed, and the test failed, if it is
+/// still running after `secs` (a drill that hangs is the bug under test).
+fn exits_within(mut child: std::process::Child, secs: u64) -> std::process::Output {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!("the drill was still running after {secs}s: {}", text(&out));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
