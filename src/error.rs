@@ -26,10 +26,13 @@ pub enum Exit {
     /// treats exit codes above 125 as fatal and stops recovery, where any
     /// other non-zero code would make it end recovery and promote early.
     WalFetchFatal,
+    /// `drill`: the restore drill ran and failed (a check, the restore, or
+    /// over `max_duration`); its report is recorded.
+    DrillFailed,
 }
 
 impl Exit {
-    pub const ALL: [Exit; 12] = [
+    pub const ALL: [Exit; 13] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
@@ -42,6 +45,7 @@ impl Exit {
         Exit::NotImmutable,
         Exit::ImmutabilityUnknown,
         Exit::WalFetchFatal,
+        Exit::DrillFailed,
     ];
 
     pub fn code(self) -> u8 {
@@ -58,6 +62,7 @@ impl Exit {
             Exit::NotImmutable => 9,
             Exit::ImmutabilityUnknown => 10,
             Exit::WalFetchFatal => 126,
+            Exit::DrillFailed => 11,
         }
     }
 
@@ -76,6 +81,7 @@ impl Exit {
             Exit::NotImmutable => "not immutable",
             Exit::ImmutabilityUnknown => "immutability unknown",
             Exit::WalFetchFatal => "`wal-fetch` only: recovery must stop",
+            Exit::DrillFailed => "drill failed",
         }
     }
 }

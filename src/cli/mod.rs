@@ -5,6 +5,7 @@
 
 mod backup;
 mod doctor;
+mod drill;
 mod locks;
 mod plan;
 mod prune;
@@ -153,6 +154,18 @@ pub(crate) enum Command {
         name: String,
         /// Where to write it (`%p`).
         dest: PathBuf,
+    },
+    /// Restore drill: restore the plan's data into a scratch target holdfast
+    /// creates and removes, run the plan's checks and the built-ins, measure
+    /// RTO and RPO, and record the report (exit 11 when the drill fails).
+    Drill(drill::DrillArgs),
+    /// List a plan's recorded drills: outcome, RTO, RPO and the RTO trend.
+    Drills {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Print the records as JSON on stdout.
+        #[arg(long)]
+        json: bool,
     },
     /// Work with plan files.
     Plan {
@@ -315,5 +328,7 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             dest,
         } => wal::fetch(&plan, spool.as_deref(), &name, &dest).await,
         Command::Doctor { plan, json } => doctor::run(&plan, json).await,
+        Command::Drill(args) => drill::run(args, progress).await,
+        Command::Drills { plan, json } => drill::list(&plan, json).await,
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod doctor;
+pub mod drill;
 pub mod locks;
 pub mod plan_check;
 pub mod prune;

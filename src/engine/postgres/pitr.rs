@@ -29,7 +29,7 @@ use serde::Serialize;
 
 use super::backup::PGDATA_PREFIX;
 use super::meta::BaseBackup;
-use super::recovery::{prepare_recovery, start_and_recover};
+use super::recovery::{prepare_recovery, start_and_recover, PgServer};
 use super::wal::{self, parse_history, timeline_for, Lsn, Segment, TimelineStep};
 use super::waldump::Waldump;
 use super::PgError;
@@ -486,6 +486,22 @@ pub async fn restore_pitr(
     plan: &PlanName,
     opts: &PitrOptions,
 ) -> Result<PitrReport, PgError> {
+    let (report, server) = restore_pitr_server(repo, plan, opts).await?;
+    if let Some(server) = server {
+        // The restore's user takes the running server over.
+        Box::new(server).keep();
+    }
+    Ok(report)
+}
+
+/// [`restore_pitr`], handing back the started server (`opts.start`) instead
+/// of leaving it running: a drill queries it and stops it, and dropping the
+/// handle stops it on any failure.
+pub async fn restore_pitr_server(
+    repo: &Repository,
+    plan: &PlanName,
+    opts: &PitrOptions,
+) -> Result<(PitrReport, Option<PgServer>), PgError> {
     let started = Instant::now();
     let target_dir = absolute(&opts.to);
     // A data directory written as root belongs to root: PostgreSQL refuses
@@ -673,6 +689,7 @@ pub async fn restore_pitr(
     };
 
     // 3. Recovery.
+    let mut server = None;
     if opts.start {
         let recovery_started = Instant::now();
         let outcome = start_and_recover(&target_dir, opts.port, &base, recovery_deadline()).await?;
@@ -681,13 +698,12 @@ pub async fn restore_pitr(
         report.port = Some(outcome.server.address().port);
         report.server_log = Some(outcome.server.log().clone());
         report.phases.recovery_seconds = Some(recovery_started.elapsed().as_secs_f64());
-        // The restore's user takes the running server over.
-        Box::new(outcome.server).keep();
+        server = Some(outcome.server);
         let _ = tokio::fs::remove_dir_all(target_dir.join(SPOOL_DIR)).await;
     }
     report.phases.total_seconds = started.elapsed().as_secs_f64();
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, "point-in-time restore finished");
-    Ok(report)
+    Ok((report, server))
 }
 
 /// The base backup's manifest; with `--start`, it must carry the server's

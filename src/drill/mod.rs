@@ -1,0 +1,7 @@
+//! Restore drills' parts below the use case (`ops::drill`): the scratch
+//! folder and its clean-up (`scratch`), the checks run on a restored copy
+//! (`checks`), and the report with its repository record (`report`).
+
+pub mod checks;
+pub mod report;
+pub mod scratch;
