@@ -43,6 +43,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 pub mod ids;

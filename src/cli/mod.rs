@@ -4,6 +4,7 @@
 //! the stable exit codes of `crate::error` (`docs/exit-codes.md`).
 
 mod backup;
+mod daemon;
 mod doctor;
 mod plan;
 mod prune;
@@ -140,6 +141,9 @@ pub(crate) enum Command {
         /// Where to write it (`%p`).
         dest: PathBuf,
     },
+    /// Run every plan's backups, verify and prune on their schedules; serve
+    /// /healthz, /metrics and /status (docs/daemon.md).
+    Daemon(daemon::DaemonArgs),
     /// Work with plan files.
     Plan {
         #[command(subcommand)]
@@ -296,5 +300,6 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             dest,
         } => wal::fetch(&plan, spool.as_deref(), &name, &dest).await,
         Command::Doctor { plan, json } => doctor::run(&plan, json).await,
+        Command::Daemon(args) => daemon::run(args).await,
     }
 }
