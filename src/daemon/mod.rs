@@ -393,9 +393,13 @@ impl<R: Runner> Scheduler<R> {
                     Some(jobs) if !jobs.is_empty() => Some(jobs.remove(0)),
                     _ => None,
                 },
+                // The longest overdue first (ties in `JobKind::ALL` order), so
+                // a backup slower than its schedule cannot starve verify and prune.
                 None => JobKind::ALL
                     .into_iter()
-                    .find(|j| self.due_at(&plan, *j).is_some_and(|t| t <= now)),
+                    .filter_map(|j| self.due_at(&plan, j).filter(|t| *t <= now).map(|t| (t, j)))
+                    .min()
+                    .map(|(_, j)| j),
             };
             if let Some(job) = job {
                 self.start(file, plan, job, now);
@@ -695,3 +699,6 @@ async fn forward_signals(tx: mpsc::Sender<Control>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
