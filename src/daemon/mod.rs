@@ -201,7 +201,7 @@ impl<R: Runner> Scheduler<R> {
                 break;
             }
             let wake = match (stopping, self.next_wake()) {
-                (Some(deadline), _) if !*self.cancel_tx.borrow() => {
+                (Some(deadline), _) if !*self.cancel_tx.borrow() && deadline > Instant::now() => {
                     deadline.min(Instant::now() + POLL)
                 }
                 (Some(_), _) => Instant::now() + POLL,

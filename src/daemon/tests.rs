@@ -32,6 +32,8 @@ struct Recorder {
     failures: Arc<Mutex<VecDeque<Exit>>>,
     running: Arc<AtomicUsize>,
     max_running: Arc<AtomicUsize>,
+    /// Plans with a job running now, and whether one ever had two.
+    busy: Arc<Mutex<(BTreeSet<String>, bool)>>,
 }
 
 impl Recorder {
@@ -43,6 +45,7 @@ impl Recorder {
             failures: Default::default(),
             running: Default::default(),
             max_running: Default::default(),
+            busy: Default::default(),
         }
     }
 
@@ -64,6 +67,11 @@ impl Runner for Recorder {
         let me = self.clone();
         Box::pin(async move {
             let start = me.clock.now();
+            {
+                let mut busy = me.busy.lock().unwrap();
+                let twice = !busy.0.insert(plan.name.to_string());
+                busy.1 |= twice;
+            }
             let n = me.running.fetch_add(1, Ordering::SeqCst) + 1;
             me.max_running.fetch_max(n, Ordering::SeqCst);
             let cancelled = tokio::select! {
@@ -71,6 +79,7 @@ impl Runner for Recorder {
                 _ = cancel.wait_for(|c| *c) => true,
             };
             me.running.fetch_sub(1, Ordering::SeqCst);
+            me.busy.lock().unwrap().0.remove(plan.name.as_str());
             me.calls.lock().unwrap().push(Call {
                 plan: plan.name.to_string(),
                 job,
@@ -277,6 +286,10 @@ async fn one_job_per_plan_and_at_most_concurrency_jobs_at_once() {
     let calls = runner.calls();
     assert!(calls.len() >= 20, "{}", calls.len());
     assert_eq!(runner.max_running.load(Ordering::SeqCst), 2);
+    assert!(
+        !runner.busy.lock().unwrap().1,
+        "a plan ran two jobs at once"
+    );
     for plan in ["a", "b", "c"] {
         let mut mine: Vec<&Call> = calls.iter().filter(|c| c.plan == plan).collect();
         mine.sort_by_key(|c| c.start);
