@@ -44,6 +44,7 @@
 pub mod alert;
 pub mod cli;
 pub mod clock;
+pub mod daemon;
 pub mod drill;
 pub mod engine;
 pub mod error;

@@ -4,6 +4,7 @@
 //! the stable exit codes of `crate::error` (`docs/exit-codes.md`).
 
 mod backup;
+mod daemon;
 mod doctor;
 mod drill;
 mod locks;
@@ -167,6 +168,9 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run every plan's backups, verify and prune on their schedules; serve
+    /// /healthz, /metrics and /status (docs/daemon.md).
+    Daemon(daemon::DaemonArgs),
     /// Work with plan files.
     Plan {
         #[command(subcommand)]
@@ -330,5 +334,6 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
         Command::Doctor { plan, json } => doctor::run(&plan, json).await,
         Command::Drill(args) => drill::run(args, progress).await,
         Command::Drills { plan, json } => drill::list(&plan, json).await,
+        Command::Daemon(args) => daemon::run(args).await,
     }
 }

@@ -33,6 +33,13 @@ pub struct Plan {
     pub compression: CompressionSpec,
     /// Restore drills; `None` when the plan has no `drill` section.
     pub drill: Option<DrillSpec>,
+    /// When the daemon verifies the repository (`schedule.verify`).
+    pub verify_schedule: Schedule,
+    /// When the daemon applies retention (`schedule.prune`).
+    pub prune_schedule: Schedule,
+    /// Data older than this at the newest restorable point is an alert
+    /// (`rpo_limit`); `None`: no limit.
+    pub rpo_limit: Option<Duration>,
 }
 
 /// A plan's name: `[a-z0-9][a-z0-9_-]{0,62}`, used in object keys and lock-file names.

@@ -21,6 +21,7 @@ pub(super) struct RawPlan {
     pub(super) retention: Option<RetentionSpec>,
     pub(super) compression: Option<CompressionSpec>,
     pub(super) drill: Option<RawDrill>,
+    pub(super) rpo_limit: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +42,8 @@ pub(super) struct RawSchedule {
     pub(super) backup: String,
     pub(super) timezone: Option<String>,
     pub(super) drill: Option<String>,
+    pub(super) verify: Option<String>,
+    pub(super) prune: Option<String>,
 }
 
 #[derive(Deserialize)]

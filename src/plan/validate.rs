@@ -27,6 +27,10 @@ use crate::store::StoreConfig;
 
 /// Runs a restore drill monthly unless `schedule.drill` says otherwise.
 pub const DEFAULT_DRILL_SCHEDULE: &str = "@monthly";
+/// The daemon reads every object back weekly unless `schedule.verify` says otherwise.
+pub const DEFAULT_VERIFY_SCHEDULE: &str = "@weekly";
+/// The daemon applies retention daily unless `schedule.prune` says otherwise.
+pub const DEFAULT_PRUNE_SCHEDULE: &str = "@daily";
 /// A drill that has not finished by then is failed and torn down.
 pub const DEFAULT_DRILL_MAX_DURATION: Duration = Duration::from_secs(2 * 3600);
 
@@ -424,6 +428,28 @@ impl Ctx<'_> {
             None => None,
         };
 
+        let verify_schedule = self.schedule(
+            "schedule.verify",
+            raw.schedule
+                .verify
+                .as_deref()
+                .unwrap_or(DEFAULT_VERIFY_SCHEDULE),
+            tz,
+        )?;
+        let prune_schedule = self.schedule(
+            "schedule.prune",
+            raw.schedule
+                .prune
+                .as_deref()
+                .unwrap_or(DEFAULT_PRUNE_SCHEDULE),
+            tz,
+        )?;
+        let rpo_limit = raw
+            .rpo_limit
+            .as_deref()
+            .map(|d| self.duration("rpo_limit", d))
+            .transpose()?;
+
         Ok(Plan {
             file: self.file.to_path_buf(),
             name,
@@ -434,6 +460,9 @@ impl Ctx<'_> {
             retention,
             compression,
             drill,
+            verify_schedule,
+            prune_schedule,
+            rpo_limit,
         })
     }
 
@@ -964,5 +993,38 @@ mod tests {
             }
         );
         assert_eq!(plan.compression.level, 3);
+    }
+
+    #[test]
+    fn daemon_schedules_default_and_errors_name_the_field() {
+        let plan = parse(MINIMAL).unwrap();
+        assert_eq!(plan.verify_schedule.expression(), DEFAULT_VERIFY_SCHEDULE);
+        assert_eq!(plan.prune_schedule.expression(), DEFAULT_PRUNE_SCHEDULE);
+        assert_eq!(plan.rpo_limit, None);
+
+        let text = MINIMAL.replace(
+            "schedule: {backup: '0 * * * *'}",
+            "schedule: {backup: '0 * * * *', verify: '*/2 * * * * *', prune: '@hourly'}\nrpo_limit: 15m",
+        );
+        let plan = parse(&text).unwrap();
+        assert_eq!(plan.verify_schedule.expression(), "*/2 * * * * *");
+        assert_eq!(plan.prune_schedule.expression(), "@hourly");
+        assert_eq!(plan.rpo_limit, Some(Duration::from_secs(900)));
+
+        for (field, bad) in [
+            ("schedule.verify", "verify: '61 * * * *'"),
+            ("schedule.prune", "prune: 'often'"),
+        ] {
+            let text = MINIMAL.replace(
+                "backup: '0 * * * *'",
+                &format!("backup: '0 * * * *', {bad}"),
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("app.yaml"), "{err}");
+        }
+        let err = parse(&format!("{MINIMAL}rpo_limit: soon\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rpo_limit"), "{err}");
     }
 }

@@ -1,0 +1,80 @@
+//! `holdfast daemon`
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::render::outln;
+use crate::daemon::{schedule::RetryPolicy, Config};
+use crate::error::{Error, Exit};
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// Plan files, or folders whose *.yaml / *.yml files are plans.
+    #[arg(long, value_name = "DIR|FILE", required = true, num_args = 1..)]
+    plans: Vec<PathBuf>,
+    /// Address for /healthz, /metrics and /status.
+    #[arg(long, default_value = "127.0.0.1:9187")]
+    listen: SocketAddr,
+    /// Jobs running at once, over all plans (one per plan at a time).
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Run every due or never-run job once, then exit (non-zero if one failed).
+    #[arg(long)]
+    once: bool,
+    /// Where the last run of each job is kept across restarts. Default:
+    /// $STATE_DIRECTORY (systemd), else ~/.local/state/holdfast.
+    #[arg(long, value_name = "DIR", env = "HOLDFAST_STATE_DIR")]
+    state: Option<PathBuf>,
+    /// After SIGTERM/SIGINT, how long running jobs may take before they are cancelled.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+}
+
+fn default_state_dir() -> Result<PathBuf, Error> {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may list several, colon-separated; the first is ours.
+        let d = d.to_string_lossy();
+        return Ok(PathBuf::from(d.split(':').next().unwrap_or_default()));
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => Ok(PathBuf::from(home).join(".local/state/holdfast")),
+        None => Err(Error::usage(
+            "no --state folder given, and neither STATE_DIRECTORY nor HOME is set",
+        )),
+    }
+}
+
+pub async fn run(args: DaemonArgs) -> Result<Exit, Error> {
+    let state_dir = match args.state {
+        Some(d) => d,
+        None => default_state_dir()?,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Error::usage(format!("unable to listen on {}: {e}", args.listen)))?;
+    let addr = listener.local_addr().unwrap_or(args.listen);
+    outln!("holdfast daemon: status on http://{addr}/status, metrics on http://{addr}/metrics; state in {}", state_dir.display())?;
+    let once = args.once;
+    let config = Config {
+        plans: args.plans,
+        concurrency: args.concurrency,
+        once: args.once,
+        grace: args.grace,
+        retry: RetryPolicy::default(),
+        state_dir: Some(state_dir),
+    };
+    let summary = crate::daemon::run(config, listener).await?;
+    match summary.failures.first() {
+        Some((plan, job, exit)) if once => {
+            tracing::error!(
+                "{} job(s) failed, the first: {job} of plan {plan}",
+                summary.failures.len()
+            );
+            Ok(*exit)
+        }
+        _ => Ok(Exit::Ok),
+    }
+}

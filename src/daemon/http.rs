@@ -1,0 +1,71 @@
+//! The daemon's HTTP endpoints: `/healthz` (200 while the scheduler loop
+//! goes round), `/metrics` (Prometheus text format) and `/status` (JSON).
+//! They only read what the scheduler publishes in [`Shared`]; none of them
+//! touches a repository.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::watch;
+
+use super::{Shared, POLL};
+
+/// The loop wakes at least every [`POLL`]; several missed wakes mean it is stuck.
+const STALE: Duration = Duration::from_secs(30);
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/status", get(status))
+        .with_state(shared)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let app = router(shared);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("the HTTP server stopped: {e}");
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    let age = shared.heartbeat.lock().unwrap().elapsed();
+    if age < STALE.max(POLL * 3) {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the scheduler loop has not run for {}s\n", age.as_secs()),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    Json(shared.status.lock().unwrap().clone())
+}

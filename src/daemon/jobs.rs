@@ -1,0 +1,199 @@
+//! What a job does: the `ops` use case behind each [`JobKind`], run off the
+//! async workers, and cancellable. The scheduler only knows the [`Runner`]
+//! trait, so its tests drive it with a runner of their own on a paused clock.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::schedule::JobKind;
+use crate::error::{Error, Exit};
+use crate::ops::snapshots::SnapshotRow;
+use crate::plan::Plan;
+use crate::progress::ProgressMode;
+
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<JobOutput, Error>> + Send>>;
+
+/// Runs one job of one plan. `cancel` turns `true` when the grace period
+/// after SIGTERM is over: the job must then stop, leaving nothing half-done
+/// visible, and return [`cancelled`].
+pub trait Runner: Send + Sync + 'static {
+    fn run(&self, plan: Plan, job: JobKind, cancel: watch::Receiver<bool>) -> JobFuture;
+}
+
+/// What a finished job reports, for metrics and `/status`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct JobOutput {
+    /// One line for logs and `/status`.
+    pub summary: String,
+    pub backup: Option<BackupFigures>,
+    /// The repository's snapshots after a backup or prune.
+    pub inventory: Option<Inventory>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackupFigures {
+    pub snapshot: String,
+    pub duration_seconds: f64,
+    pub bytes_read: u64,
+    pub bytes_stored: u64,
+    pub bytes_new: u64,
+    pub locks_extended: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Inventory {
+    pub snapshots: usize,
+    pub last_backup: Option<LastBackup>,
+    /// How far restores reach: the log archive's windows, else the oldest
+    /// and newest snapshot.
+    pub restorable_from: Option<DateTime<Utc>>,
+    pub restorable_to: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastBackup {
+    pub snapshot: String,
+    pub time: DateTime<Utc>,
+}
+
+/// The error a cancelled job ends with.
+pub fn cancelled(plan: &Plan, job: JobKind) -> Error {
+    Error::new(
+        Exit::Failure,
+        anyhow::anyhow!(
+            "{job} of plan {} was cancelled at shutdown; nothing it wrote is visible",
+            plan.name
+        ),
+    )
+}
+
+/// The runner the daemon uses: each job on a blocking-pool thread of its
+/// own (engines read files and run SQLite synchronously; none of that may
+/// stall the HTTP endpoints or the scheduler), driven there by the runtime
+/// with `block_on`, and dropped when `cancel` fires: a backup writes its
+/// manifest last, so a dropped backup leaves no snapshot, only unreferenced
+/// packs the next prune removes.
+pub struct OpsRunner;
+
+impl Runner for OpsRunner {
+    fn run(&self, plan: Plan, job: JobKind, mut cancel: watch::Receiver<bool>) -> JobFuture {
+        let handle = tokio::runtime::Handle::current();
+        Box::pin(async move {
+            let name = plan.name.clone();
+            let joined = tokio::task::spawn_blocking(move || {
+                handle.block_on(async move {
+                    tokio::select! {
+                        r = run_op(&plan, job) => r,
+                        _ = cancel.wait_for(|c| *c) => Err(cancelled(&plan, job)),
+                    }
+                })
+            })
+            .await;
+            joined.unwrap_or_else(|e| {
+                Err(Error::new(
+                    Exit::Failure,
+                    anyhow::anyhow!("{job} of plan {name} panicked: {e}"),
+                ))
+            })
+        })
+    }
+}
+
+async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
+    match job {
+        JobKind::Backup => {
+            let r = crate::ops::backup::backup(plan, ProgressMode::Quiet).await?;
+            let inventory = inventory(plan).await.ok();
+            Ok(JobOutput {
+                summary: format!(
+                    "snapshot {} saved: {} bytes read, {} new, {} stored in {:.1}s",
+                    r.snapshot.short(),
+                    r.bytes_read,
+                    r.stats.new_bytes,
+                    r.stats.stored_bytes,
+                    r.duration_seconds
+                ),
+                backup: Some(BackupFigures {
+                    snapshot: r.snapshot.to_string(),
+                    duration_seconds: r.duration_seconds,
+                    bytes_read: r.bytes_read,
+                    bytes_stored: r.stats.stored_bytes,
+                    bytes_new: r.stats.new_bytes,
+                    locks_extended: r.locks_extended,
+                }),
+                inventory,
+            })
+        }
+        JobKind::Verify => {
+            let r = crate::ops::verify::verify(plan, None, ProgressMode::Quiet).await?;
+            if !r.ok() {
+                let first = r
+                    .problems
+                    .first()
+                    .map(|p| format!("{}: {}", p.object, p.detail))
+                    .unwrap_or_default();
+                return Err(Error::new(
+                    Exit::Verify,
+                    anyhow::anyhow!(
+                        "verify of plan {} found {} problem(s), the first: {first}",
+                        plan.name,
+                        r.problems.len()
+                    ),
+                ));
+            }
+            Ok(JobOutput {
+                summary: format!(
+                    "{} snapshots, {} packs, {} chunks verified; no problems",
+                    r.snapshots_checked, r.packs_checked, r.chunks_checked
+                ),
+                ..JobOutput::default()
+            })
+        }
+        JobKind::Prune => {
+            let r = crate::ops::prune::prune(plan, false).await?;
+            let inventory = inventory(plan).await.ok();
+            Ok(JobOutput {
+                summary: format!(
+                    "{} snapshots kept, {} removed, {} held by their lock; {} packs removed",
+                    r.kept.len(),
+                    r.removed.len(),
+                    r.held_by_lock.len(),
+                    r.packs_removed
+                ),
+                inventory,
+                ..JobOutput::default()
+            })
+        }
+    }
+}
+
+/// The plan's snapshots and restorable window, as `holdfast snapshots` sees them.
+pub async fn inventory(plan: &Plan) -> Result<Inventory, Error> {
+    let report = crate::ops::snapshots::snapshots(plan).await?;
+    let mut times: Vec<(DateTime<Utc>, String)> = report
+        .rows
+        .iter()
+        .filter_map(|r| match r {
+            SnapshotRow::Readable { time, short_id, .. } => Some((*time, short_id.clone())),
+            SnapshotRow::Unreadable { .. } => None,
+        })
+        .collect();
+    times.sort();
+    let (from, to) = match &report.windows {
+        Some(w) if !w.is_empty() => (w.iter().map(|w| w.from).min(), w.iter().map(|w| w.to).max()),
+        _ => (times.first().map(|t| t.0), times.last().map(|t| t.0)),
+    };
+    Ok(Inventory {
+        snapshots: report.rows.len(),
+        last_backup: times.last().map(|(time, id)| LastBackup {
+            snapshot: id.clone(),
+            time: *time,
+        }),
+        restorable_from: from,
+        restorable_to: to,
+    })
+}

@@ -1,0 +1,363 @@
+//! `holdfast daemon` as a real process on SQLite + local plans with
+//! seconds-level schedules: what an operator sees on /status and /metrics,
+//! reloads with a broken plan, SIGTERM in the middle of a long backup, and a
+//! daemon killed and restarted after a missed run. Real time throughout;
+//! every wait is on a condition with a deadline.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Timelike, Utc};
+use common::bin::{command, json, ok};
+use common::{free_port, make_db};
+use serde_json::Value;
+
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(plans: &Path, state: &Path, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let log = state.with_extension(format!("{port}.log"));
+        let mut c = command();
+        c.env("HOLDFAST_LOG", "info")
+            .args(["daemon", "--plans"])
+            .arg(plans)
+            .arg("--state")
+            .arg(state)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let d = Daemon {
+            child: c.spawn().expect("holdfast daemon starts"),
+            port,
+            log,
+        };
+        d.wait_for("/healthz answering", |d| {
+            d.get("/healthz").is_some_and(|b| b == "ok\n")
+        });
+        d
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.get("/status").expect("/status answers")).unwrap()
+    }
+
+    fn plan(&self, name: &str) -> Value {
+        let st = self.status();
+        st["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["plan"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no plan {name} in {st}"))
+    }
+
+    /// The value of one series in /metrics.
+    fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.get("/metrics")?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Daemon) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !cond(self) {
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting for {what}; daemon log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the process to end; its exit status.
+    fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_plan(dir: &Path, name: &str, schedule: &str) -> PathBuf {
+    let file = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &file,
+        format!(
+            "name: {name}\nsource: {{type: sqlite, path: ../{name}.db}}\nrepository: {{url: ../repo-{name}}}\nschedule: {{{schedule}}}\nlock: {{mode: none}}\nretention: {{keep_last: 3}}\n"
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn snapshot_count(plan: &Path) -> usize {
+    let rows = json(&["snapshots", "--plan", plan.to_str().unwrap(), "--json"]);
+    rows.as_array()
+        .map(Vec::len)
+        .unwrap_or_else(|| panic!("no snapshots list: {rows}"))
+}
+
+fn setup(names: &[&str]) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    for name in names {
+        make_db(&dir.path().join(format!("{name}.db")), 200);
+    }
+    (dir, plans)
+}
+
+fn ran_ok(plan: &Value, job: &str) -> bool {
+    plan["last_runs"][job]["outcome"] == "ok"
+}
+
+#[test]
+fn scheduled_backup_verify_and_prune_show_on_status_and_metrics() {
+    let (dir, plans) = setup(&["app"]);
+    let plan = write_plan(
+        &plans,
+        "app",
+        "backup: '*/2 * * * * *', verify: '*/3 * * * * *', prune: '*/3 * * * * *'",
+    );
+    let d = Daemon::start(&plans, &dir.path().join("state"), &[]);
+    d.wait_for("a backup, a verify and a prune", |d| {
+        let p = d.plan("app");
+        ran_ok(&p, "backup") && ran_ok(&p, "verify") && ran_ok(&p, "prune")
+    });
+    d.wait_for("three snapshots", |d| d.plan("app")["snapshots"] == 3);
+    let p = d.plan("app");
+    assert_eq!(p["valid"], true, "{p}");
+    assert!(p["last_backup"]["snapshot"].is_string(), "{p}");
+    assert!(p["restorable"]["from"].is_string(), "{p}");
+    for job in ["backup", "verify", "prune"] {
+        let next: DateTime<Utc> = p["next_runs"][job].as_str().unwrap().parse().unwrap();
+        assert!(next > Utc::now() - chrono::Duration::seconds(5), "{p}");
+    }
+    assert!(
+        d.metric("holdfast_backup_last_success_timestamp_seconds{plan=\"app\"}")
+            .unwrap()
+            > 1.7e9
+    );
+    assert_eq!(d.metric("holdfast_plan_valid{plan=\"app\"}"), Some(1.0));
+    assert_eq!(
+        d.metric("holdfast_verify_last_success{plan=\"app\"}"),
+        Some(1.0)
+    );
+    assert!(d
+        .metric("holdfast_prune_last_timestamp_seconds{plan=\"app\"}")
+        .is_some());
+    assert!(
+        d.metric("holdfast_backup_bytes_read{plan=\"app\"}")
+            .unwrap()
+            > 0.0
+    );
+    let snaps = d.metric("holdfast_snapshots{plan=\"app\"}").unwrap();
+    assert!((2.0..=4.0).contains(&snaps), "{snaps}");
+    // keep_last: 3 — the scheduled prune holds the repository to three or four.
+    d.wait_for("more backups, pruned", |d| {
+        d.get("/status").is_some_and(|_| snapshot_count(&plan) <= 4)
+            && d.plan("app")["last_runs"]["prune"]["summary"]
+                .as_str()
+                .is_some_and(|s| !s.contains(" 0 removed"))
+    });
+}
+
+#[test]
+fn a_broken_plan_on_sighup_keeps_running_its_previous_version_and_others_go_on() {
+    let (dir, plans) = setup(&["a", "b"]);
+    write_plan(&plans, "a", "backup: '*/2 * * * * *'");
+    let b = write_plan(&plans, "b", "backup: '*/2 * * * * *'");
+    let d = Daemon::start(&plans, &dir.path().join("state"), &[]);
+    d.wait_for("backups of a and b", |d| {
+        ran_ok(&d.plan("a"), "backup") && ran_ok(&d.plan("b"), "backup")
+    });
+
+    let text = std::fs::read_to_string(&b).unwrap();
+    std::fs::write(&b, text.replace("keep_last: 3", "keep_lsat: 3")).unwrap();
+    d.signal("-HUP");
+    d.wait_for("b reported invalid", |d| d.plan("b")["valid"] == false);
+    let pb = d.plan("b");
+    let error = pb["error"].as_str().unwrap();
+    assert!(
+        error.contains("b.yaml") && error.contains("keep_lsat"),
+        "{error}"
+    );
+    assert_eq!(d.metric("holdfast_plan_valid{plan=\"b\"}"), Some(0.0));
+    assert_eq!(d.metric("holdfast_plan_valid{plan=\"a\"}"), Some(1.0));
+    let log = d.log();
+    assert!(
+        log.contains("plan invalid, its previous version keeps running")
+            && log.contains("keep_lsat"),
+        "{log}"
+    );
+    // Both go on: b on its previous version.
+    let since = |p: &Value| -> DateTime<Utc> {
+        p["last_runs"]["backup"]["started_at"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let broke = Utc::now();
+    d.wait_for("new backups of a and of b", |d| {
+        since(&d.plan("a")) > broke && since(&d.plan("b")) > broke
+    });
+    // A new plan in the folder starts without a signal.
+    make_db(&dir.path().join("c.db"), 10);
+    write_plan(&plans, "c", "backup: '*/2 * * * * *'");
+    d.wait_for("plan c backed up", |d| {
+        d.status()["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["plan"] == "c" && ran_ok(p, "backup"))
+    });
+}
+
+#[test]
+fn sigterm_during_a_long_backup_exits_cleanly_leaving_no_partial_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    // 400 MB of incompressible pages: a backup that takes seconds.
+    let conn = rusqlite::Connection::open(dir.path().join("big.db")).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE blobs(id INTEGER PRIMARY KEY, b BLOB);
+         WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000)
+         INSERT INTO blobs SELECT x, randomblob(4000) FROM c;",
+    )
+    .unwrap();
+    drop(conn);
+    let plan = write_plan(&plans, "big", "backup: '0 0 1 1 *'");
+    let mut d = Daemon::start(&plans, &dir.path().join("state"), &["--grace", "0s"]);
+    d.wait_for("the backup running", |d| {
+        d.metric("holdfast_job_running{plan=\"big\",job=\"backup\"}") == Some(1.0)
+    });
+    let asked = Instant::now();
+    d.signal("-TERM");
+    let st = d.wait_exit();
+    let took = asked.elapsed();
+    assert!(st.success(), "{st:?}\n{}", d.log());
+    let log = d.log();
+    assert!(log.contains("backup cancelled at shutdown"), "{log}");
+    eprintln!("SIGTERM to exit: {took:?}");
+    assert_eq!(
+        snapshot_count(&plan),
+        0,
+        "a cancelled backup left a snapshot"
+    );
+    ok(&["verify", "--plan", plan.to_str().unwrap()]);
+    // Not recorded as run: the next start backs up at once.
+    let state: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("state/daemon-state.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        state["plans"]["big"]["jobs"].get("backup").is_none(),
+        "{state}"
+    );
+}
+
+#[test]
+fn killed_and_restarted_after_missed_runs_catches_up_exactly_once() {
+    let (dir, plans) = setup(&["app"]);
+    // Two runs a few seconds from now, in one minute; then not until tomorrow.
+    let mut now = Utc::now();
+    if now.second() > 45 {
+        std::thread::sleep(Duration::from_secs(61 - u64::from(now.second())));
+        now = Utc::now();
+    }
+    let (s1, s2) = (now.second() + 4, now.second() + 7);
+    let schedule = format!("backup: '{s1},{s2} {} {} * * *'", now.minute(), now.hour());
+    let plan = write_plan(&plans, "app", &schedule);
+    let state = dir.path().join("state");
+    let mut d = Daemon::start(&plans, &state, &[]);
+    d.wait_for("the first backup", |d| ran_ok(&d.plan("app"), "backup"));
+    d.child.kill().unwrap();
+    d.wait_exit();
+    assert!(
+        Utc::now().second() < s1,
+        "the first backup took too long for this test's schedule"
+    );
+    assert_eq!(snapshot_count(&plan), 1);
+    while Utc::now().second() <= s2 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let restarted = Utc::now();
+    let d = Daemon::start(&plans, &state, &[]);
+    d.wait_for("the catch-up backup", |d| {
+        let p = d.plan("app");
+        p["running"].is_null()
+            && p["last_runs"]["backup"]["started_at"]
+                .as_str()
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                .is_some_and(|t| t >= restarted)
+    });
+    let next: DateTime<Utc> = d.plan("app")["next_runs"]["backup"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        next > Utc::now() + chrono::Duration::hours(20),
+        "next run {next}"
+    );
+    // Two scheduler rounds later, still one catch-up: no burst.
+    std::thread::sleep(2 * Duration::from_secs(2));
+    assert_eq!(snapshot_count(&plan), 2, "{}", d.log());
+    assert_eq!(d.log().matches("starting backup").count(), 1, "{}", d.log());
+}
