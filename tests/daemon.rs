@@ -361,3 +361,72 @@ fn killed_and_restarted_after_missed_runs_catches_up_exactly_once() {
     assert_eq!(snapshot_count(&plan), 2, "{}", d.log());
     assert_eq!(d.log().matches("starting backup").count(), 1, "{}", d.log());
 }
+
+#[test]
+fn scheduled_drills_record_their_outcome_rto_and_checks_in_status_and_metrics() {
+    let (dir, plans) = setup(&["good", "bad"]);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    for (name, expect) in [("good", "at_least: 1"), ("bad", "equals: \"-1\"")] {
+        std::fs::write(
+            plans.join(format!("{name}.yaml")),
+            format!(
+                "name: {name}\nsource: {{type: sqlite, path: ../{name}.db}}\nrepository: {{url: ../repo-{name}}}\n\
+                 schedule: {{backup: '*/2 * * * * *', drill: '*/3 * * * * *'}}\nlock: {{mode: none}}\nretention: {{keep_last: 3}}\n\
+                 drill:\n  scratch_dir: {}\n  checks:\n    - name: orders exist\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{{expect}}}\n",
+                scratch.display()
+            ),
+        )
+        .unwrap();
+    }
+    let d = Daemon::start(&plans, &dir.path().join("state"), &[]);
+    d.wait_for("a drill of each plan", |d| {
+        d.plan("good")["last_runs"]["drill"]["outcome"].is_string()
+            && d.plan("bad")["last_runs"]["drill"]["outcome"].is_string()
+    });
+    let good = d.plan("good");
+    assert!(ran_ok(&good, "drill"), "{good}");
+    let bad = d.plan("bad");
+    assert!(!ran_ok(&bad, "drill"), "{bad}");
+    let why = bad["last_runs"]["drill"].to_string();
+    assert!(
+        why.contains("orders exist"),
+        "the failed check is named: {why}"
+    );
+    assert_eq!(
+        d.metric("holdfast_drill_last_success{plan=\"good\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        d.metric("holdfast_drill_last_success{plan=\"bad\"}"),
+        Some(0.0)
+    );
+    assert!(
+        d.metric("holdfast_drill_rto_seconds{plan=\"good\"}")
+            .unwrap()
+            > 0.0
+    );
+    // The plan's check and the built-ins (integrity_check, the restore's checksums).
+    assert!(
+        d.metric("holdfast_drill_checks_passed{plan=\"good\"}")
+            .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        d.metric("holdfast_drill_checks_failed{plan=\"bad\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        d.metric("holdfast_drill_checks_failed{plan=\"good\"}"),
+        Some(0.0)
+    );
+    // The drills are recorded in each plan's repository, as `holdfast drill` records them.
+    for (name, passed) in [("good", true), ("bad", false)] {
+        let plan = plans.join(format!("{name}.yaml"));
+        let listed = json(&["drills", "--plan", plan.to_str().unwrap(), "--json"]);
+        let first = &listed.as_array().unwrap_or_else(|| panic!("{listed}"))[0];
+        assert_eq!(first["report"]["passed"], passed, "{listed}");
+    }
+    // Nothing is left in the scratch space.
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+}

@@ -32,6 +32,20 @@ pub struct JobOutput {
     pub backup: Option<BackupFigures>,
     /// The repository's snapshots after a backup or prune.
     pub inventory: Option<Inventory>,
+    /// A drill's figures, passed or failed: the scheduler turns a failed
+    /// drill into the job's error after exporting them.
+    pub drill: Option<DrillFigures>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DrillFigures {
+    pub passed: bool,
+    pub rto_seconds: f64,
+    pub rpo_seconds: Option<f64>,
+    pub checks_passed: u32,
+    pub checks_failed: u32,
+    /// Why it failed (the report's failures), empty when it passed.
+    pub failures: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -105,6 +119,37 @@ impl Runner for OpsRunner {
 
 async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
     match job {
+        JobKind::Drill => {
+            let req = crate::ops::drill::DrillRequest {
+                target: crate::ops::drill::DrillTarget::Plan,
+                reports: None,
+            };
+            let r = crate::ops::drill::drill(plan, &req, ProgressMode::Quiet).await?;
+            Ok(JobOutput {
+                summary: format!(
+                    "drill {} {}: RTO {:.1}s, checks {} passed, {} failed{}",
+                    r.id,
+                    if r.passed { "passed" } else { "FAILED" },
+                    r.rto_seconds,
+                    r.checks_passed,
+                    r.checks_failed,
+                    if r.failures.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", r.failures.join("; "))
+                    }
+                ),
+                drill: Some(DrillFigures {
+                    passed: r.passed,
+                    rto_seconds: r.rto_seconds,
+                    rpo_seconds: r.rpo_seconds,
+                    checks_passed: r.checks_passed,
+                    checks_failed: r.checks_failed,
+                    failures: r.failures.clone(),
+                }),
+                ..JobOutput::default()
+            })
+        }
         JobKind::Backup => {
             let r = crate::ops::backup::backup(plan, ProgressMode::Quiet).await?;
             let inventory = inventory(plan).await.ok();
@@ -126,6 +171,7 @@ async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
                     locks_extended: r.locks_extended,
                 }),
                 inventory,
+                drill: None,
             })
         }
         JobKind::Verify => {

@@ -343,7 +343,9 @@ impl<R: Runner> Scheduler<R> {
                     .into_iter()
                     .filter(|job| {
                         let last = st.and_then(|s| s.jobs.get(job)).map(|r| r.started_at);
-                        next_due(job.schedule(plan), last, None).is_some_and(|t| t <= now)
+                        job.schedule(plan)
+                            .and_then(|s| next_due(s, last, None))
+                            .is_some_and(|t| t <= now)
                     })
                     .collect();
                 Some((file.clone(), jobs))
@@ -361,7 +363,7 @@ impl<R: Runner> Scheduler<R> {
             JobKind::Backup => None,
             _ => st.and_then(|s| s.since),
         };
-        next_due(job.schedule(plan), last, anchor)
+        next_due(job.schedule(plan)?, last, anchor)
     }
 
     fn next_wake(&self) -> Option<DateTime<Utc>> {
@@ -462,6 +464,31 @@ impl<R: Runner> Scheduler<R> {
         let m = &self.shared.metrics;
         m.running(&name, job.as_str(), false);
         let ts = finished_at.timestamp() as f64;
+        // A drill that ran exports its figures whether it passed or not; a
+        // failed one is then the job's error (exit 11, never retried).
+        let mut result = result;
+        if let Ok(out) = &result {
+            if let Some(d) = &out.drill {
+                m.set(&m.drill_last, &name, ts);
+                m.set(
+                    &m.drill_last_success,
+                    &name,
+                    if d.passed { 1.0 } else { 0.0 },
+                );
+                m.set(&m.drill_rto, &name, d.rto_seconds);
+                if let Some(rpo) = d.rpo_seconds {
+                    m.set(&m.drill_rpo, &name, rpo);
+                }
+                m.set(&m.drill_checks_passed, &name, d.checks_passed as f64);
+                m.set(&m.drill_checks_failed, &name, d.checks_failed as f64);
+                if !d.passed {
+                    result = Err(Error::new(
+                        Exit::DrillFailed,
+                        anyhow::anyhow!("{}", out.summary),
+                    ));
+                }
+            }
+        }
         let cancelled = *self.cancel_tx.borrow() && result.is_err();
         if cancelled || (attempts == 0 && result.is_err()) {
             // Not recorded: the job counts as not run, and catches up at the next start.
@@ -497,6 +524,7 @@ impl<R: Runner> Scheduler<R> {
                             m.set(&m.verify_last, &name, ts);
                         }
                         JobKind::Prune => m.set(&m.prune_last, &name, ts),
+                        JobKind::Drill => {}
                     }
                     if let Some(inv) = &out.inventory {
                         m.set(&m.snapshots, &name, inv.snapshots as f64);
@@ -518,7 +546,7 @@ impl<R: Runner> Scheduler<R> {
                             m.set(&m.verify_last_success, &name, 0.0);
                             m.set(&m.verify_last, &name, ts);
                         }
-                        JobKind::Prune => {}
+                        JobKind::Prune | JobKind::Drill => {}
                     }
                 }
             }

@@ -58,26 +58,37 @@ pub enum JobKind {
     Backup,
     Verify,
     Prune,
+    /// A restore drill (`ops::drill`), for plans with a `drill` section.
+    Drill,
 }
 
 impl JobKind {
     /// In the order a plan's due jobs are started: a backup before the
-    /// verify and prune that read its repository.
-    pub const ALL: [JobKind; 3] = [JobKind::Backup, JobKind::Verify, JobKind::Prune];
+    /// verify and prune that read its repository, the drill last.
+    pub const ALL: [JobKind; 4] = [
+        JobKind::Backup,
+        JobKind::Verify,
+        JobKind::Prune,
+        JobKind::Drill,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobKind::Backup => "backup",
             JobKind::Verify => "verify",
             JobKind::Prune => "prune",
+            JobKind::Drill => "drill",
         }
     }
 
-    pub fn schedule(self, plan: &Plan) -> &Schedule {
+    /// The job's schedule; `None`: the plan has no such job (a drill
+    /// without a `drill` section runs only by hand).
+    pub fn schedule(self, plan: &Plan) -> Option<&Schedule> {
         match self {
-            JobKind::Backup => &plan.schedule,
-            JobKind::Verify => &plan.verify_schedule,
-            JobKind::Prune => &plan.prune_schedule,
+            JobKind::Backup => Some(&plan.schedule),
+            JobKind::Verify => Some(&plan.verify_schedule),
+            JobKind::Prune => Some(&plan.prune_schedule),
+            JobKind::Drill => plan.drill.as_ref().map(|d| &d.schedule),
         }
     }
 }
