@@ -201,7 +201,10 @@ impl<R: Runner> Scheduler<R> {
                 break;
             }
             let wake = match (stopping, self.next_wake()) {
-                (Some(deadline), _) if !*self.cancel_tx.borrow() && deadline > Instant::now() => {
+                // Until the jobs are cancelled, wake at the grace deadline,
+                // at once when it has passed (a grace of 0s): never a whole
+                // POLL later, while a job goes on writing.
+                (Some(deadline), _) if !*self.cancel_tx.borrow() => {
                     deadline.min(Instant::now() + POLL)
                 }
                 (Some(_), _) => Instant::now() + POLL,
