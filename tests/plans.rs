@@ -131,6 +131,10 @@ fn quickstart_points_into_dot_holdfast_and_needs_no_server() {
         summary.contains("backup \"0 * * * *\" UTC, next 2026-11-26T05:00:00Z, 06:00:00Z, 07:00:00Z; lock compliance 7d; keep last 24, daily 7"),
         "{summary}"
     );
+    // The quickstart runs a drill with a SQL check of its own.
+    assert!(summary.contains("drill \"0 3 1 * *\""), "{summary}");
+    let drill = plan.drill.as_ref().expect("a drill section");
+    assert_eq!(drill.checks.len(), 1);
 }
 
 #[test]
