@@ -340,6 +340,11 @@ fn stream_tar(
             detail: "the tar stream ended without a backup_label (cut off?)".into(),
         });
     }
+    // pg_basebackup pads the archive after its end marker and may still be
+    // writing that padding: read to the end of the stream, or closing the
+    // pipe early kills it with SIGPIPE and fails a complete backup (seen in
+    // CI: "pg_basebackup: signal: 13 (SIGPIPE)").
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(tar_err)?;
     Ok(())
 }
 
