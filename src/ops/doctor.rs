@@ -437,19 +437,11 @@ async fn local_attacks(report: &mut DoctorReport, store: &dyn Store, key: &str, 
             what: format!("the canary {key} was DELETED: objects are not immutable"),
             error: None,
         },
-        Err(e @ StoreError::Retained { .. }) => match readback(store.head(key).await) {
-            None => Attempt::Refused {
-                error: e.to_string(),
-            },
-            Some(Ok(what)) => Attempt::Done {
-                what,
-                error: Some(e.to_string()),
-            },
-            Some(Err(r)) => Attempt::Unclear {
-                why: format!("{key} could not be read back after the delete"),
-                error: r,
-            },
-        },
+        Err(e @ StoreError::Retained { .. }) => judged_by_readback(
+            e.to_string(),
+            readback(store.head(key).await),
+            format!("{key} could not be read back after the delete"),
+        ),
         Err(e) => Attempt::Unclear {
             why: format!("deleting {key} failed with an error that is not the lock's refusal"),
             error: e.to_string(),
@@ -471,19 +463,11 @@ async fn local_attacks(report: &mut DoctorReport, store: &dyn Store, key: &str, 
             what: format!("the lock of {key} was SHORTENED"),
             error: None,
         },
-        Err(e @ StoreError::RetentionShortening { .. }) => match readback(store.head(key).await) {
-            None => Attempt::Refused {
-                error: e.to_string(),
-            },
-            Some(Ok(what)) => Attempt::Done {
-                what,
-                error: Some(e.to_string()),
-            },
-            Some(Err(r)) => Attempt::Unclear {
-                why: format!("the lock of {key} could not be read back"),
-                error: r,
-            },
-        },
+        Err(e @ StoreError::RetentionShortening { .. }) => judged_by_readback(
+            e.to_string(),
+            readback(store.head(key).await),
+            format!("the lock of {key} could not be read back"),
+        ),
         Err(e) => Attempt::Unclear {
             why: format!(
                 "shortening the lock of {key} failed with an error that is not the lock's refusal"
@@ -912,5 +896,25 @@ impl HasExit for InitError {
             InitError::Repo(r) => r.exit(),
             _ => Exit::Repository,
         }
+    }
+}
+
+/// A refusal by the lock counts only once the read-back (`None`: unchanged;
+/// `Some(Ok)`: what changed; `Some(Err)`: unreadable) shows the canary as it was.
+fn judged_by_readback(
+    error: String,
+    back: Option<Result<String, String>>,
+    unreadable: String,
+) -> Attempt {
+    match back {
+        None => Attempt::Refused { error },
+        Some(Ok(what)) => Attempt::Done {
+            what,
+            error: Some(error),
+        },
+        Some(Err(r)) => Attempt::Unclear {
+            why: unreadable,
+            error: r,
+        },
     }
 }
