@@ -46,6 +46,21 @@ pub struct AlertConfig {
     pub repeat: Duration,
 }
 
+/// How often a condition that holds is sent again, unless `--alert-repeat` says.
+pub const DEFAULT_REPEAT: Duration = Duration::from_secs(4 * 3600);
+
+impl Default for AlertConfig {
+    /// Nowhere to send: conditions are still tracked, logged and shown on
+    /// `/status` and the status page.
+    fn default() -> Self {
+        AlertConfig {
+            webhook: None,
+            command: None,
+            repeat: DEFAULT_REPEAT,
+        }
+    }
+}
+
 impl AlertConfig {
     /// `--alert-command 'CMD …'` as `/bin/sh -c 'CMD …'`.
     pub fn shell(command_line: &str) -> Vec<String> {
@@ -308,14 +323,26 @@ impl Alerter {
     /// `_STARTS_AT`, and `_ENDS_AT` when resolved; stdin is the webhook body.
     pub async fn update(&self, c: &Condition) -> (Notice, Delivery) {
         let (notice, starts_at) = self.decide(&c.plan, c.kind, c.firing);
+        (notice, self.notify(c, notice, starts_at).await)
+    }
+
+    /// Sends what [`Alerter::decide`] decided (nothing for `Suppressed` and
+    /// `Quiet`). The daemon decides on its loop, in order, and sends from a
+    /// task of its own, so a slow receiver never holds up the schedule.
+    pub async fn notify(
+        &self,
+        c: &Condition,
+        notice: Notice,
+        starts_at: DateTime<Utc>,
+    ) -> Delivery {
         let resolved = match notice {
             Notice::Firing | Notice::Repeat => false,
             Notice::Resolved => true,
-            Notice::Suppressed | Notice::Quiet => return (notice, Delivery::default()),
+            Notice::Suppressed | Notice::Quiet => return Delivery::default(),
         };
         let body = self.body(c, starts_at, resolved);
         tracing::info!(plan = %c.plan, alert = %c.kind, notice = ?notice, "alert: {}", c.summary);
-        (notice, self.deliver(&body).await)
+        self.deliver(&body).await
     }
 
     /// The Alertmanager body for one condition.

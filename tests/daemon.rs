@@ -430,3 +430,230 @@ fn scheduled_drills_record_their_outcome_rto_and_checks_in_status_and_metrics() 
     // Nothing is left in the scratch space.
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 }
+
+/// A webhook receiver: every POSTed JSON body, in order of arrival.
+struct Receiver {
+    url: String,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Headers, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(n) = conn.read(&mut chunk) else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if rest.len() >= len {
+                        break Some(rest[..len].to_string());
+                    }
+                };
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+                if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok()) {
+                    out.lock().unwrap().push(b);
+                }
+            }
+        });
+        Receiver { url, bodies }
+    }
+
+    /// Every alert received: (alertname, plan, status, summary).
+    fn alerts(&self) -> Vec<(String, String, String, String)> {
+        let bodies = self.bodies.lock().unwrap();
+        bodies
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .map(|a| {
+                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
+                (
+                    s(&a["labels"]["alertname"]),
+                    s(&a["labels"]["plan"]),
+                    s(&a["annotations"]["status"]),
+                    s(&a["annotations"]["summary"]),
+                )
+            })
+            .collect()
+    }
+
+    fn count(&self, name: &str, plan: &str, status: &str) -> usize {
+        self.alerts()
+            .iter()
+            .filter(|a| a.0 == name && a.1 == plan && a.2 == status)
+            .count()
+    }
+}
+
+#[test]
+fn a_failing_drill_and_an_rpo_over_its_limit_are_alerted_repeated_and_resolved() {
+    let (dir, plans) = setup(&["shop", "late"]);
+    let scratch = dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let shop = plans.join("shop.yaml");
+    let shop_plan = |expect: &str| {
+        format!(
+            "name: shop\nsource: {{type: sqlite, path: ../shop.db}}\nrepository: {{url: ../repo-shop}}\n\
+             schedule: {{backup: '*/2 * * * * *', drill: '*/2 * * * * *'}}\nlock: {{mode: none}}\nretention: {{keep_last: 3}}\n\
+             drill:\n  scratch_dir: {}\n  checks:\n    - name: orders exist\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{{expect}}}\n",
+            scratch.display()
+        )
+    };
+    std::fs::write(&shop, shop_plan("at_least: 1000000")).unwrap();
+    // Backs up once (at start), then not for a year: its RPO grows past 3 s.
+    std::fs::write(
+        plans.join("late.yaml"),
+        "name: late\nsource: {type: sqlite, path: ../late.db}\nrepository: {url: ../repo-late}\n\
+         schedule: {backup: '0 0 1 1 *'}\nrpo_limit: 3s\nlock: {mode: none}\nretention: {keep_last: 3}\n",
+    )
+    .unwrap();
+    let hook = Receiver::start();
+    let commands = dir.path().join("alert-commands.jsonl");
+    let d = Daemon::start(
+        &plans,
+        &dir.path().join("state"),
+        &[
+            "--alert-webhook",
+            &hook.url,
+            "--alert-command",
+            &format!(
+                "printf '%s %s %s\\n' \"$HOLDFAST_ALERT_STATUS\" \"$HOLDFAST_ALERT_NAME\" \"$HOLDFAST_ALERT_PLAN\" >> {}",
+                commands.display()
+            ),
+            "--alert-repeat",
+            "3s",
+        ],
+    );
+    d.wait_for("the failed drill alerted", |_| {
+        hook.count("HoldfastDrillFailed", "shop", "firing") >= 1
+    });
+    d.wait_for("the RPO alert, and one repeat of it", |_| {
+        hook.count("HoldfastRpoExceeded", "late", "firing") >= 2
+    });
+    let late = d.plan("late");
+    assert!(
+        late["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "rpo_exceeded"),
+        "/status lists the firing alert: {late}"
+    );
+    assert!(late["rpo_seconds"].as_i64().unwrap() >= 3, "{late}");
+    let drill = hook
+        .alerts()
+        .into_iter()
+        .find(|a| a.0 == "HoldfastDrillFailed")
+        .unwrap();
+    assert_eq!(drill.3, "drill of plan shop failed", "{drill:?}");
+
+    // The check is fixed: the next drill passes and the alert resolves.
+    std::fs::write(&shop, shop_plan("at_least: 1")).unwrap();
+    d.wait_for("the drill alert resolved", |_| {
+        hook.count("HoldfastDrillFailed", "shop", "resolved") == 1
+    });
+    assert!(ran_ok(&d.plan("shop"), "drill"), "{}", d.plan("shop"));
+    assert!(
+        d.plan("shop")["alerts"].as_array().unwrap().is_empty(),
+        "{}",
+        d.plan("shop")
+    );
+    // A passing drill repeats nothing.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(hook.count("HoldfastDrillFailed", "shop", "resolved"), 1);
+    assert_eq!(hook.count("HoldfastBackupFailed", "shop", "firing"), 0);
+    // The command got the same alerts.
+    let lines = std::fs::read_to_string(&commands).unwrap();
+    assert!(lines.contains("firing HoldfastDrillFailed shop"), "{lines}");
+    assert!(
+        lines.contains("resolved HoldfastDrillFailed shop"),
+        "{lines}"
+    );
+    assert!(lines.contains("firing HoldfastRpoExceeded late"), "{lines}");
+}
+
+#[test]
+fn the_lock_keeper_lengthens_the_locks_of_kept_snapshots_and_exports_the_coverage() {
+    let (dir, plans) = setup(&["vault"]);
+    let plan = plans.join("vault.yaml");
+    std::fs::write(
+        &plan,
+        "name: vault\nsource: {type: sqlite, path: ../vault.db}\nrepository: {url: ../repo-vault}\n\
+         schedule: {backup: '0 3 * * *', keep_locks: '*/2 * * * * *'}\n\
+         lock: {mode: compliance, days: 10}\nretention: {keep_daily: 7}\n",
+    )
+    .unwrap();
+    // A snapshot taken five days ago: its lock ends in at most five days,
+    // while a daily snapshot kept now should stay locked for eight (seven
+    // days of keep_daily and a day's margin).
+    let five_days_ago = Utc::now() - chrono::Duration::days(5);
+    let out = command()
+        .env(holdfast::clock::NOW_VAR, five_days_ago.to_rfc3339())
+        .args(["backup", "--plan", plan.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = Daemon::start(&plans, &dir.path().join("state"), &[]);
+    d.wait_for("a keep-locks run", |d| {
+        ran_ok(&d.plan("vault"), "keep-locks")
+    });
+    let extended = d
+        .metric("holdfast_lock_extensions_total{plan=\"vault\"}")
+        .unwrap_or(0.0);
+    assert!(
+        extended >= 2.0,
+        "the old snapshot's objects were lengthened: {extended}\n{}",
+        d.log()
+    );
+    let coverage = d
+        .metric("holdfast_lock_coverage_seconds{plan=\"vault\"}")
+        .unwrap();
+    assert!(
+        coverage > 6.0 * 86400.0 && coverage <= 10.0 * 86400.0 + 60.0,
+        "kept snapshots locked as long as a daily snapshot taken now (7 days and a day's margin): {coverage}"
+    );
+    let p = d.plan("vault");
+    assert!(
+        p["lock_coverage"]["seconds"].as_i64().unwrap() > 6 * 86400,
+        "{p}"
+    );
+    assert!(p["alerts"].as_array().unwrap().is_empty(), "{p}");
+    // Each later run finds the locks current: nothing more to lengthen.
+    let runs = |d: &Daemon| d.log().matches("keep-locks done").count();
+    let seen = runs(&d);
+    d.wait_for("two more keep-locks runs", |d| runs(d) >= seen + 2);
+    assert_eq!(
+        d.metric("holdfast_lock_extensions_total{plan=\"vault\"}"),
+        Some(extended)
+    );
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::render::outln;
+use crate::alert::AlertConfig;
 use crate::daemon::{schedule::RetryPolicy, Config};
 use crate::error::{Error, Exit};
 
@@ -31,6 +32,30 @@ pub(crate) struct DaemonArgs {
     /// After SIGTERM/SIGINT, how long running jobs may take before they are cancelled.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// POST alerts here as JSON (Alertmanager's `/api/v2/alerts` body): a
+    /// failed backup, verify or drill, RPO over the plan's `rpo_limit`,
+    /// archiving stalled, lock coverage short; and a resolved message when
+    /// each clears.
+    #[arg(long, value_name = "URL", env = "HOLDFAST_ALERT_WEBHOOK")]
+    alert_webhook: Option<url::Url>,
+    /// Run this shell command for each alert: the JSON body on stdin, the
+    /// alert in HOLDFAST_ALERT_* variables (docs/daemon.md).
+    #[arg(long, value_name = "CMD")]
+    alert_command: Option<String>,
+    /// Send an alert again at most this often while its condition holds.
+    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+    alert_repeat: Duration,
+    /// How often PostgreSQL plans' WAL archiving is looked at.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    archive_poll: Duration,
+    /// How long a WAL segment may wait with no archiving progress before
+    /// archiving counts as stalled (and alerts).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    archive_stall: Duration,
+    /// Run every plan's restore drill once at start, after its first
+    /// backup, whatever its schedule says.
+    #[arg(long)]
+    drill_on_start: bool,
 }
 
 fn default_state_dir() -> Result<PathBuf, Error> {
@@ -56,15 +81,34 @@ pub async fn run(args: DaemonArgs) -> Result<Exit, Error> {
         .await
         .map_err(|e| Error::usage(format!("unable to listen on {}: {e}", args.listen)))?;
     let addr = listener.local_addr().unwrap_or(args.listen);
-    outln!("holdfast daemon: status on http://{addr}/status, metrics on http://{addr}/metrics; state in {}", state_dir.display())?;
+    outln!("holdfast daemon: status page on http://{addr}/, metrics on http://{addr}/metrics, JSON on http://{addr}/status; state in {}", state_dir.display())?;
+    if args.alert_repeat.is_zero() {
+        return Err(Error::usage("--alert-repeat must be longer than 0s"));
+    }
+    if args.archive_poll.is_zero() {
+        return Err(Error::usage("--archive-poll must be longer than 0s"));
+    }
+    let alerts = AlertConfig {
+        webhook: args.alert_webhook,
+        command: args.alert_command.as_deref().map(AlertConfig::shell),
+        repeat: args.alert_repeat,
+    };
+    if alerts.webhook.is_none() && alerts.command.is_none() {
+        tracing::info!("no --alert-webhook or --alert-command: alerts are logged and shown on the status page only");
+    }
     let once = args.once;
     let config = Config {
-        plans: args.plans,
         concurrency: args.concurrency,
         once: args.once,
         grace: args.grace,
         retry: RetryPolicy::default(),
         state_dir: Some(state_dir),
+        alerts,
+        status_url: Some(format!("http://{addr}/")),
+        archive_poll: args.archive_poll,
+        archive_stall: args.archive_stall,
+        drill_on_start: args.drill_on_start,
+        ..Config::new(args.plans)
     };
     let summary = crate::daemon::run(config, listener).await?;
     match summary.failures.first() {

@@ -35,6 +35,20 @@ pub struct JobOutput {
     /// A drill's figures, passed or failed: the scheduler turns a failed
     /// drill into the job's error after exporting them.
     pub drill: Option<DrillFigures>,
+    /// What the lock keeper found and did.
+    pub locks: Option<LockFigures>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LockFigures {
+    /// Locks lengthened by this run.
+    pub objects_extended: u64,
+    pub objects_checked: usize,
+    /// The earliest lock end among the objects kept snapshots need, after
+    /// this run; `None` when nothing is kept.
+    pub locked_until: Option<DateTime<Utc>>,
+    /// The object whose lock ends first.
+    pub weakest: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -171,7 +185,7 @@ async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
                     locks_extended: r.locks_extended,
                 }),
                 inventory,
-                drill: None,
+                ..JobOutput::default()
             })
         }
         JobKind::Verify => {
@@ -196,6 +210,31 @@ async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
                     "{} snapshots, {} packs, {} chunks verified; no problems",
                     r.snapshots_checked, r.packs_checked, r.chunks_checked
                 ),
+                ..JobOutput::default()
+            })
+        }
+        JobKind::KeepLocks => {
+            let opts = crate::ops::locks::KeepLocksOptions::new(crate::clock::now(), false);
+            let r = crate::ops::locks::keep_locks(plan, &opts).await?;
+            let locked_until = r.weakest.as_ref().map(|(_, t)| *t);
+            Ok(JobOutput {
+                summary: format!(
+                    "{} kept snapshots: {} of {} objects' locks lengthened ({} WAL files){}",
+                    r.snapshots_kept,
+                    r.objects_extended,
+                    r.objects_checked,
+                    r.log_files_extended,
+                    match &r.weakest {
+                        Some((key, t)) => format!("; the earliest lock ends {t} ({key})"),
+                        None => String::new(),
+                    }
+                ),
+                locks: Some(LockFigures {
+                    objects_extended: r.objects_extended,
+                    objects_checked: r.objects_checked,
+                    locked_until,
+                    weakest: r.weakest.map(|(k, _)| k),
+                }),
                 ..JobOutput::default()
             })
         }

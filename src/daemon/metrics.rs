@@ -52,7 +52,7 @@ macro_rules! metrics {
                 let job_running = Family::<JobLabel, Gauge>::default();
                 registry.register(
                     "holdfast_job_running",
-                    "1 while the plan's job (backup, verify, prune, drill) runs",
+                    "1 while the plan's job (backup, verify, prune, keep-locks, drill) runs",
                     job_running.clone(),
                 );
                 Metrics { registry, $( $field, )* lock_extensions, job_running }
@@ -65,7 +65,7 @@ macro_rules! metrics {
                 let l = PlanLabel { plan: plan.to_string() };
                 $( self.$field.remove(&l); )*
                 self.lock_extensions.remove(&l);
-                for job in ["backup", "verify", "prune", "drill"] {
+                for job in super::schedule::JobKind::ALL.map(|j| j.as_str()) {
                     self.job_running.remove(&JobLabel { plan: plan.to_string(), job: job.into() });
                 }
             }
@@ -81,10 +81,11 @@ metrics! {
     backup_bytes_read: "holdfast_backup_bytes_read", "Bytes the last backup read from its source";
     backup_bytes_stored: "holdfast_backup_bytes_stored", "Bytes the last backup stored (compressed, new chunks only)";
     backup_bytes_new: "holdfast_backup_bytes_new", "Bytes of new (not deduplicated) data in the last backup";
+    backup_interval: "holdfast_backup_interval_seconds", "Seconds between the backup schedule's runs (the next two)";
     snapshots: "holdfast_snapshots", "Snapshots of the plan in its repository";
     restorable_oldest: "holdfast_restorable_oldest_timestamp_seconds", "The oldest point a restore can reach";
     restorable_newest: "holdfast_restorable_newest_timestamp_seconds", "The newest point a restore can reach";
-    archive_lag: "holdfast_archive_lag_seconds", "Age of the last archived log segment";
+    archive_lag: "holdfast_archive_lag_seconds", "How long the oldest WAL segment waiting to be archived has waited; 0 when none waits";
     archive_stalled: "holdfast_archive_stalled", "1 when log archiving makes no progress";
     rpo: "holdfast_rpo_seconds", "Now minus the newest restorable point";
     lock_coverage: "holdfast_lock_coverage_seconds", "Time until the earliest lock end among the snapshots retention keeps";

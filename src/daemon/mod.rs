@@ -4,11 +4,15 @@
 //!
 //! Files: `schedule` (clock, due times, backoff), `jobs` (the `ops` call
 //! behind each job, off the async workers), `state` (last runs across
-//! restarts), `metrics` (the Prometheus families), `http` (the endpoints).
+//! restarts), `metrics` (the Prometheus families), `http` (the endpoints),
+//! `archive` (the watch over PostgreSQL's WAL archiving), `alerts` (the
+//! conditions raised to [`crate::alert::Alerter`]).
 //! This file is the scheduler: one loop owning the plans, starting due jobs
 //! (one per plan at a time, at most `concurrency` at once), recording their
 //! outcome and shutting down within the grace period.
 
+pub mod alerts;
+pub mod archive;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
@@ -26,10 +30,12 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use self::archive::{ArchiveState, Look};
 use self::jobs::{JobOutput, Runner};
 use self::metrics::Metrics;
 use self::schedule::{is_transient, jitter_unit, next_due, Clock, JobKind, RetryPolicy};
 use self::state::{JobRecord, State, StateFile};
+use crate::alert::{AlertConfig, AlertKind, Alerter};
 use crate::error::{Error, Exit};
 use crate::plan::{load_paths, Plan};
 
@@ -48,6 +54,38 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// Where the state file lives; `None`: nothing persisted (tests).
     pub state_dir: Option<PathBuf>,
+    /// Where alerts go (`--alert-webhook`, `--alert-command`) and how often
+    /// they repeat (`--alert-repeat`).
+    pub alerts: AlertConfig,
+    /// The status page's address, linked from alerts (`generatorURL`).
+    pub status_url: Option<String>,
+    /// How often PostgreSQL's archiving is looked at (`--archive-poll`).
+    pub archive_poll: Duration,
+    /// How long a waiting WAL segment may see no progress before archiving
+    /// counts as stalled (`--archive-stall`).
+    pub archive_stall: Duration,
+    /// Run every plan's drill once at start, after its first backup,
+    /// whatever its schedule (`--drill-on-start`; the quickstart).
+    pub drill_on_start: bool,
+}
+
+impl Config {
+    /// The defaults for everything but the plans.
+    pub fn new(plans: Vec<PathBuf>) -> Config {
+        Config {
+            plans,
+            concurrency: 2,
+            once: false,
+            grace: Duration::from_secs(60),
+            retry: RetryPolicy::default(),
+            state_dir: None,
+            alerts: AlertConfig::default(),
+            status_url: None,
+            archive_poll: archive::DEFAULT_POLL,
+            archive_stall: archive::DEFAULT_STALL,
+            drill_on_start: false,
+        }
+    }
 }
 
 /// What the loop is told from outside: signals, in production.
@@ -101,6 +139,15 @@ struct Entry {
     removed: bool,
     last: BTreeMap<JobKind, LastRun>,
     inventory: Option<jobs::Inventory>,
+    /// What the last lock keeper run found.
+    locks: Option<jobs::LockFigures>,
+    /// PostgreSQL plans that archive: the archive watch's findings.
+    archive: Option<ArchiveState>,
+    /// When the next look at the archive is due; when the running one began.
+    archive_next: Instant,
+    archive_looking: Option<Instant>,
+    /// The conditions firing for this plan: kind, since, summary.
+    alerts: Vec<(AlertKind, DateTime<Utc>, String)>,
 }
 
 impl Entry {
@@ -141,6 +188,13 @@ pub struct Scheduler<R: Runner> {
     /// `--once`: the jobs still to run, per plan file, in order.
     once_queue: Option<BTreeMap<PathBuf, Vec<JobKind>>>,
     summary: Summary,
+    alerter: Arc<Alerter>,
+    /// Alert deliveries in flight.
+    sends: JoinSet<()>,
+    /// Looks at PostgreSQL archiving in flight.
+    looks: JoinSet<(PathBuf, Look)>,
+    /// `--drill-on-start`: the plans whose start-up drill has not begun.
+    drill_now: BTreeSet<String>,
 }
 
 impl<R: Runner> Scheduler<R> {
@@ -159,7 +213,15 @@ impl<R: Runner> Scheduler<R> {
             Some(f) => f.load()?,
             None => State::default(),
         };
+        let mut alerter = Alerter::new(config.alerts.clone());
+        if let Some(url) = &config.status_url {
+            alerter = alerter.with_generator_url(url.clone());
+        }
         Ok(Scheduler {
+            alerter: Arc::new(alerter),
+            sends: JoinSet::new(),
+            looks: JoinSet::new(),
+            drill_now: BTreeSet::new(),
             semaphore: Arc::new(Semaphore::new(config.concurrency.max(1))),
             config,
             clock,
@@ -182,6 +244,15 @@ impl<R: Runner> Scheduler<R> {
     pub async fn run(mut self, mut control: mpsc::Receiver<Control>) -> Result<Summary, Error> {
         self.fingerprint = fingerprint(&self.config.plans).await;
         self.reload().await;
+        if self.config.drill_on_start {
+            self.drill_now = self
+                .entries
+                .values()
+                .filter_map(|e| e.plan.as_ref())
+                .filter(|p| p.drill.is_some())
+                .map(|p| p.name.to_string())
+                .collect();
+        }
         if self.config.once {
             self.once_queue = Some(self.due_once());
         }
@@ -191,7 +262,10 @@ impl<R: Runner> Scheduler<R> {
             *self.shared.heartbeat.lock().unwrap() = Instant::now();
             if stopping.is_none() {
                 self.start_due_jobs();
+                self.start_archive_looks();
             }
+            self.evaluate_alerts();
+            self.refresh_gauges();
             self.publish_status();
             let once_done = self
                 .once_queue
@@ -216,6 +290,11 @@ impl<R: Runner> Scheduler<R> {
                     Ok(done) => self.finish(done).await,
                     Err(e) => tracing::error!("a job task failed: {e}"),
                 },
+                Some(look) = self.looks.join_next(), if !self.looks.is_empty() => match look {
+                    Ok((file, look)) => self.took_look(&file, look),
+                    Err(e) => tracing::error!("an archive watch task failed: {e}"),
+                },
+                Some(_) = self.sends.join_next(), if !self.sends.is_empty() => {},
                 c = control.recv(), if control_open => match c {
                     Some(Control::Reload) => {
                         tracing::info!("reloading plans (SIGHUP)");
@@ -250,6 +329,19 @@ impl<R: Runner> Scheduler<R> {
                 }
             }
         }
+        self.looks.abort_all();
+        // Alerts decided on the way out (a --once run's failed backup) still go out.
+        if !self.sends.is_empty() {
+            let deadline = crate::alert::WEBHOOK_DEADLINE * (crate::alert::WEBHOOK_ATTEMPTS + 1);
+            let sends = &mut self.sends;
+            let drained = tokio::time::timeout(deadline, async {
+                while sends.join_next().await.is_some() {}
+            })
+            .await;
+            if drained.is_err() {
+                tracing::warn!("alert deliveries still running at exit were abandoned");
+            }
+        }
         Ok(self.summary)
     }
 
@@ -272,6 +364,11 @@ impl<R: Runner> Scheduler<R> {
                 removed: false,
                 last: BTreeMap::new(),
                 inventory: None,
+                locks: None,
+                archive: None,
+                archive_next: Instant::now(),
+                archive_looking: None,
+                alerts: Vec::new(),
             });
             entry.removed = false;
             match result {
@@ -292,6 +389,14 @@ impl<R: Runner> Scheduler<R> {
                             record: rec.clone(),
                             summary: None,
                         });
+                    }
+                    if let Some(gap) = backup_interval(&plan, now) {
+                        self.shared
+                            .metrics
+                            .set(&self.shared.metrics.backup_interval, &name, gap);
+                    }
+                    if archive::client_for(&plan).is_none() {
+                        entry.archive = None;
                     }
                     entry.plan = Some(plan);
                     entry.error = None;
@@ -345,6 +450,9 @@ impl<R: Runner> Scheduler<R> {
                 let jobs = JobKind::ALL
                     .into_iter()
                     .filter(|job| {
+                        if *job == JobKind::Drill && self.drill_now.contains(plan.name.as_str()) {
+                            return true;
+                        }
                         let last = st.and_then(|s| s.jobs.get(job)).map(|r| r.started_at);
                         job.schedule(plan)
                             .and_then(|s| next_due(s, last, None))
@@ -360,10 +468,15 @@ impl<R: Runner> Scheduler<R> {
     /// run (a new plan gets its first snapshot now), verify and prune counted
     /// from when the plan was first seen.
     fn due_at(&self, plan: &Plan, job: JobKind) -> Option<DateTime<Utc>> {
+        if job == JobKind::Drill && self.drill_now.contains(plan.name.as_str()) {
+            return Some(DateTime::<Utc>::MIN_UTC);
+        }
         let st = self.state.plans.get(plan.name.as_str());
         let last = st.and_then(|s| s.jobs.get(&job)).map(|r| r.started_at);
         let anchor = match job {
-            JobKind::Backup => None,
+            // The lock keeper too: it is what tells how long the kept
+            // snapshots stay locked.
+            JobKind::Backup | JobKind::KeepLocks => None,
             _ => st.and_then(|s| s.since),
         };
         next_due(job.schedule(plan)?, last, anchor)
@@ -415,6 +528,9 @@ impl<R: Runner> Scheduler<R> {
     fn start(&mut self, file: PathBuf, plan: Plan, job: JobKind, now: DateTime<Utc>) {
         let name = plan.name.to_string();
         tracing::info!(plan = %name, job = %job, "starting {job}");
+        if job == JobKind::Drill {
+            self.drill_now.remove(&name);
+        }
         self.entries.get_mut(&file).expect("known").running = Some(job);
         self.shared.metrics.running(&name, job.as_str(), true);
         let runner = self.runner.clone();
@@ -527,6 +643,14 @@ impl<R: Runner> Scheduler<R> {
                             m.set(&m.verify_last, &name, ts);
                         }
                         JobKind::Prune => m.set(&m.prune_last, &name, ts),
+                        JobKind::KeepLocks => {
+                            if let Some(l) = &out.locks {
+                                m.lock_extensions
+                                    .get_or_create(&metrics::PlanLabel { plan: name.clone() })
+                                    .inc_by(l.objects_extended);
+                                entry.locks = Some(l.clone());
+                            }
+                        }
                         JobKind::Drill => {}
                     }
                     if let Some(inv) = &out.inventory {
@@ -549,7 +673,7 @@ impl<R: Runner> Scheduler<R> {
                             m.set(&m.verify_last_success, &name, 0.0);
                             m.set(&m.verify_last, &name, ts);
                         }
-                        JobKind::Prune | JobKind::Drill => {}
+                        JobKind::Prune | JobKind::KeepLocks | JobKind::Drill => {}
                     }
                 }
             }
@@ -573,6 +697,154 @@ impl<R: Runner> Scheduler<R> {
             let label = entry.label();
             self.entries.remove(&file);
             self.shared.metrics.forget(&label);
+        }
+    }
+
+    /// Starts a look at the archiving of every PostgreSQL plan that
+    /// archives and is due one (not in `--once` runs).
+    fn start_archive_looks(&mut self) {
+        if self.config.once {
+            return;
+        }
+        let now = self.clock.now();
+        for (file, e) in self.entries.iter_mut() {
+            let Some(plan) = e.plan.clone().filter(|p| archive::client_for(p).is_some()) else {
+                continue;
+            };
+            if e.removed {
+                continue;
+            }
+            if let Some(began) = e.archive_looking {
+                if began.elapsed() >= archive::LOOK_DEADLINE {
+                    let st = e.archive.get_or_insert_with(ArchiveState::default);
+                    st.error = Some(format!(
+                        "pg_stat_archiver has not answered in {}s (the server or the repository hangs?)",
+                        began.elapsed().as_secs()
+                    ));
+                }
+                continue;
+            }
+            if Instant::now() < e.archive_next {
+                continue;
+            }
+            let read_window = e.archive.as_ref().is_none_or(|a| a.wants_window(now));
+            e.archive_looking = Some(Instant::now());
+            let file = file.clone();
+            self.looks.spawn(async move {
+                let look = archive::look(&plan, read_window).await;
+                (file, look)
+            });
+        }
+    }
+
+    fn took_look(&mut self, file: &PathBuf, look: Look) {
+        let stall = self.config.archive_stall;
+        let poll = self.config.archive_poll;
+        let Some(e) = self.entries.get_mut(file) else {
+            return;
+        };
+        e.archive_looking = None;
+        e.archive_next = Instant::now() + poll;
+        let label = e.label();
+        let st = e.archive.get_or_insert_with(ArchiveState::default);
+        let was_stalled = st.stalled;
+        st.update(look, stall);
+        if let Some(err) = &st.error {
+            tracing::warn!(plan = %label, "archive watch: {err}");
+        }
+        if st.stalled && !was_stalled {
+            tracing::error!(plan = %label, "WAL archiving stalled: {}", st.stalled_because.as_deref().unwrap_or_default());
+        }
+    }
+
+    /// Decides every plan's alert conditions on the loop, in order, and
+    /// sends what is due from tasks of their own.
+    fn evaluate_alerts(&mut self) {
+        let now = self.clock.now();
+        let mut present = BTreeSet::new();
+        let mut updates = Vec::new();
+        for e in self.entries.values_mut() {
+            let Some(plan) = e.plan.as_ref() else {
+                continue;
+            };
+            if e.removed {
+                continue;
+            }
+            present.insert(plan.name.to_string());
+            let input = alerts::Inputs {
+                plan: plan.name.as_str(),
+                rpo_limit: plan.rpo_limit,
+                last: e.last.iter().map(|(j, l)| (*j, &l.record)).collect(),
+                newest_point: newest_point(e),
+                archive: e.archive.as_ref(),
+                locked_until: e.locks.as_ref().and_then(|l| l.locked_until),
+                now,
+            };
+            let conditions = alerts::conditions(&input);
+            e.alerts.clear();
+            for c in conditions {
+                let (notice, since) = self.alerter.decide(&c.plan, c.kind, c.firing);
+                if c.firing {
+                    e.alerts.push((c.kind, since, c.summary.clone()));
+                }
+                updates.push((c, notice, since));
+            }
+        }
+        // A plan gone from the folder (or renamed) clears its alerts.
+        for (plan, kind, since) in self.alerter.firing() {
+            if !present.contains(&plan) {
+                let c = crate::alert::Condition {
+                    summary: format!("plan {plan} is no longer loaded"),
+                    details: "its plan file was removed or renamed".into(),
+                    plan,
+                    kind,
+                    firing: false,
+                };
+                let (notice, _) = self.alerter.decide(&c.plan, c.kind, false);
+                updates.push((c, notice, since));
+            }
+        }
+        for (c, notice, since) in updates {
+            if matches!(
+                notice,
+                crate::alert::Notice::Suppressed | crate::alert::Notice::Quiet
+            ) {
+                continue;
+            }
+            let alerter = self.alerter.clone();
+            self.sends.spawn(async move {
+                let delivery = alerter.notify(&c, notice, since).await;
+                if !delivery.ok() {
+                    tracing::error!(plan = %c.plan, alert = %c.kind, "alert not delivered: {delivery:?}");
+                }
+            });
+        }
+    }
+
+    /// Gauges that move with time: RPO, lock coverage, archive lag.
+    fn refresh_gauges(&self) {
+        let now = self.clock.now();
+        let m = &self.shared.metrics;
+        for e in self.entries.values() {
+            if e.plan.is_none() {
+                continue;
+            }
+            let name = e.label();
+            if let Some(t) = newest_point(e) {
+                m.set(&m.rpo, &name, (now - t).num_milliseconds() as f64 / 1000.0);
+                m.set(&m.restorable_newest, &name, t.timestamp() as f64);
+            }
+            if let Some(until) = e.locks.as_ref().and_then(|l| l.locked_until) {
+                m.set(&m.lock_coverage, &name, (until - now).num_seconds() as f64);
+            }
+            if let Some(a) = &e.archive {
+                if a.checked_at.is_some() {
+                    m.set(&m.archive_stalled, &name, if a.stalled { 1.0 } else { 0.0 });
+                }
+                if let Some(lag) = a.lag_seconds {
+                    m.set(&m.archive_lag, &name, lag);
+                }
+            }
         }
     }
 
@@ -640,8 +912,22 @@ impl<R: Runner> Scheduler<R> {
                     "snapshots": inv.map(|i| i.snapshots),
                     "restorable": inv.filter(|i| i.restorable_from.is_some()).map(|i| json!({
                         "from": i.restorable_from,
-                        "to": i.restorable_to,
+                        "to": newest_point(e).or(i.restorable_to),
                     })),
+                    "rpo_seconds": newest_point(e).map(|t| (now - t).num_seconds()),
+                    "rpo_limit_seconds": e.plan.as_ref().and_then(|p| p.rpo_limit).map(|d| d.as_secs()),
+                    "lock_coverage": e.locks.as_ref().map(|l| json!({
+                        "until": l.locked_until,
+                        "seconds": l.locked_until.map(|t| (t - now).num_seconds()),
+                        "weakest": l.weakest,
+                        "objects_checked": l.objects_checked,
+                    })),
+                    "archive": e.archive,
+                    "alerts": e.alerts.iter().map(|(kind, since, summary)| json!({
+                        "kind": kind,
+                        "since": since,
+                        "summary": summary,
+                    })).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -650,6 +936,23 @@ impl<R: Runner> Scheduler<R> {
             "stopping": *self.stop_tx.borrow(),
             "plans": plans,
         });
+    }
+}
+
+/// The newest point a restore of the plan reaches now: the archive watch's
+/// newest archived transaction, else the inventory's.
+fn newest_point(e: &Entry) -> Option<DateTime<Utc>> {
+    let from_archive = e.archive.as_ref().and_then(|a| a.newest_point);
+    let from_inventory = e.inventory.as_ref().and_then(|i| i.restorable_to);
+    from_archive.max(from_inventory)
+}
+
+/// Seconds between the backup schedule's next two runs after `now`: the
+/// `holdfast_backup_interval_seconds` the "backup too old" rule scales by.
+fn backup_interval(plan: &Plan, now: DateTime<Utc>) -> Option<f64> {
+    match plan.schedule.next_runs(now, 2).as_slice() {
+        [a, b, ..] => Some((*b - *a).num_seconds() as f64),
+        _ => None,
     }
 }
 

@@ -50,25 +50,29 @@ impl Clock {
     }
 }
 
-/// What the daemon runs for a plan. The drill job is wired in once
-/// `ops::drill` exists.
+/// What the daemon runs for a plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Backup,
     Verify,
     Prune,
+    /// The lock keeper (`ops::locks`), for plans that lock their objects.
+    #[serde(rename = "keep-locks")]
+    KeepLocks,
     /// A restore drill (`ops::drill`), for plans with a `drill` section.
     Drill,
 }
 
 impl JobKind {
     /// In the order a plan's due jobs are started: a backup before the
-    /// verify and prune that read its repository, the drill last.
-    pub const ALL: [JobKind; 4] = [
+    /// verify and prune that read its repository, the lock keeper after the
+    /// prune that decides what is kept, the drill last.
+    pub const ALL: [JobKind; 5] = [
         JobKind::Backup,
         JobKind::Verify,
         JobKind::Prune,
+        JobKind::KeepLocks,
         JobKind::Drill,
     ];
 
@@ -77,17 +81,22 @@ impl JobKind {
             JobKind::Backup => "backup",
             JobKind::Verify => "verify",
             JobKind::Prune => "prune",
+            JobKind::KeepLocks => "keep-locks",
             JobKind::Drill => "drill",
         }
     }
 
     /// The job's schedule; `None`: the plan has no such job (a drill
-    /// without a `drill` section runs only by hand).
+    /// without a `drill` section runs only by hand; a plan with
+    /// `lock.mode: none` has no locks to keep).
     pub fn schedule(self, plan: &Plan) -> Option<&Schedule> {
         match self {
             JobKind::Backup => Some(&plan.schedule),
             JobKind::Verify => Some(&plan.verify_schedule),
             JobKind::Prune => Some(&plan.prune_schedule),
+            JobKind::KeepLocks => plan
+                .lock_for(crate::plan::Tier::Last, crate::clock::now())
+                .map(|_| &plan.keep_locks_schedule),
             JobKind::Drill => plan.drill.as_ref().map(|d| &d.schedule),
         }
     }

@@ -110,12 +110,9 @@ fn write_plan(dir: &Path, name: &str, backup: &str) {
 
 fn config(dir: &Path) -> Config {
     Config {
-        plans: vec![dir.join("plans")],
         concurrency: 4,
-        once: false,
-        grace: Duration::from_secs(60),
-        retry: RetryPolicy::default(),
         state_dir: Some(dir.join("state")),
+        ..Config::new(vec![dir.join("plans")])
     }
 }
 

@@ -35,6 +35,6 @@ pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;
 pub use self::summary::{DrillSummary, PlanSummary, ScheduleSummary};
 pub use self::validate::{
-    load_paths, DEFAULT_DRILL_MAX_DURATION, DEFAULT_DRILL_SCHEDULE, DEFAULT_PRUNE_SCHEDULE,
-    DEFAULT_VERIFY_SCHEDULE,
+    load_paths, DEFAULT_DRILL_MAX_DURATION, DEFAULT_DRILL_SCHEDULE, DEFAULT_KEEP_LOCKS_SCHEDULE,
+    DEFAULT_PRUNE_SCHEDULE, DEFAULT_VERIFY_SCHEDULE,
 };

@@ -37,6 +37,8 @@ pub struct Plan {
     pub verify_schedule: Schedule,
     /// When the daemon applies retention (`schedule.prune`).
     pub prune_schedule: Schedule,
+    /// When the daemon's lock keeper runs (`schedule.keep_locks`).
+    pub keep_locks_schedule: Schedule,
     /// Data older than this at the newest restorable point is an alert
     /// (`rpo_limit`); `None`: no limit.
     pub rpo_limit: Option<Duration>,

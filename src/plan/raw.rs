@@ -44,6 +44,7 @@ pub(super) struct RawSchedule {
     pub(super) drill: Option<String>,
     pub(super) verify: Option<String>,
     pub(super) prune: Option<String>,
+    pub(super) keep_locks: Option<String>,
 }
 
 #[derive(Deserialize)]

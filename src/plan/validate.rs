@@ -31,6 +31,8 @@ pub const DEFAULT_DRILL_SCHEDULE: &str = "@monthly";
 pub const DEFAULT_VERIFY_SCHEDULE: &str = "@weekly";
 /// The daemon applies retention daily unless `schedule.prune` says otherwise.
 pub const DEFAULT_PRUNE_SCHEDULE: &str = "@daily";
+/// When the daemon's lock keeper runs, unless `schedule.keep_locks` says.
+pub const DEFAULT_KEEP_LOCKS_SCHEDULE: &str = "@daily";
 /// A drill that has not finished by then is failed and torn down.
 pub const DEFAULT_DRILL_MAX_DURATION: Duration = Duration::from_secs(2 * 3600);
 
@@ -444,6 +446,14 @@ impl Ctx<'_> {
                 .unwrap_or(DEFAULT_PRUNE_SCHEDULE),
             tz,
         )?;
+        let keep_locks_schedule = self.schedule(
+            "schedule.keep_locks",
+            raw.schedule
+                .keep_locks
+                .as_deref()
+                .unwrap_or(DEFAULT_KEEP_LOCKS_SCHEDULE),
+            tz,
+        )?;
         let rpo_limit = raw
             .rpo_limit
             .as_deref()
@@ -462,6 +472,7 @@ impl Ctx<'_> {
             drill,
             verify_schedule,
             prune_schedule,
+            keep_locks_schedule,
             rpo_limit,
         })
     }
