@@ -105,17 +105,24 @@ pub fn cancelled(plan: &Plan, job: JobKind) -> Error {
 /// with `block_on`, and dropped when `cancel` fires: a backup writes its
 /// manifest last, so a dropped backup leaves no snapshot, only unreferenced
 /// packs the next prune removes.
-pub struct OpsRunner;
+pub struct OpsRunner {
+    /// Where drills write their local reports: the daemon's state folder's
+    /// `drills/`, writable wherever the daemon runs (its user's home may
+    /// not be: systemd's DynamicUser, a read-only container). `None`: the
+    /// drill's default.
+    pub reports: Option<std::path::PathBuf>,
+}
 
 impl Runner for OpsRunner {
     fn run(&self, plan: Plan, job: JobKind, mut cancel: watch::Receiver<bool>) -> JobFuture {
         let handle = tokio::runtime::Handle::current();
+        let reports = self.reports.clone();
         Box::pin(async move {
             let name = plan.name.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 handle.block_on(async move {
                     tokio::select! {
-                        r = run_op(&plan, job) => r,
+                        r = run_op(&plan, job, reports) => r,
                         _ = cancel.wait_for(|c| *c) => Err(cancelled(&plan, job)),
                     }
                 })
@@ -131,12 +138,16 @@ impl Runner for OpsRunner {
     }
 }
 
-async fn run_op(plan: &Plan, job: JobKind) -> Result<JobOutput, Error> {
+async fn run_op(
+    plan: &Plan,
+    job: JobKind,
+    reports: Option<std::path::PathBuf>,
+) -> Result<JobOutput, Error> {
     match job {
         JobKind::Drill => {
             let req = crate::ops::drill::DrillRequest {
                 target: crate::ops::drill::DrillTarget::Plan,
-                reports: None,
+                reports,
             };
             let r = crate::ops::drill::drill(plan, &req, ProgressMode::Quiet).await?;
             Ok(JobOutput {

@@ -998,7 +998,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener) -> Result<Su
     let scheduler = Scheduler::new(
         config.clone(),
         Clock::System,
-        jobs::OpsRunner,
+        jobs::OpsRunner {
+            reports: config.state_dir.as_ref().map(|d| d.join("drills")),
+        },
         shared.clone(),
     )?;
     let (tx, rx) = mpsc::channel(8);

@@ -1,0 +1,571 @@
+//! `holdfast daemon` as a real process on the production path: a
+//! PostgreSQL 15 cluster of the test's own archiving through `holdfast
+//! wal-push` into an S3 repository (SeaweedFS, Object Lock in compliance
+//! mode), one plan whose backup, verify, prune and drill run on
+//! seconds-level crons while the test writes rows. What on-call sees on
+//! /status and /metrics, what `holdfast snapshots` says, a clean SIGTERM,
+//! and a restore from the daemon's backups. The daemon, like every holdfast
+//! process here, runs as the `postgres` OS user with no AWS_* variables:
+//! the plan's credentials are the only way into the bucket. Real time; every
+//! wait is on a condition with a deadline.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::bin::{command_as, json_of, s, text, BIN};
+use common::free_port;
+use common::postgres::{chown_postgres, sql_at, state, without_aws, Cluster, Restored};
+use serde_json::Value;
+
+/// How long the daemon may take to show every job done once.
+const JOBS_DEADLINE: Duration = Duration::from_secs(120);
+/// The daemon's `--grace`; it must exit within it (plus the time a
+/// cancelled job takes to unwind) after SIGTERM.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The `postgres` OS user: uid, gid and home, from the password database.
+fn postgres_user() -> (u32, u32, String) {
+    let out = Command::new("getent")
+        .args(["passwd", "postgres"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let f: Vec<&str> = line.trim().split(':').collect();
+    assert!(f.len() >= 6, "getent passwd postgres: {line}");
+    (
+        f[2].parse().unwrap(),
+        f[3].parse().unwrap(),
+        f[5].to_string(),
+    )
+}
+
+/// holdfast as `postgres`, without the test's AWS_* variables.
+fn holdfast_pg(args: &[&str]) -> Output {
+    without_aws(&mut command_as("postgres", &[]))
+        .args(args)
+        .output()
+        .expect("runuser runs")
+}
+
+/// `holdfast daemon` on one plan file, as `postgres`: started directly with
+/// that uid (not through runuser, which would stand between the test's
+/// signals and the daemon).
+struct Daemon {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(plan: &Path, state: &Path) -> Daemon {
+        std::fs::create_dir_all(state).unwrap();
+        chown_postgres(state);
+        let port = free_port();
+        let log = state.join("daemon.log");
+        let (uid, gid, home) = postgres_user();
+        let mut c = Command::new(BIN);
+        // The environment a service manager gives a daemon of that user.
+        without_aws(&mut c)
+            .uid(uid)
+            .gid(gid)
+            .env("HOME", home)
+            .env("USER", "postgres")
+            .env("LOGNAME", "postgres")
+            .env("HOLDFAST_LOG", "info")
+            .args(["daemon", "--plans", s(plan), "--state", s(state)])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--grace", &format!("{}s", GRACE.as_secs())])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let d = Daemon {
+            child: c.spawn().expect("holdfast daemon starts"),
+            port,
+            log,
+        };
+        d.wait_for("/healthz answering", Duration::from_secs(30), |d| {
+            Ok(d.get("/healthz").is_some_and(|b| b == "ok\n"))
+        });
+        d
+    }
+
+    fn get(&self, path: &str) -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let (head, body) = out.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&self.get("/status").expect("/status answers")).unwrap()
+    }
+
+    /// The one plan's entry in /status.
+    fn plan(&self) -> Value {
+        let st = self.status();
+        match st["plans"].as_array().map(Vec::as_slice) {
+            Some([p]) => p.clone(),
+            _ => panic!("not one plan in /status: {st}"),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `cond` holds; `cond` may give up at once with a reason
+    /// (a job failed), and so does the wait past `within`.
+    fn wait_for(
+        &self,
+        what: &str,
+        within: Duration,
+        mut cond: impl FnMut(&Daemon) -> Result<bool, String>,
+    ) {
+        let deadline = Instant::now() + within;
+        loop {
+            match cond(self) {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(why) => panic!(
+                    "while waiting for {what}: {why}\ndaemon log:\n{}",
+                    self.log()
+                ),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting {within:?} for {what}; /status: {}\ndaemon log:\n{}",
+                self.get("/status").unwrap_or_default(),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn sigterm(&self) {
+        let st = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits up to `within` for the process to end; its exit status.
+    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not exit within {within:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of one series in a /metrics scrape.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{scrape}"))
+}
+
+/// Rows written into `orders` every 100 ms from a thread of its own, until
+/// dropped; how many, so far.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    rows: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(port: u16) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let rows = Arc::new(AtomicU64::new(0));
+        let (s, r) = (stop.clone(), rows.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                sql_at(
+                    port,
+                    "INSERT INTO orders(note) SELECT 'daemon ' || md5(i::text) FROM generate_series(1, 100) i",
+                );
+                r.fetch_add(100, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Writer {
+            stop,
+            rows,
+            thread: Some(thread),
+        }
+    }
+
+    fn rows(&self) -> u64 {
+        self.rows.load(Ordering::SeqCst)
+    }
+
+    /// Stops writing; rows written in all.
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("the writer thread did not panic");
+        }
+        self.rows()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Each job's last run in /status: `Ok(true)` when it ended ok, `Err` with
+/// the job's error when it failed.
+fn ran_ok(plan: &Value, job: &str) -> Result<bool, String> {
+    let run = &plan["last_runs"][job];
+    match run["outcome"].as_str() {
+        Some("ok") => Ok(true),
+        Some(_) => Err(format!("the {job} failed: {run}")),
+        None => Ok(false),
+    }
+}
+
+/// The restorable window `holdfast snapshots --json` gives: the earliest
+/// `from` and the latest `to` over the snapshots' windows.
+fn listed_window(rows: &[Value]) -> (Option<&str>, Option<&str>) {
+    let from = rows
+        .iter()
+        .filter_map(|r| r["restorable"]["from"].as_str())
+        .min_by_key(|t| t.parse::<DateTime<Utc>>().unwrap());
+    let to = rows
+        .iter()
+        .filter_map(|r| r["restorable"]["to"].as_str())
+        .max_by_key(|t| t.parse::<DateTime<Utc>>().unwrap());
+    (from, to)
+}
+
+fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+}
+
+#[test]
+fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_schedule() {
+    let s3 = common::s3_env();
+    let bucket = common::bucket_name("pg-daemon");
+    let started = Instant::now();
+    // The plan's lock is one day (a compliance lock cannot be shortened or
+    // removed; the test bucket keeps these objects that long), keep_last: 2
+    // gives prune snapshots to remove that their locks then hold.
+    let pg = Cluster::create(
+        Some(&format!(
+            "{{url: 's3://{bucket}/prod', endpoint: '{endpoint}', region: us-east-1, access_key_id: '{key_id}', secret_access_key_file: s3.key}}",
+            endpoint = s3.endpoint,
+            key_id = s3.access_key_id,
+        )),
+        "{mode: compliance, days: 1}",
+        "{keep_last: 2}",
+    );
+    let key = pg.path("s3.key");
+    std::fs::write(&key, format!("{}\n", s3.secret_access_key)).unwrap();
+    chown_postgres(&key);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // Seconds-level crons, and a drill whose check needs the rows.
+    let scratch = pg.path("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    chown_postgres(&scratch);
+    let text_of_plan = std::fs::read_to_string(&pg.plan).unwrap();
+    let scheduled = text_of_plan.replace(
+        "schedule: {backup: '0 1 * * *'}",
+        "schedule: {backup: '*/10 * * * * *', verify: '*/15 * * * * *', prune: '*/15 * * * * *', drill: '*/20 * * * * *'}",
+    );
+    assert_ne!(
+        scheduled, text_of_plan,
+        "the cluster's plan has no schedule to replace"
+    );
+    std::fs::write(
+        &pg.plan,
+        format!(
+            "{scheduled}drill:\n  scratch_dir: {}\n  max_duration: 2m\n  checks:\n    - name: orders written\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{at_least: 1000}}\n",
+            scratch.display()
+        ),
+    )
+    .unwrap();
+    let plan = s(&pg.plan).to_string();
+    let init = json_of(&holdfast_pg(&["repo", "init", "--plan", &plan, "--json"]));
+    assert_eq!(init["bucket"]["object_lock"], true, "{init}");
+
+    pg.start_server();
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 1000) i");
+    let writer = Writer::start(pg.port());
+
+    // A new plan backs up at once; then its crons.
+    let mut d = Daemon::start(&pg.plan, &pg.path("state"));
+    d.wait_for(
+        "two snapshots, a verify, a prune and a drill done ok",
+        JOBS_DEADLINE,
+        |d| {
+            let p = d.plan();
+            let each = ["backup", "verify", "prune", "drill"].map(|j| ran_ok(&p, j));
+            let mut all = true;
+            for r in each {
+                all &= r?;
+            }
+            Ok(all && p["snapshots"].as_u64().is_some_and(|n| n >= 2))
+        },
+    );
+    let jobs_done = started.elapsed();
+    assert!(writer.rows() > 0, "the writer wrote nothing meanwhile");
+
+    let p = d.plan();
+    assert_eq!(p["valid"], true, "{p}");
+    assert!(p["error"].is_null(), "{p}");
+    for job in ["backup", "verify", "prune", "drill"] {
+        let run = &p["last_runs"][job];
+        assert!(run["error"].is_null(), "{job}: {run}");
+        assert!(
+            run["duration_seconds"].as_f64().unwrap() >= 0.0,
+            "{job}: {run}"
+        );
+        // Next runs are the crons' next times, not in the past.
+        assert!(
+            time(&p["next_runs"][job]) > Utc::now() - chrono::Duration::seconds(5),
+            "{job}: {p}"
+        );
+    }
+    let drill_summary = p["last_runs"]["drill"]["summary"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        drill_summary.starts_with("drill ")
+            && drill_summary.contains(" passed: ")
+            && drill_summary.contains(" 0 failed"),
+        "{drill_summary}"
+    );
+    let from = time(&p["restorable"]["from"]);
+    let to = time(&p["restorable"]["to"]);
+    assert!(from <= to, "{p}");
+    assert!(time(&p["last_backup"]["time"]) <= Utc::now(), "{p}");
+
+    // /metrics: the plan's families, with sane values.
+    let scrape = d.get("/metrics").expect("/metrics answers");
+    let m = |name: &str| metric(&scrape, &format!("{name}{{plan=\"pg\"}}"));
+    let now = Utc::now().timestamp() as f64;
+    assert_eq!(m("holdfast_plan_valid"), 1.0);
+    let last_success = m("holdfast_backup_last_success_timestamp_seconds");
+    assert!(
+        last_success <= now + 1.0 && last_success > now - JOBS_DEADLINE.as_secs_f64(),
+        "last success {last_success}, now {now}"
+    );
+    assert!(m("holdfast_backup_duration_seconds") > 0.0);
+    assert!(m("holdfast_backup_bytes_read") > 0.0);
+    assert!(m("holdfast_snapshots") >= 2.0);
+    let (oldest, newest) = (
+        m("holdfast_restorable_oldest_timestamp_seconds"),
+        m("holdfast_restorable_newest_timestamp_seconds"),
+    );
+    assert!(
+        oldest > 1.7e9 && oldest <= newest && newest <= now + 1.0,
+        "{oldest} {newest}"
+    );
+    assert_eq!(m("holdfast_verify_last_success"), 1.0);
+    assert!(m("holdfast_verify_last_timestamp_seconds") <= now + 1.0);
+    assert!(m("holdfast_prune_last_timestamp_seconds") <= now + 1.0);
+    assert_eq!(m("holdfast_drill_last_success"), 1.0);
+    assert!(m("holdfast_drill_rto_seconds") > 0.0);
+    assert!(m("holdfast_drill_rpo_seconds") >= 0.0);
+    // The SQL check and the built-ins (pg_amcheck, the restore's checksums).
+    assert!(m("holdfast_drill_checks_passed") >= 2.0);
+    assert_eq!(m("holdfast_drill_checks_failed"), 0.0);
+    // What the lead quotes in the closing note: shown with --no-capture.
+    eprintln!(
+        "--- /metrics\n{scrape}--- /status\n{}\n---",
+        serde_json::to_string_pretty(&d.status()).unwrap()
+    );
+
+    // `holdfast snapshots` agrees with /status, read while no job ran in
+    // between (the same last runs before and after the listing, none running).
+    let mut agreed = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agreed {
+        assert!(
+            Instant::now() < deadline,
+            "no quiet moment to compare:\n{}",
+            d.log()
+        );
+        let before = d.plan();
+        let rows = json_of(&holdfast_pg(&["snapshots", "--plan", &plan, "--json"]));
+        let after = d.plan();
+        if !before["running"].is_null()
+            || !after["running"].is_null()
+            || before["last_runs"] != after["last_runs"]
+        {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        agreed = true;
+        let rows = rows.as_array().unwrap_or_else(|| panic!("{rows}"));
+        assert_eq!(
+            Some(rows.len() as u64),
+            after["snapshots"].as_u64(),
+            "{after}\n{rows:?}"
+        );
+        let newest = rows.iter().max_by_key(|r| time(&r["time"])).unwrap();
+        assert_eq!(
+            newest["short_id"], after["last_backup"]["snapshot"],
+            "{after}\n{newest}"
+        );
+        assert_eq!(time(&newest["time"]), time(&after["last_backup"]["time"]));
+        let (from, to) = listed_window(rows);
+        assert_eq!(
+            from.map(str::to_string),
+            after["restorable"]["from"].as_str().map(str::to_string),
+            "{after}\n{rows:?}"
+        );
+        // /status's newest point is the daemon's view as of its last backup
+        // or prune (or its archive watch): never ahead of the repository,
+        // which may have archived more WAL since.
+        let to = time(&Value::from(
+            to.unwrap_or_else(|| panic!("no window: {rows:?}")),
+        ));
+        assert!(
+            time(&before["restorable"]["to"]) <= to,
+            "/status reaches further than the repository: {before}\n{rows:?}"
+        );
+        assert!(to >= time(&newest["time"]), "{rows:?}");
+    }
+
+    // SIGTERM while a backup runs: it finishes within the grace and is
+    // recorded, nothing new starts, and the daemon exits 0.
+    let written = writer.stop();
+    let at_stop = state(pg.port());
+    let mut before = Value::Null;
+    d.wait_for("a backup running", Duration::from_secs(60), |d| {
+        before = d.plan();
+        Ok(before["running"] == "backup")
+    });
+    let asked = Instant::now();
+    d.sigterm();
+    let exit = d.wait_exit(GRACE + Duration::from_secs(15));
+    let took = asked.elapsed();
+    let log = d.log();
+    assert!(exit.success(), "{exit:?}\n{log}");
+    let (_, after_term) = log
+        .split_once("shutting down: no new jobs")
+        .unwrap_or_else(|| panic!("no shutdown in the log:\n{log}"));
+    assert!(
+        !after_term.contains("starting "),
+        "a job started after SIGTERM:\n{log}"
+    );
+    let state_file: Value =
+        serde_json::from_str(&std::fs::read_to_string(pg.path("state/daemon-state.json")).unwrap())
+            .unwrap();
+    let recorded = &state_file["plans"]["pg"]["jobs"]["backup"];
+    assert_eq!(recorded["ok"], true, "{state_file}");
+    assert!(
+        time(&recorded["started_at"]) > time(&before["last_runs"]["backup"]["started_at"]),
+        "the backup running at SIGTERM was not recorded: {state_file}\n{log}"
+    );
+    // Nothing went wrong on the way: no warning, no error.
+    let troubles: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(troubles.is_empty(), "{troubles:#?}\n{log}");
+    // The drill's reports went into the daemon's state folder.
+    let drill_id = drill_summary.split_whitespace().nth(1).unwrap().to_string();
+    let reports: Vec<String> = std::fs::read_dir(pg.path("state/drills"))
+        .unwrap_or_else(|e| panic!("no drill reports in the state folder: {e}\n{log}"))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for ext in [".json", ".md"] {
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.ends_with(&format!("-{drill_id}{ext}"))),
+            "no {ext} report of drill {drill_id} in {reports:?}"
+        );
+    }
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+
+    // The daemon's backups restore: the newest of them plus the archived WAL
+    // give back every row written, the ones after that backup too.
+    let rows = json_of(&holdfast_pg(&["snapshots", "--plan", &plan, "--json"]));
+    let newest = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .max_by_key(|r| time(&r["time"]))
+        .unwrap()
+        .clone();
+    pg.archive_now();
+    let to = pg.path("restored");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let out = holdfast_pg(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(report["base_backup"], newest["id"], "{report}\n{newest}");
+    assert_eq!(
+        state(port),
+        at_stop,
+        "the cluster restored from the daemon's backups differs from the one it backed up: {}",
+        text(&out)
+    );
+    eprintln!(
+        "measured: all four jobs done after {:.1} s; SIGTERM to exit {:.1} s ({}); {written} rows written meanwhile; {} snapshots; whole test {:.1} s",
+        jobs_done.as_secs_f64(),
+        took.as_secs_f64(),
+        if after_term.contains("backup done") {
+            "the backup finished in the grace"
+        } else {
+            "the backup had just finished"
+        },
+        rows.as_array().unwrap().len(),
+        started.elapsed().as_secs_f64()
+    );
+}
