@@ -1,5 +1,6 @@
 //! The daemon's HTTP endpoints: `/healthz` (200 while the scheduler loop
-//! goes round), `/metrics` (Prometheus text format) and `/status` (JSON).
+//! goes round), `/metrics` (Prometheus text format), `/status` (JSON) and
+//! `/`, the HTML status page rendered from that same JSON.
 //! They only read what the scheduler publishes in [`Shared`]; none of them
 //! touches a repository.
 
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use tokio::sync::watch;
@@ -20,6 +21,7 @@ const STALE: Duration = Duration::from_secs(30);
 
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
@@ -68,4 +70,15 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
     Json(shared.status.lock().unwrap().clone())
+}
+
+/// `/`: rendered from the document `/status` serves at the same moment, so
+/// the page and `/status` never disagree.
+async fn page(State(shared): State<Arc<Shared>>) -> Response {
+    let status = shared.status.lock().unwrap().clone();
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(super::page::render(&status)),
+    )
+        .into_response()
 }

@@ -6,7 +6,8 @@
 //! behind each job, off the async workers), `state` (last runs across
 //! restarts), `metrics` (the Prometheus families), `http` (the endpoints),
 //! `archive` (the watch over PostgreSQL's WAL archiving), `alerts` (the
-//! conditions raised to [`crate::alert::Alerter`]).
+//! conditions raised to [`crate::alert::Alerter`]), `page` (the HTML status
+//! page `/`, rendered from `/status`).
 //! This file is the scheduler: one loop owning the plans, starting due jobs
 //! (one per plan at a time, at most `concurrency` at once), recording their
 //! outcome and shutting down within the grace period.
@@ -16,6 +17,7 @@ pub mod archive;
 pub mod http;
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod schedule;
 pub mod state;
 
@@ -41,6 +43,12 @@ use crate::plan::{load_paths, Plan};
 
 /// How often plan files are checked for changes, and the longest the loop sleeps.
 pub const POLL: Duration = Duration::from_secs(2);
+
+/// How many of a plan's last drills `/status` (and the page's RTO chart) show.
+pub const DRILLS_SHOWN: usize = 30;
+
+/// The longest a load of a plan's drill history may take.
+const DRILLS_LOAD_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -148,6 +156,28 @@ struct Entry {
     archive_looking: Option<Instant>,
     /// The conditions firing for this plan: kind, since, summary.
     alerts: Vec<(AlertKind, DateTime<Utc>, String)>,
+    /// The plan's last recorded drills, newest last, written by the loads
+    /// [`load_drills`] runs off the loop.
+    drills: Arc<Mutex<Drills>>,
+}
+
+/// One recorded drill, as `/status` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct DrillPoint {
+    id: String,
+    started_at: DateTime<Utc>,
+    passed: bool,
+    rto_seconds: f64,
+    rpo_seconds: Option<f64>,
+}
+
+#[derive(Debug, Default)]
+struct Drills {
+    /// Loads started and the newest one applied: an older load finishing
+    /// late never replaces a newer list.
+    started: u64,
+    applied: u64,
+    list: Vec<DrillPoint>,
 }
 
 impl Entry {
@@ -369,15 +399,16 @@ impl<R: Runner> Scheduler<R> {
                 archive_next: Instant::now(),
                 archive_looking: None,
                 alerts: Vec::new(),
+                drills: Default::default(),
             });
             entry.removed = false;
             match result {
                 Ok(plan) => {
                     let old = entry.label();
-                    if entry.plan.as_ref().is_some_and(|p| p.name != plan.name)
-                        || entry.plan.is_none()
-                    {
+                    let first = entry.plan.as_ref().is_none_or(|p| p.name != plan.name);
+                    if first {
                         self.shared.metrics.forget(&old);
+                        load_drills(entry, &plan, self.stop_tx.subscribe());
                     }
                     let name = plan.name.to_string();
                     tracing::info!(plan = %name, file = %file.display(), "plan loaded");
@@ -607,6 +638,9 @@ impl<R: Runner> Scheduler<R> {
                     ));
                 }
             }
+        }
+        if job == JobKind::Drill {
+            load_drills(entry, plan, self.stop_tx.subscribe());
         }
         let cancelled = *self.cancel_tx.borrow() && result.is_err();
         if cancelled || (attempts == 0 && result.is_err()) {
@@ -928,6 +962,7 @@ impl<R: Runner> Scheduler<R> {
                         "since": since,
                         "summary": summary,
                     })).collect::<Vec<_>>(),
+                    "drills": e.drills.lock().unwrap().list,
                 })
             })
             .collect();
@@ -954,6 +989,62 @@ fn backup_interval(plan: &Plan, now: DateTime<Utc>) -> Option<f64> {
         [a, b, ..] => Some((*b - *a).num_seconds() as f64),
         _ => None,
     }
+}
+
+/// Loads the plan's last [`DRILLS_SHOWN`] drills from its repository into
+/// `entry.drills`, on a blocking-pool thread (a local repository reads files
+/// synchronously), so the loop never waits for it. A failure is logged and
+/// leaves the list as it was. Gives up at [`DRILLS_LOAD_DEADLINE`], on
+/// shutdown, or when the scheduler is gone (`stop` closed).
+fn load_drills(entry: &Entry, plan: &Plan, mut stop: watch::Receiver<bool>) {
+    let slot = entry.drills.clone();
+    let seq = {
+        let mut d = slot.lock().unwrap();
+        d.started += 1;
+        d.started
+    };
+    let plan = plan.clone();
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        handle.block_on(async move {
+            let loaded = tokio::select! {
+                r = tokio::time::timeout(DRILLS_LOAD_DEADLINE, crate::ops::drill::history(&plan)) => r,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let records = match loaded {
+                Ok(Ok(records)) => records,
+                Ok(Err(e)) => {
+                    tracing::error!(plan = %plan.name, "unable to load the drill history for /status: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::error!(
+                        plan = %plan.name,
+                        "loading the drill history for /status took over {}s; gave up",
+                        DRILLS_LOAD_DEADLINE.as_secs()
+                    );
+                    return;
+                }
+            };
+            let mut list: Vec<DrillPoint> = records
+                .into_iter()
+                .filter_map(|r| r.report)
+                .map(|r| DrillPoint {
+                    id: r.id,
+                    started_at: r.started_at,
+                    passed: r.passed,
+                    rto_seconds: r.rto_seconds,
+                    rpo_seconds: r.rpo_seconds,
+                })
+                .collect();
+            list.sort_by_key(|d| d.started_at);
+            let mut d = slot.lock().unwrap();
+            if seq > d.applied {
+                d.applied = seq;
+                d.list = list[list.len().saturating_sub(DRILLS_SHOWN)..].to_vec();
+            }
+        })
+    });
 }
 
 /// What the plan paths look like now: each plan file's mtime and size.

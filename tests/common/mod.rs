@@ -1,10 +1,12 @@
 //! Shared test helpers: deterministic data, a synthetic source, the S3 test
-//! server, SQLite databases; and in modules the built binary (`bin`), files
-//! and trees (`files`), a PostgreSQL cluster of the test's own (`postgres`),
-//! an S3 server of the test's own (`s3_server`).
+//! server, SQLite databases; and in modules the built binary (`bin`), the
+//! daemon as a process (`daemon`), files and trees (`files`), a PostgreSQL
+//! cluster of the test's own (`postgres`), an S3 server of the test's own
+//! (`s3_server`).
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod daemon;
 pub mod files;
 pub mod postgres;
 pub mod s3_server;
