@@ -545,6 +545,222 @@ fn the_target_is_the_newest_point_the_plans_rewind_clamped_or_at() {
     );
 }
 
+/// The first column of the check `name`'s value, as its detail prints it
+/// (`returned "150"`).
+fn returned(report: &serde_json::Value, name: &str) -> String {
+    let detail = check(report, name)["detail"].as_str().unwrap().to_string();
+    detail
+        .strip_prefix("returned \"")
+        .and_then(|d| d.strip_suffix('"'))
+        .unwrap_or_else(|| panic!("check {name}: {detail}"))
+        .to_string()
+}
+
+#[test]
+fn a_random_drill_restores_one_of_the_snapshots_an_older_one_for_some_seed() {
+    let env = Env::new();
+    make_db(&env.path("app.db"), 100);
+    let plan = env.sqlite_plan(
+        "app.yaml",
+        "  target: random\n  checks:\n    - name: orders\n      sql: \"SELECT count(*) FROM orders\"\n",
+    );
+    let plan_s = plan.to_str().unwrap();
+    // Three snapshots: 100, 150 and 200 orders.
+    let mut rows_at = Vec::new();
+    for (i, at) in ["08:00:00", "09:00:00", "10:00:00"].iter().enumerate() {
+        if i > 0 {
+            common::add_rows(&rusqlite::Connection::open(env.path("app.db")).unwrap(), 50);
+        }
+        let out = command()
+            .env("HOLDFAST_NOW", format!("2026-03-02T{at}Z"))
+            .args(["backup", "--plan", plan_s])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        rows_at.push((format!("2026-03-02T{at}"), (100 + 50 * i).to_string()));
+    }
+    let listed = json(&["snapshots", "--plan", plan_s, "--json"]);
+    let oldest = listed[0]["short_id"].as_str().unwrap().to_string();
+    let now = "2026-03-02T10:30:00Z";
+    let head = |r: &serde_json::Value, field: &str| r[field].as_str().unwrap()[..19].to_string();
+
+    // The plan's random target, a fresh seed each time: one of the three
+    // snapshots, restored as it was, and the report says how it was chosen.
+    for _ in 0..3 {
+        let out = drill_at(&env, &plan, now, &[]);
+        let r = report_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(r["target"]["kind"], "random", "{r}");
+        assert!(r["target"]["seed"].is_u64(), "{r}");
+        assert!(
+            r["target"]["drawn_from"]
+                .as_str()
+                .unwrap()
+                .ends_with(" of 3, oldest first"),
+            "{r}"
+        );
+        let at = head(&r["target"], "at");
+        assert_eq!(head(&r, "restored_point"), at, "{r}");
+        assert_eq!(r["rpo_seconds"], 0.0, "{r}");
+        let rows = &rows_at
+            .iter()
+            .find(|(t, _)| *t == at)
+            .unwrap_or_else(|| panic!("{at} is no snapshot's time: {r}"))
+            .1;
+        assert_eq!(&returned(&r, "orders"), rows, "{r}");
+    }
+
+    // A seed that draws the oldest snapshot (by the draw holdfast makes):
+    // the oldest, every time it is given.
+    let seed = (0u64..)
+        .find(|s| holdfast::drill::target::snapshot_index(3, *s) == Some(0))
+        .unwrap()
+        .to_string();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let out = drill_at(&env, &plan, now, &["--random", "--seed", &seed]);
+        let r = report_of(&out);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_eq!(r["passed"], true, "{r}");
+        assert_eq!(r["target"]["seed"].to_string(), seed, "{r}");
+        assert_eq!(r["target"]["drawn_from"], "snapshot 1 of 3, oldest first");
+        assert_eq!(head(&r["target"], "at"), "2026-03-02T08:00:00", "{r}");
+        assert_eq!(r["snapshot"], oldest.as_str(), "{r}");
+        assert_eq!(returned(&r, "orders"), "100", "{r}");
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    // The Markdown report says how the target was chosen.
+    let md = std::fs::read_dir(env.reports())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("{}.md", ids[0])))
+        .expect("the drill's Markdown report");
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(
+        md.contains(&format!(
+            "| target | 2026-03-02T08:00:00+00:00 (random, seed {seed}, drawn from snapshot 1 of 3, oldest first) |"
+        )),
+        "{md}"
+    );
+    // --latest overrides the plan's random target; --seed needs --random.
+    let r = report_of(&drill_at(&env, &plan, now, &["--latest"]));
+    assert_eq!(r["target"]["kind"], "latest", "{r}");
+    assert!(r["target"].get("seed").is_none(), "{r}");
+    let said = said_by(&drill_at(&env, &plan, now, &["--seed", "7"]), 2);
+    assert!(said.contains("--random"), "{said}");
+}
+
+#[test]
+fn a_postgres_drill_at_a_random_point_restores_inside_the_window_and_a_rewind_past_it_the_newest_point(
+) {
+    use chrono::{DateTime, Utc};
+    use common::postgres::Cluster;
+    let time = |s: &str| -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .unwrap_or_else(|e| panic!("{s}: {e}"))
+            .with_timezone(&Utc)
+    };
+    let pg = Cluster::start();
+    pg.sql("CREATE TABLE orders AS SELECT i AS id FROM generate_series(1, 5000) i");
+    let plan = common::bin::s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Three batches after the base backup, each between two readings of the
+    // server's clock: a restore to a time has every batch committed before
+    // it and none begun after it.
+    let mut batches = Vec::new();
+    for k in 0..3 {
+        let before = time(&pg.now());
+        pg.sql(&format!(
+            "INSERT INTO orders SELECT generate_series({}, {})",
+            5001 + 500 * k,
+            5500 + 500 * k
+        ));
+        batches.push((before, time(&pg.now())));
+    }
+    pg.archive_now();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&pg.plan)
+        .unwrap();
+    std::io::Write::write_all(
+        &mut file,
+        format!(
+            "drill:\n  scratch_dir: {}\n  target: random\n  checks:\n    - name: orders\n      sql: \"SELECT count(*) FROM orders\"\n",
+            pg.path("scratch").display()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    drop(file);
+    let reports = pg.path("reports");
+    let drill = |now: Option<&str>| {
+        let vars: Vec<(&str, &str)> = now.map(|n| ("HOLDFAST_NOW", n)).into_iter().collect();
+        common::bin::command_as("postgres", &vars)
+            .args(["drill", "--plan", &plan, "--json", "--reports"])
+            .arg(&reports)
+            .output()
+            .unwrap()
+    };
+
+    // The window as `holdfast snapshots` shows it.
+    let listed = text(&pg.holdfast(&["snapshots", "--plan", &plan]));
+    let window = listed
+        .lines()
+        .find_map(|l| l.strip_prefix("restorable window: "))
+        .unwrap_or_else(|| panic!("no window in:\n{listed}"))
+        .to_string();
+    let (from, to) = window.split_once(" to ").unwrap();
+    let (from, to) = (time(from), time(to));
+
+    let out = drill(None);
+    let r = report_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(r["target"]["kind"], "random", "{r}");
+    assert_eq!(
+        r["target"]["drawn_from"],
+        format!("the restorable window {window}").as_str(),
+        "{r}"
+    );
+    let at = time(r["target"]["at"].as_str().unwrap());
+    assert!(from <= at && at < to, "{at} outside {window}: {r}");
+    assert_eq!(time(r["restored_point"].as_str().unwrap()), at, "{r}");
+    let committed = batches.iter().filter(|(_, after)| *after <= at).count();
+    let begun = batches.iter().filter(|(before, _)| *before <= at).count();
+    let rows: usize = returned(&r, "orders").parse().unwrap();
+    assert!(
+        5000 + 500 * committed <= rows && rows <= 5000 + 500 * begun,
+        "{rows} orders at {at}, batches {batches:?}: {r}"
+    );
+    eprintln!(
+        "random PostgreSQL drill: target {at} in {window}, {rows} orders, RTO {}s",
+        r["rto_seconds"]
+    );
+
+    // A rewind whose target is after the newest archived transaction drills
+    // the newest point, as its note says (there is no later transaction for
+    // recovery to stop at).
+    let plan_text = std::fs::read_to_string(&pg.plan)
+        .unwrap()
+        .replace("  target: random\n", "  rewind: 1m\n");
+    std::fs::write(&pg.plan, plan_text).unwrap();
+    let later = (to + chrono::Duration::hours(1)).to_rfc3339();
+    let out = drill(Some(&later));
+    let r = report_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(r["target"]["kind"], "rewind", "{r}");
+    assert_eq!(time(r["restored_point"].as_str().unwrap()), to, "{r}");
+    assert_eq!(returned(&r, "orders"), "6500", "{r}");
+    assert!(
+        r["notes"]
+            .to_string()
+            .contains("after the newest restorable point"),
+        "{r}"
+    );
+    assert!(r["rpo_seconds"].as_f64().unwrap() >= 3540.0, "{r}");
+}
+
 #[test]
 fn a_drill_without_room_in_the_scratch_space_is_refused_up_front_with_the_figures() {
     let env = Env::new();

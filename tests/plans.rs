@@ -443,6 +443,47 @@ fn a_bad_drill_duration_is_refused() {
 }
 
 #[test]
+fn the_drill_target_is_latest_rewind_or_random_and_mistakes_are_named() {
+    use holdfast::plan::DrillPoint;
+    use std::time::Duration;
+    let target = |drill: &str| {
+        let (_dir, _file, result) = load(&format!("{BASE}drill:\n{drill}"));
+        result.unwrap().drill.unwrap().target
+    };
+    assert_eq!(target("  max_duration: 1h\n"), DrillPoint::Latest);
+    assert_eq!(target("  target: latest\n"), DrillPoint::Latest);
+    assert_eq!(target("  target: random\n"), DrillPoint::Random);
+    // `rewind` alone means what it always meant.
+    let hour = DrillPoint::Rewind(Duration::from_secs(3600));
+    assert_eq!(target("  rewind: 1h\n"), hour);
+    assert_eq!(target("  target: rewind\n  rewind: 1h\n"), hour);
+
+    let msg = expect_error(
+        &format!("{BASE}drill:\n  target: rewind\n"),
+        16,
+        3,
+        "drill.target",
+    );
+    assert!(msg.contains("drill.rewind is not set"), "{msg}");
+    for other in ["latest", "random"] {
+        let msg = expect_error(
+            &format!("{BASE}drill:\n  target: {other}\n  rewind: 1h\n"),
+            17,
+            3,
+            "drill.rewind",
+        );
+        assert!(msg.contains(&format!("drill.target is {other}")), "{msg}");
+    }
+    let msg = expect_error(
+        &format!("{BASE}drill:\n  target: newest\n"),
+        16,
+        11,
+        "drill.target",
+    );
+    assert!(msg.contains("latest") && msg.contains("random"), "{msg}");
+}
+
+#[test]
 fn a_drill_check_must_fit_the_source() {
     let text = format!("{BASE}drill:\n  checks:\n    - sql: \"PRAGMA integrity_check\"\n      expect: {{equals: ok}}\n    - file: etc/app.conf\n");
     expect_error(&text, 19, 7, "drill.checks[1].file");

@@ -16,13 +16,24 @@ pub(crate) struct DrillArgs {
     #[command(flatten)]
     pub plan: PlanArg,
     /// Restore the state as of this instant (the same forms as `restore --at`).
-    #[arg(long, value_name = "TIME", conflicts_with = "latest")]
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["latest", "random"])]
     pub at: Option<String>,
-    /// Restore the newest restorable point, ignoring the plan's `drill.rewind`
-    /// (without --at or --latest, the plan decides: `rewind` before now, or
-    /// the newest point).
-    #[arg(long)]
+    /// Restore the newest restorable point, ignoring the plan's
+    /// `drill.target` (without --at, --latest or --random, the plan decides:
+    /// `rewind` before now, a random point, or the newest point).
+    #[arg(long, conflicts_with = "random")]
     pub latest: bool,
+    /// Restore a random point: a uniformly random instant inside the
+    /// restorable windows (PostgreSQL with WAL archiving), or a random
+    /// snapshot (SQLite, files), so old snapshots and long WAL chains get
+    /// drilled too.
+    #[arg(long)]
+    pub random: bool,
+    /// With --random: draw with this seed (the report records every random
+    /// drill's seed); the same seed picks the same point while the
+    /// repository's windows and snapshots are the same.
+    #[arg(long, value_name = "N", requires = "random")]
+    pub seed: Option<u64>,
     /// The local folder for the report's JSON and Markdown (default:
     /// /var/lib/holdfast/drills as root, else $XDG_STATE_HOME/holdfast/drills).
     #[arg(long, value_name = "DIR")]
@@ -34,14 +45,15 @@ pub(crate) struct DrillArgs {
 
 pub async fn run(args: DrillArgs, progress: ProgressMode) -> Result<Exit, Error> {
     let plan = args.plan.load()?;
-    let target = match (&args.at, args.latest) {
-        (Some(at), _) => DrillTarget::At(
+    let target = match (&args.at, args.latest, args.random) {
+        (Some(at), _, _) => DrillTarget::At(
             parse_time(at, plan.schedule.timezone())
                 .map_err(|e| Error::from(e).context("--at"))?
                 .at,
         ),
-        (None, true) => DrillTarget::Latest,
-        (None, false) => DrillTarget::Plan,
+        (None, true, _) => DrillTarget::Latest,
+        (None, false, true) => DrillTarget::Random { seed: args.seed },
+        (None, false, false) => DrillTarget::Plan,
     };
     let req = DrillRequest {
         target,
@@ -74,9 +86,8 @@ pub async fn run(args: DrillArgs, progress: ProgressMode) -> Result<Exit, Error>
                 .unwrap_or_else(|| "unknown".into())
         )?;
         outln!(
-            "target {} ({}), snapshot {}, {} restored in {} file(s), SHA-256 verified",
-            report.target.at.to_rfc3339(),
-            report.target.kind,
+            "target {}, snapshot {}, {} restored in {} file(s), SHA-256 verified",
+            report.target,
             report.snapshot.as_deref().unwrap_or("none"),
             human_bytes(report.bytes_restored),
             report.files_verified

@@ -1,7 +1,9 @@
 //! Restore drills' parts below the use case (`ops::drill`): the scratch
 //! folder and its clean-up (`scratch`), the checks run on a restored copy
-//! (`checks`), and the report with its repository record (`report`).
+//! (`checks`), the report with its repository record (`report`), and where
+//! a random drill aims (`target`).
 
 pub mod checks;
 pub mod report;
 pub mod scratch;
+pub mod target;

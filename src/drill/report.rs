@@ -32,14 +32,38 @@ pub fn record_key(plan: &PlanName, started_at: DateTime<Utc>, id: &str) -> Strin
     )
 }
 
-/// What a drill aimed at.
+/// What a drill aimed at, and how it was chosen.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TargetReport {
     /// `latest`, `rewind` (the plan's `drill.rewind` before the drill
-    /// started) or `at` (`--at`).
+    /// started), `at` (`--at`) or `random` (`drill.target: random`,
+    /// `--random`).
     pub kind: String,
-    /// The instant the drill aimed at: its start for `latest`.
+    /// The instant the drill aimed at: its start for `latest`; for `random`
+    /// the instant drawn, or the drawn snapshot's time.
     pub at: DateTime<Utc>,
+    /// `random`: the seed it was drawn with (`--random --seed N` draws the
+    /// same point again while the windows are the same).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// `random`: what it was drawn from (the restorable windows, or which
+    /// of how many snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drawn_from: Option<String>,
+}
+
+impl std::fmt::Display for TargetReport {
+    /// `2026-03-02T09:12:05+00:00 (random, seed 42, from …)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}", self.at.to_rfc3339(), self.kind)?;
+        if let Some(seed) = self.seed {
+            write!(f, ", seed {seed}")?;
+        }
+        if let Some(from) = &self.drawn_from {
+            write!(f, ", drawn from {from}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 /// One measured phase.
@@ -167,11 +191,7 @@ impl DrillReport {
         row(&mut m, "host", self.host.clone().unwrap_or_default());
         row(&mut m, "started", self.started_at.to_rfc3339());
         row(&mut m, "finished", self.finished_at.to_rfc3339());
-        row(
-            &mut m,
-            "target",
-            format!("{} ({})", self.target.at.to_rfc3339(), self.target.kind),
-        );
+        row(&mut m, "target", self.target.to_string());
         row(
             &mut m,
             "snapshot",
@@ -297,6 +317,8 @@ mod tests {
             target: TargetReport {
                 kind: "latest".into(),
                 at: t,
+                seed: None,
+                drawn_from: None,
             },
             snapshot: None,
             restored_point: None,
@@ -341,5 +363,36 @@ mod tests {
             let e = DrillReport::decode("drills/app/x.json", &bytes).unwrap_err();
             assert!(e.contains("drills/app/x.json") && e.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn a_random_target_records_its_seed_and_older_records_still_read() {
+        let mut r = report();
+        // Written before random targets existed: no seed, no drawn_from.
+        let old = String::from_utf8(r.encode()).unwrap();
+        assert!(
+            !old.contains("seed") && !old.contains("drawn_from"),
+            "{old}"
+        );
+        assert_eq!(
+            DrillReport::decode("k", old.as_bytes()).unwrap().target,
+            r.target
+        );
+
+        r.target = TargetReport {
+            kind: "random".into(),
+            at: r.started_at,
+            seed: Some(42),
+            drawn_from: Some("snapshot 1 of 3, oldest first".into()),
+        };
+        let back = DrillReport::decode("k", &r.encode()).unwrap();
+        assert_eq!(back.target, r.target);
+        assert!(
+            r.markdown().contains(
+                "| target | 2026-03-02T08:00:00+00:00 (random, seed 42, drawn from snapshot 1 of 3, oldest first) |"
+            ),
+            "{}",
+            r.markdown()
+        );
     }
 }

@@ -24,12 +24,15 @@ use crate::drill::report::{
     TargetReport, MAX_RECORD_BYTES,
 };
 use crate::drill::scratch::{self, ScratchDir};
+use crate::drill::target::{fresh_seed, instant_in, snapshot_index};
 use crate::engine::postgres::pitr::{restore_pitr_server, PgTarget, PitrOptions};
 use crate::engine::scratch::ScratchServer;
 use crate::engine::{engine_for, RestoreReport, RestoreRequest};
 use crate::error::{Error, Exit};
 use crate::ids::Hash256;
-use crate::plan::{DbMode, DrillCheck, Plan, SourceSpec, Tier, DEFAULT_DRILL_MAX_DURATION};
+use crate::plan::{
+    DbMode, DrillCheck, DrillPoint, Plan, SourceSpec, Tier, DEFAULT_DRILL_MAX_DURATION,
+};
 use crate::progress::ProgressMode;
 use crate::repository::Repository;
 use crate::store::PutOptions;
@@ -37,12 +40,16 @@ use crate::store::PutOptions;
 /// Which point a drill restores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrillTarget {
-    /// What the plan says: `drill.rewind` before now, else the newest point.
+    /// What the plan says (`drill.target`): `drill.rewind` before now, a
+    /// random point, else the newest point.
     Plan,
     /// The newest restorable point (`--latest`).
     Latest,
     /// This instant (`--at`).
     At(DateTime<Utc>),
+    /// A random point inside the restorable windows, or a random snapshot
+    /// (`--random`); drawn from this seed (`--seed`), else a fresh one.
+    Random { seed: Option<u64> },
 }
 
 #[derive(Debug, Clone)]
@@ -201,20 +208,28 @@ pub async fn drill(
             max_duration.as_secs()
         ));
     }
-    let (kind, at) = match req.target {
-        DrillTarget::Latest => ("latest", started_at),
-        DrillTarget::At(t) => ("at", t),
-        DrillTarget::Plan => match spec.and_then(|d| d.rewind) {
-            Some(r) => (
+    // A random target's instant is drawn once the windows are known.
+    let (kind, at, seed) = match req.target {
+        DrillTarget::Latest => ("latest", started_at, None),
+        DrillTarget::At(t) => ("at", t, None),
+        DrillTarget::Random { seed } => {
+            ("random", started_at, Some(seed.unwrap_or_else(fresh_seed)))
+        }
+        DrillTarget::Plan => match spec.map(|d| d.target) {
+            Some(DrillPoint::Rewind(r)) => (
                 "rewind",
                 started_at - chrono::Duration::from_std(r).unwrap_or(chrono::Duration::zero()),
+                None,
             ),
-            None => ("latest", started_at),
+            Some(DrillPoint::Random) => ("random", started_at, Some(fresh_seed())),
+            Some(DrillPoint::Latest) | None => ("latest", started_at, None),
         },
     };
     let mut target = TargetReport {
         kind: kind.into(),
         at,
+        seed,
+        drawn_from: None,
     };
     let id = random_id();
     let repo = super::open_repo(plan).await?;
@@ -442,6 +457,24 @@ async fn pick_snapshot(
             ));
         };
         let (from, to) = (first.from, last.to);
+        if let Some(seed) = target.seed {
+            let spans: Vec<_> = reach.windows.iter().map(|w| (w.from, w.to)).collect();
+            let windows: Vec<String> = reach.windows.iter().map(|w| w.to_string()).collect();
+            target.at = instant_in(&spans, seed).ok_or_else(|| {
+                Error::new(
+                    Exit::DrillFailed,
+                    anyhow::anyhow!(
+                        "plan {}'s restorable windows cannot be drawn from (one ends before it starts): {reach}",
+                        plan.name
+                    ),
+                )
+            })?;
+            target.drawn_from = Some(format!(
+                "the restorable window{} {}",
+                if windows.len() == 1 { "" } else { "s" },
+                windows.join("; ")
+            ));
+        }
         if target.at > to {
             if target.kind == "rewind" {
                 notes.push(format!(
@@ -467,12 +500,29 @@ async fn pick_snapshot(
         }
         window_end = Some(to);
     }
+    // SQLite and files restore to snapshot points only: a random drill
+    // draws one of the snapshots.
+    let drawn = match target.seed {
+        Some(seed) if window_end.is_none() => {
+            let i = snapshot_index(snaps.len(), seed).expect("there are snapshots");
+            target.at = snaps[i].started_at;
+            target.drawn_from = Some(format!(
+                "snapshot {} of {}, oldest first",
+                i + 1,
+                snaps.len()
+            ));
+            Some(snaps[i].clone())
+        }
+        _ => None,
+    };
     // The newest snapshot at or before the target.
-    let chosen = snaps
-        .iter()
-        .rev()
-        .find(|s| s.started_at <= target.at)
-        .cloned();
+    let chosen = drawn.or_else(|| {
+        snaps
+            .iter()
+            .rev()
+            .find(|s| s.started_at <= target.at)
+            .cloned()
+    });
     let chosen = match chosen {
         Some(c) => c,
         None if target.kind == "at" => {
@@ -592,8 +642,12 @@ async fn run_engine(
                         )
                     })?,
             };
-            let pg_target = match target.kind.as_str() {
-                "latest" => PgTarget::Latest,
+            let pg_target = match (target.kind.as_str(), pick.window_end) {
+                ("latest", _) => PgTarget::Latest,
+                // A rewind past the newest restorable point drills that
+                // point, as its note says: recovery to the time itself would
+                // find no later transaction to stop at, and be refused.
+                ("rewind", Some(end)) if target.at >= end => PgTarget::Latest,
                 _ => PgTarget::Time(target.at),
             };
             out.restored_point = match (pg_target, pick.window_end) {

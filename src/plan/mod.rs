@@ -27,9 +27,9 @@ mod validate;
 pub use self::cron::{CronError, Schedule};
 pub use self::error::{Diagnostic, PlanError};
 pub use self::model::{
-    CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillSpec, Expectation,
-    LockDuration, LockSetting, LockSpec, Password, PgSslMode, Plan, PlanName, RetentionSpec,
-    SourceKind, SourceSpec, Tier, DEFAULT_COMPRESSION_LEVEL,
+    CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec,
+    Expectation, LockDuration, LockSetting, LockSpec, Password, PgSslMode, Plan, PlanName,
+    RetentionSpec, SourceKind, SourceSpec, Tier, DEFAULT_COMPRESSION_LEVEL,
 };
 pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;

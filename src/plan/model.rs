@@ -492,9 +492,8 @@ pub struct DrillSpec {
     pub schedule: Schedule,
     /// A drill running longer fails.
     pub max_duration: Duration,
-    /// Restore the state this long before the drill starts (exercises WAL /
-    /// binlog replay); `None`: the newest state.
-    pub rewind: Option<Duration>,
+    /// Which point it restores (`drill.target`, `drill.rewind`).
+    pub target: DrillPoint,
     /// Where restores go; `None`: the system temp folder.
     pub scratch_dir: Option<PathBuf>,
     /// PostgreSQL / MariaDB: port for the throwaway server; `None`: any free port.
@@ -502,6 +501,31 @@ pub struct DrillSpec {
     /// PostgreSQL / MariaDB: folder with the server binaries; `None`: search `PATH`.
     pub server_bin: Option<PathBuf>,
     pub checks: Vec<DrillCheck>,
+}
+
+/// Which point a plan's drills restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrillPoint {
+    /// The newest restorable point.
+    Latest,
+    /// The state this long before the drill starts (exercises WAL / binlog
+    /// replay).
+    Rewind(Duration),
+    /// A random point inside the restorable window(s), or a random snapshot
+    /// where restores reach snapshots only: old snapshots and long WAL
+    /// chains get drilled too, not just the newest state.
+    Random,
+}
+
+impl DrillPoint {
+    /// As `drill.target` spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            DrillPoint::Latest => "latest",
+            DrillPoint::Rewind(_) => "rewind",
+            DrillPoint::Random => "random",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -99,12 +99,22 @@ pub(super) struct RawMariadb {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDrill {
     pub(super) max_duration: Option<String>,
+    pub(super) target: Option<RawDrillTarget>,
     pub(super) rewind: Option<String>,
     pub(super) scratch_dir: Option<PathBuf>,
     pub(super) port: Option<u16>,
     pub(super) server_bin: Option<PathBuf>,
     #[serde(default)]
     pub(super) checks: Vec<RawCheck>,
+}
+
+/// `drill.target`; `rewind` takes its duration from `drill.rewind`.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawDrillTarget {
+    Latest,
+    Rewind,
+    Random,
 }
 
 #[derive(Deserialize)]

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::cron::Schedule;
 use super::model::{
-    CompressionSpec, LockSetting, LockSpec, Password, Plan, RetentionSpec, SourceSpec,
+    CompressionSpec, DrillPoint, LockSetting, LockSpec, Password, Plan, RetentionSpec, SourceSpec,
 };
 
 /// What `holdfast plan check --json` prints for one plan. Secrets are `***`.
@@ -41,6 +41,8 @@ pub struct ScheduleSummary {
 pub struct DrillSummary {
     pub schedule: ScheduleSummary,
     pub max_duration: String,
+    /// `latest`, `rewind` or `random` (`drill.target`).
+    pub target: &'static str,
     pub rewind: Option<String>,
     pub checks: Vec<String>,
 }
@@ -104,7 +106,11 @@ impl Plan {
             drill: self.drill.as_ref().map(|d| DrillSummary {
                 schedule: ScheduleSummary::new(&d.schedule, now, 1),
                 max_duration: humantime::format_duration(d.max_duration).to_string(),
-                rewind: d.rewind.map(|r| humantime::format_duration(r).to_string()),
+                target: d.target.name(),
+                rewind: match d.target {
+                    DrillPoint::Rewind(r) => Some(humantime::format_duration(r).to_string()),
+                    _ => None,
+                },
                 checks: d.checks.iter().map(|c| c.name.clone()).collect(),
             }),
             summary: self.summary(now),

@@ -14,11 +14,12 @@ use serde::de::DeserializeOwned;
 use super::cron::{self, Schedule};
 use super::error::{locate, Diagnostic as D, FieldPath, PlanError, Seg};
 use super::model::{
-    CheckKind, DbConnection, DbMode, DrillCheck, DrillSpec, Expectation, LockSetting, Password,
-    PgSslMode, Plan, PlanName, SourceSpec,
+    CheckKind, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec, Expectation, LockSetting,
+    Password, PgSslMode, Plan, PlanName, SourceSpec,
 };
 use super::raw::{
-    RawDrill, RawExpect, RawFiles, RawMariadb, RawPlan, RawPostgres, RawRepository, RawSqlite,
+    RawDrill, RawDrillTarget, RawExpect, RawFiles, RawMariadb, RawPlan, RawPostgres, RawRepository,
+    RawSqlite,
 };
 use super::retention::{needed_lock_days, needed_lock_seconds};
 use super::secret::{self, Secret};
@@ -841,6 +842,31 @@ impl Ctx<'_> {
             .as_deref()
             .map(|r| self.duration("drill.rewind", r))
             .transpose()?;
+        // Without `target`, `rewind` alone says what it always said.
+        let target = match (raw.target, rewind) {
+            (None | Some(RawDrillTarget::Rewind), Some(r)) => DrillPoint::Rewind(r),
+            (None | Some(RawDrillTarget::Latest), None) => DrillPoint::Latest,
+            (Some(RawDrillTarget::Random), None) => DrillPoint::Random,
+            (Some(RawDrillTarget::Rewind), None) => {
+                return Err(self.invalid_hint(
+                    "drill.target",
+                    "is rewind but drill.rewind is not set",
+                    "add e.g. `rewind: 1h` (restore the state from an hour before the drill)",
+                ))
+            }
+            (Some(t @ (RawDrillTarget::Latest | RawDrillTarget::Random)), Some(_)) => {
+                let name = if t == RawDrillTarget::Latest {
+                    "latest"
+                } else {
+                    "random"
+                };
+                return Err(self.invalid_hint(
+                    "drill.rewind",
+                    format!("only applies to `target: rewind`, and drill.target is {name}"),
+                    "remove one of the two",
+                ));
+            }
+        };
         if !source.is_server() {
             for (field, set) in [
                 ("port", raw.port.is_some()),
@@ -932,7 +958,7 @@ impl Ctx<'_> {
         Ok(DrillSpec {
             schedule,
             max_duration,
-            rewind,
+            target,
             scratch_dir,
             port: raw.port,
             server_bin,
