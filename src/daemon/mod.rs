@@ -695,7 +695,9 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener) -> Result<Su
     let scheduler = Scheduler::new(
         config.clone(),
         Clock::System,
-        jobs::OpsRunner,
+        jobs::OpsRunner {
+            state_dir: config.state_dir.clone(),
+        },
         shared.clone(),
     )?;
     let (tx, rx) = mpsc::channel(8);
