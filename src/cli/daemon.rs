@@ -58,7 +58,7 @@ pub(crate) struct DaemonArgs {
     drill_on_start: bool,
 }
 
-fn default_state_dir() -> Result<PathBuf, Error> {
+pub(super) fn default_state_dir() -> Result<PathBuf, Error> {
     if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
         // systemd may list several, colon-separated; the first is ours.
         let d = d.to_string_lossy();

@@ -74,13 +74,23 @@ pub(crate) enum Command {
     /// Restore a snapshot into an empty or new path; for PostgreSQL, rebuild
     /// the cluster as it was at a point in time (`--at`, `--lsn`, `--latest`).
     Restore(restore::RestoreArgs),
-    /// Read every object of a plan's snapshots and recompute every checksum.
+    /// Read every object of a plan's snapshots and recompute every checksum
+    /// (of the packs: all, or a rotating share, as the plan or `--sample` says).
     Verify {
         #[command(flatten)]
         plan: PlanArg,
         /// Verify one snapshot (id prefix or `latest`) instead of all.
         #[arg(long)]
         snapshot: Option<String>,
+        /// Read back `all` packs, or this share of them (`10%`), continuing
+        /// where the last sampled verify stopped; every pack's presence is
+        /// still checked. Default: the plan's `verify.sample`, else all.
+        #[arg(long, value_name = "all|PERCENT%", value_parser = verify::parse_sample)]
+        sample: Option<crate::plan::VerifySample>,
+        /// Where the cursor of sampled verifies is kept (the daemon's state
+        /// folder). Default: $STATE_DIRECTORY, else ~/.local/state/holdfast.
+        #[arg(long, value_name = "DIR", env = "HOLDFAST_STATE_DIR")]
+        state: Option<PathBuf>,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -309,8 +319,18 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
         Command::Verify {
             plan,
             snapshot,
+            sample,
+            state,
             json,
-        } => verify::run(&plan, snapshot.as_deref(), json, progress).await,
+        } => {
+            let args = verify::VerifyArgs {
+                snapshot: snapshot.as_deref(),
+                sample,
+                state,
+                json,
+            };
+            verify::run(&plan, args, progress).await
+        }
         Command::Prune {
             plan,
             dry_run,

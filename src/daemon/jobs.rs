@@ -3,6 +3,7 @@
 //! trait, so its tests drive it with a runner of their own on a paused clock.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
 use chrono::{DateTime, Utc};
@@ -111,18 +112,21 @@ pub struct OpsRunner {
     /// not be: systemd's DynamicUser, a read-only container). `None`: the
     /// drill's default.
     pub reports: Option<std::path::PathBuf>,
+    /// The daemon's state folder: sampled verifies keep their cursor there.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Runner for OpsRunner {
     fn run(&self, plan: Plan, job: JobKind, mut cancel: watch::Receiver<bool>) -> JobFuture {
         let handle = tokio::runtime::Handle::current();
         let reports = self.reports.clone();
+        let state_dir = self.state_dir.clone();
         Box::pin(async move {
             let name = plan.name.clone();
             let joined = tokio::task::spawn_blocking(move || {
                 handle.block_on(async move {
                     tokio::select! {
-                        r = run_op(&plan, job, reports) => r,
+                        r = run_op(&plan, job, reports, state_dir.as_deref()) => r,
                         _ = cancel.wait_for(|c| *c) => Err(cancelled(&plan, job)),
                     }
                 })
@@ -142,6 +146,7 @@ async fn run_op(
     plan: &Plan,
     job: JobKind,
     reports: Option<std::path::PathBuf>,
+    state_dir: Option<&Path>,
 ) -> Result<JobOutput, Error> {
     match job {
         JobKind::Drill => {
@@ -200,7 +205,20 @@ async fn run_op(
             })
         }
         JobKind::Verify => {
-            let r = crate::ops::verify::verify(plan, None, ProgressMode::Quiet).await?;
+            let req = crate::ops::verify::VerifyRequest {
+                snapshot: None,
+                sample: plan.verify_sample,
+                state_dir,
+                progress: ProgressMode::Quiet,
+            };
+            let r = crate::ops::verify::verify(plan, &req).await?;
+            let packs = match &r.sample {
+                None => format!("{} packs", r.packs_checked),
+                Some(s) => format!(
+                    "sample of {} of {} packs ({})",
+                    s.packs_read, s.packs_total, s.percent
+                ),
+            };
             if !r.ok() {
                 let first = r
                     .problems
@@ -218,8 +236,8 @@ async fn run_op(
             }
             Ok(JobOutput {
                 summary: format!(
-                    "{} snapshots, {} packs, {} chunks verified; no problems",
-                    r.snapshots_checked, r.packs_checked, r.chunks_checked
+                    "{} snapshots, {packs}, {} chunks verified; no problems",
+                    r.snapshots_checked, r.chunks_checked
                 ),
                 ..JobOutput::default()
             })

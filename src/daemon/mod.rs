@@ -1091,6 +1091,7 @@ pub async fn run(config: Config, listener: tokio::net::TcpListener) -> Result<Su
         Clock::System,
         jobs::OpsRunner {
             reports: config.state_dir.as_ref().map(|d| d.join("drills")),
+            state_dir: config.state_dir.clone(),
         },
         shared.clone(),
     )?;

@@ -28,12 +28,12 @@ pub use self::cron::{CronError, Schedule};
 pub use self::error::{Diagnostic, PlanError};
 pub use self::model::{
     CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec,
-    Expectation, LockDuration, LockSetting, LockSpec, Password, PgSslMode, Plan, PlanName,
-    RetentionSpec, SourceKind, SourceSpec, Tier, DEFAULT_COMPRESSION_LEVEL,
+    Expectation, LockDuration, LockSetting, LockSpec, Password, Percent, PgSslMode, Plan, PlanName,
+    RetentionSpec, SourceKind, SourceSpec, Tier, VerifySample, DEFAULT_COMPRESSION_LEVEL,
 };
 pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;
-pub use self::summary::{DrillSummary, PlanSummary, ScheduleSummary};
+pub use self::summary::{DrillSummary, PlanSummary, ScheduleSummary, VerifySummary};
 pub use self::validate::{
     load_paths, DEFAULT_DRILL_MAX_DURATION, DEFAULT_DRILL_SCHEDULE, DEFAULT_KEEP_LOCKS_SCHEDULE,
     DEFAULT_PRUNE_SCHEDULE, DEFAULT_VERIFY_SCHEDULE,

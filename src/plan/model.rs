@@ -33,6 +33,8 @@ pub struct Plan {
     pub compression: CompressionSpec,
     /// Restore drills; `None` when the plan has no `drill` section.
     pub drill: Option<DrillSpec>,
+    /// How much of the repository a verify reads back (`verify.sample`).
+    pub verify_sample: VerifySample,
     /// When the daemon verifies the repository (`schedule.verify`).
     pub verify_schedule: Schedule,
     /// When the daemon applies retention (`schedule.prune`).
@@ -486,6 +488,129 @@ impl Default for CompressionSpec {
     }
 }
 
+/// `verify.sample` (and `holdfast verify --sample`): whether a verify reads
+/// every pack back or a share of them, rotating so that repeated runs cover
+/// every pack (`docs/plans.md`). Manifests and index objects are always read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum VerifySample {
+    #[default]
+    All,
+    Share(Percent),
+}
+
+/// A percentage `0 < p <= 100`, to two decimals, kept in hundredths of a
+/// per cent so it compares and prints exactly (`10%`, `0.5%`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Percent(u32);
+
+impl Percent {
+    pub const HUNDRED: Percent = Percent(10_000);
+
+    /// `hundredths` of a per cent: 1 (0.01%) to 10 000 (100%).
+    pub fn from_hundredths(hundredths: u32) -> Option<Percent> {
+        (1..=10_000)
+            .contains(&hundredths)
+            .then_some(Percent(hundredths))
+    }
+
+    pub fn hundredths(self) -> u32 {
+        self.0
+    }
+
+    /// How many of `total` things this share is: rounded up, so a share of
+    /// anything is at least one, and never more than `total`.
+    pub fn of(self, total: usize) -> usize {
+        let n = (total as u128 * self.0 as u128).div_ceil(10_000) as usize;
+        n.clamp(total.min(1), total)
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (whole, frac) = (self.0 / 100, self.0 % 100);
+        match frac {
+            0 => write!(f, "{whole}%"),
+            n if n.is_multiple_of(10) => write!(f, "{whole}.{}%", n / 10),
+            n => write!(f, "{whole}.{n:02}%"),
+        }
+    }
+}
+
+/// A number in JSON: `10` for 10%, `0.5` for 0.5%.
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_multiple_of(100) {
+            s.serialize_u32(self.0 / 100)
+        } else {
+            s.serialize_f64(f64::from(self.0) / 100.0)
+        }
+    }
+}
+
+impl VerifySample {
+    /// Reads `all`, or a percentage with its `%` sign (`10%`, `0.5%`); the
+    /// error says what is wrong and what to write instead.
+    pub fn parse(text: &str) -> Result<VerifySample, String> {
+        let t = text.trim();
+        if t.eq_ignore_ascii_case("all") {
+            return Ok(VerifySample::All);
+        }
+        let Some(number) = t.strip_suffix('%').map(str::trim_end) else {
+            return Err(format!(
+                "`{text}` is neither `all` nor a percentage; write e.g. 10% (with the % sign) or all"
+            ));
+        };
+        let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !(frac.is_empty() || digits(frac)) || number.ends_with('.') {
+            return Err(format!(
+                "`{text}` is not a percentage; write a number from 0.01 to 100 followed by %, e.g. 10%"
+            ));
+        }
+        if frac.len() > 2 {
+            return Err(format!(
+                "`{text}` has more than two decimals; write e.g. 0.25%"
+            ));
+        }
+        let whole: u32 = match whole.parse() {
+            Ok(w) if w <= 100 => w,
+            _ => return Err(format!("`{text}` is more than 100%")),
+        };
+        let frac: u32 = format!("{frac:0<2}").parse().unwrap_or(0);
+        let hundredths = whole * 100 + frac;
+        if hundredths > 10_000 {
+            return Err(format!("`{text}` is more than 100%"));
+        }
+        Percent::from_hundredths(hundredths)
+            .map(VerifySample::Share)
+            .ok_or_else(|| format!("`{text}` reads nothing; the share must be more than 0%"))
+    }
+
+    /// The share, or `None` for every pack.
+    pub fn share(self) -> Option<Percent> {
+        match self {
+            VerifySample::All => None,
+            VerifySample::Share(p) => Some(p),
+        }
+    }
+}
+
+impl fmt::Display for VerifySample {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VerifySample::All => f.write_str("all"),
+            VerifySample::Share(p) => p.fmt(f),
+        }
+    }
+}
+
+/// As written in plans: `all` or `10%`.
+impl Serialize for VerifySample {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Restore drills: restore a snapshot into scratch space, run checks, tear down.
 #[derive(Debug, Clone)]
 pub struct DrillSpec {
@@ -554,6 +679,67 @@ pub struct Expectation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_sample_reads_all_or_a_percentage_and_refuses_the_rest() {
+        assert_eq!(VerifySample::parse("all"), Ok(VerifySample::All));
+        for (text, hundredths, shown) in [
+            ("10%", 1000, "10%"),
+            (" 100% ", 10_000, "100%"),
+            ("0.5%", 50, "0.5%"),
+            ("12.25%", 1225, "12.25%"),
+            ("0.01%", 1, "0.01%"),
+            ("7 %", 700, "7%"),
+        ] {
+            let s = VerifySample::parse(text).unwrap();
+            assert_eq!(
+                s.share().map(Percent::hundredths),
+                Some(hundredths),
+                "{text}"
+            );
+            assert_eq!(s.to_string(), shown);
+        }
+        for (bad, says) in [
+            ("10", "% sign"),
+            ("0%", "more than 0%"),
+            ("0.00%", "more than 0%"),
+            ("100.01%", "more than 100%"),
+            ("150%", "more than 100%"),
+            ("-5%", "not a percentage"),
+            ("1.234%", "two decimals"),
+            ("ten%", "not a percentage"),
+            ("5.%", "not a percentage"),
+            ("%", "not a percentage"),
+            ("99999999999999999999%", "more than 100%"),
+            ("half", "neither"),
+        ] {
+            let e = VerifySample::parse(bad).unwrap_err();
+            assert!(e.contains(says) && e.contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(
+            serde_json::to_string(&Percent::from_hundredths(1000)).unwrap(),
+            "10"
+        );
+        assert_eq!(
+            serde_json::to_string(&Percent::from_hundredths(50)).unwrap(),
+            "0.5"
+        );
+    }
+
+    #[test]
+    fn a_share_rounds_up_to_at_least_one_and_never_past_the_total() {
+        let p = |h| Percent::from_hundredths(h).unwrap();
+        assert_eq!(p(1000).of(100), 10);
+        assert_eq!(p(1000).of(101), 11, "rounded up");
+        assert_eq!(p(2000).of(12), 3, "2.4 rounds up to 3");
+        assert_eq!(p(1).of(5), 1, "at least one");
+        assert_eq!(p(1).of(0), 0, "nothing of nothing");
+        assert_eq!(Percent::HUNDRED.of(7), 7);
+        assert_eq!(p(9999).of(100_000), 99_990);
+        assert_eq!(p(5000).of(usize::MAX / 2), (usize::MAX / 2).div_ceil(2));
+        assert!(Percent::from_hundredths(0).is_none());
+        assert!(Percent::from_hundredths(10_001).is_none());
+    }
 
     #[test]
     fn plan_names_are_checked() {

@@ -22,6 +22,15 @@ pub(super) struct RawPlan {
     pub(super) compression: Option<CompressionSpec>,
     pub(super) drill: Option<RawDrill>,
     pub(super) rpo_limit: Option<String>,
+    pub(super) verify: Option<RawVerify>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawVerify {
+    /// `all` or a percentage (`10%`); read as a value so a bare number gets
+    /// a message saying to add the `%`, not serde's "expected a string".
+    pub(super) sample: Option<serde_yaml::Value>,
 }
 
 #[derive(Deserialize)]

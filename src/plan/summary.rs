@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::cron::Schedule;
 use super::model::{
     CompressionSpec, DrillPoint, LockSetting, LockSpec, Password, Plan, RetentionSpec, SourceSpec,
+    VerifySample,
 };
 
 /// What `holdfast plan check --json` prints for one plan. Secrets are `***`.
@@ -27,7 +28,14 @@ pub struct PlanSummary {
     pub retention: RetentionSpec,
     pub compression: CompressionSpec,
     pub drill: Option<DrillSummary>,
+    pub verify: VerifySummary,
     pub summary: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifySummary {
+    /// `all`, or the share of packs each verify reads (`10%`).
+    pub sample: VerifySample,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -79,6 +87,9 @@ impl Plan {
         if self.lock.mode == LockSetting::None {
             line = line.replace(&format!("lock none {}d", self.lock.days), "lock NONE");
         }
+        if let VerifySample::Share(p) = self.verify_sample {
+            line.push_str(&format!("; verify reads {p} of packs"));
+        }
         if let Some(drill) = &self.drill {
             line.push_str(&format!(
                 "; drill \"{}\", next {}",
@@ -113,6 +124,9 @@ impl Plan {
                 },
                 checks: d.checks.iter().map(|c| c.name.clone()).collect(),
             }),
+            verify: VerifySummary {
+                sample: self.verify_sample,
+            },
             summary: self.summary(now),
         };
         serde_json::to_value(summary).expect("plan summary serialises")
@@ -203,6 +217,16 @@ mod tests {
         let json = plan.summary_json(now);
         assert_eq!(json["schedule"]["next"][0], "2026-11-26T05:00:00Z");
         assert_eq!(json["lock_needed_days"], 7);
+        assert_eq!(json["verify"]["sample"], "all");
+
+        let plan = parse(&format!("{MINIMAL}verify: {{sample: 10%}}\n")).unwrap();
+        assert!(
+            plan.summary(now)
+                .ends_with("; keep last 24, daily 7; verify reads 10% of packs"),
+            "{}",
+            plan.summary(now)
+        );
+        assert_eq!(plan.summary_json(now)["verify"]["sample"], "10%");
     }
 
     #[test]

@@ -15,11 +15,11 @@ use super::cron::{self, Schedule};
 use super::error::{locate, Diagnostic as D, FieldPath, PlanError, Seg};
 use super::model::{
     CheckKind, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec, Expectation, LockSetting,
-    Password, PgSslMode, Plan, PlanName, SourceSpec,
+    Password, PgSslMode, Plan, PlanName, SourceSpec, VerifySample,
 };
 use super::raw::{
     RawDrill, RawDrillTarget, RawExpect, RawFiles, RawMariadb, RawPlan, RawPostgres, RawRepository,
-    RawSqlite,
+    RawSqlite, RawVerify,
 };
 use super::retention::{needed_lock_days, needed_lock_seconds};
 use super::secret::{self, Secret};
@@ -402,6 +402,11 @@ impl Ctx<'_> {
             ));
         }
 
+        let verify_sample = match raw.verify {
+            Some(v) => self.verify_sample(v)?,
+            None => VerifySample::All,
+        };
+
         let compression = raw.compression.unwrap_or_default();
         if !(1..=22).contains(&compression.level) {
             return Err(self.invalid_hint(
@@ -468,6 +473,7 @@ impl Ctx<'_> {
             repository,
             schedule,
             lock: raw.lock,
+            verify_sample,
             retention,
             compression,
             drill,
@@ -966,6 +972,24 @@ impl Ctx<'_> {
         })
     }
 
+    fn verify_sample(&self, raw: RawVerify) -> Res<VerifySample> {
+        const HINT: &str = "`all` (the default) or a percentage of the packs, e.g. `sample: 10%`";
+        match raw.sample {
+            None | Some(serde_yaml::Value::Null) => Ok(VerifySample::All),
+            Some(serde_yaml::Value::String(text)) => {
+                VerifySample::parse(&text).map_err(|m| self.invalid_hint("verify.sample", m, HINT))
+            }
+            Some(serde_yaml::Value::Number(n)) => Err(self.invalid_hint(
+                "verify.sample",
+                format!("{n} has no % sign"),
+                format!("write `sample: {n}%` for {n} per cent of the packs, or `sample: all`"),
+            )),
+            Some(_) => {
+                Err(self.invalid_hint("verify.sample", "must be `all` or a percentage", HINT))
+            }
+        }
+    }
+
     fn expectation(&self, at: &str, raw: RawExpect) -> Res<Expectation> {
         let field = format!("{at}.expect");
         let equals = match raw.equals {
@@ -1063,5 +1087,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("rpo_limit"), "{err}");
+    }
+
+    #[test]
+    fn verify_sample_defaults_to_all_and_errors_name_file_and_field() {
+        assert_eq!(parse(MINIMAL).unwrap().verify_sample, VerifySample::All);
+        for (text, shown) in [
+            ("verify: {sample: 10%}", "10%"),
+            ("verify: {sample: '2.5%'}", "2.5%"),
+            ("verify: {sample: all}", "all"),
+            ("verify: {}", "all"),
+            ("verify:\n  sample: 100%", "100%"),
+        ] {
+            let plan = parse(&format!("{MINIMAL}{text}\n")).unwrap();
+            assert_eq!(plan.verify_sample.to_string(), shown, "{text}");
+        }
+        for (text, says) in [
+            ("verify: {sample: 10}", "10 has no % sign"),
+            ("verify: {sample: 0%}", "more than 0%"),
+            ("verify: {sample: 101%}", "more than 100%"),
+            ("verify: {sample: some}", "neither `all` nor a percentage"),
+            ("verify: {sample: [10%]}", "must be `all` or a percentage"),
+            ("verify: {samples: 10%}", "unknown field `samples`"),
+        ] {
+            let err = parse(&format!("{MINIMAL}{text}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("app.yaml:7:") && err.contains("verify.sample") && err.contains(says),
+                "{text}: {err}"
+            );
+        }
     }
 }

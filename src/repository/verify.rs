@@ -1,6 +1,8 @@
 //! `holdfast verify`: read every object a plan's snapshots need, recompute
 //! every SHA-256, and name each missing or corrupt object and the snapshots it
-//! breaks.
+//! breaks. A sampled verify reads every manifest and index object but only a
+//! share of the packs, a stretch of the ring of pack ids that the next run
+//! continues ([`choose_sample`]); the other packs are only checked to exist.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use super::read::{ChunkReader, Discard};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
 use crate::ids::{Hash256, PackId, SnapshotId};
-use crate::plan::PlanName;
+use crate::plan::{Percent, PlanName};
 use crate::progress::{Progress, ProgressMode};
 
 /// One thing wrong, with what it breaks.
@@ -49,7 +51,47 @@ pub struct VerifyReport {
     pub objects_lock_checked: usize,
     /// Archived WAL files read back and checked (whole-plan verify only).
     pub wal_files_checked: usize,
+    /// A sampled verify: how many packs it read of how many; `None` when
+    /// every pack was read.
+    pub sample: Option<SampleReport>,
     pub problems: Vec<Problem>,
+}
+
+/// Asks for a sampled verify: read `share` of the packs, starting after
+/// `after` on the ring of pack ids (the previous run's
+/// [`SampleReport::cursor`], or a random id to start anywhere).
+#[derive(Debug, Clone, Copy)]
+pub struct SampleRequest {
+    pub share: Percent,
+    pub after: PackId,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SampleReport {
+    pub percent: Percent,
+    /// Packs read back whole and checked, chunk by chunk.
+    pub packs_read: usize,
+    /// Packs the verified snapshots need; those not read were checked to
+    /// exist, with their size, in a listing of `packs/`.
+    pub packs_total: usize,
+    /// The last pack read: the next sampled verify starts after it. `None`
+    /// when the snapshots need no pack.
+    pub cursor: Option<PackId>,
+}
+
+/// Which packs a sampled verify reads: `share` of `packs` (sorted by id, no
+/// duplicates; at least one when there are any), the ones that follow
+/// `after` on the ring of pack ids, wrapping round, in that order.
+///
+/// The caller keeps the last one chosen and passes it as the next run's
+/// `after`, so successive runs read successive stretches of the ring: with
+/// the packs unchanged, every pack is read within ⌈100 / share⌉ runs. Packs
+/// added since land anywhere on the ring (ids are SHA-256) and are reached
+/// within one more turn; removed ones simply drop out.
+pub fn choose_sample(packs: &[PackId], share: Percent, after: &PackId) -> Vec<PackId> {
+    let n = share.of(packs.len());
+    let start = packs.partition_point(|p| p <= after);
+    packs.iter().cycle().skip(start).take(n).copied().collect()
 }
 
 impl VerifyReport {
@@ -58,15 +100,30 @@ impl VerifyReport {
     }
 }
 
-/// Verifies one snapshot (`selector` = id prefix or `latest`) or all of a plan's.
-/// Verifies `plan`'s snapshots (all, or the one `selector` names); with
-/// `log_prefix`, and when the whole plan is verified, also every archived
-/// log file under it (`wal/<plan>/` for PostgreSQL).
+/// Verifies `plan`'s snapshots (all, or the one `selector` names: an id
+/// prefix or `latest`), reading every pack; with `log_prefix`, and when the
+/// whole plan is verified, also every archived log file under it
+/// (`wal/<plan>/` for PostgreSQL).
 pub async fn verify(
     repo: &Repository,
     plan: &PlanName,
     selector: Option<&str>,
     log_prefix: Option<&str>,
+    progress: ProgressMode,
+) -> Result<VerifyReport, super::RepoError> {
+    verify_sampled(repo, plan, selector, log_prefix, None, progress).await
+}
+
+/// [`verify`], reading only the packs [`choose_sample`] picks when `sample`
+/// is given. Manifests, index objects, lock coverage and archived log files
+/// are checked as by a full verify; the packs not read are checked to exist
+/// (and to have the size their index gives) in one listing of `packs/`.
+pub async fn verify_sampled(
+    repo: &Repository,
+    plan: &PlanName,
+    selector: Option<&str>,
+    log_prefix: Option<&str>,
+    sample: Option<SampleRequest>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
     let all = repo.list_snapshots(plan).await?;
@@ -172,13 +229,70 @@ pub async fn verify(
         }
     }
 
-    // Every needed pack read whole: its hash, its trailer, every blob.
-    let total: u64 = users.keys().map(|p| index.packs()[p]).sum();
+    // The packs to read: all, or a stretch of the ring.
+    let needed: Vec<PackId> = users.keys().copied().collect();
+    let (to_read, sample_report): (BTreeSet<PackId>, _) = match sample {
+        None => (needed.iter().copied().collect(), None),
+        Some(req) => {
+            let chosen = choose_sample(&needed, req.share, &req.after);
+            let report = SampleReport {
+                percent: req.share,
+                packs_read: chosen.len(),
+                packs_total: needed.len(),
+                cursor: chosen.last().copied(),
+            };
+            (chosen.into_iter().collect(), Some(report))
+        }
+    };
+    let mut bad_packs: BTreeSet<PackId> = BTreeSet::new();
+
+    // The packs left out are still checked to exist, by listing: a pack
+    // that is gone breaks its snapshots whatever share is read.
+    if to_read.len() < needed.len() {
+        let listed: HashMap<String, u64> = repo
+            .store()
+            .list("packs/")
+            .await?
+            .into_iter()
+            .map(|info| (info.key, info.size))
+            .collect();
+        for (pack, snaps) in users.iter().filter(|(p, _)| !to_read.contains(p)) {
+            let key = pack_key(pack);
+            let expected = index.packs()[pack];
+            let fault = match listed.get(&key) {
+                None => Some((
+                    ProblemKind::Missing,
+                    format!(
+                        "not in the listing of {}/packs/ (its presence was checked; it was not in this run's sample)",
+                        repo.url()
+                    ),
+                )),
+                Some(&size) if size != expected => Some((
+                    ProblemKind::Corrupt,
+                    format!(
+                        "is {size} bytes, its index says {expected} (its size was checked; it was not in this run's sample)"
+                    ),
+                )),
+                Some(_) => None,
+            };
+            if let Some((kind, detail)) = fault {
+                bad_packs.insert(*pack);
+                problems.push(Problem {
+                    object: key,
+                    kind,
+                    detail,
+                    snapshots: snaps.iter().cloned().collect(),
+                });
+            }
+        }
+    }
+
+    // Every pack to read, read whole: its hash, its trailer, every blob.
+    let total: u64 = to_read.iter().map(|p| index.packs()[p]).sum();
     let bar = Progress::new("verify", Some(total), progress);
     let mut bytes_read = 0u64;
     let mut chunks_checked = 0usize;
-    let mut bad_packs: BTreeSet<PackId> = BTreeSet::new();
-    for (pack, snaps) in &users {
+    for (pack, snaps) in users.iter().filter(|(p, _)| to_read.contains(p)) {
         let key = pack_key(pack);
         let snapshots: Vec<String> = snaps.iter().cloned().collect();
         let bytes = match repo.store().get(&key).await {
@@ -223,28 +337,30 @@ pub async fn verify(
     }
     bar.finish();
 
-    // Whole-file hashes of snapshots whose packs all checked out.
+    // Whole-file hashes of the files whose chunks all lie in packs that were
+    // read and checked out (in a sampled verify, few files of a large
+    // database: its chunks span many packs).
     let reader = ChunkReader::new(
         repo.store().clone(),
         index.clone(),
         tokio::runtime::Handle::current(),
     );
     let reader = Arc::new(reader.checking_chunks());
+    let checked_out = |c: &crate::ids::ChunkId| {
+        index
+            .get(c)
+            .is_some_and(|loc| to_read.contains(&loc.pack) && !bad_packs.contains(&loc.pack))
+    };
     for (snap, m) in &manifests {
-        let broken = m
-            .entries
-            .iter()
-            .flat_map(|e| &e.chunks)
-            .any(|c| index.get(c).is_none_or(|loc| bad_packs.contains(&loc.pack)));
-        if broken {
-            continue;
-        }
         let entries: Vec<ManifestEntry> = m
             .entries
             .iter()
-            .filter(|e| e.kind == EntryKind::File)
+            .filter(|e| e.kind == EntryKind::File && e.chunks.iter().all(checked_out))
             .cloned()
             .collect();
+        if entries.is_empty() {
+            continue;
+        }
         let reader = reader.clone();
         let result = tokio::task::spawn_blocking(move || reader.read_files(&entries, &mut Discard))
             .await
@@ -385,7 +501,8 @@ pub async fn verify(
         plan: plan.to_string(),
         repository: repo.url(),
         snapshots_checked: selected.len(),
-        packs_checked: users.len(),
+        packs_checked: to_read.len(),
+        sample: sample_report,
         chunks_checked,
         bytes_read,
         problems,
@@ -443,4 +560,100 @@ fn check_pack(
         shown.join("; ")
     });
     (detail, checked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packs(n: u8) -> Vec<PackId> {
+        let mut v: Vec<PackId> = (0..n).map(|i| PackId(Hash256::digest(&[i]))).collect();
+        v.sort();
+        v
+    }
+
+    fn share(hundredths: u32) -> Percent {
+        Percent::from_hundredths(hundredths).unwrap()
+    }
+
+    #[test]
+    fn a_sample_is_the_share_rounded_up_and_at_least_one_pack() {
+        let all = packs(12);
+        let after = PackId(Hash256([0; 32]));
+        assert_eq!(
+            choose_sample(&all, share(2000), &after).len(),
+            3,
+            "20% of 12 is 2.4: 3"
+        );
+        assert_eq!(
+            choose_sample(&all, share(1), &after).len(),
+            1,
+            "0.01% of 12: one"
+        );
+        assert_eq!(choose_sample(&all, Percent::HUNDRED, &after), all);
+        assert!(choose_sample(&[], share(5000), &after).is_empty());
+        let one = choose_sample(&all, share(1000), &all[4]);
+        assert_eq!(
+            one,
+            vec![all[5], all[6]],
+            "the packs right after the cursor"
+        );
+        let wrapped = choose_sample(&all, share(2500), &all[10]);
+        assert_eq!(wrapped, vec![all[11], all[0], all[1]], "round the ring");
+        // A cursor that is no pack (a random start, or a pruned pack) starts
+        // at the next id above it.
+        let between = PackId(Hash256::digest(b"not a pack"));
+        let next = all.iter().find(|p| **p > between).unwrap_or(&all[0]);
+        assert_eq!(choose_sample(&all, share(1), &between), vec![*next]);
+    }
+
+    #[test]
+    fn successive_samples_cover_every_pack_within_a_turn_of_the_ring() {
+        let all = packs(37);
+        for hundredths in [1, 333, 1000, 2000, 2500, 5000, 9999] {
+            let p = share(hundredths);
+            let runs = 10_000usize.div_ceil(hundredths as usize);
+            let mut after = PackId(Hash256::digest(b"random start"));
+            let mut seen = BTreeSet::new();
+            for _ in 0..runs {
+                let chosen = choose_sample(&all, p, &after);
+                assert_eq!(chosen.len(), p.of(all.len()));
+                seen.extend(chosen.iter().copied());
+                after = *chosen.last().unwrap();
+            }
+            assert_eq!(seen.len(), all.len(), "{p}: every pack within {runs} runs");
+        }
+    }
+
+    #[test]
+    fn packs_added_and_removed_between_runs_do_not_stop_the_rotation() {
+        let original = packs(20);
+        let mut all = original.clone();
+        let (mut added, mut removed) = (Vec::new(), BTreeSet::new());
+        let mut after = all[0];
+        let mut seen = BTreeSet::new();
+        for run in 0..15u8 {
+            let chosen = choose_sample(&all, share(1000), &after);
+            assert_eq!(chosen.len(), all.len().div_ceil(10));
+            seen.extend(chosen.iter().copied());
+            after = *chosen.last().unwrap();
+            // A backup adds a pack between runs; now and then a prune
+            // removes one (perhaps the cursor itself).
+            let new = PackId(Hash256::digest(&[100, run]));
+            all.push(new);
+            all.sort();
+            if run < 3 {
+                added.push(new);
+            }
+            if run % 4 == 0 {
+                removed.insert(all.remove(usize::from(run) * 7 % all.len()));
+            }
+        }
+        for p in original.iter().chain(&added) {
+            assert!(
+                removed.contains(p) || seen.contains(p),
+                "{p} was never read"
+            );
+        }
+    }
 }
