@@ -6,130 +6,14 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use common::bin::{command, json, ok};
-use common::{free_port, make_db};
+use common::daemon::{Daemon, Receiver};
+use common::make_db;
 use serde_json::Value;
-
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Daemon {
-    fn start(plans: &Path, state: &Path, extra: &[&str]) -> Daemon {
-        let port = free_port();
-        let log = state.with_extension(format!("{port}.log"));
-        let mut c = command();
-        c.env("HOLDFAST_LOG", "info")
-            .args(["daemon", "--plans"])
-            .arg(plans)
-            .arg("--state")
-            .arg(state)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let d = Daemon {
-            child: c.spawn().expect("holdfast daemon starts"),
-            port,
-            log,
-        };
-        d.wait_for("/healthz answering", |d| {
-            d.get("/healthz").is_some_and(|b| b == "ok\n")
-        });
-        d
-    }
-
-    fn get(&self, path: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let (head, body) = out.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&self.get("/status").expect("/status answers")).unwrap()
-    }
-
-    fn plan(&self, name: &str) -> Value {
-        let st = self.status();
-        st["plans"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["plan"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no plan {name} in {st}"))
-    }
-
-    /// The value of one series in /metrics.
-    fn metric(&self, series: &str) -> Option<f64> {
-        let text = self.get("/metrics")?;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for(&self, what: &str, mut cond: impl FnMut(&Daemon) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while !cond(self) {
-            assert!(
-                Instant::now() < deadline,
-                "gave up waiting for {what}; daemon log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn signal(&self, sig: &str) {
-        let st = std::process::Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    }
-
-    /// Waits for the process to end; its exit status.
-    fn wait_exit(&mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn write_plan(dir: &Path, name: &str, schedule: &str) -> PathBuf {
     let file = dir.join(format!("{name}.yaml"));
@@ -429,86 +313,6 @@ fn scheduled_drills_record_their_outcome_rto_and_checks_in_status_and_metrics() 
     }
     // Nothing is left in the scratch space.
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
-}
-
-/// A webhook receiver: every POSTed JSON body, in order of arrival.
-struct Receiver {
-    url: String,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
-        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let Ok(n) = conn.read(&mut chunk) else {
-                        break None;
-                    };
-                    if n == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    if rest.len() >= len {
-                        break Some(rest[..len].to_string());
-                    }
-                };
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok()) {
-                    out.lock().unwrap().push(b);
-                }
-            }
-        });
-        Receiver { url, bodies }
-    }
-
-    /// Every alert received: (alertname, plan, status, summary).
-    fn alerts(&self) -> Vec<(String, String, String, String)> {
-        let bodies = self.bodies.lock().unwrap();
-        bodies
-            .iter()
-            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
-            .map(|a| {
-                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                (
-                    s(&a["labels"]["alertname"]),
-                    s(&a["labels"]["plan"]),
-                    s(&a["annotations"]["status"]),
-                    s(&a["annotations"]["summary"]),
-                )
-            })
-            .collect()
-    }
-
-    fn count(&self, name: &str, plan: &str, status: &str) -> usize {
-        self.alerts()
-            .iter()
-            .filter(|a| a.0 == name && a.1 == plan && a.2 == status)
-            .count()
-    }
 }
 
 #[test]
