@@ -42,6 +42,13 @@ impl Daemon {
         d.wait_for("/healthz answering", |d| {
             d.get("/healthz").is_some_and(|b| b == "ok\n")
         });
+        // The plans are loaded once the scheduler has published a status
+        // (it carries `now`); before that /status lists no plan.
+        d.wait_for("the first /status", |d| {
+            d.get("/status")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .is_some_and(|v| v["now"].is_string())
+        });
         d
     }
 
