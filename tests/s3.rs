@@ -726,6 +726,20 @@ fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
 
     // Back up: nothing half-written is visible, and the next backup works.
     let _server = OwnServer::start(state_dir.path(), port);
+    // A SeaweedFS just restarted answers 500 until its filer is back (seen
+    // under CI load): wait until it serves a listing, as an operator would.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        use holdfast::store::Store;
+        match rt.block_on(raw.list("snapshots/")) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "the restarted server did not serve a listing within 60 s: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let snaps = env.json(&["snapshots", "--plan", s(&plan), "--json"]);
     assert_eq!(snaps, serde_json::json!([]));
     env.ok(&["backup", "--plan", s(&plan)]);
