@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use common::bin::{command, json, ok};
+use common::webhook::Receiver;
 use common::{free_port, make_db};
 use serde_json::Value;
 
@@ -429,86 +430,6 @@ fn scheduled_drills_record_their_outcome_rto_and_checks_in_status_and_metrics() 
     }
     // Nothing is left in the scratch space.
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
-}
-
-/// A webhook receiver: every POSTed JSON body, in order of arrival.
-struct Receiver {
-    url: String,
-    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Receiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
-        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let Ok(n) = conn.read(&mut chunk) else {
-                        break None;
-                    };
-                    if n == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    if rest.len() >= len {
-                        break Some(rest[..len].to_string());
-                    }
-                };
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok()) {
-                    out.lock().unwrap().push(b);
-                }
-            }
-        });
-        Receiver { url, bodies }
-    }
-
-    /// Every alert received: (alertname, plan, status, summary).
-    fn alerts(&self) -> Vec<(String, String, String, String)> {
-        let bodies = self.bodies.lock().unwrap();
-        bodies
-            .iter()
-            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
-            .map(|a| {
-                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                (
-                    s(&a["labels"]["alertname"]),
-                    s(&a["labels"]["plan"]),
-                    s(&a["annotations"]["status"]),
-                    s(&a["annotations"]["summary"]),
-                )
-            })
-            .collect()
-    }
-
-    fn count(&self, name: &str, plan: &str, status: &str) -> usize {
-        self.alerts()
-            .iter()
-            .filter(|a| a.0 == name && a.1 == plan && a.2 == status)
-            .count()
-    }
 }
 
 #[test]
