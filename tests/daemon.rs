@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Timelike, Utc};
 use common::bin::{command, json, ok};
-use common::daemon::{Daemon, Receiver};
+use common::daemon::Daemon;
 use common::make_db;
+use common::webhook::Receiver;
 use serde_json::Value;
 
 fn write_plan(dir: &Path, name: &str, schedule: &str) -> PathBuf {

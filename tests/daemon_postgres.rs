@@ -4,7 +4,11 @@
 //! mode), one plan whose backup, verify, prune and drill run on
 //! seconds-level crons while the test writes rows. What on-call sees on
 //! /status and /metrics, what `holdfast snapshots` says, a clean SIGTERM,
-//! and a restore from the daemon's backups. The daemon, like every holdfast
+//! and a restore from the daemon's backups. Then the archive watch: WAL
+//! archiving broken (`archive_command` not found) and repaired under the
+//! daemon's eyes, seen on /status and /metrics and alerted to a webhook
+//! (archive stalled, RPO over its limit, both resolved), for a superuser
+//! plan and for a `REPLICATION`-only one. The daemon, like every holdfast
 //! process here, runs as the `postgres` OS user with no AWS_* variables:
 //! the plan's credentials are the only way into the bucket. Real time; every
 //! wait is on a condition with a deadline.
@@ -23,6 +27,7 @@ use chrono::{DateTime, Utc};
 use common::bin::{command_as, json_of, s, text, BIN};
 use common::free_port;
 use common::postgres::{chown_postgres, sql_at, state, without_aws, Cluster, Restored};
+use common::webhook::Receiver;
 use serde_json::Value;
 
 /// How long the daemon may take to show every job done once.
@@ -47,6 +52,42 @@ fn postgres_user() -> (u32, u32, String) {
     )
 }
 
+/// A cluster of the test's own (not started) whose plan `pg` archives into
+/// a new Object-Lock bucket on the test S3 server, reached only through the
+/// plan's credentials (a key file only `postgres` reads). Its lock is one
+/// day: a compliance lock cannot be shortened or removed, so the test bucket
+/// keeps these objects that long. [`repo_init`] once the plan is final.
+fn s3_cluster(bucket_hint: &str, retention: &str) -> Cluster {
+    let s3 = common::s3_env();
+    let bucket = common::bucket_name(bucket_hint);
+    let pg = Cluster::create(
+        Some(&format!(
+            "{{url: 's3://{bucket}/prod', endpoint: '{endpoint}', region: us-east-1, access_key_id: '{key_id}', secret_access_key_file: s3.key}}",
+            endpoint = s3.endpoint,
+            key_id = s3.access_key_id,
+        )),
+        "{mode: compliance, days: 1}",
+        retention,
+    );
+    let key = pg.path("s3.key");
+    std::fs::write(&key, format!("{}\n", s3.secret_access_key)).unwrap();
+    chown_postgres(&key);
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    pg
+}
+
+/// `holdfast repo init` of the cluster's plan: the bucket with Object Lock.
+fn repo_init(pg: &Cluster) {
+    let init = json_of(&holdfast_pg(&[
+        "repo",
+        "init",
+        "--plan",
+        s(&pg.plan),
+        "--json",
+    ]));
+    assert_eq!(init["bucket"]["object_lock"], true, "{init}");
+}
+
 /// holdfast as `postgres`, without the test's AWS_* variables.
 fn holdfast_pg(args: &[&str]) -> Output {
     without_aws(&mut command_as("postgres", &[]))
@@ -65,7 +106,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(plan: &Path, state: &Path) -> Daemon {
+    fn start(plan: &Path, state: &Path, extra: &[&str]) -> Daemon {
         std::fs::create_dir_all(state).unwrap();
         chown_postgres(state);
         let port = free_port();
@@ -83,6 +124,7 @@ impl Daemon {
             .args(["daemon", "--plans", s(plan), "--state", s(state)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--grace", &format!("{}s", GRACE.as_secs())])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let d = Daemon {
@@ -189,10 +231,14 @@ impl Drop for Daemon {
 
 /// The value of one series in a /metrics scrape.
 fn metric(scrape: &str, series: &str) -> f64 {
+    metric_in(scrape, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{scrape}"))
+}
+
+/// The value of one series in a /metrics scrape, if it is there.
+fn metric_in(scrape: &str, series: &str) -> Option<f64> {
     scrape
         .lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no {series} in /metrics:\n{scrape}"))
 }
 
 /// Rows written into `orders` every 100 ms from a thread of its own, until
@@ -278,25 +324,9 @@ fn time(v: &Value) -> DateTime<Utc> {
 
 #[test]
 fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_schedule() {
-    let s3 = common::s3_env();
-    let bucket = common::bucket_name("pg-daemon");
     let started = Instant::now();
-    // The plan's lock is one day (a compliance lock cannot be shortened or
-    // removed; the test bucket keeps these objects that long), keep_last: 2
-    // gives prune snapshots to remove that their locks then hold.
-    let pg = Cluster::create(
-        Some(&format!(
-            "{{url: 's3://{bucket}/prod', endpoint: '{endpoint}', region: us-east-1, access_key_id: '{key_id}', secret_access_key_file: s3.key}}",
-            endpoint = s3.endpoint,
-            key_id = s3.access_key_id,
-        )),
-        "{mode: compliance, days: 1}",
-        "{keep_last: 2}",
-    );
-    let key = pg.path("s3.key");
-    std::fs::write(&key, format!("{}\n", s3.secret_access_key)).unwrap();
-    chown_postgres(&key);
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    // keep_last: 2 gives prune snapshots to remove that their locks then hold.
+    let pg = s3_cluster("pg-daemon", "{keep_last: 2}");
     // Seconds-level crons, and a drill whose check needs the rows.
     let scratch = pg.path("scratch");
     std::fs::create_dir(&scratch).unwrap();
@@ -319,15 +349,14 @@ fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_sc
     )
     .unwrap();
     let plan = s(&pg.plan).to_string();
-    let init = json_of(&holdfast_pg(&["repo", "init", "--plan", &plan, "--json"]));
-    assert_eq!(init["bucket"]["object_lock"], true, "{init}");
+    repo_init(&pg);
 
     pg.start_server();
     pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 1000) i");
     let writer = Writer::start(pg.port());
 
     // A new plan backs up at once; then its crons.
-    let mut d = Daemon::start(&pg.plan, &pg.path("state"));
+    let mut d = Daemon::start(&pg.plan, &pg.path("state"), &[]);
     d.wait_for(
         "two snapshots, a verify, a prune and a drill done ok",
         JOBS_DEADLINE,
@@ -567,5 +596,415 @@ fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_sc
         },
         rows.as_array().unwrap().len(),
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// What archiving is broken with: an `archive_command` that is not there,
+/// as when holdfast was moved (PostgreSQL runs it without a PATH; exit 127
+/// counts no failure in `pg_stat_archiver`, the archiver process ends and
+/// is started again).
+const BROKEN_ARCHIVE_COMMAND: &str = "/nonexistent/holdfast wal-push %p";
+/// The daemon's `--archive-stall`.
+const STALL: Duration = Duration::from_secs(5);
+/// The plan's `rpo_limit`: above what working archiving shows (a few
+/// seconds after a switch), reached soon after archiving breaks.
+const RPO_LIMIT: Duration = Duration::from_secs(15);
+
+/// Sets `archive_command` (`None`: back to postgresql.conf's) and reloads;
+/// returns once a new session sees it: the postmaster has then reloaded and
+/// signalled the archiver, which reads the change before it archives its
+/// next segment.
+fn set_archive_command(pg: &Cluster, command: Option<&str>) {
+    match command {
+        Some(c) => pg.sql(&format!("ALTER SYSTEM SET archive_command = '{c}'")),
+        None => pg.sql("ALTER SYSTEM RESET archive_command"),
+    };
+    pg.sql("SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = pg.sql("SHOW archive_command");
+        if match command {
+            Some(c) => now == c,
+            None => now != BROKEN_ARCHIVE_COMMAND,
+        } {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "archive_command still {now:?} after the reload; server log:\n{}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The alerts of `name` for plan pg with that status, as received.
+fn received(hook: &Receiver, name: &str, status: &str) -> Vec<Value> {
+    hook.received()
+        .into_iter()
+        .filter(|a| {
+            a["labels"]["alertname"] == name
+                && a["labels"]["plan"] == "pg"
+                && a["annotations"]["status"] == status
+        })
+        .collect()
+}
+
+#[test]
+fn the_archive_watch_sees_archiving_stall_on_a_real_cluster_alerts_and_resolves_once_repaired() {
+    let started = Instant::now();
+    let pg = s3_cluster("pg-archwatch", "{keep_last: 1}");
+    let text_of_plan = std::fs::read_to_string(&pg.plan).unwrap();
+    std::fs::write(
+        &pg.plan,
+        format!("{text_of_plan}rpo_limit: {}s\n", RPO_LIMIT.as_secs()),
+    )
+    .unwrap();
+    repo_init(&pg);
+    pg.start_server();
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text)");
+    let hook = Receiver::start();
+    let d = Daemon::start(
+        &pg.plan,
+        &pg.path("state"),
+        &[
+            "--archive-poll",
+            "1s",
+            "--archive-stall",
+            &format!("{}s", STALL.as_secs()),
+            "--alert-webhook",
+            &hook.url,
+            "--alert-repeat",
+            "1h",
+        ],
+    );
+    let m = |scrape: &str, name: &str| metric_in(scrape, &format!("{name}{{plan=\"pg\"}}"));
+    // A new plan backs up at once: the base backup its window starts from.
+    d.wait_for("the first backup", JOBS_DEADLINE, |d| {
+        ran_ok(&d.plan(), "backup")
+    });
+
+    // Archiving works: rows written and the segment switched; the watch sees
+    // it archived, and the repository's newest point reaches the rows.
+    let wrote = Utc::now() - chrono::Duration::milliseconds(1);
+    let archived = pg.fill_segment(1);
+    d.wait_for(
+        &format!("{archived} archived, and the newest point at the rows written"),
+        Duration::from_secs(60),
+        |d| {
+            let a = &d.plan()["archive"];
+            if let Some(e) = a["error"].as_str() {
+                return Err(format!("the archive watch failed: {e}"));
+            }
+            Ok(a["last_archived_wal"]
+                .as_str()
+                .is_some_and(|w| w >= archived.as_str())
+                && a["newest_point"]
+                    .as_str()
+                    .is_some_and(|t| time(&Value::from(t)) >= wrote))
+        },
+    );
+    // The RPO gauge follows: now minus a point at or after the write.
+    let mut scrape = String::new();
+    d.wait_for(
+        "holdfast_rpo_seconds within the time since the write",
+        Duration::from_secs(10),
+        |d| {
+            scrape = d.get("/metrics").unwrap_or_default();
+            let since = (Utc::now() - wrote).num_milliseconds() as f64 / 1000.0;
+            Ok(m(&scrape, "holdfast_rpo_seconds").is_some_and(|r| (0.0..=since).contains(&r)))
+        },
+    );
+    let rpo_working = m(&scrape, "holdfast_rpo_seconds").unwrap();
+    assert_eq!(
+        m(&scrape, "holdfast_archive_stalled"),
+        Some(0.0),
+        "{scrape}"
+    );
+    assert_eq!(
+        m(&scrape, "holdfast_archive_lag_seconds"),
+        Some(0.0),
+        "{scrape}"
+    );
+    let p = d.plan();
+    let a = &p["archive"];
+    assert_eq!(a["stalled"], false, "{p}");
+    assert!(a["stalled_because"].is_null(), "{p}");
+    assert_eq!(a["waiting"]["count"], 0, "{p}");
+    assert!(
+        p["rpo_seconds"].as_i64().is_some_and(|r| r >= 0) && p["rpo_limit_seconds"] == 15,
+        "{p}"
+    );
+    // The RPO may have been over its limit while the first backup ran (its
+    // alert resolved since): from here on, one more firing and resolved each.
+    d.wait_for(
+        "no RPO alert open, each one sent resolved",
+        Duration::from_secs(30),
+        |d| {
+            let open = d.plan()["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["kind"] == "rpo_exceeded");
+            Ok(!open
+                && received(&hook, "HoldfastRpoExceeded", "firing").len()
+                    == received(&hook, "HoldfastRpoExceeded", "resolved").len())
+        },
+    );
+    let rpo_alerts = received(&hook, "HoldfastRpoExceeded", "firing").len();
+    assert!(
+        received(&hook, "HoldfastArchiveStalled", "firing").is_empty(),
+        "{:?}",
+        hook.alerts()
+    );
+
+    // Archiving breaks; rows written and the segment switched wait in
+    // pg_wal/archive_status.
+    set_archive_command(&pg, Some(BROKEN_ARCHIVE_COMMAND));
+    let broke = Instant::now();
+    let wrote_unarchived = Utc::now();
+    let waiting = pg.fill_segment(1);
+    d.wait_for(
+        "holdfast_archive_stalled 1",
+        STALL + Duration::from_secs(30),
+        |d| {
+            scrape = d.get("/metrics").unwrap_or_default();
+            Ok(m(&scrape, "holdfast_archive_stalled") == Some(1.0))
+        },
+    );
+    // Not before the segment waited --archive-stall.
+    let stalled_after = broke.elapsed();
+    assert!(stalled_after >= STALL, "stalled after {stalled_after:?}");
+    eprintln!("--- /metrics while archiving stalled\n{scrape}---");
+    // At least the stall time, and never more than the segment can have
+    // waited (the server's file times are whole seconds).
+    let lag = m(&scrape, "holdfast_archive_lag_seconds").unwrap();
+    assert!(
+        lag >= STALL.as_secs_f64() && lag <= stalled_after.as_secs_f64(),
+        "lag {lag}, {stalled_after:?} since archiving broke\n{scrape}"
+    );
+    assert_eq!(
+        pg.sql("SELECT min(name) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"),
+        format!("{waiting}.ready"),
+        "the server's oldest waiting segment"
+    );
+    let p = d.plan();
+    let a = &p["archive"];
+    assert_eq!(a["stalled"], true, "{p}");
+    assert_eq!(a["waiting"]["oldest"], waiting.as_str(), "{p}");
+    assert!(
+        a["lag_seconds"].as_f64().unwrap() >= STALL.as_secs_f64(),
+        "{p}"
+    );
+    assert!(
+        a["last_archived_wal"].as_str().unwrap() < waiting.as_str(),
+        "{p}"
+    );
+    let why = a["stalled_because"].as_str().unwrap_or_default();
+    for needle in [
+        format!("has not archived WAL segment {waiting}"),
+        format!(
+            "last archived: {}",
+            a["last_archived_wal"].as_str().unwrap()
+        ),
+        "exit 127".to_string(),
+    ] {
+        assert!(why.contains(&needle), "{needle:?} not in: {why}");
+    }
+    assert!(
+        p["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["kind"] == "archive_stalled"),
+        "/status lists the alert: {p}"
+    );
+    d.wait_for(
+        "HoldfastArchiveStalled received",
+        Duration::from_secs(30),
+        |_| Ok(!received(&hook, "HoldfastArchiveStalled", "firing").is_empty()),
+    );
+    let alert = &received(&hook, "HoldfastArchiveStalled", "firing")[0];
+    assert_eq!(alert["labels"]["severity"], "critical", "{alert}");
+    assert_eq!(alert["labels"]["kind"], "archive_stalled", "{alert}");
+    assert_eq!(
+        alert["annotations"]["summary"], "plan pg: WAL archiving has stalled",
+        "{alert}"
+    );
+    assert!(
+        alert["annotations"]["description"]
+            .as_str()
+            .is_some_and(|t| t.contains(&format!("WAL segment {waiting}"))),
+        "{alert}"
+    );
+    // Nothing new reaches the repository: the RPO grows past its limit.
+    d.wait_for(
+        "HoldfastRpoExceeded received",
+        RPO_LIMIT + Duration::from_secs(30),
+        |_| Ok(received(&hook, "HoldfastRpoExceeded", "firing").len() > rpo_alerts),
+    );
+    let p = d.plan();
+    assert!(
+        p["rpo_seconds"].as_i64().unwrap() > RPO_LIMIT.as_secs() as i64,
+        "{p}"
+    );
+    assert!(
+        time(&p["archive"]["newest_point"]) < wrote_unarchived,
+        "rows not archived are not restorable: {p}"
+    );
+    assert_eq!(p["archive"]["stalled"], true, "{p}");
+
+    // Repaired: the waiting segments are archived, the newest point catches
+    // up with rows written now, and both alerts resolve.
+    set_archive_command(&pg, None);
+    let repaired = Instant::now();
+    let wrote = Utc::now() - chrono::Duration::milliseconds(1);
+    let last = pg.fill_segment(1);
+    d.wait_for(
+        &format!("archiving caught up: {last} archived, stalled and lag 0"),
+        Duration::from_secs(90),
+        |d| {
+            scrape = d.get("/metrics").unwrap_or_default();
+            let a = &d.plan()["archive"];
+            Ok(m(&scrape, "holdfast_archive_stalled") == Some(0.0)
+                && m(&scrape, "holdfast_archive_lag_seconds") == Some(0.0)
+                && a["last_archived_wal"]
+                    .as_str()
+                    .is_some_and(|w| w >= last.as_str())
+                && a["newest_point"]
+                    .as_str()
+                    .is_some_and(|t| time(&Value::from(t)) >= wrote))
+        },
+    );
+    let caught_up = repaired.elapsed();
+    d.wait_for("both alerts resolved", Duration::from_secs(30), |_| {
+        Ok(
+            received(&hook, "HoldfastArchiveStalled", "resolved").len() == 1
+                && received(&hook, "HoldfastRpoExceeded", "resolved").len() > rpo_alerts,
+        )
+    });
+    let p = d.plan();
+    assert!(p["alerts"].as_array().unwrap().is_empty(), "{p}");
+    assert!(p["archive"]["stalled_because"].is_null(), "{p}");
+    assert!(p["archive"]["error"].is_null(), "{p}");
+    // Each sent once: --alert-repeat is an hour.
+    assert_eq!(
+        received(&hook, "HoldfastArchiveStalled", "firing").len(),
+        1,
+        "{:?}",
+        hook.alerts()
+    );
+    assert_eq!(
+        received(&hook, "HoldfastRpoExceeded", "firing").len(),
+        rpo_alerts + 1,
+        "{:?}",
+        hook.alerts()
+    );
+    let log = d.log();
+    assert!(log.contains("WAL archiving stalled"), "{log}");
+    assert!(
+        !log.contains("archive watch:"),
+        "the watch failed a look:\n{log}"
+    );
+    eprintln!(
+        "--- webhook bodies\n{}\n---",
+        serde_json::to_string_pretty(&hook.bodies()).unwrap()
+    );
+    eprintln!(
+        "measured: RPO while archiving worked {rpo_working:.1} s; stalled judged {:.1} s after the break (lag {lag:.1} s); caught up {:.1} s after the repair; whole test {:.1} s",
+        stalled_after.as_secs_f64(),
+        caught_up.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn a_replication_only_role_that_cannot_list_archive_status_still_sees_archiving_stall() {
+    // The role the deployment examples give a plan: REPLICATION, nothing
+    // more; pg_ls_archive_statusdir() is not for it (superuser, pg_monitor).
+    let pg = s3_cluster("pg-archwatch-role", "{keep_last: 1}");
+    let text_of_plan = std::fs::read_to_string(&pg.plan).unwrap();
+    let as_role = text_of_plan.replace("user: postgres}", "user: holdfast, dbname: postgres}");
+    assert_ne!(as_role, text_of_plan, "the plan names no user to replace");
+    std::fs::write(&pg.plan, as_role).unwrap();
+    repo_init(&pg);
+    pg.start_server();
+    pg.sql("CREATE ROLE holdfast LOGIN REPLICATION");
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text)");
+    let d = Daemon::start(
+        &pg.plan,
+        &pg.path("state"),
+        &[
+            "--archive-poll",
+            "1s",
+            "--archive-stall",
+            &format!("{}s", STALL.as_secs()),
+        ],
+    );
+    d.wait_for("the first backup", JOBS_DEADLINE, |d| {
+        ran_ok(&d.plan(), "backup")
+    });
+    let archived = pg.fill_segment(1);
+    d.wait_for(
+        &format!("{archived} archived"),
+        Duration::from_secs(60),
+        |d| {
+            let a = &d.plan()["archive"];
+            if let Some(e) = a["error"].as_str() {
+                return Err(format!("the archive watch failed: {e}"));
+            }
+            Ok(a["last_archived_wal"]
+                .as_str()
+                .is_some_and(|w| w >= archived.as_str()))
+        },
+    );
+    let p = d.plan();
+    assert!(
+        p["archive"]["waiting"].is_null(),
+        "the role lists pg_wal/archive_status after all: {p}"
+    );
+    assert_eq!(p["archive"]["stalled"], false, "{p}");
+
+    set_archive_command(&pg, Some(BROKEN_ARCHIVE_COMMAND));
+    let broke = Instant::now();
+    let waiting = pg.fill_segment(1);
+    let mut scrape = String::new();
+    d.wait_for(
+        "holdfast_archive_stalled 1",
+        STALL + Duration::from_secs(30),
+        |d| {
+            scrape = d.get("/metrics").unwrap_or_default();
+            Ok(metric_in(&scrape, "holdfast_archive_stalled{plan=\"pg\"}") == Some(1.0))
+        },
+    );
+    let stalled_after = broke.elapsed();
+    assert!(stalled_after >= STALL, "stalled after {stalled_after:?}");
+    let p = d.plan();
+    let why = p["archive"]["stalled_because"].as_str().unwrap_or_default();
+    for needle in [
+        format!("has not archived WAL segment {waiting}"),
+        "exit 127".to_string(),
+        "not visible to this role".to_string(),
+    ] {
+        assert!(why.contains(&needle), "{needle:?} not in: {why}");
+    }
+    assert!(p["archive"]["lag_seconds"].is_null(), "{p}");
+
+    set_archive_command(&pg, None);
+    let last = pg.fill_segment(1);
+    d.wait_for(
+        &format!("archiving caught up: {last} archived, not stalled"),
+        Duration::from_secs(90),
+        |d| {
+            let a = &d.plan()["archive"];
+            Ok(a["stalled"] == false
+                && a["last_archived_wal"]
+                    .as_str()
+                    .is_some_and(|w| w >= last.as_str()))
+        },
+    );
+    eprintln!(
+        "measured (a REPLICATION-only role): stalled judged {:.1} s after the break",
+        stalled_after.as_secs_f64()
     );
 }

@@ -1,7 +1,8 @@
 //! The daemon's watch over PostgreSQL's WAL archiving, for plans that
 //! archive (`archive: true`): every `--archive-poll` it reads
-//! `pg_stat_archiver` and the segments waiting in `pg_wal/archive_status`,
-//! and, when a new segment has been archived, the plan's restorable window
+//! `pg_stat_archiver` and the segments waiting in `pg_wal/archive_status`
+//! (or, for a role that may not list them, the server's WAL position), and,
+//! when a new segment has been archived, the plan's restorable window
 //! from the repository, whose end is the newest archived transaction.
 //!
 //! From that the scheduler exports (and alerts on):
@@ -63,6 +64,10 @@ pub struct Look {
     /// `None` when the role may not list `pg_wal/archive_status`
     /// (superuser or `pg_monitor` may).
     pub waiting: Option<Waiting>,
+    /// Without `waiting`: the segment being written now and the segment
+    /// size, which any role may read, to tell whether a completed segment
+    /// waits after the last archived one.
+    pub current: Option<Current>,
     /// Why the server could not be read.
     pub error: Option<String>,
     /// The newest restorable point, when the window was read this time.
@@ -84,13 +89,18 @@ pub async fn look(plan: &Plan, read_window: bool) -> Look {
     let server = tokio::task::spawn_blocking(move || {
         let obs = archiver::observe(&client)?;
         let waiting = waiting(&client).ok();
-        Ok::<_, crate::repository::source::SourceError>((obs, waiting))
+        let current = match waiting {
+            Some(_) => None,
+            None => current(&client).ok().flatten(),
+        };
+        Ok::<_, crate::repository::source::SourceError>((obs, waiting, current))
     })
     .await;
     match server {
-        Ok(Ok((obs, waiting))) => {
+        Ok(Ok((obs, waiting, current))) => {
             look.observation = Some(obs);
             look.waiting = waiting;
+            look.current = current;
         }
         Ok(Err(e)) => look.error = Some(e.to_string()),
         Err(e) => look.error = Some(format!("the archive watch panicked: {e}")),
@@ -110,15 +120,69 @@ fn waiting(client: &PgClient) -> Result<Waiting, crate::repository::source::Sour
          coalesce(extract(epoch FROM now() - min(modification)), 0) \
          FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'",
     )?;
-    let row = rows.first().filter(|r| r.len() == 3);
-    Ok(match row {
+    Ok(parse_waiting(&rows))
+}
+
+/// `count | oldest name | now − its mtime`. The server gives file times in
+/// whole seconds (`st_mtime`), so a segment ready at 10:00:00.9 shows
+/// 10:00:00: its wait is counted from the end of that second, never longer
+/// than it really is (a stall is not judged early).
+fn parse_waiting(rows: &[Vec<String>]) -> Waiting {
+    match rows.first().filter(|r| r.len() == 3) {
         Some(r) => Waiting {
             count: r[0].parse().unwrap_or_default(),
             oldest: (!r[1].is_empty()).then(|| r[1].trim_end_matches(".ready").to_string()),
-            oldest_age_seconds: r[2].parse().unwrap_or_default(),
+            oldest_age_seconds: (r[2].parse::<f64>().unwrap_or_default() - 1.0).max(0.0),
         },
         None => Waiting::default(),
-    })
+    }
+}
+
+/// The segment the server writes now, and the segment size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Current {
+    pub segment: String,
+    pub segment_size: u64,
+}
+
+/// Readable by any role (unlike `pg_wal/archive_status`); `None` on a
+/// standby, which has no current write position. The insert position, not
+/// the write position: right after a segment switch the write position is
+/// the new segment's first byte, which `pg_walfile_name` names as the
+/// previous segment (the one just completed), until more WAL is written.
+fn current(client: &PgClient) -> Result<Option<Current>, crate::repository::source::SourceError> {
+    let rows = client.query(
+        "SELECT CASE WHEN pg_is_in_recovery() THEN '' ELSE pg_walfile_name(pg_current_wal_insert_lsn()) END, \
+         (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size')",
+    )?;
+    Ok(rows
+        .first()
+        .filter(|r| r.len() == 2 && !r[0].is_empty())
+        .and_then(|r| {
+            Some(Current {
+                segment: r[0].clone(),
+                segment_size: r[1].parse().ok()?,
+            })
+        }))
+}
+
+/// The completed segment after `last_archived` when the server writes past
+/// it: waiting to be archived, as far as a role that cannot list
+/// `pg_wal/archive_status` can tell. `None` across a timeline change or
+/// when a name is not a segment's.
+fn next_waiting(last_archived: Option<&str>, current: &Current) -> Option<String> {
+    // A `.backup` or `.partial` file sorts among the segments in an order of
+    // its own: what follows it is not known.
+    let last = last_archived.filter(|l| l.len() == 24)?;
+    let (tli, log, seg) = archiver::position(last)?;
+    let per_log = u32::try_from((1u64 << 32) / current.segment_size.max(1)).ok()?;
+    let next = if seg + 1 >= per_log {
+        (tli, log.checked_add(1)?, 0)
+    } else {
+        (tli, log, seg + 1)
+    };
+    let now = archiver::position(&current.segment)?;
+    (now.0 == tli && now > next).then(|| format!("{:08X}{:08X}{:08X}", next.0, next.1, next.2))
 }
 
 async fn newest_point(plan: &Plan) -> Result<Option<DateTime<Utc>>, String> {
@@ -152,6 +216,10 @@ pub struct ArchiveState {
     /// When `last_archived_wal` last moved (or the watch began).
     #[serde(skip)]
     progress_at: Option<DateTime<Utc>>,
+    /// The oldest waiting segment and the look that first saw it waiting:
+    /// its wait, when the server cannot say (no `pg_monitor`).
+    #[serde(skip)]
+    waiting_since: Option<(String, DateTime<Utc>)>,
     /// The `last_archived_wal` the window was last read at, and when.
     #[serde(skip)]
     window_at: Option<(Option<String>, DateTime<Utc>)>,
@@ -204,19 +272,35 @@ impl ArchiveState {
             .unwrap_or_default();
         let (oldest, lag) = match &look.waiting {
             Some(w) => (w.oldest.clone(), Some(w.oldest_age_seconds.max(0.0))),
-            // Without the status folder: a failing archiver with nothing
-            // archived since is waiting on its failed segment.
+            // Without the status folder: the segment after the last archived
+            // one once the server writes past it (an archive_command that is
+            // not found counts no failure), else a failing archiver's failed
+            // segment.
             None => (
-                obs.failing.then(|| obs.last_failed_wal.clone()).flatten(),
+                look.current
+                    .as_ref()
+                    .and_then(|c| next_waiting(obs.last_archived_wal.as_deref(), c))
+                    .or_else(|| obs.failing.then(|| obs.last_failed_wal.clone()).flatten()),
                 None,
             ),
         };
         self.lag_seconds = lag;
+        self.waiting_since = match (oldest.as_ref(), self.waiting_since.take()) {
+            (Some(seg), Some((was, since))) if *seg == was => Some((was, since)),
+            (Some(seg), _) => Some((seg.clone(), look.at)),
+            (None, _) => None,
+        };
         // A segment waits: judged like a backup's wait for its own WAL, the
         // stall counted from the later of the last progress and the wait's
-        // start (a segment that became ready a second ago is not stalled).
+        // start (a segment that became ready a second ago is not stalled,
+        // however long the server was quiet before): the server's file time
+        // where the role may read it, else the first look that saw it wait.
         let verdict = oldest.as_deref().map(|seg| {
-            let waited = Duration::from_secs_f64(lag.unwrap_or(f64::MAX).min(1e9));
+            let waited = match (lag, &self.waiting_since) {
+                (Some(lag), _) => Duration::from_secs_f64(lag.min(1e9)),
+                (None, Some((_, since))) => (look.at - *since).to_std().unwrap_or_default(),
+                (None, None) => Duration::ZERO,
+            };
             archiver::judge(&obs, seg, since_progress.min(waited), stall)
         });
         match (verdict, oldest) {
@@ -268,6 +352,123 @@ mod tests {
     }
 
     const STALL: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn the_waiting_segments_age_counts_from_the_end_of_the_whole_second_the_server_gives() {
+        let row =
+            |c: &str, n: &str, age: &str| vec![vec![c.to_string(), n.to_string(), age.to_string()]];
+        // psql's answer: modification 10:00:00 (really 10:00:00.9), now 10:00:06.25.
+        let w = parse_waiting(&row("2", "000000010000000000000008.ready", "6.250000"));
+        assert_eq!(w.count, 2);
+        assert_eq!(w.oldest.as_deref(), Some("000000010000000000000008"));
+        assert_eq!(w.oldest_age_seconds, 5.25);
+        // Ready within the second: no wait yet, never a negative one.
+        let w = parse_waiting(&row("1", "000000010000000000000008.ready", "0.400000"));
+        assert_eq!(w.oldest_age_seconds, 0.0);
+        // Nothing waits.
+        assert_eq!(parse_waiting(&row("0", "", "0")), Waiting::default());
+        assert_eq!(parse_waiting(&[]), Waiting::default());
+    }
+
+    #[test]
+    fn without_the_status_folder_the_segment_after_the_last_archived_waits_once_the_server_writes_past_it(
+    ) {
+        let at = |segment: &str| Current {
+            segment: segment.into(),
+            segment_size: 16 << 20,
+        };
+        let last = Some("000000010000000000000007");
+        // Writing the next segment: nothing completed waits.
+        assert_eq!(next_waiting(last, &at("000000010000000000000008")), None);
+        assert_eq!(
+            next_waiting(last, &at("000000010000000000000009")).as_deref(),
+            Some("000000010000000000000008")
+        );
+        // 256 segments of 16 MB to a log file: FF is followed by the next log's 00.
+        assert_eq!(
+            next_waiting(
+                Some("0000000100000000000000FF"),
+                &at("000000010000000100000001")
+            )
+            .as_deref(),
+            Some("000000010000000100000000")
+        );
+        // 1 GB segments: four to a log file.
+        let big = Current {
+            segment: "000000010000000100000001".into(),
+            segment_size: 1 << 30,
+        };
+        assert_eq!(
+            next_waiting(Some("000000010000000000000003"), &big).as_deref(),
+            Some("000000010000000100000000")
+        );
+        // Not told: a new timeline, a backup history file, nothing archived.
+        assert_eq!(next_waiting(last, &at("000000020000000000000009")), None);
+        assert_eq!(
+            next_waiting(
+                Some("000000010000000000000007.00000028.backup"),
+                &at("000000010000000000000009")
+            ),
+            None
+        );
+        assert_eq!(next_waiting(None, &at("000000010000000000000009")), None);
+    }
+
+    #[test]
+    fn a_role_without_the_status_folder_sees_a_stall_counted_from_when_the_segment_was_first_seen_waiting(
+    ) {
+        // exit 127: no failure counted, the archiver not running.
+        let quiet = |t: &str, current: &str| Look {
+            at: at(t),
+            observation: Some(Observation {
+                failing: false,
+                failed_count: 0,
+                last_failed_wal: None,
+                archiver_pid: None,
+                ..obs("000000010000000000000007", false)
+            }),
+            waiting: None,
+            current: Some(Current {
+                segment: current.into(),
+                segment_size: 16 << 20,
+            }),
+            ..Look::default()
+        };
+        let mut s = ArchiveState::default();
+        s.update(
+            quiet("2026-12-03T09:00:00Z", "000000010000000000000008"),
+            STALL,
+        );
+        assert!(!s.stalled);
+        // An hour with no writes, then a segment completes: it has not
+        // waited an hour.
+        s.update(
+            quiet("2026-12-03T10:00:00Z", "000000010000000000000009"),
+            STALL,
+        );
+        assert!(!s.stalled, "{:?}", s.stalled_because);
+        assert_eq!(s.lag_seconds, None, "unknown without the status folder");
+        s.update(
+            quiet("2026-12-03T10:04:59Z", "000000010000000000000009"),
+            STALL,
+        );
+        assert!(!s.stalled);
+        s.update(
+            quiet("2026-12-03T10:05:00Z", "00000001000000000000000A"),
+            STALL,
+        );
+        assert!(s.stalled);
+        let why = s.stalled_because.clone().unwrap();
+        assert!(
+            why.contains("000000010000000000000008") && why.contains("exit 127"),
+            "{why}"
+        );
+        // Archived at last: progress clears it.
+        let mut l = quiet("2026-12-03T10:05:30Z", "00000001000000000000000A");
+        l.observation.as_mut().unwrap().last_archived_wal = Some("000000010000000000000009".into());
+        s.update(l, STALL);
+        assert!(!s.stalled);
+    }
 
     #[test]
     fn nothing_waiting_is_no_lag_and_no_stall() {

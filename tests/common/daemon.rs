@@ -1,6 +1,6 @@
 //! `holdfast daemon` as a process of the test's own: started on a free
 //! port, asked over plain HTTP/1.1, waited on with deadlines, signalled,
-//! killed when dropped; and [`Receiver`], an alert webhook of the test's own.
+//! killed when dropped. (The alert webhook of the test's own is `webhook::Receiver`.)
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -148,85 +148,5 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A webhook receiver: every POSTed JSON body, in order of arrival.
-pub struct Receiver {
-    pub url: String,
-    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    pub fn start() -> Receiver {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/api/v2/alerts", listener.local_addr().unwrap());
-        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let out = bodies.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                // Headers, then Content-Length bytes of body.
-                let body = loop {
-                    let Ok(n) = conn.read(&mut chunk) else {
-                        break None;
-                    };
-                    if n == 0 {
-                        break None;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    let text = String::from_utf8_lossy(&buf).into_owned();
-                    let Some((head, rest)) = text.split_once("\r\n\r\n") else {
-                        continue;
-                    };
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| {
-                            let (k, v) = l.split_once(':')?;
-                            k.eq_ignore_ascii_case("content-length")
-                                .then(|| v.trim().parse().ok())?
-                        })
-                        .unwrap_or(0);
-                    if rest.len() >= len {
-                        break Some(rest[..len].to_string());
-                    }
-                };
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                );
-                if let Some(b) = body.and_then(|b| serde_json::from_str(&b).ok()) {
-                    out.lock().unwrap().push(b);
-                }
-            }
-        });
-        Receiver { url, bodies }
-    }
-
-    /// Every alert received: (alertname, plan, status, summary).
-    pub fn alerts(&self) -> Vec<(String, String, String, String)> {
-        let bodies = self.bodies.lock().unwrap();
-        bodies
-            .iter()
-            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
-            .map(|a| {
-                let s = |v: &Value| v.as_str().unwrap_or_default().to_string();
-                (
-                    s(&a["labels"]["alertname"]),
-                    s(&a["labels"]["plan"]),
-                    s(&a["annotations"]["status"]),
-                    s(&a["annotations"]["summary"]),
-                )
-            })
-            .collect()
-    }
-
-    pub fn count(&self, name: &str, plan: &str, status: &str) -> usize {
-        self.alerts()
-            .iter()
-            .filter(|a| a.0 == name && a.1 == plan && a.2 == status)
-            .count()
     }
 }

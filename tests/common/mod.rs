@@ -2,7 +2,7 @@
 //! server, SQLite databases; and in modules the built binary (`bin`), the
 //! daemon as a process (`daemon`), files and trees (`files`), a PostgreSQL
 //! cluster of the test's own (`postgres`), an S3 server of the test's own
-//! (`s3_server`).
+//! (`s3_server`), a webhook receiver for alerts (`webhook`).
 #![allow(dead_code)]
 
 pub mod bin;
@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod files;
 pub mod postgres;
 pub mod s3_server;
+pub mod webhook;
 
 use std::io::Read;
 
