@@ -46,7 +46,7 @@ pub const PRUNES_PREFIX: &str = "prunes/";
 
 impl PruneRecord {
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, RepoError> {
-        let r: PruneRecord = decode_json_zst("prune record", key, bytes)?;
+        let r: PruneRecord = decode_json_zst(super::PRUNE_RECORD_CAP, key, bytes)?;
         if r.format != "holdfast-prune" {
             return Err(RepoError::Corrupt {
                 what: "prune record",
@@ -398,7 +398,7 @@ async fn prune_locked(
     let pruned = repo.pruned_packs().await?;
     let mut index_removed = 0;
     for info in store.list("index/").await? {
-        let Ok(bytes) = store.get(&info.key).await else {
+        let Ok(bytes) = store.get_at_most(&info.key, super::INDEX_CAP.bytes).await else {
             continue;
         };
         let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes) else {
