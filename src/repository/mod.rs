@@ -58,7 +58,7 @@ pub enum RepoError {
         why: String,
     },
     /// A metadata object larger than its kind's cap (see [`MetadataCap`]).
-    #[error("{what} {key} is over the {cap}-byte cap for a {what}: {detail}; not read (a damaged or planted object: run `holdfast verify`)")]
+    #[error("{what} {key} is over the {cap}-byte cap for {what}s: {detail}; not read (a damaged or planted object: run `holdfast verify`)")]
     OverCap {
         what: &'static str,
         key: String,
@@ -459,12 +459,13 @@ pub const INDEX_CAP: MetadataCap = MetadataCap {
     bytes: 64 << 20,
 };
 
-/// Manifests: about 250 JSON bytes per file plus 67 per chunk, so 512 MiB
-/// holds some two million files or seven million chunks (7 TiB at the default
-/// 1 MiB average chunk).
+/// Manifests: about 250 JSON bytes per file plus 67 per chunk. PostgreSQL
+/// images are cut into 8 KiB chunks, so their manifests are 0.8 % of the
+/// cluster's size: 4 GiB holds a 500 GiB cluster, or some sixteen million
+/// files. (A manifest this size is parsed as it streams, never held as text.)
 pub const MANIFEST_CAP: MetadataCap = MetadataCap {
     what: "snapshot manifest",
-    bytes: 512 << 20,
+    bytes: 4 << 30,
 };
 
 /// Prune records: 67 JSON bytes per pack or snapshot named, so about a million
@@ -482,15 +483,29 @@ const CONFIG_CAP: u64 = 1 << 20;
 /// past [`INDEX_CAP`].
 pub const MAX_CHUNKS_PER_INDEX: usize = 100_000;
 
-/// A reader that fails once more than `cap` bytes pass through it, noting that
-/// it did (the JSON parser reports only "I/O error").
-struct Capped<R> {
-    inner: R,
-    left: u64,
-    over: bool,
+/// What [`Guarded`] stopped a read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    OverCap,
+    Whitespace(u64),
 }
 
-impl<R: Read> Read for Capped<R> {
+/// The reader between the decompressor and the JSON parser. It fails once
+/// more than `cap` bytes pass, and at the first whitespace outside a string:
+/// holdfast writes compact JSON (`serde_json::to_vec`), so whitespace means a
+/// foreign object, and refusing it stops a whitespace bomb at its first byte
+/// instead of after the cap. It notes why it stopped (the parser reports only
+/// "I/O error").
+struct Guarded<R> {
+    inner: R,
+    left: u64,
+    read: u64,
+    in_string: bool,
+    escaped: bool,
+    stopped: Option<Stop>,
+}
+
+impl<R: Read> Read for Guarded<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         if self.left == 0 {
             // One byte more means the content is over the cap.
@@ -498,12 +513,29 @@ impl<R: Read> Read for Capped<R> {
             if self.inner.read(&mut probe)? == 0 {
                 return Ok(0);
             }
-            self.over = true;
+            self.stopped = Some(Stop::OverCap);
             return Err(std::io::Error::other("over the size cap"));
         }
         let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+            } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                self.stopped = Some(Stop::Whitespace(self.read + i as u64));
+                return Err(std::io::Error::other("whitespace outside a string"));
+            }
+        }
         self.left -= n as u64;
+        self.read += n as u64;
         Ok(n)
     }
 }
@@ -511,8 +543,8 @@ impl<R: Read> Read for Capped<R> {
 /// Decodes a zstd JSON metadata object without ever holding more than `cap`
 /// bytes of it: the stored bytes are checked against the cap, and the JSON is
 /// parsed as it streams out of the decompressor, which stops at the cap. A
-/// decompression bomb of zeros fails at its first byte; one of well-formed
-/// JSON is refused once the cap is reached.
+/// decompression bomb of zeros or whitespace fails at its first byte; one of
+/// well-formed JSON (a string that never ends) is refused at the cap.
 pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
     cap: MetadataCap,
     key: &str,
@@ -536,20 +568,31 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
         .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
     let mut reader = std::io::BufReader::with_capacity(
         64 * 1024,
-        Capped {
+        Guarded {
             inner: decoder,
             left: cap.bytes,
-            over: false,
+            read: 0,
+            in_string: false,
+            escaped: false,
+            stopped: None,
         },
     );
     let parsed = serde_json::from_reader::<_, T>(&mut reader);
-    if reader.get_ref().over {
-        return Err(RepoError::OverCap {
-            what,
-            key: key.to_string(),
-            detail: "it decompresses to more than that".into(),
-            cap: cap.bytes,
-        });
+    match reader.get_ref().stopped {
+        Some(Stop::OverCap) => {
+            return Err(RepoError::OverCap {
+                what,
+                key: key.to_string(),
+                detail: "it decompresses to more than that".into(),
+                cap: cap.bytes,
+            })
+        }
+        Some(Stop::Whitespace(at)) => {
+            return Err(corrupt(format!(
+                "whitespace outside a string at byte {at} of its JSON; holdfast writes compact JSON, so it did not write this"
+            )))
+        }
+        None => {}
     }
     parsed.map_err(|e| match e.io_error_kind() {
         Some(_) => corrupt(format!("cannot decompress: {e}")),

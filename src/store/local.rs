@@ -244,7 +244,7 @@ impl Inner {
                 store: self.url.clone(),
                 key: key.to_string(),
                 offset,
-                end: offset + len,
+                end: offset.saturating_add(len),
                 size,
             });
         }

@@ -207,7 +207,17 @@ impl Store for S3Store {
             }
             return Ok(Bytes::new());
         }
-        self.get_span(key, offset, offset + len).await
+        // An offset and length from a hostile index may not add up.
+        let Some(end) = offset.checked_add(len) else {
+            return Err(StoreError::Truncated {
+                store: self.url.clone(),
+                key: key.to_string(),
+                offset,
+                end: u64::MAX,
+                size: self.head(key).await?.size,
+            });
+        };
+        self.get_span(key, offset, end).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {

@@ -220,7 +220,7 @@ impl S3Store {
         end: u64,
     ) -> Result<Bytes, StoreError> {
         let part = self.config.part_size as u64;
-        let first_end = end.min(start + part);
+        let first_end = end.min(start.saturating_add(part));
         let (first, total) = match self.get_one(key, Some((start, first_end))).await {
             Ok(v) => v,
             Err(StoreError::Io { source, .. })
@@ -260,7 +260,7 @@ impl S3Store {
         let mut pieces = vec![first];
         loop {
             while offset < end && tasks.len() < in_flight {
-                let stop = end.min(offset + part);
+                let stop = end.min(offset.saturating_add(part));
                 let this = self.clone();
                 let key = key.to_string();
                 index += 1;
