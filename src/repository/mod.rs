@@ -599,3 +599,60 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
         None => corrupt(format!("cannot parse: {e}")),
     })
 }
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    const SMALL: MetadataCap = MetadataCap {
+        what: "index object",
+        bytes: 64,
+    };
+
+    fn zst(json: &str) -> Vec<u8> {
+        zstd::bulk::compress(json.as_bytes(), 3).unwrap()
+    }
+
+    #[test]
+    fn json_up_to_the_cap_is_read_and_one_byte_more_is_refused_by_name() {
+        // Exactly 64 bytes of compact JSON.
+        let at_cap = format!("[\"{}\"]", "a".repeat(60));
+        assert_eq!(at_cap.len(), 64);
+        let got: Vec<String> = decode_json_zst(SMALL, "index/k", &zst(&at_cap)).unwrap();
+        assert_eq!(got[0].len(), 60);
+        let over = format!("[\"{}\"]", "a".repeat(61));
+        match decode_json_zst::<Vec<String>>(SMALL, "index/k", &zst(&over)) {
+            Err(e @ RepoError::OverCap { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("index/k") && msg.contains("64-byte cap for index objects"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Stored bytes over the cap are refused before decompressing.
+        let noise: Vec<u8> = (0..200u32).map(|i| (i * 7919 % 251) as u8).collect();
+        match decode_json_zst::<Vec<String>>(SMALL, "index/k", &noise) {
+            Err(RepoError::OverCap { detail, .. }) => {
+                assert!(detail.contains("200 bytes stored"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn whitespace_outside_strings_is_refused_and_inside_them_kept() {
+        let got: Vec<String> = decode_json_zst(SMALL, "k", &zst("[\"a b\\\" c\"]")).unwrap();
+        assert_eq!(got, vec!["a b\" c".to_string()]);
+        match decode_json_zst::<Vec<String>>(SMALL, "k", &zst("[\"a\", \"b\"]")) {
+            Err(RepoError::Corrupt { why, .. }) => {
+                assert!(
+                    why.contains("whitespace outside a string at byte 5"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
