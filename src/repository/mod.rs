@@ -88,6 +88,7 @@ impl crate::error::HasExit for RepoError {
             RepoError::Corrupt { .. } | RepoError::OverCap { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
             RepoError::Store(crate::store::StoreError::Busy { .. }) => Exit::Busy,
+            RepoError::Store(crate::store::StoreError::TooLarge { .. }) => Exit::Verify,
             _ => Exit::Repository,
         }
     }

@@ -24,8 +24,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_json_zst, encode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef,
-    FORMAT_VERSION,
+    decode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef, FORMAT_VERSION,
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
@@ -344,7 +343,11 @@ async fn prune_locked(
         snapshots: removing.iter().map(|s| s.id).collect(),
         packs: dead.keys().copied().collect(),
     };
-    let bytes = encode_json_zst(&record);
+    let bytes = super::encode_json_zst_within(
+        super::PRUNE_RECORD_CAP,
+        &format!("the new prune record of plan {plan}"),
+        &record,
+    )?;
     let sha = Hash256::digest(&bytes);
     let key = format!(
         "{PRUNES_PREFIX}{}-{}",

@@ -15,6 +15,10 @@
 //! * `delete` of an object whose retention has not ended fails with
 //!   [`StoreError::Retained`]; retention can be extended, never shortened.
 //! * `list` returns every key under a prefix, sorted, each with its size.
+//! * `get_at_most` refuses an object over the caller's cap with
+//!   [`StoreError::TooLarge`] from its stored size, before reading it; no
+//!   read allocates from a size the server claims beyond what arrives, and
+//!   ranges whose offset and length overflow are [`StoreError::Truncated`].
 //! * Retries: what a backend returns is final. The local store has nothing
 //!   worth retrying; the S3 store retries throttling, timeouts and 5xx inside
 //!   the AWS SDK (standard mode, backoff with jitter). [`StoreError::is_transient`]
