@@ -196,6 +196,8 @@ impl HasExit for crate::store::StoreError {
     fn exit(&self) -> Exit {
         match self {
             crate::store::StoreError::Busy { .. } => Exit::Busy,
+            // Over its kind's cap: damaged or planted, like a corrupt object.
+            crate::store::StoreError::TooLarge { .. } => Exit::Verify,
             _ => Exit::Repository,
         }
     }

@@ -556,4 +556,78 @@ mod mutations {
             past_header.get()
         );
     }
+
+    /// Real prune records as `holdfast prune` writes them: zstd compact JSON
+    /// naming snapshots and packs. (The format fixture holds none.)
+    fn prune_records() -> Vec<(String, Vec<u8>)> {
+        use holdfast::ids::PackId;
+        use holdfast::plan::PlanName;
+        use holdfast::repository::prune::PruneRecord;
+        (0..3u8)
+            .map(|n| {
+                let record = PruneRecord {
+                    format: "holdfast-prune".into(),
+                    version: 1,
+                    plan: PlanName::new("app").unwrap(),
+                    at: "2026-03-02T08:00:00.123Z".parse().unwrap(),
+                    snapshots: (0..n).map(|i| SnapshotId(Hash256::digest(&[i]))).collect(),
+                    packs: (0..n * 3 + 1)
+                        .map(|i| PackId(Hash256::digest(&[i, n])))
+                        .collect(),
+                };
+                let bytes = zstd::bulk::compress(&serde_json::to_vec(&record).unwrap(), 3).unwrap();
+                // A record decodes to itself before any mutation.
+                assert_eq!(PruneRecord::decode("prunes/x", &bytes).unwrap(), record);
+                (
+                    format!("prunes/20260302T080000.123Z-{}", Hash256::digest(&bytes)),
+                    bytes,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mutated_prune_records_are_refused_naming_the_record_or_read_whole() {
+        use holdfast::repository::prune::PruneRecord;
+        let records = prune_records();
+        let peak = vm_peak();
+        let past_header = Cell::new(0u32);
+        let cases = 192;
+        TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        })
+        .run(&mutation(), |m| {
+            let (key, object) = &records[m.object.index(records.len())];
+            let bad = mutate_json_zst(object, &m);
+            if decompresses(&bad) {
+                past_header.set(past_header.get() + 1);
+            }
+            match PruneRecord::decode(key, &bad) {
+                // A mutation serde cannot see is another well-formed record.
+                Ok(r) => prop_assert_eq!(r.format, "holdfast-prune"),
+                Err(RepoError::Corrupt {
+                    what, key: named, ..
+                }) => {
+                    prop_assert_eq!(what, "prune record");
+                    prop_assert_eq!(&named, key);
+                }
+                Err(e) => prop_assert!(false, "{key}: untyped failure {e}"),
+            }
+            Ok(())
+        })
+        .unwrap();
+        let grew = vm_peak() - peak;
+        eprintln!(
+            "{} of {cases} cases past the header; peak virtual size grew by {grew} bytes",
+            past_header.get()
+        );
+        assert!(grew < ALLOC_CAP, "peak virtual size grew by {grew} bytes");
+        assert!(
+            past_header.get() >= cases * 2 / 5,
+            "only {} of {cases} mutated prune records reached the JSON parser",
+            past_header.get()
+        );
+    }
 }

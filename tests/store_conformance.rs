@@ -79,6 +79,34 @@ async fn conformance(store: Arc<dyn Store>) {
     assert_eq!(&store.get_range("t/a", 6, 7).await.unwrap()[..], b"version");
     assert!(store.get_range("t/a", 6, 100).await.is_err(), "{url}");
 
+    // A capped get: the whole object at or under the cap; over it,
+    // `TooLarge` naming the key before any of it is read.
+    assert_eq!(store.get_at_most("t/a", 13).await.unwrap(), a, "{url}");
+    match store.get_at_most("t/a", 12).await {
+        Err(StoreError::TooLarge { key, size, max, .. }) => {
+            assert_eq!((key.as_str(), size, max), ("t/a", 13, 12), "{url}")
+        }
+        other => panic!("{url}: get_at_most over the cap: {other:?}"),
+    }
+    assert!(
+        store
+            .get_at_most("t/nope", 10)
+            .await
+            .unwrap_err()
+            .is_not_found(),
+        "{url}"
+    );
+    // Offsets and lengths as a hostile index could give them: huge, or
+    // summing past 2^64. `Truncated`, never a panic or an allocation.
+    for (offset, len) in [(0, u64::MAX), (u64::MAX - 1, 10), (1 << 40, 1 << 20)] {
+        match store.get_range("t/a", offset, len).await {
+            Err(StoreError::Truncated { key, size, .. }) => {
+                assert_eq!((key.as_str(), size), ("t/a", 13), "{url}")
+            }
+            other => panic!("{url}: get_range {offset}+{len}: {other:?}"),
+        }
+    }
+
     // Listing is sorted, complete, and prefix-exact.
     for k in ["t/list/b", "t/list/a", "t/list/c/d", "t/lister"] {
         store
@@ -397,4 +425,44 @@ async fn local_store_puts_are_atomic_read_only_and_leave_no_temp_files() {
         0,
         "no temp files left"
     );
+}
+
+/// An object of more parts than the store keeps in flight (12 parts of
+/// 5 MiB, 8 in flight): `get`, `get_at_most` and a ranged read across parts
+/// return every byte in order, and the cap is still decided before reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_reads_of_many_parts_come_back_whole_and_in_order() {
+    let mut config = common::s3_config(&common::bucket_name("parts"), "repo");
+    config.part_size = 5 << 20;
+    let store = holdfast::store::s3::S3Store::open(config).await.unwrap();
+    store.create_bucket(false).await.unwrap();
+    let parts = 12 * (5 << 20) + 12_345;
+    let data = Bytes::from(common::data(11, parts));
+    store
+        .put("packs/big", data.clone(), &put_opts(&data, None))
+        .await
+        .unwrap();
+    assert!(
+        store.get("packs/big").await.unwrap() == data,
+        "get of many parts differs"
+    );
+    assert!(
+        store.get_at_most("packs/big", parts as u64).await.unwrap() == data,
+        "get_at_most of many parts differs"
+    );
+    let (from, len) = ((5 << 20) - 7, 9 * (5 << 20) + 3);
+    assert!(
+        store
+            .get_range("packs/big", from as u64, len as u64)
+            .await
+            .unwrap()
+            == data.slice(from..from + len),
+        "ranged read across parts differs"
+    );
+    match store.get_at_most("packs/big", parts as u64 - 1).await {
+        Err(StoreError::TooLarge { key, size, .. }) => {
+            assert_eq!((key.as_str(), size), ("packs/big", parts as u64))
+        }
+        other => panic!("{other:?}"),
+    }
 }

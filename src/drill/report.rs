@@ -395,4 +395,46 @@ mod tests {
             r.markdown()
         );
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, failure_persistence: None, ..Default::default() })]
+
+        /// A real record with bytes flipped, cut, inserted, or a number set
+        /// to a hostile value: a record or an error naming the key, never a
+        /// panic.
+        #[test]
+        fn mutated_records_are_read_or_refused_by_name(
+            kind in 0u8..4,
+            at in proptest::prelude::any::<proptest::sample::Index>(),
+            value in proptest::prelude::any::<u64>(),
+            insert in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..16),
+        ) {
+            let bytes = report().encode();
+            let at = at.index(bytes.len());
+            let mut bad = bytes.clone();
+            match kind {
+                0 => bad[at] ^= (value as u8).max(1),
+                1 => bad.truncate(at),
+                2 => {
+                    bad.splice(at..at, insert);
+                }
+                _ => {
+                    // Every number in the record, set to a hostile one.
+                    let text = String::from_utf8(bytes).unwrap();
+                    let any = value.to_string();
+                    let hostile = ["-1", "1e400", "99999999999999999999999", "NaN", any.as_str()][value as usize % 5];
+                    bad = text
+                        .replace("1.0", hostile)
+                        .replace("60.0", hostile)
+                        .replace(": 1,", &format!(": {hostile},"))
+                        .into_bytes();
+                }
+            }
+            let key = "drills/app/20260302T080000Z.json";
+            match DrillReport::decode(key, &bad) {
+                Ok(r) => proptest::prop_assert!(r.rto_seconds.is_finite() && r.rto_seconds >= 0.0),
+                Err(e) => proptest::prop_assert!(e.contains(key), "{e}"),
+            }
+        }
+    }
 }

@@ -135,7 +135,7 @@ pub async fn history(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
                 info.key, info.size
             ))
         } else {
-            match store.get(&info.key).await {
+            match store.get_at_most(&info.key, MAX_RECORD_BYTES).await {
                 Ok(bytes) => DrillReport::decode(&info.key, &bytes),
                 Err(e) => Err(format!("unable to read drill record {}: {e}", info.key)),
             }

@@ -286,7 +286,7 @@ async fn backup_locked(
         stats: written.stats,
         entries: written.entries,
     };
-    let (id, bytes) = manifest.encode();
+    let (id, bytes) = manifest.encode_within_cap(&format!("the new manifest of plan {plan}"))?;
     let key = snapshot_key(plan, started_at, &id);
     repo.store()
         .put(
@@ -404,7 +404,8 @@ impl Shared {
                 size,
                 chunks: blobs.into_iter().map(Into::into).collect(),
             });
-            if unindexed.len() >= PACKS_PER_INDEX {
+            let chunks: usize = unindexed.iter().map(|p| p.chunks.len()).sum();
+            if unindexed.len() >= PACKS_PER_INDEX || chunks >= super::MAX_CHUNKS_PER_INDEX {
                 std::mem::take(&mut *unindexed)
             } else {
                 Vec::new()

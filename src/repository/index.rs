@@ -141,7 +141,7 @@ impl IndexFile {
                 why: format!("its SHA-256 is {got}, its name says {expected}"),
             });
         }
-        let file: IndexFile = decode_json_zst("index object", key, bytes)?;
+        let file: IndexFile = decode_json_zst(super::INDEX_CAP, key, bytes)?;
         if file.version != FORMAT_VERSION {
             return Err(RepoError::Corrupt {
                 what: "index object",
@@ -159,10 +159,11 @@ impl IndexFile {
                         "chunk {} at offset {} ({} bytes) lies outside pack {} ({} bytes)",
                         c.id, c.offset, c.length, p.id, p.size
                     )
-                } else if c.raw_length as usize > MAX_CHUNK_LEN {
+                } else if c.raw_length as usize > MAX_CHUNK_LEN || c.length as usize > MAX_CHUNK_LEN
+                {
                     format!(
-                        "chunk {} claims {} bytes, more than a chunk can hold ({MAX_CHUNK_LEN})",
-                        c.id, c.raw_length
+                        "chunk {} claims {} bytes ({} stored), more than a chunk can hold ({MAX_CHUNK_LEN})",
+                        c.id, c.raw_length, c.length
                     )
                 } else {
                     continue;

@@ -31,6 +31,10 @@ const HEADER: usize = 8 + 8 + 32;
 const LEVEL: i32 = 1;
 /// The largest log file accepted (PostgreSQL's wal_segment_size is at most 1 GiB).
 const MAX_RAW: u64 = 1 << 30;
+/// The largest archived object read back: the header and the most zstd can
+/// expand `MAX_RAW` incompressible bytes to (its compress bound is under
+/// 1/128 extra plus a frame header), so nothing larger is ever downloaded.
+pub const MAX_OBJECT: u64 = HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -161,7 +165,7 @@ pub async fn push(
     let already_archived = match store.put(&key, Bytes::from(object), &opts).await {
         Ok(()) => false,
         Err(StoreError::AlreadyExists { .. }) => {
-            let existing = store.get(&key).await?;
+            let existing = store.get_at_most(&key, MAX_OBJECT).await?;
             let (_, archived) = header_sha(&key, &existing)?;
             if archived != sha {
                 return Err(LogError::Conflict {
@@ -185,7 +189,7 @@ pub async fn push(
 
 /// Fetches object `key` and checks it against its SHA-256.
 pub async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, LogError> {
-    let object = match store.get(key).await {
+    let object = match store.get_at_most(key, MAX_OBJECT).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => {
             return Err(LogError::NotFound {
@@ -203,7 +207,7 @@ pub async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, LogError> {
 /// Restores object `key` to `dest`, checked against its SHA-256, written to
 /// a temporary name beside it and renamed into place.
 pub async fn fetch(store: &dyn Store, key: String, dest: &Path) -> Result<u64, LogError> {
-    let object = match store.get(&key).await {
+    let object = match store.get_at_most(&key, MAX_OBJECT).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => return Err(LogError::NotFound { key }),
         Err(e) => return Err(e.into()),

@@ -80,6 +80,13 @@ impl Manifest {
         (SnapshotId(Hash256::digest(&bytes)), bytes)
     }
 
+    /// [`Manifest::encode`] for a manifest about to be written, refusing one
+    /// over [`super::MANIFEST_CAP`] (`what` names it in the error).
+    pub fn encode_within_cap(&self, what: &str) -> Result<(SnapshotId, Vec<u8>), RepoError> {
+        let bytes = super::encode_json_zst_within(super::MANIFEST_CAP, what, self)?;
+        Ok((SnapshotId(Hash256::digest(&bytes)), bytes))
+    }
+
     /// Decodes a manifest, checking its bytes against the id in its name.
     pub fn decode(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<Self, RepoError> {
         let got = Hash256::digest(bytes);
@@ -94,7 +101,7 @@ impl Manifest {
                 ),
             });
         }
-        let m: Manifest = decode_json_zst("snapshot manifest", key, bytes)?;
+        let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, bytes)?;
         if m.format != "holdfast-snapshot" || m.version != FORMAT_VERSION {
             return Err(RepoError::Corrupt {
                 what: "snapshot manifest",

@@ -57,6 +57,14 @@ pub enum RepoError {
         key: String,
         why: String,
     },
+    /// A metadata object larger than its kind's cap (see [`MetadataCap`]).
+    #[error("{what} {key} is over the {cap}-byte cap for {what}s: {detail}; not read (a damaged or planted object: run `holdfast verify`)")]
+    OverCap {
+        what: &'static str,
+        key: String,
+        detail: String,
+        cap: u64,
+    },
     #[error("repository {url} has format version {found}; this holdfast reads version {FORMAT_VERSION}. Upgrade holdfast")]
     UnsupportedVersion { url: String, found: u32 },
     #[error("plan {plan} has no snapshot matching `{selector}` in {url}")]
@@ -77,9 +85,10 @@ impl crate::error::HasExit for RepoError {
     fn exit(&self) -> crate::error::Exit {
         use crate::error::Exit;
         match self {
-            RepoError::Corrupt { .. } => Exit::Verify,
+            RepoError::Corrupt { .. } | RepoError::OverCap { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
             RepoError::Store(crate::store::StoreError::Busy { .. }) => Exit::Busy,
+            RepoError::Store(crate::store::StoreError::TooLarge { .. }) => Exit::Verify,
             _ => Exit::Repository,
         }
     }
@@ -172,7 +181,7 @@ pub struct Repository {
 impl Repository {
     /// Opens the repository in `store`, failing if there is none.
     pub async fn open(store: Arc<dyn Store>) -> Result<Self, RepoError> {
-        let bytes = match store.get(CONFIG_KEY).await {
+        let bytes = match store.get_at_most(CONFIG_KEY, CONFIG_CAP).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
                 return Err(RepoError::NotARepository { url: store.url() })
@@ -279,7 +288,7 @@ impl Repository {
         let mut faults = Vec::new();
         let pruned = self.pruned_packs().await?;
         for info in self.store.list("index/").await? {
-            let decoded = match self.store.get(&info.key).await {
+            let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
                 Ok(bytes) => index::IndexFile::decode(&info.key, &bytes),
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
@@ -310,7 +319,10 @@ impl Repository {
     pub async fn prune_records(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
         let mut out = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
-            let bytes = self.store.get(&info.key).await?;
+            let bytes = self
+                .store
+                .get_at_most(&info.key, PRUNE_RECORD_CAP.bytes)
+                .await?;
             out.push(prune::PruneRecord::decode(&info.key, &bytes)?);
         }
         Ok(out)
@@ -322,7 +334,11 @@ impl Repository {
     pub async fn prune_records_lenient(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
         let mut out = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
-            let decoded = match self.store.get(&info.key).await {
+            let decoded = match self
+                .store
+                .get_at_most(&info.key, PRUNE_RECORD_CAP.bytes)
+                .await
+            {
                 Ok(bytes) => prune::PruneRecord::decode(&info.key, &bytes),
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => Err(e.into()),
@@ -353,7 +369,10 @@ impl Repository {
 
     /// Reads a manifest, checking its bytes against the id in its name.
     pub async fn load_manifest(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
-        let bytes = self.store.get(&snap.key).await?;
+        let bytes = self
+            .store
+            .get_at_most(&snap.key, MANIFEST_CAP.bytes)
+            .await?;
         Manifest::decode(&snap.key, &snap.id, &bytes)
     }
 
@@ -399,19 +418,242 @@ pub(crate) fn encode_json_zst<T: Serialize>(value: &T) -> Vec<u8> {
     zstd::bulk::compress(&json, 3).expect("zstd compresses in memory")
 }
 
+/// Like [`encode_json_zst`], but refuses to write what no reader would read
+/// back: JSON over `cap` is an error naming what would have been written.
+pub(crate) fn encode_json_zst_within<T: Serialize>(
+    cap: MetadataCap,
+    key: &str,
+    value: &T,
+) -> Result<Vec<u8>, RepoError> {
+    let json = serde_json::to_vec(value).expect("repository metadata serialises");
+    if json.len() as u64 > cap.bytes {
+        return Err(RepoError::OverCap {
+            what: cap.what,
+            key: key.to_string(),
+            detail: format!(
+                "it would hold {} bytes of JSON, so it is not written (split the plan's source into smaller plans)",
+                json.len()
+            ),
+            cap: cap.bytes,
+        });
+    }
+    Ok(zstd::bulk::compress(&json, 3).expect("zstd compresses in memory"))
+}
+
+/// The most a metadata object may decompress to, and the most its stored
+/// (compressed) bytes may be, by kind: fixed caps, because nothing authenticated
+/// gives a size before the object is read. Writers keep well inside them (a
+/// backup starts a new index object every [`MAX_CHUNKS_PER_INDEX`] chunks and
+/// refuses a manifest over its cap); readers refuse anything larger, naming the
+/// object and the cap, before it can claim memory. See
+/// `docs/repository-format.md`, *Size caps*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetadataCap {
+    pub what: &'static str,
+    pub bytes: u64,
+}
+
+/// Index objects: at most [`MAX_CHUNKS_PER_INDEX`] chunks of about 140 JSON
+/// bytes each, so about 14 MiB; 64 MiB leaves room.
+pub const INDEX_CAP: MetadataCap = MetadataCap {
+    what: "index object",
+    bytes: 64 << 20,
+};
+
+/// Manifests: about 250 JSON bytes per file plus 67 per chunk. PostgreSQL
+/// images are cut into 8 KiB chunks, so their manifests are 0.8 % of the
+/// cluster's size: 4 GiB holds a 500 GiB cluster, or some sixteen million
+/// files. (A manifest this size is parsed as it streams, never held as text.)
+pub const MANIFEST_CAP: MetadataCap = MetadataCap {
+    what: "snapshot manifest",
+    bytes: 4 << 30,
+};
+
+/// Prune records: 67 JSON bytes per pack or snapshot named, so about a million
+/// packs (16 TiB of packs at the default size) per record.
+pub const PRUNE_RECORD_CAP: MetadataCap = MetadataCap {
+    what: "prune record",
+    bytes: 64 << 20,
+};
+
+/// The `config` object is a few hundred bytes of JSON.
+const CONFIG_CAP: u64 = 1 << 20;
+
+/// A backup writes an index object when this many chunks are unindexed, even
+/// before [`PACKS_PER_INDEX`] packs, so small files cannot push an index object
+/// past [`INDEX_CAP`].
+pub const MAX_CHUNKS_PER_INDEX: usize = 100_000;
+
+/// What [`Guarded`] stopped a read for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    OverCap,
+    Whitespace(u64),
+}
+
+/// The reader between the decompressor and the JSON parser. It fails once
+/// more than `cap` bytes pass, and at the first whitespace outside a string:
+/// holdfast writes compact JSON (`serde_json::to_vec`), so whitespace means a
+/// foreign object, and refusing it stops a whitespace bomb at its first byte
+/// instead of after the cap. It notes why it stopped (the parser reports only
+/// "I/O error").
+struct Guarded<R> {
+    inner: R,
+    left: u64,
+    read: u64,
+    in_string: bool,
+    escaped: bool,
+    stopped: Option<Stop>,
+}
+
+impl<R: Read> Read for Guarded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One byte more means the content is over the cap.
+            let mut probe = [0u8; 1];
+            if self.inner.read(&mut probe)? == 0 {
+                return Ok(0);
+            }
+            self.stopped = Some(Stop::OverCap);
+            return Err(std::io::Error::other("over the size cap"));
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        for (i, &b) in buf[..n].iter().enumerate() {
+            if self.in_string {
+                if self.escaped {
+                    self.escaped = false;
+                } else if b == b'\\' {
+                    self.escaped = true;
+                } else if b == b'"' {
+                    self.in_string = false;
+                }
+            } else if b == b'"' {
+                self.in_string = true;
+            } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                self.stopped = Some(Stop::Whitespace(self.read + i as u64));
+                return Err(std::io::Error::other("whitespace outside a string"));
+            }
+        }
+        self.left -= n as u64;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// Decodes a zstd JSON metadata object without ever holding more than `cap`
+/// bytes of it: the stored bytes are checked against the cap, and the JSON is
+/// parsed as it streams out of the decompressor, which stops at the cap. A
+/// decompression bomb of zeros or whitespace fails at its first byte; one of
+/// well-formed JSON (a string that never ends) is refused at the cap.
 pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
-    what: &'static str,
+    cap: MetadataCap,
     key: &str,
     bytes: &[u8],
 ) -> Result<T, RepoError> {
+    let what = cap.what;
+    if bytes.len() as u64 > cap.bytes {
+        return Err(RepoError::OverCap {
+            what,
+            key: key.to_string(),
+            detail: format!("it is {} bytes stored", bytes.len()),
+            cap: cap.bytes,
+        });
+    }
     let corrupt = |why: String| RepoError::Corrupt {
         what,
         key: key.to_string(),
         why,
     };
-    let mut json = Vec::new();
-    zstd::stream::read::Decoder::new(bytes)
-        .and_then(|mut d| d.read_to_end(&mut json))
+    let decoder = zstd::stream::read::Decoder::with_buffer(bytes)
         .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    serde_json::from_slice(&json).map_err(|e| corrupt(format!("cannot parse: {e}")))
+    let mut reader = std::io::BufReader::with_capacity(
+        64 * 1024,
+        Guarded {
+            inner: decoder,
+            left: cap.bytes,
+            read: 0,
+            in_string: false,
+            escaped: false,
+            stopped: None,
+        },
+    );
+    let parsed = serde_json::from_reader::<_, T>(&mut reader);
+    match reader.get_ref().stopped {
+        Some(Stop::OverCap) => {
+            return Err(RepoError::OverCap {
+                what,
+                key: key.to_string(),
+                detail: "it decompresses to more than that".into(),
+                cap: cap.bytes,
+            })
+        }
+        Some(Stop::Whitespace(at)) => {
+            return Err(corrupt(format!(
+                "whitespace outside a string at byte {at} of its JSON; holdfast writes compact JSON, so it did not write this"
+            )))
+        }
+        None => {}
+    }
+    parsed.map_err(|e| match e.io_error_kind() {
+        Some(_) => corrupt(format!("cannot decompress: {e}")),
+        None => corrupt(format!("cannot parse: {e}")),
+    })
+}
+
+#[cfg(test)]
+mod cap_tests {
+    use super::*;
+
+    const SMALL: MetadataCap = MetadataCap {
+        what: "index object",
+        bytes: 64,
+    };
+
+    fn zst(json: &str) -> Vec<u8> {
+        zstd::bulk::compress(json.as_bytes(), 3).unwrap()
+    }
+
+    #[test]
+    fn json_up_to_the_cap_is_read_and_one_byte_more_is_refused_by_name() {
+        // Exactly 64 bytes of compact JSON.
+        let at_cap = format!("[\"{}\"]", "a".repeat(60));
+        assert_eq!(at_cap.len(), 64);
+        let got: Vec<String> = decode_json_zst(SMALL, "index/k", &zst(&at_cap)).unwrap();
+        assert_eq!(got[0].len(), 60);
+        let over = format!("[\"{}\"]", "a".repeat(61));
+        match decode_json_zst::<Vec<String>>(SMALL, "index/k", &zst(&over)) {
+            Err(e @ RepoError::OverCap { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("index/k") && msg.contains("64-byte cap for index objects"),
+                    "{msg}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Stored bytes over the cap are refused before decompressing.
+        let noise: Vec<u8> = (0..200u32).map(|i| (i * 7919 % 251) as u8).collect();
+        match decode_json_zst::<Vec<String>>(SMALL, "index/k", &noise) {
+            Err(RepoError::OverCap { detail, .. }) => {
+                assert!(detail.contains("200 bytes stored"), "{detail}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn whitespace_outside_strings_is_refused_and_inside_them_kept() {
+        let got: Vec<String> = decode_json_zst(SMALL, "k", &zst("[\"a b\\\" c\"]")).unwrap();
+        assert_eq!(got, vec!["a b\" c".to_string()]);
+        match decode_json_zst::<Vec<String>>(SMALL, "k", &zst("[\"a\", \"b\"]")) {
+            Err(RepoError::Corrupt { why, .. }) => {
+                assert!(
+                    why.contains("whitespace outside a string at byte 5"),
+                    "{why}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -24,8 +24,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_json_zst, encode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef,
-    FORMAT_VERSION,
+    decode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef, FORMAT_VERSION,
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
@@ -46,7 +45,7 @@ pub const PRUNES_PREFIX: &str = "prunes/";
 
 impl PruneRecord {
     pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, RepoError> {
-        let r: PruneRecord = decode_json_zst("prune record", key, bytes)?;
+        let r: PruneRecord = decode_json_zst(super::PRUNE_RECORD_CAP, key, bytes)?;
         if r.format != "holdfast-prune" {
             return Err(RepoError::Corrupt {
                 what: "prune record",
@@ -344,7 +343,11 @@ async fn prune_locked(
         snapshots: removing.iter().map(|s| s.id).collect(),
         packs: dead.keys().copied().collect(),
     };
-    let bytes = encode_json_zst(&record);
+    let bytes = super::encode_json_zst_within(
+        super::PRUNE_RECORD_CAP,
+        &format!("the new prune record of plan {plan}"),
+        &record,
+    )?;
     let sha = Hash256::digest(&bytes);
     let key = format!(
         "{PRUNES_PREFIX}{}-{}",
@@ -398,7 +401,7 @@ async fn prune_locked(
     let pruned = repo.pruned_packs().await?;
     let mut index_removed = 0;
     for info in store.list("index/").await? {
-        let Ok(bytes) = store.get(&info.key).await else {
+        let Ok(bytes) = store.get_at_most(&info.key, super::INDEX_CAP.bytes).await else {
             continue;
         };
         let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes) else {

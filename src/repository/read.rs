@@ -366,8 +366,22 @@ fn fetch_run(
     run.blobs
         .iter()
         .map(|b| {
-            let start = (b.offset - run.offset) as usize;
-            let data = &bytes[start..start + b.length as usize];
+            // The run and its blobs come from the index, whose entries were
+            // checked against their pack's size; still, a blob that is not
+            // inside the bytes read is a named error, never a panic.
+            let start = b.offset.checked_sub(run.offset).map(|s| s as usize);
+            let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
+            let Some(data) = data else {
+                return Err(ReadError::Blob {
+                    key: key.clone(),
+                    chunk: b.id,
+                    path: run.path.to_string(),
+                    why: Box::new(BlobError::Length {
+                        got: bytes.len(),
+                        expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,
+                    }),
+                });
+            };
             decode_blob_checked(b, data, check_chunks).map_err(|why| ReadError::Blob {
                 key: key.clone(),
                 chunk: b.id,

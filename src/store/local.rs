@@ -244,13 +244,38 @@ impl Inner {
                 store: self.url.clone(),
                 key: key.to_string(),
                 offset,
-                end: offset + len,
+                end: offset.saturating_add(len),
                 size,
             });
         }
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)
             .map_err(|e| self.io("read", key, e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
+        use std::io::Read;
+        let f = File::open(self.object_path(key)).map_err(|e| self.io("read", key, e))?;
+        let size = f.metadata().map_err(|e| self.io("stat", key, e))?.len();
+        let too_large = |size| StoreError::TooLarge {
+            store: self.url.clone(),
+            key: key.to_string(),
+            size,
+            max,
+        };
+        if size > max {
+            return Err(too_large(size));
+        }
+        // The file may grow between the stat and the read: read one byte past
+        // the cap at most, never trusting the stat for the allocation alone.
+        let mut buf = Vec::with_capacity(size as usize);
+        f.take(max.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(|e| self.io("read", key, e))?;
+        if buf.len() as u64 > max {
+            return Err(too_large(buf.len() as u64));
+        }
         Ok(Bytes::from(buf))
     }
 
@@ -422,6 +447,12 @@ impl Store for LocalStore {
                 .map_err(|e| s.io("read", &key, e))
         })
         .await
+    }
+
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        let key = key.to_string();
+        self.blocking(move |s| s.get_at_most(&key, max)).await
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {

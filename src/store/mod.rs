@@ -15,6 +15,10 @@
 //! * `delete` of an object whose retention has not ended fails with
 //!   [`StoreError::Retained`]; retention can be extended, never shortened.
 //! * `list` returns every key under a prefix, sorted, each with its size.
+//! * `get_at_most` refuses an object over the caller's cap with
+//!   [`StoreError::TooLarge`] from its stored size, before reading it; no
+//!   read allocates from a size the server claims beyond what arrives, and
+//!   ranges whose offset and length overflow are [`StoreError::Truncated`].
 //! * Retries: what a backend returns is final. The local store has nothing
 //!   worth retrying; the S3 store retries throttling, timeouts and 5xx inside
 //!   the AWS SDK (standard mode, backoff with jitter). [`StoreError::is_transient`]
@@ -155,6 +159,13 @@ pub enum StoreError {
         end: u64,
         size: u64,
     },
+    #[error("object {key} in {store} is {size} bytes, over the {max}-byte cap for what it should hold; not read")]
+    TooLarge {
+        store: String,
+        key: String,
+        size: u64,
+        max: u64,
+    },
     #[error("unable to {op} {key} in {store}: {source}")]
     Io {
         op: &'static str,
@@ -210,6 +221,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Create-only put; see the module contract.
     async fn put(&self, key: &str, data: Bytes, opts: &PutOptions) -> Result<(), StoreError>;
     async fn get(&self, key: &str) -> Result<Bytes, StoreError>;
+    /// The whole object if it holds at most `max` bytes; otherwise
+    /// [`StoreError::TooLarge`], decided from the stored size before the body
+    /// is downloaded, and checked again against the bytes that arrive. For
+    /// objects whose kind has a size cap (repository metadata), so a planted
+    /// huge object costs a refusal naming it, not memory.
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, StoreError>;
     /// Exactly `len` bytes from `offset`, or [`StoreError::Truncated`].
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError>;
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError>;

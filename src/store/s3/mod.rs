@@ -162,10 +162,34 @@ impl Store for S3Store {
             return Ok(first);
         }
         let rest = self.get_span(key, part, total).await?;
-        let mut out = BytesMut::with_capacity(total as usize);
+        // `total` is the server's claim: reserve no more than arrived.
+        let mut out = BytesMut::with_capacity(first.len() + rest.len());
         out.extend_from_slice(&first);
         out.extend_from_slice(&rest);
         Ok(out.freeze())
+    }
+
+    async fn get_at_most(&self, key: &str, max: u64) -> Result<Bytes, StoreError> {
+        check_key(key)?;
+        let too_large = |size| StoreError::TooLarge {
+            store: self.url.clone(),
+            key: key.to_string(),
+            size,
+            max,
+        };
+        let size = self.original(key).await?.size;
+        if size > max {
+            return Err(too_large(size));
+        }
+        let got = if size <= self.config.part_size as u64 {
+            self.get_one(key, None).await?.0
+        } else {
+            self.get_span(key, 0, size).await?
+        };
+        if got.len() as u64 > max {
+            return Err(too_large(got.len() as u64));
+        }
+        Ok(got)
     }
 
     async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Bytes, StoreError> {
@@ -183,7 +207,17 @@ impl Store for S3Store {
             }
             return Ok(Bytes::new());
         }
-        self.get_span(key, offset, offset + len).await
+        // An offset and length from a hostile index may not add up.
+        let Some(end) = offset.checked_add(len) else {
+            return Err(StoreError::Truncated {
+                store: self.url.clone(),
+                key: key.to_string(),
+                offset,
+                end: u64::MAX,
+                size: self.head(key).await?.size,
+            });
+        };
+        self.get_span(key, offset, end).await
     }
 
     async fn head(&self, key: &str) -> Result<ObjectInfo, StoreError> {

@@ -220,7 +220,7 @@ impl S3Store {
         end: u64,
     ) -> Result<Bytes, StoreError> {
         let part = self.config.part_size as u64;
-        let first_end = end.min(start + part);
+        let first_end = end.min(start.saturating_add(part));
         let (first, total) = match self.get_one(key, Some((start, first_end))).await {
             Ok(v) => v,
             Err(StoreError::Io { source, .. })
@@ -250,25 +250,32 @@ impl S3Store {
         if first_end == end {
             return Ok(first);
         }
+        // Bounded concurrency: at most `parallel_reads` parts in flight, so a
+        // big object costs that many part buffers of waiting, not one task
+        // per part at once.
+        let in_flight = self.capabilities().parallel_reads.max(1);
         let mut tasks = tokio::task::JoinSet::new();
         let mut offset = first_end;
         let mut index = 0usize;
-        while offset < end {
-            let stop = end.min(offset + part);
-            let this = self.clone();
-            let key = key.to_string();
-            index += 1;
-            let i = index;
-            tasks.spawn(async move {
-                this.get_one(&key, Some((offset, stop)))
-                    .await
-                    .map(|(b, _)| (i, b, stop - offset))
-            });
-            offset = stop;
-        }
-        let mut pieces = vec![Bytes::new(); index + 1];
-        pieces[0] = first;
-        while let Some(done) = tasks.join_next().await {
+        let mut pieces = vec![first];
+        loop {
+            while offset < end && tasks.len() < in_flight {
+                let stop = end.min(offset.saturating_add(part));
+                let this = self.clone();
+                let key = key.to_string();
+                index += 1;
+                let i = index;
+                pieces.push(Bytes::new());
+                tasks.spawn(async move {
+                    this.get_one(&key, Some((offset, stop)))
+                        .await
+                        .map(|(b, _)| (i, b, stop - offset))
+                });
+                offset = stop;
+            }
+            let Some(done) = tasks.join_next().await else {
+                break;
+            };
             let (i, bytes, want) = done.expect("download task panicked")?;
             if (bytes.len() as u64) != want {
                 return Err(self.integrity_error(
