@@ -574,3 +574,78 @@ impl ReadSink for TreeWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::engine::files::FilesSource;
+    use crate::ids::Hash256;
+    use crate::plan::Tier;
+    use crate::repository::backup::{backup, BackupOptions};
+    use crate::store::local::LocalStore;
+
+    /// The sink sees a file's bytes before its hash is known: until the
+    /// hash matched, the file on disk must stay 0600, whatever its entry says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_gets_its_recorded_mode_only_after_its_content_matched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        for name in ["a", "b"] {
+            fs::write(src.join(name), format!("content of {name}")).unwrap();
+            fs::set_permissions(src.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
+        let repo = Repository::open_or_init(store, None, Utc::now())
+            .await
+            .unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
+        let source = FilesSource::new(src, Vec::new()).unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
+        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
+        b.sha256 = Some(Hash256::digest(b"not the content of b"));
+
+        let reader = ChunkReader::new(
+            repo.store().clone(),
+            Arc::new(repo.load_index().await.unwrap()),
+            tokio::runtime::Handle::current(),
+        );
+        let out = tmp.path().join("out");
+        let (err, modes) = tokio::task::spawn_blocking(move || {
+            let mut sink = TreeWriter {
+                root: out.clone(),
+                dir: None,
+                single: false,
+                keep_setid: false,
+                setid_dropped: Vec::new(),
+                out: None,
+                progress: Progress::new("restore", None, ProgressMode::Quiet),
+                files: 0,
+                unsynced: 0,
+                syncer: None,
+            };
+            sink.prepare_tree(&entries).unwrap();
+            let err = reader.read_files(&entries, &mut sink).unwrap_err();
+            let mode = |n: &str| fs::metadata(out.join(n)).unwrap().permissions().mode() & 0o7777;
+            (err, [mode("a"), mode("b")])
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(&err, ReadError::StreamHash { path, .. } if path == "b"),
+            "{err}"
+        );
+        assert_eq!(modes, [0o755, 0o600], "a checked, b not");
+    }
+}
