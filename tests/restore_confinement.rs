@@ -5,7 +5,8 @@
 //! the repository's own API (chained to the real head, as a forger would)
 //! whose entries try to reach outside the target, and run `holdfast restore`
 //! on it as on-call would. The tests run as root, so a write that escaped
-//! would succeed: they check that nothing landed outside.
+//! would succeed: they check that nothing landed outside. The last one does
+//! the same to a PostgreSQL base backup, restored as the `postgres` user.
 
 mod common;
 
@@ -15,8 +16,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Duration;
-use common::bin::{command, fails, ok, text};
+use common::bin::{command, fails, ok, s, text};
 use common::files::{files_under, set_mode};
+use common::postgres::{chown_postgres, Cluster};
 use holdfast::ids::Hash256;
 use holdfast::plan::PlanName;
 use holdfast::repository::source::EntryKind;
@@ -70,42 +72,8 @@ impl Env {
         )
     }
 
-    /// Adds a manifest made from the real backup's with `edit` applied to
-    /// its entries, chained to it and dated as the newest snapshot; returns
-    /// its key and short id.
     fn forge(&self, edit: impl FnOnce(&mut Vec<ManifestEntry>)) -> (String, String) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let store: Arc<dyn Store> = Arc::new(LocalStore::open(self.path("repo")).unwrap());
-            let repo = Repository::open(store).await.unwrap();
-            let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
-            let snaps = repo.list_snapshots(&plan).await.unwrap();
-            // The real backup (earlier forgeries are left out), with the
-            // forgery dated after every snapshot so it is the newest.
-            let real = &snaps[0];
-            let mut m = repo.load_manifest(real).await.unwrap();
-            edit(&mut m.entries);
-            m.previous = Some(real.id);
-            m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
-            m.finished_at = m.started_at;
-            let (id, bytes) = m.encode();
-            let key = snapshot_key(&plan, m.started_at, &id);
-            repo.store()
-                .put(
-                    &key,
-                    Bytes::from(bytes),
-                    &PutOptions {
-                        sha256: id.0,
-                        retention: m.retention,
-                    },
-                )
-                .await
-                .unwrap();
-            (key, id.short())
-        })
+        forge(&self.path("repo"), "tree", edit)
     }
 
     fn restore(&self, snapshot: &str, to: &Path, extra: &[&str], code: i32) -> String {
@@ -138,6 +106,47 @@ impl Env {
         want.sort();
         assert_eq!(beside, want, "no temporary or escaped path left behind");
     }
+}
+
+/// Adds a manifest made from the plan's real (first) backup with `edit`
+/// applied to its entries, chained to it and dated as the newest snapshot;
+/// returns its key and short id.
+fn forge(
+    repo_dir: &Path,
+    plan: &str,
+    edit: impl FnOnce(&mut Vec<ManifestEntry>),
+) -> (String, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(LocalStore::open(repo_dir.to_path_buf()).unwrap());
+        let repo = Repository::open(store).await.unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!(plan)).unwrap();
+        let snaps = repo.list_snapshots(&plan).await.unwrap();
+        // Earlier forgeries are left out; the new one sorts as the newest.
+        let real = &snaps[0];
+        let mut m = repo.load_manifest(real).await.unwrap();
+        edit(&mut m.entries);
+        m.previous = Some(real.id);
+        m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
+        m.finished_at = m.started_at;
+        let (id, bytes) = m.encode();
+        let key = snapshot_key(&plan, m.started_at, &id);
+        repo.store()
+            .put(
+                &key,
+                Bytes::from(bytes),
+                &PutOptions {
+                    sha256: id.0,
+                    retention: m.retention,
+                },
+            )
+            .await
+            .unwrap();
+        (key, id.short())
+    })
 }
 
 /// The real `app/payload` entry, moved to `path`.
@@ -322,4 +331,67 @@ fn a_file_failing_its_content_check_is_never_left_with_its_recorded_mode() {
         "{msg}"
     );
     env.assert_untouched(&[]);
+}
+
+/// PostgreSQL: the recovery set-up writes into the restored data directory
+/// (the spool's move into `pg_wal`, `postgresql.auto.conf`,
+/// `recovery.signal`); a forged base backup that makes those symlinks must
+/// not get holdfast to write through them, even as the `postgres` user that
+/// owns the place they point at.
+#[test]
+fn a_forged_base_backup_cannot_redirect_the_recovery_set_up() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.archive_now();
+    let outside = pg.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim.conf"), "untouched\n").unwrap();
+    chown_postgres(&outside);
+
+    // `pg_wal` a link to the outside: the WAL spool would be moved there.
+    let (_, wal_link) = forge(&pg.path("repo"), "pg", |entries| {
+        entries.retain(|e| !e.path.starts_with("pgdata/pg_wal"));
+        entries.push(link("pgdata/pg_wal", &outside));
+    });
+    // `postgresql.auto.conf` a link to a file outside: the recovery settings
+    // would be appended to it.
+    let (_, conf_link) = forge(&pg.path("repo"), "pg", |entries| {
+        entries.retain(|e| e.path != "pgdata/postgresql.auto.conf");
+        entries.push(link(
+            "pgdata/postgresql.auto.conf",
+            &outside.join("victim.conf"),
+        ));
+    });
+    chown_postgres(&pg.path("repo"));
+    for (id, what) in [(wal_link, "pg_wal"), (conf_link, "postgresql.auto.conf")] {
+        let to = pg.path(&format!("restored-{what}"));
+        let out = pg.holdfast(&[
+            "restore",
+            "--plan",
+            &plan,
+            "--snapshot",
+            &id,
+            "--to",
+            s(&to),
+        ]);
+        let msg = text(&out);
+        assert_eq!(out.status.code(), Some(8), "{what}: {msg}");
+        assert!(
+            msg.contains(&format!("`{what}`")) && msg.contains("symlink"),
+            "{what}: {msg}"
+        );
+        let mut left: Vec<String> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["victim.conf"], "{what}: nothing moved outside");
+        assert_eq!(
+            std::fs::read_to_string(outside.join("victim.conf")).unwrap(),
+            "untouched\n",
+            "{what}"
+        );
+    }
 }
