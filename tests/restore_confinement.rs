@@ -52,7 +52,7 @@ impl Env {
             ),
         )
         .unwrap();
-        ok(&["backup", "--plan", env.plan()]);
+        ok(&["backup", "--plan", &env.plan()]);
         // What the attacks must not touch.
         std::fs::create_dir(env.path("outside")).unwrap();
         env
@@ -62,14 +62,8 @@ impl Env {
         self.dir.path().join(p)
     }
 
-    fn plan(&self) -> &str {
-        Box::leak(
-            self.path("plan.yaml")
-                .to_str()
-                .unwrap()
-                .to_string()
-                .into_boxed_str(),
-        )
+    fn plan(&self) -> String {
+        s(&self.path("plan.yaml")).to_string()
     }
 
     fn forge(&self, edit: impl FnOnce(&mut Vec<ManifestEntry>)) -> (String, String) {
@@ -77,10 +71,11 @@ impl Env {
     }
 
     fn restore(&self, snapshot: &str, to: &Path, extra: &[&str], code: i32) -> String {
+        let plan = self.plan();
         let mut args = vec![
             "restore",
             "--plan",
-            self.plan(),
+            &plan,
             "--snapshot",
             snapshot,
             "--to",
@@ -214,7 +209,7 @@ fn a_symlink_entry_cannot_carry_a_later_file_outside_the_target() {
     ok(&[
         "restore",
         "--plan",
-        env.plan(),
+        &env.plan(),
         "--snapshot",
         &id,
         "--to",
@@ -272,7 +267,7 @@ fn a_setuid_file_is_restored_without_the_bit_unless_asked() {
     });
     let out = env.path("out");
     let restored = command()
-        .args(["restore", "--plan", env.plan(), "--snapshot", &id, "--to"])
+        .args(["restore", "--plan", &env.plan(), "--snapshot", &id, "--to"])
         .arg(&out)
         .output()
         .unwrap();
@@ -290,7 +285,7 @@ fn a_setuid_file_is_restored_without_the_bit_unless_asked() {
     ok(&[
         "restore",
         "--plan",
-        env.plan(),
+        &env.plan(),
         "--snapshot",
         &id,
         "--to",
