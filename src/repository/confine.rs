@@ -105,6 +105,10 @@ pub fn check_tree(entries: &[ManifestEntry]) -> Result<(), (String, String)> {
 pub struct Confined {
     root: PathBuf,
     fd: OwnedFd,
+    /// The directory the last entry was created in, already walked: the
+    /// files of one directory come one after another, and each would
+    /// otherwise open every directory above it again.
+    last_parent: std::cell::RefCell<Option<(String, OwnedFd)>>,
 }
 
 /// Mode bits a restore applies without being asked: permissions and the
@@ -177,6 +181,7 @@ impl Confined {
         Ok(Confined {
             root: path.to_path_buf(),
             fd,
+            last_parent: Default::default(),
         })
     }
 
@@ -206,6 +211,14 @@ impl Confined {
         let Some(dirs) = dirs else {
             return f(self.fd.as_fd(), name);
         };
+        let cached = self.last_parent.borrow_mut().take();
+        if let Some((walked, fd)) = cached {
+            if walked == dirs {
+                let r = f(fd.as_fd(), name);
+                *self.last_parent.borrow_mut() = Some((walked, fd));
+                return r;
+            }
+        }
         let mut cur: Option<OwnedFd> = None;
         let mut walked = 0usize;
         for comp in dirs.split('/') {
@@ -228,8 +241,10 @@ impl Confined {
             walked += comp.len() + 1;
             cur = Some(next);
         }
-        let parent = cur.as_ref().map_or(self.fd.as_fd(), |c| c.as_fd());
-        f(parent, name)
+        let parent = cur.expect("a path with a `/` has a parent component");
+        let r = f(parent.as_fd(), name);
+        *self.last_parent.borrow_mut() = Some((dirs.to_string(), parent));
+        r
     }
 
     fn at(&self, rel: &str) -> PathBuf {
