@@ -189,12 +189,30 @@ fn files_tree_round_trip_keeps_modes_times_links_and_empties() {
         std::fs::read_link(out.join("link")).unwrap(),
         Path::new("a/b/data.bin")
     );
+    // setuid and setgid come back only when asked; the sticky bit always.
     for (path, mode, secs) in modes {
         let m = std::fs::symlink_metadata(out.join(path)).unwrap();
         assert_eq!(
             (m.permissions().mode() & 0o7777, m.mtime(), m.mtime_nsec()),
-            (mode, secs, 123),
+            (mode & 0o1777, secs, 123),
             "mode and mtime of {path}"
+        );
+    }
+    let kept = env.path("kept");
+    ok(&[
+        "restore",
+        "--plan",
+        plan,
+        "--to",
+        kept.to_str().unwrap(),
+        "--keep-setid-bits",
+    ]);
+    for (path, mode, secs) in modes {
+        let m = std::fs::symlink_metadata(kept.join(path)).unwrap();
+        assert_eq!(
+            (m.permissions().mode() & 0o7777, m.mtime(), m.mtime_nsec()),
+            (mode, secs, 123),
+            "mode and mtime of {path} with --keep-setid-bits"
         );
     }
 }

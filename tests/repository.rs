@@ -57,6 +57,7 @@ async fn restore_latest(
             force: false,
             check_with: None,
             single_stream: false,
+            keep_setid_bits: false,
             progress: ProgressMode::Quiet,
         },
     )
@@ -113,6 +114,7 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
             force: false,
             check_with: None,
             single_stream: false,
+            keep_setid_bits: false,
             progress: ProgressMode::Quiet,
         },
     )

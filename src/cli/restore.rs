@@ -76,6 +76,12 @@ pub(crate) struct RestoreArgs {
     /// verified against the snapshot's SHA-256.
     #[arg(long)]
     pub check: bool,
+    /// Files and SQLite: restore setuid and setgid bits as the snapshot
+    /// records them. Without it they are dropped (with a warning naming the
+    /// entries): anyone able to add a snapshot to the repository could
+    /// otherwise plant a setuid binary. The sticky bit is always kept.
+    #[arg(long)]
+    pub keep_setid_bits: bool,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -115,6 +121,7 @@ pub async fn run(args: RestoreArgs, progress: ProgressMode) -> Result<Exit, Erro
             (_, true) => Some(false),
             _ => None,
         },
+        keep_setid_bits: args.keep_setid_bits,
         progress,
     };
     let report = crate::ops::restore::restore(&plan, &req).await?;

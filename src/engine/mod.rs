@@ -59,6 +59,9 @@ pub struct RestoreRequest {
     /// the plan as it did) or `--no-archive` (Some(false): a scratch copy
     /// that must not); `None` lets the engine decide from where it goes.
     pub archive: Option<bool>,
+    /// `--keep-setid-bits`: restore setuid/setgid bits as recorded (files
+    /// and sqlite; dropped otherwise, and always for PostgreSQL).
+    pub keep_setid_bits: bool,
     pub progress: ProgressMode,
 }
 

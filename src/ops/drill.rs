@@ -583,6 +583,7 @@ async fn run_engine(
                 start: false,
                 port: None,
                 archive: None,
+                keep_setid_bits: false,
                 progress,
             };
             out.snapshot = Some(pick.snapshot_short.clone());

@@ -4,9 +4,9 @@
 //! complete. Engine-neutral: an engine says whether the snapshot is one
 //! stream (a file path) or a tree, and which check its copy must pass.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,6 +14,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
+use super::confine::{self, Confined};
 use super::read::{ChunkReader, ReadError, ReadSink};
 use super::source::{EntryKind, SourceError};
 use super::{Manifest, ManifestEntry, RepoError, Repository};
@@ -36,6 +37,9 @@ pub struct RestoreOptions {
     /// The snapshot is one stream restored to a file path (a database
     /// image), whatever its entries look like.
     pub single_stream: bool,
+    /// Restore setuid/setgid bits as recorded (`--keep-setid-bits`); they
+    /// are dropped otherwise.
+    pub keep_setid_bits: bool,
     pub progress: ProgressMode,
 }
 
@@ -70,6 +74,13 @@ pub enum MaterializeError {
         #[source]
         source: Box<ReadError>,
     },
+    #[error("snapshot manifest {manifest} cannot be restored, nothing was written to {target}: entry `{path}` is refused: {why}")]
+    UnsafeEntry {
+        manifest: String,
+        path: String,
+        why: String,
+        target: PathBuf,
+    },
     #[error("restored database failed its check, nothing was written to {target}: {source}")]
     Check {
         target: PathBuf,
@@ -91,7 +102,7 @@ impl HasExit for MaterializeError {
                 ReadError::Sink { .. } => Exit::Target,
                 _ => Exit::Verify,
             },
-            MaterializeError::Check { .. } => Exit::Verify,
+            MaterializeError::Check { .. } | MaterializeError::UnsafeEntry { .. } => Exit::Verify,
             MaterializeError::Repo(r) => r.exit(),
         }
     }
@@ -121,8 +132,10 @@ pub async fn restore(
         total,
         &Materialize {
             target: &target,
+            manifest: &snap.key,
             single,
             force: opts.force,
+            keep_setid: opts.keep_setid_bits,
             progress: opts.progress,
             check: opts.check_with,
         },
@@ -146,9 +159,13 @@ pub type CheckFn = fn(&Path) -> Result<(), SourceError>;
 
 pub struct Materialize<'a> {
     pub target: &'a Path,
+    /// The manifest's key, named when one of its entries is refused.
+    pub manifest: &'a str,
     /// One stream restored to a file path.
     pub single: bool,
     pub force: bool,
+    /// Restore setuid/setgid bits as recorded.
+    pub keep_setid: bool,
     pub progress: ProgressMode,
     pub check: Option<CheckFn>,
 }
@@ -166,6 +183,19 @@ pub async fn materialize(
     let target = how.target.to_path_buf();
     let single = how.single;
     let force = how.force;
+    let keep_setid = how.keep_setid;
+    // Every path is checked before anything is written: a hostile manifest
+    // is refused whole, by name.
+    if !single {
+        if let Err((path, why)) = confine::check_tree(&entries) {
+            return Err(MaterializeError::UnsafeEntry {
+                manifest: how.manifest.to_string(),
+                path,
+                why,
+                target,
+            });
+        }
+    }
     let parent = target.parent().unwrap_or(Path::new("/")).to_path_buf();
     let name = target
         .file_name()
@@ -197,7 +227,10 @@ pub async fn materialize(
     let result = tokio::task::spawn_blocking(move || {
         let mut sink = TreeWriter {
             root: temp_in,
+            dir: None,
             single,
+            keep_setid,
+            setid_dropped: Vec::new(),
             out: None,
             progress,
             files: 0,
@@ -227,6 +260,7 @@ pub async fn materialize(
             }
         });
         sink.progress.finish();
+        sink.report_setid_dropped();
         r.map(|_| sink.files)
     })
     .await
@@ -352,7 +386,13 @@ fn swap_into_place(temp: &Path, target: &Path, force: bool) -> std::io::Result<(
 
 struct TreeWriter {
     root: PathBuf,
+    /// The tree's temporary root, held open: every entry is created beneath
+    /// it without following a symlink (`None` for a single stream).
+    dir: Option<Confined>,
     single: bool,
+    keep_setid: bool,
+    /// Entries whose setuid/setgid bits were not restored.
+    setid_dropped: Vec<String>,
     out: Option<File>,
     progress: Progress,
     files: u64,
@@ -407,32 +447,47 @@ impl Drop for Syncer {
 }
 
 impl TreeWriter {
-    fn path_of(&self, entry: &ManifestEntry) -> PathBuf {
-        if self.single || entry.path == "." {
-            self.root.clone()
-        } else {
-            self.root.join(&entry.path)
+    fn dir(&self) -> &Confined {
+        self.dir
+            .as_ref()
+            .expect("the tree is prepared before it is written")
+    }
+
+    /// The mode `entry` gets once its content is checked; notes dropped bits.
+    fn mode_of(&mut self, entry: &ManifestEntry) -> u32 {
+        if !self.keep_setid && confine::has_setid(entry.mode) {
+            self.setid_dropped.push(entry.path.clone());
+        }
+        confine::restored_mode(entry.mode, self.keep_setid)
+    }
+
+    fn report_setid_dropped(&self) {
+        if let Some(first) = self.setid_dropped.first() {
+            tracing::warn!(
+                entries = self.setid_dropped.len(),
+                first = %first,
+                "setuid/setgid bits of {} entr{} (first: {first}) were not restored; pass --keep-setid-bits to restore them",
+                self.setid_dropped.len(),
+                if self.setid_dropped.len() == 1 { "y" } else { "ies" }
+            );
         }
     }
 
     /// Directories and symlinks first; files are written as their data comes.
+    /// Directories start 0700 and get their recorded mode in `finish_tree`.
     fn prepare_tree(&mut self, entries: &[ManifestEntry]) -> std::io::Result<()> {
-        fs::create_dir_all(&self.root)?;
+        let dir = Confined::create(&self.root)?;
         for e in entries {
-            check_relative(&e.path)?;
-            let path = self.path_of(e);
             match e.kind {
-                EntryKind::Dir => fs::create_dir_all(&path)?,
+                EntryKind::Dir => dir.create_dir(&e.path)?,
                 EntryKind::Symlink => {
                     let target = e.target.as_deref().unwrap_or_default();
-                    std::os::unix::fs::symlink(target, &path)?;
-                    if let Some(ns) = e.mtime_ns {
-                        filetime::set_symlink_file_times(&path, ft(ns), ft(ns))?;
-                    }
+                    dir.symlink(&e.path, target, e.mtime_ns)?;
                 }
                 EntryKind::File => {}
             }
         }
+        self.dir = Some(dir);
         Ok(())
     }
 
@@ -440,11 +495,8 @@ impl TreeWriter {
     /// directory does not disturb its restored mtime.
     fn finish_tree(&mut self, entries: &[ManifestEntry]) -> std::io::Result<()> {
         for e in entries.iter().rev().filter(|e| e.kind == EntryKind::Dir) {
-            let path = self.path_of(e);
-            fs::set_permissions(&path, fs::Permissions::from_mode(e.mode & 0o7777))?;
-            if let Some(ns) = e.mtime_ns {
-                filetime::set_file_times(&path, ft(ns), ft(ns))?;
-            }
+            let mode = self.mode_of(e);
+            self.dir().set_dir_meta(&e.path, mode, e.mtime_ns)?;
         }
         Ok(())
     }
@@ -463,35 +515,24 @@ fn ft(ns: i64) -> filetime::FileTime {
     )
 }
 
-/// Refuses manifest paths that would escape the restore target.
-fn check_relative(path: &str) -> std::io::Result<()> {
-    let p = Path::new(path);
-    let bad = p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, std::path::Component::ParentDir));
-    if bad {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("snapshot entry path `{path}` would escape the restore target"),
-        ));
-    }
-    Ok(())
-}
-
 impl ReadSink for TreeWriter {
+    /// Files are created 0600 and keep that until their content is checked.
     fn start(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
-        check_relative(&entry.path)?;
-        let path = self.path_of(entry);
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("unable to create {}: {e}", path.display()),
-                )
-            })?;
+        let f = if self.single {
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.root)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("unable to create {}: {e}", self.root.display()),
+                    )
+                })?
+        } else {
+            self.dir().create_file(&entry.path)?
+        };
         self.out = Some(f);
         Ok(())
     }
@@ -522,11 +563,89 @@ impl ReadSink for TreeWriter {
             // Start this file's writeback now, in the background.
             s.nudge(&file);
         }
-        file.set_permissions(fs::Permissions::from_mode(entry.mode & 0o7777))?;
+        // Called only after the content matched its hash: now the file may
+        // have its recorded mode.
+        let mode = self.mode_of(entry);
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         if let Some(ns) = entry.mtime_ns {
             filetime::set_file_handle_times(&file, Some(ft(ns)), Some(ft(ns)))?;
         }
         self.files += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+    use crate::engine::files::FilesSource;
+    use crate::ids::Hash256;
+    use crate::plan::Tier;
+    use crate::repository::backup::{backup, BackupOptions};
+    use crate::store::local::LocalStore;
+
+    /// The sink sees a file's bytes before its hash is known: until the
+    /// hash matched, the file on disk must stay 0600, whatever its entry says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_gets_its_recorded_mode_only_after_its_content_matched() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        for name in ["a", "b"] {
+            fs::write(src.join(name), format!("content of {name}")).unwrap();
+            fs::set_permissions(src.join(name), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
+        let repo = Repository::open_or_init(store, None, Utc::now())
+            .await
+            .unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
+        let source = FilesSource::new(src, Vec::new()).unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
+        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
+        b.sha256 = Some(Hash256::digest(b"not the content of b"));
+
+        let reader = ChunkReader::new(
+            repo.store().clone(),
+            Arc::new(repo.load_index().await.unwrap()),
+            tokio::runtime::Handle::current(),
+        );
+        let out = tmp.path().join("out");
+        let (err, modes) = tokio::task::spawn_blocking(move || {
+            let mut sink = TreeWriter {
+                root: out.clone(),
+                dir: None,
+                single: false,
+                keep_setid: false,
+                setid_dropped: Vec::new(),
+                out: None,
+                progress: Progress::new("restore", None, ProgressMode::Quiet),
+                files: 0,
+                unsynced: 0,
+                syncer: None,
+            };
+            sink.prepare_tree(&entries).unwrap();
+            let err = reader.read_files(&entries, &mut sink).unwrap_err();
+            let mode = |n: &str| fs::metadata(out.join(n)).unwrap().permissions().mode() & 0o7777;
+            (err, [mode("a"), mode("b")])
+        })
+        .await
+        .unwrap();
+        assert!(
+            matches!(&err, ReadError::StreamHash { path, .. } if path == "b"),
+            "{err}"
+        );
+        assert_eq!(modes, [0o755, 0o600], "a checked, b not");
     }
 }

@@ -9,6 +9,7 @@
 //! snapshot came from matters only to `crate::engine`.
 
 pub mod backup;
+pub mod confine;
 pub mod hasher;
 pub mod index;
 pub mod locks;

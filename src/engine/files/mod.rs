@@ -415,6 +415,7 @@ impl Engine for FilesEngine {
             force: req.force,
             check_with: None,
             single_stream: false,
+            keep_setid_bits: req.keep_setid_bits,
             progress: req.progress,
         };
         Ok(RestoreReport::Snapshot(

@@ -540,13 +540,7 @@ pub async fn restore_pitr_server(
             .unwrap_or_default(),
         std::process::id()
     ));
-    let _ = tokio::fs::remove_dir_all(&spool).await;
-    tokio::fs::create_dir_all(&spool)
-        .await
-        .map_err(|source| MaterializeError::Target {
-            path: spool.clone(),
-            source,
-        })?;
+    fresh_spool(&spool).await?;
     // Removed on any failure; on success it has been moved into the data directory.
     let _spool_guard = RemoveOnDrop(spool.clone());
     // What the restore actually does, where that differs from what was asked.
@@ -581,13 +575,7 @@ pub async fn restore_pitr_server(
             manifest = base_manifest(repo, &base, opts.start).await?;
             opts.target = PgTarget::Immediate;
             // The spool holds the earlier backup's segments: start it afresh.
-            let _ = tokio::fs::remove_dir_all(&spool).await;
-            tokio::fs::create_dir_all(&spool)
-                .await
-                .map_err(|source| MaterializeError::Target {
-                    path: spool.clone(),
-                    source,
-                })?;
+            fresh_spool(&spool).await?;
             match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await? {
                 Ok(checked) => checked,
                 Err(past) => return Err(past.refusal(opts.target, &bases, &mut archive).await?),
@@ -629,8 +617,11 @@ pub async fn restore_pitr_server(
         total,
         &Materialize {
             target: &target_dir,
+            manifest: &base.snapshot.key,
             single: false,
             force: false,
+            // A data directory has no use for setuid/setgid bits.
+            keep_setid: false,
             progress: opts.progress,
             check: None,
         },
@@ -970,9 +961,43 @@ impl PastArchive {
     }
 }
 
+/// An empty spool directory, 0700 whatever the umask: the segments in it
+/// are the database's history, readable by its owner only.
+async fn fresh_spool(spool: &Path) -> Result<(), PgError> {
+    let dir = spool.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let spool = dir;
+        let _ = std::fs::remove_dir_all(&spool);
+        if let Some(parent) = spool.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::DirBuilder::new().mode(0o700).create(&spool)?;
+        std::fs::set_permissions(&spool, std::fs::Permissions::from_mode(0o700))
+    })
+    .await
+    .expect("spool set-up panicked")
+    .map_err(|source| {
+        MaterializeError::Target {
+            path: spool.to_path_buf(),
+            source,
+        }
+        .into()
+    })
+}
+
+/// A new file in the spool (0600, never through a symlink).
 fn write_spool(spool: &Path, name: &str, raw: &[u8]) -> Result<(), PgError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = spool.join(name);
-    std::fs::write(&path, raw).map_err(|source| MaterializeError::Target { path, source }.into())
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(raw))
+        .map_err(|source| MaterializeError::Target { path, source }.into())
 }
 
 /// The base backup's `pgdata/` entries, re-rooted at the data directory.

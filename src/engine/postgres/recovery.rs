@@ -18,7 +18,9 @@ use super::pitr::{CopyRole, PgTarget, PitrOptions, SPOOL_DIR};
 use super::PgError;
 use crate::engine::process;
 use crate::engine::scratch::{Address, ScratchServer};
+use crate::repository::confine::Confined;
 use crate::repository::materialize::absolute;
+use rustix::fs::OFlags;
 
 /// How long `pg_ctl` and one `psql` poll may take.
 const PG_CTL_DEADLINE: Duration = Duration::from_secs(120);
@@ -36,13 +38,15 @@ pub fn prepare_recovery(
     base: &BaseBackup,
     role: (CopyRole, &str),
 ) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+    // The data directory came from a manifest: nothing here follows a
+    // symlink it may have planted (`pg_wal`, `postgresql.auto.conf`, …).
+    let data = Confined::open(dir)?;
     for sub in ["pg_wal", "pg_wal/archive_status"] {
-        std::fs::create_dir_all(dir.join(sub))?;
+        data.create_dir(sub)?;
     }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    data.set_dir_meta(".", 0o700, None)?;
     let spool_in = dir.join(SPOOL_DIR);
-    std::fs::rename(spool, &spool_in)?;
+    data.rename_into(spool, SPOOL_DIR)?;
     let exe = std::env::current_exe()?;
     let plan = absolute(&opts.plan_file);
     for p in [&exe, &plan, &spool_in] {
@@ -86,15 +90,20 @@ pub fn prepare_recovery(
     if let Some(port) = opts.port {
         conf.push_str(&format!("port = {port}\n"));
     }
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(dir.join("postgresql.auto.conf"))?;
+    let mut f = data.open_file(
+        "postgresql.auto.conf",
+        OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
+        0o600,
+    )?;
     f.write_all(conf.as_bytes())?;
     f.sync_all()?;
-    let signal = std::fs::File::create(dir.join("recovery.signal"))?;
+    let signal = data.open_file(
+        "recovery.signal",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+        0o600,
+    )?;
     signal.sync_all()?;
-    std::fs::File::open(dir)?.sync_all()
+    data.sync()
 }
 
 pub struct Recovered {

@@ -643,6 +643,7 @@ impl Engine for SqliteEngine {
             force: req.force,
             check_with: req.check.then_some(check_restored as materialize::CheckFn),
             single_stream: true,
+            keep_setid_bits: req.keep_setid_bits,
             progress: req.progress,
         };
         let restored = materialize::restore(repo, &plan.name, &opts).await;
