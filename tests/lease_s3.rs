@@ -153,7 +153,7 @@ async fn latest(store: &S3Store, key: &str) -> Option<Vec<u8>> {
 }
 
 #[test]
-fn two_backups_of_one_plan_started_together_one_wins_the_other_exits_busy_naming_it() {
+fn two_backups_of_one_plan_at_once_one_wins_the_other_exits_busy_naming_it() {
     let env = Env::new("lease-two-backups");
     let db = env.path("app.db");
     // Big enough that one backup is still running when the other starts.
@@ -161,7 +161,30 @@ fn two_backups_of_one_plan_started_together_one_wins_the_other_exits_busy_naming
     let plan = env.plan("app", &db);
     said_by(&env.run(&["repo", "init", "--plan", s(&plan)]), 0);
 
+    // The second starts once the first holds its lease (else, on a busy
+    // machine, the first could finish before the second starts).
     let a = env.spawn(&["backup", "--plan", s(&plan), "--json"]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = rt.block_on(env.store());
+    let key = store.full_key("locks/backup-app");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt
+        .block_on(
+            store
+                .client()
+                .head_object()
+                .bucket(store.bucket())
+                .key(&key)
+                .send(),
+        )
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first backup never took its lock"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let b = env.spawn(&["backup", "--plan", s(&plan), "--json"]);
     let (pid_a, pid_b) = (a.id(), b.id());
     let (a, b) = (finish(a), finish(b));

@@ -506,6 +506,64 @@ impl S3Store {
     }
 }
 
+/// What `doctor` found when it tried the conditions lock objects rely on.
+#[derive(Debug)]
+pub enum ConditionProbe {
+    /// `If-None-Match: *` and `If-Match` were both honoured.
+    Honoured,
+    /// The server ignored a condition (named): two contenders could both
+    /// win a lock.
+    Ignored(&'static str),
+}
+
+impl S3Store {
+    /// Tries on a scratch object under `locks/` whether the server honours
+    /// the conditions lock objects rely on, and removes it again.
+    pub async fn probe_lock_conditions(&self) -> Result<ConditionProbe, StoreError> {
+        let key = format!(
+            "locks/doctor-probe-{}",
+            self.lock_nonce("locks/doctor-probe", 8)?
+        );
+        let body = |n: u64| LockRecord::new("doctor", Utc::now(), Duration::from_secs(1), n).body();
+        let result = async {
+            let Put::Written { etag, .. } = self.put_lock(&key, body(0), Cond::Create).await?
+            else {
+                return Ok(ConditionProbe::Ignored(
+                    "If-None-Match: * (a new key was refused)",
+                ));
+            };
+            if let Put::Written { .. } = self.put_lock(&key, body(1), Cond::Create).await? {
+                return Ok(ConditionProbe::Ignored("If-None-Match: * on PutObject"));
+            }
+            if let Put::Written { .. } = self
+                .put_lock(
+                    &key,
+                    body(2),
+                    Cond::Match("\"00000000000000000000000000000000\""),
+                )
+                .await?
+            {
+                return Ok(ConditionProbe::Ignored(
+                    "If-Match on PutObject (a wrong ETag)",
+                ));
+            }
+            if let Put::Conflict = self.put_lock(&key, body(3), Cond::Match(&etag)).await? {
+                return Ok(ConditionProbe::Ignored(
+                    "If-Match on PutObject (the right ETag was refused)",
+                ));
+            }
+            Ok(ConditionProbe::Honoured)
+        }
+        .await;
+        if let Ok(versions) = self.versions(&key).await {
+            for (v, _) in versions {
+                let _ = self.delete_version(&key, &v).await;
+            }
+        }
+        result
+    }
+}
+
 /// The version this holder last wrote, for the next conditional write.
 #[derive(Debug)]
 struct Held {

@@ -50,7 +50,7 @@ use bytes::{Bytes, BytesMut};
 pub use self::bucket::BucketState;
 pub use self::config::{S3Config, SecretSource, StaticCredentials, DEFAULT_PART_SIZE};
 pub use self::error::{failure, Failure};
-pub use self::lease::{CLOCK_ALLOWANCE, DEFAULT_LEASE, LEASE_VAR};
+pub use self::lease::{ConditionProbe, CLOCK_ALLOWANCE, DEFAULT_LEASE, LEASE_VAR};
 use self::retention::{aws_time, retention_of};
 use self::versions::Original;
 use super::{
