@@ -31,7 +31,7 @@ use super::{
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::progress::{Progress, ProgressMode};
-use crate::store::{LockKind, PutOptions, Retention, Store, StoreError};
+use crate::store::{LockGuard, LockKind, PutOptions, Retention, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -91,7 +91,9 @@ impl crate::error::HasExit for BackupError {
     fn exit(&self) -> crate::error::Exit {
         use crate::error::Exit;
         match self {
-            BackupError::Busy { .. } | BackupError::Pruning { .. } => Exit::Busy,
+            BackupError::Busy { .. }
+            | BackupError::Pruning { .. }
+            | BackupError::Store(StoreError::LeaseLost { .. }) => Exit::Busy,
             BackupError::Source(_) => Exit::Source,
             BackupError::Repo(_) | BackupError::Store(_) => Exit::Repository,
         }
@@ -153,7 +155,7 @@ pub async fn backup(
             });
         }
     };
-    let result = backup_locked(repo, plan, source, opts).await;
+    let result = backup_locked(repo, plan, source, opts, &[lock.as_ref(), shared.as_ref()]).await;
     shared.release().await;
     lock.release().await;
     result
@@ -164,6 +166,7 @@ async fn backup_locked(
     plan: &PlanName,
     source: Box<dyn Source>,
     opts: &BackupOptions,
+    held: &[&dyn LockGuard],
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let started_at = crate::clock::now();
@@ -288,6 +291,11 @@ async fn backup_locked(
     };
     let (id, bytes) = manifest.encode_within_cap(&format!("the new manifest of plan {plan}"))?;
     let key = snapshot_key(plan, started_at, &id);
+    // The commit point: only while both locks still certainly hold (an S3
+    // lease is refreshed now, and a takeover is caught here at the latest).
+    for guard in held {
+        guard.confirm().await?;
+    }
     repo.store()
         .put(
             &key,

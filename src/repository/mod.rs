@@ -88,7 +88,9 @@ impl crate::error::HasExit for RepoError {
         match self {
             RepoError::Corrupt { .. } | RepoError::OverCap { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
-            RepoError::Store(crate::store::StoreError::Busy { .. }) => Exit::Busy,
+            RepoError::Store(
+                crate::store::StoreError::Busy { .. } | crate::store::StoreError::LeaseLost { .. },
+            ) => Exit::Busy,
             RepoError::Store(crate::store::StoreError::TooLarge { .. }) => Exit::Verify,
             _ => Exit::Repository,
         }

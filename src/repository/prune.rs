@@ -28,7 +28,7 @@ use super::{
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
-use crate::store::{LockKind, PutOptions, Retention, StoreError};
+use crate::store::{LockGuard, LockKind, PutOptions, Retention, StoreError};
 
 /// The object written before a prune deletes anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,7 +166,7 @@ pub async fn prune(
             return Err(e.into());
         }
     };
-    let result = prune_locked(repo, plan, opts).await;
+    let result = prune_locked(repo, plan, opts, &[lock.as_ref(), repository.as_ref()]).await;
     repository.release().await;
     lock.release().await;
     result
@@ -176,8 +176,17 @@ async fn prune_locked(
     repo: &Repository,
     plan: &PlanName,
     opts: &PruneOptions<'_>,
+    held: &[&dyn LockGuard],
 ) -> Result<PruneReport, RepoError> {
     let store = repo.store();
+    // Before each delete: the locks must still certainly hold, or a backup
+    // that took the repository over could be reusing what goes next.
+    let still_held = || -> Result<(), RepoError> {
+        for guard in held {
+            guard.check()?;
+        }
+        Ok(())
+    };
     // Everything must be readable before anything is deleted.
     repo.prune_records().await?;
     // Every plan's manifests: packs are shared across plans by dedup.
@@ -354,6 +363,10 @@ async fn prune_locked(
         opts.now.format("%Y%m%dT%H%M%S%.3fZ"),
         sha.to_hex()
     );
+    // The first commit point: refresh the leases now.
+    for guard in held {
+        guard.confirm().await?;
+    }
     store
         .put(
             &key,
@@ -379,6 +392,7 @@ async fn prune_locked(
         }
     };
     for snap in &removing {
+        still_held()?;
         if let Err(e) = store.delete(&snap.key).await {
             refuse(&snap.key, e)?;
         }
@@ -388,6 +402,7 @@ async fn prune_locked(
     let mut bytes_removed = 0;
     for (pack, size) in &dead {
         let key = pack_key(pack);
+        still_held()?;
         match store.delete(&key).await {
             Ok(()) => {
                 gone.insert(*pack);
@@ -412,6 +427,7 @@ async fn prune_locked(
             .iter()
             .all(|p| gone.contains(&p.id) || pruned.contains(&p.id))
         {
+            still_held()?;
             match store.delete(&info.key).await {
                 Ok(()) => index_removed += 1,
                 Err(e) => refuse(&info.key, e)?,
@@ -421,6 +437,7 @@ async fn prune_locked(
     // Expired `doctor` canaries.
     let mut other = 0;
     for info in store.list("doctor/").await? {
+        still_held()?;
         match store.delete(&info.key).await {
             Ok(()) => other += 1,
             Err(StoreError::Retained { .. }) => {}
@@ -429,6 +446,7 @@ async fn prune_locked(
     }
     // Archived logs no remaining snapshot can replay.
     for info in &expired_logs {
+        still_held()?;
         match store.delete(&info.key).await {
             Ok(()) => {
                 report.wal_files_removed += 1;

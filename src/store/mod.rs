@@ -133,6 +133,17 @@ pub enum StoreError {
         holder: String,
         location: String,
     },
+    /// A lease lock could not be kept: its object was changed by someone
+    /// else (taken over after it looked stale, or removed), or it could not
+    /// be refreshed before the safety margin of its lease. The work it
+    /// protected stopped before its next commit point.
+    #[error("lost lock `{lock}` in {store}: {detail}; stopped before committing anything more (the lock object is {location})")]
+    LeaseLost {
+        lock: String,
+        store: String,
+        location: String,
+        detail: String,
+    },
     #[error("bucket {bucket} of {store} does not exist or is not reachable with these credentials; create it with `holdfast repo init --plan FILE`")]
     NoBucket { store: String, bucket: String },
     #[error("{op} {key} in {store} was refused ({detail}); the credentials lack the permission, or an object lock forbids it")]
@@ -208,8 +219,25 @@ pub enum LockKind {
 /// back; dropping it releases it on a best-effort basis (a local lock at once,
 /// an S3 lock when its lease ends or a later process on the host sees the
 /// holder is gone).
+///
+/// A local `flock` is never lost while its file descriptor is open. An S3
+/// lease can be: before each commit point (a manifest or prune record
+/// written, an object deleted) the holder asks [`LockGuard::check`] (no
+/// request) or [`LockGuard::confirm`] (refreshes the lease now) and stops
+/// with [`StoreError::LeaseLost`] if the lock no longer certainly holds.
 #[async_trait]
 pub trait LockGuard: Send + Sync {
+    /// `Ok` while the lock certainly holds for at least a safety margin;
+    /// [`StoreError::LeaseLost`] once it may not. Makes no request.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Like [`LockGuard::check`], but refreshes the lease first, so that a
+    /// commit point right after it has a whole lease of time; a takeover
+    /// by someone else is detected here at the latest.
+    async fn confirm(&self) -> Result<(), StoreError> {
+        self.check()
+    }
     async fn release(self: Box<Self>) {}
 }
 

@@ -50,6 +50,7 @@ use bytes::{Bytes, BytesMut};
 pub use self::bucket::BucketState;
 pub use self::config::{S3Config, SecretSource, StaticCredentials, DEFAULT_PART_SIZE};
 pub use self::error::{failure, Failure};
+pub use self::lease::{ConditionProbe, CLOCK_ALLOWANCE, DEFAULT_LEASE, LEASE_VAR};
 use self::retention::{aws_time, retention_of};
 use self::versions::Original;
 use super::{
@@ -66,6 +67,8 @@ pub struct S3Store {
     url: String,
     /// Each key's original version and size, as listed or written.
     originals: Arc<std::sync::Mutex<std::collections::HashMap<String, Original>>>,
+    /// How long a lock object holds unrefreshed (`lease`).
+    lease: std::time::Duration,
 }
 
 impl S3Store {
@@ -78,7 +81,16 @@ impl S3Store {
             config: Arc::new(config),
             url,
             originals: Default::default(),
+            lease: lease::lease_from_env(),
         })
+    }
+
+    /// The same store with lock leases of `lease` (tests: a lease of
+    /// seconds instead of minutes).
+    #[doc(hidden)]
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     pub fn client(&self) -> &Client {
