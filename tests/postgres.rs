@@ -1433,3 +1433,109 @@ fn a_password_reaches_pg_basebackup_pg_dump_psql_and_pg_restore_only_through_the
         text(&out)
     );
 }
+
+/// Issue 11: someone with write access to the bucket adds keys. Garbage at
+/// the name of the next WAL segment (and of one far in the future), a
+/// garbage `00000002.history` and a well-formed forged `00000003.history`
+/// stop neither archiving nor a point-in-time restore past them.
+#[test]
+fn a_planted_future_wal_key_and_forged_histories_stop_neither_archiving_nor_a_restore_past_them() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The insider plants objects at names PostgreSQL will archive later
+    // (after a write, so the current location is inside the segment).
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    let wal_dir = pg.path("repo/objects/wal/pg");
+    let next = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let far = format!(
+        "{}{:08X}",
+        &next[..16],
+        u32::from_str_radix(&next[16..], 16).unwrap() + 40
+    );
+    std::fs::write(wal_dir.join(&next), b"planted by an insider").unwrap();
+    std::fs::write(wal_dir.join(&far), vec![0u8; 4096]).unwrap();
+    std::fs::write(wal_dir.join("00000002.history"), b"not a history").unwrap();
+    // In `encryption: none` a well-formed history can be forged too: one for
+    // a timeline nothing was ever archived on, branching before the backup.
+    std::fs::create_dir(pg.path("forged")).unwrap();
+    let forged = pg.path("forged/00000003.history");
+    std::fs::write(&forged, "1\t0/1000000\tforged\n2\t0/1000100\tforged\n").unwrap();
+    chown_postgres(&pg.path("forged"));
+    let out = pg.holdfast(&["wal-push", "--plan", &plan, s(&forged)]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Archiving goes on: the segment lands under its alternative name, the
+    // server log says so loudly, and no archive_command failed.
+    pg.sql("INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    assert_eq!(pg.archive_now(), next);
+    let alt = pg
+        .archived()
+        .into_iter()
+        .find(|n| n.starts_with(&format!("{next}.alt-")));
+    assert!(
+        alt.is_some(),
+        "no alternative for {next}: {:?}",
+        pg.archived()
+    );
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    let log = pg.log();
+    assert!(
+        log.contains("FOREIGN OBJECT") && log.contains(&format!("wal/pg/{next}")),
+        "{log}"
+    );
+
+    // Past the planted segment: T, the state at T, then more.
+    pg.sql("INSERT INTO orders(note) SELECT 'past the planted key ' || i FROM generate_series(1, 500) i");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.now();
+    let at_t = state(pg.port());
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("DELETE FROM orders WHERE id % 2 = 0");
+    pg.archive_now();
+
+    // The window reaches past T, without a gap at the far planted key.
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let window = &listed[0]["restorable"];
+    assert!(window["to"].as_str().unwrap() > t.as_str(), "{listed}");
+
+    // A point-in-time restore past the planted segment reaches T, on
+    // timeline 1: neither forged history is followed.
+    let to = pg.path("restored");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-archive",
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(report["timeline_path"], serde_json::json!([1]), "{report}");
+    assert_eq!(
+        state(port),
+        at_t,
+        "the restore differs from the state at {t}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("00000002.history") && stderr.contains("00000003.history"),
+        "the skipped histories are named: {stderr}"
+    );
+
+    // verify names every foreign object and fails.
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    for key in [next.as_str(), far.as_str(), "00000002.history"] {
+        exits_saying(&out, 5, &format!("wal/pg/{key} is corrupt or foreign"));
+    }
+}

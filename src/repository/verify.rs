@@ -467,12 +467,20 @@ pub async fn verify_sampled(
                         Ok(bytes) => {
                             let key = info.key.clone();
                             let len = bytes.len() as u64;
+                            // Foreign objects (planted, or damaged) are named
+                            // so: push and fetch step around them, but the
+                            // operator must know someone writes to the bucket.
                             tokio::task::spawn_blocking(move || {
-                                super::log_archive::decode(&key, &bytes).map(|_| len)
+                                match super::log_archive::classify(&key, &bytes) {
+                                    super::log_archive::Found::Archived { .. } => Ok(len),
+                                    super::log_archive::Found::Foreign { why } => Err((
+                                        ProblemKind::Corrupt,
+                                        format!("{key} is corrupt or foreign ({why}): holdfast did not write it as it is; see docs/runbook.md, \"A foreign object in the WAL archive\""),
+                                    )),
+                                }
                             })
                             .await
                             .expect("WAL check panicked")
-                            .map_err(|e| (ProblemKind::Corrupt, e.to_string()))
                         }
                         Err(e) if e.is_not_found() => Err((ProblemKind::Missing, e.to_string())),
                         Err(e) => Err((ProblemKind::Corrupt, e.to_string())),
