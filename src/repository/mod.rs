@@ -19,6 +19,7 @@ pub mod materialize;
 pub mod pack;
 pub mod prune;
 pub mod read;
+pub mod repair;
 pub mod source;
 pub mod verify;
 
@@ -33,7 +34,7 @@ use crate::ids::{Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
-pub use index::{ChunkLocation, Index};
+pub use index::{ChunkLocation, Index, SourceId};
 pub use manifest::{Manifest, ManifestEntry, SnapshotRef};
 
 /// The repository format version this build writes and reads.

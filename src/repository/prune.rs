@@ -287,7 +287,9 @@ async fn prune_locked(
     for m in &remaining {
         for e in &m.entries {
             for c in &e.chunks {
-                if let Some(loc) = index.get(c) {
+                // Every candidate location: which one holds the chunk is
+                // not known without reading it, so none may go.
+                for loc in index.candidates(c) {
                     live.insert(loc.pack);
                 }
             }
