@@ -61,6 +61,24 @@ impl Index {
         self.described_by.get(pack).map(String::as_str)
     }
 
+    /// Adds `other`'s locations for chunks this index does not hold, and
+    /// its packs (for restores: see `Repository::load_index_for_restore`).
+    pub fn add_fallback(&mut self, other: &Index) {
+        for (id, loc) in &other.chunks {
+            if !self.chunks.contains_key(id) {
+                self.chunks.insert(*id, *loc);
+                if let Some(size) = other.packs.get(&loc.pack) {
+                    self.packs.insert(loc.pack, *size);
+                }
+                if let Some(k) = other.described_by.get(&loc.pack) {
+                    self.described_by
+                        .entry(loc.pack)
+                        .or_insert_with(|| k.clone());
+                }
+            }
+        }
+    }
+
     pub fn add_file(&mut self, key: &str, file: &IndexFile) {
         for p in &file.packs {
             self.described_by

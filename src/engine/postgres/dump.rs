@@ -90,7 +90,7 @@ pub async fn restore_dump(
         part("PGHOST").unwrap_or("localhost"),
         part("PGPORT").unwrap_or("5432")
     );
-    let index = Arc::new(repo.load_index().await?);
+    let index = Arc::new(repo.load_index_for_restore().await?);
     let reader = ChunkReader::new(
         repo.store().clone(),
         index,
