@@ -150,8 +150,9 @@ pub async fn verify_sampled(
             snapshots: Vec::new(),
         })
         .collect();
-    // Everything under the plan's snapshots that is not believed.
-    for r in &listed.rejected {
+    // Everything under the plan's snapshots that is not believed (a verify
+    // of one snapshot checks that snapshot only).
+    for r in listed.rejected.iter().filter(|_| selector.is_none()) {
         let short = SnapshotRef::from_key(&r.object).map(|s| s.id.short());
         problems.push(Problem {
             object: r.object.clone(),
