@@ -182,6 +182,39 @@ impl Index {
             .map(|s| self.source(*s))
     }
 
+    /// Adds `other`'s locations (every candidate) for chunks this index does
+    /// not hold, and their packs (for restores: see
+    /// `Repository::load_index_for_restore`). Chunks this index holds keep
+    /// only their own candidates.
+    pub fn add_fallback(&mut self, other: &Index) {
+        let mut mapped: HashMap<SourceId, SourceId> = HashMap::new();
+        for id in other.first.keys() {
+            if self.first.contains_key(id) {
+                continue;
+            }
+            for loc in other.candidates(id) {
+                let source = *mapped
+                    .entry(loc.source)
+                    .or_insert_with(|| self.add_source(other.source(loc.source)));
+                let moved = ChunkLocation { source, ..*loc };
+                match self.first.get(id) {
+                    None => {
+                        self.first.insert(*id, moved);
+                    }
+                    Some(_) => self.more.entry(*id).or_default().push(moved),
+                }
+                if let Some(size) = other.packs.get(&loc.pack) {
+                    let known = self.packs.entry(loc.pack).or_insert(*size);
+                    *known = (*known).max(*size);
+                }
+                let named = self.described_by.entry(loc.pack).or_default();
+                if !named.contains(&source) {
+                    named.push(source);
+                }
+            }
+        }
+    }
+
     pub fn add_file(&mut self, key: &str, file: &IndexFile) {
         let source = self.add_source(key);
         for p in &file.packs {

@@ -191,7 +191,7 @@ async fn prune_locked(
     repo.prune_records().await?;
     // Every plan's manifests: packs are shared across plans by dedup.
     let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
-    // Listed twice: once whole, then plan by plan. Some servers' paged
+    // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
     // listings skip keys when one plan's name is a prefix of another's
     // (SeaweedFS 4.48: `snapshots/home/` beside `snapshots/home-docs/`).
     let mut keys: BTreeSet<String> = BTreeSet::new();
@@ -203,18 +203,51 @@ async fn prune_locked(
         keys.insert(info.key);
     }
     plans.insert(plan.to_string());
+    // Each plan's believed snapshots. Rejected manifests (forged, replayed,
+    // future-dated) are not snapshots: they take no place in the keep set
+    // and prune never deletes them (they are evidence; `verify` names
+    // them). Those that read keep their packs, though: deleting data on the
+    // word of a check is the one mistake prune must not make.
+    let mut rejected_manifests: Vec<Manifest> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     for p in &plans {
-        for info in store.list(&format!("snapshots/{p}/")).await? {
-            keys.insert(info.key);
-        }
-    }
-    for key in keys {
-        let Some(snap) = SnapshotRef::from_key(&key) else {
+        let Ok(p) = PlanName::new(p) else {
             continue;
         };
-        // An unreadable manifest could need any pack: refuse to guess.
-        let m = repo.load_manifest(&snap).await?;
-        all.push((snap, m));
+        let listed = repo.snapshots(&p).await?;
+        for r in &listed.rejected {
+            seen.insert(r.object.clone());
+            if &p == plan {
+                r.warn(plan);
+            }
+            // An unreadable manifest could need any pack: refuse to guess.
+            if r.kind == super::RejectKind::Unreadable {
+                return Err(RepoError::Corrupt {
+                    what: "snapshot manifest",
+                    key: r.object.clone(),
+                    why: r.detail.clone(),
+                });
+            }
+            if let Some(snap) = SnapshotRef::from_key(&r.object) {
+                if let Ok(m) = repo.load_manifest(&snap).await {
+                    rejected_manifests.push(m);
+                }
+            }
+        }
+        for a in listed.accepted {
+            seen.insert(a.snap.key.clone());
+            let m = repo.load_manifest(&a.snap).await?;
+            all.push((a.snap, m));
+        }
+    }
+    // Keys under a plan name that is not a valid plan name: nobody's
+    // snapshot, but their packs are kept all the same.
+    for key in keys.iter().filter(|k| !seen.contains(*k)) {
+        if let Some(snap) = SnapshotRef::from_key(key) {
+            if let Ok(m) = repo.load_manifest(&snap).await {
+                rejected_manifests.push(m);
+            }
+        }
     }
     let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
         .iter()
@@ -240,6 +273,7 @@ async fn prune_locked(
     };
     let mut removing: Vec<SnapshotRef> = Vec::new();
     let mut remaining: Vec<&Manifest> = Vec::new();
+    let mut holding: Vec<&Manifest> = rejected_manifests.iter().collect();
     for (snap, m) in &all {
         if &m.plan != plan {
             remaining.push(m);
@@ -281,16 +315,27 @@ async fn prune_locked(
         }
     }
 
-    // Packs: everything listed that no remaining snapshot needs.
-    let index = repo.load_index_strict().await?;
+    // Packs: everything listed that no remaining snapshot needs. A chunk
+    // found only in a pack some prune record names keeps that pack: a real
+    // prune never names a pack a remaining snapshot needs, so such a record
+    // is forged (or stale) about it, and must not get real data deleted.
+    let (index, fallback) = repo.load_index_strict_split().await?;
     let mut live: HashSet<PackId> = HashSet::new();
-    for m in &remaining {
+    holding.extend(remaining.iter().copied());
+    for m in &holding {
         for e in &m.entries {
             for c in &e.chunks {
                 // Every candidate location: which one holds the chunk is
                 // not known without reading it, so none may go.
+                let mut indexed = false;
                 for loc in index.candidates(c) {
                     live.insert(loc.pack);
+                    indexed = true;
+                }
+                if !indexed {
+                    if let Some(loc) = fallback.get(c) {
+                        live.insert(loc.pack);
+                    }
                 }
             }
         }
@@ -427,7 +472,7 @@ async fn prune_locked(
         if file
             .packs
             .iter()
-            .all(|p| gone.contains(&p.id) || pruned.contains(&p.id))
+            .all(|p| gone.contains(&p.id) || (pruned.contains(&p.id) && !live.contains(&p.id)))
         {
             still_held()?;
             match store.delete(&info.key).await {

@@ -37,6 +37,10 @@ pub enum ProblemKind {
     Corrupt,
     ChainBroken,
     RetentionTooShort,
+    /// Not believed: a manifest whose name, plan, time, creation or chain
+    /// does not hold up, or a prune record naming packs in use (see
+    /// `repository::trust`).
+    Rejected,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,12 +130,16 @@ pub async fn verify_sampled(
     sample: Option<SampleRequest>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
-    let all = repo.list_snapshots(plan).await?;
+    let listed = repo.snapshots(plan).await?;
+    let all = listed.refs();
     let selected: Vec<SnapshotRef> = match selector {
         Some(sel) => vec![repo.find_snapshot(plan, sel).await?],
         None => all.clone(),
     };
-    let (index, index_faults) = repo.load_index_lenient().await?;
+    // Chunks only in packs that prune records name are still found (and
+    // the records named below): see `Repository::load_index_for_restore`.
+    let (mut index, pruned_index, index_faults) = repo.load_index_split().await?;
+    index.add_fallback(&pruned_index);
     let index = Arc::new(index);
     let mut problems: Vec<Problem> = index_faults
         .into_iter()
@@ -141,6 +149,25 @@ pub async fn verify_sampled(
             detail: e.to_string(),
             snapshots: Vec::new(),
         })
+        .collect();
+    // Everything under the plan's snapshots that is not believed (a verify
+    // of one snapshot checks that snapshot only).
+    for r in listed.rejected.iter().filter(|_| selector.is_none()) {
+        let short = SnapshotRef::from_key(&r.object).map(|s| s.id.short());
+        problems.push(Problem {
+            object: r.object.clone(),
+            kind: match r.kind {
+                super::RejectKind::Unreadable => ProblemKind::Corrupt,
+                _ => ProblemKind::Rejected,
+            },
+            detail: r.detail.clone(),
+            snapshots: short.into_iter().collect(),
+        });
+    }
+    let rejected_ids: BTreeSet<SnapshotId> = listed
+        .rejected
+        .iter()
+        .filter_map(|r| SnapshotRef::from_key(&r.object).map(|s| s.id))
         .collect();
 
     // Manifests: each checked against its name; the chain against the listing.
@@ -161,11 +188,10 @@ pub async fn verify_sampled(
         }
     }
     let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
-    let pruned: BTreeSet<SnapshotId> = repo
-        .prune_records_lenient()
-        .await?
-        .into_iter()
-        .flat_map(|r| r.snapshots)
+    let records = repo.prune_records_keyed().await?;
+    let pruned: BTreeSet<SnapshotId> = records
+        .iter()
+        .flat_map(|(_, r)| r.snapshots.iter().copied())
         .collect();
     for (snap, m) in &manifests {
         let pos = all.iter().position(|s| s.id == snap.id);
@@ -173,6 +199,15 @@ pub async fn verify_sampled(
         if let Some(prev) = m.previous {
             if pruned.contains(&prev) {
                 // Removed by `holdfast prune`, which recorded it.
+            } else if rejected_ids.contains(&prev) && !listed.contains(&prev) {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::ChainBroken,
+                    detail: format!(
+                        "names previous snapshot {prev}, which is rejected (see its own problem)"
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
             } else if !listed.contains(&prev) {
                 problems.push(Problem {
                     object: snap.key.clone(),
@@ -228,6 +263,33 @@ pub async fn verify_sampled(
                     snapshots: vec![snap.id.short()],
                 });
             }
+        }
+    }
+
+    // A prune record naming a pack that a believed snapshot still needs
+    // (found only through the fallback above) is wrong about it: a real
+    // prune never removes what a remaining snapshot needs.
+    for (key, record) in &records {
+        let live: Vec<&PackId> = record
+            .packs
+            .iter()
+            .filter(|p| users.contains_key(p) && pruned_index.packs().contains_key(p))
+            .collect();
+        if let Some(first) = live.first() {
+            let snaps: BTreeSet<String> = live
+                .iter()
+                .flat_map(|p| users[*p].iter().cloned())
+                .collect();
+            problems.push(Problem {
+                object: key.clone(),
+                kind: ProblemKind::Rejected,
+                detail: format!(
+                    "names {} pack(s) that snapshots of plan {plan} still need (first: {}); a prune never removes those, so the record is not believed for them and they stay in use",
+                    live.len(),
+                    pack_key(first)
+                ),
+                snapshots: snaps.into_iter().collect(),
+            });
         }
     }
 

@@ -75,6 +75,12 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub retention: Option<Retention>,
+    /// When the storage service created the object (on S3 the original
+    /// version's `LastModified`, by the server's clock), from a listing;
+    /// `None` where the store cannot vouch for it (the local store: anyone
+    /// who can write the directory can set a file's times). Readers check a
+    /// snapshot's claimed start time against it.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// What a backend can promise; plan validation refuses what it cannot honour.

@@ -122,7 +122,7 @@ pub async fn restore_dump(
         }
         .into());
     }
-    let index = Arc::new(repo.load_index().await?);
+    let index = Arc::new(repo.load_index_for_restore().await?);
     let reader = ChunkReader::new(
         repo.store().clone(),
         index,

@@ -251,6 +251,7 @@ impl Store for S3Store {
                 out.object_lock_mode().map(|m| m.as_str()),
                 out.object_lock_retain_until_date(),
             ),
+            created: None,
         })
     }
 
@@ -263,15 +264,19 @@ impl Store for S3Store {
         };
         // Every key with a version that is not a delete marker, at its
         // original (oldest) version: listed newest first within each key.
-        let mut originals: std::collections::BTreeMap<String, (Option<String>, u64)> =
+        type Orig = (Option<String>, u64, Option<chrono::DateTime<chrono::Utc>>);
+        let mut originals: std::collections::BTreeMap<String, Orig> =
             std::collections::BTreeMap::new();
         for v in self.list_versions(&full, "list", prefix).await? {
             if !v.delete_marker {
-                originals.insert(self.store_key(&v.key).to_string(), (v.version, v.size));
+                originals.insert(
+                    self.store_key(&v.key).to_string(),
+                    (v.version, v.size, v.last_modified),
+                );
             }
         }
         let mut out = Vec::with_capacity(originals.len());
-        for (key, (version, size)) in originals {
+        for (key, (version, size, created)) in originals {
             if key.starts_with("locks/") {
                 continue;
             }
@@ -280,6 +285,7 @@ impl Store for S3Store {
                 key,
                 size,
                 retention: None,
+                created,
             });
         }
         Ok(out)
