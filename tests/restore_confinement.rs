@@ -104,7 +104,7 @@ impl Env {
 }
 
 /// Adds a manifest made from the plan's real (first) backup with `edit`
-/// applied to its entries, chained to it and dated as the newest snapshot;
+/// applied to its entries, chained to the newest snapshot and dated after it;
 /// returns its key and short id.
 fn forge(
     repo_dir: &Path,
@@ -120,11 +120,14 @@ fn forge(
         let repo = Repository::open(store).await.unwrap();
         let plan: PlanName = serde_json::from_value(serde_json::json!(plan)).unwrap();
         let snaps = repo.list_snapshots(&plan).await.unwrap();
-        // Earlier forgeries are left out; the new one sorts as the newest.
+        // Made from the real backup's entries, chained to the newest snapshot
+        // (earlier forgeries included) so it is consistent with its key, its
+        // time and the hash chain: what these tests attack is the restore's
+        // confinement, not the checks that reject inconsistent manifests.
         let real = &snaps[0];
         let mut m = repo.load_manifest(real).await.unwrap();
         edit(&mut m.entries);
-        m.previous = Some(real.id);
+        m.previous = Some(snaps.last().unwrap().id);
         m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
         m.finished_at = m.started_at;
         let (id, bytes) = m.encode();

@@ -728,16 +728,18 @@ fn an_upload_cut_off_by_the_server_stopping_leaves_no_snapshot() {
 
     // Back up: nothing half-written is visible, and the next backup works.
     let _server = OwnServer::start(state_dir.path(), port);
-    // A SeaweedFS just restarted answers 500 until its filer is back (seen
-    // under CI load): wait until it serves a listing, as an operator would.
+    // A SeaweedFS just restarted answers 500 until its filer and its volume
+    // server are back (seen under CI load: a listing can already work while
+    // a read still fails): wait until it serves both, as an operator would.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         use holdfast::store::Store;
-        match rt.block_on(raw.list("snapshots/")) {
-            Ok(_) => break,
+        let listed = rt.block_on(raw.list("snapshots/")).map(|_| ());
+        match listed.and_then(|()| rt.block_on(raw.get("config")).map(|_| ())) {
+            Ok(()) => break,
             Err(e) => assert!(
                 Instant::now() < deadline,
-                "the restarted server did not serve a listing within 60 s: {e}"
+                "the restarted server did not serve a listing and a read within 60 s: {e}"
             ),
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -470,7 +470,19 @@ impl Repository {
             url: self.url(),
         };
         if selector == "latest" {
-            return all.last().cloned().ok_or_else(not_found);
+            if let Some(newest) = all.last() {
+                return Ok(newest.clone());
+            }
+            // Nothing believed, yet something is there: name it rather than
+            // say "no snapshot" (which reads as a mistyped plan).
+            return Err(match listed.rejected.last() {
+                Some(r) => RepoError::RejectedSnapshot {
+                    plan: plan.to_string(),
+                    key: r.object.clone(),
+                    why: r.detail.clone(),
+                },
+                None => not_found(),
+            });
         }
         let selector_lc = selector.to_ascii_lowercase();
         let matches: Vec<_> = all
