@@ -17,7 +17,9 @@ use common::bin::{command, json_of, ok, s, said_by, text};
 use holdfast::ids::{Hash256, SnapshotId};
 use holdfast::repository::index::IndexFile;
 use holdfast::repository::prune::PruneRecord;
-use holdfast::repository::{Manifest, RepoError, INDEX_CAP, MANIFEST_CAP, PRUNE_RECORD_CAP};
+use holdfast::repository::{
+    Crypto, Manifest, RepoError, INDEX_CAP, MANIFEST_CAP, PRUNE_RECORD_CAP,
+};
 use holdfast::store::local::LocalStore;
 use holdfast::store::{PutOptions, Store, StoreError};
 
@@ -290,17 +292,17 @@ fn decode(what: &str, bytes: &[u8]) -> (String, Result<(), RepoError>) {
     match what {
         "index object" => {
             let key = index_key_of(bytes);
-            let got = IndexFile::decode(&key, bytes).map(|_| ());
+            let got = IndexFile::decode(&key, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
         "snapshot manifest" => {
             let key = format!("snapshots/app/20260101T000000.000Z-{id}");
-            let got = Manifest::decode(&key, &id, bytes).map(|_| ());
+            let got = Manifest::decode(&key, &id, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
         _ => {
             let key = format!("prunes/20260101T000000.000Z-{id}");
-            let got = PruneRecord::decode(&key, bytes).map(|_| ());
+            let got = PruneRecord::decode(&key, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
     }

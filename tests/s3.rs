@@ -1167,6 +1167,7 @@ async fn a_pack_reused_by_a_snapshot_kept_longer_gets_its_lock_extended() {
     let store = common::s3_bucket("extend", true).await;
     let repo = holdfast::repository::Repository::open_or_init(
         std::sync::Arc::new(store.clone()),
+        &common::bin::test_repo_key(),
         None,
         chrono::Utc::now(),
     )

@@ -37,9 +37,13 @@ pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
         )
     };
     check_archiving(plan).with_context(context)?;
-    let store = super::open_store(plan).await.with_context(context)?;
+    // Like a first backup, the first archived segment creates the repository.
+    let repo = super::open_or_init_repo(plan, Utc::now())
+        .await
+        .with_context(context)?;
     wal::push(
-        store.as_ref(),
+        repo.store().as_ref(),
+        repo.crypto(),
         &plan.name,
         path,
         plan.lock_for(Tier::Monthly, Utc::now()),
@@ -58,8 +62,8 @@ pub enum Fetched {
 /// Restores archived file `name` to `dest`.
 pub async fn fetch(plan: &Plan, name: &str, dest: &Path) -> Result<Fetched, Error> {
     check_archiving(plan)?;
-    let store = super::open_store(plan).await?;
-    match wal::fetch(store.as_ref(), &plan.name, name, dest).await {
+    let repo = super::open_repo(plan).await?;
+    match wal::fetch(repo.store().as_ref(), repo.crypto(), &plan.name, name, dest).await {
         Ok(bytes) => Ok(Fetched::Restored { bytes }),
         Err(e @ WalError::Log(LogError::NotFound { .. })) => Ok(Fetched::NotFound(e)),
         Err(e) => Err(Error::from(e).context(format!(

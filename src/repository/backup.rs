@@ -218,6 +218,7 @@ async fn backup_locked(
     let progress = Arc::new(Progress::new("backup", estimate, opts.progress));
     let mut writer = Writer::start(
         repo.store().clone(),
+        repo.crypto().clone(),
         index.clone(),
         unchanged,
         source.chunking(),
@@ -251,7 +252,10 @@ async fn backup_locked(
     // the packs it reuses, the index objects naming them, the config.
     let mut locks_extended = 0u64;
     if let Some(retention) = opts.retention {
+        // Key objects too: deleting them would destroy the backups as surely
+        // as deleting the data.
         let mut keys: Vec<String> = vec![super::CONFIG_KEY.to_string()];
+        keys.extend(super::keys::live_key_objects(repo.store().as_ref(), repo.crypto()).await?);
         for pack in &written.reused_packs {
             if covered.contains(pack) {
                 continue;
@@ -286,7 +290,8 @@ async fn backup_locked(
         stats: written.stats,
         entries: written.entries,
     };
-    let (id, bytes) = manifest.encode_within_cap(&format!("the new manifest of plan {plan}"))?;
+    let (id, bytes) =
+        manifest.encode_within_cap(&format!("the new manifest of plan {plan}"), repo.crypto())?;
     let key = snapshot_key(plan, started_at, &id);
     repo.store()
         .put(
@@ -332,6 +337,7 @@ struct Done {
 /// State shared with uploader threads.
 struct Shared {
     store: Arc<dyn Store>,
+    crypto: super::Crypto,
     retention: Option<Retention>,
     runtime: tokio::runtime::Handle,
     /// Uploaded packs not yet named by an index object.
@@ -418,7 +424,7 @@ impl Shared {
         if packs.is_empty() {
             return Ok(());
         }
-        let bytes = IndexFile::new(packs).encode();
+        let bytes = IndexFile::new(packs).encode(&self.crypto);
         let id = IndexId(Hash256::digest(&bytes));
         self.put_content(&index_key(&id), bytes, id.0)
     }
@@ -464,6 +470,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     fn start(
         store: Arc<dyn Store>,
+        crypto: super::Crypto,
         index: Arc<Index>,
         unchanged: HashMap<String, ManifestEntry>,
         chunking: Chunking,
@@ -482,13 +489,14 @@ impl Writer {
             .map(|i| {
                 let rx = jobs_rx.clone();
                 let index = index.clone();
+                let crypto = crypto.clone();
                 std::thread::Builder::new()
                     .name(format!("hf-chunk-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let id = ChunkId(Hash256::digest(&job.data[..]));
-                            let blob =
-                                (!index.contains(&id)).then(|| encode_chunk(id, &job.data, level));
+                            let id = crypto.chunk_id(&job.data[..]);
+                            let blob = (!index.contains(&id))
+                                .then(|| encode_chunk(id, &job.data, level, &crypto));
                             let _ = job.reply.send(Done {
                                 id,
                                 raw_length: job.data.len() as u64,
@@ -501,6 +509,7 @@ impl Writer {
             .collect();
         let shared = Arc::new(Shared {
             store,
+            crypto: crypto.clone(),
             retention,
             runtime,
             unindexed: Mutex::new(Vec::new()),
@@ -611,7 +620,7 @@ impl Writer {
             return Ok(());
         }
         self.check_failed()?;
-        let (bytes, blobs) = std::mem::take(&mut self.pack).finish();
+        let (bytes, blobs) = std::mem::take(&mut self.pack).finish(&self.shared.crypto);
         self.uploads
             .as_ref()
             .expect("uploads open while writing")

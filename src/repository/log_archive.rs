@@ -34,7 +34,9 @@ const MAX_RAW: u64 = 1 << 30;
 /// The largest archived object read back: the header and the most zstd can
 /// expand `MAX_RAW` incompressible bytes to (its compress bound is under
 /// 1/128 extra plus a frame header), so nothing larger is ever downloaded.
-pub const MAX_OBJECT: u64 = HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20);
+/// (Plus the sealing overhead in an encrypted repository.)
+pub const MAX_OBJECT: u64 =
+    HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20) + super::crypto::SEAL_OVERHEAD as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -60,6 +62,13 @@ pub enum LogError {
     NotFound { key: String },
     #[error("{key} is corrupt: {why}")]
     Corrupt { key: String, why: String },
+    #[error(
+        "{key} is not authentic: {why}; it was not written by a holder of this repository's key"
+    )]
+    Unauthenticated {
+        key: String,
+        why: super::crypto::OpenError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -68,6 +77,7 @@ impl HasExit for LogError {
     fn exit(&self) -> Exit {
         match self {
             LogError::Store(e) => e.exit(),
+            LogError::Unauthenticated { .. } => Exit::Verify,
             _ => Exit::Failure,
         }
     }
@@ -101,8 +111,25 @@ fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), LogError> {
     Ok((len, sha))
 }
 
-/// Decodes an archived object and checks it against its header's SHA-256.
-pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, LogError> {
+/// Opens a sealed archived object (sealed under its own key).
+fn open<'a>(
+    key: &str,
+    object: &'a [u8],
+    crypto: &super::Crypto,
+) -> Result<std::borrow::Cow<'a, [u8]>, LogError> {
+    crypto
+        .open(key, object)
+        .map_err(|why| LogError::Unauthenticated {
+            key: key.to_string(),
+            why,
+        })
+}
+
+/// Decodes an archived object, after checking its authenticity, and checks
+/// it against its header's SHA-256.
+pub fn decode(key: &str, object: &[u8], crypto: &super::Crypto) -> Result<Vec<u8>, LogError> {
+    let object = open(key, object, crypto)?;
+    let object = &object[..];
     let (len, sha) = header_sha(key, object)?;
     // Memory follows what the frame really holds, not what the header
     // claims: a damaged length must not reserve a gigabyte up front. One
@@ -143,6 +170,7 @@ pub struct PushReport {
 /// Archives the log file at `path` as object `key`.
 pub async fn push(
     store: &dyn Store,
+    crypto: &super::Crypto,
     key: String,
     path: &Path,
     retention: Option<Retention>,
@@ -157,6 +185,7 @@ pub async fn push(
         .await
         .expect("log encoder panicked");
     let bytes = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
+    let object = crypto.seal(&key, object);
     let stored_bytes = object.len() as u64;
     let opts = PutOptions {
         sha256: Hash256::digest(&object),
@@ -166,6 +195,7 @@ pub async fn push(
         Ok(()) => false,
         Err(StoreError::AlreadyExists { .. }) => {
             let existing = store.get_at_most(&key, MAX_OBJECT).await?;
+            let existing = open(&key, &existing, crypto)?;
             let (_, archived) = header_sha(&key, &existing)?;
             if archived != sha {
                 return Err(LogError::Conflict {
@@ -188,7 +218,11 @@ pub async fn push(
 }
 
 /// Fetches object `key` and checks it against its SHA-256.
-pub async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, LogError> {
+pub async fn get(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Vec<u8>, LogError> {
     let object = match store.get_at_most(key, MAX_OBJECT).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => {
@@ -199,22 +233,29 @@ pub async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, LogError> {
         Err(e) => return Err(e.into()),
     };
     let k = key.to_string();
-    tokio::task::spawn_blocking(move || decode(&k, &object))
+    let crypto = crypto.clone();
+    tokio::task::spawn_blocking(move || decode(&k, &object, &crypto))
         .await
         .expect("log decoder panicked")
 }
 
 /// Restores object `key` to `dest`, checked against its SHA-256, written to
 /// a temporary name beside it and renamed into place.
-pub async fn fetch(store: &dyn Store, key: String, dest: &Path) -> Result<u64, LogError> {
+pub async fn fetch(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: String,
+    dest: &Path,
+) -> Result<u64, LogError> {
     let object = match store.get_at_most(&key, MAX_OBJECT).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => return Err(LogError::NotFound { key }),
         Err(e) => return Err(e.into()),
     };
     let dest = dest.to_path_buf();
+    let crypto = crypto.clone();
     tokio::task::spawn_blocking(move || {
-        let raw = decode(&key, &object)?;
+        let raw = decode(&key, &object, &crypto)?;
         let tmp = dest.with_extension("holdfast-tmp");
         let write = |tmp: &Path| -> std::io::Result<()> {
             let mut f = std::fs::File::create(tmp)?;
@@ -254,14 +295,31 @@ mod tests {
     #[test]
     fn objects_round_trip_and_damage_is_named() {
         let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let none = crate::repository::Crypto::none();
         let (sha, object) = encode(&raw);
         assert_eq!(Hash256::digest(&raw), sha);
-        assert_eq!(decode("wal/p/x", &object).unwrap(), raw);
+        assert_eq!(decode("wal/p/x", &object, &none).unwrap(), raw);
         let mut bad = object.clone();
         let last = bad.len() - 10;
         bad[last] ^= 1;
-        let err = decode("wal/p/x", &bad).unwrap_err().to_string();
+        let err = decode("wal/p/x", &bad, &none).unwrap_err().to_string();
         assert!(err.contains("wal/p/x is corrupt"), "{err}");
-        assert!(decode("wal/p/x", &object[..20]).is_err());
+        assert!(decode("wal/p/x", &object[..20], &none).is_err());
+    }
+
+    #[test]
+    fn sealed_objects_open_under_their_own_key_only() {
+        let c = crate::repository::Crypto::with_keys(crate::repository::crypto::DataKeys::derive(
+            &crate::repository::crypto::MasterSecret::random(),
+            "r",
+        ));
+        let (_, object) = encode(b"segment bytes");
+        let sealed = c.seal("wal/p/000000010000000000000001", object);
+        assert_eq!(
+            decode("wal/p/000000010000000000000001", &sealed, &c).unwrap(),
+            b"segment bytes"
+        );
+        let err = decode("wal/p/000000010000000000000002", &sealed, &c).unwrap_err();
+        assert!(matches!(err, LogError::Unauthenticated { .. }), "{err}");
     }
 }

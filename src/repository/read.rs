@@ -84,6 +84,7 @@ enum Item {
 /// A pool of fetch-and-decode threads bound to one store and index.
 pub struct ChunkReader {
     store: Arc<dyn Store>,
+    crypto: super::Crypto,
     index: Arc<Index>,
     runtime: tokio::runtime::Handle,
     threads: usize,
@@ -150,7 +151,12 @@ impl WindowCache {
 }
 
 impl ChunkReader {
-    pub fn new(store: Arc<dyn Store>, index: Arc<Index>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        crypto: super::Crypto,
+        index: Arc<Index>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         // Local reads are CPU-bound (decode); remote ones wait on round trips.
         let remote = store.capabilities().parallel_reads;
         let threads = std::thread::available_parallelism()
@@ -167,6 +173,7 @@ impl ChunkReader {
         });
         ChunkReader {
             store,
+            crypto,
             index,
             runtime,
             threads,
@@ -226,10 +233,12 @@ impl ChunkReader {
                 let runtime = self.runtime.clone();
                 let windows = self.windows.clone();
                 let index = self.index.clone();
+                let crypto = self.crypto.clone();
                 scope.spawn(move || {
                     for run in rx {
                         let result = fetch_run(
                             &*store,
+                            &crypto,
                             &runtime,
                             &run,
                             check_chunks,
@@ -347,6 +356,7 @@ fn from_windows(
 
 fn fetch_run(
     store: &dyn Store,
+    crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     run: &Run,
     check_chunks: bool,
@@ -382,7 +392,7 @@ fn fetch_run(
                     }),
                 });
             };
-            decode_blob_checked(b, data, check_chunks).map_err(|why| ReadError::Blob {
+            decode_blob_checked(b, data, check_chunks, crypto).map_err(|why| ReadError::Blob {
                 key: key.clone(),
                 chunk: b.id,
                 path: run.path.to_string(),

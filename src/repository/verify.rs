@@ -322,7 +322,8 @@ pub async fn verify_sampled(
             let needed = needed.clone();
             let index = index.clone();
             let pack = *pack;
-            move || check_pack(&pack, &bytes, &needed, &index)
+            let crypto = repo.crypto().clone();
+            move || check_pack(&pack, &bytes, &needed, &index, &crypto)
         })
         .await
         .expect("pack check panicked");
@@ -344,6 +345,7 @@ pub async fn verify_sampled(
     // database: its chunks span many packs).
     let reader = ChunkReader::new(
         repo.store().clone(),
+        repo.crypto().clone(),
         index.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -459,6 +461,7 @@ pub async fn verify_sampled(
             while tasks.len() < 8 {
                 let Some(info) = listed.next() else { break };
                 let store = repo.store().clone();
+                let crypto = repo.crypto().clone();
                 tasks.spawn(async move {
                     let got = store
                         .get_at_most(&info.key, super::log_archive::MAX_OBJECT)
@@ -468,7 +471,7 @@ pub async fn verify_sampled(
                             let key = info.key.clone();
                             let len = bytes.len() as u64;
                             tokio::task::spawn_blocking(move || {
-                                super::log_archive::decode(&key, &bytes).map(|_| len)
+                                super::log_archive::decode(&key, &bytes, &crypto).map(|_| len)
                             })
                             .await
                             .expect("WAL check panicked")
@@ -519,6 +522,7 @@ fn check_pack(
     bytes: &[u8],
     needed: &BTreeSet<crate::ids::ChunkId>,
     index: &super::Index,
+    crypto: &super::Crypto,
 ) -> (Option<String>, usize) {
     let got = Hash256::digest(bytes);
     let mut faults = Vec::new();
@@ -529,7 +533,7 @@ fn check_pack(
         ));
     }
     let mut checked = 0;
-    match parse_trailer(bytes) {
+    match parse_trailer(bytes, crypto) {
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
             let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
@@ -549,7 +553,7 @@ fn check_pack(
                     continue;
                 }
                 checked += 1;
-                if let Err(why) = decode_blob(&b, &bytes[b.offset as usize..end]) {
+                if let Err(why) = decode_blob(&b, &bytes[b.offset as usize..end], crypto) {
                     faults.push(format!("chunk {chunk}: {why}"));
                 }
             }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::bin::{holdfast_as_postgres, run_as, s, text, BIN};
+use super::bin::{holdfast_as_postgres, run_as, s, text, BIN, TEST_KEY};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
@@ -81,7 +81,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\nwal_level = replica\narchive_mode = on\narchive_command = 'HOLDFAST_LOG=warn {BIN} wal-push --plan {plan} %p'\nfsync = off\n",
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\nwal_level = replica\narchive_mode = on\narchive_command = 'HOLDFAST_LOG=warn HOLDFAST_KEY=\"{TEST_KEY}\" {BIN} wal-push --plan {plan} %p'\nfsync = off\n",
             root = root.display(),
             plan = plan.display()
         );

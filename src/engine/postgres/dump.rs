@@ -93,6 +93,7 @@ pub async fn restore_dump(
     let index = Arc::new(repo.load_index().await?);
     let reader = ChunkReader::new(
         repo.store().clone(),
+        repo.crypto().clone(),
         index,
         tokio::runtime::Handle::current(),
     );

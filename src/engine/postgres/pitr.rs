@@ -151,6 +151,7 @@ pub struct PitrOptions {
 /// timeline histories as they are read.
 pub struct WalArchive {
     store: Arc<dyn Store>,
+    crypto: crate::repository::Crypto,
     plan: PlanName,
     names: BTreeSet<String>,
     histories: HashMap<u32, Vec<TimelineStep>>,
@@ -169,6 +170,7 @@ impl WalArchive {
             .collect();
         Ok(WalArchive {
             store: repo.store().clone(),
+            crypto: repo.crypto().clone(),
             plan: plan.clone(),
             names,
             histories: HashMap::new(),
@@ -203,7 +205,7 @@ impl WalArchive {
     }
 
     async fn fetch(&self, name: &str) -> Result<Vec<u8>, PgError> {
-        fetch_checked(self.store.as_ref(), &self.plan, name).await
+        fetch_checked(self.store.as_ref(), &self.crypto, &self.plan, name).await
     }
 
     /// The ancestry of the newest timeline that follows from `base`, as
@@ -267,17 +269,28 @@ impl WalArchive {
 }
 
 /// Fetches one archived file and checks it against its SHA-256.
-async fn fetch_checked(store: &dyn Store, plan: &PlanName, name: &str) -> Result<Vec<u8>, PgError> {
+async fn fetch_checked(
+    store: &dyn Store,
+    crypto: &crate::repository::Crypto,
+    plan: &PlanName,
+    name: &str,
+) -> Result<Vec<u8>, PgError> {
     let key = format!("{}{name}", wal::wal_prefix(plan));
-    log_archive::get(store, &key).await.map_err(|e| match e {
-        LogError::NotFound { key } => missing(&key, "it is listed but cannot be read"),
-        LogError::Store(e) => PgError::Repo(e.into()),
-        LogError::Corrupt { key, why } => PgError::WalSegment {
-            key,
-            problem: format!("is corrupt ({why})"),
-        },
-        other => PgError::Log(other),
-    })
+    log_archive::get(store, crypto, &key)
+        .await
+        .map_err(|e| match e {
+            LogError::NotFound { key } => missing(&key, "it is listed but cannot be read"),
+            LogError::Store(e) => PgError::Repo(e.into()),
+            LogError::Corrupt { key, why } => PgError::WalSegment {
+                key,
+                problem: format!("is corrupt ({why})"),
+            },
+            LogError::Unauthenticated { key, why } => PgError::WalSegment {
+                key,
+                problem: format!("is not authentic ({why})"),
+            },
+            other => PgError::Log(other),
+        })
 }
 
 fn missing(key: &str, why: &str) -> PgError {
@@ -875,6 +888,7 @@ async fn check_wal(
                 break;
             }
             let (store, plan, n) = (archive.store.clone(), archive.plan.clone(), name.clone());
+            let crypto = archive.crypto.clone();
             let spool = spool.to_path_buf();
             // Each task writes its segment to the spool itself, so memory
             // holds only the segments being decoded, not a queue of them.
@@ -882,7 +896,7 @@ async fn check_wal(
                 next,
                 name,
                 tokio::spawn(async move {
-                    let raw = fetch_checked(store.as_ref(), &plan, &n).await?;
+                    let raw = fetch_checked(store.as_ref(), &crypto, &plan, &n).await?;
                     tokio::task::spawn_blocking(move || write_spool(&spool, &n, &raw))
                         .await
                         .expect("spool writer panicked")

@@ -57,6 +57,7 @@ pub fn check_name(name: &str) -> Result<(), WalError> {
 /// Archives the WAL file at `path` (`archive_command`).
 pub async fn push(
     store: &dyn Store,
+    crypto: &crate::repository::Crypto,
     plan: &PlanName,
     path: &Path,
     retention: Option<Retention>,
@@ -68,20 +69,21 @@ pub async fn push(
         .to_string();
     check_name(&name)?;
     let key = format!("{}{name}", wal_prefix(plan));
-    Ok(log_archive::push(store, key, path, retention).await?)
+    Ok(log_archive::push(store, crypto, key, path, retention).await?)
 }
 
 /// Restores archived file `name` to `dest` (`restore_command`), checked
 /// against its SHA-256, written beside it and renamed into place.
 pub async fn fetch(
     store: &dyn Store,
+    crypto: &crate::repository::Crypto,
     plan: &PlanName,
     name: &str,
     dest: &Path,
 ) -> Result<u64, WalError> {
     check_name(name)?;
     let key = format!("{}{name}", wal_prefix(plan));
-    Ok(log_archive::fetch(store, key, dest).await?)
+    Ok(log_archive::fetch(store, crypto, key, dest).await?)
 }
 
 /// A WAL location (`X/Y` as PostgreSQL prints it).
