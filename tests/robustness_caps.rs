@@ -69,6 +69,9 @@ fn the_hand_built_bomb_is_a_valid_zstd_frame_of_the_claimed_size() {
     assert!(head.iter().all(|&b| b == 0));
 }
 
+/// Unencrypted (`encryption: none`), so the planted objects reach the size
+/// caps: in an encrypted repository authentication refuses them first
+/// (tests/encryption.rs).
 struct Repo {
     dir: tempfile::TempDir,
     plan: PathBuf,
@@ -86,7 +89,7 @@ impl Repo {
         std::fs::write(
             &plan,
             format!(
-                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: none}}\nretention: {{keep_last: 24}}\n",
+                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\n  encryption: none\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: none}}\nretention: {{keep_last: 24}}\n",
                 src.display(),
                 dir.path().join("repo").display()
             ),
@@ -140,6 +143,7 @@ fn measured(args: &[&str]) -> (Output, u64) {
         .arg(common::bin::BIN)
         .args(args)
         .env("HOLDFAST_LOG", "warn")
+        .env("HOLDFAST_KEY", common::bin::TEST_KEY)
         .output()
         .expect("/usr/bin/time runs holdfast");
     let kb: u64 = std::fs::read_to_string(rss_file.path())

@@ -11,8 +11,9 @@ use crate::repository::backup::{backup as write_snapshot, BackupOptions, BackupR
 pub async fn backup(plan: &Plan, progress: ProgressMode) -> Result<BackupReport, Error> {
     let engine = engine_for(plan)?;
     let source = engine.open_source()?;
+    let store = super::open_store(plan).await?;
     let now = crate::clock::now();
-    let repo = super::open_or_init_repo(plan, now)
+    let repo = super::open_or_init_repo_in(plan, store, now)
         .await
         .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
     let earlier: Vec<_> = repo

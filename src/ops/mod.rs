@@ -41,6 +41,15 @@ pub async fn open_repo(plan: &Plan) -> Result<Repository, Error> {
 /// file if that does not exist yet) when the store holds none.
 pub async fn open_or_init_repo(plan: &Plan, now: DateTime<Utc>) -> Result<Repository, Error> {
     let store = open_store(plan).await?;
+    open_or_init_repo_in(plan, store, now).await
+}
+
+/// [`open_or_init_repo`] in a store already opened.
+pub async fn open_or_init_repo_in(
+    plan: &Plan,
+    store: Arc<dyn Store>,
+    now: DateTime<Utc>,
+) -> Result<Repository, Error> {
     let creating = !Repository::exists(store.as_ref()).await?;
     let key = repo_key(plan, creating).await?;
     Ok(Repository::open_or_init(store, &key, plan.lock_for(Tier::Monthly, now), now).await?)

@@ -181,10 +181,6 @@ impl Plan {
                 "{}: repository.encryption: none: the repository is NOT encrypted or authenticated; anyone with write access to it can forge snapshots that restore as real, and anyone with read access reads the data",
                 self.file.display()
             )),
-            super::KeySpec::Unset => out.push(format!(
-                "{}: no repository key: set repository.key (${{VAR}}) or repository.key_file, or HOLDFAST_KEY_FILE / HOLDFAST_KEY in the environment; an encrypted repository cannot be opened without one",
-                self.file.display()
-            )),
             super::KeySpec::File { path, .. } if !path.exists() => out.push(format!(
                 "{}: the key file {} does not exist; `holdfast repo init` (or the first backup) creates it for a new repository",
                 self.file.display(),

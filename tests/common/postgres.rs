@@ -13,10 +13,13 @@ use super::bin::{holdfast_as_postgres, run_as, s, text, BIN, TEST_KEY};
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub fn as_postgres(program: &str, args: &[&str]) -> Output {
-    run_as("postgres", program)
-        .args(args)
-        .output()
-        .expect("runuser runs")
+    // holdfast gets the test key, through env(1) as runuser drops it.
+    let mut c = if program == BIN {
+        super::bin::command_as("postgres", &[])
+    } else {
+        run_as("postgres", program)
+    };
+    c.args(args).output().expect("runuser runs")
 }
 
 /// A cluster that archives through `holdfast wal-push` into a local repository.
