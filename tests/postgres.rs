@@ -85,7 +85,12 @@ fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
         &segments[0],
         s(&pg.path("bad")),
     ]);
-    exits_saying(&out, 126, &format!("wal/pg/{} is corrupt", segments[0]));
+    // Sealed: a flipped byte fails authentication before anything else.
+    exits_saying(
+        &out,
+        126,
+        &format!("wal/pg/{} is not authentic", segments[0]),
+    );
     assert!(!pg.path("bad").exists());
 }
 
@@ -509,12 +514,12 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     let object = pg.path(&format!("repo/objects/wal/pg/{}", segments[1]));
     let good = flip(&object, |len| len - 30, 0x5a);
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
-    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
+    exits_saying(&out, 5, &format!("wal/pg/{} is not authentic", segments[1]));
     assert!(!to.exists());
 
     // verify reads the archived WAL too, and names the damaged file.
     let out = pg.holdfast(&["verify", "--plan", &plan]);
-    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
+    exits_saying(&out, 5, &format!("wal/pg/{} is not authentic", segments[1]));
 
     // Missing: named, nothing written.
     std::fs::remove_file(&object).unwrap();

@@ -13,11 +13,14 @@ use super::bin::{holdfast_as_postgres, run_as, s, text, BIN, TEST_KEY};
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub fn as_postgres(program: &str, args: &[&str]) -> Output {
-    // holdfast gets the test key, through env(1) as runuser drops it.
+    // holdfast, and the restore_command / archive_command of a server
+    // pg_ctl starts, get the test key, through env(1) as runuser drops it.
     let mut c = if program == BIN {
         super::bin::command_as("postgres", &[])
     } else {
-        run_as("postgres", program)
+        let mut c = run_as("postgres", "env");
+        c.arg(format!("HOLDFAST_KEY={TEST_KEY}")).arg(program);
+        c
     };
     c.args(args).output().expect("runuser runs")
 }
