@@ -23,6 +23,17 @@ pub fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
+/// Whether the time is injected (debug builds with `HOLDFAST_NOW` set):
+/// checks against a clock the process does not own (an S3 server's
+/// creation times) cannot hold then. Always false in release builds.
+pub fn is_injected() -> bool {
+    #[cfg(debug_assertions)]
+    if std::env::var_os(NOW_VAR).is_some() {
+        return true;
+    }
+    false
+}
+
 #[cfg(debug_assertions)]
 fn injected() -> Option<DateTime<Utc>> {
     let raw = std::env::var(NOW_VAR).ok()?;

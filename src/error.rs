@@ -195,7 +195,9 @@ impl HasExit for crate::plan::PlanError {
 impl HasExit for crate::store::StoreError {
     fn exit(&self) -> Exit {
         match self {
-            crate::store::StoreError::Busy { .. } => Exit::Busy,
+            crate::store::StoreError::Busy { .. } | crate::store::StoreError::LeaseLost { .. } => {
+                Exit::Busy
+            }
             // Over its kind's cap: damaged or planted, like a corrupt object.
             crate::store::StoreError::TooLarge { .. } => Exit::Verify,
             _ => Exit::Repository,

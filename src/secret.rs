@@ -21,6 +21,21 @@ impl Secret {
     }
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters: a
+/// password put into a URL's userinfo, where a raw `/`, `?`, `@` or `:`
+/// would move the rest of it into the host, port or database name.
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("***")

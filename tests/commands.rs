@@ -361,6 +361,133 @@ fn restore_force_that_fails_leaves_the_old_target_and_its_wal_as_they_were() {
     assert!(left.is_empty(), "temp or aside paths left: {left:?}");
 }
 
+/// A live database in WAL mode, held open by its application, whose
+/// committed rows are still only in its `-wal` (no checkpoint yet).
+fn live_db_with_rows_in_its_wal(path: &Path) -> rusqlite::Connection {
+    make_db(path, 20);
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    add_rows(&conn, 300);
+    conn
+}
+
+/// Runs `holdfast args` while sampling, every millisecond, whether `watched`
+/// exists; returns the output and how many samples found it missing.
+fn run_watching(args: &[&str], watched: &Path) -> (Output, usize) {
+    let mut child = command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut missing = 0;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "restore hung");
+        if !watched.exists() {
+            missing += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    (child.wait_with_output().unwrap(), missing)
+}
+
+#[test]
+fn restore_force_from_a_corrupt_snapshot_never_moves_the_live_wal_and_every_committed_row_stays_readable(
+) {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 60_000);
+    let plan = env.sqlite_plan(&db);
+    let plan = s(&plan);
+    ok(&["backup", "--plan", plan]);
+    let pack = env.keys("packs").remove(0);
+    flip(&env.path("repo/objects").join(&pack), |len| len / 2, 0x01);
+
+    let live = env.path("live.db");
+    let app = live_db_with_rows_in_its_wal(&live);
+    let wal = env.path("live.db-wal");
+    let wal_before = std::fs::read(&wal).unwrap();
+    assert!(wal_before.len() > 4096, "the rows are in the -wal");
+    let rows_before = checksum(&live);
+    assert_eq!(rows_before.0, 320);
+
+    let (out, missing) = run_watching(
+        &["restore", "--plan", plan, "--to", s(&live), "--force"],
+        &wal,
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains(&pack), "{}", text(&out));
+    assert_eq!(missing, 0, "the live -wal was moved while the restore ran");
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_before);
+    // The application's own connection and a new one both read every row.
+    let n: i64 = app
+        .query_row("SELECT count(*) FROM orders", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 320);
+    assert_eq!(checksum(&live), rows_before);
+    let left: Vec<_> = std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("holdfast"))
+        .collect();
+    assert!(left.is_empty(), "temp or aside paths left: {left:?}");
+}
+
+#[test]
+fn restore_force_runs_the_integrity_check_before_replacing_a_live_database_even_without_check() {
+    let env = Env::new();
+    let db = env.path("app.db");
+    make_db(&db, 2_000);
+    // A broken database whose snapshot is faithful to it: only SQLite's own
+    // check can tell (the damage is in its last pages, an index or table).
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE); PRAGMA journal_mode = DELETE;")
+        .unwrap();
+    let mut bytes = std::fs::read(&db).unwrap();
+    let len = bytes.len();
+    bytes[len - 3000..len - 1000].fill(0x5A);
+    std::fs::write(&db, bytes).unwrap();
+    let plan = env.sqlite_plan(&db);
+    let plan = s(&plan);
+    ok(&["backup", "--plan", plan]);
+
+    let live = env.path("live.db");
+    let _app = live_db_with_rows_in_its_wal(&live);
+    let wal = env.path("live.db-wal");
+    let wal_before = std::fs::read(&wal).unwrap();
+    let rows_before = checksum(&live);
+    let msg = fails(&["restore", "--plan", plan, "--to", s(&live), "--force"], 5);
+    assert!(
+        msg.contains("failed its check") && msg.contains("live.db"),
+        "{msg}"
+    );
+    assert_eq!(std::fs::read(&wal).unwrap(), wal_before);
+    assert_eq!(checksum(&live), rows_before);
+
+    // A good snapshot replaces it: the old -wal goes with the old database.
+    let good = env.path("good.db");
+    make_db(&good, 700);
+    let good_plan = env.plan(
+        "good",
+        &format!("{{type: sqlite, path: {}}}", good.display()),
+    );
+    let good_plan = s(&good_plan);
+    ok(&["backup", "--plan", good_plan]);
+    let good_state = checksum(&good);
+    drop(_app);
+    std::fs::write(&wal, &wal_before).unwrap();
+    ok(&["restore", "--plan", good_plan, "--to", s(&live), "--force"]);
+    assert!(
+        !wal.exists(),
+        "the old -wal was left beside the new database"
+    );
+    assert_eq!(checksum(&live), good_state);
+}
+
 #[test]
 fn a_stale_wal_and_shm_beside_a_sqlite_target_are_refused_or_replaced_with_force() {
     let env = Env::new();

@@ -513,3 +513,28 @@ fn the_json_summary_never_holds_a_secret() {
     assert!(json.contains("***") && !json.contains("hunter2"), "{json}");
     assert!(!plan.summary(at("2026-01-01T00:00:00Z")).contains("hunter2"));
 }
+
+#[test]
+fn a_dsn_password_from_the_environment_is_percent_encoded_so_none_of_it_lands_in_host_or_database()
+{
+    let text = edit(
+        "  type: sqlite\n  path: app.db",
+        "  type: postgres\n  dsn: postgresql://app:${PW}@db:5433/app?sslmode=require",
+    );
+    let env = |n: &str| (n == "PW").then(|| "p/w?x@y:z%".to_string());
+    let (_dir, _file, result) = load_env(&text, &env);
+    let plan = result.unwrap();
+    let SourceSpec::Postgres { connection, .. } = &plan.source else {
+        panic!("a postgres source");
+    };
+    let dsn = connection.dsn.as_ref().unwrap().expose();
+    assert_eq!(
+        dsn,
+        "postgresql://app:p%2Fw%3Fx%40y%3Az%25@db:5433/app?sslmode=require"
+    );
+    let vars = holdfast::engine::postgres::client::url_env(dsn).unwrap();
+    let var = |k: &str| vars.iter().find(|(v, _)| *v == k).map(|(_, x)| x.as_str());
+    assert_eq!(var("PGPASSWORD"), Some("p/w?x@y:z%"));
+    assert_eq!((var("PGHOST"), var("PGPORT")), (Some("db"), Some("5433")));
+    assert_eq!(var("PGDATABASE"), Some("app"));
+}

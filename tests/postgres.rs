@@ -622,7 +622,7 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
 }
 
 #[test]
-fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
+fn a_logical_dump_restores_into_a_new_database_and_a_damaged_or_missing_chunk_reaches_no_server() {
     let pg = Cluster::start();
     pg.sql("CREATE DATABASE app");
     let app = |sql: &str| sql_in(pg.port(), "app", sql);
@@ -683,14 +683,50 @@ fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
         text(&out)
     );
 
-    // A damaged pack: the restore fails naming it, and the transaction is
-    // rolled back, leaving no half-restored tables.
+    // A damaged chunk in the middle of the dump, then a missing one: the
+    // restore fails naming the pack, and no byte of the dump reached the
+    // server: the missing database is not created, the empty one is left
+    // as it was, and no transaction wrote anything (with autovacuum off,
+    // the only transaction ids assigned are the test's own two).
+    pg.sql("CREATE DATABASE app_empty");
+    pg.sql("ALTER SYSTEM SET autovacuum = off");
+    pg.sql("SELECT pg_reload_conf()");
+    let catalog = |db: &str| {
+        sql_in(
+            pg.port(),
+            db,
+            "SELECT count(*) || ' relations, ' || (SELECT count(*) FROM pg_namespace) || ' schemas' FROM pg_class",
+        )
+    };
+    let empty_before = catalog("app_empty");
     let packs = pg.path("repo-logical/objects/packs");
     let pack = files_under(&packs)
         .into_iter()
         .max_by_key(|p| std::fs::metadata(p).unwrap().len())
         .unwrap();
+    let key = pack
+        .strip_prefix(pg.path("repo-logical/objects"))
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let xid_before: u64 = pg.sql("SELECT pg_current_xact_id()").parse().unwrap();
     flip(&pack, |len| len / 2, 0xff);
+    for into in ["app_damaged", "app_empty"] {
+        let out = pg.holdfast(&[
+            "restore",
+            "--plan",
+            &plan,
+            "--dump",
+            "app",
+            "--into",
+            &url(into),
+        ]);
+        assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+        assert!(text(&out).contains(&key), "{}", text(&out));
+    }
+    flip(&pack, |len| len / 2, 0xff);
+    let aside = pack.with_extension("aside");
+    std::fs::rename(&pack, &aside).unwrap();
     let out = pg.holdfast(&[
         "restore",
         "--plan",
@@ -698,17 +734,30 @@ fn a_logical_dump_restores_into_a_new_database_and_damage_rolls_it_back() {
         "--dump",
         "app",
         "--into",
-        &url("app_damaged"),
+        &url("app_empty"),
     ]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(text(&out).contains(&key), "{}", text(&out));
+    std::fs::rename(&aside, &pack).unwrap();
+    let xid_after: u64 = pg.sql("SELECT pg_current_xact_id()").parse().unwrap();
+    assert_eq!(xid_after, xid_before + 1, "a transaction ran on the server");
     assert_eq!(
-        sql_in(
-            pg.port(),
-            "app_damaged",
-            "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"
-        ),
+        pg.sql("SELECT count(*) FROM pg_database WHERE datname = 'app_damaged'"),
         "0"
     );
+    assert_eq!(catalog("app_empty"), empty_before);
+    // The repaired pack restores into the same empty database.
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--dump",
+        "app",
+        "--into",
+        &url("app_empty"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state_in(pg.port(), "app_empty"), before);
 }
 
 #[test]
@@ -1168,4 +1217,330 @@ fn recovery_on_a_port_in_use_says_the_data_directory_is_ready_and_how_to_start_i
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(sql_at(port, "SELECT count(*) FROM orders"), "500");
+}
+
+/// Every process's command line seen while `run` runs, sampled every
+/// millisecond from `/proc/*/cmdline` (arguments joined by spaces).
+fn command_lines_during<T>(run: impl FnOnce() -> T) -> (T, std::collections::BTreeSet<String>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir("/proc").unwrap().filter_map(Result::ok) {
+                    if !e
+                        .file_name()
+                        .to_string_lossy()
+                        .bytes()
+                        .all(|b| b.is_ascii_digit())
+                    {
+                        continue;
+                    }
+                    if let Ok(raw) = std::fs::read(e.path().join("cmdline")) {
+                        let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+                        seen.insert(line.trim().to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen
+        })
+    };
+    let out = run();
+    stop.store(true, Ordering::SeqCst);
+    (out, sampler.join().unwrap())
+}
+
+#[test]
+fn a_password_reaches_pg_basebackup_pg_dump_psql_and_pg_restore_only_through_their_environment_and_no_message_shows_it(
+) {
+    // Password authentication for everyone but the test's own superuser.
+    let pg = Cluster::create(None, "{mode: compliance, days: 8}", "{keep_daily: 7}");
+    std::fs::write(
+        pg.path("data/pg_hba.conf"),
+        "local all all trust\nhost all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\nhost replication all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    pg.start_server();
+    // `/`, `?`, `@` and `:` would break a URL unless encoded.
+    let password = "Pw9f3a/7?x@q:k-holdfast";
+    pg.sql(&format!(
+        "CREATE ROLE app LOGIN REPLICATION CREATEDB PASSWORD '{password}'; GRANT pg_read_all_data, pg_monitor TO app"
+    ));
+    pg.sql("CREATE DATABASE appdb OWNER app");
+    sql_in(
+        pg.port(),
+        "appdb",
+        "CREATE TABLE ledger(id int PRIMARY KEY, memo text); INSERT INTO ledger SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 200000) i; ALTER TABLE ledger OWNER TO app",
+    );
+    let before = state_in(pg.port(), "appdb");
+    // The password is needed: without it, app is refused.
+    let refused = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &pg.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "appdb",
+            "-w",
+            "-c",
+            "SELECT 1",
+        ])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "app connects without its password"
+    );
+
+    let secret = pg.path("app.password");
+    std::fs::write(&secret, format!("{password}\n")).unwrap();
+    chown_postgres(&secret);
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let repo = pg.path("repo");
+    // The cluster's own plan, now connecting as app with a password file
+    // (archive_command reads it too, so no ${VAR} it would lack).
+    std::fs::write(
+        &pg.plan,
+        format!(
+            "name: pg\nsource: {{type: postgres, host: 127.0.0.1, port: {}, user: app, password_file: {}, dbname: appdb, logical_dumps: [appdb]}}\nrepository: {{url: {}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {{mode: compliance, days: 8}}\nretention: {{keep_daily: 7}}\n",
+            pg.port(),
+            secret.display(),
+            repo.display()
+        ),
+    )
+    .unwrap();
+    chown_postgres(pg.dir.path());
+    let plan = s(&pg.plan).to_string();
+    let as_postgres = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = common::bin::run_as("postgres", common::bin::BIN);
+        c.env("HOLDFAST_LOG", "debug")
+            .envs(vars.iter().copied())
+            .args(args);
+        c.output().unwrap()
+    };
+    let encoded = password
+        .replace('/', "%2F")
+        .replace('?', "%3F")
+        .replace('@', "%40")
+        .replace(':', "%3A");
+    let shows = |t: &str| t.contains(password) || t.contains(&encoded) || t.contains("Pw9f3a");
+
+    let (out, lines) = command_lines_during(|| as_postgres(&[], &["backup", "--plan", &plan]));
+    assert!(out.status.success(), "{}", text(&out));
+    let (restored, more) = command_lines_during(|| {
+        as_postgres(
+            &[("PGPASSWORD", password)],
+            &[
+                "restore",
+                "--plan",
+                &plan,
+                "--dump",
+                "appdb",
+                "--into",
+                &format!("postgres://app@127.0.0.1:{}/appdb_copy", pg.port()),
+            ],
+        )
+    });
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert_eq!(state_in(pg.port(), "appdb_copy"), before);
+    let lines: Vec<String> = lines.into_iter().chain(more).collect();
+    for program in ["pg_basebackup", "pg_dump", "pg_restore"] {
+        assert!(
+            lines.iter().any(|l| l.contains(program)),
+            "the sampler never saw {program}: it proves nothing"
+        );
+    }
+    let leaked: Vec<&String> = lines.iter().filter(|l| shows(l)).collect();
+    assert!(
+        leaked.is_empty(),
+        "a password on a command line: {leaked:?}"
+    );
+    assert!(
+        !shows(&text(&out)) && !shows(&text(&restored)),
+        "a password in a debug log"
+    );
+
+    // A password in --into is refused, without echoing it.
+    let out = as_postgres(
+        &[],
+        &[
+            "restore",
+            "--plan",
+            &plan,
+            "--dump",
+            "appdb",
+            "--into",
+            &format!("postgres://app:{encoded}@127.0.0.1:{}/x", pg.port()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("PGPASSWORD") && !shows(&text(&out)),
+        "{}",
+        text(&out)
+    );
+
+    // A dsn with the password from the environment; then failures: a host
+    // that does not exist, a wrong password. No message shows the password.
+    let dsn_plan = |name: &str, host: &str| {
+        let file = pg.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &file,
+            format!(
+                "name: {name}\nsource: {{type: postgres, mode: logical, logical_dumps: [appdb], dsn: 'postgresql://app:${{HF_APP_PASSWORD}}@{host}:{}/appdb'}}\nrepository: {{url: {}}}\nschedule: {{backup: '0 1 * * *'}}\nlock: {{mode: compliance, days: 8}}\nretention: {{keep_daily: 7}}\n",
+                pg.port(),
+                repo.display()
+            ),
+        )
+        .unwrap();
+        chown_postgres(&file);
+        s(&file).to_string()
+    };
+    let good = dsn_plan("viadsn", "127.0.0.1");
+    let (out, lines) = command_lines_during(|| {
+        as_postgres(
+            &[("HF_APP_PASSWORD", password)],
+            &["backup", "--plan", &good],
+        )
+    });
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        lines.iter().any(|l| l.contains("pg_dump")),
+        "the sampler never saw pg_dump"
+    );
+    assert!(!lines.iter().any(|l| shows(l)) && !shows(&text(&out)));
+    let nohost = dsn_plan("nohost", "no-such-host.invalid");
+    let out = as_postgres(
+        &[("HF_APP_PASSWORD", password)],
+        &["backup", "--plan", &nohost],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        text(&out).contains("no-such-host.invalid") && !shows(&text(&out)),
+        "{}",
+        text(&out)
+    );
+    let out = as_postgres(
+        &[("HF_APP_PASSWORD", "wrong/pass?word@Pw9f3a")],
+        &["backup", "--plan", &good],
+    );
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out));
+    assert!(
+        text(&out).contains("password authentication failed") && !text(&out).contains("wrong"),
+        "{}",
+        text(&out)
+    );
+}
+
+/// Issue 11: someone with write access to the bucket adds keys. Garbage at
+/// the name of the next WAL segment (and of one far in the future), a
+/// garbage `00000002.history` and a well-formed forged `00000003.history`
+/// stop neither archiving nor a point-in-time restore past them.
+#[test]
+fn a_planted_future_wal_key_and_forged_histories_stop_neither_archiving_nor_a_restore_past_them() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The insider plants objects at names PostgreSQL will archive later
+    // (after a write, so the current location is inside the segment).
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    let wal_dir = pg.path("repo/objects/wal/pg");
+    let next = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let far = format!(
+        "{}{:08X}",
+        &next[..16],
+        u32::from_str_radix(&next[16..], 16).unwrap() + 40
+    );
+    std::fs::write(wal_dir.join(&next), b"planted by an insider").unwrap();
+    std::fs::write(wal_dir.join(&far), vec![0u8; 4096]).unwrap();
+    std::fs::write(wal_dir.join("00000002.history"), b"not a history").unwrap();
+    // In `encryption: none` a well-formed history can be forged too: one for
+    // a timeline nothing was ever archived on, branching before the backup.
+    std::fs::create_dir(pg.path("forged")).unwrap();
+    let forged = pg.path("forged/00000003.history");
+    std::fs::write(&forged, "1\t0/1000000\tforged\n2\t0/1000100\tforged\n").unwrap();
+    chown_postgres(&pg.path("forged"));
+    let out = pg.holdfast(&["wal-push", "--plan", &plan, s(&forged)]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Archiving goes on: the segment lands under its alternative name, the
+    // server log says so loudly, and no archive_command failed.
+    pg.sql("INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    assert_eq!(pg.archive_now(), next);
+    let alt = pg
+        .archived()
+        .into_iter()
+        .find(|n| n.starts_with(&format!("{next}.alt-")));
+    assert!(
+        alt.is_some(),
+        "no alternative for {next}: {:?}",
+        pg.archived()
+    );
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+    let log = pg.log();
+    assert!(
+        log.contains("FOREIGN OBJECT") && log.contains(&format!("wal/pg/{next}")),
+        "{log}"
+    );
+
+    // Past the planted segment: T, the state at T, then more.
+    pg.sql("INSERT INTO orders(note) SELECT 'past the planted key ' || i FROM generate_series(1, 500) i");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.now();
+    let at_t = state(pg.port());
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("DELETE FROM orders WHERE id % 2 = 0");
+    pg.archive_now();
+
+    // The window reaches past T, without a gap at the far planted key.
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    let window = &listed[0]["restorable"];
+    assert!(window["to"].as_str().unwrap() > t.as_str(), "{listed}");
+
+    // A point-in-time restore past the planted segment reaches T, on
+    // timeline 1: neither forged history is followed.
+    let to = pg.path("restored");
+    let port = free_port();
+    let _restored = Restored { data: to.clone() };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--no-archive",
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(report["timeline_path"], serde_json::json!([1]), "{report}");
+    assert_eq!(
+        state(port),
+        at_t,
+        "the restore differs from the state at {t}"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("00000002.history") && stderr.contains("00000003.history"),
+        "the skipped histories are named: {stderr}"
+    );
+
+    // verify names every foreign object and fails.
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    for key in [next.as_str(), far.as_str(), "00000002.history"] {
+        exits_saying(&out, 5, &format!("wal/pg/{key} is corrupt or foreign"));
+    }
 }

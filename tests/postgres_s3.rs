@@ -332,3 +332,64 @@ async fn while_s3_is_down_wal_push_fails_nothing_is_lost_and_the_archive_catches
         took.as_secs_f64()
     );
 }
+
+/// Issue 11, as an S3 operation: with the bucket writer's credentials, an
+/// insider puts garbage at the name of the WAL segment being written and at
+/// `00000002.history`. Archiving to S3 goes on (the segment lands under its
+/// alternative name, no archive_command fails), and a point-in-time restore
+/// past that segment reaches its target on timeline 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_planted_in_the_bucket_at_wal_names_stop_neither_archiving_to_s3_nor_a_restore() {
+    use bytes::Bytes;
+    use holdfast::ids::Hash256;
+    use holdfast::store::PutOptions;
+
+    let c = S3Cluster::create(common::s3_env(), "pg-planted");
+    let plan = c.plan();
+    c.pg.start_server();
+    let pg = &c.pg;
+    let out = c.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.sql("CREATE TABLE orders(id serial PRIMARY KEY, note text); INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    let next = pg.sql("SELECT pg_walfile_name(pg_current_wal_lsn())");
+    let raw = c.raw().await;
+    for (key, bytes) in [
+        (format!("wal/pg/{next}"), &b"planted by an insider"[..]),
+        ("wal/pg/00000002.history".to_string(), b"not a history"),
+    ] {
+        let opts = PutOptions {
+            sha256: Hash256::digest(bytes),
+            retention: None,
+        };
+        raw.put(&key, Bytes::copy_from_slice(bytes), &opts)
+            .await
+            .unwrap();
+    }
+
+    pg.sql("INSERT INTO orders(note) SELECT md5(i::text) FROM generate_series(1, 2000) i");
+    assert_eq!(pg.archive_now(), next);
+    let archived = c.archived().await;
+    assert!(
+        archived
+            .iter()
+            .any(|n| n.starts_with(&format!("{next}.alt-"))),
+        "no alternative for {next}: {archived:?}"
+    );
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+
+    pg.sql("INSERT INTO orders(note) SELECT 'past the planted key ' || i FROM generate_series(1, 500) i");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = pg.now();
+    let at_t = state(pg.port());
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("DELETE FROM orders WHERE id % 2 = 0");
+    pg.archive_now();
+
+    let (report, _restored, port, _) = c.restore("restored", &["--at", &t, "--no-archive"]);
+    assert_eq!(report["timeline_path"], serde_json::json!([1]), "{report}");
+    assert_eq!(
+        state(port),
+        at_t,
+        "the restore differs from the state at {t}"
+    );
+}

@@ -429,6 +429,8 @@ async fn doctor_passes_on_a_locked_bucket_and_fails_on_an_unlocked_one() {
     assert_eq!(status("canary lock cannot be shortened"), "pass");
     assert_eq!(status("bucket object lock"), "pass");
     assert_eq!(status("lock mode"), "pass");
+    // SeaweedFS honours the conditions lease locks rely on.
+    assert_eq!(status("lock conditional writes"), "pass", "{report}");
     assert_eq!(report["verdict"], "pass", "{report}");
     // Each pass names the refusal it rests on.
     for name in ["canary delete refused", "canary lock cannot be shortened"] {

@@ -12,6 +12,7 @@ mod locks;
 mod plan;
 mod prune;
 pub(crate) mod render;
+mod repair;
 mod repo;
 mod restore;
 mod snapshots;
@@ -127,6 +128,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: KeyCommand,
     },
+    /// Repair the repository's metadata from its data, adding objects only.
+    Repair {
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// Create or check a plan's repository (on S3: the bucket, with
     /// versioning and Object Lock).
     Repo {
@@ -201,6 +207,24 @@ pub(crate) enum PlanCommand {
     Check {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RepairCommand {
+    /// Write new index objects from the packs' own trailers (every pack read
+    /// whole and checked); old index objects are never changed or removed.
+    /// For an index that is lost, damaged, or that verify says gives wrong
+    /// locations.
+    Index {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Read and check every pack; write nothing.
+        #[arg(long)]
+        dry_run: bool,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -384,6 +408,14 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             dry_run,
             json,
         } => locks::run(&plan, dry_run, json).await,
+        Command::Repair {
+            command:
+                RepairCommand::Index {
+                    plan,
+                    dry_run,
+                    json,
+                },
+        } => repair::index(&plan, dry_run, json, progress).await,
         Command::Repo {
             command: RepoCommand::Init { plan, json },
         } => repo::init(&plan, json).await,

@@ -14,6 +14,9 @@ pub async fn run(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             eprintln!("error: {error}");
         }
     }
+    for r in &report.rejected {
+        eprintln!("warning: ignoring {r} (not a snapshot holdfast wrote: run `holdfast verify`)");
+    }
     if json {
         print_json(&report.rows)?;
     } else if report.rows.is_empty() {

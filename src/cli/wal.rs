@@ -55,12 +55,12 @@ pub async fn fetch(
         }
     }
     let plan = Plan::load(&plan.plan).map_err(|e| fatal(e.into()))?;
-    match crate::ops::wal::fetch(&plan, name, dest)
+    match crate::ops::wal::fetch(&plan, name, dest, spool.is_some())
         .await
         .map_err(fatal)?
     {
-        Fetched::Restored { bytes } => {
-            tracing::info!(plan = %plan.name, file = %name, bytes, "WAL restored");
+        Fetched::Restored { bytes, object } => {
+            tracing::info!(plan = %plan.name, file = %name, object = %object, bytes, "WAL restored");
             Ok(Exit::Ok)
         }
         Fetched::NotFound(e) => Err(Error::new(Exit::Failure, e)),

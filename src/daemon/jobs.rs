@@ -81,6 +81,10 @@ pub struct Inventory {
     /// and newest snapshot.
     pub restorable_from: Option<DateTime<Utc>>,
     pub restorable_to: Option<DateTime<Utc>>,
+    /// Objects under the plan's snapshots that are not believed: unreadable,
+    /// or failing the checks of `repository::trust` (forged, replayed,
+    /// future-dated, off the hash chain).
+    pub rejected: Vec<crate::repository::Rejected>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -301,8 +305,20 @@ pub async fn inventory(plan: &Plan) -> Result<Inventory, Error> {
         Some(w) if !w.is_empty() => (w.iter().map(|w| w.from).min(), w.iter().map(|w| w.to).max()),
         _ => (times.first().map(|t| t.0), times.last().map(|t| t.0)),
     };
+    let mut rejected = report.rejected.clone();
+    for row in &report.rows {
+        if let SnapshotRow::Unreadable { key, error, .. } = row {
+            rejected.push(crate::repository::Rejected {
+                object: key.clone(),
+                kind: crate::repository::RejectKind::Unreadable,
+                detail: error.clone(),
+            });
+        }
+    }
+    rejected.sort_by(|a, b| a.object.cmp(&b.object));
     Ok(Inventory {
-        snapshots: report.rows.len(),
+        snapshots: times.len(),
+        rejected,
         last_backup: times.last().map(|(time, id)| LastBackup {
             snapshot: id.clone(),
             time: *time,

@@ -83,6 +83,7 @@ metrics! {
     backup_bytes_new: "holdfast_backup_bytes_new", "Bytes of new (not deduplicated) data in the last backup";
     backup_interval: "holdfast_backup_interval_seconds", "Seconds between the backup schedule's runs (the next two)";
     snapshots: "holdfast_snapshots", "Snapshots of the plan in its repository";
+    rejected_objects: "holdfast_rejected_objects", "Objects under the plan's snapshots that holdfast does not believe (forged, replayed, future-dated, off the hash chain, unreadable): ignored, and reported by verify";
     restorable_oldest: "holdfast_restorable_oldest_timestamp_seconds", "The oldest point a restore can reach";
     restorable_newest: "holdfast_restorable_newest_timestamp_seconds", "The newest point a restore can reach";
     archive_lag: "holdfast_archive_lag_seconds", "How long the oldest WAL segment waiting to be archived has waited; 0 when none waits";

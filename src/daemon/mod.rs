@@ -689,6 +689,7 @@ impl<R: Runner> Scheduler<R> {
                     }
                     if let Some(inv) = &out.inventory {
                         m.set(&m.snapshots, &name, inv.snapshots as f64);
+                        m.set(&m.rejected_objects, &name, inv.rejected.len() as f64);
                         if let Some(t) = inv.restorable_from {
                             m.set(&m.restorable_oldest, &name, t.timestamp() as f64);
                         }
@@ -944,6 +945,7 @@ impl<R: Runner> Scheduler<R> {
                         "age_seconds": (now - b.time).num_seconds(),
                     })),
                     "snapshots": inv.map(|i| i.snapshots),
+                    "rejected": inv.map(|i| &i.rejected),
                     "restorable": inv.filter(|i| i.restorable_from.is_some()).map(|i| json!({
                         "from": i.restorable_from,
                         "to": newest_point(e).or(i.restorable_to),

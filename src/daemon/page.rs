@@ -154,17 +154,20 @@ fn plan_row(out: &mut String, p: &Value, now: Option<DateTime<Utc>>) {
 
     // The last snapshot, its age, and how the last backup went.
     let last = &p["last_backup"];
+    let rejected = rejected_html(&p["rejected"]);
     match last["snapshot"].as_str() {
         Some(id) => {
             let age = last["age_seconds"].as_i64().map_or(String::new(), ago);
             let _ = writeln!(
                 out,
-                "<td class=\"snapshot\"><code>{}</code> <strong class=\"age\">{age}</strong><br>{}</td>",
+                "<td class=\"snapshot\"><code>{}</code> <strong class=\"age\">{age}</strong><br>{}{rejected}</td>",
                 escape(id),
                 time_html(&last["time"])
             );
         }
-        None => out.push_str("<td class=\"snapshot muted\">none yet</td>\n"),
+        None => {
+            let _ = writeln!(out, "<td class=\"snapshot muted\">none yet{rejected}</td>");
+        }
     }
     let backup = &p["last_runs"]["backup"];
     let _ = writeln!(out, "<td class=\"outcome\">{}</td>", outcome_html(backup));
@@ -209,6 +212,28 @@ fn plan_row(out: &mut String, p: &Value, now: Option<DateTime<Utc>>) {
         drills_html(drills, &p["last_runs"]["drill"], now)
     );
     out.push_str("</tr>\n");
+}
+
+/// Objects the plan's listing does not believe (`[{object, kind, detail}]`):
+/// each named, since each is someone's forgery or damage to look into.
+fn rejected_html(r: &Value) -> String {
+    let Some(list) = r.as_array().filter(|l| !l.is_empty()) else {
+        return String::new();
+    };
+    let mut s = format!(
+        "<div class=\"err rejected\"><strong class=\"bad\">{} rejected object(s)</strong> (ignored; run verify)",
+        list.len()
+    );
+    for item in list {
+        let _ = write!(
+            s,
+            "<br><code>{}</code>: {}",
+            escape(item["object"].as_str().unwrap_or("?")),
+            escape(item["detail"].as_str().unwrap_or(""))
+        );
+    }
+    s.push_str("</div>");
+    s
 }
 
 /// A job's last outcome: ok, or failed with its error.

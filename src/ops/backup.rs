@@ -16,12 +16,17 @@ pub async fn backup(plan: &Plan, progress: ProgressMode) -> Result<BackupReport,
     let repo = super::open_or_init_repo_in(plan, store, now)
         .await
         .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
+    // Believed snapshots only: keys forged at the start of each coming day,
+    // week or month must not make this backup the second of its period
+    // (and so give it the short `last` lock). Rejected ones are logged by
+    // the backup itself, which lists them again.
     let earlier: Vec<_> = repo
-        .list_snapshots(&plan.name)
+        .snapshots(&plan.name)
         .await
         .with_context(|| format!("unable to list the snapshots of plan {}", plan.name))?
+        .accepted
         .iter()
-        .map(|s| s.started_at)
+        .map(|s| s.snap.started_at)
         .collect();
     let tier = plan.tier_of(now, &earlier);
     let opts = BackupOptions {

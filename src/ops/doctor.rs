@@ -302,6 +302,28 @@ async fn run_checks(plan: &Plan) -> Result<DoctorReport, StoreError> {
         }
     }
 
+    // Lease locks hold only if the server honours their conditional writes.
+    if let Some(s3) = &s3 {
+        match s3.probe_lock_conditions().await {
+            Ok(crate::store::s3::ConditionProbe::Honoured) => report.push(
+                "lock conditional writes",
+                Status::Pass,
+                "If-None-Match and If-Match on PutObject are honoured: two processes cannot both take a lock",
+            ),
+            Ok(crate::store::s3::ConditionProbe::Ignored(what)) => report.push(
+                "lock conditional writes",
+                Status::Fail,
+                format!("the storage service ignores {what}: two backups or a prune and a backup could both take a lock and run at once; use a server that honours conditional writes"),
+            ),
+            Err(e) => report.push_seen(
+                "lock conditional writes",
+                Status::Unknown,
+                "unable to try conditional writes under locks/",
+                Some(e.to_string()),
+            ),
+        }
+    }
+
     let opened = match super::repo_key(plan, false).await {
         Ok(key) => Repository::open(store.clone(), &key)
             .await

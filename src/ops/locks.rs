@@ -174,6 +174,7 @@ async fn keep_locked(
         }
     };
     let mut kept: Vec<(&SnapshotRef, &Manifest, String, Retention)> = Vec::new();
+    let mut maybe_absent: std::collections::HashSet<String> = Default::default();
     let mut longest: Option<Retention> = None;
     // Key objects decrypt everything: each one not removed stays locked as
     // long as the config (a removed one is left to expire).
@@ -196,7 +197,7 @@ async fn keep_locked(
         }
         for e in &m.entries {
             for c in &e.chunks {
-                let Some(loc) = index.get(c) else {
+                if !index.contains(c) {
                     return Err(RepoError::Corrupt {
                         what: "snapshot",
                         key: snap.key.clone(),
@@ -206,10 +207,16 @@ async fn keep_locked(
                         ),
                     }
                     .into());
-                };
-                need(pack_key(&loc.pack), target, false);
-                if let Some(k) = index.described_by(&loc.pack) {
-                    need(k.to_string(), target, false);
+                }
+                // Every candidate location, and the index object naming it:
+                // a restore may need any of them. Where index objects
+                // disagree, a candidate's pack may not exist at all.
+                for loc in index.candidates(c) {
+                    if index.is_disputed(c) {
+                        maybe_absent.insert(pack_key(&loc.pack));
+                    }
+                    need(pack_key(&loc.pack), target, false);
+                    need(index.source(loc.source).to_string(), target, false);
                 }
             }
         }
@@ -245,6 +252,11 @@ async fn keep_locked(
     }
     while let Some(done) = heads.join_next().await {
         let (key, info) = done.expect("lock check panicked");
+        if matches!(&info, Err(e) if e.is_not_found()) && maybe_absent.contains(&key) {
+            tracing::warn!(object = %key, "a pack some index object names for a chunk is not in the repository (`holdfast verify` names the index object)");
+            needs.remove(&key);
+            continue;
+        }
         let info = info.map_err(|e| {
             Error::from(e).context(format!(
                 "unable to read the lock of {key}, which a kept snapshot of plan {} needs",
@@ -297,7 +309,7 @@ async fn keep_locked(
         consider(CONFIG_KEY);
         for e in &m.entries {
             for c in &e.chunks {
-                if let Some(loc) = index.get(c) {
+                for loc in index.candidates(c) {
                     consider(&pack_key(&loc.pack));
                 }
             }

@@ -1,5 +1,5 @@
 //! Use cases: what `holdfast backup`, `restore`, `snapshots`, `verify`,
-//! `prune`, `wal-push`/`wal-fetch`, `repo init` and `doctor` do, as library
+//! `prune`, `repair index`, `wal-push`/`wal-fetch`, `repo init` and `doctor` do, as library
 //! calls the CLI and the daemon share. Nothing here prints: each call takes a
 //! validated plan and returns a report (or an [`Error`] with its exit class)
 //! for the caller to render.
@@ -11,6 +11,7 @@ pub mod keys;
 pub mod locks;
 pub mod plan_check;
 pub mod prune;
+pub mod repair;
 pub mod restore;
 pub mod snapshots;
 pub mod verify;

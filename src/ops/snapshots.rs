@@ -8,6 +8,7 @@ use crate::engine::{engine_for, Pending, Window};
 use crate::error::Error;
 use crate::ids::SnapshotId;
 use crate::plan::{Plan, Tier};
+use crate::repository::{RejectKind, SnapshotRef};
 
 /// One snapshot as `holdfast snapshots` lists it. Fields are in the order
 /// `--json` has always printed them.
@@ -65,13 +66,33 @@ pub struct SnapshotsReport {
     pub pending: Vec<Pending>,
     /// Manifests that could not be read (each named in its row).
     pub unreadable: usize,
+    /// Objects under the plan's snapshots that are not believed, for any
+    /// other reason (named on stderr; `verify` fails on them).
+    pub rejected: Vec<crate::repository::Rejected>,
 }
 
 pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
     let repo = super::open_repo(plan).await?;
-    let snaps = repo.list_snapshots(&plan.name).await?;
+    let listed = repo.snapshots(&plan.name).await?;
+    let snaps = listed.refs();
     let mut rows = Vec::new();
     let mut unreadable = 0;
+    let mut rejected = Vec::new();
+    for r in listed.rejected {
+        match (r.kind, SnapshotRef::from_key(&r.object)) {
+            (RejectKind::Unreadable, Some(s)) => {
+                unreadable += 1;
+                rows.push(SnapshotRow::Unreadable {
+                    error: r.detail.clone(),
+                    id: s.id,
+                    key: s.key.clone(),
+                    short_id: s.id.short(),
+                    time: s.started_at,
+                });
+            }
+            _ => rejected.push(r),
+        }
+    }
     for s in &snaps {
         match repo.load_manifest(s).await {
             Ok(m) => rows.push(SnapshotRow::Readable {
@@ -103,6 +124,9 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
             }
         }
     }
+    rows.sort_by_key(|r| match r {
+        SnapshotRow::Readable { key, .. } | SnapshotRow::Unreadable { key, .. } => key.clone(),
+    });
     let reach = match engine_for(plan) {
         Ok(engine) => engine.windows(&repo, plan).await?,
         Err(_) => None,
@@ -139,5 +163,6 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
         windows,
         pending,
         unreadable,
+        rejected,
     })
 }

@@ -53,19 +53,39 @@ pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
 }
 
 /// How a fetch ended, for PostgreSQL: found, or not in the archive (exit 1,
-/// recovery ends there); anything else is an error that must stop recovery.
+/// recovery ends there; also when only foreign objects are at its names, so
+/// a planted `N.history` does not stop the timeline search); anything else
+/// is an error that must stop recovery.
 pub enum Fetched {
-    Restored { bytes: u64 },
+    /// `object` is the archive object read: the file's own name or an
+    /// alternative.
+    Restored {
+        bytes: u64,
+        object: String,
+    },
     NotFound(WalError),
 }
 
 /// Restores archived file `name` to `dest`.
-pub async fn fetch(plan: &Plan, name: &str, dest: &Path) -> Result<Fetched, Error> {
+///
+/// A name at which only corrupt or foreign objects lie is "not in the
+/// archive" for a timeline history (PostgreSQL asks for `N.history` files to
+/// choose its timeline: a planted one must not stop it), and for anything
+/// when `checked` (a `holdfast restore` that already verified every segment
+/// its target needs, so PostgreSQL asks past them only at the archive's
+/// end, where a planted future segment must not stop it). Otherwise, a
+/// segment PostgreSQL needs is damaged: recovery stops rather than ending
+/// early at the wrong point.
+pub async fn fetch(plan: &Plan, name: &str, dest: &Path, checked: bool) -> Result<Fetched, Error> {
     check_archiving(plan)?;
     let repo = super::open_repo(plan).await?;
+    let absent_if_foreign = checked || name.ends_with(".history");
     match wal::fetch(repo.store().as_ref(), repo.crypto(), &plan.name, name, dest).await {
-        Ok(bytes) => Ok(Fetched::Restored { bytes }),
+        Ok((bytes, object)) => Ok(Fetched::Restored { bytes, object }),
         Err(e @ WalError::Log(LogError::NotFound { .. })) => Ok(Fetched::NotFound(e)),
+        Err(e @ WalError::Log(LogError::OnlyForeign { .. })) if absent_if_foreign => {
+            Ok(Fetched::NotFound(e))
+        }
         Err(e) => Err(Error::from(e).context(format!(
             "unable to restore {name} for plan {}; stopping recovery rather than ending it early",
             plan.name

@@ -641,7 +641,8 @@ impl Ctx<'_> {
                     .split_once("://")
                     .and_then(|(_, rest)| rest.rsplit_once('@'))
                     .map(|(userinfo, _)| userinfo);
-                if let Some((_, pw)) = userinfo.and_then(|u| u.split_once(':')) {
+                let password = userinfo.and_then(|u| u.split_once(':')).map(|(_, pw)| pw);
+                if let Some(pw) = password {
                     if !(pw.starts_with("${") && pw.ends_with('}')) {
                         return Err(self.invalid_hint(
                             "source.dsn",
@@ -650,7 +651,28 @@ impl Ctx<'_> {
                         ));
                     }
                 }
-                Some(self.secret("source.dsn", &dsn, false)?)
+                match password {
+                    // The variable's value is percent-encoded into the URL:
+                    // a raw `/`, `?` or `@` in it would otherwise move part
+                    // of the password into the host, port or database name,
+                    // where errors and logs show it.
+                    Some(pw) => {
+                        let start = dsn.find("://").unwrap_or(0)
+                            + 3
+                            + userinfo.map_or(0, |u| u.len() - pw.len());
+                        let (head, tail) = (&dsn[..start], &dsn[start + pw.len()..]);
+                        let head = self.secret("source.dsn", head, false)?;
+                        let pw = self.secret("source.dsn", pw, false)?;
+                        let tail = self.secret("source.dsn", tail, false)?;
+                        Some(Secret::new(format!(
+                            "{}{}{}",
+                            head.expose(),
+                            crate::secret::percent_encode(pw.expose()),
+                            tail.expose()
+                        )))
+                    }
+                    None => Some(self.secret("source.dsn", &dsn, false)?),
+                }
             }
         };
         Ok(DbConnection {

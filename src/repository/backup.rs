@@ -6,6 +6,13 @@
 //! parallel; results are taken back in order, so manifests list chunks in
 //! stream order; two uploader threads put finished packs. Every queue is
 //! bounded, so memory stays flat whatever the source's size.
+//!
+//! Deduplication trusts a chunk's location only when it has been seen to
+//! hold: a chunk every index object places in one spot is known-stored (the
+//! spot verify checks); a chunk whose index objects disagree (see
+//! [`Index::candidates`]) is read back from each candidate, checked against
+//! its id, until one passes, and stored again when none does. A planted index
+//! object can then neither make a backup skip a chunk nor link one to garbage.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Read;
@@ -20,7 +27,7 @@ use fastcdc::v2020::FastCDC;
 use serde::Serialize;
 
 use super::hasher::StreamHasher;
-use super::index::{IndexFile, IndexedPack};
+use super::index::{ChunkLocation, IndexFile, IndexedPack, SourceId};
 use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
 use super::pack::{encode_chunk, pack_id, Blob, BlobEntry, PackBuilder};
 use super::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
@@ -31,7 +38,7 @@ use super::{
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::progress::{Progress, ProgressMode};
-use crate::store::{LockKind, PutOptions, Retention, Store, StoreError};
+use crate::store::{LockGuard, LockKind, PutOptions, Retention, Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
@@ -91,7 +98,9 @@ impl crate::error::HasExit for BackupError {
     fn exit(&self) -> crate::error::Exit {
         use crate::error::Exit;
         match self {
-            BackupError::Busy { .. } | BackupError::Pruning { .. } => Exit::Busy,
+            BackupError::Busy { .. }
+            | BackupError::Pruning { .. }
+            | BackupError::Store(StoreError::LeaseLost { .. }) => Exit::Busy,
             BackupError::Source(_) => Exit::Source,
             BackupError::Repo(_) | BackupError::Store(_) => Exit::Repository,
         }
@@ -153,7 +162,7 @@ pub async fn backup(
             });
         }
     };
-    let result = backup_locked(repo, plan, source, opts).await;
+    let result = backup_locked(repo, plan, source, opts, &[lock.as_ref(), shared.as_ref()]).await;
     shared.release().await;
     lock.release().await;
     result
@@ -164,6 +173,7 @@ async fn backup_locked(
     plan: &PlanName,
     source: Box<dyn Source>,
     opts: &BackupOptions,
+    held: &[&dyn LockGuard],
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
     let started_at = crate::clock::now();
@@ -186,7 +196,7 @@ async fn backup_locked(
                 if covers {
                     for e in &m.entries {
                         for c in &e.chunks {
-                            if let Some(loc) = index.get(c) {
+                            if let Some(loc) = index.agreed(c) {
                                 covered.insert(loc.pack);
                             }
                         }
@@ -195,7 +205,7 @@ async fn backup_locked(
                 for e in m.entries {
                     if e.kind == EntryKind::File
                         && e.stamp.is_some()
-                        && e.chunks.iter().all(|c| index.contains(c))
+                        && e.chunks.iter().all(|c| index.agreed(c).is_some())
                     {
                         unchanged.insert(e.path.clone(), e);
                     }
@@ -256,14 +266,12 @@ async fn backup_locked(
         // as deleting the data.
         let mut keys: Vec<String> = vec![super::CONFIG_KEY.to_string()];
         keys.extend(super::keys::live_key_objects(repo.store().as_ref(), repo.crypto()).await?);
-        for pack in &written.reused_packs {
+        for (pack, sources) in &written.reused_packs {
             if covered.contains(pack) {
                 continue;
             }
             keys.push(pack_key(pack));
-            if let Some(k) = index.described_by(pack) {
-                keys.push(k.to_string());
-            }
+            keys.extend(sources.iter().map(|s| index.source(*s).to_string()));
         }
         keys.sort();
         keys.dedup();
@@ -293,6 +301,11 @@ async fn backup_locked(
     let (id, bytes) =
         manifest.encode_within_cap(&format!("the new manifest of plan {plan}"), repo.crypto())?;
     let key = snapshot_key(plan, started_at, &id);
+    // The commit point: only while both locks still certainly hold (an S3
+    // lease is refreshed now, and a takeover is caught here at the latest).
+    for guard in held {
+        guard.confirm().await?;
+    }
     repo.store()
         .put(
             &key,
@@ -330,8 +343,64 @@ struct Job {
 struct Done {
     id: ChunkId,
     raw_length: u64,
-    /// `None` when the chunk was already in the repository's index.
+    /// `None` when the chunk is already stored, at `stored_at`.
     blob: Option<Blob>,
+    stored_at: Option<ChunkLocation>,
+}
+
+/// Chunks whose index objects disagree: each is read back from its
+/// candidates (checked against its id) once per backup, and the first
+/// location that passes is where it is known to be stored.
+#[derive(Default)]
+struct Disputed {
+    checked: Mutex<HashMap<ChunkId, Option<ChunkLocation>>>,
+    warned: Mutex<HashSet<(SourceId, PackId)>>,
+}
+
+impl Disputed {
+    fn check(
+        &self,
+        store: &dyn Store,
+        crypto: &super::Crypto,
+        runtime: &tokio::runtime::Handle,
+        index: &Index,
+        id: &ChunkId,
+    ) -> Option<ChunkLocation> {
+        if let Some(known) = self.checked.lock().expect("disputed lock").get(id) {
+            return *known;
+        }
+        let mut good = None;
+        for loc in index.candidates(id) {
+            match super::read::read_one(store, crypto, runtime, loc) {
+                Ok(_) => {
+                    good = Some(*loc);
+                    break;
+                }
+                Err(why) => {
+                    let first = self
+                        .warned
+                        .lock()
+                        .expect("disputed lock")
+                        .insert((loc.source, loc.pack));
+                    if first {
+                        tracing::warn!(
+                            object = %index.source(loc.source),
+                            pack = %pack_key(&loc.pack),
+                            "index object {} places chunk {id} in pack {} at offset {}, which does not hold it ({why}); not deduplicating against it (further such locations from this index object in this pack are not logged; run `holdfast verify`)",
+                            index.source(loc.source),
+                            pack_key(&loc.pack),
+                            loc.blob.offset
+                        )
+                    }
+                }
+            }
+        }
+        self.checked
+            .lock()
+            .expect("disputed lock")
+            .insert(*id, good);
+        good
+    }
 }
 
 /// State shared with uploader threads.
@@ -433,7 +502,7 @@ impl Shared {
 struct Written {
     entries: Vec<ManifestEntry>,
     stats: SnapshotStats,
-    reused_packs: HashSet<PackId>,
+    reused_packs: HashMap<PackId, HashSet<SourceId>>,
     packs_written: u64,
     bytes_read: u64,
 }
@@ -453,7 +522,7 @@ struct Writer {
     pending: VecDeque<(usize, Receiver<Done>)>,
     window: usize,
     new_chunks: HashSet<ChunkId>,
-    reused_packs: HashSet<PackId>,
+    reused_packs: HashMap<PackId, HashSet<SourceId>>,
     pack: PackBuilder,
     uploads: Option<Sender<(Vec<u8>, Vec<BlobEntry>)>>,
     uploaders: Vec<JoinHandle<()>>,
@@ -485,22 +554,35 @@ impl Writer {
             .map(|n| n.get())
             .unwrap_or(2);
         let (jobs_tx, jobs_rx) = bounded::<Job>(threads * 2);
+        let disputed = Arc::new(Disputed::default());
         let workers = (0..threads)
             .map(|i| {
                 let rx = jobs_rx.clone();
                 let index = index.clone();
                 let crypto = crypto.clone();
+                let store = store.clone();
+                let runtime = runtime.clone();
+                let disputed = disputed.clone();
                 std::thread::Builder::new()
                     .name(format!("hf-chunk-{i}"))
                     .spawn(move || {
                         for job in rx {
                             let id = crypto.chunk_id(&job.data[..]);
-                            let blob = (!index.contains(&id))
+                            let stored_at = match index.agreed(&id) {
+                                Some(loc) => Some(*loc),
+                                None if index.is_disputed(&id) => {
+                                    disputed.check(&*store, &crypto, &runtime, &index, &id)
+                                }
+                                None => None,
+                            };
+                            let blob = stored_at
+                                .is_none()
                                 .then(|| encode_chunk(id, &job.data, level, &crypto));
                             let _ = job.reply.send(Done {
                                 id,
                                 raw_length: job.data.len() as u64,
                                 blob,
+                                stored_at,
                             });
                         }
                     })
@@ -552,7 +634,7 @@ impl Writer {
             pending: VecDeque::new(),
             window: threads * 3 + 2,
             new_chunks: HashSet::new(),
-            reused_packs: HashSet::new(),
+            reused_packs: HashMap::new(),
             pack: PackBuilder::new(),
             uploads: Some(up_tx),
             uploaders,
@@ -598,12 +680,15 @@ impl Writer {
         let done = rx.recv().map_err(|_| WriterError::WorkerGone)?;
         self.entries[entry].chunks.push(done.id);
         self.stats.chunks += 1;
-        if let Some(loc) = self.index.get(&done.id) {
-            self.reused_packs.insert(loc.pack);
+        if let Some(loc) = done.stored_at {
+            self.reused_packs
+                .entry(loc.pack)
+                .or_default()
+                .insert(loc.source);
         } else if self.new_chunks.insert(done.id) {
             let blob = done
                 .blob
-                .expect("workers encode chunks missing from the index");
+                .expect("workers encode chunks not known to be stored");
             self.stats.new_chunks += 1;
             self.stats.new_bytes += done.raw_length;
             self.stats.stored_bytes += blob.data.len() as u64;
@@ -705,8 +790,11 @@ impl Writer {
             return false;
         }
         for c in &prev.chunks {
-            if let Some(loc) = self.index.get(c) {
-                self.reused_packs.insert(loc.pack);
+            if let Some(loc) = self.index.agreed(c) {
+                self.reused_packs
+                    .entry(loc.pack)
+                    .or_default()
+                    .insert(loc.source);
             }
         }
         let size = prev.size.unwrap_or_default();

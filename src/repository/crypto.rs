@@ -30,6 +30,7 @@ pub const MASTER_SECRET_LEN: usize = 64;
 const INFO_SEAL: &[u8] = b"holdfast v2 object sealing key";
 const INFO_CHUNK_ID: &[u8] = b"holdfast v2 chunk id key";
 const INFO_CONFIG_MAC: &[u8] = b"holdfast v2 config mac key";
+const INFO_SYNTHETIC_NONCE: &[u8] = b"holdfast v2 synthetic nonce key";
 
 /// Why a sealed object did not open. Deliberately vague: the AEAD cannot
 /// tell a wrong key from altered bytes or a wrong name.
@@ -118,6 +119,24 @@ impl DataKeys {
         seal_with(&self.seal, ad, plain)
     }
 
+    /// Seals like [`DataKeys::seal`], but with a synthetic nonce (a MAC of
+    /// `ad` and `plain` under a key derived from the sealing key), so the
+    /// same plaintext under the same name always seals to the same bytes.
+    /// For objects whose name must follow from their content across runs
+    /// (`holdfast repair index`); it reveals only that two such objects are
+    /// equal, which their equal names say anyway. Opened by [`DataKeys::open`].
+    pub fn seal_deterministic(&self, ad: &[u8], plain: &[u8]) -> Vec<u8> {
+        let nonce_key = mac(&self.seal, INFO_SYNTHETIC_NONCE);
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&nonce_key).expect("any key length");
+        m.update(&(ad.len() as u64).to_le_bytes());
+        m.update(ad);
+        m.update(plain);
+        let full: [u8; 32] = m.finalize().into_bytes().into();
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&full[..NONCE_LEN]);
+        seal_with_nonce(&self.seal, &nonce, ad, plain)
+    }
+
     /// Opens what [`DataKeys::seal`] made under the same `ad`.
     pub fn open(&self, ad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         open_with(&self.seal, ad, sealed)
@@ -149,10 +168,14 @@ fn mac(key: &[u8; 32], bytes: &[u8]) -> [u8; 32] {
 fn seal_with(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::fill(&mut nonce).expect("the OS has a random source");
+    seal_with_nonce(key, &nonce, ad, plain)
+}
+
+fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; NONCE_LEN], ad: &[u8], plain: &[u8]) -> Vec<u8> {
     let cipher = XChaCha20Poly1305::new(key.into());
     let ct = cipher
         .encrypt(
-            XNonce::from_slice(&nonce),
+            XNonce::from_slice(nonce),
             Payload {
                 msg: plain,
                 aad: ad,
@@ -161,7 +184,7 @@ fn seal_with(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
         .expect("XChaCha20-Poly1305 seals any length we write");
     let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
     out.extend_from_slice(SEAL_MAGIC);
-    out.extend_from_slice(&nonce);
+    out.extend_from_slice(nonce);
     out.extend_from_slice(&ct);
     out
 }
@@ -194,7 +217,7 @@ pub struct Crypto(Option<Arc<DataKeys>>);
 
 impl Crypto {
     /// No encryption: `encryption: none` repositories.
-    pub fn none() -> Self {
+    pub const fn none() -> Self {
         Crypto(None)
     }
 
@@ -223,6 +246,15 @@ impl Crypto {
     pub fn seal(&self, ad: &str, plain: Vec<u8>) -> Vec<u8> {
         match &self.0 {
             Some(k) => k.seal(ad.as_bytes(), &plain),
+            None => plain,
+        }
+    }
+
+    /// [`Crypto::seal`] with a synthetic nonce (see
+    /// [`DataKeys::seal_deterministic`]): equal inputs, equal bytes.
+    pub fn seal_deterministic(&self, ad: &str, plain: Vec<u8>) -> Vec<u8> {
+        match &self.0 {
+            Some(k) => k.seal_deterministic(ad.as_bytes(), &plain),
             None => plain,
         }
     }

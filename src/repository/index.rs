@@ -8,65 +8,217 @@ use super::pack::{BlobEntry, Encoding, MAX_CHUNK_LEN, PACK_MAGIC};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, PackId};
 
-/// Where one chunk's blob lives.
+/// Where one chunk's blob lives, and which index object said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkLocation {
     pub pack: PackId,
     pub blob: BlobEntry,
+    /// The index object that named this location ([`Index::source`]).
+    pub source: SourceId,
 }
 
+impl ChunkLocation {
+    /// The same place in the same pack (whichever index object said so).
+    pub fn same_place(&self, other: &ChunkLocation) -> bool {
+        self.pack == other.pack && self.blob == other.blob
+    }
+}
+
+/// An index object known to the in-memory [`Index`], by number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceId(pub u32);
+
+/// At most this many distinct locations are kept per chunk (the first seen,
+/// in listing order). Every index object a holdfast build writes for a
+/// chunk names one place; a chunk has two only when two backups stored it at
+/// once, a killed backup's pack is re-indexed, or somebody added an index
+/// object. Duplicates of a place already known cost nothing. See
+/// `docs/repository-format.md`, *Candidate locations*.
+pub const MAX_CANDIDATES: usize = 8;
+
 /// The union of all index objects, in memory.
+///
+/// Every distinct location any index object gives for a chunk is kept (up to
+/// [`MAX_CANDIDATES`]): an index object is not authenticated, so the first
+/// one listed is not more right than the others. Memory: one location per
+/// chunk in `first`; only chunks with more than one distinct location have an
+/// entry in `more`.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    chunks: HashMap<ChunkId, ChunkLocation>,
+    first: HashMap<ChunkId, ChunkLocation>,
+    more: HashMap<ChunkId, Vec<ChunkLocation>>,
     packs: HashMap<PackId, u64>,
-    /// The index object that first named each pack.
-    described_by: HashMap<PackId, String>,
+    /// The index objects that name each pack, in listing order.
+    described_by: HashMap<PackId, Vec<SourceId>>,
+    /// Index object keys, by [`SourceId`].
+    sources: Vec<String>,
+    /// Locations dropped because their chunk already had [`MAX_CANDIDATES`].
+    dropped: u64,
 }
 
 impl Index {
+    /// The first location listed for `id`: where a reader tries first. Not
+    /// to be trusted on its own (see [`Index::candidates`]).
     pub fn get(&self, id: &ChunkId) -> Option<&ChunkLocation> {
-        self.chunks.get(id)
+        self.first.get(id)
+    }
+
+    /// Every distinct location known for `id`, first listed first.
+    pub fn candidates(&self, id: &ChunkId) -> impl Iterator<Item = &ChunkLocation> {
+        self.first
+            .get(id)
+            .into_iter()
+            .chain(self.more.get(id).into_iter().flatten())
+    }
+
+    /// The location of `id` when every index object naming it agrees on one
+    /// place; `None` when it is unknown or its candidates disagree.
+    pub fn agreed(&self, id: &ChunkId) -> Option<&ChunkLocation> {
+        if self.more.contains_key(id) {
+            return None;
+        }
+        self.first.get(id)
+    }
+
+    /// Whether some index object's locations for `id` disagree.
+    pub fn is_disputed(&self, id: &ChunkId) -> bool {
+        self.more.contains_key(id)
+    }
+
+    /// How many chunks have more than one distinct location.
+    pub fn disputed_chunks(&self) -> usize {
+        self.more.len()
+    }
+
+    /// Locations not kept because their chunk already had [`MAX_CANDIDATES`].
+    pub fn dropped_locations(&self) -> u64 {
+        self.dropped
     }
 
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.chunks.contains_key(id)
+        self.first.contains_key(id)
     }
 
     pub fn len(&self) -> usize {
-        self.chunks.len()
+        self.first.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.first.is_empty()
     }
 
-    /// Known packs and their sizes.
+    /// Known packs and their sizes (the largest any index object claims: a
+    /// read is cut at the size, and a claim too small would hide the pack).
     pub fn packs(&self) -> &HashMap<PackId, u64> {
         &self.packs
     }
 
+    /// The key of the index object `source` numbers.
+    pub fn source(&self, source: SourceId) -> &str {
+        self.sources
+            .get(source.0 as usize)
+            .map(String::as_str)
+            .unwrap_or("(no index object)")
+    }
+
+    /// Adds a pack's locations as coming from no index object (a backup's
+    /// own packs, or a test's).
     pub fn add_pack(&mut self, pack: &IndexedPack) {
-        self.packs.insert(pack.id, pack.size);
+        let source = self.add_source("(this process)");
+        self.add_pack_from(pack, source);
+    }
+
+    fn add_source(&mut self, key: &str) -> SourceId {
+        self.sources.push(key.to_string());
+        SourceId((self.sources.len() - 1) as u32)
+    }
+
+    fn add_pack_from(&mut self, pack: &IndexedPack, source: SourceId) {
+        let size = self.packs.entry(pack.id).or_insert(pack.size);
+        *size = (*size).max(pack.size);
+        let named = self.described_by.entry(pack.id).or_default();
+        if !named.contains(&source) {
+            named.push(source);
+        }
         for c in &pack.chunks {
-            self.chunks.entry(c.id).or_insert(ChunkLocation {
+            let loc = ChunkLocation {
                 pack: pack.id,
                 blob: c.to_blob_entry(),
-            });
+                source,
+            };
+            let Some(first) = self.first.get(&c.id) else {
+                self.first.insert(c.id, loc);
+                continue;
+            };
+            if first.same_place(&loc) {
+                continue;
+            }
+            let more = self.more.entry(c.id).or_default();
+            if more.iter().any(|m| m.same_place(&loc)) {
+                continue;
+            }
+            if more.len() + 1 >= MAX_CANDIDATES {
+                self.dropped += 1;
+                continue;
+            }
+            more.push(loc);
         }
     }
 
-    /// The key of the index object that names `pack`, if any does.
+    /// The key of the first index object that names `pack`, if any does.
     pub fn described_by(&self, pack: &PackId) -> Option<&str> {
-        self.described_by.get(pack).map(String::as_str)
+        self.described_by
+            .get(pack)
+            .and_then(|v| v.first())
+            .map(|s| self.source(*s))
+    }
+
+    /// Every index object that names `pack`.
+    pub fn described_by_all(&self, pack: &PackId) -> impl Iterator<Item = &str> {
+        self.described_by
+            .get(pack)
+            .into_iter()
+            .flatten()
+            .map(|s| self.source(*s))
+    }
+
+    /// Adds `other`'s locations (every candidate) for chunks this index does
+    /// not hold, and their packs (for restores: see
+    /// `Repository::load_index_for_restore`). Chunks this index holds keep
+    /// only their own candidates.
+    pub fn add_fallback(&mut self, other: &Index) {
+        let mut mapped: HashMap<SourceId, SourceId> = HashMap::new();
+        for id in other.first.keys() {
+            if self.first.contains_key(id) {
+                continue;
+            }
+            for loc in other.candidates(id) {
+                let source = *mapped
+                    .entry(loc.source)
+                    .or_insert_with(|| self.add_source(other.source(loc.source)));
+                let moved = ChunkLocation { source, ..*loc };
+                match self.first.get(id) {
+                    None => {
+                        self.first.insert(*id, moved);
+                    }
+                    Some(_) => self.more.entry(*id).or_default().push(moved),
+                }
+                if let Some(size) = other.packs.get(&loc.pack) {
+                    let known = self.packs.entry(loc.pack).or_insert(*size);
+                    *known = (*known).max(*size);
+                }
+                let named = self.described_by.entry(loc.pack).or_default();
+                if !named.contains(&source) {
+                    named.push(source);
+                }
+            }
+        }
     }
 
     pub fn add_file(&mut self, key: &str, file: &IndexFile) {
+        let source = self.add_source(key);
         for p in &file.packs {
-            self.described_by
-                .entry(p.id)
-                .or_insert_with(|| key.to_string());
-            self.add_pack(p);
+            self.add_pack_from(p, source);
         }
     }
 }
@@ -130,6 +282,13 @@ impl IndexFile {
     /// repository.
     pub fn encode(&self, crypto: &super::Crypto) -> Vec<u8> {
         crypto.seal("index/", encode_json_zst(self))
+    }
+
+    /// [`IndexFile::encode`] with deterministic sealing: the same packs give
+    /// the same object (and name) on every run, so `holdfast repair index`
+    /// run twice finds its objects present instead of adding more.
+    pub fn encode_deterministic(&self, crypto: &super::Crypto) -> Vec<u8> {
+        crypto.seal_deterministic("index/", encode_json_zst(self))
     }
 
     /// Decodes an index object, checking its bytes against the id in its key,

@@ -10,9 +10,16 @@
 //! The rules a database's archiver needs from push and fetch:
 //! * push is idempotent: the same name with the same content succeeds again
 //!   (a server re-archives after a crash), and the same name with other
-//!   content fails loudly, never overwriting;
+//!   archived content fails loudly, never overwriting;
 //! * push fails on any error, so the server keeps the file and retries:
 //!   nothing is dropped;
+//! * an object holdfast could not have written (a *foreign* object, see
+//!   [`classify`]) never stops archiving: anyone with write access to the
+//!   bucket can add a key, and a push that failed forever on it would fill
+//!   the server's disk. The file goes under an alternative name instead
+//!   ([`alternative_key`]), and push warns loudly naming both;
+//! * fetch reads the canonical name, and when it is missing or foreign the
+//!   alternatives; foreign objects are skipped with a warning naming them;
 //! * fetch distinguishes "not in the archive" from every other failure.
 
 use std::io::{Read, Write};
@@ -60,6 +67,16 @@ pub enum LogError {
     },
     #[error("{key} is not in the archive")]
     NotFound { key: String },
+    #[error("{key} is corrupt or foreign (not written by holdfast), and no alternative name holds it: {foreign}")]
+    OnlyForeign { key: String, foreign: String },
+    #[error("{key} has alternatives with different archived content ({keys}); refusing to guess which one PostgreSQL wrote. Two clusters may be archiving into one plan")]
+    Ambiguous { key: String, keys: String },
+    #[error("unable to archive {key}: it and its {tried} alternative names all hold foreign objects ({foreign}); someone with write access to the bucket is planting keys")]
+    NoFreeName {
+        key: String,
+        tried: usize,
+        foreign: String,
+    },
     #[error("{key} is corrupt: {why}")]
     Corrupt { key: String, why: String },
     #[error(
@@ -125,6 +142,112 @@ fn open<'a>(
         })
 }
 
+/// What lies between a canonical key and an alternative's tag.
+pub const ALT_MARK: &str = ".alt-";
+/// How many alternative names push tries after the canonical one: enough for
+/// a planted key or two, few enough that a push always ends quickly.
+pub const MAX_ALTERNATIVES: usize = 4;
+
+/// The `attempt`-th (0-based) alternative name for a file whose canonical
+/// object `key` is foreign: `<key>.alt-<first 16 hex of the file's SHA-256>`,
+/// then `…-2`, `…-3`, …. Deterministic, so a retried push finds its own
+/// earlier object; bound to the content, so [`classify`] refuses bytes
+/// copied there from another file.
+pub fn alternative_key(key: &str, sha: &Hash256, attempt: usize) -> String {
+    let tag = &sha.to_hex()[..16];
+    match attempt {
+        0 => format!("{key}{ALT_MARK}{tag}"),
+        n => format!("{key}{ALT_MARK}{tag}-{}", n + 1),
+    }
+}
+
+/// The canonical key and the content tag (16 hex) of an alternative name;
+/// `None` for any other key.
+pub fn split_alternative(key: &str) -> Option<(&str, &str)> {
+    let (canonical, rest) = key.rsplit_once(ALT_MARK)?;
+    let tag = match rest.split_once('-') {
+        Some((tag, n)) => {
+            let n: usize = n.parse().ok()?;
+            if !(2..=MAX_ALTERNATIVES).contains(&n) || n.to_string() != rest[tag.len() + 1..] {
+                return None;
+            }
+            tag
+        }
+        None => rest,
+    };
+    (tag.len() == 16 && tag.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+        .then_some((canonical, tag))
+}
+
+/// What an object at a log archive key is.
+#[derive(Debug)]
+pub enum Found {
+    /// A log file holdfast archived, checked against its SHA-256.
+    Archived { raw: Vec<u8>, sha: Hash256 },
+    /// Bytes holdfast could not have written there.
+    Foreign { why: String },
+}
+
+/// The one place deciding whether `object`, read at `key`, was written by
+/// holdfast: in an encrypted repository it must open under its own name
+/// (an object failing authentication is foreign: whoever wrote it does not
+/// hold the key); it must decode (magic, length, zstd, SHA-256, size cap)
+/// and, at an alternative name, hold the content its name's tag says.
+/// Anything else is foreign.
+pub fn classify(key: &str, object: &[u8], crypto: &super::Crypto) -> Found {
+    let raw = match decode(key, object, crypto) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let why = match e {
+                LogError::Corrupt { why, .. } => why,
+                LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
+                other => other.to_string(),
+            };
+            return Found::Foreign { why };
+        }
+    };
+    let sha = Hash256::digest(&raw);
+    if let Some((_, tag)) = split_alternative(key) {
+        if !sha.to_hex().starts_with(tag) {
+            return Found::Foreign {
+                why: format!("its name says content {tag}…, it holds {}", sha.short()),
+            };
+        }
+    }
+    Found::Archived { raw, sha }
+}
+
+/// Reads and classifies the object at `key`; `None` when there is none.
+/// An object over the size cap is foreign without being downloaded.
+pub async fn read_at(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Option<Found>, LogError> {
+    let object = match store.get_at_most(key, MAX_OBJECT).await {
+        Ok(o) => o,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e @ StoreError::TooLarge { .. }) => {
+            return Ok(Some(Found::Foreign { why: e.to_string() }))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let k = key.to_string();
+    let crypto = crypto.clone();
+    Ok(Some(
+        tokio::task::spawn_blocking(move || classify(&k, &object, &crypto))
+            .await
+            .expect("log decoder panicked"),
+    ))
+}
+
+fn warn_foreign(key: &str, why: &str, action: &str) {
+    tracing::warn!(
+        object = %key,
+        "FOREIGN OBJECT in the log archive: {key} was not written by holdfast ({why}); {action}. Someone with write access to the bucket added it: see docs/runbook.md, \"A foreign object in the WAL archive\""
+    );
+}
+
 /// Decodes an archived object, after checking its authenticity, and checks
 /// it against its header's SHA-256.
 pub fn decode(key: &str, object: &[u8], crypto: &super::Crypto) -> Result<Vec<u8>, LogError> {
@@ -165,6 +288,10 @@ pub struct PushReport {
     pub sha256: Hash256,
     /// The same file was already archived (a retry after a crash).
     pub already_archived: bool,
+    /// Foreign objects met at the file's names before `key` (empty unless
+    /// `key` is an alternative name).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<String>,
 }
 
 /// Archives the log file at `path` as object `key`.
@@ -185,77 +312,178 @@ pub async fn push(
         .await
         .expect("log encoder panicked");
     let bytes = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
-    let object = crypto.seal(&key, object);
-    let stored_bytes = object.len() as u64;
-    let opts = PutOptions {
-        sha256: Hash256::digest(&object),
-        retention,
-    };
-    let already_archived = match store.put(&key, Bytes::from(object), &opts).await {
-        Ok(()) => false,
-        Err(StoreError::AlreadyExists { .. }) => {
-            let existing = store.get_at_most(&key, MAX_OBJECT).await?;
-            let existing = open(&key, &existing, crypto)?;
-            let (_, archived) = header_sha(&key, &existing)?;
-            if archived != sha {
-                return Err(LogError::Conflict {
-                    key,
-                    archived,
-                    pushed: sha,
-                });
-            }
-            true
+    let mut foreign = Vec::new();
+    for attempt in 0..=MAX_ALTERNATIVES {
+        let at = match attempt {
+            0 => key.clone(),
+            n => alternative_key(&key, &sha, n - 1),
+        };
+        // Each name seals its own copy: the name is the associated data.
+        let (sealed, sealed_sha) = {
+            let (crypto, at, object) = (crypto.clone(), at.clone(), object.clone());
+            tokio::task::spawn_blocking(move || {
+                let sealed = crypto.seal(&at, object);
+                let sha = Hash256::digest(&sealed);
+                (sealed, sha)
+            })
+            .await
+            .expect("log sealer panicked")
+        };
+        let stored_bytes = sealed.len() as u64;
+        let opts = PutOptions {
+            sha256: sealed_sha,
+            retention,
+        };
+        let already_archived = match store.put(&at, Bytes::from(sealed), &opts).await {
+            Ok(()) => false,
+            Err(StoreError::AlreadyExists { .. }) => match read_at(store, crypto, &at).await? {
+                Some(Found::Archived { sha: archived, .. }) if archived == sha => true,
+                Some(Found::Archived { sha: archived, .. }) => {
+                    // Only the canonical name can honestly hold other
+                    // content: an alternative's name binds its content.
+                    return Err(LogError::Conflict {
+                        key: at,
+                        archived,
+                        pushed: sha,
+                    });
+                }
+                Some(Found::Foreign { why }) => {
+                    warn_foreign(
+                        &at,
+                        &why,
+                        &format!(
+                            "left as it is; {} goes under the alternative name {} instead",
+                            path.display(),
+                            alternative_key(&key, &sha, attempt)
+                        ),
+                    );
+                    foreign.push(format!("{at} ({why})"));
+                    continue;
+                }
+                // Removed between the put and the read: nothing is
+                // there now, so the next name is as good as this one.
+                None => continue,
+            },
+            Err(e) => return Err(e.into()),
+        };
+        if attempt > 0 {
+            tracing::warn!(object = %at, "{} archived under the alternative name {at}, because {key} holds a foreign object; wal-fetch and restores read it there", path.display());
         }
-        Err(e) => return Err(e.into()),
-    };
-    Ok(PushReport {
+        return Ok(PushReport {
+            key: at,
+            bytes,
+            stored_bytes,
+            sha256: sha,
+            already_archived,
+            foreign,
+        });
+    }
+    Err(LogError::NoFreeName {
         key,
-        bytes,
-        stored_bytes,
-        sha256: sha,
-        already_archived,
+        tried: MAX_ALTERNATIVES,
+        foreign: foreign.join("; "),
     })
 }
 
-/// Fetches object `key` and checks it against its SHA-256.
+/// A log file read back, and from which object.
+#[derive(Debug)]
+pub struct Resolved {
+    /// The object it was read from: `key` itself or an alternative.
+    pub key: String,
+    pub raw: Vec<u8>,
+    /// Foreign objects skipped on the way (already warned about).
+    pub foreign: Vec<String>,
+}
+
+/// Reads archived file `key`: the canonical object, or when it is missing
+/// or foreign, its alternatives (listed as `<key>.alt-`). Foreign objects
+/// are skipped with a warning naming them. [`LogError::NotFound`] when
+/// nothing is at any of its names, [`LogError::OnlyForeign`] when only
+/// foreign objects are, [`LogError::Ambiguous`] when alternatives hold
+/// different archived content.
+pub async fn resolve(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Resolved, LogError> {
+    let mut foreign = Vec::new();
+    match read_at(store, crypto, key).await? {
+        Some(Found::Archived { raw, .. }) => {
+            return Ok(Resolved {
+                key: key.to_string(),
+                raw,
+                foreign,
+            })
+        }
+        Some(Found::Foreign { why }) => {
+            warn_foreign(key, &why, "ignored; reading its alternative names");
+            foreign.push(format!("{key} ({why})"));
+        }
+        None => {}
+    }
+    let mut found: Option<(String, Vec<u8>, Hash256)> = None;
+    let mut others = Vec::new();
+    for info in store.list(&format!("{key}{ALT_MARK}")).await? {
+        if split_alternative(&info.key).map(|(c, _)| c) != Some(key) {
+            continue;
+        }
+        match read_at(store, crypto, &info.key).await? {
+            Some(Found::Archived { raw, sha }) => match &found {
+                Some((_, _, first)) if *first == sha => {}
+                Some(_) => others.push(info.key),
+                None => found = Some((info.key, raw, sha)),
+            },
+            Some(Found::Foreign { why }) => {
+                warn_foreign(&info.key, &why, "ignored");
+                foreign.push(format!("{} ({why})", info.key));
+            }
+            None => {}
+        }
+    }
+    match found {
+        Some((first, _, _)) if !others.is_empty() => Err(LogError::Ambiguous {
+            key: key.to_string(),
+            keys: std::iter::once(first)
+                .chain(others)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+        Some((at, raw, _)) => Ok(Resolved {
+            key: at,
+            raw,
+            foreign,
+        }),
+        None if foreign.is_empty() => Err(LogError::NotFound {
+            key: key.to_string(),
+        }),
+        None => Err(LogError::OnlyForeign {
+            key: key.to_string(),
+            foreign: foreign.join("; "),
+        }),
+    }
+}
+
+/// Fetches archived file `key` (see [`resolve`]), checked against its SHA-256.
 pub async fn get(
     store: &dyn Store,
     crypto: &super::Crypto,
     key: &str,
 ) -> Result<Vec<u8>, LogError> {
-    let object = match store.get_at_most(key, MAX_OBJECT).await {
-        Ok(o) => o,
-        Err(e) if e.is_not_found() => {
-            return Err(LogError::NotFound {
-                key: key.to_string(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let k = key.to_string();
-    let crypto = crypto.clone();
-    tokio::task::spawn_blocking(move || decode(&k, &object, &crypto))
-        .await
-        .expect("log decoder panicked")
+    Ok(resolve(store, crypto, key).await?.raw)
 }
 
-/// Restores object `key` to `dest`, checked against its SHA-256, written to
-/// a temporary name beside it and renamed into place.
+/// Restores archived file `key` (see [`resolve`]) to `dest`, checked
+/// against its SHA-256, written to a temporary name beside it and renamed
+/// into place. Returns the bytes written and the object read.
 pub async fn fetch(
     store: &dyn Store,
     crypto: &super::Crypto,
     key: String,
     dest: &Path,
-) -> Result<u64, LogError> {
-    let object = match store.get_at_most(&key, MAX_OBJECT).await {
-        Ok(o) => o,
-        Err(e) if e.is_not_found() => return Err(LogError::NotFound { key }),
-        Err(e) => return Err(e.into()),
-    };
+) -> Result<(u64, String), LogError> {
+    let Resolved { key: at, raw, .. } = resolve(store, crypto, &key).await?;
     let dest = dest.to_path_buf();
-    let crypto = crypto.clone();
     tokio::task::spawn_blocking(move || {
-        let raw = decode(&key, &object, &crypto)?;
         let tmp = dest.with_extension("holdfast-tmp");
         let write = |tmp: &Path| -> std::io::Result<()> {
             let mut f = std::fs::File::create(tmp)?;
@@ -270,7 +498,7 @@ pub async fn fetch(
                 source,
             }
         })?;
-        Ok(raw.len() as u64)
+        Ok((raw.len() as u64, at))
     })
     .await
     .expect("log writer panicked")
@@ -291,6 +519,8 @@ pub trait LogRetention: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NONE: crate::repository::Crypto = crate::repository::Crypto::none();
 
     #[test]
     fn objects_round_trip_and_damage_is_named() {
@@ -321,5 +551,258 @@ mod tests {
         );
         let err = decode("wal/p/000000010000000000000002", &sealed, &c).unwrap_err();
         assert!(matches!(err, LogError::Unauthenticated { .. }), "{err}");
+    }
+
+    fn foreign(found: Found) -> String {
+        match found {
+            Found::Foreign { why } => why,
+            Found::Archived { .. } => panic!("classified as archived"),
+        }
+    }
+
+    #[test]
+    fn only_what_holdfast_could_have_written_is_archived_everything_else_is_foreign() {
+        let raw = b"a WAL segment".repeat(1000);
+        let (sha, object) = encode(&raw);
+        match classify("wal/p/x", &object, &NONE) {
+            Found::Archived { raw: got, sha: s } => assert!(got == raw && s == sha),
+            Found::Foreign { why } => panic!("{why}"),
+        }
+        // Garbage, a bad magic, a truncated header or body, a huge length,
+        // a SHA-256 that does not match, a frame that is not zstd.
+        assert!(
+            foreign(classify("wal/p/x", b"planted by an insider", &NONE))
+                .contains("no holdfast WAL header")
+        );
+        let mut magic = object.clone();
+        magic[0] = b'X';
+        foreign(classify("wal/p/x", &magic, &NONE));
+        foreign(classify("wal/p/x", &object[..object.len() - 3], &NONE));
+        let mut huge = object.clone();
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(foreign(classify("wal/p/x", &huge, &NONE)).contains("1 GiB"));
+        let mut sha_off = object.clone();
+        sha_off[20] ^= 1;
+        assert!(foreign(classify("wal/p/x", &sha_off, &NONE)).contains("SHA-256"));
+        let mut not_zstd = object[..HEADER].to_vec();
+        not_zstd.extend_from_slice(&raw);
+        assert!(foreign(classify("wal/p/x", &not_zstd, &NONE)).contains("decompress"));
+        // At an alternative name the content must be the one the name says:
+        // a sound object copied there from another file is foreign.
+        let alt = alternative_key("wal/p/x", &sha, 0);
+        assert!(matches!(
+            classify(&alt, &object, &NONE),
+            Found::Archived { .. }
+        ));
+        let other = alternative_key("wal/p/x", &Hash256::digest(b"other"), 0);
+        assert!(foreign(classify(&other, &object, &NONE)).contains("its name says"));
+    }
+
+    #[test]
+    fn alternative_names_are_deterministic_bounded_and_parse_back() {
+        let sha = Hash256::digest(b"segment");
+        let hex = &sha.to_hex()[..16];
+        let key = "wal/p/000000010000000000000003";
+        assert_eq!(alternative_key(key, &sha, 0), format!("{key}.alt-{hex}"));
+        assert_eq!(alternative_key(key, &sha, 1), format!("{key}.alt-{hex}-2"));
+        for attempt in 0..MAX_ALTERNATIVES {
+            let alt = alternative_key(key, &sha, attempt);
+            assert_eq!(split_alternative(&alt), Some((key, hex)), "{alt}");
+        }
+        for not_alt in [
+            key.to_string(),
+            format!("{key}.alt-"),
+            format!("{key}.alt-{}", &hex[..15]),
+            format!("{key}.alt-{}", hex.to_uppercase()),
+            format!("{key}.alt-{hex}-1"),
+            format!("{key}.alt-{hex}-02"),
+            format!("{key}.alt-{hex}-{}", MAX_ALTERNATIVES + 1),
+            format!("{key}.alt-ab-2"),
+            format!("{key}.alt-{hex}-"),
+        ] {
+            assert_eq!(split_alternative(&not_alt), None, "{not_alt}");
+        }
+    }
+
+    async fn archive_with_planted(
+        planted: &[(&str, &[u8])],
+    ) -> (tempfile::TempDir, crate::store::local::LocalStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::open(tmp.path().join("repo")).unwrap();
+        for (key, bytes) in planted {
+            let opts = PutOptions {
+                sha256: Hash256::digest(bytes),
+                retention: None,
+            };
+            store
+                .put(key, Bytes::copy_from_slice(bytes), &opts)
+                .await
+                .unwrap();
+        }
+        (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn a_planted_key_sends_the_push_to_its_alternative_and_fetch_reads_it_there() {
+        let key = "wal/p/000000010000000000000003";
+        let raw = b"the real segment".repeat(100);
+        let sha = Hash256::digest(&raw);
+        let alt = alternative_key(key, &sha, 0);
+        let (tmp, store) = archive_with_planted(&[(key, b"garbage")]).await;
+        let file = tmp.path().join("000000010000000000000003");
+        std::fs::write(&file, &raw).unwrap();
+
+        let report = push(&store, &NONE, key.into(), &file, None).await.unwrap();
+        assert_eq!(report.key, alt);
+        assert!(!report.already_archived);
+        assert!(report.foreign[0].starts_with(key), "{:?}", report.foreign);
+        // A retry (PostgreSQL after a crash) is idempotent.
+        let again = push(&store, &NONE, key.into(), &file, None).await.unwrap();
+        assert!(again.already_archived && again.key == alt);
+
+        let dest = tmp.path().join("fetched");
+        let (bytes, from) = fetch(&store, &NONE, key.into(), &dest).await.unwrap();
+        assert_eq!((bytes, from.as_str()), (raw.len() as u64, alt.as_str()));
+        assert_eq!(std::fs::read(&dest).unwrap(), raw);
+    }
+
+    #[tokio::test]
+    async fn a_planted_alternative_too_moves_the_push_on_and_the_tries_are_bounded() {
+        let key = "wal/p/00000002.history";
+        let raw = b"1\t0/3000000\tno recovery target specified\n".to_vec();
+        let sha = Hash256::digest(&raw);
+        let (alt0, alt1) = (alternative_key(key, &sha, 0), alternative_key(key, &sha, 1));
+        let (tmp, store) =
+            archive_with_planted(&[(key, b"garbage"), (alt0.as_str(), b"more garbage")]).await;
+        let file = tmp.path().join("00000002.history");
+        std::fs::write(&file, &raw).unwrap();
+        let report = push(&store, &NONE, key.into(), &file, None).await.unwrap();
+        assert_eq!(report.key, alt1);
+        assert_eq!(report.foreign.len(), 2);
+        assert_eq!(get(&store, &NONE, key).await.unwrap(), raw);
+
+        // Every name taken: the push fails, naming the planted keys.
+        let mut planted: Vec<(String, &[u8])> = vec![(key.to_string(), b"x")];
+        for n in 0..MAX_ALTERNATIVES {
+            planted.push((alternative_key(key, &sha, n), b"x"));
+        }
+        let refs: Vec<(&str, &[u8])> = planted.iter().map(|(k, b)| (k.as_str(), *b)).collect();
+        let (tmp, store) = archive_with_planted(&refs).await;
+        let file = tmp.path().join("00000002.history");
+        std::fs::write(&file, &raw).unwrap();
+        let err = push(&store, &NONE, key.into(), &file, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::NoFreeName { .. }), "{err}");
+        assert!(err.to_string().contains(&alt1), "{err}");
+    }
+
+    #[tokio::test]
+    async fn other_archived_content_at_the_name_is_still_a_conflict() {
+        let key = "wal/p/000000010000000000000003";
+        let (_, theirs) = encode(b"another cluster's segment");
+        let (tmp, store) = archive_with_planted(&[(key, &theirs)]).await;
+        let file = tmp.path().join("seg");
+        std::fs::write(&file, b"our segment").unwrap();
+        let err = push(&store, &NONE, key.into(), &file, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::Conflict { .. }), "{err}");
+    }
+
+    fn sealing() -> crate::repository::Crypto {
+        crate::repository::Crypto::with_keys(crate::repository::crypto::DataKeys::derive(
+            &crate::repository::crypto::MasterSecret::random(),
+            "r",
+        ))
+    }
+
+    #[test]
+    fn with_encryption_an_object_failing_authentication_is_foreign() {
+        let c = sealing();
+        let key = "wal/p/000000010000000000000001";
+        let (sha, object) = encode(b"segment bytes");
+        // A sound unsealed object, one sealed under another name and one
+        // sealed with another repository's key: none opens, all foreign.
+        assert!(foreign(classify(key, &object, &c)).contains("not authentic"));
+        let elsewhere = c.seal("wal/p/000000010000000000000002", object.clone());
+        assert!(foreign(classify(key, &elsewhere, &c)).contains("not authentic"));
+        let theirs = sealing().seal(key, object.clone());
+        assert!(foreign(classify(key, &theirs, &c)).contains("not authentic"));
+        let ours = c.seal(key, object);
+        match classify(key, &ours, &c) {
+            Found::Archived { raw, sha: s } => assert!(raw == b"segment bytes" && s == sha),
+            Found::Foreign { why } => panic!("{why}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_encryption_an_unauthentic_object_moves_the_push_on_and_a_sealed_other_file_conflicts(
+    ) {
+        let c = sealing();
+        let key = "wal/p/000000010000000000000003";
+        // A perfectly formed but unsealed object: written without the key.
+        let (_, unsealed) = encode(b"planted segment");
+        let (tmp, store) = archive_with_planted(&[(key, &unsealed)]).await;
+        let raw = b"our segment".repeat(50);
+        let file = tmp.path().join("seg");
+        std::fs::write(&file, &raw).unwrap();
+        let report = push(&store, &c, key.into(), &file, None).await.unwrap();
+        let alt = alternative_key(key, &Hash256::digest(&raw), 0);
+        assert_eq!(report.key, alt);
+        assert!(
+            report.foreign[0].contains("not authentic"),
+            "{:?}",
+            report.foreign
+        );
+        let again = push(&store, &c, key.into(), &file, None).await.unwrap();
+        assert!(again.already_archived && again.key == alt);
+        let dest = tmp.path().join("fetched");
+        let (_, from) = fetch(&store, &c, key.into(), &dest).await.unwrap();
+        assert_eq!(from, alt);
+        assert_eq!(std::fs::read(&dest).unwrap(), raw);
+
+        // Sealed by a key holder with other content: a real conflict.
+        let key = "wal/p/000000010000000000000004";
+        let (_, other) = encode(b"another cluster's segment");
+        let sealed = c.seal(key, other);
+        let (tmp, store) = archive_with_planted(&[(key, &sealed)]).await;
+        let file = tmp.path().join("seg");
+        std::fs::write(&file, b"our segment").unwrap();
+        let err = push(&store, &c, key.into(), &file, None).await.unwrap_err();
+        assert!(matches!(err, LogError::Conflict { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn fetch_tells_missing_from_only_foreign_and_refuses_to_guess_between_alternatives() {
+        let key = "wal/p/000000010000000000000004";
+        let (tmp, store) = archive_with_planted(&[(key, b"garbage")]).await;
+        let err = get(&store, &NONE, "wal/p/000000010000000000000005")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::NotFound { .. }), "{err}");
+        let err = get(&store, &NONE, key).await.unwrap_err();
+        assert!(matches!(err, LogError::OnlyForeign { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("{key} is corrupt or foreign")),
+            "{err}"
+        );
+
+        // Two alternatives with different sound content: two clusters.
+        for content in [&b"one"[..], b"two"] {
+            let (sha, object) = encode(content);
+            let opts = PutOptions {
+                sha256: Hash256::digest(&object),
+                retention: None,
+            };
+            store
+                .put(&alternative_key(key, &sha, 0), Bytes::from(object), &opts)
+                .await
+                .unwrap();
+        }
+        let err = get(&store, &NONE, key).await.unwrap_err();
+        assert!(matches!(err, LogError::Ambiguous { .. }), "{err}");
+        drop(tmp);
     }
 }

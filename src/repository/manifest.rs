@@ -112,30 +112,89 @@ impl Manifest {
         bytes: &[u8],
         crypto: &super::Crypto,
     ) -> Result<Self, RepoError> {
-        let got = Hash256::digest(bytes);
-        if got != id.0 {
-            return Err(RepoError::Corrupt {
-                what: "snapshot manifest",
-                key: key.to_string(),
-                why: format!(
-                    "its SHA-256 is {got}, its name says {} ({} bytes; truncated or altered)",
-                    id,
-                    bytes.len()
-                ),
-            });
-        }
+        check_id(key, id, bytes)?;
         let ad = super::crypto::content_addressed_ad(key);
         let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
         let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
-        if m.format != "holdfast-snapshot" || m.version != FORMAT_VERSION {
-            return Err(RepoError::Corrupt {
-                what: "snapshot manifest",
-                key: key.to_string(),
-                why: format!("unknown format {} version {}", m.format, m.version),
-            });
-        }
+        check_format(key, &m.format, m.version)?;
         Ok(m)
     }
+}
+
+/// A manifest's fields other than its entries: what the checks in
+/// [`super::trust`] and the listings need, decoded without holding the
+/// entries (a PostgreSQL manifest's entries can be gigabytes).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ManifestHead {
+    pub format: String,
+    pub version: u32,
+    pub plan: PlanName,
+    pub previous: Option<SnapshotId>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub retention: Option<Retention>,
+    #[serde(default)]
+    pub tier: Option<Tier>,
+}
+
+impl ManifestHead {
+    /// Decodes a manifest's head, with the checks of [`Manifest::decode`]
+    /// (authenticity included).
+    pub fn decode(
+        key: &str,
+        id: &SnapshotId,
+        bytes: &[u8],
+        crypto: &super::Crypto,
+    ) -> Result<Self, RepoError> {
+        check_id(key, id, bytes)?;
+        let ad = super::crypto::content_addressed_ad(key);
+        let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
+        let m: ManifestHead = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
+        check_format(key, &m.format, m.version)?;
+        Ok(m)
+    }
+
+    #[cfg(test)]
+    pub fn example() -> Self {
+        let at: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
+        ManifestHead {
+            format: "holdfast-snapshot".into(),
+            version: FORMAT_VERSION,
+            plan: PlanName::new("p").unwrap(),
+            previous: None,
+            started_at: at,
+            finished_at: at,
+            retention: None,
+            tier: None,
+        }
+    }
+}
+
+fn check_id(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<(), RepoError> {
+    let got = Hash256::digest(bytes);
+    if got != id.0 {
+        return Err(RepoError::Corrupt {
+            what: "snapshot manifest",
+            key: key.to_string(),
+            why: format!(
+                "its SHA-256 is {got}, its name says {} ({} bytes; truncated or altered)",
+                id,
+                bytes.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn check_format(key: &str, format: &str, version: u32) -> Result<(), RepoError> {
+    if format != "holdfast-snapshot" || version != FORMAT_VERSION {
+        return Err(RepoError::Corrupt {
+            what: "snapshot manifest",
+            key: key.to_string(),
+            why: format!("unknown format {format} version {version}"),
+        });
+    }
+    Ok(())
 }
 
 /// A snapshot as its object name describes it, before its manifest is read.

@@ -215,7 +215,7 @@ pub async fn materialize(
     })
     .await
     .expect("target preparation panicked")?;
-    let index = Arc::new(repo.load_index().await?);
+    let index = Arc::new(repo.load_index_for_restore().await?);
 
     let reader = ChunkReader::new(
         repo.store().clone(),

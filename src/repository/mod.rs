@@ -21,7 +21,9 @@ pub mod materialize;
 pub mod pack;
 pub mod prune;
 pub mod read;
+pub mod repair;
 pub mod source;
+pub mod trust;
 pub mod verify;
 
 use std::io::Read;
@@ -36,9 +38,10 @@ use crate::plan::PlanName;
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
 pub use crypto::Crypto;
-pub use index::{ChunkLocation, Index};
+pub use index::{ChunkLocation, Index, SourceId};
 pub use keys::RepoKey;
-pub use manifest::{Manifest, ManifestEntry, SnapshotRef};
+pub use manifest::{Manifest, ManifestEntry, ManifestHead, SnapshotRef};
+pub use trust::{PlanSnapshots, RejectKind, Rejected};
 
 /// The repository format version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
@@ -100,6 +103,12 @@ pub enum RepoError {
         selector: String,
         url: String,
     },
+    #[error("snapshot {key} of plan {plan} is not believed, so it is not restored: {why}; run `holdfast verify --plan …` (see `docs/runbook.md`, rejected objects)")]
+    RejectedSnapshot {
+        plan: String,
+        key: String,
+        why: String,
+    },
     #[error("snapshot id prefix `{selector}` is ambiguous for plan {plan}: {candidates}")]
     AmbiguousSnapshot {
         plan: String,
@@ -114,9 +123,12 @@ impl crate::error::HasExit for RepoError {
         match self {
             RepoError::Corrupt { .. }
             | RepoError::OverCap { .. }
-            | RepoError::Unauthenticated { .. } => Exit::Verify,
+            | RepoError::Unauthenticated { .. }
+            | RepoError::RejectedSnapshot { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
-            RepoError::Store(crate::store::StoreError::Busy { .. }) => Exit::Busy,
+            RepoError::Store(
+                crate::store::StoreError::Busy { .. } | crate::store::StoreError::LeaseLost { .. },
+            ) => Exit::Busy,
             RepoError::Store(crate::store::StoreError::TooLarge { .. }) => Exit::Verify,
             _ => Exit::Repository,
         }
@@ -443,25 +455,59 @@ impl Repository {
     pub async fn load_index(&self) -> Result<Index, RepoError> {
         let (index, faults) = self.load_index_lenient().await?;
         for (key, e) in faults {
-            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}");
+            warn_index_fault(&key, &e);
         }
         Ok(index)
     }
 
     /// Like [`Repository::load_index`], but any unreadable index object is an
-    /// error: for `prune`, which must know everything a snapshot needs.
+    /// error: for `prune`, which must know everything a snapshot needs. One
+    /// that fails authentication is not the repository's (nobody holding the
+    /// key wrote it): it is ignored with a warning, as every reader does.
     pub async fn load_index_strict(&self) -> Result<Index, RepoError> {
-        let (index, mut faults) = self.load_index_lenient().await?;
-        match faults.pop() {
-            Some((_, e)) => Err(e),
-            None => Ok(index),
-        }
+        let (index, faults) = self.load_index_lenient().await?;
+        strict_faults(faults)?;
+        Ok(index)
     }
 
     /// Reads every readable index object, returning the unreadable ones
     /// beside the index instead of failing (for `verify`).
     pub async fn load_index_lenient(&self) -> Result<(Index, Vec<(String, RepoError)>), RepoError> {
+        let (index, _, faults) = self.load_index_split().await?;
+        Ok((index, faults))
+    }
+
+    /// The index for a restore: every chunk's location outside packs that
+    /// prune records name, and, for a chunk found nowhere else, its location
+    /// in such a pack. A real prune never names a pack a remaining snapshot
+    /// needs, so a record that would hide one is wrong about it (forged, or
+    /// written by hand): the restore reads the pack, whose bytes are checked
+    /// like any other. A pack that is really gone is then named as missing.
+    pub async fn load_index_for_restore(&self) -> Result<Index, RepoError> {
+        let (mut index, pruned, faults) = self.load_index_split().await?;
+        for (key, e) in faults {
+            warn_index_fault(&key, &e);
+        }
+        index.add_fallback(&pruned);
+        Ok(index)
+    }
+
+    /// Like [`Repository::load_index_strict`], with beside it the index of
+    /// the packs prune records name (for `prune`'s liveness check).
+    pub async fn load_index_strict_split(&self) -> Result<(Index, Index), RepoError> {
+        let (index, pruned, faults) = self.load_index_split().await?;
+        strict_faults(faults)?;
+        Ok((index, pruned))
+    }
+
+    /// Every readable index object, split into the packs no prune record
+    /// names and those one does; and the unreadable objects.
+    #[allow(clippy::type_complexity)]
+    pub async fn load_index_split(
+        &self,
+    ) -> Result<(Index, Index, Vec<(String, RepoError)>), RepoError> {
         let mut index = Index::default();
+        let mut named = Index::default();
         let mut faults = Vec::new();
         let pruned = self.pruned_packs().await?;
         for info in self.store.list("index/").await? {
@@ -472,13 +518,22 @@ impl Repository {
             };
             match decoded {
                 Ok(mut file) => {
-                    file.packs.retain(|p| !pruned.contains(&p.id));
+                    let (gone, kept): (Vec<_>, Vec<_>) =
+                        file.packs.drain(..).partition(|p| pruned.contains(&p.id));
+                    named.add_file(
+                        &info.key,
+                        &index::IndexFile {
+                            version: file.version,
+                            packs: gone,
+                        },
+                    );
+                    file.packs = kept;
                     index.add_file(&info.key, &file)
                 }
                 Err(e) => faults.push((info.key.clone(), e)),
             }
         }
-        Ok((index, faults))
+        Ok((index, named, faults))
     }
 
     /// Packs that readable prune records say were (or are being) deleted.
@@ -493,6 +548,10 @@ impl Repository {
 
     /// Every prune record, oldest first. An unreadable one is an error: it
     /// may name packs that are gone (for `prune` itself).
+    ///
+    /// A record that fails authentication was not written by a prune of
+    /// this repository: it is ignored with a warning naming it (it can hide
+    /// nothing, so it need not stop anything) and reported by `verify`.
     pub async fn prune_records(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
         let mut out = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
@@ -500,7 +559,11 @@ impl Repository {
                 .store
                 .get_at_most(&info.key, PRUNE_RECORD_CAP.bytes)
                 .await?;
-            out.push(prune::PruneRecord::decode(&info.key, &bytes, &self.crypto)?);
+            match prune::PruneRecord::decode(&info.key, &bytes, &self.crypto) {
+                Ok(r) => out.push(r),
+                Err(e @ RepoError::Unauthenticated { .. }) => warn_unauthentic(&info.key, &e),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -509,7 +572,38 @@ impl Repository {
     /// backups go on without them: a pack a lost record named is simply
     /// found missing (and named) if anything still asks for it.
     pub async fn prune_records_lenient(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
+        Ok(self
+            .prune_records_keyed()
+            .await?
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect())
+    }
+
+    /// [`Repository::prune_records_lenient`], each with its key.
+    pub async fn prune_records_keyed(
+        &self,
+    ) -> Result<Vec<(String, prune::PruneRecord)>, RepoError> {
+        let (out, faults) = self.prune_records_checked().await?;
+        for (key, e) in faults {
+            match e {
+                RepoError::Unauthenticated { .. } => warn_unauthentic(&key, &e),
+                _ => {
+                    tracing::warn!(object = %key, "skipping an unreadable prune record (run `holdfast verify`): {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every readable prune record with its key, and beside them the
+    /// unreadable or unauthentic ones with why (for `verify`).
+    #[allow(clippy::type_complexity)]
+    pub async fn prune_records_checked(
+        &self,
+    ) -> Result<(Vec<(String, prune::PruneRecord)>, Vec<(String, RepoError)>), RepoError> {
         let mut out = Vec::new();
+        let mut faults = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
             let decoded = match self
                 .store
@@ -521,27 +615,34 @@ impl Repository {
                 Err(e) => Err(e.into()),
             };
             match decoded {
-                Ok(r) => out.push(r),
-                Err(e) => {
-                    tracing::warn!(object = %info.key, "skipping an unreadable prune record (run `holdfast verify`): {e}")
-                }
+                Ok(r) => out.push((info.key.clone(), r)),
+                Err(e) => faults.push((info.key.clone(), e)),
             }
         }
-        Ok(out)
+        Ok((out, faults))
     }
 
-    /// A plan's snapshots, oldest first, from the object listing alone.
+    /// A plan's believed snapshots, oldest first (see [`trust`]); every
+    /// rejected object is logged by name. Reads each manifest's header.
     pub async fn list_snapshots(&self, plan: &PlanName) -> Result<Vec<SnapshotRef>, RepoError> {
-        let mut out = Vec::new();
-        for info in self.store.list(&snapshots_prefix(plan)).await? {
-            match SnapshotRef::from_key(&info.key) {
-                Some(r) => out.push(r),
-                None => {
-                    tracing::warn!(object = %info.key, "ignoring object with an unexpected name under snapshots/")
-                }
-            }
-        }
-        Ok(out)
+        let all = self.snapshots(plan).await?;
+        all.warn(plan);
+        Ok(all.refs())
+    }
+
+    /// Reads a manifest's header (everything but its entries), checking its
+    /// bytes against the id in its name.
+    pub async fn load_manifest_head(&self, snap: &SnapshotRef) -> Result<ManifestHead, RepoError> {
+        let bytes = self
+            .store
+            .get_at_most(&snap.key, MANIFEST_CAP.bytes)
+            .await?;
+        let key = snap.key.clone();
+        let id = snap.id;
+        let crypto = self.crypto.clone();
+        tokio::task::spawn_blocking(move || ManifestHead::decode(&key, &id, &bytes, &crypto))
+            .await
+            .expect("manifest decode panicked")
     }
 
     /// Reads a manifest, checking its bytes against the id in its name.
@@ -559,7 +660,9 @@ impl Repository {
         plan: &PlanName,
         selector: &str,
     ) -> Result<SnapshotRef, RepoError> {
-        let all = self.list_snapshots(plan).await?;
+        let listed = self.snapshots(plan).await?;
+        listed.warn(plan);
+        let all = listed.refs();
         let not_found = || RepoError::NoSuchSnapshot {
             plan: plan.to_string(),
             selector: selector.to_string(),
@@ -574,7 +677,21 @@ impl Repository {
             .filter(|s| s.id.to_hex().starts_with(&selector_lc))
             .collect();
         match matches.as_slice() {
-            [] => Err(not_found()),
+            [] => {
+                // Named, but not believed: say why instead of "no such".
+                let rejected = listed.rejected.iter().find(|r| {
+                    SnapshotRef::from_key(&r.object)
+                        .is_some_and(|s| s.id.to_hex().starts_with(&selector_lc))
+                });
+                Err(match rejected {
+                    Some(r) => RepoError::RejectedSnapshot {
+                        plan: plan.to_string(),
+                        key: r.object.clone(),
+                        why: r.detail.clone(),
+                    },
+                    None => not_found(),
+                })
+            }
             [one] => Ok((*one).clone()),
             many => Err(RepoError::AmbiguousSnapshot {
                 plan: plan.to_string(),
@@ -587,6 +704,37 @@ impl Repository {
             }),
         }
     }
+}
+
+/// Logs an index object a reader skips: unauthentic ones as not the
+/// repository's, others as unreadable.
+fn warn_index_fault(key: &str, e: &RepoError) {
+    match e {
+        RepoError::Unauthenticated { .. } => warn_unauthentic(key, e),
+        _ => {
+            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}")
+        }
+    }
+}
+
+/// Logs a metadata object that fails authentication: ignored, by name.
+fn warn_unauthentic(key: &str, e: &RepoError) {
+    tracing::warn!(object = %key, kind = ?RejectKind::Unauthenticated, "ignoring {key}: {e} (see `docs/runbook.md`, rejected objects; `holdfast verify` reports it)");
+}
+
+/// For readers that must know everything (prune): an unreadable index object
+/// is an error, an unauthentic one is ignored with a warning.
+fn strict_faults(faults: Vec<(String, RepoError)>) -> Result<(), RepoError> {
+    let mut first = None;
+    for (key, e) in faults {
+        match e {
+            RepoError::Unauthenticated { .. } => warn_unauthentic(&key, &e),
+            e => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// zstd-compressed JSON, the encoding of index objects and manifests.

@@ -28,7 +28,7 @@ use super::{
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
-use crate::store::{LockKind, PutOptions, Retention, StoreError};
+use crate::store::{LockGuard, LockKind, PutOptions, Retention, StoreError};
 
 /// The object written before a prune deletes anything.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,7 +170,7 @@ pub async fn prune(
             return Err(e.into());
         }
     };
-    let result = prune_locked(repo, plan, opts).await;
+    let result = prune_locked(repo, plan, opts, &[lock.as_ref(), repository.as_ref()]).await;
     repository.release().await;
     lock.release().await;
     result
@@ -180,13 +180,22 @@ async fn prune_locked(
     repo: &Repository,
     plan: &PlanName,
     opts: &PruneOptions<'_>,
+    held: &[&dyn LockGuard],
 ) -> Result<PruneReport, RepoError> {
     let store = repo.store();
+    // Before each delete: the locks must still certainly hold, or a backup
+    // that took the repository over could be reusing what goes next.
+    let still_held = || -> Result<(), RepoError> {
+        for guard in held {
+            guard.check()?;
+        }
+        Ok(())
+    };
     // Everything must be readable before anything is deleted.
     repo.prune_records().await?;
     // Every plan's manifests: packs are shared across plans by dedup.
     let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
-    // Listed twice: once whole, then plan by plan. Some servers' paged
+    // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
     // listings skip keys when one plan's name is a prefix of another's
     // (SeaweedFS 4.48: `snapshots/home/` beside `snapshots/home-docs/`).
     let mut keys: BTreeSet<String> = BTreeSet::new();
@@ -198,18 +207,51 @@ async fn prune_locked(
         keys.insert(info.key);
     }
     plans.insert(plan.to_string());
+    // Each plan's believed snapshots. Rejected manifests (forged, replayed,
+    // future-dated) are not snapshots: they take no place in the keep set
+    // and prune never deletes them (they are evidence; `verify` names
+    // them). Those that read keep their packs, though: deleting data on the
+    // word of a check is the one mistake prune must not make.
+    let mut rejected_manifests: Vec<Manifest> = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     for p in &plans {
-        for info in store.list(&format!("snapshots/{p}/")).await? {
-            keys.insert(info.key);
-        }
-    }
-    for key in keys {
-        let Some(snap) = SnapshotRef::from_key(&key) else {
+        let Ok(p) = PlanName::new(p) else {
             continue;
         };
-        // An unreadable manifest could need any pack: refuse to guess.
-        let m = repo.load_manifest(&snap).await?;
-        all.push((snap, m));
+        let listed = repo.snapshots(&p).await?;
+        for r in &listed.rejected {
+            seen.insert(r.object.clone());
+            if &p == plan {
+                r.warn(plan);
+            }
+            // An unreadable manifest could need any pack: refuse to guess.
+            if r.kind == super::RejectKind::Unreadable {
+                return Err(RepoError::Corrupt {
+                    what: "snapshot manifest",
+                    key: r.object.clone(),
+                    why: r.detail.clone(),
+                });
+            }
+            if let Some(snap) = SnapshotRef::from_key(&r.object) {
+                if let Ok(m) = repo.load_manifest(&snap).await {
+                    rejected_manifests.push(m);
+                }
+            }
+        }
+        for a in listed.accepted {
+            seen.insert(a.snap.key.clone());
+            let m = repo.load_manifest(&a.snap).await?;
+            all.push((a.snap, m));
+        }
+    }
+    // Keys under a plan name that is not a valid plan name: nobody's
+    // snapshot, but their packs are kept all the same.
+    for key in keys.iter().filter(|k| !seen.contains(*k)) {
+        if let Some(snap) = SnapshotRef::from_key(key) {
+            if let Ok(m) = repo.load_manifest(&snap).await {
+                rejected_manifests.push(m);
+            }
+        }
     }
     let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
         .iter()
@@ -235,6 +277,7 @@ async fn prune_locked(
     };
     let mut removing: Vec<SnapshotRef> = Vec::new();
     let mut remaining: Vec<&Manifest> = Vec::new();
+    let mut holding: Vec<&Manifest> = rejected_manifests.iter().collect();
     for (snap, m) in &all {
         if &m.plan != plan {
             remaining.push(m);
@@ -276,14 +319,27 @@ async fn prune_locked(
         }
     }
 
-    // Packs: everything listed that no remaining snapshot needs.
-    let index = repo.load_index_strict().await?;
+    // Packs: everything listed that no remaining snapshot needs. A chunk
+    // found only in a pack some prune record names keeps that pack: a real
+    // prune never names a pack a remaining snapshot needs, so such a record
+    // is forged (or stale) about it, and must not get real data deleted.
+    let (index, fallback) = repo.load_index_strict_split().await?;
     let mut live: HashSet<PackId> = HashSet::new();
-    for m in &remaining {
+    holding.extend(remaining.iter().copied());
+    for m in &holding {
         for e in &m.entries {
             for c in &e.chunks {
-                if let Some(loc) = index.get(c) {
+                // Every candidate location: which one holds the chunk is
+                // not known without reading it, so none may go.
+                let mut indexed = false;
+                for loc in index.candidates(c) {
                     live.insert(loc.pack);
+                    indexed = true;
+                }
+                if !indexed {
+                    if let Some(loc) = fallback.get(c) {
+                        live.insert(loc.pack);
+                    }
                 }
             }
         }
@@ -356,6 +412,10 @@ async fn prune_locked(
     let bytes = repo.crypto().seal(&ad, bytes);
     let sha = Hash256::digest(&bytes);
     let key = format!("{ad}{}", sha.to_hex());
+    // The first commit point: refresh the leases now.
+    for guard in held {
+        guard.confirm().await?;
+    }
     store
         .put(
             &key,
@@ -381,6 +441,7 @@ async fn prune_locked(
         }
     };
     for snap in &removing {
+        still_held()?;
         if let Err(e) = store.delete(&snap.key).await {
             refuse(&snap.key, e)?;
         }
@@ -390,6 +451,7 @@ async fn prune_locked(
     let mut bytes_removed = 0;
     for (pack, size) in &dead {
         let key = pack_key(pack);
+        still_held()?;
         match store.delete(&key).await {
             Ok(()) => {
                 gone.insert(*pack);
@@ -412,8 +474,9 @@ async fn prune_locked(
         if file
             .packs
             .iter()
-            .all(|p| gone.contains(&p.id) || pruned.contains(&p.id))
+            .all(|p| gone.contains(&p.id) || (pruned.contains(&p.id) && !live.contains(&p.id)))
         {
+            still_held()?;
             match store.delete(&info.key).await {
                 Ok(()) => index_removed += 1,
                 Err(e) => refuse(&info.key, e)?,
@@ -423,6 +486,7 @@ async fn prune_locked(
     // Expired `doctor` canaries.
     let mut other = 0;
     for info in store.list("doctor/").await? {
+        still_held()?;
         match store.delete(&info.key).await {
             Ok(()) => other += 1,
             Err(StoreError::Retained { .. }) => {}
@@ -431,6 +495,7 @@ async fn prune_locked(
     }
     // Archived logs no remaining snapshot can replay.
     for info in &expired_logs {
+        still_held()?;
         match store.delete(&info.key).await {
             Ok(()) => {
                 report.wal_files_removed += 1;

@@ -6,14 +6,21 @@
 //! and hashing each chunk as well would cost a second SHA-256 pass. When a
 //! file does not match, the file's chunks are read again with every chunk
 //! hash checked, to name the pack at fault. `verify` checks both always.
+//!
+//! A chunk the index objects disagree about (several candidate locations,
+//! see [`Index::candidates`]) is always checked against its id, and when its
+//! blob fails, each other candidate is read in turn until one passes; each
+//! bad location is logged with the index object that gave it. Index objects
+//! seen to give a bad location are tried last from then on.
 
 use std::sync::Arc;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::hasher::StreamHasher;
+use super::index::{ChunkLocation, SourceId};
 use super::manifest::ManifestEntry;
-use super::pack::{decode_blob_checked, BlobEntry, BlobError};
+use super::pack::{decode_blob_checked, BlobError};
 use super::source::EntryKind;
 use super::{pack_key, Index};
 use crate::ids::{ChunkId, Hash256, PackId};
@@ -49,6 +56,13 @@ pub enum ReadError {
         got: Hash256,
         expected: Hash256,
     },
+    #[error("chunk {chunk} of {path} passes its check at none of its {count} candidate locations: {tried}; the snapshot cannot be restored (`holdfast repair index` rebuilds the index from the packs)")]
+    NoGoodLocation {
+        chunk: ChunkId,
+        path: String,
+        count: usize,
+        tried: String,
+    },
     #[error("{path}: {source}")]
     Sink {
         path: String,
@@ -70,7 +84,7 @@ struct Run {
     pack: PackId,
     offset: u64,
     len: u64,
-    blobs: Vec<BlobEntry>,
+    blobs: Vec<ChunkLocation>,
     reply: Sender<Result<Vec<Vec<u8>>, ReadError>>,
 }
 
@@ -92,6 +106,60 @@ pub struct ChunkReader {
     /// Remote stores read whole aligned windows of a pack, shared between
     /// runs: many small files then cost one request, not one each.
     windows: Option<Arc<WindowCache>>,
+    suspects: Arc<Suspects>,
+}
+
+/// Index objects seen to give a location whose blob failed its check, and
+/// the (index object, pack) pairs already warned about.
+#[derive(Default)]
+struct Suspects {
+    sources: std::sync::RwLock<std::collections::HashSet<SourceId>>,
+    warned: std::sync::Mutex<std::collections::HashSet<(SourceId, PackId)>>,
+}
+
+impl Suspects {
+    fn is_suspect(&self, s: SourceId) -> bool {
+        self.sources.read().expect("suspects lock").contains(&s)
+    }
+
+    fn bad(&self, index: &Index, loc: &ChunkLocation, path: &str, why: &str) {
+        self.sources
+            .write()
+            .expect("suspects lock")
+            .insert(loc.source);
+        if self
+            .warned
+            .lock()
+            .expect("suspects lock")
+            .insert((loc.source, loc.pack))
+        {
+            tracing::warn!(
+                object = %index.source(loc.source),
+                pack = %pack_key(&loc.pack),
+                "index object {} gives chunk {} of {path} a location in pack {} (offset {}) that fails its check ({why}); trying its other locations (further bad locations this index object gives in this pack are not logged; run `holdfast verify`)",
+                index.source(loc.source),
+                loc.blob.id,
+                pack_key(&loc.pack),
+                loc.blob.offset,
+            );
+        }
+    }
+
+    /// The candidate to plan a read from: the first one from an index
+    /// object not yet seen to be wrong.
+    fn pick<'a>(&self, index: &'a Index, chunk: &ChunkId) -> Option<&'a ChunkLocation> {
+        let mut all = index.candidates(chunk);
+        let first = all.next()?;
+        if !self.is_suspect(first.source) {
+            return Some(first);
+        }
+        Some(
+            index
+                .candidates(chunk)
+                .find(|l| !self.is_suspect(l.source))
+                .unwrap_or(first),
+        )
+    }
 }
 
 type WindowSlot = Arc<std::sync::OnceLock<Option<bytes::Bytes>>>;
@@ -179,6 +247,7 @@ impl ChunkReader {
             threads,
             check_chunks: false,
             windows,
+            suspects: Default::default(),
         }
     }
 
@@ -234,6 +303,7 @@ impl ChunkReader {
                 let windows = self.windows.clone();
                 let index = self.index.clone();
                 let crypto = self.crypto.clone();
+                let suspects = self.suspects.clone();
                 scope.spawn(move || {
                     for run in rx {
                         let result = fetch_run(
@@ -242,7 +312,9 @@ impl ChunkReader {
                             &runtime,
                             &run,
                             check_chunks,
-                            windows.as_deref().map(|w| (w, &*index)),
+                            &index,
+                            &suspects,
+                            windows.as_deref(),
                         );
                         let _ = run.reply.send(result);
                     }
@@ -250,7 +322,8 @@ impl ChunkReader {
             }
             drop(job_rx);
             let index = &self.index;
-            scope.spawn(move || plan_runs(entries, index, &job_tx, &item_tx));
+            let suspects = &*self.suspects;
+            scope.spawn(move || plan_runs(entries, index, suspects, &job_tx, &item_tx));
             // Taking the receiver by value drops it on an early error, which
             // stops the planner and, through it, the workers.
             consume(entries, item_rx, sink)
@@ -259,7 +332,13 @@ impl ChunkReader {
 }
 
 /// Walks the entries and queues runs of adjacent blobs, in order.
-fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items: &Sender<Item>) {
+fn plan_runs(
+    entries: &[ManifestEntry],
+    index: &Index,
+    suspects: &Suspects,
+    jobs: &Sender<Run>,
+    items: &Sender<Item>,
+) {
     for (i, entry) in entries.iter().enumerate() {
         if entry.kind != EntryKind::File {
             continue;
@@ -268,9 +347,9 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
             return;
         }
         let path: Arc<str> = entry.path.as_str().into();
-        let mut run: Option<(PackId, u64, u64, Vec<BlobEntry>)> = None;
+        let mut run: Option<(PackId, u64, u64, Vec<ChunkLocation>)> = None;
         let mut run_raw = 0u64;
-        let flush = |run: &mut Option<(PackId, u64, u64, Vec<BlobEntry>)>| -> bool {
+        let flush = |run: &mut Option<(PackId, u64, u64, Vec<ChunkLocation>)>| -> bool {
             let Some((pack, offset, len, blobs)) = run.take() else {
                 return true;
             };
@@ -289,7 +368,7 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
             .is_ok()
         };
         for chunk in &entry.chunks {
-            let Some(loc) = index.get(chunk) else {
+            let Some(loc) = suspects.pick(index, chunk) else {
                 flush(&mut run);
                 let _ = items.send(Item::Failed(ReadError::MissingChunk {
                     chunk: *chunk,
@@ -306,13 +385,13 @@ fn plan_runs(entries: &[ManifestEntry], index: &Index, jobs: &Sender<Run>, items
             if extends {
                 let r = run.as_mut().expect("matched Some");
                 r.2 += b.length as u64;
-                r.3.push(b);
+                r.3.push(*loc);
                 run_raw += b.raw_length as u64;
             } else {
                 if !flush(&mut run) {
                     return;
                 }
-                run = Some((loc.pack, b.offset, b.length as u64, vec![b]));
+                run = Some((loc.pack, b.offset, b.length as u64, vec![*loc]));
                 run_raw = b.raw_length as u64;
             }
         }
@@ -354,52 +433,148 @@ fn from_windows(
     (out.len() as u64 == run.len).then(|| bytes::Bytes::from(out))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn fetch_run(
     store: &dyn Store,
     crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     run: &Run,
     check_chunks: bool,
-    windows: Option<(&WindowCache, &Index)>,
+    index: &Index,
+    suspects: &Suspects,
+    windows: Option<&WindowCache>,
 ) -> Result<Vec<Vec<u8>>, ReadError> {
     let key = pack_key(&run.pack);
-    let cached = windows.and_then(|(w, index)| from_windows(store, runtime, run, w, index));
+    let cached = windows.and_then(|w| from_windows(store, runtime, run, w, index));
     let bytes = match cached {
         Some(b) => b,
-        None => runtime
-            .block_on(store.get_range(&key, run.offset, run.len))
-            .map_err(|source| ReadError::Fetch {
-                path: run.path.to_string(),
-                source,
-            })?,
+        None => match runtime.block_on(store.get_range(&key, run.offset, run.len)) {
+            Ok(b) => b,
+            Err(source) => {
+                // Unreadable here; chunks known elsewhere are read there.
+                let err = ReadError::Fetch {
+                    path: run.path.to_string(),
+                    source,
+                };
+                if run.blobs.iter().all(|l| index.is_disputed(&l.blob.id)) {
+                    let why = err.to_string();
+                    return run
+                        .blobs
+                        .iter()
+                        .map(|l| {
+                            suspects.bad(index, l, &run.path, &why);
+                            fallback(store, crypto, runtime, index, suspects, &run.path, l, &why)
+                        })
+                        .collect();
+                }
+                return Err(err);
+            }
+        },
     };
     run.blobs
         .iter()
-        .map(|b| {
+        .map(|loc| {
+            let b = &loc.blob;
             // The run and its blobs come from the index, whose entries were
             // checked against their pack's size; still, a blob that is not
             // inside the bytes read is a named error, never a panic.
             let start = b.offset.checked_sub(run.offset).map(|s| s as usize);
             let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
-            let Some(data) = data else {
-                return Err(ReadError::Blob {
+            let disputed = index.is_disputed(&b.id);
+            let decoded = match data {
+                Some(data) => decode_blob_checked(b, data, check_chunks || disputed, crypto),
+                None => Err(BlobError::Length {
+                    got: bytes.len(),
+                    expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,
+                }),
+            };
+            match decoded {
+                Ok(raw) => Ok(raw),
+                Err(why) if disputed => {
+                    let why = why.to_string();
+                    suspects.bad(index, loc, &run.path, &why);
+                    fallback(
+                        store, crypto, runtime, index, suspects, &run.path, loc, &why,
+                    )
+                }
+                Err(why) => Err(ReadError::Blob {
                     key: key.clone(),
                     chunk: b.id,
                     path: run.path.to_string(),
-                    why: Box::new(BlobError::Length {
-                        got: bytes.len(),
-                        expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,
-                    }),
-                });
-            };
-            decode_blob_checked(b, data, check_chunks, crypto).map_err(|why| ReadError::Blob {
-                key: key.clone(),
-                chunk: b.id,
-                path: run.path.to_string(),
-                why: Box::new(why),
-            })
+                    why: Box::new(why),
+                }),
+            }
         })
         .collect()
+}
+
+/// Reads `failed`'s chunk from each of its other candidate locations in
+/// turn, each checked against the chunk id, until one passes.
+#[allow(clippy::too_many_arguments)]
+fn fallback(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    runtime: &tokio::runtime::Handle,
+    index: &Index,
+    suspects: &Suspects,
+    path: &str,
+    failed: &ChunkLocation,
+    why: &str,
+) -> Result<Vec<u8>, ReadError> {
+    let chunk = failed.blob.id;
+    let mut tried = vec![describe(index, failed, why)];
+    // Candidates from index objects not yet seen wrong first.
+    let mut others: Vec<&ChunkLocation> = index
+        .candidates(&chunk)
+        .filter(|l| !l.same_place(failed))
+        .collect();
+    others.sort_by_key(|l| suspects.is_suspect(l.source));
+    for loc in others {
+        match read_one(store, crypto, runtime, loc) {
+            Ok(raw) => return Ok(raw),
+            Err(why) => {
+                suspects.bad(index, loc, path, &why);
+                tried.push(describe(index, loc, &why));
+            }
+        }
+    }
+    Err(ReadError::NoGoodLocation {
+        chunk,
+        path: path.to_string(),
+        count: tried.len(),
+        tried: tried.join("; "),
+    })
+}
+
+fn describe(index: &Index, loc: &ChunkLocation, why: &str) -> String {
+    format!(
+        "{} at offset {} (from {}): {why}",
+        pack_key(&loc.pack),
+        loc.blob.offset,
+        index.source(loc.source)
+    )
+}
+
+/// Reads one blob on its own, opens it (in an encrypted repository, under its
+/// chunk id as associated data) and checks it against its chunk id.
+pub(crate) fn read_one(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    runtime: &tokio::runtime::Handle,
+    loc: &ChunkLocation,
+) -> Result<Vec<u8>, String> {
+    let b = &loc.blob;
+    let bytes = runtime
+        .block_on(store.get_range(&pack_key(&loc.pack), b.offset, b.length as u64))
+        .map_err(|e| e.to_string())?;
+    if bytes.len() != b.length as usize {
+        return Err(format!(
+            "read {} bytes, the location says {}",
+            bytes.len(),
+            b.length
+        ));
+    }
+    decode_blob_checked(b, &bytes, true, crypto).map_err(|e| e.to_string())
 }
 
 fn consume(

@@ -37,6 +37,10 @@ pub enum ProblemKind {
     Corrupt,
     ChainBroken,
     RetentionTooShort,
+    /// Not believed: a manifest whose name, plan, time, creation or chain
+    /// does not hold up, or a prune record naming packs in use (see
+    /// `repository::trust`).
+    Rejected,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,21 +130,44 @@ pub async fn verify_sampled(
     sample: Option<SampleRequest>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
-    let all = repo.list_snapshots(plan).await?;
+    let listed = repo.snapshots(plan).await?;
+    let all = listed.refs();
     let selected: Vec<SnapshotRef> = match selector {
         Some(sel) => vec![repo.find_snapshot(plan, sel).await?],
         None => all.clone(),
     };
-    let (index, index_faults) = repo.load_index_lenient().await?;
+    // Chunks only in packs that prune records name are still found (and
+    // the records named below): see `Repository::load_index_for_restore`.
+    let (mut index, pruned_index, index_faults) = repo.load_index_split().await?;
+    index.add_fallback(&pruned_index);
     let index = Arc::new(index);
     let mut problems: Vec<Problem> = index_faults
         .into_iter()
         .map(|(key, e)| Problem {
             object: key,
-            kind: ProblemKind::Corrupt,
+            kind: fault_kind(&e),
             detail: e.to_string(),
             snapshots: Vec::new(),
         })
+        .collect();
+    // Everything under the plan's snapshots that is not believed (a verify
+    // of one snapshot checks that snapshot only).
+    for r in listed.rejected.iter().filter(|_| selector.is_none()) {
+        let short = SnapshotRef::from_key(&r.object).map(|s| s.id.short());
+        problems.push(Problem {
+            object: r.object.clone(),
+            kind: match r.kind {
+                super::RejectKind::Unreadable => ProblemKind::Corrupt,
+                _ => ProblemKind::Rejected,
+            },
+            detail: r.detail.clone(),
+            snapshots: short.into_iter().collect(),
+        });
+    }
+    let rejected_ids: BTreeSet<SnapshotId> = listed
+        .rejected
+        .iter()
+        .filter_map(|r| SnapshotRef::from_key(&r.object).map(|s| s.id))
         .collect();
 
     // Manifests: each checked against its name; the chain against the listing.
@@ -161,11 +188,16 @@ pub async fn verify_sampled(
         }
     }
     let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
-    let pruned: BTreeSet<SnapshotId> = repo
-        .prune_records_lenient()
-        .await?
-        .into_iter()
-        .flat_map(|r| r.snapshots)
+    let (records, record_faults) = repo.prune_records_checked().await?;
+    problems.extend(record_faults.into_iter().map(|(key, e)| Problem {
+        object: key,
+        kind: fault_kind(&e),
+        detail: e.to_string(),
+        snapshots: Vec::new(),
+    }));
+    let pruned: BTreeSet<SnapshotId> = records
+        .iter()
+        .flat_map(|(_, r)| r.snapshots.iter().copied())
         .collect();
     for (snap, m) in &manifests {
         let pos = all.iter().position(|s| s.id == snap.id);
@@ -173,6 +205,15 @@ pub async fn verify_sampled(
         if let Some(prev) = m.previous {
             if pruned.contains(&prev) {
                 // Removed by `holdfast prune`, which recorded it.
+            } else if rejected_ids.contains(&prev) && !listed.contains(&prev) {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::ChainBroken,
+                    detail: format!(
+                        "names previous snapshot {prev}, which is rejected (see its own problem)"
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
             } else if !listed.contains(&prev) {
                 problems.push(Problem {
                     object: snap.key.clone(),
@@ -206,12 +247,14 @@ pub async fn verify_sampled(
         for e in &m.entries {
             let mut unindexed = Vec::new();
             for c in &e.chunks {
-                match index.get(c) {
-                    Some(loc) => {
-                        users.entry(loc.pack).or_default().insert(snap.id.short());
-                        needed_chunks.entry(loc.pack).or_default().insert(*c);
-                    }
-                    None => unindexed.push(c),
+                if !index.contains(c) {
+                    unindexed.push(c);
+                }
+                // Every candidate location is checked: which one is right
+                // is known only once read.
+                for loc in index.candidates(c) {
+                    users.entry(loc.pack).or_default().insert(snap.id.short());
+                    needed_chunks.entry(loc.pack).or_default().insert(*c);
                 }
             }
             if let Some(first) = unindexed.first() {
@@ -226,6 +269,33 @@ pub async fn verify_sampled(
                     snapshots: vec![snap.id.short()],
                 });
             }
+        }
+    }
+
+    // A prune record naming a pack that a believed snapshot still needs
+    // (found only through the fallback above) is wrong about it: a real
+    // prune never removes what a remaining snapshot needs.
+    for (key, record) in &records {
+        let live: Vec<&PackId> = record
+            .packs
+            .iter()
+            .filter(|p| users.contains_key(p) && pruned_index.packs().contains_key(p))
+            .collect();
+        if let Some(first) = live.first() {
+            let snaps: BTreeSet<String> = live
+                .iter()
+                .flat_map(|p| users[*p].iter().cloned())
+                .collect();
+            problems.push(Problem {
+                object: key.clone(),
+                kind: ProblemKind::Rejected,
+                detail: format!(
+                    "names {} pack(s) that snapshots of plan {plan} still need (first: {}); a prune never removes those, so the record is not believed for them and they stay in use",
+                    live.len(),
+                    pack_key(first)
+                ),
+                snapshots: snaps.into_iter().collect(),
+            });
         }
     }
 
@@ -245,6 +315,12 @@ pub async fn verify_sampled(
         }
     };
     let mut bad_packs: BTreeSet<PackId> = BTreeSet::new();
+    // Locations (of chunks the index objects disagree about) that do not
+    // hold their chunk, reported against the index object that gave them.
+    let mut bad_locations: Vec<BadLocation> = Vec::new();
+    // (pack, chunk, offset) of locations that held their chunk.
+    let mut good_places: std::collections::HashSet<(PackId, crate::ids::ChunkId, u64)> =
+        Default::default();
 
     // The packs left out are still checked to exist, by listing: a pack
     // that is gone breaks its snapshots whatever share is read.
@@ -301,6 +377,20 @@ pub async fn verify_sampled(
             Ok(b) => b,
             Err(e) => {
                 bad_packs.insert(*pack);
+                let needed = &needed_chunks[pack];
+                if needed.iter().all(|c| index.is_disputed(c)) {
+                    // Only chunks known elsewhere too: the index objects
+                    // naming this pack for them are what is wrong.
+                    for c in needed {
+                        for loc in index.candidates(c).filter(|l| l.pack == *pack) {
+                            bad_locations.push(BadLocation {
+                                loc: *loc,
+                                why: format!("{key} cannot be read: {e}"),
+                            });
+                        }
+                    }
+                    continue;
+                }
                 problems.push(Problem {
                     object: key,
                     kind: if e.is_not_found() {
@@ -317,7 +407,7 @@ pub async fn verify_sampled(
         bytes_read += bytes.len() as u64;
         bar.inc(bytes.len() as u64);
         let needed = &needed_chunks[pack];
-        let (detail, checked) = tokio::task::spawn_blocking({
+        let (detail, checked, bad, good) = tokio::task::spawn_blocking({
             let bytes = bytes.clone();
             let needed = needed.clone();
             let index = index.clone();
@@ -328,6 +418,8 @@ pub async fn verify_sampled(
         .await
         .expect("pack check panicked");
         chunks_checked += checked;
+        bad_locations.extend(bad);
+        good_places.extend(good.into_iter().map(|(c, off)| (*pack, c, off)));
         if let Some(detail) = detail {
             bad_packs.insert(*pack);
             problems.push(Problem {
@@ -339,6 +431,42 @@ pub async fn verify_sampled(
         }
     }
     bar.finish();
+
+    // One problem per index object that gives bad locations; it breaks a
+    // snapshot only if the chunk has no location that checked out.
+    let mut by_source: BTreeMap<String, Vec<&BadLocation>> = BTreeMap::new();
+    for b in &bad_locations {
+        by_source
+            .entry(index.source(b.loc.source).to_string())
+            .or_default()
+            .push(b);
+    }
+    for (object, bads) in by_source {
+        let first = bads[0];
+        let mut snapshots = BTreeSet::new();
+        for b in &bads {
+            let chunk = b.loc.blob.id;
+            let good_elsewhere = index
+                .candidates(&chunk)
+                .any(|l| good_places.contains(&(l.pack, chunk, l.blob.offset)));
+            if !good_elsewhere {
+                snapshots.extend(users.get(&b.loc.pack).into_iter().flatten().cloned());
+            }
+        }
+        problems.push(Problem {
+            object,
+            kind: ProblemKind::Corrupt,
+            detail: format!(
+                "gives {} chunk location(s) that do not hold their chunk, first: chunk {} in {} at offset {} ({}); other index objects place these chunks elsewhere, and restores and backups use a location only once it passes its check (a planted or damaged index object; `holdfast repair index` writes a correct index from the packs)",
+                bads.len(),
+                first.loc.blob.id,
+                pack_key(&first.loc.pack),
+                first.loc.blob.offset,
+                first.why
+            ),
+            snapshots: snapshots.into_iter().collect(),
+        });
+    }
 
     // Whole-file hashes of the files whose chunks all lie in packs that were
     // read and checked out (in a sampled verify, few files of a large
@@ -352,8 +480,8 @@ pub async fn verify_sampled(
     let reader = Arc::new(reader.checking_chunks());
     let checked_out = |c: &crate::ids::ChunkId| {
         index
-            .get(c)
-            .is_some_and(|loc| to_read.contains(&loc.pack) && !bad_packs.contains(&loc.pack))
+            .candidates(c)
+            .any(|loc| to_read.contains(&loc.pack) && !bad_packs.contains(&loc.pack))
     };
     for (snap, m) in &manifests {
         let entries: Vec<ManifestEntry> = m
@@ -391,16 +519,23 @@ pub async fn verify_sampled(
         };
         need(snap.key.clone());
         need(super::CONFIG_KEY.to_string());
-        let packs: BTreeSet<PackId> = m
-            .entries
-            .iter()
-            .flat_map(|e| &e.chunks)
-            .filter_map(|c| index.get(c).map(|l| l.pack))
-            .collect();
-        for p in packs {
-            if let Some(k) = index.described_by(&p) {
-                need(k.to_string());
+        // The locations a restore would use: those that checked out where
+        // the index objects disagree, the one they agree on otherwise.
+        let mut packs: BTreeSet<PackId> = BTreeSet::new();
+        let mut index_objects: BTreeSet<String> = BTreeSet::new();
+        for c in m.entries.iter().flat_map(|e| &e.chunks) {
+            for l in index.candidates(c) {
+                if index.is_disputed(c) && !good_places.contains(&(l.pack, *c, l.blob.offset)) {
+                    continue;
+                }
+                packs.insert(l.pack);
+                index_objects.insert(index.source(l.source).to_string());
             }
+        }
+        for k in index_objects {
+            need(k);
+        }
+        for p in packs {
             need(pack_key(&p));
         }
     }
@@ -470,12 +605,20 @@ pub async fn verify_sampled(
                         Ok(bytes) => {
                             let key = info.key.clone();
                             let len = bytes.len() as u64;
+                            // Foreign objects (planted, or damaged) are named
+                            // so: push and fetch step around them, but the
+                            // operator must know someone writes to the bucket.
                             tokio::task::spawn_blocking(move || {
-                                super::log_archive::decode(&key, &bytes, &crypto).map(|_| len)
+                                match super::log_archive::classify(&key, &bytes, &crypto) {
+                                    super::log_archive::Found::Archived { .. } => Ok(len),
+                                    super::log_archive::Found::Foreign { why } => Err((
+                                        ProblemKind::Corrupt,
+                                        format!("{key} is corrupt or foreign ({why}): holdfast did not write it as it is; see docs/runbook.md, \"A foreign object in the WAL archive\""),
+                                    )),
+                                }
                             })
                             .await
                             .expect("WAL check panicked")
-                            .map_err(|e| (ProblemKind::Corrupt, e.to_string()))
                         }
                         Err(e) if e.is_not_found() => Err((ProblemKind::Missing, e.to_string())),
                         Err(e) => Err((ProblemKind::Corrupt, e.to_string())),
@@ -516,16 +659,47 @@ pub async fn verify_sampled(
     })
 }
 
-/// Checks a whole pack; returns what is wrong (if anything) and how many chunks were checked.
+/// How an index object or prune record that did not decode is reported:
+/// one that fails authentication is not believed (like a rejected
+/// manifest), anything else is damaged.
+fn fault_kind(e: &super::RepoError) -> ProblemKind {
+    match e {
+        super::RepoError::Unauthenticated { .. } => ProblemKind::Rejected,
+        _ => ProblemKind::Corrupt,
+    }
+}
+
+/// What [`check_pack`] found: the pack's own faults, how many chunks it
+/// checked, the bad locations of disputed chunks, and the (chunk, offset)
+/// locations that held their chunk.
+type PackCheck = (
+    Option<String>,
+    usize,
+    Vec<BadLocation>,
+    Vec<(crate::ids::ChunkId, u64)>,
+);
+
+/// A location an index object gives that does not hold its chunk.
+#[derive(Debug)]
+struct BadLocation {
+    loc: super::ChunkLocation,
+    why: String,
+}
+
+/// Checks a whole pack; returns what is wrong with it (if anything), how many
+/// chunks were checked, the locations of disputed chunks (several candidate
+/// locations) that failed, and the chunks that checked out in this pack.
 fn check_pack(
     pack: &PackId,
     bytes: &[u8],
     needed: &BTreeSet<crate::ids::ChunkId>,
     index: &super::Index,
     crypto: &super::Crypto,
-) -> (Option<String>, usize) {
+) -> PackCheck {
     let got = Hash256::digest(bytes);
     let mut faults = Vec::new();
+    let mut bad = Vec::new();
+    let mut good = Vec::new();
     if got != pack.0 {
         faults.push(format!(
             "its SHA-256 is {got}, its name says {pack} ({} bytes)",
@@ -538,25 +712,60 @@ fn check_pack(
         Ok(blobs) => {
             let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
             for chunk in needed {
-                let Some(loc) = index.get(chunk) else {
-                    continue;
-                };
-                if by_id.get(chunk) != Some(&loc.blob) {
-                    faults.push(format!(
-                        "chunk {chunk}: the index and the pack trailer disagree"
-                    ));
-                }
-                let b = loc.blob;
-                let end = (b.offset + b.length as u64) as usize;
-                if end > bytes.len() {
-                    faults.push(format!("chunk {chunk}: lies past the end of the pack"));
-                    continue;
-                }
-                checked += 1;
-                if let Err(why) = decode_blob(&b, &bytes[b.offset as usize..end], crypto) {
-                    faults.push(format!("chunk {chunk}: {why}"));
+                let disputed = index.is_disputed(chunk);
+                for loc in index.candidates(chunk).filter(|l| l.pack == *pack) {
+                    let mut loc_faults = Vec::new();
+                    if by_id.get(chunk) != Some(&loc.blob) {
+                        loc_faults.push("the index and the pack trailer disagree".to_string());
+                    }
+                    let b = loc.blob;
+                    let end = b.offset.saturating_add(b.length as u64);
+                    match bytes.get(b.offset as usize..end.min(usize::MAX as u64) as usize) {
+                        None => loc_faults.push("lies past the end of the pack".into()),
+                        Some(data) => {
+                            checked += 1;
+                            if let Err(why) = decode_blob(&b, data, crypto) {
+                                loc_faults.push(why.to_string());
+                            }
+                        }
+                    }
+                    if loc_faults.is_empty() {
+                        good.push((*chunk, loc.blob.offset));
+                    } else if disputed {
+                        bad.push(BadLocation {
+                            loc: *loc,
+                            why: loc_faults.join(", "),
+                        });
+                    } else {
+                        faults.extend(
+                            loc_faults
+                                .into_iter()
+                                .map(|f| format!("chunk {chunk}: {f}")),
+                        );
+                    }
                 }
             }
+        }
+    }
+    if got != pack.0 || !faults.is_empty() {
+        // A pack that is not what its name says vouches for none of its chunks.
+        good.clear();
+        // Needed only for chunks other index objects place elsewhere: the
+        // index objects naming this pack for them are what is wrong (a
+        // pack-shaped object anyone could add), not a pack a snapshot lost.
+        if needed.iter().all(|c| index.is_disputed(c)) {
+            let why = faults.join("; ");
+            for chunk in needed {
+                for loc in index.candidates(chunk).filter(|l| l.pack == *pack) {
+                    if !bad.iter().any(|b| b.loc.same_place(loc)) {
+                        bad.push(BadLocation {
+                            loc: *loc,
+                            why: format!("{}: {why}", pack_key(pack)),
+                        });
+                    }
+                }
+            }
+            faults.clear();
         }
     }
     let detail = (!faults.is_empty()).then(|| {
@@ -567,7 +776,7 @@ fn check_pack(
         }
         shown.join("; ")
     });
-    (detail, checked)
+    (detail, checked, bad, good)
 }
 
 #[cfg(test)]

@@ -285,6 +285,7 @@ impl Inner {
             key: key.to_string(),
             size: meta.len(),
             retention: self.read_retention(key)?,
+            created: None,
         })
     }
 
@@ -320,6 +321,7 @@ impl Inner {
                 key: key.to_string(),
                 size,
                 retention: self.read_retention(key)?,
+                created: None,
             });
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));

@@ -75,6 +75,12 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub retention: Option<Retention>,
+    /// When the storage service created the object (on S3 the original
+    /// version's `LastModified`, by the server's clock), from a listing;
+    /// `None` where the store cannot vouch for it (the local store: anyone
+    /// who can write the directory can set a file's times). Readers check a
+    /// snapshot's claimed start time against it.
+    pub created: Option<DateTime<Utc>>,
 }
 
 /// What a backend can promise; plan validation refuses what it cannot honour.
@@ -132,6 +138,17 @@ pub enum StoreError {
         what: String,
         holder: String,
         location: String,
+    },
+    /// A lease lock could not be kept: its object was changed by someone
+    /// else (taken over after it looked stale, or removed), or it could not
+    /// be refreshed before the safety margin of its lease. The work it
+    /// protected stopped before its next commit point.
+    #[error("lost lock `{lock}` in {store}: {detail}; stopped before committing anything more (the lock object is {location})")]
+    LeaseLost {
+        lock: String,
+        store: String,
+        location: String,
+        detail: String,
     },
     #[error("bucket {bucket} of {store} does not exist or is not reachable with these credentials; create it with `holdfast repo init --plan FILE`")]
     NoBucket { store: String, bucket: String },
@@ -208,8 +225,25 @@ pub enum LockKind {
 /// back; dropping it releases it on a best-effort basis (a local lock at once,
 /// an S3 lock when its lease ends or a later process on the host sees the
 /// holder is gone).
+///
+/// A local `flock` is never lost while its file descriptor is open. An S3
+/// lease can be: before each commit point (a manifest or prune record
+/// written, an object deleted) the holder asks [`LockGuard::check`] (no
+/// request) or [`LockGuard::confirm`] (refreshes the lease now) and stops
+/// with [`StoreError::LeaseLost`] if the lock no longer certainly holds.
 #[async_trait]
 pub trait LockGuard: Send + Sync {
+    /// `Ok` while the lock certainly holds for at least a safety margin;
+    /// [`StoreError::LeaseLost`] once it may not. Makes no request.
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Like [`LockGuard::check`], but refreshes the lease first, so that a
+    /// commit point right after it has a whole lease of time; a takeover
+    /// by someone else is detected here at the latest.
+    async fn confirm(&self) -> Result<(), StoreError> {
+        self.check()
+    }
     async fn release(self: Box<Self>) {}
 }
 

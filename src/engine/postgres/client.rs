@@ -47,6 +47,13 @@ impl PgClient {
         )
     }
 
+    /// The same client with `password` given in the programs' environment
+    /// (a `postgres://` URL's own password, if any, is set after it and wins).
+    pub fn with_password(mut self, password: Option<crate::secret::Secret>) -> Self {
+        self.conn.password = password.map(Password::Value);
+        self
+    }
+
     /// A client command with the connection in its environment (never in its
     /// arguments, where `ps` would show a password).
     pub fn command(&self, program: &str, database: Option<&str>) -> Result<Command, SourceError> {
@@ -257,7 +264,8 @@ pub fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
     }
     if let Some(p) = port.filter(|p| !p.is_empty()) {
         if p.parse::<u16>().is_err() {
-            return Err(bad(&format!("port `{p}` is not a number")));
+            // Not echoed: a password with an unescaped `/` or `@` ends up here.
+            return Err(bad("the port is not a number (a password holding / ? # @ or : must be percent-encoded)"));
         }
         env.push(("PGPORT", p));
     }
@@ -280,14 +288,54 @@ pub fn url_env(url: &str) -> Result<Vec<(&'static str, String)>, SourceError> {
             "user" => "PGUSER",
             "dbname" => "PGDATABASE",
             other => {
+                // Named only when it looks like a parameter name: anything
+                // else may be part of a password that was not percent-encoded.
+                let named = if !other.is_empty()
+                    && other.len() <= 40
+                    && other.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                {
+                    format!("parameter `{other}`")
+                } else {
+                    "a parameter".to_string()
+                };
                 return Err(bad(&format!(
-                    "parameter `{other}` is not supported; use sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout, options, target_session_attrs, host, port, user or dbname"
-                )))
+                    "{named} is not supported; use sslmode, sslrootcert, sslcert, sslkey, application_name, connect_timeout, options, target_session_attrs, host, port, user or dbname"
+                )));
             }
         };
         env.push((var, percent_decode(v)));
     }
     Ok(env)
+}
+
+/// A connection string safe to show: the password of a URL's userinfo, and
+/// any `password=` value, replaced by `***`. Errors that echo what the user
+/// gave go through this.
+pub fn redact_url(s: &str) -> String {
+    let mut out = match s.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, after)) => {
+                let user = userinfo.split_once(':').map(|(u, _)| u);
+                match user {
+                    Some(u) => format!("{scheme}://{u}:***@{after}"),
+                    None => s.to_string(),
+                }
+            }
+            None => s.to_string(),
+        },
+        None => s.to_string(),
+    };
+    // `password=…` in a query string or a `key=value` connection string.
+    let mut from = 0;
+    while let Some(i) = out[from..].find("password=") {
+        let start = from + i + "password=".len();
+        let end = out[start..]
+            .find(['&', ' '])
+            .map_or(out.len(), |e| start + e);
+        out.replace_range(start..end, "***");
+        from = start + 3;
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -333,6 +381,49 @@ mod tests {
         assert_eq!(
             (e["PGDATABASE"].as_str(), e["PGAPPNAME"].as_str()),
             ("x", "a")
+        );
+    }
+
+    #[test]
+    fn a_password_is_redacted_wherever_a_connection_string_is_echoed() {
+        assert_eq!(
+            redact_url("postgres://app:s3cr%2Ft@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("postgres://app:p@ss/w@db/x"),
+            "postgres://app:***@db/x"
+        );
+        assert_eq!(redact_url("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(
+            redact_url("host=db password=hunter2 dbname=x"),
+            "host=db password=*** dbname=x"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?password=hunter2&sslmode=require"),
+            "postgres://db/x?password=***&sslmode=require"
+        );
+    }
+
+    #[test]
+    fn a_url_error_never_echoes_a_password_that_was_not_percent_encoded() {
+        for url in [
+            "postgres://app:pa/ss9@db/x",
+            "postgres://app:pa?ss9@db/x",
+            "postgres://app:pa:ss9@db:5432/x",
+        ] {
+            if let Err(e) = url_env(url) {
+                assert!(!e.to_string().contains("ss9"), "{e}");
+            }
+        }
+        let encoded = format!(
+            "postgres://app:{}@db/x",
+            crate::secret::percent_encode("p/w?@:%")
+        );
+        let env = url_env(&encoded).unwrap();
+        assert!(
+            env.contains(&("PGPASSWORD", "p/w?@:%".to_string())),
+            "{env:?}"
         );
     }
 

@@ -1,6 +1,15 @@
 //! Restoring one logical dump (`dumps/<database>.pgdump`, `pg_dump -Fc`)
-//! into a running server with `pg_restore`, as one transaction fed from the
-//! repository while every chunk is checked.
+//! into a running server with `pg_restore`.
+//!
+//! A dump is a program `pg_restore` runs: a forged or damaged chunk could
+//! carry any SQL, including a `COMMIT` that escapes the single transaction.
+//! So the whole dump is read and checked first (every chunk against its id,
+//! the file against its SHA-256) before the target server is touched at
+//! all; then it is read again and streamed, every chunk checked again
+//! before its bytes are written to `pg_restore --single-transaction`, which
+//! is killed before its input ends if anything fails (its transaction rolls
+//! back). Reading twice costs a second download; spooling to local disk
+//! instead would need room for the whole dump on the restoring host.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::backup::DUMPS_PREFIX;
-use super::client::{url_env, PgClient};
+use super::client::{redact_url, url_env, PgClient};
 use super::PgError;
 use crate::engine::scratch::recovery_deadline;
 use crate::engine::DumpRequest;
@@ -22,6 +31,7 @@ use crate::progress::Progress;
 use crate::repository::materialize::MaterializeError;
 use crate::repository::read::{ChunkReader, ReadError, ReadSink};
 use crate::repository::{ManifestEntry, Repository};
+use crate::secret::Secret;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct DumpRestoreReport {
@@ -71,18 +81,30 @@ pub async fn restore_dump(
     };
     if !into.starts_with("postgres://") && !into.starts_with("postgresql://") {
         return Err(PgError::IntoNotUrl {
-            into: into.to_string(),
+            into: redact_url(into),
             database: database.to_string(),
         });
     }
-    let target = PgClient::from_url(into);
     let url = url_env(into)?;
+    if url.iter().any(|(k, _)| *k == "PGPASSWORD") {
+        // holdfast's own arguments are world-readable (`ps`, /proc/*/cmdline).
+        return Err(PgError::IntoPassword {
+            into: redact_url(into),
+        });
+    }
     let part = |k: &str| url.iter().find(|(v, _)| *v == k).map(|(_, x)| x.as_str());
     let target_db = part("PGDATABASE")
         .ok_or_else(|| PgError::IntoNoDatabase {
-            into: into.to_string(),
+            into: redact_url(into),
         })?
         .to_string();
+    // The password, if any, from holdfast's own environment (else libpq's
+    // ~/.pgpass or PGPASSFILE), handed on in the client's environment.
+    let password = std::env::var("PGPASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(Secret::new);
+    let target = PgClient::from_url(into).with_password(password);
     // Where it went, without the password.
     let shown = format!(
         "{}@{}:{}/{target_db}",
@@ -90,21 +112,33 @@ pub async fn restore_dump(
         part("PGHOST").unwrap_or("localhost"),
         part("PGPORT").unwrap_or("5432")
     );
-    let index = Arc::new(repo.load_index().await?);
+    if entry.sha256.is_none() {
+        return Err(MaterializeError::UnsafeEntry {
+            manifest: snap.key.clone(),
+            path: entry.path.clone(),
+            why: "it has no SHA-256, so the dump cannot be checked before pg_restore runs it"
+                .into(),
+            target: PathBuf::from(format!("database {target_db}")),
+        }
+        .into());
+    }
+    let index = Arc::new(repo.load_index_for_restore().await?);
     let reader = ChunkReader::new(
         repo.store().clone(),
         repo.crypto().clone(),
         index,
         tokio::runtime::Handle::current(),
-    );
+    )
+    .checking_chunks();
     let total = entry.size.unwrap_or_default();
-    let progress = Progress::new("restore", Some(total), req.progress);
-    let into = into.to_string();
+    // Each byte is read twice: once to check, once to restore.
+    let progress = Progress::new("restore", Some(total.saturating_mul(2)), req.progress);
     let snapshot = snap.id.short();
     let db = target_db.clone();
     // psql, pg_restore and the pipe between them all block: one thread.
     tokio::task::spawn_blocking(move || {
-        feed_pg_restore(&target, &into, &db, &snapshot, reader, entry, progress)
+        check_dump(&db, &snapshot, &reader, &entry, &progress)?;
+        feed_pg_restore(&target, &db, &snapshot, reader, entry, progress)
     })
     .await
     .expect("pg_restore feeder panicked")?;
@@ -119,12 +153,48 @@ pub async fn restore_dump(
     })
 }
 
+/// Reads the whole dump from the repository, every chunk checked against
+/// its id and the file against its SHA-256, before anything reaches the
+/// target server: a missing or damaged chunk fails here, with the target
+/// not even connected to.
+fn check_dump(
+    target_db: &str,
+    snapshot: &str,
+    reader: &ChunkReader,
+    entry: &ManifestEntry,
+    progress: &Progress,
+) -> Result<(), PgError> {
+    struct Count<'a>(&'a Progress);
+    impl ReadSink for Count<'_> {
+        fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+            self.0.inc(bytes.len() as u64);
+            Ok(())
+        }
+        fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    reader
+        .read_files(std::slice::from_ref(entry), &mut Count(progress))
+        .map_err(|source| {
+            MaterializeError::Read {
+                snapshot: snapshot.to_string(),
+                target: PathBuf::from(format!("database {target_db}")),
+                source: Box::new(source),
+            }
+            .into()
+        })
+}
+
 /// Creates the target database if missing (refuses one with tables), then
-/// streams the dump into `pg_restore --single-transaction`; kills it before
-/// it can commit if any chunk fails its check.
+/// streams the dump into `pg_restore --single-transaction`, every chunk
+/// checked before it is written; kills it before it can commit if anything
+/// fails.
 fn feed_pg_restore(
     target: &PgClient,
-    into: &str,
     target_db: &str,
     snapshot: &str,
     reader: ChunkReader,
@@ -151,14 +221,16 @@ fn feed_pg_restore(
             });
         }
     }
-    let mut cmd = target.command("pg_restore", None)?;
+    // The connection is in the environment (password included); `-d` only
+    // says "restore into a database", naming it without anything secret.
+    let mut cmd = target.command("pg_restore", Some(target_db))?;
     cmd.args([
         "--single-transaction",
         "--exit-on-error",
         "--no-owner",
         "-d",
     ]);
-    cmd.arg(into);
+    cmd.arg(conninfo_dbname(target_db));
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -202,13 +274,13 @@ fn feed_pg_restore(
     };
     let read = reader.read_files(std::slice::from_ref(&entry), &mut sink);
     sink.progress.finish();
-    let unfinished = sink.stdin.is_some();
-    drop(sink);
-    if read.is_err() || unfinished {
-        // Kill before pg_restore sees a clean end of input: its transaction
-        // is rolled back.
+    if read.is_err() || sink.stdin.is_some() {
+        // Kill before pg_restore sees an end of input (dropping the sink
+        // closes its stdin): its transaction is rolled back, never
+        // committed on a dump cut short.
         let _ = child.kill();
     }
+    drop(sink);
     // pg_restore commits after its input ends: wait for it, with a deadline.
     let deadline = Instant::now() + recovery_deadline();
     loop {
@@ -249,4 +321,22 @@ fn feed_pg_restore(
         Ok(()) => {}
     }
     Ok(())
+}
+
+/// `dbname='…'` as a libpq connection string, for `pg_restore -d`: a bare
+/// name holding `=` or starting with `postgres://` would be read as one.
+fn conninfo_dbname(db: &str) -> String {
+    format!("dbname='{}'", db.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_name_reaches_pg_restore_quoted_as_a_connection_string() {
+        assert_eq!(conninfo_dbname("app"), "dbname='app'");
+        assert_eq!(conninfo_dbname("a b=c"), "dbname='a b=c'");
+        assert_eq!(conninfo_dbname(r"it's\x"), r"dbname='it\'s\\x'");
+    }
 }

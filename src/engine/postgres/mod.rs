@@ -136,6 +136,8 @@ pub enum PgError {
     IntoNotUrl { into: String, database: String },
     #[error("--into {into:?} names no database")]
     IntoNoDatabase { into: String },
+    #[error("--into {into:?} carries a password, which any user of this host could read on holdfast's command line; drop it from the URL and set PGPASSWORD in holdfast's environment, or put it in ~/.pgpass (or the file PGPASSFILE names, mode 0600)")]
+    IntoPassword { into: String },
     #[error("database {database} already has tables; restore into a new or empty database")]
     HasTables { database: String },
     #[error("pg_restore into database {database} failed ({status}), its transaction was rolled back: {stderr}")]
@@ -158,6 +160,7 @@ impl HasExit for PgError {
             PgError::Force
             | PgError::NoTarget
             | PgError::BadLsn(_)
+            | PgError::IntoPassword { .. }
             | PgError::LogicalOnly { .. }
             | PgError::NoSuchBaseBackup { .. }
             | PgError::AmbiguousBaseBackup { .. }

@@ -147,14 +147,18 @@ pub struct PitrOptions {
     pub progress: ProgressMode,
 }
 
-/// What the archive holds for a plan: file names under `wal/<plan>/`, and
-/// timeline histories as they are read.
+/// What the archive holds for a plan: file names under `wal/<plan>/` (a
+/// file archived under an alternative name counts under its own name), and
+/// what has been learnt by reading: timeline histories, files found sound,
+/// names holding only foreign objects.
 pub struct WalArchive {
     store: Arc<dyn Store>,
     crypto: crate::repository::Crypto,
     plan: PlanName,
     names: BTreeSet<String>,
     histories: HashMap<u32, Vec<TimelineStep>>,
+    sound: BTreeSet<String>,
+    foreign: BTreeSet<String>,
 }
 
 impl WalArchive {
@@ -166,7 +170,10 @@ impl WalArchive {
             .await
             .map_err(|e| PgError::Repo(e.into()))?
             .into_iter()
-            .filter_map(|o| o.key.strip_prefix(&prefix).map(str::to_owned))
+            .filter_map(|o| {
+                let key = log_archive::split_alternative(&o.key).map_or(o.key.as_str(), |(c, _)| c);
+                key.strip_prefix(&prefix).map(str::to_owned)
+            })
             .collect();
         Ok(WalArchive {
             store: repo.store().clone(),
@@ -174,11 +181,36 @@ impl WalArchive {
             plan: plan.clone(),
             names,
             histories: HashMap::new(),
+            sound: BTreeSet::new(),
+            foreign: BTreeSet::new(),
         })
     }
 
     fn has(&self, name: &str) -> bool {
-        self.names.contains(name)
+        self.names.contains(name) && !self.foreign.contains(name)
+    }
+
+    /// Reads `name` once to learn whether anything sound is at its names:
+    /// `Ok(false)` (and remembered) when only foreign objects are.
+    async fn sound(&mut self, name: &str) -> Result<bool, PgError> {
+        if self.sound.contains(name) {
+            return Ok(true);
+        }
+        if !self.has(name) {
+            return Ok(false);
+        }
+        let key = format!("{}{name}", wal::wal_prefix(&self.plan));
+        match log_archive::resolve(self.store.as_ref(), &self.crypto, &key).await {
+            Ok(_) => {
+                self.sound.insert(name.to_string());
+                Ok(true)
+            }
+            Err(LogError::OnlyForeign { .. } | LogError::NotFound { .. }) => {
+                self.foreign.insert(name.to_string());
+                Ok(false)
+            }
+            Err(e) => Err(fetch_error(e)),
+        }
     }
 
     async fn history(&mut self, timeline: u32) -> Result<Vec<TimelineStep>, PgError> {
@@ -208,13 +240,36 @@ impl WalArchive {
         fetch_checked(self.store.as_ref(), &self.crypto, &self.plan, name).await
     }
 
-    /// The ancestry of the newest timeline that follows from `base`, as
-    /// PostgreSQL's `recovery_target_timeline = 'latest'` finds it: the
-    /// highest consecutive `N.history` after the backup's own timeline.
+    /// The ancestry of the newest timeline that follows from `base`, much
+    /// as PostgreSQL's `recovery_target_timeline = 'latest'` finds it (the
+    /// highest consecutive `N.history` after the backup's own timeline), but
+    /// skipping, with a warning, a history holdfast did not archive (foreign,
+    /// or not a history) and one of a timeline on which no WAL segment was
+    /// ever archived: anyone with write access to the bucket can add
+    /// `N.history`, and one that was followed would block or cut short every
+    /// restore. The restore pins the timeline chosen here
+    /// (`recovery_target_timeline`), so PostgreSQL follows the same one.
     async fn target_ancestry(&mut self, base: &BaseBackup) -> Result<Vec<TimelineStep>, PgError> {
         let mut newest = base.timeline;
-        while self.has(&format!("{:08X}.history", newest + 1)) {
+        while self.names.contains(&format!("{:08X}.history", newest + 1)) {
             newest += 1;
+        }
+        while newest > base.timeline {
+            let name = format!("{newest:08X}.history");
+            let key = format!("{}{name}", wal::wal_prefix(&self.plan));
+            let skip = if !self.segments_on(newest) {
+                Some("no WAL segment of that timeline is archived".to_string())
+            } else {
+                match self.history(newest).await {
+                    Ok(_) => None,
+                    Err(PgError::History { why, .. }) => Some(why),
+                    Err(PgError::WalSegment { problem, .. }) => Some(format!("it {problem}")),
+                    Err(e) => return Err(e),
+                }
+            };
+            let Some(why) = skip else { break };
+            tracing::warn!(object = %key, "timeline history {key} is not followed ({why}); restoring along timeline {}. If nobody promoted a server to timeline {newest}, someone with write access to the bucket added it: see docs/runbook.md, \"A foreign object in the WAL archive\"", newest - 1);
+            newest -= 1;
         }
         let ancestry = self.history(newest).await?;
         // The backup must lie on that history, before its timeline was left.
@@ -244,14 +299,39 @@ impl WalArchive {
         .name(size)
     }
 
-    /// The newest segment number present on `ancestry` at or after `from`.
-    fn newest_on(&self, ancestry: &[TimelineStep], from: u64, size: u64) -> Option<u64> {
+    /// Whether any WAL segment (or `.partial`) of `timeline` is listed.
+    fn segments_on(&self, timeline: u32) -> bool {
+        let tl = format!("{timeline:08X}");
         self.names
-            .iter()
-            .filter_map(|n| Segment::parse(n, size))
-            .filter(|s| s.number >= from && timeline_for(ancestry, s.number, size) == s.timeline)
-            .map(|s| s.number)
-            .max()
+            .range(tl.clone()..)
+            .take_while(|n| n.starts_with(&tl))
+            .any(|n| n.len() == 24 || n.ends_with(".partial"))
+    }
+
+    /// The newest segment number present on `ancestry` at or after `from`,
+    /// read to be sure: a foreign object planted at the name of a segment
+    /// not yet archived is not the end of the archive.
+    async fn newest_on(
+        &mut self,
+        ancestry: &[TimelineStep],
+        from: u64,
+        size: u64,
+    ) -> Result<Option<u64>, PgError> {
+        loop {
+            let newest = self
+                .names
+                .iter()
+                .filter(|n| !self.foreign.contains(*n))
+                .filter_map(|n| Segment::parse(n, size))
+                .filter(|s| {
+                    s.number >= from && timeline_for(ancestry, s.number, size) == s.timeline
+                })
+                .max_by_key(|s| s.number);
+            let Some(seg) = newest else { return Ok(None) };
+            if self.sound(&seg.name(size)).await? {
+                return Ok(Some(seg.number));
+            }
+        }
     }
 
     /// The first segment missing between `from` and `to` (inclusive).
@@ -268,7 +348,8 @@ impl WalArchive {
     }
 }
 
-/// Fetches one archived file and checks it against its SHA-256.
+/// Fetches one archived file (under its name or an alternative one) and
+/// checks it against its SHA-256.
 async fn fetch_checked(
     store: &dyn Store,
     crypto: &crate::repository::Crypto,
@@ -278,19 +359,29 @@ async fn fetch_checked(
     let key = format!("{}{name}", wal::wal_prefix(plan));
     log_archive::get(store, crypto, &key)
         .await
-        .map_err(|e| match e {
-            LogError::NotFound { key } => missing(&key, "it is listed but cannot be read"),
-            LogError::Store(e) => PgError::Repo(e.into()),
-            LogError::Corrupt { key, why } => PgError::WalSegment {
-                key,
-                problem: format!("is corrupt ({why})"),
-            },
-            LogError::Unauthenticated { key, why } => PgError::WalSegment {
-                key,
-                problem: format!("is not authentic ({why})"),
-            },
-            other => PgError::Log(other),
-        })
+        .map_err(fetch_error)
+}
+
+fn fetch_error(e: LogError) -> PgError {
+    match e {
+        LogError::NotFound { key } => missing(&key, "it is listed but cannot be read"),
+        LogError::Store(e) => PgError::Repo(e.into()),
+        LogError::Corrupt { key, why } => PgError::WalSegment {
+            key,
+            problem: format!("is corrupt ({why})"),
+        },
+        LogError::Unauthenticated { key, why } => PgError::WalSegment {
+            key,
+            problem: format!("is not authentic ({why})"),
+        },
+        LogError::OnlyForeign { key, foreign } => PgError::WalSegment {
+            key,
+            problem: format!(
+                "is corrupt or foreign, and no alternative name holds it sound: {foreign}"
+            ),
+        },
+        other => PgError::Log(other),
+    }
 }
 
 fn missing(key: &str, why: &str) -> PgError {
@@ -353,7 +444,10 @@ async fn windows_of(bases: &[BaseBackup], archive: &mut WalArchive) -> Result<Re
             });
             continue;
         }
-        let newest = archive.newest_on(&ancestry, start, size).unwrap_or(start);
+        let newest = archive
+            .newest_on(&ancestry, start, size)
+            .await?
+            .unwrap_or(start);
         let gap = archive.first_missing(&ancestry, start, newest, size);
         let end = match &gap {
             Some(g) => Segment::parse(g, size)
@@ -601,6 +695,7 @@ pub async fn restore_pitr_server(
         let stop = base.stop_segment().number;
         let newest = archive
             .newest_on(&ancestry, base.start_segment().number, size)
+            .await?
             .unwrap_or(stop);
         let after = if newest > stop {
             format!(
@@ -641,6 +736,7 @@ pub async fn restore_pitr_server(
     )
     .await?;
     let (role, role_reason) = CopyRole::decide(opts.archive, &base, &target_dir);
+    let timeline = ancestry.last().map_or(base.timeline, |s| s.timeline);
     let (dir, spool_in, opts_in, base_in, why) = (
         target_dir.clone(),
         spool.clone(),
@@ -649,7 +745,7 @@ pub async fn restore_pitr_server(
         role_reason.clone(),
     );
     tokio::task::spawn_blocking(move || {
-        prepare_recovery(&dir, &spool_in, &opts_in, &base_in, (role, &why))
+        prepare_recovery(&dir, &spool_in, &opts_in, &base_in, timeline, (role, &why))
     })
     .await
     .expect("recovery set-up panicked")
@@ -819,7 +915,10 @@ async fn check_wal(
     let size = base.segment_size;
     let first = base.start_segment().number;
     let stop = base.stop_segment().number;
-    let newest = archive.newest_on(ancestry, first, size).unwrap_or(first);
+    let newest = archive
+        .newest_on(ancestry, first, size)
+        .await?
+        .unwrap_or(first);
     let prefix = wal::wal_prefix(&archive.plan);
     // The last segment that must be there, where it is known in advance.
     let must_reach = match target {

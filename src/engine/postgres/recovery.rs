@@ -27,7 +27,9 @@ const PG_CTL_DEADLINE: Duration = Duration::from_secs(120);
 const POLL_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `recovery.signal`, the recovery settings, the WAL spool, and the folders
-/// a base backup leaves out.
+/// a base backup leaves out. `timeline` is the one the restore checked the
+/// WAL of, pinned instead of `latest`: PostgreSQL would otherwise follow any
+/// `N.history` in the archive, planted ones included.
 /// `role` decides the block that stays: a scratch copy gets `archive_mode =
 /// off` outside the recovery block, which the runbook says to delete once
 /// the server has promoted.
@@ -36,6 +38,7 @@ pub fn prepare_recovery(
     spool: &Path,
     opts: &PitrOptions,
     base: &BaseBackup,
+    timeline: u32,
     role: (CopyRole, &str),
 ) -> std::io::Result<()> {
     // The data directory came from a manifest: nothing here follows a
@@ -59,7 +62,7 @@ pub fn prepare_recovery(
     }
     let now = Utc::now().to_rfc3339();
     let mut conf = format!(
-        "\n# BEGIN holdfast recovery, added by holdfast restore at {now}: point-in-time\n# recovery to {target} from base backup {id}. PostgreSQL reads these only\n# during recovery: delete from BEGIN to END once the server has promoted.\nrestore_command = '\"{exe}\" wal-fetch --plan \"{plan}\" --spool \"{spool}\" %f %p'\nrecovery_target_timeline = 'latest'\nrecovery_target_action = 'promote'\n",
+        "\n# BEGIN holdfast recovery, added by holdfast restore at {now}: point-in-time\n# recovery to {target} from base backup {id}. PostgreSQL reads these only\n# during recovery: delete from BEGIN to END once the server has promoted.\nrestore_command = '\"{exe}\" wal-fetch --plan \"{plan}\" --spool \"{spool}\" %f %p'\nrecovery_target_timeline = '{timeline}'\nrecovery_target_action = 'promote'\n",
         target = opts.target,
         id = base.snapshot.id,
         exe = exe.display(),

@@ -6,13 +6,19 @@
 //! listing of `wal/<plan>/` is the archive in order.
 //!
 //! The rules PostgreSQL needs from these commands:
-//! * push is idempotent for the same content and refuses other content under
-//!   the same name (the log archive guarantees both);
+//! * push is idempotent for the same content and refuses other archived
+//!   content under the same name (the log archive guarantees both);
 //! * push fails (non-zero) on any error, so PostgreSQL keeps the segment and
 //!   retries: nothing is dropped;
+//! * push never fails because someone planted an object at a file's name:
+//!   the file goes under an alternative name (`<file>.alt-<sha>`, see
+//!   `log_archive::alternative_key`) and fetch reads it there;
 //! * fetch distinguishes "not in the archive" (PostgreSQL then ends recovery
 //!   or switches to streaming) from every other failure, which must stop
-//!   recovery instead of ending it early at the wrong point.
+//!   recovery instead of ending it early at the wrong point. A name holding
+//!   only foreign objects is "not in the archive": PostgreSQL asks for
+//!   `N.history` files to choose its timeline, and a planted one must read
+//!   as absent, not stop every restore.
 
 use std::path::Path;
 
@@ -73,14 +79,15 @@ pub async fn push(
 }
 
 /// Restores archived file `name` to `dest` (`restore_command`), checked
-/// against its SHA-256, written beside it and renamed into place.
+/// against its SHA-256, written beside it and renamed into place. Returns
+/// the bytes written and the object they came from.
 pub async fn fetch(
     store: &dyn Store,
     crypto: &crate::repository::Crypto,
     plan: &PlanName,
     name: &str,
     dest: &Path,
-) -> Result<u64, WalError> {
+) -> Result<(u64, String), WalError> {
     check_name(name)?;
     let key = format!("{}{name}", wal_prefix(plan));
     Ok(log_archive::fetch(store, crypto, key, dest).await?)

@@ -274,10 +274,21 @@ pub fn check_restored(path: &Path) -> Result<(), SourceError> {
     let mut stmt = conn
         .prepare("PRAGMA integrity_check(10)")
         .map_err(|e| sqlite_error(path, "unable to check the restored database", e))?;
-    let problems: Vec<String> = stmt
+    let problems: Result<Vec<String>, _> = stmt
         .query_map([], |row| row.get::<_, String>(0))
-        .and_then(|rows| rows.collect())
-        .map_err(|e| sqlite_error(path, "unable to check the restored database", e))?;
+        .and_then(|rows| rows.collect());
+    drop(stmt);
+    drop(conn);
+    // Reading a WAL-mode image makes SQLite create an empty `-wal` and
+    // `-shm` beside it, which a read-only connection leaves behind: they
+    // belong to this private copy, not to anything live.
+    for suffix in ["-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let _ = fs::remove_file(PathBuf::from(name));
+    }
+    let problems =
+        problems.map_err(|e| sqlite_error(path, "unable to check the restored database", e))?;
     if problems == ["ok"] {
         Ok(())
     } else {
@@ -634,52 +645,103 @@ impl Engine for SqliteEngine {
         let snapshot = crate::engine::snapshot_only(plan, self.kind(), req)?;
         let target = absolute(&req.to);
         let force = req.force;
-        let aside = tokio::task::spawn_blocking(move || set_companions_aside(&target, force))
-            .await
-            .expect("companion check panicked")?;
+        let staged = staged_path(&target);
+        let (t, st) = (target.clone(), staged.clone());
+        tokio::task::spawn_blocking(move || {
+            materialize::check_target(&t, true, force)?;
+            refuse_companions(&t, force)?;
+            let _ = fs::remove_file(&st);
+            Ok::<_, MaterializeError>(())
+        })
+        .await
+        .expect("target check panicked")?;
+        // The new copy is restored and checked beside the target under a
+        // name of its own; the live database and its `-wal`/`-journal` are
+        // not touched until it has passed. Replacing a database (--force)
+        // always runs `PRAGMA integrity_check`: a snapshot whose bytes match
+        // its manifest can still be a broken database (taken from one).
         let opts = RestoreOptions {
             snapshot,
-            to: req.to.clone(),
-            force: req.force,
-            check_with: req.check.then_some(check_restored as materialize::CheckFn),
+            to: staged.clone(),
+            force: false,
+            check_with: (req.check || req.force).then_some(check_restored as materialize::CheckFn),
             single_stream: true,
             keep_setid_bits: req.keep_setid_bits,
             progress: req.progress,
         };
-        let restored = materialize::restore(repo, &plan.name, &opts).await;
-        let ok = restored.is_ok();
-        tokio::task::spawn_blocking(move || settle_companions(aside, ok))
+        let mut report = match materialize::restore(repo, &plan.name, &opts).await {
+            Ok(report) => report,
+            Err(e) => {
+                let st = staged.clone();
+                let _ = tokio::task::spawn_blocking(move || fs::remove_file(st)).await;
+                return Err(retarget(e, &staged, &target).into());
+            }
+        };
+        let t = target.clone();
+        tokio::task::spawn_blocking(move || put_in_place(&staged, &t))
             .await
-            .expect("companion settle panicked")?;
-        Ok(RestoreReport::Snapshot(restored?))
+            .expect("put in place panicked")?;
+        report.target = target;
+        Ok(RestoreReport::Snapshot(report))
     }
 }
 
+/// Where the new copy is restored and checked before it replaces the target.
+fn staged_path(target: &Path) -> PathBuf {
+    target.with_file_name(format!(
+        ".{}.holdfast-new-{}",
+        target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ))
+}
+
+/// The companions SQLite keeps beside a database: a `-wal` or `-journal`
+/// is applied to whatever database file carries the name.
+fn companions(target: &Path) -> Vec<PathBuf> {
+    ["-wal", "-journal", "-shm"]
+        .iter()
+        .map(|suffix| {
+            let mut name = target.as_os_str().to_owned();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .filter(|p| fs::symlink_metadata(p).is_ok())
+        .collect()
+}
+
 /// A stale `-wal` or `-journal` beside a restored database would be applied
-/// to it on open and corrupt it: refuse, or with --force move them aside
-/// (they belong to the old database, which must survive a failed restore).
-/// Returns each companion moved and where to.
-fn set_companions_aside(
-    target: &Path,
-    force: bool,
-) -> Result<Vec<(PathBuf, PathBuf)>, MaterializeError> {
-    let mut found = Vec::new();
-    for suffix in ["-wal", "-shm", "-journal"] {
-        let mut name = target.as_os_str().to_owned();
-        name.push(suffix);
-        let path = PathBuf::from(name);
-        if fs::symlink_metadata(&path).is_ok() {
-            found.push(path);
-        }
-    }
-    if let (false, Some(path)) = (force, found.first()) {
-        return Err(MaterializeError::TargetNotEmpty {
-            path: path.clone(),
+/// to it on open and corrupt it: without --force, refuse before anything is
+/// read from the repository.
+fn refuse_companions(target: &Path, force: bool) -> Result<(), MaterializeError> {
+    match companions(target).into_iter().next() {
+        Some(path) if !force => Err(MaterializeError::TargetNotEmpty {
+            path,
             hint: FORCE_HINT,
-        });
+        }),
+        _ => Ok(()),
     }
-    let mut moved = Vec::new();
-    for path in found {
+}
+
+/// The checked copy replaces the target. The old `-wal`/`-journal`/`-shm`
+/// are moved aside first (a `-wal` left beside the new file would be
+/// replayed into it), the copy renamed over the target, the directory
+/// synced, and only then are the old companions deleted. If a rename fails
+/// they are put back, so the live database keeps its log.
+fn put_in_place(staged: &Path, target: &Path) -> Result<(), MaterializeError> {
+    let fail = |path: &Path, source| MaterializeError::Target {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+    let put_back = |moved: &[(PathBuf, PathBuf)]| {
+        for (path, aside) in moved {
+            let _ = fs::rename(aside, path);
+        }
+    };
+    for path in companions(target) {
         let aside = path.with_file_name(format!(
             ".{}.holdfast-old-{}",
             path.file_name()
@@ -687,31 +749,56 @@ fn set_companions_aside(
                 .unwrap_or_default(),
             std::process::id()
         ));
-        if let Err(source) = fs::rename(&path, &aside) {
-            let _ = settle_companions(moved, false);
-            return Err(MaterializeError::Target { path, source });
+        if let Err(e) = fs::rename(&path, &aside) {
+            put_back(&moved);
+            let _ = fs::remove_file(staged);
+            return Err(fail(&path, e));
         }
         moved.push((path, aside));
     }
-    Ok(moved)
-}
-
-/// After the restore: drops the old companions once the new database is in
-/// place, or puts them back beside the old one when the restore failed.
-fn settle_companions(
-    moved: Vec<(PathBuf, PathBuf)>,
-    restored: bool,
-) -> Result<(), MaterializeError> {
-    for (path, aside) in moved {
-        let done = if restored {
-            fs::remove_file(&aside)
-        } else {
-            fs::rename(&aside, &path)
-        };
-        done.map_err(|source| MaterializeError::Target {
-            path: aside,
-            source,
-        })?;
+    if let Err(e) = fs::rename(staged, target) {
+        put_back(&moved);
+        let _ = fs::remove_file(staged);
+        return Err(fail(target, e));
+    }
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail(dir, e))?;
+    for (_, aside) in moved {
+        fs::remove_file(&aside).map_err(|e| fail(&aside, e))?;
     }
     Ok(())
+}
+
+/// A failed restore's error names the target asked for, not the staging path.
+fn retarget(e: MaterializeError, staged: &Path, target: &Path) -> MaterializeError {
+    let swap = |p: PathBuf| if p == staged { target.to_path_buf() } else { p };
+    match e {
+        MaterializeError::Read {
+            snapshot,
+            target: t,
+            source,
+        } => MaterializeError::Read {
+            snapshot,
+            target: swap(t),
+            source,
+        },
+        MaterializeError::UnsafeEntry {
+            manifest,
+            path,
+            why,
+            target: t,
+        } => MaterializeError::UnsafeEntry {
+            manifest,
+            path,
+            why,
+            target: swap(t),
+        },
+        MaterializeError::Check { target: t, source } => MaterializeError::Check {
+            target: swap(t),
+            source,
+        },
+        other => other,
+    }
 }

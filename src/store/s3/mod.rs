@@ -50,6 +50,7 @@ use bytes::{Bytes, BytesMut};
 pub use self::bucket::BucketState;
 pub use self::config::{S3Config, SecretSource, StaticCredentials, DEFAULT_PART_SIZE};
 pub use self::error::{failure, Failure};
+pub use self::lease::{ConditionProbe, CLOCK_ALLOWANCE, DEFAULT_LEASE, LEASE_VAR};
 use self::retention::{aws_time, retention_of};
 use self::versions::Original;
 use super::{
@@ -66,6 +67,8 @@ pub struct S3Store {
     url: String,
     /// Each key's original version and size, as listed or written.
     originals: Arc<std::sync::Mutex<std::collections::HashMap<String, Original>>>,
+    /// How long a lock object holds unrefreshed (`lease`).
+    lease: std::time::Duration,
 }
 
 impl S3Store {
@@ -78,7 +81,16 @@ impl S3Store {
             config: Arc::new(config),
             url,
             originals: Default::default(),
+            lease: lease::lease_from_env(),
         })
+    }
+
+    /// The same store with lock leases of `lease` (tests: a lease of
+    /// seconds instead of minutes).
+    #[doc(hidden)]
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = lease;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -239,6 +251,7 @@ impl Store for S3Store {
                 out.object_lock_mode().map(|m| m.as_str()),
                 out.object_lock_retain_until_date(),
             ),
+            created: None,
         })
     }
 
@@ -251,15 +264,19 @@ impl Store for S3Store {
         };
         // Every key with a version that is not a delete marker, at its
         // original (oldest) version: listed newest first within each key.
-        let mut originals: std::collections::BTreeMap<String, (Option<String>, u64)> =
+        type Orig = (Option<String>, u64, Option<chrono::DateTime<chrono::Utc>>);
+        let mut originals: std::collections::BTreeMap<String, Orig> =
             std::collections::BTreeMap::new();
         for v in self.list_versions(&full, "list", prefix).await? {
             if !v.delete_marker {
-                originals.insert(self.store_key(&v.key).to_string(), (v.version, v.size));
+                originals.insert(
+                    self.store_key(&v.key).to_string(),
+                    (v.version, v.size, v.last_modified),
+                );
             }
         }
         let mut out = Vec::with_capacity(originals.len());
-        for (key, (version, size)) in originals {
+        for (key, (version, size, created)) in originals {
             if key.starts_with("locks/") {
                 continue;
             }
@@ -268,6 +285,7 @@ impl Store for S3Store {
                 key,
                 size,
                 retention: None,
+                created,
             });
         }
         Ok(out)

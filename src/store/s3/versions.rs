@@ -18,6 +18,8 @@ pub(super) struct Listed {
     pub(super) version: Option<String>,
     pub(super) size: u64,
     pub(super) delete_marker: bool,
+    /// The version's `LastModified` (when the server created it).
+    pub(super) last_modified: Option<chrono::DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -128,6 +130,9 @@ impl S3Store {
                     version: v.version_id().map(str::to_string),
                     size: v.size().unwrap_or(0).max(0) as u64,
                     delete_marker: false,
+                    last_modified: v
+                        .last_modified()
+                        .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())),
                 });
             }
             for m in page.delete_markers() {
@@ -137,6 +142,7 @@ impl S3Store {
                     version: m.version_id().map(str::to_string),
                     size: 0,
                     delete_marker: true,
+                    last_modified: None,
                 });
             }
             // Versions and markers come in two lists; put them back in key
