@@ -189,13 +189,13 @@ fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_ch
 
     // The attack: one index object sorting first, every chunk one byte off,
     // and one pointing every chunk at a pack of garbage.
-    let (forged, bytes) = forged_index(&real, &first_real);
-    repo.plant(&forged, &bytes);
     let (junk_pack, junk, junk_index) = garbage_pack(&real);
     repo.plant(&junk_pack, &junk);
     let junk_bytes = junk_index.encode(&Crypto::none());
     let junk_key = format!("index/{}", Hash256::digest(&junk_bytes));
     repo.plant(&junk_key, &junk_bytes);
+    let (forged, bytes) = forged_index(&real, first_real.as_str().min(junk_key.as_str()));
+    repo.plant(&forged, &bytes);
     assert_eq!(
         repo.keys("index/")[0],
         forged,

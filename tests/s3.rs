@@ -394,9 +394,14 @@ async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() 
     let out = env.run(&["verify", "--plan", s(&plan), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(5), "{report}");
+    // Both named: the index object as corrupt (its bytes are not its name),
+    // the prune record as rejected (not authentic).
     let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems.len(), 2, "{report}");
     assert_eq!(problems[0]["object"], junk_index.as_str());
+    assert_eq!(problems[0]["kind"], "corrupt");
+    assert_eq!(problems[1]["object"], "prunes/20261126T000000.000Z-junk");
+    assert_eq!(problems[1]["kind"], "rejected");
     let out = env.path("restored.db");
     env.ok(&["restore", "--plan", s(&plan), "--to", s(&out), "--check"]);
     assert_eq!(checksum(&out), state);
