@@ -126,7 +126,10 @@ fn forge(
         let real = &snaps[0];
         let mut m = repo.load_manifest(real).await.unwrap();
         edit(&mut m.entries);
-        m.previous = Some(real.id);
+        // Chained onto the newest believed snapshot, as a key holder's
+        // forgery would be (two linked to one `previous` are a fork, and
+        // only one branch is believed).
+        m.previous = Some(snaps.last().unwrap().id);
         m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
         m.finished_at = m.started_at;
         let (id, bytes) = m.encode(repo.crypto());

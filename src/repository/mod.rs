@@ -669,7 +669,24 @@ impl Repository {
             url: self.url(),
         };
         if selector == "latest" {
-            return all.last().cloned().ok_or_else(not_found);
+            // None believed, but one that cannot be read: that is damage
+            // (exit 5, named), not a plan without snapshots.
+            let unreadable = || {
+                listed
+                    .rejected
+                    .iter()
+                    .rev()
+                    .find(|r| r.kind == RejectKind::Unreadable)
+                    .map(|r| RepoError::RejectedSnapshot {
+                        plan: plan.to_string(),
+                        key: r.object.clone(),
+                        why: r.detail.clone(),
+                    })
+            };
+            return all
+                .last()
+                .cloned()
+                .ok_or_else(|| unreadable().unwrap_or_else(not_found));
         }
         let selector_lc = selector.to_ascii_lowercase();
         let matches: Vec<_> = all
