@@ -885,6 +885,27 @@ fn a_base_backup_whose_archive_command_is_not_found_ends_naming_the_segment_and_
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `holdfast restore --plan PLAN TARGET… --to DIR --start --port N
+/// --no-archive --json`, as on-call runs it, into `dir` under the test's
+/// folder on a free port: its output, the port, and the guard that stops the
+/// server at the end of the test.
+fn restore_started(
+    pg: &Cluster,
+    plan: &str,
+    target: &[&str],
+    dir: &str,
+) -> (std::process::Output, u16, Restored) {
+    let to = pg.path(dir);
+    let port = free_port();
+    let restored = Restored { data: to.clone() };
+    let port_arg = port.to_string();
+    let mut args = vec!["restore", "--plan", plan];
+    args.extend_from_slice(target);
+    args.extend_from_slice(&["--to", s(&to), "--start", "--port", &port_arg]);
+    args.extend_from_slice(&["--no-archive", "--json"]);
+    (pg.holdfast(&args), port, restored)
+}
+
 /// A time from a report or listing.
 fn time_of(v: &serde_json::Value) -> chrono::DateTime<chrono::Utc> {
     let s = v.as_str().unwrap_or_else(|| panic!("not a time: {v}"));
@@ -1017,23 +1038,8 @@ fn every_base_backup_lies_in_a_window_that_never_ends_before_it_starts() {
 
     // A time after the newest archived transaction, covered by the second
     // backup: restored from it, to its end, and said so.
-    let to = pg.path("restored");
-    let port = free_port();
-    let _restored = Restored { data: to.clone() };
-    let report = json_of(&pg.holdfast(&[
-        "restore",
-        "--plan",
-        &plan,
-        "--at",
-        &t,
-        "--to",
-        s(&to),
-        "--start",
-        "--port",
-        &port.to_string(),
-        "--no-archive",
-        "--json",
-    ]));
+    let (out, port, _restored) = restore_started(&pg, &plan, &["--at", &t], "restored");
+    let report = json_of(&out);
     assert_eq!(report["base_backup"], second, "{report}");
     assert_eq!(report["target"], "the end of the base backup", "{report}");
     assert!(
@@ -1087,23 +1093,8 @@ fn snapshot_latest_on_postgres_says_it_stops_at_the_base_backup_and_points_to_la
     );
 
     // JSON, started: the state at the base backup, not the newest one.
-    let to = pg.path("json");
-    let port = free_port();
-    let _restored = Restored { data: to.clone() };
-    let report = json_of(&pg.holdfast(&[
-        "restore",
-        "--plan",
-        &plan,
-        "--snapshot",
-        "latest",
-        "--to",
-        s(&to),
-        "--start",
-        "--port",
-        &port.to_string(),
-        "--no-archive",
-        "--json",
-    ]));
+    let (out, port, _restored) = restore_started(&pg, &plan, &["--snapshot", "latest"], "json");
+    let report = json_of(&out);
     assert_eq!(report["base_backup"], snap, "{report}");
     assert_eq!(report["replays_wal_after_base_backup"], false, "{report}");
     assert!(
@@ -1503,23 +1494,7 @@ fn a_planted_future_wal_key_and_forged_histories_stop_neither_archiving_nor_a_re
 
     // A point-in-time restore past the planted segment reaches T, on
     // timeline 1: neither forged history is followed.
-    let to = pg.path("restored");
-    let port = free_port();
-    let _restored = Restored { data: to.clone() };
-    let out = pg.holdfast(&[
-        "restore",
-        "--plan",
-        &plan,
-        "--at",
-        &t,
-        "--to",
-        s(&to),
-        "--start",
-        "--port",
-        &port.to_string(),
-        "--no-archive",
-        "--json",
-    ]);
+    let (out, port, _restored) = restore_started(&pg, &plan, &["--at", &t], "restored");
     let report = json_of(&out);
     assert_eq!(report["timeline_path"], serde_json::json!([1]), "{report}");
     assert_eq!(
