@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::bin::{command, fails, json, ok, BIN};
+use common::bin::{command, fails, json, ok, BIN, TEST_KEY};
 use common::files::{files_under, flip, set_mode, set_mtime};
 use common::{add_rows, checksum, is_root, make_db};
 
@@ -416,7 +416,7 @@ fn unprivileged() -> Command {
     if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", BIN]);
-        c.env("HOLDFAST_LOG", "warn");
+        c.env("HOLDFAST_LOG", "warn").env("HOLDFAST_KEY", TEST_KEY);
         c
     } else {
         command()
@@ -476,6 +476,7 @@ fn restore_onto_a_full_filesystem_fails_and_leaves_nothing() {
     let small = env.path("small");
     std::fs::create_dir(&small).unwrap();
     let mut unshare = Command::new("unshare");
+    unshare.env("HOLDFAST_KEY", TEST_KEY);
     if !is_root() {
         unshare.arg("--map-root-user");
     }

@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::bin::{command, fails, json, json_of, ok, s, said_by, text, BIN};
+use common::bin::{command, fails, json, json_of, ok, s, said_by, text, BIN, TEST_KEY};
 use common::files::{files_under, flip};
 use common::postgres::{state, Cluster, Restored};
 use common::{add_rows, checksum, free_port, make_db};
@@ -85,7 +85,7 @@ impl Env {
 /// holdfast without `HOLDFAST_LOG`, so its own log level applies.
 fn plain() -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("HOLDFAST_LOG");
+    c.env_remove("HOLDFAST_LOG").env("HOLDFAST_KEY", TEST_KEY);
     c
 }
 

@@ -168,8 +168,12 @@ fn sigterm_during_a_long_backup_exits_cleanly_leaving_no_partial_snapshot() {
     drop(conn);
     let plan = write_plan(&plans, "big", "backup: '0 0 1 1 *'");
     let mut d = Daemon::start(&plans, &dir.path().join("state"), &["--grace", "0s"]);
+    // Running, past creating the repository (its key's Argon2id takes a
+    // moment): the cancellation is to hit the backup itself.
+    let config = dir.path().join("repo-big/objects/config");
     d.wait_for("the backup running", |d| {
         d.metric("holdfast_job_running{plan=\"big\",job=\"backup\"}") == Some(1.0)
+            && config.exists()
     });
     let asked = Instant::now();
     d.signal("-TERM");

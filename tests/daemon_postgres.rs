@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use common::bin::{command_as, json_of, s, text, BIN};
+use common::bin::{command_as, json_of, s, text, BIN, TEST_KEY};
 use common::free_port;
 use common::postgres::{chown_postgres, sql_at, state, without_aws, Cluster, Restored};
 use common::webhook::Receiver;
@@ -121,6 +121,7 @@ impl Daemon {
             .env("USER", "postgres")
             .env("LOGNAME", "postgres")
             .env("HOLDFAST_LOG", "info")
+            .env("HOLDFAST_KEY", TEST_KEY)
             .args(["daemon", "--plans", s(plan), "--state", s(state)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--grace", &format!("{}s", GRACE.as_secs())])

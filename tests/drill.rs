@@ -186,14 +186,15 @@ fn a_sqlite_drill_passes_its_checks_is_recorded_write_once_and_listed_with_a_tre
         "{table}"
     );
 
-    // A record that is not a drill report is named, never trusted.
+    // A record that is not a drill report (here not even sealed with the
+    // repository's key) is named, never trusted.
     let bad = env.path("repo/objects/drills/app/20990101T000000.000Z-ffffffffffffffff.json");
     std::fs::write(&bad, b"{\"format\": 1").unwrap();
     let out = holdfast(&["drills", "--plan", plan_s]);
     let said = said_by(&out, 5);
     assert!(
         said.contains("drills/app/20990101T000000.000Z-ffffffffffffffff.json")
-            && said.contains("not a drill report"),
+            && said.contains("not authentic"),
         "{said}"
     );
 }
@@ -780,6 +781,7 @@ fn a_drill_without_room_in_the_scratch_space_is_refused_up_front_with_the_figure
     std::fs::write(&plan, text_).unwrap();
     ok(&["backup", "--plan", plan.to_str().unwrap()]);
     let mut unshare = std::process::Command::new("unshare");
+    unshare.env("HOLDFAST_KEY", common::bin::TEST_KEY);
     if !common::is_root() {
         unshare.arg("--map-root-user");
     }

@@ -9,8 +9,11 @@
 //! Without the repository key a forgery consistent in every field (its plan
 //! and time match its key, it links to the real head, and on S3 it was
 //! written at the time it claims) cannot be told from a real snapshot: the
-//! encrypted, authenticated repository closes that. These tests cover what
-//! the checks that need no key can and must stop, under `encryption: none`.
+//! encrypted, authenticated repository closes that. Most tests here cover
+//! what the checks that need no key can and must stop, under `encryption:
+//! none` (they also guard that mode); the last ones plant the same kinds of
+//! objects in an encrypted repository, where each is named as not authentic
+//! and ignored like any other rejected object.
 
 mod common;
 
@@ -23,7 +26,7 @@ use common::bin::{command, json_of, said_by, stdout_of};
 use common::{checksum, make_db};
 use holdfast::ids::{Hash256, SnapshotId};
 use holdfast::repository::prune::PruneRecord;
-use holdfast::repository::{Manifest, SNAPSHOT_TIME_FORMAT};
+use holdfast::repository::{Crypto, Manifest, SNAPSHOT_TIME_FORMAT};
 use holdfast::store::local::LocalStore;
 use holdfast::store::{PutOptions, Store};
 
@@ -34,6 +37,9 @@ fn s(p: &Path) -> &str {
 fn t(s: &str) -> DateTime<Utc> {
     s.parse().unwrap()
 }
+
+/// What a plan's `repository:` block adds for the checks that need no key.
+const NO_KEY: &str = "  encryption: none\n";
 
 /// A SQLite plan `app` backing up `dir/app.db` into `repository`.
 fn sqlite_plan(dir: &Path, repository: &str, extra: &str) -> PathBuf {
@@ -89,7 +95,7 @@ async fn put(store: &dyn Store, key: &str, bytes: Vec<u8>) {
 async fn manifest(store: &dyn Store, key: &str) -> (Vec<u8>, Manifest) {
     let bytes = store.get(key).await.unwrap().to_vec();
     let id = key.rsplit('-').next().unwrap().parse().unwrap();
-    let m = Manifest::decode(key, &id, &bytes).unwrap();
+    let m = Manifest::decode(key, &id, &bytes, &Crypto::none()).unwrap();
     (bytes, m)
 }
 
@@ -150,7 +156,7 @@ struct TwoBackups {
 fn two_backups() -> TwoBackups {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let plan = sqlite_plan(dir.path(), s(&repo), "");
+    let plan = sqlite_plan(dir.path(), s(&repo), NO_KEY);
     let first = backup_at(&plan, t("2026-11-02T10:00:00Z"));
     common::add_rows(
         &rusqlite::Connection::open(dir.path().join("app.db")).unwrap(),
@@ -169,6 +175,8 @@ fn two_backups() -> TwoBackups {
     }
 }
 
+/// No-key check, under `encryption: none`: a replayed manifest is caught by
+/// its plan and time.
 #[tokio::test]
 async fn an_older_manifest_copied_under_a_newer_key_is_not_latest_and_verify_names_it() {
     let env = two_backups();
@@ -218,6 +226,8 @@ async fn an_older_manifest_copied_under_a_newer_key_is_not_latest_and_verify_nam
     );
 }
 
+/// No-key checks, under `encryption: none`: a hand-written manifest lying
+/// about its time or chain is rejected.
 #[tokio::test]
 async fn a_hand_forged_manifest_chained_to_the_real_head_is_rejected_and_the_next_backup_links_past_it(
 ) {
@@ -275,11 +285,12 @@ async fn a_hand_forged_manifest_chained_to_the_real_head_is_rejected_and_the_nex
     assert_eq!(listed.len(), 3, "{listed:?}");
 }
 
+/// No-key check, under `encryption: none`: a future-dated key is ignored.
 #[tokio::test]
 async fn a_key_dated_in_the_future_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let plan = sqlite_plan(dir.path(), s(&repo), "");
+    let plan = sqlite_plan(dir.path(), s(&repo), NO_KEY);
     let real = json_of(
         &command()
             .args(["backup", "--plan", s(&plan), "--json"])
@@ -316,11 +327,13 @@ async fn a_key_dated_in_the_future_is_ignored() {
     assert_eq!(listed[1].1.as_deref(), real["snapshot"].as_str());
 }
 
+/// No-key check, under `encryption: none`: planted future-day keys do not
+/// change a real backup's tier.
 #[tokio::test]
 async fn forged_keys_at_the_start_of_coming_days_do_not_shorten_a_real_backups_lock() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let plan = sqlite_plan(dir.path(), s(&repo), "");
+    let plan = sqlite_plan(dir.path(), s(&repo), NO_KEY);
     let day0 = t("2026-11-02T10:00:00Z");
     let first = backup_at(&plan, day0);
     let store = LocalStore::open(repo.clone()).unwrap();
@@ -360,11 +373,13 @@ async fn forged_keys_at_the_start_of_coming_days_do_not_shorten_a_real_backups_l
     verify_names(&plan, &[&planted[0]]);
 }
 
+/// No-key check, under `encryption: none`: a prune record cannot hide packs
+/// in use.
 #[tokio::test]
 async fn a_forged_prune_record_does_not_hide_packs_kept_snapshots_use() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo");
-    let plan = sqlite_plan(dir.path(), s(&repo), "");
+    let plan = sqlite_plan(dir.path(), s(&repo), NO_KEY);
     let day0 = t("2026-11-02T10:00:00Z");
     backup_at(&plan, day0);
     let newest = checksum(&dir.path().join("app.db"));
@@ -406,6 +421,8 @@ async fn a_forged_prune_record_does_not_hide_packs_kept_snapshots_use() {
     assert_eq!(restore_checksum(&plan, dir.path(), "b.db"), newest);
 }
 
+/// No-key check, under `encryption: none`: S3's creation time betrays a
+/// manifest backdated at write.
 #[tokio::test]
 async fn on_s3_a_manifest_written_now_under_a_past_time_is_rejected_by_its_creation_time() {
     let s3 = common::s3_env();
@@ -414,7 +431,7 @@ async fn on_s3_a_manifest_written_now_under_a_past_time_is_rejected_by_its_creat
     let plan = sqlite_plan(
         dir.path(),
         &format!("s3://{bucket}/prod"),
-        &format!("  endpoint: {}\n", s3.endpoint),
+        &format!("  endpoint: {}\n{NO_KEY}", s3.endpoint),
     );
     let aws = [
         ("AWS_ACCESS_KEY_ID", s3.access_key_id.as_str()),
@@ -451,4 +468,159 @@ async fn on_s3_a_manifest_written_now_under_a_past_time_is_rejected_by_its_creat
         .map(|r| r["key"].as_str().unwrap())
         .collect();
     assert_eq!(keys, vec![real["key"].as_str().unwrap()]);
+}
+
+/// Authentication, on an encrypted repository: hand-written objects of each
+/// kind are not authentic and ignored, named by restore, prune and backup,
+/// and reported by verify (exit 5). The manifest is the forgery the no-key
+/// checks cannot catch: consistent in plan, time and chain, linked to the
+/// real head and dated after it. A real sealed manifest replayed under a
+/// newer key fails too (its name is its associated data).
+#[tokio::test]
+async fn on_an_encrypted_repository_hand_written_manifests_index_objects_and_prune_records_are_not_authentic(
+) {
+    use holdfast::repository::index::{IndexFile, IndexedPack};
+    use holdfast::repository::{Repository, SnapshotRef};
+
+    let dir = tempfile::tempdir().unwrap();
+    let repo_dir = dir.path().join("repo");
+    let plan = sqlite_plan(dir.path(), s(&repo_dir), "");
+    let day0 = t("2026-11-02T10:00:00Z");
+    let first = backup_at(&plan, day0);
+    common::add_rows(
+        &rusqlite::Connection::open(dir.path().join("app.db")).unwrap(),
+        500,
+    );
+    let second = backup_at(&plan, day0 + Duration::hours(1));
+    let newest = checksum(&dir.path().join("app.db"));
+    let head_id: SnapshotId = second["snapshot"].as_str().unwrap().parse().unwrap();
+    let store = Arc::new(LocalStore::open(repo_dir.clone()).unwrap());
+    // The test holds the key (to build a perfect forgery); the insider who
+    // writes the objects below does not, so writes them unsealed.
+    let repo = Repository::open(store.clone(), &common::bin::test_repo_key())
+        .await
+        .unwrap();
+    let head_ref = SnapshotRef::from_key(second["key"].as_str().unwrap()).unwrap();
+    let head = repo.load_manifest(&head_ref).await.unwrap();
+    let first_ref = SnapshotRef::from_key(first["key"].as_str().unwrap()).unwrap();
+    let first_m = repo.load_manifest(&first_ref).await.unwrap();
+
+    let mut forged = head.clone();
+    forged.entries = first_m.entries.clone();
+    forged.previous = Some(head_id);
+    forged.started_at = day0 + Duration::hours(2);
+    forged.finished_at = day0 + Duration::hours(2) + Duration::minutes(1);
+    let bytes = encode(&forged);
+    let forged_key = key_for("app", forged.started_at, &bytes);
+    put(&*store, &forged_key, bytes).await;
+
+    let sealed_first = store.get(first["key"].as_str().unwrap()).await.unwrap();
+    let replay = key_for("app", day0 + Duration::hours(3), &sealed_first);
+    put(&*store, &replay, sealed_first.to_vec()).await;
+
+    // An index object naming every real pack (with no chunks in them).
+    let (index, _) = repo.load_index_lenient().await.unwrap();
+    let packs: Vec<IndexedPack> = index
+        .packs()
+        .iter()
+        .map(|(id, size)| IndexedPack {
+            id: *id,
+            size: *size,
+            chunks: Vec::new(),
+        })
+        .collect();
+    assert!(!packs.is_empty());
+    let index_bytes = IndexFile::new(packs.clone()).encode(&Crypto::none());
+    let index_key = format!("index/{}", Hash256::digest(&index_bytes));
+    put(&*store, &index_key, index_bytes).await;
+
+    // A prune record naming every pack.
+    let record = PruneRecord {
+        format: "holdfast-prune".into(),
+        version: holdfast::repository::FORMAT_VERSION,
+        plan: holdfast::plan::PlanName::new("app").unwrap(),
+        at: day0 + Duration::hours(1),
+        snapshots: Vec::new(),
+        packs: packs.iter().map(|p| p.id).collect(),
+    };
+    let bytes = zstd::bulk::compress(&serde_json::to_vec(&record).unwrap(), 3).unwrap();
+    let record_key = format!(
+        "prunes/20261102T110000.000Z-{}",
+        Hash256::digest(&bytes).to_hex()
+    );
+    put(&*store, &record_key, bytes).await;
+
+    // Restore `latest`: the real head, and the warnings name what was ignored.
+    let to = dir.path().join("latest.db");
+    let out = at(
+        day0 + Duration::hours(4),
+        &["restore", "--plan", s(&plan), "--to", s(&to)],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(checksum(&to), newest);
+    for k in [&forged_key, &replay, &index_key, &record_key] {
+        assert!(
+            said.contains(k.as_str()),
+            "restore does not name {k}:\n{said}"
+        );
+    }
+    assert!(said.contains("not authentic"), "{said}");
+
+    // Verify names each as not authentic, exit 5.
+    let out = at(
+        day0 + Duration::hours(4),
+        &["verify", "--plan", s(&plan), "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for k in [&forged_key, &replay, &index_key, &record_key] {
+        let p = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["object"] == k.as_str())
+            .unwrap_or_else(|| panic!("verify does not report {k}: {report:#}"));
+        assert_eq!(p["kind"], "rejected", "{p}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("not authentic"),
+            "{p}"
+        );
+    }
+
+    // The next backup links to the real head; prune goes on past them.
+    let next = backup_at(&plan, day0 + Duration::hours(5));
+    let listed = snapshot_keys(&plan);
+    assert_eq!(listed.last().unwrap().0, next["key"].as_str().unwrap());
+    assert_eq!(
+        listed.last().unwrap().1.as_deref(),
+        Some(head_id.to_string().as_str())
+    );
+    let out = at(
+        day0 + Duration::hours(5),
+        &["prune", "--plan", s(&plan), "--json"],
+    );
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(&index_key) && said.contains(&record_key),
+        "{said}"
+    );
+    let to = dir.path().join("after-prune.db");
+    let out = at(
+        day0 + Duration::hours(5),
+        &["restore", "--plan", s(&plan), "--to", s(&to)],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(checksum(&to), newest);
 }

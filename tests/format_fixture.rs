@@ -1,7 +1,8 @@
-//! The repository format, pinned: `tests/fixtures/repo-v1` is a repository
-//! written by holdfast at format version 1 (`scripts/make-format-fixture`),
-//! and every later build must list, verify and restore it to exactly what
-//! `expected.json` says. A change made to writer and reader together passes
+//! The repository format, pinned: `tests/fixtures/repo-v2` is a repository
+//! written by holdfast at format version 2 (`scripts/make-format-fixture`),
+//! encrypted with the key file beside it, and every later build must list,
+//! verify and restore it to exactly what `expected.json` says. The version 1
+//! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
 //! first: nothing here writes under `tests/fixtures`.
@@ -16,7 +17,8 @@ use common::postgres::{chown_postgres, sql_at, Restored};
 use holdfast::ids::Hash256;
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2");
+const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
 /// A private copy of the fixture (plans/ and repo/) and its expected.json.
 struct Fixture {
@@ -26,12 +28,19 @@ struct Fixture {
 
 impl Fixture {
     fn copy() -> Fixture {
-        let src = Path::new(FIXTURE);
+        Fixture::copy_of(FIXTURE)
+    }
+
+    fn copy_of(fixture: &str) -> Fixture {
+        let src = Path::new(fixture);
         let expected: Value =
             serde_json::from_slice(&std::fs::read(src.join("expected.json")).unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         for sub in ["plans", "repo"] {
             copy_tree(&src.join(sub), &dir.path().join(sub));
+        }
+        if src.join("repo.key").exists() {
+            std::fs::copy(src.join("repo.key"), dir.path().join("repo.key")).unwrap();
         }
         Fixture { dir, expected }
     }
@@ -62,9 +71,22 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 #[test]
-fn every_snapshot_of_the_version_1_fixture_is_listed_and_verifies() {
-    let fx = Fixture::copy();
+fn the_version_1_fixture_is_refused_naming_its_version() {
+    let fx = Fixture::copy_of(FIXTURE_V1);
     assert_eq!(fx.expected["format_version"], 1);
+    for plan in ["sqlite", "files", "pg"] {
+        let said = fails(&["snapshots", "--plan", &fx.plan(plan)], 4);
+        assert!(
+            said.contains("has format version 1") && said.contains("reads version 2"),
+            "{said}"
+        );
+    }
+}
+
+#[test]
+fn every_snapshot_of_the_version_2_fixture_is_listed_and_verifies() {
+    let fx = Fixture::copy();
+    assert_eq!(fx.expected["format_version"], 2);
     for (plan, source) in [("sqlite", "sqlite"), ("files", "files"), ("pg", "postgres")] {
         let rows = json(&["snapshots", "--plan", &fx.plan(plan), "--json"]);
         let rows = rows.as_array().unwrap();

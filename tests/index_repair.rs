@@ -4,6 +4,13 @@
 //! `verify` names it; when every index object is lost or damaged, `holdfast
 //! repair index` rebuilds the index from the packs' own trailers, adding
 //! objects only. Real binary, real local repository.
+//!
+//! The planted-index test runs under `encryption: none`: it proves the
+//! candidate checks that need no key (in an encrypted repository such an
+//! object fails authentication before its locations are looked at; see
+//! tests/forgery.rs). The repair test runs on an encrypted repository: repair
+//! unlocks with the plan's key, opens sealed trailers and blobs, and writes
+//! sealed index objects.
 
 mod common;
 
@@ -13,6 +20,7 @@ use common::bin::{command, fails, json, ok, s, text};
 use common::files::{files_under, flip, tree_listing};
 use holdfast::ids::Hash256;
 use holdfast::repository::index::{IndexFile, IndexedChunk, IndexedPack};
+use holdfast::repository::Crypto;
 use serde_json::Value;
 
 struct Repo {
@@ -21,8 +29,9 @@ struct Repo {
 
 impl Repo {
     /// A files plan over `src/` (one 3 MB file of several chunks and a few
-    /// small ones) and one backup of it.
-    fn backed_up(lock: &str) -> Repo {
+    /// small ones) and one backup of it; `repository` adds to the plan's
+    /// repository fields (e.g. `encryption: none`).
+    fn backed_up(lock: &str, repository: &str) -> Repo {
         let repo = Repo {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -34,7 +43,7 @@ impl Repo {
         std::fs::write(
             repo.plan(),
             format!(
-                "name: app\nsource: {{type: files, path: {}}}\nrepository: {{url: {}}}\nschedule: {{backup: '0 * * * *'}}\nlock: {lock}\nretention: {{keep_last: 24}}\n",
+                "name: app\nsource: {{type: files, path: {}}}\nrepository: {{url: {}{repository}}}\nschedule: {{backup: '0 * * * *'}}\nlock: {lock}\nretention: {{keep_last: 24}}\n",
                 src.display(),
                 repo.path("repo").display()
             ),
@@ -70,7 +79,9 @@ impl Repo {
             .into_iter()
             .filter_map(|k| {
                 let bytes = std::fs::read(self.object(&k)).unwrap();
-                IndexFile::decode(&k, &bytes).ok().map(|f| (k, f))
+                IndexFile::decode(&k, &bytes, &Crypto::none())
+                    .ok()
+                    .map(|f| (k, f))
             })
             .collect()
     }
@@ -133,7 +144,7 @@ fn forged_index(real: &[(String, IndexFile)], before: &str) -> (String, Vec<u8>)
                     .collect(),
             })
             .collect();
-        let bytes = IndexFile::new(packs).encode();
+        let bytes = IndexFile::new(packs).encode(&Crypto::none());
         let key = format!("index/{}", Hash256::digest(&bytes));
         if key.as_str() < before {
             return (key, bytes);
@@ -167,7 +178,7 @@ fn garbage_pack(real: &[(String, IndexFile)]) -> (String, Vec<u8>, IndexFile) {
 
 #[test]
 fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_chunks() {
-    let repo = Repo::backed_up("{mode: compliance, days: 7}");
+    let repo = Repo::backed_up("{mode: compliance, days: 7}", ", encryption: none");
     let real = repo.index_files();
     let first_real = real
         .iter()
@@ -178,13 +189,13 @@ fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_ch
 
     // The attack: one index object sorting first, every chunk one byte off,
     // and one pointing every chunk at a pack of garbage.
-    let (forged, bytes) = forged_index(&real, &first_real);
-    repo.plant(&forged, &bytes);
     let (junk_pack, junk, junk_index) = garbage_pack(&real);
     repo.plant(&junk_pack, &junk);
-    let junk_bytes = junk_index.encode();
+    let junk_bytes = junk_index.encode(&Crypto::none());
     let junk_key = format!("index/{}", Hash256::digest(&junk_bytes));
     repo.plant(&junk_key, &junk_bytes);
+    let (forged, bytes) = forged_index(&real, first_real.as_str().min(junk_key.as_str()));
+    repo.plant(&forged, &bytes);
     assert_eq!(
         repo.keys("index/")[0],
         forged,
@@ -240,7 +251,7 @@ fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_ch
 
 #[test]
 fn with_every_index_object_removed_or_corrupted_repair_index_rebuilds_it_and_restore_works() {
-    let repo = Repo::backed_up("{mode: none}");
+    let repo = Repo::backed_up("{mode: none}", "");
     std::fs::write(repo.path("src/second.bin"), common::data(3, 500_000)).unwrap();
     ok(&["backup", "--plan", s(&repo.plan())]);
     let old = repo.keys("index/");
@@ -294,7 +305,15 @@ fn with_every_index_object_removed_or_corrupted_repair_index_rebuilds_it_and_res
         .map(|k| k.as_str().unwrap().to_string())
         .collect();
     for k in &written {
-        assert!(repo.object(k).exists(), "{k} written");
+        let bytes = std::fs::read(repo.object(k)).unwrap();
+        assert!(
+            bytes.starts_with(holdfast::repository::crypto::SEAL_MAGIC),
+            "{k} written, sealed"
+        );
+        assert!(
+            IndexFile::decode(k, &bytes, &Crypto::none()).is_err(),
+            "{k} does not read without the key"
+        );
     }
     // Old objects untouched: the damaged one is still there, byte for byte.
     assert_eq!(std::fs::read(repo.object(&old[1])).unwrap(), damaged);

@@ -10,13 +10,23 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::bin::{command_as, exits_saying, json_of, s, text};
+use common::bin::{command_as, exits_saying, json_of, s, said_by, text};
 use common::files::{files_under, flip};
 use common::free_port;
 use common::postgres::{
     chown_postgres, now_at, pgbench, pgbench_command, sql_at, sql_in, state, state_in, Cluster,
     Restored,
 };
+
+/// `said` names archived segment `name` as corrupt or foreign because it
+/// fails authentication.
+fn names_unauthentic(said: &str, name: &str) {
+    assert!(
+        said.contains(&format!("wal/pg/{name} is corrupt or foreign")),
+        "{said}"
+    );
+    assert!(said.contains("not authentic"), "{said}");
+}
 
 #[test]
 fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
@@ -85,7 +95,10 @@ fn wal_push_archives_each_segment_and_wal_fetch_restores_it_checked() {
         &segments[0],
         s(&pg.path("bad")),
     ]);
-    exits_saying(&out, 126, &format!("wal/pg/{} is corrupt", segments[0]));
+    // Sealed: a flipped byte fails authentication before anything else, and
+    // an object that fails it is foreign (a key holder did not write it as
+    // it is): named, with why.
+    names_unauthentic(&said_by(&out, 126), &segments[0]);
     assert!(!pg.path("bad").exists());
 }
 
@@ -509,12 +522,12 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     let object = pg.path(&format!("repo/objects/wal/pg/{}", segments[1]));
     let good = flip(&object, |len| len - 30, 0x5a);
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
-    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
+    names_unauthentic(&said_by(&out, 5), &segments[1]);
     assert!(!to.exists());
 
     // verify reads the archived WAL too, and names the damaged file.
     let out = pg.holdfast(&["verify", "--plan", &plan]);
-    exits_saying(&out, 5, &format!("wal/pg/{} is corrupt", segments[1]));
+    names_unauthentic(&said_by(&out, 5), &segments[1]);
 
     // Missing: named, nothing written.
     std::fs::remove_file(&object).unwrap();
@@ -847,7 +860,7 @@ fn a_base_backup_whose_archive_command_is_not_found_ends_naming_the_segment_and_
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = backup.wait_with_output().unwrap();
-    let said = common::bin::said_by(&out, 7);
+    let said = said_by(&out, 7);
     // PostgreSQL counted nothing: the judgement was on progress alone.
     assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
     let (_, after) = said
@@ -1307,6 +1320,7 @@ fn a_password_reaches_pg_basebackup_pg_dump_psql_and_pg_restore_only_through_the
     let as_postgres = |vars: &[(&str, &str)], args: &[&str]| {
         let mut c = common::bin::run_as("postgres", common::bin::BIN);
         c.env("HOLDFAST_LOG", "debug")
+            .env("HOLDFAST_KEY", common::bin::TEST_KEY)
             .envs(vars.iter().copied())
             .args(args);
         c.output().unwrap()

@@ -22,7 +22,7 @@ fn plan_name(s: &str) -> PlanName {
 
 async fn repo_at(dir: &Path) -> Repository {
     let store: Arc<dyn Store> = Arc::new(LocalStore::open(dir.to_path_buf()).unwrap());
-    Repository::open_or_init(store, None, Utc::now())
+    Repository::open_or_init(store, &common::bin::test_repo_key(), None, Utc::now())
         .await
         .unwrap()
 }
@@ -263,7 +263,7 @@ async fn a_broken_hash_chain_is_named_by_verify() {
     let mut forged = repo.load_manifest(&snaps[2]).await.unwrap();
     forged.previous = Some(ids[0]);
     forged.started_at = snaps[2].started_at + Duration::seconds(10);
-    let (id, bytes) = forged.encode();
+    let (id, bytes) = forged.encode(repo.crypto());
     let key = holdfast::repository::snapshot_key(&plan, forged.started_at, &id);
     repo.store()
         .put(

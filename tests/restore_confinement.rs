@@ -117,7 +117,9 @@ fn forge(
         .unwrap();
     rt.block_on(async {
         let store: Arc<dyn Store> = Arc::new(LocalStore::open(repo_dir.to_path_buf()).unwrap());
-        let repo = Repository::open(store).await.unwrap();
+        let repo = Repository::open(store, &common::bin::test_repo_key())
+            .await
+            .unwrap();
         let plan: PlanName = serde_json::from_value(serde_json::json!(plan)).unwrap();
         let snaps = repo.list_snapshots(&plan).await.unwrap();
         // Made from the real backup's entries, chained to the newest snapshot
@@ -130,7 +132,7 @@ fn forge(
         m.previous = Some(snaps.last().unwrap().id);
         m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
         m.finished_at = m.started_at;
-        let (id, bytes) = m.encode();
+        let (id, bytes) = m.encode(repo.crypto());
         let key = snapshot_key(&plan, m.started_at, &id);
         repo.store()
             .put(

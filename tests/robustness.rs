@@ -8,7 +8,7 @@ use holdfast::ids::{Hash256, SnapshotId};
 use holdfast::plan::Plan;
 use holdfast::repository::index::IndexFile;
 use holdfast::repository::pack::{decode_blob, parse_trailer, BlobEntry, Encoding};
-use holdfast::repository::Manifest;
+use holdfast::repository::{Crypto, Manifest};
 use proptest::prelude::*;
 
 const PLAN: &str = "name: app\nsource: {type: sqlite, path: /tmp/app.db}\nrepository: {url: file:///tmp/repo}\nschedule: {backup: \"0 * * * *\"}\nlock: {mode: compliance, days: 7}\nretention: {keep_last: 24, keep_daily: 7}\n";
@@ -37,9 +37,9 @@ proptest! {
     fn manifests_and_indexes_of_arbitrary_bytes_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
         let id = SnapshotId(Hash256::digest(&bytes));
         // The name matches the bytes, so only decoding can refuse them.
-        prop_assert!(Manifest::decode("snapshots/app/x", &id, &bytes).is_err());
+        prop_assert!(Manifest::decode("snapshots/app/x", &id, &bytes, &Crypto::none()).is_err());
         let key = format!("index/{}", Hash256::digest(&bytes));
-        prop_assert!(IndexFile::decode(&key, &bytes).is_err());
+        prop_assert!(IndexFile::decode(&key, &bytes, &Crypto::none()).is_err());
     }
 
     #[test]
@@ -47,7 +47,7 @@ proptest! {
         bytes in proptest::collection::vec(any::<u8>(), 0..4000),
         raw_length in 0u32..100_000,
     ) {
-        let _ = parse_trailer(&bytes);
+        let _ = parse_trailer(&bytes, &Crypto::none());
         let entry = BlobEntry {
             id: holdfast::ids::ChunkId(Hash256::digest(b"x")),
             offset: 8,
@@ -55,7 +55,7 @@ proptest! {
             raw_length,
             encoding: Encoding::Zstd,
         };
-        let _ = decode_blob(&entry, &bytes);
+        let _ = decode_blob(&entry, &bytes, &Crypto::none());
     }
 }
 
@@ -103,7 +103,8 @@ fn a_damaged_length_cannot_make_a_reader_allocate_gigabytes() {
         raw_length: u32::MAX,
         encoding: Encoding::Zstd,
     };
-    let err = decode_blob(&entry, b"\x28\xb5\x2f\xfd").expect_err("a 4 GiB claim is refused");
+    let err = decode_blob(&entry, b"\x28\xb5\x2f\xfd", &Crypto::none())
+        .expect_err("a 4 GiB claim is refused");
     assert!(
         err.to_string().contains(&u32::MAX.to_string()),
         "the error names the claimed length: {err}"
@@ -130,7 +131,7 @@ mod mutations {
     use holdfast::repository::index::IndexFile;
     use holdfast::repository::log_archive::{self, LogError};
     use holdfast::repository::pack::{decode_blob, parse_trailer, MAX_CHUNK_LEN};
-    use holdfast::repository::{Manifest, RepoError};
+    use holdfast::repository::{Crypto, Manifest, RepoError};
     use proptest::prelude::*;
     use proptest::sample::Index;
     use proptest::test_runner::{Config, TestRunner};
@@ -260,7 +261,7 @@ mod mutations {
         runner()
             .run(&mutation(), |m| {
                 let (key, pack) = &packs[m.object.index(packs.len())];
-                let originals = parse_trailer(pack).unwrap();
+                let originals = parse_trailer(pack, &Crypto::none()).unwrap();
                 let n = originals.len();
                 let trailer = pack.len() - 12 - n * 49;
                 let bad = if m.kind < 3 {
@@ -279,7 +280,7 @@ mod mutations {
                     set_le(&mut bad, at, width, v);
                     bad
                 };
-                let entries = match parse_trailer(&bad) {
+                let entries = match parse_trailer(&bad, &Crypto::none()) {
                     Err(why) => {
                         if !why.contains("magic") {
                             past_header.set(past_header.get() + 1);
@@ -298,7 +299,7 @@ mod mutations {
                         bad.len()
                     );
                     let data = &bad[e.offset as usize..end.unwrap() as usize];
-                    if let Ok(raw) = decode_blob(&e, data) {
+                    if let Ok(raw) = decode_blob(&e, data, &Crypto::none()) {
                         // Decoded means its SHA-256 is its id: the original chunk.
                         let orig = originals.iter().find(|o| o.id == e.id);
                         prop_assert!(orig.is_some(), "{key}: decoded a chunk it never held");
@@ -306,6 +307,7 @@ mod mutations {
                         let want = decode_blob(
                             o,
                             &pack[o.offset as usize..(o.offset + o.length as u64) as usize],
+                            &Crypto::none(),
                         )
                         .unwrap();
                         prop_assert_eq!(raw, want);
@@ -332,7 +334,7 @@ mod mutations {
         let wal: Vec<_> = objects("wal")
             .into_iter()
             .map(|(key, object)| {
-                let raw = log_archive::decode(&key, &object).unwrap();
+                let raw = log_archive::decode(&key, &object, &Crypto::none()).unwrap();
                 (key, object, raw)
             })
             .collect();
@@ -365,7 +367,7 @@ mod mutations {
                 if header_ok {
                     past_header.set(past_header.get() + 1);
                 }
-                match log_archive::decode(key, &bad) {
+                match log_archive::decode(key, &bad, &Crypto::none()) {
                     Ok(got) => prop_assert!(&got == raw, "{key}: decoded to other content"),
                     Err(LogError::Corrupt { key: named, .. }) => prop_assert_eq!(&named, key),
                     Err(e) => prop_assert!(false, "{key}: untyped failure {e}"),
@@ -470,7 +472,7 @@ mod mutations {
                     past_header.set(past_header.get() + 1);
                 }
                 let key = format!("index/{}", Hash256::digest(&bad));
-                match IndexFile::decode(&key, &bad) {
+                match IndexFile::decode(&key, &bad, &Crypto::none()) {
                     Ok(file) => {
                         for p in &file.packs {
                             for c in &p.chunks {
@@ -527,7 +529,7 @@ mod mutations {
                 let id = SnapshotId(Hash256::digest(&bad));
                 let (dir, name) = key.rsplit_once('/').unwrap();
                 let key = format!("{dir}/{}-{id}", &name[..name.len() - 65]);
-                match Manifest::decode(&key, &id, &bad) {
+                match Manifest::decode(&key, &id, &bad, &Crypto::none()) {
                     // A mutation serde cannot see (a number within range, a
                     // flip inside a string) is a different, well-formed manifest.
                     Ok(manifest) => prop_assert_eq!(manifest.format, "holdfast-snapshot"),
@@ -577,7 +579,10 @@ mod mutations {
                 };
                 let bytes = zstd::bulk::compress(&serde_json::to_vec(&record).unwrap(), 3).unwrap();
                 // A record decodes to itself before any mutation.
-                assert_eq!(PruneRecord::decode("prunes/x", &bytes).unwrap(), record);
+                assert_eq!(
+                    PruneRecord::decode("prunes/x", &bytes, &Crypto::none()).unwrap(),
+                    record
+                );
                 (
                     format!("prunes/20260302T080000.123Z-{}", Hash256::digest(&bytes)),
                     bytes,
@@ -604,7 +609,7 @@ mod mutations {
             if decompresses(&bad) {
                 past_header.set(past_header.get() + 1);
             }
-            match PruneRecord::decode(key, &bad) {
+            match PruneRecord::decode(key, &bad, &Crypto::none()) {
                 // A mutation serde cannot see is another well-formed record.
                 Ok(r) => prop_assert_eq!(r.format, "holdfast-prune"),
                 Err(RepoError::Corrupt {

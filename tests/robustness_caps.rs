@@ -17,7 +17,9 @@ use common::bin::{command, json_of, ok, s, said_by, text};
 use holdfast::ids::{Hash256, SnapshotId};
 use holdfast::repository::index::IndexFile;
 use holdfast::repository::prune::PruneRecord;
-use holdfast::repository::{Manifest, RepoError, INDEX_CAP, MANIFEST_CAP, PRUNE_RECORD_CAP};
+use holdfast::repository::{
+    Crypto, Manifest, RepoError, INDEX_CAP, MANIFEST_CAP, PRUNE_RECORD_CAP,
+};
 use holdfast::store::local::LocalStore;
 use holdfast::store::{PutOptions, Store, StoreError};
 
@@ -67,6 +69,9 @@ fn the_hand_built_bomb_is_a_valid_zstd_frame_of_the_claimed_size() {
     assert!(head.iter().all(|&b| b == 0));
 }
 
+/// Unencrypted (`encryption: none`), so the planted objects reach the size
+/// caps: in an encrypted repository authentication refuses them first
+/// (tests/encryption.rs).
 struct Repo {
     dir: tempfile::TempDir,
     plan: PathBuf,
@@ -84,7 +89,7 @@ impl Repo {
         std::fs::write(
             &plan,
             format!(
-                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: none}}\nretention: {{keep_last: 24}}\n",
+                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\n  encryption: none\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: none}}\nretention: {{keep_last: 24}}\n",
                 src.display(),
                 dir.path().join("repo").display()
             ),
@@ -138,6 +143,7 @@ fn measured(args: &[&str]) -> (Output, u64) {
         .arg(common::bin::BIN)
         .args(args)
         .env("HOLDFAST_LOG", "warn")
+        .env("HOLDFAST_KEY", common::bin::TEST_KEY)
         .output()
         .expect("/usr/bin/time runs holdfast");
     let kb: u64 = std::fs::read_to_string(rss_file.path())
@@ -296,17 +302,17 @@ fn decode(what: &str, bytes: &[u8]) -> (String, Result<(), RepoError>) {
     match what {
         "index object" => {
             let key = index_key_of(bytes);
-            let got = IndexFile::decode(&key, bytes).map(|_| ());
+            let got = IndexFile::decode(&key, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
         "snapshot manifest" => {
             let key = format!("snapshots/app/20260101T000000.000Z-{id}");
-            let got = Manifest::decode(&key, &id, bytes).map(|_| ());
+            let got = Manifest::decode(&key, &id, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
         _ => {
             let key = format!("prunes/20260101T000000.000Z-{id}");
-            let got = PruneRecord::decode(&key, bytes).map(|_| ());
+            let got = PruneRecord::decode(&key, bytes, &Crypto::none()).map(|_| ());
             (key, got)
         }
     }

@@ -394,9 +394,14 @@ async fn an_insider_with_the_backup_credentials_cannot_destroy_locked_backups() 
     let out = env.run(&["verify", "--plan", s(&plan), "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(5), "{report}");
+    // Both named: the index object as corrupt (its bytes are not its name),
+    // the prune record as rejected (not authentic).
     let problems = report["problems"].as_array().unwrap();
-    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems.len(), 2, "{report}");
     assert_eq!(problems[0]["object"], junk_index.as_str());
+    assert_eq!(problems[0]["kind"], "corrupt");
+    assert_eq!(problems[1]["object"], "prunes/20261126T000000.000Z-junk");
+    assert_eq!(problems[1]["kind"], "rejected");
     let out = env.path("restored.db");
     env.ok(&["restore", "--plan", s(&plan), "--to", s(&out), "--check"]);
     assert_eq!(checksum(&out), state);
@@ -1171,6 +1176,7 @@ async fn a_pack_reused_by_a_snapshot_kept_longer_gets_its_lock_extended() {
     let store = common::s3_bucket("extend", true).await;
     let repo = holdfast::repository::Repository::open_or_init(
         std::sync::Arc::new(store.clone()),
+        &common::bin::test_repo_key(),
         None,
         chrono::Utc::now(),
     )

@@ -7,6 +7,7 @@ mod backup;
 mod daemon;
 mod doctor;
 mod drill;
+mod key;
 mod locks;
 mod plan;
 mod prune;
@@ -121,6 +122,12 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Manage the repository's keys: each key object wraps the data key
+    /// under one passphrase or key file.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
     /// Repair the repository's metadata from its data, adding objects only.
     Repair {
         #[command(subcommand)]
@@ -230,6 +237,42 @@ pub(crate) enum RepoCommand {
     Init {
         #[command(flatten)]
         plan: PlanArg,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Add a key (a new passphrase or key file), unlocking with the plan's key.
+    Add {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// A file holding the new key (its contents, trimmed).
+        #[arg(long, value_name = "PATH", conflicts_with = "new_key_env")]
+        new_key_file: Option<PathBuf>,
+        /// An environment variable holding the new passphrase.
+        #[arg(long, value_name = "VAR")]
+        new_key_env: Option<String>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the key objects and which one the plan's key opens.
+    List {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a key (not the plan's own, not the last one).
+    Remove {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The key's id, or a unique prefix of it.
+        id: String,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -376,6 +419,16 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
         Command::Repo {
             command: RepoCommand::Init { plan, json },
         } => repo::init(&plan, json).await,
+        Command::Key { command } => match command {
+            KeyCommand::Add {
+                plan,
+                new_key_file,
+                new_key_env,
+                json,
+            } => key::add(&plan, new_key_file.as_ref(), new_key_env.as_deref(), json).await,
+            KeyCommand::List { plan, json } => key::list(&plan, json).await,
+            KeyCommand::Remove { plan, id, json } => key::remove(&plan, &id, json).await,
+        },
         Command::WalPush { plan, path, json } => wal::push(&plan, &path, json).await,
         Command::WalFetch {
             plan,

@@ -38,6 +38,9 @@ pub async fn init(plan: &PlanArg, json: bool) -> Result<Exit, Error> {
             }
         )?;
     }
+    if plan.key == crate::plan::KeySpec::Unencrypted {
+        eprintln!("WARNING: plan {} has repository.encryption none: its repository is NOT encrypted or authenticated; anyone with write access to it can forge snapshots that restore as real", plan.name);
+    }
     if plan.lock.mode == LockSetting::None {
         eprintln!("WARNING: plan {} has lock.mode none: its backups are NOT immutable; anyone holding the repository's credentials can delete all of them", plan.name);
     }

@@ -4,17 +4,16 @@
 
 use crate::engine::engine_for;
 use crate::error::{Context, Error};
-use crate::plan::{Plan, Tier};
+use crate::plan::Plan;
 use crate::progress::ProgressMode;
 use crate::repository::backup::{backup as write_snapshot, BackupOptions, BackupReport};
-use crate::repository::Repository;
 
 pub async fn backup(plan: &Plan, progress: ProgressMode) -> Result<BackupReport, Error> {
     let engine = engine_for(plan)?;
     let source = engine.open_source()?;
     let store = super::open_store(plan).await?;
     let now = crate::clock::now();
-    let repo = Repository::open_or_init(store, plan.lock_for(Tier::Monthly, now), now)
+    let repo = super::open_or_init_repo_in(plan, store, now)
         .await
         .with_context(|| format!("unable to open the repository of plan {}", plan.name))?;
     // Believed snapshots only: keys forged at the start of each coming day,

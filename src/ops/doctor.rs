@@ -126,6 +126,9 @@ pub enum InitError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Repo(#[from] crate::repository::RepoError),
+    /// The plan's key could not be read (or its key file created).
+    #[error("{0:#}")]
+    Key(anyhow::Error),
 }
 
 /// The S3 client for a plan's repository, when it is on S3.
@@ -172,13 +175,14 @@ pub async fn repo_init(plan: &Plan) -> Result<InitReport, InitError> {
         }
         None => crate::store::open(&plan.repository).await?.into(),
     };
-    report.repository_created = match Repository::open(store.clone()).await {
-        Ok(_) => false,
-        Err(crate::repository::RepoError::NotARepository { .. }) => {
-            Repository::open_or_init(store, plan.lock_for(Tier::Monthly, now), now).await?;
-            true
-        }
-        Err(e) => return Err(e.into()),
+    report.repository_created = if Repository::exists(store.as_ref()).await? {
+        false
+    } else {
+        let key = super::repo_key(plan, true)
+            .await
+            .map_err(|e| InitError::Key(e.error))?;
+        Repository::open_or_init(store, &key, plan.lock_for(Tier::Monthly, now), now).await?;
+        true
     };
     Ok(report)
 }
@@ -320,13 +324,31 @@ async fn run_checks(plan: &Plan) -> Result<DoctorReport, StoreError> {
         }
     }
 
-    match Repository::open(store.clone()).await {
-        Ok(_) => report.push(
+    let opened = match super::repo_key(plan, false).await {
+        Ok(key) => Repository::open(store.clone(), &key)
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    match opened {
+        Ok(repo) if repo.crypto().is_encrypted() => report.push(
             "repository",
             Status::Pass,
-            "config readable, format understood",
+            "config readable, format understood, the plan's key opens it (encrypted and authenticated)",
         ),
-        Err(e) => report.push("repository", Status::Fail, e.to_string()),
+        Ok(_) => {
+            report.push(
+                "repository",
+                Status::Pass,
+                "config readable, format understood",
+            );
+            report.push(
+                "encryption",
+                Status::Warn,
+                "the repository is NOT encrypted (encryption: none): anyone with write access to the bucket can forge snapshots that restore as real, and anyone with read access reads the data",
+            );
+        }
+        Err(e) => report.push("repository", Status::Fail, e),
     }
 
     let Some(mode) = plan.lock.mode.store_mode() else {
@@ -916,6 +938,7 @@ impl HasExit for InitError {
         use crate::error::Exit;
         match self {
             InitError::Repo(r) => r.exit(),
+            InitError::Key(_) => Exit::Plan,
             _ => Exit::Repository,
         }
     }

@@ -125,18 +125,23 @@ pub fn trends(records: &mut [DrillRecord]) {
 /// The plan's recorded drills, oldest first, each with its trend. A record
 /// that cannot be read is listed with the reason, naming its key.
 pub async fn history(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
-    let store = super::open_store(plan).await?;
+    let repo = super::open_repo(plan).await?;
+    let store = repo.store();
     let objects = store.list(&drills_prefix(&plan.name)).await?;
+    let sealed_max = MAX_RECORD_BYTES + repo.crypto().overhead() as u64;
     let mut records = Vec::new();
     for info in objects {
-        let read = if info.size > MAX_RECORD_BYTES {
+        let read = if info.size > sealed_max {
             Err(format!(
                 "drill record {} is {} bytes, over the {MAX_RECORD_BYTES}-byte limit; not read",
                 info.key, info.size
             ))
         } else {
-            match store.get_at_most(&info.key, MAX_RECORD_BYTES).await {
-                Ok(bytes) => DrillReport::decode(&info.key, &bytes),
+            match store.get_at_most(&info.key, sealed_max).await {
+                Ok(bytes) => match repo.crypto().open(&info.key, &bytes) {
+                    Ok(plain) => DrillReport::decode(&info.key, &plain),
+                    Err(why) => Err(format!("drill record {} is not authentic: {why}", info.key)),
+                },
                 Err(e) => Err(format!("unable to read drill record {}: {e}", info.key)),
             }
         };
@@ -396,7 +401,7 @@ pub async fn drill(
 async fn record(repo: &Repository, plan: &Plan, report: &mut DrillReport) {
     let key = record_key(&plan.name, report.started_at, &report.id);
     report.record_key = Some(key.clone());
-    let bytes = report.encode();
+    let bytes = repo.crypto().seal(&key, report.encode());
     let opts = PutOptions {
         sha256: Hash256::digest(&bytes),
         retention: plan.lock_for(Tier::Monthly, crate::clock::now()),

@@ -176,6 +176,10 @@ async fn keep_locked(
     let mut kept: Vec<(&SnapshotRef, &Manifest, String, Retention)> = Vec::new();
     let mut maybe_absent: std::collections::HashSet<String> = Default::default();
     let mut longest: Option<Retention> = None;
+    // Key objects decrypt everything: each one not removed stays locked as
+    // long as the config (a removed one is left to expire).
+    let key_objects =
+        crate::repository::keys::live_key_objects(store.as_ref(), repo.crypto()).await?;
     for (snap, m) in &manifests {
         let Some(rule) = keep.get(&snap.id) else {
             continue;
@@ -188,6 +192,9 @@ async fn keep_locked(
         }
         need(snap.key.clone(), target, false);
         need(CONFIG_KEY.to_string(), target, false);
+        for k in &key_objects {
+            need(k.clone(), target, false);
+        }
         for e in &m.entries {
             for c in &e.chunks {
                 if !index.contains(c) {

@@ -37,9 +37,13 @@ pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
         )
     };
     check_archiving(plan).with_context(context)?;
-    let store = super::open_store(plan).await.with_context(context)?;
+    // Like a first backup, the first archived segment creates the repository.
+    let repo = super::open_or_init_repo(plan, Utc::now())
+        .await
+        .with_context(context)?;
     wal::push(
-        store.as_ref(),
+        repo.store().as_ref(),
+        repo.crypto(),
         &plan.name,
         path,
         plan.lock_for(Tier::Monthly, Utc::now()),
@@ -74,9 +78,9 @@ pub enum Fetched {
 /// early at the wrong point.
 pub async fn fetch(plan: &Plan, name: &str, dest: &Path, checked: bool) -> Result<Fetched, Error> {
     check_archiving(plan)?;
-    let store = super::open_store(plan).await?;
+    let repo = super::open_repo(plan).await?;
     let absent_if_foreign = checked || name.ends_with(".history");
-    match wal::fetch(store.as_ref(), &plan.name, name, dest).await {
+    match wal::fetch(repo.store().as_ref(), repo.crypto(), &plan.name, name, dest).await {
         Ok((bytes, object)) => Ok(Fetched::Restored { bytes, object }),
         Err(e @ WalError::Log(LogError::NotFound { .. })) => Ok(Fetched::NotFound(e)),
         Err(e @ WalError::Log(LogError::OnlyForeign { .. })) if absent_if_foreign => {

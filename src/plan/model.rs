@@ -26,6 +26,8 @@ pub struct Plan {
     pub name: PlanName,
     pub source: SourceSpec,
     pub repository: StoreConfig,
+    /// The repository's key (`repository.key`, `key_file`, `encryption`).
+    pub key: KeySpec,
     /// When backups run.
     pub schedule: Schedule,
     pub lock: LockSpec,
@@ -44,6 +46,36 @@ pub struct Plan {
     /// Data older than this at the newest restorable point is an alert
     /// (`rpo_limit`); `None`: no limit.
     pub rpo_limit: Option<Duration>,
+}
+
+/// Where a plan's repository key comes from. The key itself never appears
+/// in `Debug`, a summary or JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySpec {
+    /// `repository.encryption: none`: nothing sealed (and anyone with write
+    /// access to the repository can forge snapshots).
+    Unencrypted,
+    /// A passphrase: `repository.key: ${VAR}`, or `HOLDFAST_KEY` when the
+    /// plan says nothing. `from` names where it came from.
+    Passphrase { secret: Secret, from: String },
+    /// A key file (contents trimmed): `repository.key_file`, or
+    /// `HOLDFAST_KEY_FILE` when the plan says nothing.
+    File { path: PathBuf, from: String },
+    /// Nothing gives a key: fine for reading the plan, an error for opening
+    /// an encrypted repository.
+    Unset,
+}
+
+impl KeySpec {
+    /// What `plan check` shows: where the key is, never what it is.
+    pub fn describe(&self) -> String {
+        match self {
+            KeySpec::Unencrypted => "none (encryption: none)".into(),
+            KeySpec::Passphrase { from, .. } => format!("passphrase from {from}"),
+            KeySpec::File { path, from } => format!("key file {} ({from})", path.display()),
+            KeySpec::Unset => "not given".into(),
+        }
+    }
 }
 
 /// A plan's name: `[a-z0-9][a-z0-9_-]{0,62}`, used in object keys and lock-file names.

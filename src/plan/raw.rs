@@ -43,6 +43,11 @@ pub(super) struct RawRepository {
     pub(super) access_key_id: Option<String>,
     pub(super) secret_access_key: Option<String>,
     pub(super) secret_access_key_file: Option<PathBuf>,
+    /// The repository key's passphrase, as `${VAR}`.
+    pub(super) key: Option<String>,
+    pub(super) key_file: Option<PathBuf>,
+    /// Only `none`.
+    pub(super) encryption: Option<String>,
 }
 
 #[derive(Deserialize)]

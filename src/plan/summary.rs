@@ -176,6 +176,18 @@ impl Plan {
                 self.file.display()
             ));
         }
+        match &self.key {
+            super::KeySpec::Unencrypted => out.push(format!(
+                "{}: repository.encryption: none: the repository is NOT encrypted or authenticated; anyone with write access to it can forge snapshots that restore as real, and anyone with read access reads the data",
+                self.file.display()
+            )),
+            super::KeySpec::File { path, .. } if !path.exists() => out.push(format!(
+                "{}: the key file {} does not exist; `holdfast repo init` (or the first backup) creates it for a new repository",
+                self.file.display(),
+                path.display()
+            )),
+            _ => {}
+        }
         out
     }
 }

@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use super::cron::{self, Schedule};
 use super::error::{locate, Diagnostic as D, FieldPath, PlanError, Seg};
 use super::model::{
-    CheckKind, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec, Expectation, LockSetting,
-    Password, PgSslMode, Plan, PlanName, SourceSpec, VerifySample,
+    CheckKind, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec, Expectation, KeySpec,
+    LockSetting, Password, PgSslMode, Plan, PlanName, SourceSpec, VerifySample,
 };
 use super::raw::{
     RawDrill, RawDrillTarget, RawExpect, RawFiles, RawMariadb, RawPlan, RawPostgres, RawRepository,
@@ -332,6 +332,7 @@ impl Ctx<'_> {
     fn build(&self, raw: RawPlan) -> Res<Plan> {
         let name = PlanName::new(&raw.name).map_err(|m| self.invalid("name", m))?;
         let source = self.source(raw.source)?;
+        let key = self.key(&raw.repository)?;
         let repository = self.repository(raw.repository)?;
 
         let tz = match &raw.schedule.timezone {
@@ -471,6 +472,7 @@ impl Ctx<'_> {
             name,
             source,
             repository,
+            key,
             schedule,
             lock: raw.lock,
             verify_sample,
@@ -722,6 +724,60 @@ impl Ctx<'_> {
             ));
         }
         Ok((mode, archive, logical_dumps))
+    }
+
+    /// `repository.key`, `key_file` or `encryption: none` (exactly one), or
+    /// `HOLDFAST_KEY_FILE` / `HOLDFAST_KEY` from the environment when the
+    /// plan says nothing.
+    fn key(&self, raw: &RawRepository) -> Res<KeySpec> {
+        let given = [
+            ("key", raw.key.is_some()),
+            ("key_file", raw.key_file.is_some()),
+            ("encryption", raw.encryption.is_some()),
+        ];
+        let set: Vec<&str> = given.iter().filter(|(_, s)| *s).map(|(f, _)| *f).collect();
+        if set.len() > 1 {
+            return Err(self.invalid_hint(
+                &format!("repository.{}", set[1]),
+                format!("cannot be combined with repository.{}; use one", set[0]),
+                "key: ${VAR} (a passphrase from the environment), key_file: PATH, or encryption: none",
+            ));
+        }
+        if let Some(e) = &raw.encryption {
+            if e.trim() != "none" {
+                return Err(self.invalid_hint(
+                    "repository.encryption",
+                    format!("`{e}` is not a setting: the only one is `none`"),
+                    "leave it out for an encrypted repository (the default), with key or key_file",
+                ));
+            }
+            return Ok(KeySpec::Unencrypted);
+        }
+        if let Some(k) = &raw.key {
+            return Ok(KeySpec::Passphrase {
+                secret: self.secret("repository.key", k, true)?,
+                from: "repository.key".into(),
+            });
+        }
+        if let Some(f) = &raw.key_file {
+            return Ok(KeySpec::File {
+                path: self.path("repository.key_file", f)?,
+                from: "repository.key_file".into(),
+            });
+        }
+        if let Some(f) = (self.env)("HOLDFAST_KEY_FILE").filter(|f| !f.is_empty()) {
+            return Ok(KeySpec::File {
+                path: PathBuf::from(f),
+                from: "HOLDFAST_KEY_FILE".into(),
+            });
+        }
+        if let Some(k) = (self.env)("HOLDFAST_KEY").filter(|k| !k.is_empty()) {
+            return Ok(KeySpec::Passphrase {
+                secret: Secret::new(k),
+                from: "HOLDFAST_KEY".into(),
+            });
+        }
+        Ok(KeySpec::Unset)
     }
 
     fn repository(&self, raw: RawRepository) -> Res<StoreConfig> {

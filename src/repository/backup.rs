@@ -228,6 +228,7 @@ async fn backup_locked(
     let progress = Arc::new(Progress::new("backup", estimate, opts.progress));
     let mut writer = Writer::start(
         repo.store().clone(),
+        repo.crypto().clone(),
         index.clone(),
         unchanged,
         source.chunking(),
@@ -261,7 +262,10 @@ async fn backup_locked(
     // the packs it reuses, the index objects naming them, the config.
     let mut locks_extended = 0u64;
     if let Some(retention) = opts.retention {
+        // Key objects too: deleting them would destroy the backups as surely
+        // as deleting the data.
         let mut keys: Vec<String> = vec![super::CONFIG_KEY.to_string()];
+        keys.extend(super::keys::live_key_objects(repo.store().as_ref(), repo.crypto()).await?);
         for (pack, sources) in &written.reused_packs {
             if covered.contains(pack) {
                 continue;
@@ -294,7 +298,8 @@ async fn backup_locked(
         stats: written.stats,
         entries: written.entries,
     };
-    let (id, bytes) = manifest.encode_within_cap(&format!("the new manifest of plan {plan}"))?;
+    let (id, bytes) =
+        manifest.encode_within_cap(&format!("the new manifest of plan {plan}"), repo.crypto())?;
     let key = snapshot_key(plan, started_at, &id);
     // The commit point: only while both locks still certainly hold (an S3
     // lease is refreshed now, and a takeover is caught here at the latest).
@@ -356,6 +361,7 @@ impl Disputed {
     fn check(
         &self,
         store: &dyn Store,
+        crypto: &super::Crypto,
         runtime: &tokio::runtime::Handle,
         index: &Index,
         id: &ChunkId,
@@ -365,7 +371,7 @@ impl Disputed {
         }
         let mut good = None;
         for loc in index.candidates(id) {
-            match super::read::read_one(store, runtime, loc) {
+            match super::read::read_one(store, crypto, runtime, loc) {
                 Ok(_) => {
                     good = Some(*loc);
                     break;
@@ -400,6 +406,7 @@ impl Disputed {
 /// State shared with uploader threads.
 struct Shared {
     store: Arc<dyn Store>,
+    crypto: super::Crypto,
     retention: Option<Retention>,
     runtime: tokio::runtime::Handle,
     /// Uploaded packs not yet named by an index object.
@@ -486,7 +493,7 @@ impl Shared {
         if packs.is_empty() {
             return Ok(());
         }
-        let bytes = IndexFile::new(packs).encode();
+        let bytes = IndexFile::new(packs).encode(&self.crypto);
         let id = IndexId(Hash256::digest(&bytes));
         self.put_content(&index_key(&id), bytes, id.0)
     }
@@ -532,6 +539,7 @@ impl Writer {
     #[allow(clippy::too_many_arguments)]
     fn start(
         store: Arc<dyn Store>,
+        crypto: super::Crypto,
         index: Arc<Index>,
         unchanged: HashMap<String, ManifestEntry>,
         chunking: Chunking,
@@ -551,6 +559,7 @@ impl Writer {
             .map(|i| {
                 let rx = jobs_rx.clone();
                 let index = index.clone();
+                let crypto = crypto.clone();
                 let store = store.clone();
                 let runtime = runtime.clone();
                 let disputed = disputed.clone();
@@ -558,17 +567,17 @@ impl Writer {
                     .name(format!("hf-chunk-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let id = ChunkId(Hash256::digest(&job.data[..]));
+                            let id = crypto.chunk_id(&job.data[..]);
                             let stored_at = match index.agreed(&id) {
                                 Some(loc) => Some(*loc),
                                 None if index.is_disputed(&id) => {
-                                    disputed.check(&*store, &runtime, &index, &id)
+                                    disputed.check(&*store, &crypto, &runtime, &index, &id)
                                 }
                                 None => None,
                             };
                             let blob = stored_at
                                 .is_none()
-                                .then(|| encode_chunk(id, &job.data, level));
+                                .then(|| encode_chunk(id, &job.data, level, &crypto));
                             let _ = job.reply.send(Done {
                                 id,
                                 raw_length: job.data.len() as u64,
@@ -582,6 +591,7 @@ impl Writer {
             .collect();
         let shared = Arc::new(Shared {
             store,
+            crypto: crypto.clone(),
             retention,
             runtime,
             unindexed: Mutex::new(Vec::new()),
@@ -695,7 +705,7 @@ impl Writer {
             return Ok(());
         }
         self.check_failed()?;
-        let (bytes, blobs) = std::mem::take(&mut self.pack).finish();
+        let (bytes, blobs) = std::mem::take(&mut self.pack).finish(&self.shared.crypto);
         self.uploads
             .as_ref()
             .expect("uploads open while writing")

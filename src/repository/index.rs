@@ -278,12 +278,22 @@ impl IndexFile {
         }
     }
 
-    pub fn encode(&self) -> Vec<u8> {
-        encode_json_zst(self)
+    /// The stored bytes: zstd JSON, sealed under `index/` in an encrypted
+    /// repository.
+    pub fn encode(&self, crypto: &super::Crypto) -> Vec<u8> {
+        crypto.seal("index/", encode_json_zst(self))
     }
 
-    /// Decodes an index object, checking its bytes against the id in its key.
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, RepoError> {
+    /// [`IndexFile::encode`] with deterministic sealing: the same packs give
+    /// the same object (and name) on every run, so `holdfast repair index`
+    /// run twice finds its objects present instead of adding more.
+    pub fn encode_deterministic(&self, crypto: &super::Crypto) -> Vec<u8> {
+        crypto.seal_deterministic("index/", encode_json_zst(self))
+    }
+
+    /// Decodes an index object, checking its bytes against the id in its key,
+    /// then its authenticity.
+    pub fn decode(key: &str, bytes: &[u8], crypto: &super::Crypto) -> Result<Self, RepoError> {
         let expected = key.rsplit('/').next().unwrap_or_default();
         let got = crate::ids::Hash256::digest(bytes).to_hex();
         if got != expected {
@@ -293,7 +303,9 @@ impl IndexFile {
                 why: format!("its SHA-256 is {got}, its name says {expected}"),
             });
         }
-        let file: IndexFile = decode_json_zst(super::INDEX_CAP, key, bytes)?;
+        let ad = super::crypto::content_addressed_ad(key);
+        let plain = super::open_sealed(crypto, super::INDEX_CAP, key, ad, bytes)?;
+        let file: IndexFile = decode_json_zst(super::INDEX_CAP, key, &plain)?;
         if file.version != FORMAT_VERSION {
             return Err(RepoError::Corrupt {
                 what: "index object",

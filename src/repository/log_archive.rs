@@ -41,7 +41,9 @@ const MAX_RAW: u64 = 1 << 30;
 /// The largest archived object read back: the header and the most zstd can
 /// expand `MAX_RAW` incompressible bytes to (its compress bound is under
 /// 1/128 extra plus a frame header), so nothing larger is ever downloaded.
-pub const MAX_OBJECT: u64 = HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20);
+/// (Plus the sealing overhead in an encrypted repository.)
+pub const MAX_OBJECT: u64 =
+    HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20) + super::crypto::SEAL_OVERHEAD as u64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -77,6 +79,13 @@ pub enum LogError {
     },
     #[error("{key} is corrupt: {why}")]
     Corrupt { key: String, why: String },
+    #[error(
+        "{key} is not authentic: {why}; it was not written by a holder of this repository's key"
+    )]
+    Unauthenticated {
+        key: String,
+        why: super::crypto::OpenError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -85,6 +94,7 @@ impl HasExit for LogError {
     fn exit(&self) -> Exit {
         match self {
             LogError::Store(e) => e.exit(),
+            LogError::Unauthenticated { .. } => Exit::Verify,
             _ => Exit::Failure,
         }
     }
@@ -116,6 +126,20 @@ fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), LogError> {
     }
     let sha = Hash256(object[16..48].try_into().expect("32 bytes"));
     Ok((len, sha))
+}
+
+/// Opens a sealed archived object (sealed under its own key).
+fn open<'a>(
+    key: &str,
+    object: &'a [u8],
+    crypto: &super::Crypto,
+) -> Result<std::borrow::Cow<'a, [u8]>, LogError> {
+    crypto
+        .open(key, object)
+        .map_err(|why| LogError::Unauthenticated {
+            key: key.to_string(),
+            why,
+        })
 }
 
 /// What lies between a canonical key and an alternative's tag.
@@ -165,15 +189,18 @@ pub enum Found {
 }
 
 /// The one place deciding whether `object`, read at `key`, was written by
-/// holdfast: it must decode (magic, length, zstd, SHA-256, size cap) and, at
-/// an alternative name, hold the content its name's tag says. Anything else
-/// is foreign. (An authenticated repository adds its check here.)
-pub fn classify(key: &str, object: &[u8]) -> Found {
-    let raw = match decode(key, object) {
+/// holdfast: in an encrypted repository it must open under its own name
+/// (an object failing authentication is foreign: whoever wrote it does not
+/// hold the key); it must decode (magic, length, zstd, SHA-256, size cap)
+/// and, at an alternative name, hold the content its name's tag says.
+/// Anything else is foreign.
+pub fn classify(key: &str, object: &[u8], crypto: &super::Crypto) -> Found {
+    let raw = match decode(key, object, crypto) {
         Ok(raw) => raw,
         Err(e) => {
             let why = match e {
                 LogError::Corrupt { why, .. } => why,
+                LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
                 other => other.to_string(),
             };
             return Found::Foreign { why };
@@ -192,7 +219,11 @@ pub fn classify(key: &str, object: &[u8]) -> Found {
 
 /// Reads and classifies the object at `key`; `None` when there is none.
 /// An object over the size cap is foreign without being downloaded.
-pub async fn read_at(store: &dyn Store, key: &str) -> Result<Option<Found>, LogError> {
+pub async fn read_at(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Option<Found>, LogError> {
     let object = match store.get_at_most(key, MAX_OBJECT).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => return Ok(None),
@@ -202,8 +233,9 @@ pub async fn read_at(store: &dyn Store, key: &str) -> Result<Option<Found>, LogE
         Err(e) => return Err(e.into()),
     };
     let k = key.to_string();
+    let crypto = crypto.clone();
     Ok(Some(
-        tokio::task::spawn_blocking(move || classify(&k, &object))
+        tokio::task::spawn_blocking(move || classify(&k, &object, &crypto))
             .await
             .expect("log decoder panicked"),
     ))
@@ -216,8 +248,11 @@ fn warn_foreign(key: &str, why: &str, action: &str) {
     );
 }
 
-/// Decodes an archived object and checks it against its header's SHA-256.
-pub fn decode(key: &str, object: &[u8]) -> Result<Vec<u8>, LogError> {
+/// Decodes an archived object, after checking its authenticity, and checks
+/// it against its header's SHA-256.
+pub fn decode(key: &str, object: &[u8], crypto: &super::Crypto) -> Result<Vec<u8>, LogError> {
+    let object = open(key, object, crypto)?;
+    let object = &object[..];
     let (len, sha) = header_sha(key, object)?;
     // Memory follows what the frame really holds, not what the header
     // claims: a damaged length must not reserve a gigabyte up front. One
@@ -262,6 +297,7 @@ pub struct PushReport {
 /// Archives the log file at `path` as object `key`.
 pub async fn push(
     store: &dyn Store,
+    crypto: &super::Crypto,
     key: String,
     path: &Path,
     retention: Option<Retention>,
@@ -276,21 +312,31 @@ pub async fn push(
         .await
         .expect("log encoder panicked");
     let bytes = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
-    let stored_bytes = object.len() as u64;
-    let opts = PutOptions {
-        sha256: Hash256::digest(&object),
-        retention,
-    };
-    let object = Bytes::from(object);
     let mut foreign = Vec::new();
     for attempt in 0..=MAX_ALTERNATIVES {
         let at = match attempt {
             0 => key.clone(),
             n => alternative_key(&key, &sha, n - 1),
         };
-        let already_archived = match store.put(&at, object.clone(), &opts).await {
+        // Each name seals its own copy: the name is the associated data.
+        let (sealed, sealed_sha) = {
+            let (crypto, at, object) = (crypto.clone(), at.clone(), object.clone());
+            tokio::task::spawn_blocking(move || {
+                let sealed = crypto.seal(&at, object);
+                let sha = Hash256::digest(&sealed);
+                (sealed, sha)
+            })
+            .await
+            .expect("log sealer panicked")
+        };
+        let stored_bytes = sealed.len() as u64;
+        let opts = PutOptions {
+            sha256: sealed_sha,
+            retention,
+        };
+        let already_archived = match store.put(&at, Bytes::from(sealed), &opts).await {
             Ok(()) => false,
-            Err(StoreError::AlreadyExists { .. }) => match read_at(store, &at).await? {
+            Err(StoreError::AlreadyExists { .. }) => match read_at(store, crypto, &at).await? {
                 Some(Found::Archived { sha: archived, .. }) if archived == sha => true,
                 Some(Found::Archived { sha: archived, .. }) => {
                     // Only the canonical name can honestly hold other
@@ -355,9 +401,13 @@ pub struct Resolved {
 /// nothing is at any of its names, [`LogError::OnlyForeign`] when only
 /// foreign objects are, [`LogError::Ambiguous`] when alternatives hold
 /// different archived content.
-pub async fn resolve(store: &dyn Store, key: &str) -> Result<Resolved, LogError> {
+pub async fn resolve(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Resolved, LogError> {
     let mut foreign = Vec::new();
-    match read_at(store, key).await? {
+    match read_at(store, crypto, key).await? {
         Some(Found::Archived { raw, .. }) => {
             return Ok(Resolved {
                 key: key.to_string(),
@@ -377,7 +427,7 @@ pub async fn resolve(store: &dyn Store, key: &str) -> Result<Resolved, LogError>
         if split_alternative(&info.key).map(|(c, _)| c) != Some(key) {
             continue;
         }
-        match read_at(store, &info.key).await? {
+        match read_at(store, crypto, &info.key).await? {
             Some(Found::Archived { raw, sha }) => match &found {
                 Some((_, _, first)) if *first == sha => {}
                 Some(_) => others.push(info.key),
@@ -414,15 +464,24 @@ pub async fn resolve(store: &dyn Store, key: &str) -> Result<Resolved, LogError>
 }
 
 /// Fetches archived file `key` (see [`resolve`]), checked against its SHA-256.
-pub async fn get(store: &dyn Store, key: &str) -> Result<Vec<u8>, LogError> {
-    Ok(resolve(store, key).await?.raw)
+pub async fn get(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+) -> Result<Vec<u8>, LogError> {
+    Ok(resolve(store, crypto, key).await?.raw)
 }
 
 /// Restores archived file `key` (see [`resolve`]) to `dest`, checked
 /// against its SHA-256, written to a temporary name beside it and renamed
 /// into place. Returns the bytes written and the object read.
-pub async fn fetch(store: &dyn Store, key: String, dest: &Path) -> Result<(u64, String), LogError> {
-    let Resolved { key: at, raw, .. } = resolve(store, &key).await?;
+pub async fn fetch(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: String,
+    dest: &Path,
+) -> Result<(u64, String), LogError> {
+    let Resolved { key: at, raw, .. } = resolve(store, crypto, &key).await?;
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let tmp = dest.with_extension("holdfast-tmp");
@@ -461,18 +520,37 @@ pub trait LogRetention: Send + Sync {
 mod tests {
     use super::*;
 
+    const NONE: crate::repository::Crypto = crate::repository::Crypto::none();
+
     #[test]
     fn objects_round_trip_and_damage_is_named() {
         let raw: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let none = crate::repository::Crypto::none();
         let (sha, object) = encode(&raw);
         assert_eq!(Hash256::digest(&raw), sha);
-        assert_eq!(decode("wal/p/x", &object).unwrap(), raw);
+        assert_eq!(decode("wal/p/x", &object, &none).unwrap(), raw);
         let mut bad = object.clone();
         let last = bad.len() - 10;
         bad[last] ^= 1;
-        let err = decode("wal/p/x", &bad).unwrap_err().to_string();
+        let err = decode("wal/p/x", &bad, &none).unwrap_err().to_string();
         assert!(err.contains("wal/p/x is corrupt"), "{err}");
-        assert!(decode("wal/p/x", &object[..20]).is_err());
+        assert!(decode("wal/p/x", &object[..20], &none).is_err());
+    }
+
+    #[test]
+    fn sealed_objects_open_under_their_own_key_only() {
+        let c = crate::repository::Crypto::with_keys(crate::repository::crypto::DataKeys::derive(
+            &crate::repository::crypto::MasterSecret::random(),
+            "r",
+        ));
+        let (_, object) = encode(b"segment bytes");
+        let sealed = c.seal("wal/p/000000010000000000000001", object);
+        assert_eq!(
+            decode("wal/p/000000010000000000000001", &sealed, &c).unwrap(),
+            b"segment bytes"
+        );
+        let err = decode("wal/p/000000010000000000000002", &sealed, &c).unwrap_err();
+        assert!(matches!(err, LogError::Unauthenticated { .. }), "{err}");
     }
 
     fn foreign(found: Found) -> String {
@@ -486,33 +564,38 @@ mod tests {
     fn only_what_holdfast_could_have_written_is_archived_everything_else_is_foreign() {
         let raw = b"a WAL segment".repeat(1000);
         let (sha, object) = encode(&raw);
-        match classify("wal/p/x", &object) {
+        match classify("wal/p/x", &object, &NONE) {
             Found::Archived { raw: got, sha: s } => assert!(got == raw && s == sha),
             Found::Foreign { why } => panic!("{why}"),
         }
         // Garbage, a bad magic, a truncated header or body, a huge length,
         // a SHA-256 that does not match, a frame that is not zstd.
-        assert!(foreign(classify("wal/p/x", b"planted by an insider"))
-            .contains("no holdfast WAL header"));
+        assert!(
+            foreign(classify("wal/p/x", b"planted by an insider", &NONE))
+                .contains("no holdfast WAL header")
+        );
         let mut magic = object.clone();
         magic[0] = b'X';
-        foreign(classify("wal/p/x", &magic));
-        foreign(classify("wal/p/x", &object[..object.len() - 3]));
+        foreign(classify("wal/p/x", &magic, &NONE));
+        foreign(classify("wal/p/x", &object[..object.len() - 3], &NONE));
         let mut huge = object.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(foreign(classify("wal/p/x", &huge)).contains("1 GiB"));
+        assert!(foreign(classify("wal/p/x", &huge, &NONE)).contains("1 GiB"));
         let mut sha_off = object.clone();
         sha_off[20] ^= 1;
-        assert!(foreign(classify("wal/p/x", &sha_off)).contains("SHA-256"));
+        assert!(foreign(classify("wal/p/x", &sha_off, &NONE)).contains("SHA-256"));
         let mut not_zstd = object[..HEADER].to_vec();
         not_zstd.extend_from_slice(&raw);
-        assert!(foreign(classify("wal/p/x", &not_zstd)).contains("decompress"));
+        assert!(foreign(classify("wal/p/x", &not_zstd, &NONE)).contains("decompress"));
         // At an alternative name the content must be the one the name says:
         // a sound object copied there from another file is foreign.
         let alt = alternative_key("wal/p/x", &sha, 0);
-        assert!(matches!(classify(&alt, &object), Found::Archived { .. }));
+        assert!(matches!(
+            classify(&alt, &object, &NONE),
+            Found::Archived { .. }
+        ));
         let other = alternative_key("wal/p/x", &Hash256::digest(b"other"), 0);
-        assert!(foreign(classify(&other, &object)).contains("its name says"));
+        assert!(foreign(classify(&other, &object, &NONE)).contains("its name says"));
     }
 
     #[test]
@@ -569,16 +652,16 @@ mod tests {
         let file = tmp.path().join("000000010000000000000003");
         std::fs::write(&file, &raw).unwrap();
 
-        let report = push(&store, key.into(), &file, None).await.unwrap();
+        let report = push(&store, &NONE, key.into(), &file, None).await.unwrap();
         assert_eq!(report.key, alt);
         assert!(!report.already_archived);
         assert!(report.foreign[0].starts_with(key), "{:?}", report.foreign);
         // A retry (PostgreSQL after a crash) is idempotent.
-        let again = push(&store, key.into(), &file, None).await.unwrap();
+        let again = push(&store, &NONE, key.into(), &file, None).await.unwrap();
         assert!(again.already_archived && again.key == alt);
 
         let dest = tmp.path().join("fetched");
-        let (bytes, from) = fetch(&store, key.into(), &dest).await.unwrap();
+        let (bytes, from) = fetch(&store, &NONE, key.into(), &dest).await.unwrap();
         assert_eq!((bytes, from.as_str()), (raw.len() as u64, alt.as_str()));
         assert_eq!(std::fs::read(&dest).unwrap(), raw);
     }
@@ -593,10 +676,10 @@ mod tests {
             archive_with_planted(&[(key, b"garbage"), (alt0.as_str(), b"more garbage")]).await;
         let file = tmp.path().join("00000002.history");
         std::fs::write(&file, &raw).unwrap();
-        let report = push(&store, key.into(), &file, None).await.unwrap();
+        let report = push(&store, &NONE, key.into(), &file, None).await.unwrap();
         assert_eq!(report.key, alt1);
         assert_eq!(report.foreign.len(), 2);
-        assert_eq!(get(&store, key).await.unwrap(), raw);
+        assert_eq!(get(&store, &NONE, key).await.unwrap(), raw);
 
         // Every name taken: the push fails, naming the planted keys.
         let mut planted: Vec<(String, &[u8])> = vec![(key.to_string(), b"x")];
@@ -607,7 +690,9 @@ mod tests {
         let (tmp, store) = archive_with_planted(&refs).await;
         let file = tmp.path().join("00000002.history");
         std::fs::write(&file, &raw).unwrap();
-        let err = push(&store, key.into(), &file, None).await.unwrap_err();
+        let err = push(&store, &NONE, key.into(), &file, None)
+            .await
+            .unwrap_err();
         assert!(matches!(err, LogError::NoFreeName { .. }), "{err}");
         assert!(err.to_string().contains(&alt1), "{err}");
     }
@@ -619,7 +704,72 @@ mod tests {
         let (tmp, store) = archive_with_planted(&[(key, &theirs)]).await;
         let file = tmp.path().join("seg");
         std::fs::write(&file, b"our segment").unwrap();
-        let err = push(&store, key.into(), &file, None).await.unwrap_err();
+        let err = push(&store, &NONE, key.into(), &file, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::Conflict { .. }), "{err}");
+    }
+
+    fn sealing() -> crate::repository::Crypto {
+        crate::repository::Crypto::with_keys(crate::repository::crypto::DataKeys::derive(
+            &crate::repository::crypto::MasterSecret::random(),
+            "r",
+        ))
+    }
+
+    #[test]
+    fn with_encryption_an_object_failing_authentication_is_foreign() {
+        let c = sealing();
+        let key = "wal/p/000000010000000000000001";
+        let (sha, object) = encode(b"segment bytes");
+        // A sound unsealed object, one sealed under another name and one
+        // sealed with another repository's key: none opens, all foreign.
+        assert!(foreign(classify(key, &object, &c)).contains("not authentic"));
+        let elsewhere = c.seal("wal/p/000000010000000000000002", object.clone());
+        assert!(foreign(classify(key, &elsewhere, &c)).contains("not authentic"));
+        let theirs = sealing().seal(key, object.clone());
+        assert!(foreign(classify(key, &theirs, &c)).contains("not authentic"));
+        let ours = c.seal(key, object);
+        match classify(key, &ours, &c) {
+            Found::Archived { raw, sha: s } => assert!(raw == b"segment bytes" && s == sha),
+            Found::Foreign { why } => panic!("{why}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn with_encryption_an_unauthentic_object_moves_the_push_on_and_a_sealed_other_file_conflicts(
+    ) {
+        let c = sealing();
+        let key = "wal/p/000000010000000000000003";
+        // A perfectly formed but unsealed object: written without the key.
+        let (_, unsealed) = encode(b"planted segment");
+        let (tmp, store) = archive_with_planted(&[(key, &unsealed)]).await;
+        let raw = b"our segment".repeat(50);
+        let file = tmp.path().join("seg");
+        std::fs::write(&file, &raw).unwrap();
+        let report = push(&store, &c, key.into(), &file, None).await.unwrap();
+        let alt = alternative_key(key, &Hash256::digest(&raw), 0);
+        assert_eq!(report.key, alt);
+        assert!(
+            report.foreign[0].contains("not authentic"),
+            "{:?}",
+            report.foreign
+        );
+        let again = push(&store, &c, key.into(), &file, None).await.unwrap();
+        assert!(again.already_archived && again.key == alt);
+        let dest = tmp.path().join("fetched");
+        let (_, from) = fetch(&store, &c, key.into(), &dest).await.unwrap();
+        assert_eq!(from, alt);
+        assert_eq!(std::fs::read(&dest).unwrap(), raw);
+
+        // Sealed by a key holder with other content: a real conflict.
+        let key = "wal/p/000000010000000000000004";
+        let (_, other) = encode(b"another cluster's segment");
+        let sealed = c.seal(key, other);
+        let (tmp, store) = archive_with_planted(&[(key, &sealed)]).await;
+        let file = tmp.path().join("seg");
+        std::fs::write(&file, b"our segment").unwrap();
+        let err = push(&store, &c, key.into(), &file, None).await.unwrap_err();
         assert!(matches!(err, LogError::Conflict { .. }), "{err}");
     }
 
@@ -627,11 +777,11 @@ mod tests {
     async fn fetch_tells_missing_from_only_foreign_and_refuses_to_guess_between_alternatives() {
         let key = "wal/p/000000010000000000000004";
         let (tmp, store) = archive_with_planted(&[(key, b"garbage")]).await;
-        let err = get(&store, "wal/p/000000010000000000000005")
+        let err = get(&store, &NONE, "wal/p/000000010000000000000005")
             .await
             .unwrap_err();
         assert!(matches!(err, LogError::NotFound { .. }), "{err}");
-        let err = get(&store, key).await.unwrap_err();
+        let err = get(&store, &NONE, key).await.unwrap_err();
         assert!(matches!(err, LogError::OnlyForeign { .. }), "{err}");
         assert!(
             err.to_string()
@@ -651,7 +801,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let err = get(&store, key).await.unwrap_err();
+        let err = get(&store, &NONE, key).await.unwrap_err();
         assert!(matches!(err, LogError::Ambiguous { .. }), "{err}");
         drop(tmp);
     }

@@ -75,22 +75,47 @@ pub struct ManifestEntry {
 }
 
 impl Manifest {
-    pub fn encode(&self) -> (SnapshotId, Vec<u8>) {
-        let bytes = encode_json_zst(self);
+    /// The associated data the manifest is sealed under: its key without the
+    /// id, `snapshots/<plan>/<time>-`, so it binds the plan and start time.
+    pub fn sealing_ad(&self) -> String {
+        format!(
+            "snapshots/{}/{}-",
+            self.plan,
+            self.started_at.format(super::SNAPSHOT_TIME_FORMAT)
+        )
+    }
+
+    /// The stored bytes (zstd JSON, sealed in an encrypted repository) and
+    /// the id they give.
+    pub fn encode(&self, crypto: &super::Crypto) -> (SnapshotId, Vec<u8>) {
+        let bytes = crypto.seal(&self.sealing_ad(), encode_json_zst(self));
         (SnapshotId(Hash256::digest(&bytes)), bytes)
     }
 
     /// [`Manifest::encode`] for a manifest about to be written, refusing one
     /// over [`super::MANIFEST_CAP`] (`what` names it in the error).
-    pub fn encode_within_cap(&self, what: &str) -> Result<(SnapshotId, Vec<u8>), RepoError> {
+    pub fn encode_within_cap(
+        &self,
+        what: &str,
+        crypto: &super::Crypto,
+    ) -> Result<(SnapshotId, Vec<u8>), RepoError> {
         let bytes = super::encode_json_zst_within(super::MANIFEST_CAP, what, self)?;
+        let bytes = crypto.seal(&self.sealing_ad(), bytes);
         Ok((SnapshotId(Hash256::digest(&bytes)), bytes))
     }
 
-    /// Decodes a manifest, checking its bytes against the id in its name.
-    pub fn decode(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<Self, RepoError> {
+    /// Decodes a manifest, checking its bytes against the id in its name,
+    /// then its authenticity (under its name without the id).
+    pub fn decode(
+        key: &str,
+        id: &SnapshotId,
+        bytes: &[u8],
+        crypto: &super::Crypto,
+    ) -> Result<Self, RepoError> {
         check_id(key, id, bytes)?;
-        let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, bytes)?;
+        let ad = super::crypto::content_addressed_ad(key);
+        let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
+        let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
         Ok(m)
     }
@@ -113,10 +138,18 @@ pub struct ManifestHead {
 }
 
 impl ManifestHead {
-    /// Decodes a manifest's head, with the checks of [`Manifest::decode`].
-    pub fn decode(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<Self, RepoError> {
+    /// Decodes a manifest's head, with the checks of [`Manifest::decode`]
+    /// (authenticity included).
+    pub fn decode(
+        key: &str,
+        id: &SnapshotId,
+        bytes: &[u8],
+        crypto: &super::Crypto,
+    ) -> Result<Self, RepoError> {
         check_id(key, id, bytes)?;
-        let m: ManifestHead = decode_json_zst(super::MANIFEST_CAP, key, bytes)?;
+        let ad = super::crypto::content_addressed_ad(key);
+        let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
+        let m: ManifestHead = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
         Ok(m)
     }

@@ -219,6 +219,7 @@ pub async fn materialize(
 
     let reader = ChunkReader::new(
         repo.store().clone(),
+        repo.crypto().clone(),
         index,
         tokio::runtime::Handle::current(),
     );
@@ -599,9 +600,14 @@ mod tests {
         }
         let store: Arc<dyn crate::store::Store> =
             Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
-        let repo = Repository::open_or_init(store, None, Utc::now())
-            .await
-            .unwrap();
+        let repo = Repository::open_or_init(
+            store,
+            &crate::repository::RepoKey::Passphrase(crate::secret::Secret::new("test")),
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
         let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
         let source = FilesSource::new(src, Vec::new()).unwrap();
         let opts = BackupOptions {
@@ -618,6 +624,7 @@ mod tests {
 
         let reader = ChunkReader::new(
             repo.store().clone(),
+            repo.crypto().clone(),
             Arc::new(repo.load_index().await.unwrap()),
             tokio::runtime::Handle::current(),
         );

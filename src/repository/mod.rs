@@ -10,8 +10,10 @@
 
 pub mod backup;
 pub mod confine;
+pub mod crypto;
 pub mod hasher;
 pub mod index;
+pub mod keys;
 pub mod locks;
 pub mod log_archive;
 pub mod manifest;
@@ -35,12 +37,14 @@ use crate::ids::{Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
+pub use crypto::Crypto;
 pub use index::{ChunkLocation, Index, SourceId};
+pub use keys::RepoKey;
 pub use manifest::{Manifest, ManifestEntry, ManifestHead, SnapshotRef};
 pub use trust::{PlanSnapshots, RejectKind, Rejected};
 
 /// The repository format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The lock every backup holds shared and a prune holds exclusively.
 pub const REPOSITORY_LOCK: &str = "repository";
@@ -69,8 +73,30 @@ pub enum RepoError {
         detail: String,
         cap: u64,
     },
-    #[error("repository {url} has format version {found}; this holdfast reads version {FORMAT_VERSION}. Upgrade holdfast")]
-    UnsupportedVersion { url: String, found: u32 },
+    /// An object that fails authentication: altered, copied under another
+    /// name, or written by someone without the repository's key.
+    #[error("{what} {key} is not authentic: {why}; it was not written by a holder of this repository's key (run `holdfast verify`)")]
+    Unauthenticated {
+        what: &'static str,
+        key: String,
+        why: crypto::OpenError,
+    },
+    #[error("repository {url} has format version {found}; this holdfast reads version {FORMAT_VERSION}{hint}")]
+    UnsupportedVersion {
+        url: String,
+        found: u32,
+        hint: &'static str,
+    },
+    #[error("no key object of repository {url} opens with the plan's key ({tried} tried): wrong passphrase or key file")]
+    WrongKey { url: String, tried: usize },
+    #[error(
+        "repository {url} is encrypted but has no key object under keys/; it cannot be opened"
+    )]
+    NoKeyObjects { url: String },
+    #[error("repository {url} is encrypted and {why}")]
+    NoKey { url: String, why: String },
+    #[error("{0}")]
+    EncryptionMismatch(String),
     #[error("plan {plan} has no snapshot matching `{selector}` in {url}")]
     NoSuchSnapshot {
         plan: String,
@@ -97,6 +123,7 @@ impl crate::error::HasExit for RepoError {
         match self {
             RepoError::Corrupt { .. }
             | RepoError::OverCap { .. }
+            | RepoError::Unauthenticated { .. }
             | RepoError::RejectedSnapshot { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
             RepoError::Store(
@@ -119,7 +146,22 @@ pub struct RepoConfig {
     pub chunk_id: String,
     pub compression: String,
     pub pack_target_size: u64,
-    pub encryption: Option<serde_json::Value>,
+    /// `None` (`null`): `encryption: none`, nothing sealed, SHA-256 chunk ids.
+    pub encryption: Option<EncryptionConfig>,
+}
+
+/// How an encrypted repository's objects are sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionConfig {
+    /// `xchacha20-poly1305`.
+    pub cipher: String,
+    /// `hkdf-sha256`: how the data keys come from the master secret.
+    pub key_derivation: String,
+    /// Where the key objects wrapping the master secret are: `keys/`.
+    pub keys: String,
+    /// HMAC-SHA-256 (hex) under the config MAC key of this config, as compact
+    /// JSON with `mac` set to "".
+    pub mac: String,
 }
 
 /// How chunks are cut; fixed for the life of a repository.
@@ -138,6 +180,16 @@ pub enum ChunkerAlgorithm {
 }
 
 impl RepoConfig {
+    /// The bytes the config MAC covers: the config as compact JSON with the
+    /// MAC itself blanked.
+    fn mac_input(&self) -> Vec<u8> {
+        let mut c = self.clone();
+        if let Some(e) = &mut c.encryption {
+            e.mac.clear();
+        }
+        serde_json::to_vec(&c).expect("config serialises")
+    }
+
     pub fn new(now: DateTime<Utc>) -> Self {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).expect("the OS has a random source");
@@ -185,16 +237,30 @@ pub fn snapshot_key(plan: &PlanName, started_at: DateTime<Utc>, id: &SnapshotId)
     )
 }
 
-/// An open repository: a store plus its config.
+/// An open repository: a store, its config, and (when encrypted) the keys
+/// the plan's passphrase unlocked.
 #[derive(Debug, Clone)]
 pub struct Repository {
     store: Arc<dyn Store>,
     config: RepoConfig,
+    crypto: Crypto,
+    master: Option<Arc<crypto::MasterSecret>>,
+    /// The key object the plan's passphrase opened.
+    key_id: Option<Hash256>,
 }
 
 impl Repository {
-    /// Opens the repository in `store`, failing if there is none.
-    pub async fn open(store: Arc<dyn Store>) -> Result<Self, RepoError> {
+    /// Whether `store` holds a repository (a `config` object).
+    pub async fn exists(store: &dyn Store) -> Result<bool, RepoError> {
+        match store.head(CONFIG_KEY).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens the repository in `store` with `key`, failing if there is none.
+    pub async fn open(store: Arc<dyn Store>, key: &RepoKey) -> Result<Self, RepoError> {
         let bytes = match store.get_at_most(CONFIG_KEY, CONFIG_CAP).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => {
@@ -202,21 +268,109 @@ impl Repository {
             }
             Err(e) => return Err(e.into()),
         };
-        let config = Self::parse_config(&store.url(), &bytes)?;
-        Ok(Repository { store, config })
+        let url = store.url();
+        let config = Self::parse_config(&url, &bytes)?;
+        let Some(enc) = &config.encryption else {
+            if let RepoKey::Passphrase(_) = key {
+                return Err(RepoError::EncryptionMismatch(format!(
+                    "repository {url} is not encrypted (it was created with `encryption: none`), but the plan gives a key; say `repository.encryption: none` in the plan (and unset HOLDFAST_KEY / HOLDFAST_KEY_FILE)"
+                )));
+            }
+            return Ok(Repository {
+                store,
+                config,
+                crypto: Crypto::none(),
+                master: None,
+                key_id: None,
+            });
+        };
+        if enc.cipher != "xchacha20-poly1305" || enc.key_derivation != "hkdf-sha256" {
+            return Err(RepoError::Corrupt {
+                what: "repository config",
+                key: format!("{url}/{CONFIG_KEY}"),
+                why: format!(
+                    "unknown cipher {} or key derivation {}",
+                    enc.cipher, enc.key_derivation
+                ),
+            });
+        }
+        let passphrase = match key {
+            RepoKey::Passphrase(p) => p,
+            RepoKey::Unencrypted => {
+                return Err(RepoError::EncryptionMismatch(format!(
+                    "repository {url} is encrypted, but the plan says `encryption: none`; give the repository's key instead (`repository.key` or `repository.key_file`)"
+                )))
+            }
+            RepoKey::Missing(why) => {
+                return Err(RepoError::NoKey {
+                    url,
+                    why: why.clone(),
+                })
+            }
+        };
+        let (master, key_id) = keys::unlock(store.as_ref(), &config.id, passphrase).await?;
+        let data = crypto::DataKeys::derive(&master, &config.id);
+        let mac = hex::decode(&enc.mac).unwrap_or_default();
+        if !data.config_mac_matches(&config.mac_input(), &mac) {
+            return Err(RepoError::Unauthenticated {
+                what: "repository config",
+                key: format!("{url}/{CONFIG_KEY}"),
+                why: crypto::OpenError::Tag,
+            });
+        }
+        Ok(Repository {
+            store,
+            config,
+            crypto: Crypto::with_keys(data),
+            master: Some(Arc::new(master)),
+            key_id: Some(key_id),
+        })
     }
 
-    /// Opens the repository in `store`, creating it if the store holds none.
+    /// Opens the repository in `store`, creating it if the store holds none:
+    /// encrypted, with a first key object for the plan's passphrase, unless
+    /// the plan says `encryption: none`.
     pub async fn open_or_init(
         store: Arc<dyn Store>,
+        key: &RepoKey,
         retention: Option<Retention>,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        match Self::open(store.clone()).await {
+        match Self::open(store.clone(), key).await {
             Err(RepoError::NotARepository { .. }) => {}
             other => return other,
         }
-        let config = RepoConfig::new(now);
+        let mut config = RepoConfig::new(now);
+        let mut master = None;
+        match key {
+            RepoKey::Unencrypted => {
+                tracing::warn!(url = %store.url(), "creating an UNENCRYPTED repository (`encryption: none`): anyone with write access to it can forge snapshots, and anyone with read access reads the data");
+            }
+            RepoKey::Missing(why) => {
+                return Err(RepoError::NoKey {
+                    url: store.url(),
+                    why: format!("{why} (a new repository is encrypted unless the plan says `repository.encryption: none`)"),
+                })
+            }
+            RepoKey::Passphrase(passphrase) => {
+                let m = crypto::MasterSecret::random();
+                config.chunk_id = "hmac-sha256".into();
+                config.encryption = Some(EncryptionConfig {
+                    cipher: "xchacha20-poly1305".into(),
+                    key_derivation: "hkdf-sha256".into(),
+                    keys: keys::KEYS_PREFIX.into(),
+                    mac: String::new(),
+                });
+                let data = crypto::DataKeys::derive(&m, &config.id);
+                let mac = hex::encode(data.config_mac(&config.mac_input()));
+                if let Some(e) = &mut config.encryption {
+                    e.mac = mac;
+                }
+                // The key object first: a config without one could never be opened.
+                keys::add(store.as_ref(), &config.id, &m, passphrase, retention).await?;
+                master = Some(m);
+            }
+        }
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
         let opts = PutOptions {
             sha256: Hash256::digest(&body),
@@ -224,13 +378,29 @@ impl Repository {
         };
         match store.put(CONFIG_KEY, Bytes::from(body), &opts).await {
             Ok(()) => {
-                tracing::info!(url = %store.url(), id = %config.id, "created repository");
-                Ok(Repository { store, config })
+                tracing::info!(url = %store.url(), id = %config.id, encrypted = master.is_some(), "created repository");
+                // Open it as any later process will, which also checks the key.
+                Self::open(store, key).await
             }
             // Another process created it first: use theirs.
-            Err(StoreError::AlreadyExists { .. }) => Self::open(store).await,
+            Err(StoreError::AlreadyExists { .. }) => Self::open(store, key).await,
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// How this repository's objects are sealed.
+    pub fn crypto(&self) -> &Crypto {
+        &self.crypto
+    }
+
+    /// The master secret, in an encrypted repository (for `key add`).
+    pub fn master_secret(&self) -> Option<&crypto::MasterSecret> {
+        self.master.as_deref()
+    }
+
+    /// The key object the plan's passphrase opened.
+    pub fn key_id(&self) -> Option<Hash256> {
+        self.key_id
     }
 
     fn parse_config(url: &str, bytes: &[u8]) -> Result<RepoConfig, RepoError> {
@@ -254,6 +424,11 @@ impl Repository {
                 return Err(RepoError::UnsupportedVersion {
                     url: url.to_string(),
                     found,
+                    hint: if found < FORMAT_VERSION {
+                        " (version 1 repositories are unauthenticated and unencrypted and are no longer read: back up into a new repository, and restore from this one with holdfast 0.1 built before format version 2)"
+                    } else {
+                        ". Upgrade holdfast"
+                    },
                 })
             }
             None => return Err(corrupt("no `version`".into())),
@@ -280,19 +455,19 @@ impl Repository {
     pub async fn load_index(&self) -> Result<Index, RepoError> {
         let (index, faults) = self.load_index_lenient().await?;
         for (key, e) in faults {
-            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}");
+            warn_index_fault(&key, &e);
         }
         Ok(index)
     }
 
     /// Like [`Repository::load_index`], but any unreadable index object is an
-    /// error: for `prune`, which must know everything a snapshot needs.
+    /// error: for `prune`, which must know everything a snapshot needs. One
+    /// that fails authentication is not the repository's (nobody holding the
+    /// key wrote it): it is ignored with a warning, as every reader does.
     pub async fn load_index_strict(&self) -> Result<Index, RepoError> {
-        let (index, mut faults) = self.load_index_lenient().await?;
-        match faults.pop() {
-            Some((_, e)) => Err(e),
-            None => Ok(index),
-        }
+        let (index, faults) = self.load_index_lenient().await?;
+        strict_faults(faults)?;
+        Ok(index)
     }
 
     /// Reads every readable index object, returning the unreadable ones
@@ -311,7 +486,7 @@ impl Repository {
     pub async fn load_index_for_restore(&self) -> Result<Index, RepoError> {
         let (mut index, pruned, faults) = self.load_index_split().await?;
         for (key, e) in faults {
-            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}");
+            warn_index_fault(&key, &e);
         }
         index.add_fallback(&pruned);
         Ok(index)
@@ -320,11 +495,9 @@ impl Repository {
     /// Like [`Repository::load_index_strict`], with beside it the index of
     /// the packs prune records name (for `prune`'s liveness check).
     pub async fn load_index_strict_split(&self) -> Result<(Index, Index), RepoError> {
-        let (index, pruned, mut faults) = self.load_index_split().await?;
-        match faults.pop() {
-            Some((_, e)) => Err(e),
-            None => Ok((index, pruned)),
-        }
+        let (index, pruned, faults) = self.load_index_split().await?;
+        strict_faults(faults)?;
+        Ok((index, pruned))
     }
 
     /// Every readable index object, split into the packs no prune record
@@ -339,7 +512,7 @@ impl Repository {
         let pruned = self.pruned_packs().await?;
         for info in self.store.list("index/").await? {
             let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
-                Ok(bytes) => index::IndexFile::decode(&info.key, &bytes),
+                Ok(bytes) => index::IndexFile::decode(&info.key, &bytes, &self.crypto),
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
             };
@@ -375,6 +548,10 @@ impl Repository {
 
     /// Every prune record, oldest first. An unreadable one is an error: it
     /// may name packs that are gone (for `prune` itself).
+    ///
+    /// A record that fails authentication was not written by a prune of
+    /// this repository: it is ignored with a warning naming it (it can hide
+    /// nothing, so it need not stop anything) and reported by `verify`.
     pub async fn prune_records(&self) -> Result<Vec<prune::PruneRecord>, RepoError> {
         let mut out = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
@@ -382,7 +559,11 @@ impl Repository {
                 .store
                 .get_at_most(&info.key, PRUNE_RECORD_CAP.bytes)
                 .await?;
-            out.push(prune::PruneRecord::decode(&info.key, &bytes)?);
+            match prune::PruneRecord::decode(&info.key, &bytes, &self.crypto) {
+                Ok(r) => out.push(r),
+                Err(e @ RepoError::Unauthenticated { .. }) => warn_unauthentic(&info.key, &e),
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }
@@ -403,25 +584,42 @@ impl Repository {
     pub async fn prune_records_keyed(
         &self,
     ) -> Result<Vec<(String, prune::PruneRecord)>, RepoError> {
+        let (out, faults) = self.prune_records_checked().await?;
+        for (key, e) in faults {
+            match e {
+                RepoError::Unauthenticated { .. } => warn_unauthentic(&key, &e),
+                _ => {
+                    tracing::warn!(object = %key, "skipping an unreadable prune record (run `holdfast verify`): {e}")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every readable prune record with its key, and beside them the
+    /// unreadable or unauthentic ones with why (for `verify`).
+    #[allow(clippy::type_complexity)]
+    pub async fn prune_records_checked(
+        &self,
+    ) -> Result<(Vec<(String, prune::PruneRecord)>, Vec<(String, RepoError)>), RepoError> {
         let mut out = Vec::new();
+        let mut faults = Vec::new();
         for info in self.store.list(prune::PRUNES_PREFIX).await? {
             let decoded = match self
                 .store
                 .get_at_most(&info.key, PRUNE_RECORD_CAP.bytes)
                 .await
             {
-                Ok(bytes) => prune::PruneRecord::decode(&info.key, &bytes),
+                Ok(bytes) => prune::PruneRecord::decode(&info.key, &bytes, &self.crypto),
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => Err(e.into()),
             };
             match decoded {
                 Ok(r) => out.push((info.key.clone(), r)),
-                Err(e) => {
-                    tracing::warn!(object = %info.key, "skipping an unreadable prune record (run `holdfast verify`): {e}")
-                }
+                Err(e) => faults.push((info.key.clone(), e)),
             }
         }
-        Ok(out)
+        Ok((out, faults))
     }
 
     /// A plan's believed snapshots, oldest first (see [`trust`]); every
@@ -441,7 +639,8 @@ impl Repository {
             .await?;
         let key = snap.key.clone();
         let id = snap.id;
-        tokio::task::spawn_blocking(move || ManifestHead::decode(&key, &id, &bytes))
+        let crypto = self.crypto.clone();
+        tokio::task::spawn_blocking(move || ManifestHead::decode(&key, &id, &bytes, &crypto))
             .await
             .expect("manifest decode panicked")
     }
@@ -452,7 +651,7 @@ impl Repository {
             .store
             .get_at_most(&snap.key, MANIFEST_CAP.bytes)
             .await?;
-        Manifest::decode(&snap.key, &snap.id, &bytes)
+        Manifest::decode(&snap.key, &snap.id, &bytes, &self.crypto)
     }
 
     /// Resolves `latest` or an id prefix to one snapshot of a plan.
@@ -524,10 +723,68 @@ impl Repository {
     }
 }
 
+/// Logs an index object a reader skips: unauthentic ones as not the
+/// repository's, others as unreadable.
+fn warn_index_fault(key: &str, e: &RepoError) {
+    match e {
+        RepoError::Unauthenticated { .. } => warn_unauthentic(key, e),
+        _ => {
+            tracing::warn!(object = %key, "skipping an unreadable index object (run `holdfast verify`): {e}")
+        }
+    }
+}
+
+/// Logs a metadata object that fails authentication: ignored, by name.
+fn warn_unauthentic(key: &str, e: &RepoError) {
+    tracing::warn!(object = %key, kind = ?RejectKind::Unauthenticated, "ignoring {key}: {e} (see `docs/runbook.md`, rejected objects; `holdfast verify` reports it)");
+}
+
+/// For readers that must know everything (prune): an unreadable index object
+/// is an error, an unauthentic one is ignored with a warning.
+fn strict_faults(faults: Vec<(String, RepoError)>) -> Result<(), RepoError> {
+    let mut first = None;
+    for (key, e) in faults {
+        match e {
+            RepoError::Unauthenticated { .. } => warn_unauthentic(&key, &e),
+            e => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first.map_or(Ok(()), Err)
+}
+
 /// zstd-compressed JSON, the encoding of index objects and manifests.
 pub(crate) fn encode_json_zst<T: Serialize>(value: &T) -> Vec<u8> {
     let json = serde_json::to_vec(value).expect("repository metadata serialises");
     zstd::bulk::compress(&json, 3).expect("zstd compresses in memory")
+}
+
+/// Opens a sealed metadata object (after its size was checked against `cap`
+/// and before anything decompresses it): an unauthentic one is an error
+/// naming it.
+pub(crate) fn open_sealed<'a>(
+    crypto: &Crypto,
+    cap: MetadataCap,
+    key: &str,
+    ad: &str,
+    bytes: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, RepoError> {
+    if bytes.len() as u64 > cap.bytes.saturating_add(crypto::SEAL_OVERHEAD as u64) {
+        return Err(RepoError::OverCap {
+            what: cap.what,
+            key: key.to_string(),
+            detail: format!("it is {} bytes stored", bytes.len()),
+            cap: cap.bytes,
+        });
+    }
+    crypto
+        .open(ad, bytes)
+        .map_err(|why| RepoError::Unauthenticated {
+            what: cap.what,
+            key: key.to_string(),
+            why,
+        })
 }
 
 /// Like [`encode_json_zst`], but refuses to write what no reader would read

@@ -44,8 +44,12 @@ pub struct PruneRecord {
 pub const PRUNES_PREFIX: &str = "prunes/";
 
 impl PruneRecord {
-    pub fn decode(key: &str, bytes: &[u8]) -> Result<Self, RepoError> {
-        let r: PruneRecord = decode_json_zst(super::PRUNE_RECORD_CAP, key, bytes)?;
+    /// Decodes a prune record after checking its authenticity (sealed under
+    /// its key without the trailing hash, `prunes/<time>-`).
+    pub fn decode(key: &str, bytes: &[u8], crypto: &super::Crypto) -> Result<Self, RepoError> {
+        let ad = super::crypto::content_addressed_ad(key);
+        let plain = super::open_sealed(crypto, super::PRUNE_RECORD_CAP, key, ad, bytes)?;
+        let r: PruneRecord = decode_json_zst(super::PRUNE_RECORD_CAP, key, &plain)?;
         if r.format != "holdfast-prune" {
             return Err(RepoError::Corrupt {
                 what: "prune record",
@@ -404,12 +408,10 @@ async fn prune_locked(
         &format!("the new prune record of plan {plan}"),
         &record,
     )?;
+    let ad = format!("{PRUNES_PREFIX}{}-", opts.now.format("%Y%m%dT%H%M%S%.3fZ"));
+    let bytes = repo.crypto().seal(&ad, bytes);
     let sha = Hash256::digest(&bytes);
-    let key = format!(
-        "{PRUNES_PREFIX}{}-{}",
-        opts.now.format("%Y%m%dT%H%M%S%.3fZ"),
-        sha.to_hex()
-    );
+    let key = format!("{ad}{}", sha.to_hex());
     // The first commit point: refresh the leases now.
     for guard in held {
         guard.confirm().await?;
@@ -466,7 +468,7 @@ async fn prune_locked(
         let Ok(bytes) = store.get_at_most(&info.key, super::INDEX_CAP.bytes).await else {
             continue;
         };
-        let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes) else {
+        let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes, repo.crypto()) else {
             continue;
         };
         if file

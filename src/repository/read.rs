@@ -98,6 +98,7 @@ enum Item {
 /// A pool of fetch-and-decode threads bound to one store and index.
 pub struct ChunkReader {
     store: Arc<dyn Store>,
+    crypto: super::Crypto,
     index: Arc<Index>,
     runtime: tokio::runtime::Handle,
     threads: usize,
@@ -218,7 +219,12 @@ impl WindowCache {
 }
 
 impl ChunkReader {
-    pub fn new(store: Arc<dyn Store>, index: Arc<Index>, runtime: tokio::runtime::Handle) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        crypto: super::Crypto,
+        index: Arc<Index>,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
         // Local reads are CPU-bound (decode); remote ones wait on round trips.
         let remote = store.capabilities().parallel_reads;
         let threads = std::thread::available_parallelism()
@@ -235,6 +241,7 @@ impl ChunkReader {
         });
         ChunkReader {
             store,
+            crypto,
             index,
             runtime,
             threads,
@@ -295,11 +302,13 @@ impl ChunkReader {
                 let runtime = self.runtime.clone();
                 let windows = self.windows.clone();
                 let index = self.index.clone();
+                let crypto = self.crypto.clone();
                 let suspects = self.suspects.clone();
                 scope.spawn(move || {
                     for run in rx {
                         let result = fetch_run(
                             &*store,
+                            &crypto,
                             &runtime,
                             &run,
                             check_chunks,
@@ -427,6 +436,7 @@ fn from_windows(
 #[allow(clippy::too_many_arguments)]
 fn fetch_run(
     store: &dyn Store,
+    crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     run: &Run,
     check_chunks: bool,
@@ -453,7 +463,7 @@ fn fetch_run(
                         .iter()
                         .map(|l| {
                             suspects.bad(index, l, &run.path, &why);
-                            fallback(store, runtime, index, suspects, &run.path, l, &why)
+                            fallback(store, crypto, runtime, index, suspects, &run.path, l, &why)
                         })
                         .collect();
                 }
@@ -472,7 +482,7 @@ fn fetch_run(
             let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
             let disputed = index.is_disputed(&b.id);
             let decoded = match data {
-                Some(data) => decode_blob_checked(b, data, check_chunks || disputed),
+                Some(data) => decode_blob_checked(b, data, check_chunks || disputed, crypto),
                 None => Err(BlobError::Length {
                     got: bytes.len(),
                     expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,
@@ -483,7 +493,9 @@ fn fetch_run(
                 Err(why) if disputed => {
                     let why = why.to_string();
                     suspects.bad(index, loc, &run.path, &why);
-                    fallback(store, runtime, index, suspects, &run.path, loc, &why)
+                    fallback(
+                        store, crypto, runtime, index, suspects, &run.path, loc, &why,
+                    )
                 }
                 Err(why) => Err(ReadError::Blob {
                     key: key.clone(),
@@ -498,8 +510,10 @@ fn fetch_run(
 
 /// Reads `failed`'s chunk from each of its other candidate locations in
 /// turn, each checked against the chunk id, until one passes.
+#[allow(clippy::too_many_arguments)]
 fn fallback(
     store: &dyn Store,
+    crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     index: &Index,
     suspects: &Suspects,
@@ -516,7 +530,7 @@ fn fallback(
         .collect();
     others.sort_by_key(|l| suspects.is_suspect(l.source));
     for loc in others {
-        match read_one(store, runtime, loc) {
+        match read_one(store, crypto, runtime, loc) {
             Ok(raw) => return Ok(raw),
             Err(why) => {
                 suspects.bad(index, loc, path, &why);
@@ -541,9 +555,11 @@ fn describe(index: &Index, loc: &ChunkLocation, why: &str) -> String {
     )
 }
 
-/// Reads one blob on its own and checks it against its chunk id.
+/// Reads one blob on its own, opens it (in an encrypted repository, under its
+/// chunk id as associated data) and checks it against its chunk id.
 pub(crate) fn read_one(
     store: &dyn Store,
+    crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     loc: &ChunkLocation,
 ) -> Result<Vec<u8>, String> {
@@ -558,7 +574,7 @@ pub(crate) fn read_one(
             b.length
         ));
     }
-    decode_blob_checked(b, &bytes, true).map_err(|e| e.to_string())
+    decode_blob_checked(b, &bytes, true, crypto).map_err(|e| e.to_string())
 }
 
 fn consume(

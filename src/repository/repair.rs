@@ -3,8 +3,11 @@
 //! Every pack carries a trailer listing its blobs (chunk id, offset, length),
 //! so an index object that is lost, damaged or untrustworthy can be replaced
 //! without any other source. Repair reads each pack whole, checks it against
-//! its name (SHA-256), reads its trailer, checks every blob against its chunk
-//! id, and writes new index objects naming what passed. It only ever adds
+//! its name (SHA-256), reads its trailer (opened with the repository's key in
+//! an encrypted repository: a trailer that fails authentication leaves its
+//! pack out), checks every blob against its chunk id (opened under it), and
+//! writes new index objects naming what passed, sealed deterministically so a
+//! second run writes the same objects. It only ever adds
 //! objects (create-only, with the plan's longest lock): old index objects stay
 //! as they are, and readers then see the repaired locations among each
 //! chunk's candidates (see [`super::Index::candidates`]).
@@ -132,6 +135,7 @@ async fn repair_locked(repo: &Repository, opts: &RepairOptions) -> Result<Repair
                 break;
             };
             let store = repo.store().clone();
+            let crypto = repo.crypto().clone();
             let bar = bar.clone();
             tasks.spawn(async move {
                 let bytes = store.get_at_most(&key, cap).await;
@@ -139,7 +143,7 @@ async fn repair_locked(repo: &Repository, opts: &RepairOptions) -> Result<Repair
                     Ok(bytes) => {
                         bar.inc(bytes.len() as u64);
                         let len = bytes.len() as u64;
-                        tokio::task::spawn_blocking(move || read_pack(&id, &bytes))
+                        tokio::task::spawn_blocking(move || read_pack(&id, &bytes, &crypto))
                             .await
                             .expect("pack check panicked")
                             .map(|(pack, skipped)| (pack, skipped, len))
@@ -200,7 +204,11 @@ async fn repair_locked(repo: &Repository, opts: &RepairOptions) -> Result<Repair
 
 /// Checks one pack whole: its name, its trailer, every blob. Returns the
 /// pack's index entry (blobs that pass) and how many blobs failed.
-fn read_pack(id: &PackId, bytes: &[u8]) -> Result<(IndexedPack, u64), String> {
+fn read_pack(
+    id: &PackId,
+    bytes: &[u8],
+    crypto: &super::Crypto,
+) -> Result<(IndexedPack, u64), String> {
     let got = pack_id(bytes);
     if got != *id {
         return Err(format!(
@@ -209,7 +217,8 @@ fn read_pack(id: &PackId, bytes: &[u8]) -> Result<(IndexedPack, u64), String> {
             bytes.len()
         ));
     }
-    let entries = parse_trailer(bytes).map_err(|why| format!("trailer unreadable: {why}"))?;
+    let entries =
+        parse_trailer(bytes, crypto).map_err(|why| format!("trailer unreadable: {why}"))?;
     let mut chunks = Vec::with_capacity(entries.len());
     let mut skipped = 0u64;
     for e in entries {
@@ -219,7 +228,7 @@ fn read_pack(id: &PackId, bytes: &[u8]) -> Result<(IndexedPack, u64), String> {
             skipped += 1;
             continue;
         };
-        if data.len() != e.length as usize || decode_blob_checked(&e, data, true).is_err() {
+        if data.len() != e.length as usize || decode_blob_checked(&e, data, true, crypto).is_err() {
             skipped += 1;
             continue;
         }
@@ -247,7 +256,7 @@ async fn write_batch(
     if packs.is_empty() {
         return Ok(());
     }
-    let bytes = IndexFile::new(packs).encode();
+    let bytes = IndexFile::new(packs).encode_deterministic(repo.crypto());
     let id = IndexId(Hash256::digest(&bytes));
     let key = index_key(&id);
     if !opts.dry_run {

@@ -10,7 +10,10 @@
 //! Without a key these checks stop replays (a real manifest copied under
 //! another plan or time) and forgeries that lie about their time or chain,
 //! not a forgery that is consistent in every field: that is what sealing
-//! manifests under the repository key closes.
+//! manifests under the repository key closes. In an encrypted repository a
+//! manifest, index object or prune record that fails authentication is one
+//! more [`RejectKind`] ([`RejectKind::Unauthenticated`]), handled like the
+//! others; the checks above still run (they also guard `encryption: none`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -36,8 +39,7 @@ pub const MAX_BACKUP_DURATION: Duration = Duration::hours(48);
 /// Manifests read at once while listing a plan's snapshots.
 const PARALLEL_READS: usize = 16;
 
-/// Why an object was not believed. New kinds (authentication by the
-/// repository key) are added here; every consumer treats them alike.
+/// Why an object was not believed. Every consumer treats the kinds alike.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectKind {
@@ -63,6 +65,10 @@ pub enum RejectKind {
     /// A prune record naming packs that believed snapshots still need: it
     /// hides none of them.
     PruneRecordNamesLivePacks,
+    /// In an encrypted repository: it does not open under the repository
+    /// key and its name (written without the key, altered, or copied from
+    /// another name or repository). A manifest, index object or prune record.
+    Unauthenticated,
 }
 
 /// One object holdfast does not believe, and why.
@@ -215,6 +221,9 @@ async fn check_one(
         Err(RepoError::Store(e)) if e.is_not_found() => return Ok(Checked::Gone),
         Err(e @ (RepoError::Corrupt { .. } | RepoError::OverCap { .. })) => {
             return reject(RejectKind::Unreadable, e.to_string())
+        }
+        Err(e @ RepoError::Unauthenticated { .. }) => {
+            return reject(RejectKind::Unauthenticated, e.to_string())
         }
         Err(RepoError::Store(e @ crate::store::StoreError::TooLarge { .. })) => {
             return reject(RejectKind::Unreadable, e.to_string())

@@ -145,7 +145,7 @@ pub async fn verify_sampled(
         .into_iter()
         .map(|(key, e)| Problem {
             object: key,
-            kind: ProblemKind::Corrupt,
+            kind: fault_kind(&e),
             detail: e.to_string(),
             snapshots: Vec::new(),
         })
@@ -188,7 +188,13 @@ pub async fn verify_sampled(
         }
     }
     let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
-    let records = repo.prune_records_keyed().await?;
+    let (records, record_faults) = repo.prune_records_checked().await?;
+    problems.extend(record_faults.into_iter().map(|(key, e)| Problem {
+        object: key,
+        kind: fault_kind(&e),
+        detail: e.to_string(),
+        snapshots: Vec::new(),
+    }));
     let pruned: BTreeSet<SnapshotId> = records
         .iter()
         .flat_map(|(_, r)| r.snapshots.iter().copied())
@@ -406,7 +412,8 @@ pub async fn verify_sampled(
             let needed = needed.clone();
             let index = index.clone();
             let pack = *pack;
-            move || check_pack(&pack, &bytes, &needed, &index)
+            let crypto = repo.crypto().clone();
+            move || check_pack(&pack, &bytes, &needed, &index, &crypto)
         })
         .await
         .expect("pack check panicked");
@@ -466,6 +473,7 @@ pub async fn verify_sampled(
     // database: its chunks span many packs).
     let reader = ChunkReader::new(
         repo.store().clone(),
+        repo.crypto().clone(),
         index.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -588,6 +596,7 @@ pub async fn verify_sampled(
             while tasks.len() < 8 {
                 let Some(info) = listed.next() else { break };
                 let store = repo.store().clone();
+                let crypto = repo.crypto().clone();
                 tasks.spawn(async move {
                     let got = store
                         .get_at_most(&info.key, super::log_archive::MAX_OBJECT)
@@ -600,7 +609,7 @@ pub async fn verify_sampled(
                             // so: push and fetch step around them, but the
                             // operator must know someone writes to the bucket.
                             tokio::task::spawn_blocking(move || {
-                                match super::log_archive::classify(&key, &bytes) {
+                                match super::log_archive::classify(&key, &bytes, &crypto) {
                                     super::log_archive::Found::Archived { .. } => Ok(len),
                                     super::log_archive::Found::Foreign { why } => Err((
                                         ProblemKind::Corrupt,
@@ -650,6 +659,16 @@ pub async fn verify_sampled(
     })
 }
 
+/// How an index object or prune record that did not decode is reported:
+/// one that fails authentication is not believed (like a rejected
+/// manifest), anything else is damaged.
+fn fault_kind(e: &super::RepoError) -> ProblemKind {
+    match e {
+        super::RepoError::Unauthenticated { .. } => ProblemKind::Rejected,
+        _ => ProblemKind::Corrupt,
+    }
+}
+
 /// What [`check_pack`] found: the pack's own faults, how many chunks it
 /// checked, the bad locations of disputed chunks, and the (chunk, offset)
 /// locations that held their chunk.
@@ -675,6 +694,7 @@ fn check_pack(
     bytes: &[u8],
     needed: &BTreeSet<crate::ids::ChunkId>,
     index: &super::Index,
+    crypto: &super::Crypto,
 ) -> PackCheck {
     let got = Hash256::digest(bytes);
     let mut faults = Vec::new();
@@ -687,7 +707,7 @@ fn check_pack(
         ));
     }
     let mut checked = 0;
-    match parse_trailer(bytes) {
+    match parse_trailer(bytes, crypto) {
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
             let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
@@ -704,7 +724,7 @@ fn check_pack(
                         None => loc_faults.push("lies past the end of the pack".into()),
                         Some(data) => {
                             checked += 1;
-                            if let Err(why) = decode_blob(&b, data) {
+                            if let Err(why) = decode_blob(&b, data, crypto) {
                                 loc_faults.push(why.to_string());
                             }
                         }

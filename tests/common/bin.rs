@@ -6,10 +6,20 @@ use std::process::{Command, Output};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_holdfast");
 
-/// holdfast with warnings only on stderr, ready for arguments.
+/// The repository passphrase every test's holdfast gets through
+/// `HOLDFAST_KEY` (plans in tests say nothing about the key, as a plan that
+/// takes its key from the environment does).
+pub const TEST_KEY: &str = "holdfast-test-passphrase-correct-horse-battery-staple";
+
+/// [`TEST_KEY`] for tests that open a repository in process.
+pub fn test_repo_key() -> holdfast::repository::RepoKey {
+    holdfast::repository::RepoKey::Passphrase(holdfast::secret::Secret::new(TEST_KEY))
+}
+
+/// holdfast with warnings only on stderr, the test key, ready for arguments.
 pub fn command() -> Command {
     let mut c = Command::new(BIN);
-    c.env("HOLDFAST_LOG", "warn");
+    c.env("HOLDFAST_LOG", "warn").env("HOLDFAST_KEY", TEST_KEY);
     c
 }
 
@@ -25,6 +35,7 @@ pub fn run_as(user: &str, program: &str) -> Command {
 pub fn command_as(user: &str, vars: &[(&str, &str)]) -> Command {
     let mut c = run_as(user, "env");
     c.arg("HOLDFAST_LOG=warn")
+        .arg(format!("HOLDFAST_KEY={TEST_KEY}"))
         .args(vars.iter().map(|(k, v)| format!("{k}={v}")))
         .arg(BIN);
     c

@@ -8,15 +8,21 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use super::bin::{holdfast_as_postgres, run_as, s, text, BIN};
+use super::bin::{holdfast_as_postgres, run_as, s, text, BIN, TEST_KEY};
 
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 pub fn as_postgres(program: &str, args: &[&str]) -> Output {
-    run_as("postgres", program)
-        .args(args)
-        .output()
-        .expect("runuser runs")
+    // holdfast, and the restore_command / archive_command of a server
+    // pg_ctl starts, get the test key, through env(1) as runuser drops it.
+    let mut c = if program == BIN {
+        super::bin::command_as("postgres", &[])
+    } else {
+        let mut c = run_as("postgres", "env");
+        c.arg(format!("HOLDFAST_KEY={TEST_KEY}")).arg(program);
+        c
+    };
+    c.args(args).output().expect("runuser runs")
 }
 
 /// A cluster that archives through `holdfast wal-push` into a local repository.
@@ -81,7 +87,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let conf = format!(
-            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\nwal_level = replica\narchive_mode = on\narchive_command = 'HOLDFAST_LOG=warn {BIN} wal-push --plan {plan} %p'\nfsync = off\n",
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{root}'\nwal_level = replica\narchive_mode = on\narchive_command = 'HOLDFAST_LOG=warn HOLDFAST_KEY=\"{TEST_KEY}\" {BIN} wal-push --plan {plan} %p'\nfsync = off\n",
             root = root.display(),
             plan = plan.display()
         );

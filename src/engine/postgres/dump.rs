@@ -125,6 +125,7 @@ pub async fn restore_dump(
     let index = Arc::new(repo.load_index_for_restore().await?);
     let reader = ChunkReader::new(
         repo.store().clone(),
+        repo.crypto().clone(),
         index,
         tokio::runtime::Handle::current(),
     )

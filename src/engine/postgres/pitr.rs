@@ -153,6 +153,7 @@ pub struct PitrOptions {
 /// names holding only foreign objects.
 pub struct WalArchive {
     store: Arc<dyn Store>,
+    crypto: crate::repository::Crypto,
     plan: PlanName,
     names: BTreeSet<String>,
     histories: HashMap<u32, Vec<TimelineStep>>,
@@ -176,6 +177,7 @@ impl WalArchive {
             .collect();
         Ok(WalArchive {
             store: repo.store().clone(),
+            crypto: repo.crypto().clone(),
             plan: plan.clone(),
             names,
             histories: HashMap::new(),
@@ -198,7 +200,7 @@ impl WalArchive {
             return Ok(false);
         }
         let key = format!("{}{name}", wal::wal_prefix(&self.plan));
-        match log_archive::resolve(self.store.as_ref(), &key).await {
+        match log_archive::resolve(self.store.as_ref(), &self.crypto, &key).await {
             Ok(_) => {
                 self.sound.insert(name.to_string());
                 Ok(true)
@@ -235,7 +237,7 @@ impl WalArchive {
     }
 
     async fn fetch(&self, name: &str) -> Result<Vec<u8>, PgError> {
-        fetch_checked(self.store.as_ref(), &self.plan, name).await
+        fetch_checked(self.store.as_ref(), &self.crypto, &self.plan, name).await
     }
 
     /// The ancestry of the newest timeline that follows from `base`, much
@@ -348,9 +350,16 @@ impl WalArchive {
 
 /// Fetches one archived file (under its name or an alternative one) and
 /// checks it against its SHA-256.
-async fn fetch_checked(store: &dyn Store, plan: &PlanName, name: &str) -> Result<Vec<u8>, PgError> {
+async fn fetch_checked(
+    store: &dyn Store,
+    crypto: &crate::repository::Crypto,
+    plan: &PlanName,
+    name: &str,
+) -> Result<Vec<u8>, PgError> {
     let key = format!("{}{name}", wal::wal_prefix(plan));
-    log_archive::get(store, &key).await.map_err(fetch_error)
+    log_archive::get(store, crypto, &key)
+        .await
+        .map_err(fetch_error)
 }
 
 fn fetch_error(e: LogError) -> PgError {
@@ -360,6 +369,10 @@ fn fetch_error(e: LogError) -> PgError {
         LogError::Corrupt { key, why } => PgError::WalSegment {
             key,
             problem: format!("is corrupt ({why})"),
+        },
+        LogError::Unauthenticated { key, why } => PgError::WalSegment {
+            key,
+            problem: format!("is not authentic ({why})"),
         },
         LogError::OnlyForeign { key, foreign } => PgError::WalSegment {
             key,
@@ -974,6 +987,7 @@ async fn check_wal(
                 break;
             }
             let (store, plan, n) = (archive.store.clone(), archive.plan.clone(), name.clone());
+            let crypto = archive.crypto.clone();
             let spool = spool.to_path_buf();
             // Each task writes its segment to the spool itself, so memory
             // holds only the segments being decoded, not a queue of them.
@@ -981,7 +995,7 @@ async fn check_wal(
                 next,
                 name,
                 tokio::spawn(async move {
-                    let raw = fetch_checked(store.as_ref(), &plan, &n).await?;
+                    let raw = fetch_checked(store.as_ref(), &crypto, &plan, &n).await?;
                     tokio::task::spawn_blocking(move || write_spool(&spool, &n, &raw))
                         .await
                         .expect("spool writer panicked")

@@ -63,6 +63,7 @@ pub fn check_name(name: &str) -> Result<(), WalError> {
 /// Archives the WAL file at `path` (`archive_command`).
 pub async fn push(
     store: &dyn Store,
+    crypto: &crate::repository::Crypto,
     plan: &PlanName,
     path: &Path,
     retention: Option<Retention>,
@@ -74,7 +75,7 @@ pub async fn push(
         .to_string();
     check_name(&name)?;
     let key = format!("{}{name}", wal_prefix(plan));
-    Ok(log_archive::push(store, key, path, retention).await?)
+    Ok(log_archive::push(store, crypto, key, path, retention).await?)
 }
 
 /// Restores archived file `name` to `dest` (`restore_command`), checked
@@ -82,13 +83,14 @@ pub async fn push(
 /// the bytes written and the object they came from.
 pub async fn fetch(
     store: &dyn Store,
+    crypto: &crate::repository::Crypto,
     plan: &PlanName,
     name: &str,
     dest: &Path,
 ) -> Result<(u64, String), WalError> {
     check_name(name)?;
     let key = format!("{}{name}", wal_prefix(plan));
-    Ok(log_archive::fetch(store, key, dest).await?)
+    Ok(log_archive::fetch(store, crypto, key, dest).await?)
 }
 
 /// A WAL location (`X/Y` as PostgreSQL prints it).
