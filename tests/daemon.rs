@@ -466,3 +466,75 @@ fn the_lock_keeper_lengthens_the_locks_of_kept_snapshots_and_exports_the_coverag
         Some(extended)
     );
 }
+
+/// An insider with the bucket's credentials replays a real, sealed manifest
+/// under a newer snapshot name. The daemon's next look at the repository
+/// ignores it (the snapshot count and the last backup stay the real ones)
+/// and shows it where on-call looks: `holdfast_rejected_objects`, the plan's
+/// `rejected` list on `/status`, and a red line on the status page naming
+/// the object.
+#[test]
+fn a_planted_manifest_is_counted_in_metrics_and_named_on_status_and_the_page() {
+    use holdfast::store::{local::LocalStore, PutOptions, Store};
+    let (dir, plans) = setup(&["app"]);
+    let plan = write_plan(&plans, "app", "backup: '*/2 * * * * *'");
+    let d = Daemon::start(&plans, &dir.path().join("state"), &[]);
+    d.wait_for("a backup", |d| ran_ok(&d.plan("app"), "backup"));
+    assert_eq!(
+        d.metric("holdfast_rejected_objects{plan=\"app\"}"),
+        Some(0.0)
+    );
+
+    let rows = json(&["snapshots", "--plan", plan.to_str().unwrap(), "--json"]);
+    let real = rows[0]["key"].as_str().unwrap().to_string();
+    // `snapshots/app/<time>-<id>`: one second later, the same bytes.
+    let (prefix, rest) = real.rsplit_once('/').unwrap();
+    let (time, id) = rest.split_once('-').unwrap();
+    let started: DateTime<Utc> =
+        chrono::NaiveDateTime::parse_from_str(time, holdfast::repository::SNAPSHOT_TIME_FORMAT)
+            .unwrap()
+            .and_utc();
+    let later = (started + chrono::Duration::seconds(1))
+        .format(holdfast::repository::SNAPSHOT_TIME_FORMAT)
+        .to_string();
+    let planted = format!("{prefix}/{later}-{id}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = LocalStore::open(dir.path().join("repo-app")).unwrap();
+    rt.block_on(async {
+        let bytes = store.get(&real).await.unwrap();
+        let opts = PutOptions {
+            sha256: holdfast::ids::Hash256::digest(&bytes),
+            retention: None,
+        };
+        store.put(&planted, bytes, &opts).await.unwrap();
+    });
+
+    d.wait_for("the planted manifest counted", |d| {
+        d.metric("holdfast_rejected_objects{plan=\"app\"}") == Some(1.0)
+    });
+    let p = d.plan("app");
+    let rejected = p["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{p}");
+    assert_eq!(rejected[0]["object"], planted.as_str(), "{p}");
+    assert!(
+        rejected[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not authentic"),
+        "{p}"
+    );
+    assert_ne!(p["last_backup"]["time"], Value::Null, "{p}");
+    let last: DateTime<Utc> = p["last_backup"]["time"].as_str().unwrap().parse().unwrap();
+    assert!(
+        last.format(holdfast::repository::SNAPSHOT_TIME_FORMAT)
+            .to_string()
+            != later,
+        "the planted manifest is not the last backup: {p}"
+    );
+    let page = d.get("/").unwrap();
+    assert!(page.contains("1 rejected object(s)"), "{page}");
+    assert!(page.contains(&planted), "{page}");
+}

@@ -624,3 +624,95 @@ async fn on_an_encrypted_repository_hand_written_manifests_index_objects_and_pru
     );
     assert_eq!(checksum(&to), newest);
 }
+
+/// Key objects are what anyone with the bucket's credentials can add most
+/// cheaply: a key object's name is the SHA-256 of content they choose, and
+/// unlocking tries at most 32. Forty planted objects whose names sort before
+/// the real key's, each well-formed and bound to this repository but opening
+/// with nothing, must not lock the key holder out: on S3 key objects are
+/// tried oldest first by the server's creation time, so the repository's own
+/// key comes first and backup, restore and verify go on.
+#[tokio::test]
+async fn on_s3_key_objects_planted_to_sort_first_do_not_lock_the_key_holder_out() {
+    use holdfast::repository::keys::{key_id_of, read_key_object, KeyObject};
+    let s3 = common::s3_env();
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = common::bucket_name("keycrowd");
+    let plan = sqlite_plan(
+        dir.path(),
+        &format!("s3://{bucket}/prod"),
+        &format!("  endpoint: {}\n", s3.endpoint),
+    );
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", s3.access_key_id.as_str()),
+        ("AWS_SECRET_ACCESS_KEY", s3.secret_access_key.as_str()),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let run = |args: &[&str]| command().envs(aws).args(args).output().unwrap();
+    json_of(&run(&["repo", "init", "--plan", s(&plan), "--json"]));
+    json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+
+    let mut config = common::s3_config(&bucket, "prod");
+    config.endpoint = Some(s3.endpoint.clone());
+    let store = holdfast::store::s3::S3Store::open(config).await.unwrap();
+    let listed = store.list("keys/").await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let real_id = key_id_of(&listed[0].key).unwrap();
+    let real: KeyObject = read_key_object(&store, &real_id).await.unwrap();
+
+    // Cheap to try (8 KiB, one pass), bound to this repository, opening
+    // with nothing; salts ground until each name sorts before the real one.
+    let mut planted = Vec::new();
+    let mut n = 0u64;
+    while planted.len() < 40 {
+        n += 1;
+        let mut forged = real.clone();
+        forged.kdf.memory_kib = 8;
+        forged.kdf.iterations = 1;
+        forged.kdf.salt = format!("{n:032x}");
+        forged.wrapped = hex::encode([7u8; 72]);
+        let bytes = serde_json::to_vec_pretty(&forged).unwrap();
+        let id = Hash256::digest(&bytes);
+        if id.to_string() < real_id.to_string() {
+            let key = format!("keys/{id}");
+            put(&store, &key, bytes).await;
+            planted.push(key);
+        }
+    }
+    let names: Vec<String> = store
+        .list("keys/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(names.len(), 41);
+    assert!(
+        names.iter().take(40).all(|k| planted.contains(k)),
+        "in name order the planted objects come first"
+    );
+
+    let out = run(&["backup", "--plan", s(&plan), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let to = dir.path().join("restored.db");
+    let out = run(&["restore", "--plan", s(&plan), "--to", s(&to)]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(checksum(&to), checksum(&dir.path().join("app.db")));
+    let out = run(&["key", "list", "--plan", s(&plan), "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -635,4 +635,152 @@ mod mutations {
             past_header.get()
         );
     }
+
+    /// Key objects are plain JSON (they unlock the rest) that anyone with
+    /// the bucket's credentials can add: the format fixture's key object
+    /// (`tests/fixtures/repo-v2`), mutated and planted under its new SHA-256
+    /// as such a writer would, is either refused naming it, or read with KDF
+    /// parameters inside the caps and then opens with the fixture's key only
+    /// when what the unwrapping uses is unchanged. The KDF's memory is the
+    /// largest allocation: peak virtual size grows by less than its cap plus
+    /// a margin.
+    #[test]
+    fn mutated_key_objects_are_refused_by_name_or_open_only_as_the_original() {
+        use holdfast::repository::crypto::{self, MAX_KDF_MEMORY_KIB};
+        use holdfast::repository::keys::{read_key_object, KeyObject};
+        use holdfast::store::{local::LocalStore, PutOptions, Store};
+
+        let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2");
+        let keys: Vec<_> = walkdir::WalkDir::new(format!("{fixture}/repo/objects/keys"))
+            .into_iter()
+            .map(Result::unwrap)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| std::fs::read(e.path()).unwrap())
+            .collect();
+        assert_eq!(keys.len(), 1, "the fixture has one key object");
+        let original_bytes = keys[0].clone();
+        let original: KeyObject = serde_json::from_slice(&original_bytes).unwrap();
+        let pass = std::fs::read_to_string(format!("{fixture}/repo.key")).unwrap();
+        let pass = pass.trim().as_bytes().to_vec();
+        let wrapped = hex::decode(&original.wrapped).unwrap();
+        assert!(
+            crypto::unwrap(&original.kdf, &pass, &original.repository, &wrapped)
+                .unwrap()
+                .is_some(),
+            "the fixture's key opens its key object"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path().to_path_buf()).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let peak = vm_peak();
+        let (parsed, opened) = (Cell::new(0u32), Cell::new(0u32));
+        let cases = 96;
+        TestRunner::new(Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        })
+        .run(&mutation(), |m| {
+            let bad = match m.kind {
+                0..=2 => mutate_bytes(&original_bytes, 0, &m),
+                // One hex digit of the salt, the wrapped secret or the
+                // repository id changed: well-formed, and must not open.
+                3 | 4 => {
+                    let text = String::from_utf8(original_bytes.clone()).unwrap();
+                    let field =
+                        ["\"salt\": \"", "\"wrapped\": \"", "\"repository\": \""][m.pick % 3];
+                    let start = text.find(field).unwrap() + field.len();
+                    let len = text[start..].find('"').unwrap();
+                    let at = start + m.at.index(len);
+                    let was = text.as_bytes()[at];
+                    let hex = b"0123456789abcdef";
+                    let mut now = hex[(m.value % 16) as usize];
+                    if now == was {
+                        now = hex[((m.value + 1) % 16) as usize];
+                    }
+                    let mut out = original_bytes.clone();
+                    out[at] = now;
+                    out
+                }
+                _ => {
+                    let text = String::from_utf8(original_bytes.clone()).unwrap();
+                    let numbers = number_spans(&text);
+                    let (start, end) = numbers[m.at.index(numbers.len())];
+                    let was: u64 = text[start..end].parse().unwrap_or(0);
+                    let now = match m.pick % 4 {
+                        0 => "-1".to_string(),
+                        1 => "1e400".to_string(),
+                        2 => "99999999999999999999999".to_string(),
+                        _ => interesting(&m, text.len(), was).to_string(),
+                    };
+                    format!("{}{now}{}", &text[..start], &text[end..]).into_bytes()
+                }
+            };
+            let id = Hash256::digest(&bad);
+            let key = format!("keys/{id}");
+            let opts = PutOptions {
+                sha256: id,
+                retention: None,
+            };
+            match rt.block_on(store.put(&key, bytes::Bytes::from(bad.clone()), &opts)) {
+                Ok(()) | Err(holdfast::store::StoreError::AlreadyExists { .. }) => {}
+                Err(e) => prop_assert!(false, "planting {key}: {e}"),
+            }
+            match rt.block_on(read_key_object(&store, &id)) {
+                Err(RepoError::Corrupt {
+                    what,
+                    key: named,
+                    why,
+                }) => {
+                    prop_assert_eq!(what, "key object");
+                    prop_assert_eq!(&named, &key);
+                    if !why.starts_with("cannot parse") {
+                        parsed.set(parsed.get() + 1);
+                    }
+                }
+                Err(e) => prop_assert!(false, "{key}: untyped failure {e}"),
+                Ok(object) => {
+                    parsed.set(parsed.get() + 1);
+                    prop_assert!(object.kdf.check().is_ok());
+                    prop_assert!(object.kdf.memory_kib <= MAX_KDF_MEMORY_KIB);
+                    let Ok(w) = hex::decode(&object.wrapped) else {
+                        return Ok(());
+                    };
+                    let same = object.kdf.memory_kib == original.kdf.memory_kib
+                        && object.kdf.iterations == original.kdf.iterations
+                        && object.kdf.parallelism == original.kdf.parallelism
+                        && object.kdf.salt == original.kdf.salt
+                        && object.repository == original.repository
+                        && w == wrapped;
+                    match crypto::unwrap(&object.kdf, &pass, &object.repository, &w) {
+                        Ok(Some(_)) => {
+                            opened.set(opened.get() + 1);
+                            prop_assert!(same, "{key} opened though it differs: {object:?}");
+                        }
+                        Ok(None) => prop_assert!(!same, "{key} is the original's and did not open"),
+                        Err(why) => prop_assert!(!same, "{key}: {why}"),
+                    }
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+        let grew = vm_peak() - peak;
+        eprintln!(
+            "{} of {cases} mutated key objects got past the JSON parser, {} opened; peak virtual size grew by {grew} bytes",
+            parsed.get(),
+            opened.get()
+        );
+        let cap = u64::from(MAX_KDF_MEMORY_KIB) * 1024 + (64 << 20);
+        assert!(grew < cap, "peak virtual size grew by {grew} bytes");
+        assert!(
+            parsed.get() >= cases / 4,
+            "only {} of {cases} mutated key objects got past the JSON parser",
+            parsed.get()
+        );
+    }
 }

@@ -311,8 +311,11 @@ pub struct KdfParams {
 
 /// Caps on a key object's KDF parameters: a planted key object must not make
 /// unlocking take gigabytes of memory or hours.
-pub const MAX_KDF_MEMORY_KIB: u32 = 1 << 20;
-pub const MAX_KDF_ITERATIONS: u32 = 16;
+/// Four times the recommended memory and about three times its passes: room
+/// for a stronger setting, and a planted key object costs an unlock at most
+/// 256 MiB and a few seconds (of at most `MAX_KEY_OBJECTS` tried).
+pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
+pub const MAX_KDF_ITERATIONS: u32 = 10;
 pub const MAX_KDF_PARALLELISM: u32 = 16;
 
 impl KdfParams {

@@ -123,16 +123,23 @@ pub async fn add(
     Ok(id)
 }
 
-/// Key object names in the store, in name order; markers left out.
+/// Key object names in the store, markers left out: oldest first by the
+/// storage service's own creation time where it vouches for one (S3), then
+/// in name order. Anyone with the bucket's credentials can add key objects,
+/// and a name is the SHA-256 of content they choose, so name order alone
+/// would let [`MAX_KEY_OBJECTS`] planted objects sorting first crowd out the
+/// real ones; they cannot be created before the repository's own keys.
 pub async fn list_key_objects(store: &dyn Store) -> Result<Vec<(Hash256, String)>, RepoError> {
-    let mut out: Vec<(Hash256, String)> = store
+    let mut listed: Vec<_> = store
         .list(KEYS_PREFIX)
         .await?
         .into_iter()
-        .filter_map(|i| key_id_of(&i.key).map(|id| (id, i.key)))
+        .filter_map(|i| key_id_of(&i.key).map(|id| (i.created, id, i.key)))
         .collect();
-    out.sort_by(|a, b| a.1.cmp(&b.1));
-    Ok(out)
+    // `None` (a store that cannot vouch) sorts before any time: the local
+    // store gives `None` for all, so its order is the name order.
+    listed.sort_by(|a, b| (a.0, &a.2).cmp(&(b.0, &b.2)));
+    Ok(listed.into_iter().map(|(_, id, key)| (id, key)).collect())
 }
 
 /// Reads a key object, checking its id and its size.
