@@ -13,6 +13,7 @@
 //! and one arm in [`engine_for`].
 
 pub mod files;
+pub mod mariadb;
 pub mod point;
 pub mod postgres;
 pub mod process;

@@ -8,6 +8,7 @@
 pub mod bin;
 pub mod daemon;
 pub mod files;
+pub mod mariadb;
 pub mod postgres;
 pub mod s3_server;
 pub mod webhook;

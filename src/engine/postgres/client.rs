@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use crate::plan::{DbConnection, Password, PgSslMode};
 use crate::repository::source::SourceError;
+use crate::secret::percent_decode;
 
 /// How to run PostgreSQL's client programs against one server.
 #[derive(Debug, Clone)]
@@ -336,25 +337,6 @@ pub fn redact_url(s: &str) -> String {
         from = start + 3;
     }
     out
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("");
-            if let Ok(v) = u8::from_str_radix(hex, 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
