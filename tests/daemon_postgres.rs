@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use common::bin::{command_as, json_of, s, text, BIN, TEST_KEY};
 use common::free_port;
 use common::postgres::{chown_postgres, sql_at, state, without_aws, Cluster, Restored};
@@ -341,14 +341,13 @@ fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_sc
         scheduled, text_of_plan,
         "the cluster's plan has no schedule to replace"
     );
-    std::fs::write(
-        &pg.plan,
+    let with_drill = |text: &str| {
         format!(
-            "{scheduled}drill:\n  scratch_dir: {}\n  max_duration: 2m\n  checks:\n    - name: orders written\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{at_least: 1000}}\n",
+            "{text}drill:\n  scratch_dir: {}\n  max_duration: 2m\n  checks:\n    - name: orders written\n      sql: \"SELECT count(*) FROM orders\"\n      expect: {{at_least: 1000}}\n",
             scratch.display()
-        ),
-    )
-    .unwrap();
+        )
+    };
+    std::fs::write(&pg.plan, with_drill(&scheduled)).unwrap();
     let plan = s(&pg.plan).to_string();
     repo_init(&pg);
 
@@ -443,6 +442,24 @@ fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_sc
 
     // `holdfast snapshots` agrees with /status, read while no job ran in
     // between (the same last runs before and after the listing, none running).
+    // The seconds-level schedule leaves few such moments on a busy machine:
+    // quiet it first (the daemon reloads a changed plan), then bring it back.
+    // (Every five minutes: a daily schedule would need longer locks.)
+    let quiet = text_of_plan.replace(
+        "schedule: {backup: '0 1 * * *'}",
+        "schedule: {backup: '0 */5 * * * *', verify: '10 */5 * * * *', prune: '20 */5 * * * *', drill: '30 */5 * * * *'}",
+    );
+    std::fs::write(&pg.plan, with_drill(&quiet)).unwrap();
+    d.wait_for("the quiet schedule loaded", Duration::from_secs(60), |d| {
+        let p = d.plan();
+        let next = |job: &str| {
+            p["next_runs"][job]
+                .as_str()
+                .and_then(|t| t.parse::<chrono::DateTime<Utc>>().ok())
+        };
+        Ok(p["valid"] == true
+            && next("drill").is_some_and(|t| t.minute() % 5 == 0 && t.second() == 30))
+    });
     let mut agreed = false;
     let deadline = Instant::now() + Duration::from_secs(60);
     while !agreed {
@@ -492,6 +509,8 @@ fn the_daemon_backs_up_verifies_prunes_and_drills_a_postgres_cluster_on_s3_on_sc
         );
         assert!(to >= time(&newest["time"]), "{rows:?}");
     }
+
+    std::fs::write(&pg.plan, with_drill(&scheduled)).unwrap();
 
     // SIGTERM while a backup runs: it finishes within the grace and is
     // recorded, nothing new starts, and the daemon exits 0.
@@ -846,7 +865,7 @@ fn the_archive_watch_sees_archiving_stall_on_a_real_cluster_alerts_and_resolves_
     );
     let p = d.plan();
     assert!(
-        p["rpo_seconds"].as_i64().unwrap() > RPO_LIMIT.as_secs() as i64,
+        p["rpo_seconds"].as_i64().unwrap() >= RPO_LIMIT.as_secs() as i64,
         "{p}"
     );
     assert!(

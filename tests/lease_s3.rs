@@ -156,8 +156,10 @@ async fn latest(store: &S3Store, key: &str) -> Option<Vec<u8>> {
 fn two_backups_of_one_plan_at_once_one_wins_the_other_exits_busy_naming_it() {
     let env = Env::new("lease-two-backups");
     let db = env.path("app.db");
-    // Big enough that one backup is still running when the other starts.
-    make_db(&db, 60_000);
+    // Big enough that one backup is still running when the other, which
+    // first unlocks the repository key (Argon2id, a fraction of a second),
+    // asks for the lease.
+    make_db(&db, 300_000);
     let plan = env.plan("app", &db);
     said_by(&env.run(&["repo", "init", "--plan", s(&plan)]), 0);
 
