@@ -370,3 +370,91 @@ impl Engine for Postgres {
 fn postgres_restores_each_base_backup_and_a_point_in_time_between_them() {
     back_up_change_and_restore_every_point(&mut Postgres::new());
 }
+
+// ------------------------------------------------------------------ mariadb
+
+struct Mariadb {
+    server: common::mariadb::Server,
+    plan: PathBuf,
+}
+
+impl Mariadb {
+    fn new() -> Mariadb {
+        let server = common::mariadb::Server::start(&[]);
+        server.sql(
+            "CREATE DATABASE app;
+             USE app;
+             CREATE TABLE app.customers(id INT PRIMARY KEY, name VARCHAR(64), balance BIGINT) ENGINE=InnoDB;
+             INSERT INTO app.customers SELECT seq, CONCAT('customer ', seq), seq * 3 FROM seq_1_to_977;
+             CREATE TABLE app.orders(id INT PRIMARY KEY AUTO_INCREMENT, customer INT, amount DECIMAL(10,2)) ENGINE=InnoDB;
+             INSERT INTO app.orders(customer, amount) SELECT seq % 977 + 1, seq / 7 FROM seq_1_to_20000;",
+        );
+        let plan = local_plan(server.dir.path(), &server.source_yaml());
+        Mariadb { server, plan }
+    }
+}
+
+/// Stops a server `restore --start` left running on `datadir`.
+fn stop_restored_mariadb(datadir: &Path) {
+    if let Ok(pid) = std::fs::read_to_string(datadir.join("mariadbd.pid")) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", pid.trim()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{}", pid.trim())).exists()
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Engine for Mariadb {
+    fn plan(&self) -> &Path {
+        &self.plan
+    }
+
+    fn scratch(&self, name: &str) -> PathBuf {
+        self.server.dir.path().join(name)
+    }
+
+    /// New rows, changed rows, deleted rows, a new table and a dropped one.
+    fn change(&mut self, round: u32) {
+        self.server.sql(&format!(
+            "USE app;
+             INSERT INTO app.orders(customer, amount) SELECT seq % 977 + 1, seq / 3 FROM seq_1_to_500;
+             UPDATE app.customers SET balance = balance + {round} WHERE id % 7 = {round};
+             DELETE FROM app.orders WHERE id % 11 = {round};
+             CREATE TABLE app.refunds_{round}(id INT PRIMARY KEY, amount DECIMAL(10,2));
+             INSERT INTO app.refunds_{round} SELECT id, amount FROM app.orders WHERE id % 13 = 0;
+             DROP TABLE IF EXISTS app.refunds_{};",
+            round - 1
+        ));
+    }
+
+    fn state(&self) -> String {
+        format!("{:?}", self.server.checksums("app"))
+    }
+
+    fn restore_args(&mut self, _to: &Path) -> Vec<String> {
+        vec![
+            "--start".into(),
+            "--port".into(),
+            common::free_port().to_string(),
+        ]
+    }
+
+    fn restored_state(&mut self, to: &Path) -> String {
+        let state = format!(
+            "{:?}",
+            common::mariadb::checksums_at(&to.join("mariadbd.sock"), "app")
+        );
+        stop_restored_mariadb(to);
+        state
+    }
+}
+
+#[test]
+fn mariadb_restores_each_physical_backup_as_it_was() {
+    back_up_change_and_restore_every_point(&mut Mariadb::new());
+}

@@ -165,6 +165,30 @@ fn render(report: &RestoreReport, plan: &Plan, json: bool) -> Result<Exit, Error
             r.duration_seconds
         )?,
         RestoreReport::PointInTime(r) => print_pitr(r, plan)?,
+        RestoreReport::Mariadb(r) => {
+            outln!(
+                "restored snapshot {} (taken {}) of plan {} into {}: {} files, {} in {:.1}s; binlog position {} {}{}",
+                r.snapshot.short(),
+                r.snapshot_time.to_rfc3339(),
+                r.plan,
+                r.data_directory.display(),
+                r.files,
+                human_bytes(r.bytes),
+                r.duration_seconds,
+                r.binlog_file.as_deref().unwrap_or("-"),
+                r.binlog_position.map(|p| p.to_string()).unwrap_or_default(),
+                r.gtid.as_deref().map(|g| format!(" (GTID {g})")).unwrap_or_default(),
+            )?;
+            if let Some(s) = &r.server {
+                outln!(
+                    "  started: mariadbd on 127.0.0.1:{} (socket {}, pid {}), log {}",
+                    s.port,
+                    s.socket.display(),
+                    s.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    s.log.display()
+                )?;
+            }
+        }
         RestoreReport::Dump(r) => outln!(
             "restored the dump of database {} from snapshot {} ({}) of plan {} into {}: {} in {:.1}s",
             r.database,

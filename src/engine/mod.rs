@@ -73,6 +73,7 @@ pub enum RestoreReport {
     Snapshot(SnapshotRestoreReport),
     PointInTime(Box<postgres::pitr::PitrReport>),
     Dump(postgres::dump::DumpRestoreReport),
+    Mariadb(Box<mariadb::restore::MariaRestoreReport>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +84,8 @@ pub enum RestoreError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Postgres(#[from] postgres::PgError),
+    #[error(transparent)]
+    Mariadb(#[from] mariadb::MariaError),
     #[error("{what} {applies}; plan {plan} backs up {kind}")]
     NotFor {
         what: &'static str,
@@ -100,6 +103,7 @@ impl HasExit for RestoreError {
             RestoreError::Materialize(e) => e.exit(),
             RestoreError::Repo(e) => e.exit(),
             RestoreError::Postgres(e) => e.exit(),
+            RestoreError::Mariadb(e) => e.exit(),
             RestoreError::NotFor { .. } | RestoreError::Usage(_) => Exit::Usage,
         }
     }
@@ -183,12 +187,17 @@ pub fn engine_for(plan: &Plan) -> Result<Box<dyn Engine>, SourceError> {
             archive: *archive,
             logical_dumps: logical_dumps.clone(),
         }),
-        other @ SourceSpec::Mariadb { .. } => {
-            return Err(SourceError::Unsupported(format!(
-                "{} sources are not supported by this build yet; it backs up sqlite, files and postgres sources",
-                other.kind()
-            )))
-        }
+        SourceSpec::Mariadb {
+            connection,
+            mode,
+            archive,
+            logical_dumps,
+        } => Box::new(mariadb::MariadbEngine {
+            connection: connection.clone(),
+            mode: *mode,
+            archive: *archive,
+            logical_dumps: logical_dumps.clone(),
+        }),
     })
 }
 

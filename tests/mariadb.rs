@@ -1,0 +1,282 @@
+//! MariaDB physical backups against a real `mariadbd` of the test's own
+//! (`tests/common/mariadb.rs`: a temp data directory, a free port, binlogs
+//! on; never the shared server on 3306), through the built binary, as
+//! on-call would run it: back up under load, restore into a new data
+//! directory and start it, and see every committed row.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::bin::{command, json_of, s, said_by, text};
+use common::mariadb::{checksums_at, client_sql, Server};
+
+/// A plan `maria` for `server` into `dir/repo` (encrypted; the test runner
+/// gives every holdfast the test key).
+fn plan(server: &Server, source: &str) -> PathBuf {
+    let file = server.dir.path().join("maria.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "name: maria\nsource: {source}\nrepository: {{url: {}}}\nschedule: {{backup: '0 * * * *'}}\nlock: {{mode: none}}\nretention: {{keep_last: 10}}\n",
+            server.dir.path().join("repo").display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+fn run(args: &[&str]) -> std::process::Output {
+    command().args(args).output().unwrap()
+}
+
+/// Stops a server `restore --start` left running on `datadir`.
+fn stop_restored(datadir: &Path) {
+    let pid = std::fs::read_to_string(datadir.join("mariadbd.pid")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{}", pid.trim())).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "restored mariadbd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn setup(server: &Server) {
+    server.sql(
+        "CREATE DATABASE app; USE app;
+         CREATE TABLE accounts(id INT PRIMARY KEY, owner VARCHAR(200), balance BIGINT) ENGINE=InnoDB;
+         INSERT INTO accounts SELECT seq, CONCAT(MD5(seq), SHA1(seq), MD5(seq * 7)), seq * 100 FROM seq_1_to_100000;
+         CREATE TABLE events(id BIGINT PRIMARY KEY AUTO_INCREMENT, payload VARCHAR(200)) ENGINE=InnoDB;
+         CREATE TABLE notes(id INT PRIMARY KEY, body TEXT) ENGINE=Aria;
+         INSERT INTO notes SELECT seq, REPEAT('n', 100) FROM seq_1_to_300;",
+    );
+}
+
+/// Inserts into app.events one row per transaction until stopped.
+fn write_load(server: &Server, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    let socket = server.socket();
+    std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(Ordering::SeqCst) {
+            client_sql(
+                &socket,
+                "INSERT INTO app.events(payload) VALUES (REPEAT('e', 150)); INSERT INTO app.events(payload) VALUES ('x');",
+            )
+            .unwrap();
+            n += 2;
+        }
+        n
+    })
+}
+
+#[test]
+fn a_backup_under_write_load_restores_to_a_consistent_started_server_and_a_repeat_stores_little() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let plan = plan(&server, &server.source_yaml());
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(&server, stop.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    let first = json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    stop.store(true, Ordering::SeqCst);
+    let inserted = load.join().unwrap();
+    assert!(inserted > 0);
+    let accounts = server.checksums("app")["accounts"].clone();
+
+    // Restore into a new data directory and start it.
+    let to = server.dir.path().join("restored");
+    let port = common::free_port();
+    let out = run(&[
+        "restore",
+        "--plan",
+        s(&plan),
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port.to_string(),
+        "--json",
+    ]);
+    let report: serde_json::Value = json_of(&out);
+    let socket = to.join("mariadbd.sock");
+    assert_eq!(report["server"]["port"], port, "{report}");
+    assert_eq!(report["snapshot"], first["snapshot"], "{report}");
+    assert!(
+        report["binlog_file"]
+            .as_str()
+            .unwrap()
+            .starts_with("binlog."),
+        "{report}"
+    );
+    assert!(report["gtid"].is_string(), "{report}");
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["fetch_restore", "prepare", "start"]);
+
+    // A consistent cut: every row up to the newest is there (single-row
+    // transactions in one session get consecutive ids), the untouched
+    // tables are exactly as they were, and every table checks.
+    let restored = checksums_at(&socket, "app");
+    assert_eq!(restored["accounts"], accounts);
+    let counts = client_sql(
+        &socket,
+        "SELECT COUNT(*), IFNULL(MAX(id), 0) FROM app.events",
+    )
+    .unwrap();
+    let (count, max) = counts.trim().split_once('\t').unwrap();
+    assert_eq!(count, max, "rows missing in the restored copy: {counts}");
+    let total: u64 = server
+        .sql("SELECT COUNT(*) FROM app.events")
+        .trim()
+        .parse()
+        .unwrap();
+    let count: u64 = count.parse().unwrap();
+    assert!(count > 0 && count <= total, "{count} of {total}");
+    let checked = client_sql(&socket, "CHECK TABLE app.accounts, app.events, app.notes").unwrap();
+    assert!(checked.lines().all(|l| l.ends_with("\tOK")), "{checked}");
+    // The copy writes no binlog: it can never archive into the plan.
+    assert_eq!(client_sql(&socket, "SELECT @@log_bin").unwrap().trim(), "0");
+    stop_restored(&to);
+
+    // A repeat backup after a few writes stores a small fraction. (Once
+    // InnoDB has written its dirty pages: until then the data files on disk
+    // are still changing from the load, and a backup rightly stores that.)
+    server.sql("SET GLOBAL innodb_max_dirty_pages_pct = 0, innodb_max_dirty_pages_pct_lwm = 0");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server
+        .sql("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_BUFFER_POOL_PAGES_DIRTY'")
+        .trim()
+        != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "InnoDB kept dirty pages for 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    server.sql("UPDATE app.accounts SET balance = balance + 1 WHERE id < 50");
+    let third = json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    let stored = |r: &serde_json::Value| r["stored_bytes"].as_u64().unwrap();
+    let (all, repeat) = (stored(&first) + stored(&second), stored(&third));
+    assert!(
+        repeat * 20 < all,
+        "the repeat backup stored {repeat} bytes, the repository held {all}"
+    );
+}
+
+#[test]
+fn a_damaged_pack_is_named_and_nothing_is_written() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let plan = plan(&server, &server.source_yaml());
+    json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    let packs = server.dir.path().join("repo/objects/packs");
+    let pack = walkdir::WalkDir::new(&packs)
+        .into_iter()
+        .map(Result::unwrap)
+        .filter(|e| e.file_type().is_file())
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .into_path();
+    let mut perms = std::fs::metadata(&pack).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&pack, perms).unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&pack, bytes).unwrap();
+
+    let to = server.dir.path().join("restored");
+    let out = run(&["restore", "--plan", s(&plan), "--to", s(&to)]);
+    let said = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    let name = pack.file_name().unwrap().to_str().unwrap();
+    assert!(said.contains(name), "the error names the pack: {said}");
+    assert!(!to.exists(), "nothing is written to the target");
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("holdfast"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_plan_that_archives_binlogs_refuses_a_server_without_them() {
+    let server = Server::start(&["--skip-log-bin"]);
+    let plan = plan(&server, &server.source_yaml());
+    let out = run(&["backup", "--plan", s(&plan)]);
+    let said = said_by(&out, out.status.code().unwrap());
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("binary logging is off"), "{said}");
+    assert!(said.contains("archive: false"), "{said}");
+}
+
+#[test]
+fn the_password_reaches_mariadb_backup_and_mariadb_dump_only_through_their_environment() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let password = "Pw-ZX81-never-on-argv";
+    server.sql(&format!(
+        "CREATE USER 'backup'@'127.0.0.1' IDENTIFIED BY '{password}';
+         GRANT ALL ON *.* TO 'backup'@'127.0.0.1';"
+    ));
+    let pw_file = server.dir.path().join("backup.pw");
+    std::fs::write(&pw_file, format!("{password}\n")).unwrap();
+    let source = format!(
+        "{{type: mariadb, host: 127.0.0.1, port: {}, user: backup, password_file: {}, logical_dumps: [app]}}",
+        server.port,
+        pw_file.display()
+    );
+    let plan = plan(&server, &source);
+    let child = command()
+        .args(["backup", "--plan", s(&plan), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let out = {
+        let mut child = child;
+        loop {
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                    assert!(!cmdline.contains(password), "on a command line: {cmdline}");
+                    for p in ["mariadb-backup", "mariadb-dump"] {
+                        if cmdline.contains(p) && cmdline.contains("--user=backup") {
+                            seen.insert(p);
+                        }
+                    }
+                }
+            }
+            if child.try_wait().unwrap().is_some() {
+                break child.wait_with_output().unwrap();
+            }
+        }
+    };
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(!said.contains(password), "{said}");
+    assert!(
+        seen.contains("mariadb-backup"),
+        "never saw mariadb-backup run: {seen:?}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["files"].as_u64().unwrap() > 10, "{report}");
+    // The repository holds no copy of it either (manifests are sealed, so
+    // look at what `snapshots --json` shows of the source).
+    let listed = run(&["snapshots", "--plan", s(&plan), "--json"]);
+    assert!(!text(&listed).contains(password));
+}
