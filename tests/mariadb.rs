@@ -280,3 +280,104 @@ fn the_password_reaches_mariadb_backup_and_mariadb_dump_only_through_their_envir
     let listed = run(&["snapshots", "--plan", s(&plan), "--json"]);
     assert!(!text(&listed).contains(password));
 }
+
+/// A restore drill of a MariaDB plan: the newest backup restored into a
+/// scratch folder, prepared, started on a free port, the plan's SQL checks
+/// and `CHECK TABLE` of every table run on it, timed, and everything torn
+/// down; a check that fails fails the drill (exit 11) naming it.
+#[test]
+fn a_drill_restores_starts_checks_and_tears_down_a_scratch_server() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let scratch = server.dir.path().join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let source = format!(
+        "{{type: mariadb, host: 127.0.0.1, port: {}, user: root, database: app}}",
+        server.port
+    );
+    let file = plan(&server, &source);
+    let with_checks = |expect: &str| {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let base = text.split("drill:").next().unwrap().to_string();
+        std::fs::write(
+            &file,
+            format!(
+                "{base}drill:\n  scratch_dir: {}\n  checks:\n    - name: accounts restored\n      sql: \"SELECT COUNT(*) FROM accounts\"\n      expect: {{{expect}}}\n",
+                scratch.display()
+            ),
+        )
+        .unwrap();
+    };
+    with_checks("at_least: 100000");
+    json_of(&run(&["backup", "--plan", s(&file), "--json"]));
+
+    let reports = server.dir.path().join("reports");
+    let drill = |file: &Path| {
+        command()
+            .args(["drill", "--plan", s(file), "--json", "--reports"])
+            .arg(&reports)
+            .output()
+            .unwrap()
+    };
+    let out = drill(&file);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], true, "{report}");
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["sha256", "accounts restored", "check_table"],
+        "{report}"
+    );
+    let check_table = &report["checks"][2];
+    assert!(
+        check_table["detail"]
+            .as_str()
+            .unwrap()
+            .contains("table(s) OK"),
+        "{report}"
+    );
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["fetch_restore", "prepare", "start", "checks", "stop"],
+        "{report}"
+    );
+    assert!(report["rto_seconds"].as_f64().unwrap() > 0.0, "{report}");
+    let left: Vec<_> = std::fs::read_dir(&scratch).unwrap().collect();
+    assert!(left.is_empty(), "scratch left behind: {left:?}");
+    // No scratch mariadbd runs on: only the test's own server is left.
+    let running = std::process::Command::new("pgrep")
+        .args(["-f", &format!("datadir={}", scratch.display())])
+        .output()
+        .unwrap();
+    assert!(
+        running.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&running.stdout)
+    );
+
+    // A check that cannot pass fails the drill, naming it.
+    with_checks("equals: \"-1\"");
+    let out = drill(&file);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["passed"], false);
+    let failed = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["passed"] == false)
+        .unwrap();
+    assert_eq!(failed["name"], "accounts restored", "{report}");
+}

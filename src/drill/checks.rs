@@ -255,6 +255,99 @@ pub async fn pg_amcheck(bin: Option<&Path>, at: &Address) -> Option<CheckResult>
     })
 }
 
+/// The plan's SQL checks on a scratch MariaDB server (in `database` when the
+/// plan names one); MariaDB's `NULL` is `NULL` as in the other engines.
+pub async fn mariadb_checks(
+    server: &dyn crate::engine::scratch::ScratchServer,
+    database: Option<&str>,
+    checks: &[DrillCheck],
+) -> Vec<CheckResult> {
+    let mut out = Vec::new();
+    for check in checks {
+        let CheckKind::Sql { query, expect } = &check.kind else {
+            continue;
+        };
+        let sql = match database {
+            Some(db) => format!("USE `{}`; {query}", db.replace('`', "``")),
+            None => query.clone(),
+        };
+        let value = server.query(&sql).await.map(|rows| {
+            rows.into_iter()
+                .next()
+                .and_then(|r| r.into_iter().next())
+                .filter(|v| v != "NULL")
+        });
+        out.push(result(
+            check,
+            "sql",
+            value.and_then(|v| judge(v.as_deref(), expect)),
+        ));
+    }
+    out
+}
+
+/// `CHECK TABLE` of every table of every database but the server's own
+/// (`information_schema`, `performance_schema`, `sys`): the built-in check
+/// of a MariaDB drill.
+pub async fn mariadb_check_tables(
+    server: &dyn crate::engine::scratch::ScratchServer,
+) -> CheckResult {
+    let failed = |detail: String| CheckResult {
+        name: "check_table".into(),
+        kind: "builtin".into(),
+        passed: false,
+        detail,
+    };
+    let tables = match server
+        .query(
+            "SELECT CONCAT('`', REPLACE(table_schema, '`', '``'), '`.`', REPLACE(table_name, '`', '``'), '`') \
+             FROM information_schema.tables WHERE table_type = 'BASE TABLE' \
+             AND table_schema NOT IN ('information_schema', 'performance_schema', 'sys') \
+             ORDER BY table_schema, table_name",
+        )
+        .await
+    {
+        Ok(rows) => rows
+            .into_iter()
+            .filter_map(|r| r.into_iter().next())
+            .collect::<Vec<_>>(),
+        Err(e) => return failed(format!("listing the tables failed: {e}")),
+    };
+    let mut bad = Vec::new();
+    for group in tables.chunks(50) {
+        match server
+            .query(&format!("CHECK TABLE {}", group.join(", ")))
+            .await
+        {
+            // Table, Op, Msg_type, Msg_text: an `error` row, or a last
+            // `status` row that is not OK, is a damaged table.
+            Ok(rows) => {
+                for r in rows {
+                    if r.len() >= 4 && (r[2] == "error" || (r[2] == "status" && r[3] != "OK")) {
+                        bad.push(format!("{}: {}", r[0], r[3]));
+                    }
+                }
+            }
+            Err(e) => bad.push(format!("CHECK TABLE failed: {e}")),
+        }
+    }
+    if bad.is_empty() {
+        CheckResult {
+            name: "check_table".into(),
+            kind: "builtin".into(),
+            passed: true,
+            detail: format!("CHECK TABLE found {} table(s) OK", tables.len()),
+        }
+    } else {
+        let shown: Vec<_> = bad.iter().take(10).cloned().collect();
+        failed(format!(
+            "CHECK TABLE found {} problem(s): {}",
+            bad.len(),
+            shown.join("; ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

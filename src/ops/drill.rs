@@ -738,11 +738,62 @@ async fn run_engine(
             out.done = Some(Instant::now());
             out.server = Some(server);
         }
-        other => {
-            return Err(Error::usage(format!(
-                "drills of {} sources are not supported by this build",
-                other.kind()
-            )))
+        SourceSpec::Mariadb {
+            mode, connection, ..
+        } => {
+            if *mode == DbMode::Logical {
+                return Err(Error::usage(format!(
+                    "plan {} is mode: logical; drills restore physical backups",
+                    plan.name
+                )));
+            }
+            let spec = plan.drill.as_ref();
+            let to = scratch.join("mariadb");
+            let opts = crate::engine::mariadb::restore::MariaRestoreOptions {
+                snapshot: pick.snapshot_id.clone(),
+                to: to.clone(),
+                start: false,
+                port: None,
+                progress,
+            };
+            let report = crate::engine::mariadb::restore::restore(repo, &plan.name, &opts)
+                .await
+                .map_err(crate::engine::RestoreError::from)?;
+            for (name, seconds) in &report.phases {
+                out.phases.push(Phase {
+                    name: name.clone(),
+                    seconds: *seconds,
+                });
+            }
+            let starting = Instant::now();
+            let server = crate::engine::mariadb::restore::start(&to, spec.and_then(|d| d.port))
+                .await
+                .map_err(crate::engine::RestoreError::from)?;
+            out.phases.push(phase("start", starting));
+            out.restored = Some(Instant::now());
+            out.snapshot = Some(pick.snapshot_short.clone());
+            out.restored_point = Some(report.consistent_at.unwrap_or(pick.snapshot_time));
+            out.files_verified = report.files;
+            out.bytes_restored = report.bytes;
+            out.checks.push(CheckResult {
+                name: "sha256".into(),
+                kind: "builtin".into(),
+                passed: true,
+                detail: format!(
+                    "{} restored file(s) matched the SHA-256 in the manifest",
+                    report.files
+                ),
+            });
+            let checking = Instant::now();
+            let server: Box<dyn ScratchServer> = Box::new(server);
+            let database = crate::engine::mariadb::MariaClient::new(connection.clone()).database();
+            out.checks
+                .extend(checks::mariadb_checks(server.as_ref(), database.as_deref(), checks).await);
+            out.checks
+                .push(checks::mariadb_check_tables(server.as_ref()).await);
+            out.phases.push(phase("checks", checking));
+            out.done = Some(Instant::now());
+            out.server = Some(server);
         }
     }
     Ok(out)

@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -16,6 +17,7 @@ use super::client::{bin_dir, program_path};
 use super::meta::MariaSnapshotMeta;
 use super::MariaError;
 use crate::engine::process;
+use crate::engine::scratch::{Address, ScratchServer};
 use crate::ids::SnapshotId;
 use crate::plan::PlanName;
 use crate::progress::ProgressMode;
@@ -27,6 +29,10 @@ use crate::repository::{Manifest, ManifestEntry, Repository};
 const PREPARE_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 /// How long a started server may take to accept connections.
 const START_DEADLINE: Duration = Duration::from_secs(180);
+/// How long a started server may take to shut down.
+const STOP_DEADLINE: Duration = Duration::from_secs(120);
+/// How long one query on a started server may take.
+const QUERY_DEADLINE: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct MariaRestoreOptions {
@@ -180,7 +186,10 @@ pub async fn restore(
         let t0 = Instant::now();
         let s = start(&target, opts.port).await?;
         phases.push(("start".to_string(), t0.elapsed().as_secs_f64()));
-        Some(s)
+        let started = s.started();
+        // The restore's user takes it over.
+        Box::new(s).keep();
+        Some(started)
     } else {
         None
     };
@@ -236,9 +245,116 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// Starts `mariadbd` on a restored data directory, detached (it outlives
+/// A `mariadbd` holdfast started on a restored data directory: stopped when
+/// dropped (a failed or cancelled restore or drill) unless kept.
+pub struct MariaServer {
+    address: Address,
+    socket: PathBuf,
+    log: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl MariaServer {
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn started(&self) -> StartedServer {
+        StartedServer {
+            port: self.address.port,
+            socket: self.socket.clone(),
+            pid: self.child.as_ref().map(|c| c.id()),
+            log: self.log.clone(),
+        }
+    }
+
+    fn signal(&self, sig: rustix::process::Signal) {
+        if let Some(pid) = self
+            .child
+            .as_ref()
+            .and_then(|c| rustix::process::Pid::from_raw(c.id() as i32))
+        {
+            let _ = rustix::process::kill_process(pid, sig);
+        }
+    }
+}
+
+#[async_trait]
+impl ScratchServer for MariaServer {
+    fn address(&self) -> &Address {
+        &self.address
+    }
+
+    fn log(&self) -> &PathBuf {
+        &self.log
+    }
+
+    async fn query(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        let mut cmd = tokio::process::Command::new(program_path(bin_dir().as_deref(), "mariadb"));
+        cmd.args([
+            "--no-defaults".to_string(),
+            format!("--socket={}", self.socket.display()),
+            "--user=root".into(),
+            "--batch".into(),
+            "--raw".into(),
+            "--skip-column-names".into(),
+            "--connect-timeout=5".into(),
+            "-e".into(),
+            sql.to_string(),
+        ]);
+        let out = process::output(cmd, QUERY_DEADLINE)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split('\t').map(str::to_owned).collect())
+            .collect())
+    }
+
+    async fn stop(mut self: Box<Self>) -> Result<(), String> {
+        self.signal(rustix::process::Signal::TERM);
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + STOP_DEADLINE;
+        loop {
+            match child.try_wait() {
+                Ok(Some(_)) => return Ok(()),
+                Ok(None) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "mariadbd did not stop within {}s and was killed",
+                        STOP_DEADLINE.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn keep(mut self: Box<Self>) {
+        // Not waited on: it runs on after holdfast exits.
+        self.child.take();
+    }
+}
+
+impl Drop for MariaServer {
+    fn drop(&mut self) {
+        // A failed or cancelled restore or drill: stop what it started.
+        // Drop cannot wait long; SIGTERM lets mariadbd shut down cleanly.
+        self.signal(rustix::process::Signal::TERM);
+    }
+}
+
+/// Starts `mariadbd` on a restored data directory, detached (it can outlive
 /// holdfast), with no binlog and its own socket, and waits until it answers.
-pub async fn start(datadir: &Path, port: Option<u16>) -> Result<StartedServer, MariaError> {
+pub async fn start(datadir: &Path, port: Option<u16>) -> Result<MariaServer, MariaError> {
     let port = match port {
         Some(p) => p,
         None => std::net::TcpListener::bind("127.0.0.1:0")
@@ -273,11 +389,19 @@ pub async fn start(datadir: &Path, port: Option<u16>) -> Result<StartedServer, M
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .process_group(0);
-    let mut child = cmd.spawn().map_err(|e| MariaError::Program {
+    let child = cmd.spawn().map_err(|e| MariaError::Program {
         program: "mariadbd".into(),
         detail: format!("cannot run it: {e} (install mariadb-server, or set HOLDFAST_MARIADB_BIN)"),
     })?;
-    let pid = child.id();
+    let mut server = MariaServer {
+        address: Address {
+            host: "127.0.0.1".into(),
+            port,
+        },
+        socket: socket.clone(),
+        log: log.clone(),
+        child: Some(child),
+    };
     let deadline = Instant::now() + START_DEADLINE;
     loop {
         let mut ping =
@@ -291,12 +415,12 @@ pub async fn start(datadir: &Path, port: Option<u16>) -> Result<StartedServer, M
         // `ping` answers 0 once the server is up, even when access is denied.
         if let Ok(out) = process::output(ping, Duration::from_secs(10)).await {
             if out.status.success() {
-                break;
+                return Ok(server);
             }
         }
-        let alive = matches!(child.try_wait(), Ok(None));
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+        let alive = matches!(server.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
         if !alive || Instant::now() > deadline {
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(MariaError::Start {
                 why: if alive {
                     format!("it did not answer within {}s", START_DEADLINE.as_secs())
@@ -309,12 +433,4 @@ pub async fn start(datadir: &Path, port: Option<u16>) -> Result<StartedServer, M
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Not waited on: it runs on after holdfast exits.
-    drop(child);
-    Ok(StartedServer {
-        port,
-        socket,
-        pid: Some(pid),
-        log,
-    })
 }
