@@ -7,3 +7,5 @@
 pub mod client;
 
 pub use client::MariaClient;
+pub mod archive;
+pub mod binlog;
