@@ -107,8 +107,9 @@ pub fn check_archiving(plan: &Plan) -> Result<MariaClient, Error> {
             archive: true,
             ..
         } => Ok(MariaClient::new(connection.clone())),
+        // Exit 2 (usage): the command does not apply to this plan.
         other => Err(Error::new(
-            Exit::Plan,
+            Exit::Usage,
             anyhow::anyhow!(
                 "{}: plan {} does not archive binlogs: binlog-archive needs `source: {{type: mariadb, mode: physical}}` with `archive: true`; this plan's source is {}",
                 plan.file.display(),
@@ -262,14 +263,7 @@ impl Archiver<'_> {
             .map_err(|e| fail(&plan, e))?;
 
         // Holes in the archived sequence stay known until pruned away.
-        let mut gap: Vec<String> = Vec::new();
-        let mut prev: Option<&BinlogName> = None;
-        for name in listed.keys() {
-            if let Some(p) = prev {
-                gap.extend(p.between(name, MAX_NAMED).iter().map(|n| n.to_string()));
-            }
-            prev = Some(name);
-        }
+        let mut gap: Vec<String> = binlog::holes(&listed);
 
         // Where to start: the first file the server has that is not
         // complete in the repository.

@@ -502,8 +502,7 @@ pub struct ArchivedBinlog {
 #[derive(Debug, Clone, Serialize)]
 pub struct Archived {
     pub files: Vec<ArchivedBinlog>,
-    /// The first missing file of each hole in the sequence (files after the
-    /// oldest archived one that are not archived, though a later one is).
+    /// The first file of each hole in the sequence ([`holes`]).
     pub gaps: Vec<String>,
 }
 
@@ -524,15 +523,8 @@ pub async fn archived(
 ) -> Result<Archived, BinlogError> {
     let listed = list(store, plan).await?;
     let mut files = Vec::new();
-    let mut gaps = Vec::new();
-    let mut prev: Option<&BinlogName> = None;
+    let gaps = holes(&listed);
     for (name, l) in &listed {
-        if let Some(p) = prev {
-            if let Some(first) = p.between(name, 1).into_iter().next() {
-                gaps.push(first.to_string());
-            }
-        }
-        prev = Some(name);
         let mut entry = ArchivedBinlog {
             file: name.to_string(),
             complete: false,
@@ -568,6 +560,28 @@ pub async fn archived(
         files.push(entry);
     }
     Ok(Archived { files, gaps })
+}
+
+/// The first file of each hole in the archived sequence: files missing
+/// between archived ones, and files held only as parts though a later file
+/// is archived (their end was never archived). Per base name.
+pub fn holes(listed: &BTreeMap<BinlogName, Listed>) -> Vec<String> {
+    let mut bad: Vec<BinlogName> = Vec::new();
+    let mut prev: Option<(&BinlogName, &Listed)> = None;
+    for (name, l) in listed {
+        if let Some((p, pl)) = prev.filter(|(p, _)| p.base == name.base) {
+            if !pl.complete {
+                bad.push(p.clone());
+            }
+            bad.extend(p.between(name, 1000));
+        }
+        prev = Some((name, l));
+    }
+    bad.iter()
+        .enumerate()
+        .filter(|(i, n)| *i == 0 || bad[i - 1].base != n.base || bad[i - 1].seq + 1 != n.seq)
+        .map(|(_, n)| n.to_string())
+        .collect()
 }
 
 /// Prune's rule for archived binlogs: a file before the oldest kept
@@ -744,6 +758,29 @@ mod tests {
         bad[4 + 9..4 + 13].copy_from_slice(&3u32.to_le_bytes());
         let err = scan("x", &bad).unwrap_err().to_string();
         assert!(err.contains("offset 4"), "{err}");
+    }
+
+    #[test]
+    fn holes_name_the_first_file_missing_or_incomplete() {
+        let l = |complete: bool| Listed {
+            complete,
+            parts: if complete { vec![] } else { vec![0] },
+        };
+        let n = |s: &str| BinlogName::parse(s).unwrap();
+        let mut m = BTreeMap::new();
+        m.insert(n("binlog.000001"), l(true));
+        m.insert(n("binlog.000002"), l(false));
+        m.insert(n("binlog.000004"), l(true));
+        m.insert(n("binlog.000005"), l(true));
+        m.insert(n("binlog.000007"), l(false));
+        m.insert(n("other.000001"), l(false));
+        assert_eq!(holes(&m), ["binlog.000002", "binlog.000006"]);
+        m.remove(&n("binlog.000002"));
+        assert_eq!(holes(&m), ["binlog.000002", "binlog.000006"]);
+        m.insert(n("binlog.000003"), l(true));
+        m.insert(n("binlog.000002"), l(true));
+        m.insert(n("binlog.000006"), l(true));
+        assert!(holes(&m).is_empty());
     }
 
     #[test]
