@@ -126,6 +126,25 @@ impl Setup {
             .collect()
     }
 
+    /// `PURGE BINARY LOGS TO file`, repeated until the server has really
+    /// purged (it keeps binlogs its crash recovery still needs until the
+    /// binlog checkpoint moves past them), at most 30 s.
+    fn purge_to(&self, file: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.server.sql(&format!("PURGE BINARY LOGS TO '{file}'"));
+            let logs = self.server_logs();
+            if logs.first().map(String::as_str) == Some(file) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server still has {logs:?} 30 s after PURGE BINARY LOGS TO '{file}'"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn gtid_pos(&self) -> String {
         self.server
             .sql("SELECT @@gtid_binlog_pos")
@@ -397,7 +416,7 @@ fn binlogs_purged_on_the_server_before_archiving_are_named_and_archiving_goes_on
     st.insert(5);
     st.server.sql("FLUSH BINARY LOGS");
     st.insert(5);
-    st.server.sql("PURGE BINARY LOGS TO 'binlog.000004'");
+    st.purge_to("binlog.000004");
     assert_eq!(st.server_logs(), ["binlog.000004"]);
 
     let archiver = st.start_archiver("2");
@@ -487,4 +506,56 @@ fn a_plan_that_does_not_archive_binlogs_is_refused_naming_it() {
         .output()
         .unwrap();
     exits_saying(&out, 2, "plan files does not archive binlogs");
+}
+
+#[test]
+fn the_daemon_archives_binlogs_and_alerts_on_binlogs_purged_before_archiving() {
+    use common::daemon::Daemon;
+    use common::webhook::Receiver;
+
+    let st = Setup::new();
+    // Archived up to binlog.000001, then the archiver is down while the
+    // server rotates twice and purges what holdfast never saw.
+    let archiver = st.start_archiver("1");
+    st.insert(5);
+    st.server.sql("FLUSH BINARY LOGS");
+    st.wait_complete_and_equal("binlog.000001");
+    archiver.stop();
+    st.insert(5);
+    st.server.sql("FLUSH BINARY LOGS");
+    st.insert(5);
+    st.server.sql("FLUSH BINARY LOGS");
+    st.purge_to("binlog.000004");
+    st.insert(5);
+
+    // The daemon runs the archiver for the plan: it names the gap on
+    // /status, exports holdfast_binlog_gap = 1 and sends binlog_gap.
+    let hook = Receiver::start();
+    let mut d = Daemon::start(
+        &st.plan(),
+        &st.dir.path().join("daemon-state"),
+        &["--alert-webhook", &hook.url, "--alert-repeat", "1h"],
+    );
+    d.wait_for("holdfast_binlog_gap = 1", |d| {
+        d.metric("holdfast_binlog_gap{plan=\"mdb\"}") == Some(1.0)
+    });
+    let status = d.plan("mdb");
+    assert_eq!(
+        status["binlog"]["gap"],
+        serde_json::json!(["binlog.000002", "binlog.000003"]),
+        "{status}"
+    );
+    d.wait_for("a binlog_gap alert", |_| {
+        hook.count("HoldfastBinlogGap", "mdb", "firing") >= 1
+    });
+    // Archiving goes on from the oldest binlog the server has: its newest
+    // event reaches the archive within the default interval (10 s).
+    d.wait_for("holdfast_binlog_archived_timestamp_seconds", |d| {
+        d.metric("holdfast_binlog_archived_timestamp_seconds{plan=\"mdb\"}")
+            .is_some()
+    });
+    d.signal("-TERM");
+    assert!(d.wait_exit().success(), "{}", d.log());
+    let a = st.archived().unwrap();
+    assert!(a.files.iter().any(|f| f.file == "binlog.000004"), "{a:#?}");
 }
