@@ -559,3 +559,37 @@ fn the_daemon_archives_binlogs_and_alerts_on_binlogs_purged_before_archiving() {
     let a = st.archived().unwrap();
     assert!(a.files.iter().any(|f| f.file == "binlog.000004"), "{a:#?}");
 }
+
+#[test]
+fn a_server_restart_ends_the_stream_and_the_archiver_resumes_on_its_own() {
+    let mut st = Setup::new();
+    let archiver = st.start_archiver("1");
+    st.insert(5);
+    let gtid = st.gtid_pos();
+    st.wait_archive("the first rows", 20, |a| {
+        a.files
+            .iter()
+            .any(|f| f.last_gtid.as_deref() == Some(gtid.as_str()))
+    });
+
+    // A clean restart: mariadb-binlog loses its connection and exits; the
+    // server starts binlog.000002.
+    st.server.stop();
+    st.server.start_on(&[]);
+    st.insert(5);
+    let gtid = st.gtid_pos();
+
+    // The archiver restarts it (with backoff) and goes on: binlog.000001
+    // complete and equal to the server's, the new rows archived.
+    st.wait_complete_and_equal("binlog.000001");
+    st.wait_archive("the rows after the restart", 60, |a| {
+        a.files
+            .iter()
+            .any(|f| f.file == "binlog.000002" && f.last_gtid.as_deref() == Some(&gtid))
+    });
+    let (report, said) = archiver.stop();
+    assert!(report["restarts"].as_u64().unwrap() >= 1, "{report}");
+    assert_eq!(report["gap"], serde_json::json!([]), "{report}");
+    assert!(said.contains("mariadb-binlog exited"), "{said}");
+    assert!(st.archived().unwrap().gaps.is_empty());
+}
