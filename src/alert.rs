@@ -87,16 +87,18 @@ pub enum AlertKind {
     RpoExceeded,
     ArchiveStalled,
     LockCoverageShort,
+    BinlogGap,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 6] = [
+    pub const ALL: [AlertKind; 7] = [
         AlertKind::BackupFailed,
         AlertKind::DrillFailed,
         AlertKind::VerifyFailed,
         AlertKind::RpoExceeded,
         AlertKind::ArchiveStalled,
         AlertKind::LockCoverageShort,
+        AlertKind::BinlogGap,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -107,6 +109,7 @@ impl AlertKind {
             AlertKind::RpoExceeded => "rpo_exceeded",
             AlertKind::ArchiveStalled => "archive_stalled",
             AlertKind::LockCoverageShort => "lock_coverage_short",
+            AlertKind::BinlogGap => "binlog_gap",
         }
     }
 
@@ -120,6 +123,7 @@ impl AlertKind {
             AlertKind::RpoExceeded => "HoldfastRpoExceeded",
             AlertKind::ArchiveStalled => "HoldfastArchiveStalled",
             AlertKind::LockCoverageShort => "HoldfastLockCoverageShort",
+            AlertKind::BinlogGap => "HoldfastBinlogGap",
         }
     }
 

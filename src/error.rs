@@ -161,6 +161,7 @@ from_has_exit!(
     crate::engine::RestoreError,
     crate::engine::postgres::PgError,
     crate::engine::postgres::wal::WalError,
+    crate::engine::mariadb::binlog::BinlogError,
     crate::ops::doctor::InitError,
     crate::engine::when::TimeError,
 );

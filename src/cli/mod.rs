@@ -4,6 +4,7 @@
 //! the stable exit codes of `crate::error` (`docs/exit-codes.md`).
 
 mod backup;
+mod binlog;
 mod daemon;
 mod doctor;
 mod drill;
@@ -160,6 +161,20 @@ pub(crate) enum Command {
         /// The WAL file (`%p`).
         path: PathBuf,
         /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Archive a MariaDB plan's binlogs continuously (in the foreground,
+    /// until SIGTERM or Ctrl-C): completed binlogs whole, the growing one
+    /// every few seconds (the daemon does the same for every such plan).
+    BinlogArchive {
+        #[command(flatten)]
+        plan: PlanArg,
+        /// The archiver's state folder (its spool); default
+        /// `<daemon state dir>/binlog/<plan>`.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print the final report as JSON on stdout.
         #[arg(long)]
         json: bool,
     },
@@ -430,6 +445,11 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             KeyCommand::Remove { plan, id, json } => key::remove(&plan, &id, json).await,
         },
         Command::WalPush { plan, path, json } => wal::push(&plan, &path, json).await,
+        Command::BinlogArchive {
+            plan,
+            state_dir,
+            json,
+        } => binlog::archive(&plan, state_dir, json).await,
         Command::WalFetch {
             plan,
             spool,

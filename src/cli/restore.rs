@@ -28,12 +28,20 @@ pub(crate) struct RestoreArgs {
     /// psql and server logs print (2026-02-23 18:55:59.123+00, +05:30,
     /// -0800, UTC), or a bare time read in the plan's timezone (a note says
     /// which offset; a time the clocks skip or repeat is refused).
-    #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "latest"])]
+    /// MariaDB: replays the binlog events stamped before this time's second.
+    #[arg(long, value_name = "TIME", conflicts_with_all = ["lsn", "latest", "position", "gtid"])]
     pub at: Option<String>,
     /// PostgreSQL: replay WAL up to this location (e.g. 0/3000148).
-    #[arg(long, conflicts_with = "latest")]
+    #[arg(long, conflicts_with_all = ["latest", "position", "gtid"])]
     pub lsn: Option<String>,
-    /// PostgreSQL: replay all archived WAL.
+    /// MariaDB: replay binlogs up to (not including) this position, as
+    /// FILE:POS (e.g. binlog.000042:1337; `mariadb-binlog` shows positions).
+    #[arg(long, value_name = "FILE:POS", conflicts_with_all = ["latest", "gtid"])]
+    pub position: Option<String>,
+    /// MariaDB: replay binlogs up to and including this GTID (domain-server-seq).
+    #[arg(long, value_name = "GTID", conflicts_with = "latest")]
+    pub gtid: Option<String>,
+    /// PostgreSQL: replay all archived WAL. MariaDB: all archived binlogs.
     #[arg(long)]
     pub latest: bool,
     /// PostgreSQL: start the restored server, wait until it has reached
@@ -57,7 +65,7 @@ pub(crate) struct RestoreArgs {
     pub no_archive: bool,
     /// PostgreSQL: restore this database's logical dump (`pg_restore`)
     /// instead of the cluster; needs --into.
-    #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "latest", "start", "port", "to"])]
+    #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "position", "gtid", "latest", "start", "port", "to"])]
     pub dump: Option<String>,
     /// With --dump: the database to restore into, as a URL
     /// (postgres://user@host:port/name); created if missing, refused if
@@ -141,6 +149,12 @@ fn point(args: &RestoreArgs, plan: &Plan) -> Result<Option<RestorePoint>, Error>
     if let Some(lsn) = &args.lsn {
         return Ok(Some(RestorePoint::Position(lsn.clone())));
     }
+    if let Some(position) = &args.position {
+        return Ok(Some(RestorePoint::Position(position.clone())));
+    }
+    if let Some(gtid) = &args.gtid {
+        return Ok(Some(RestorePoint::Gtid(gtid.clone())));
+    }
     if args.latest {
         return Ok(Some(RestorePoint::Latest));
     }
@@ -165,6 +179,30 @@ fn render(report: &RestoreReport, plan: &Plan, json: bool) -> Result<Exit, Error
             r.duration_seconds
         )?,
         RestoreReport::PointInTime(r) => print_pitr(r, plan)?,
+        RestoreReport::MariadbPointInTime(r) => {
+            outln!(
+                "restored plan {} to {} into {}\n  base backup {} (taken {}), binlogs replayed from {}: {}\n  {} files, {} in {:.1}s; reached {}",
+                r.plan,
+                r.target,
+                r.data_directory.display(),
+                r.base_backup.short(),
+                r.base_backup_time.to_rfc3339(),
+                r.replay_from,
+                r.binlogs.join(", "),
+                r.files,
+                human_bytes(r.bytes),
+                r.duration_seconds,
+                r.reached.map_or("-".into(), |t| t.to_rfc3339()),
+            )?;
+            if let Some(s) = &r.server {
+                outln!(
+                    "  started: mariadbd on 127.0.0.1:{} (socket {}), log {}",
+                    s.port,
+                    s.socket.display(),
+                    s.log.display()
+                )?;
+            }
+        }
         RestoreReport::Mariadb(r) => {
             outln!(
                 "restored snapshot {} (taken {}) of plan {} into {}: {} files, {} in {:.1}s; binlog position {} {}{}",

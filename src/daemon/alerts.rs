@@ -32,6 +32,8 @@ pub struct Inputs<'a> {
     pub last: BTreeMap<JobKind, &'a JobRecord>,
     pub newest_point: Option<DateTime<Utc>>,
     pub archive: Option<&'a ArchiveState>,
+    /// MariaDB plans that archive binlogs: the files known missing.
+    pub binlog_gap: Option<&'a [String]>,
     pub locked_until: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
 }
@@ -122,6 +124,22 @@ pub fn conditions(i: &Inputs) -> Vec<Condition> {
                         .unwrap_or_default(),
                 );
             }
+            AlertKind::BinlogGap => {
+                let gap = i.binlog_gap.filter(|g| !g.is_empty());
+                push(
+                    kind,
+                    gap.is_some(),
+                    match gap {
+                        Some(_) => format!("plan {plan}: binlogs are missing from the archive"),
+                        None => format!("plan {plan}: no binlog is missing from the archive"),
+                    },
+                    gap.map(|g| format!(
+                        "{} never archived (purged on the server first, or missing from the repository): point-in-time restores cannot cross the gap; take a new backup",
+                        g.join(", ")
+                    ))
+                    .unwrap_or_default(),
+                );
+            }
             AlertKind::LockCoverageShort => {
                 let (firing, summary, details) = match i.locked_until {
                     Some(until) => {
@@ -180,6 +198,7 @@ mod tests {
             last,
             newest_point: None,
             archive: None,
+            binlog_gap: None,
             locked_until: None,
             now: at("2026-12-03T12:00:00Z"),
         }

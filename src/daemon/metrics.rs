@@ -89,6 +89,8 @@ metrics! {
     archive_lag: "holdfast_archive_lag_seconds", "How long the oldest WAL segment waiting to be archived has waited; 0 when none waits";
     archive_stalled: "holdfast_archive_stalled", "1 when log archiving makes no progress";
     rpo: "holdfast_rpo_seconds", "Now minus the newest restorable point";
+    binlog_archived: "holdfast_binlog_archived_timestamp_seconds", "The newest binlog event archived (MariaDB plans that archive)";
+    binlog_gap: "holdfast_binlog_gap", "1 while binlogs are known missing from the archive (purged on the server before archiving, or a hole in the sequence)";
     lock_coverage: "holdfast_lock_coverage_seconds", "Time until the earliest lock end among the snapshots retention keeps";
     verify_last_success: "holdfast_verify_last_success", "1 when the last verify found no problem";
     verify_last: "holdfast_verify_last_timestamp_seconds", "When the last verify ended";

@@ -154,6 +154,8 @@ struct Entry {
     /// When the next look at the archive is due; when the running one began.
     archive_next: Instant,
     archive_looking: Option<Instant>,
+    /// MariaDB plans with `archive: true`: the binlog archiver task.
+    binlog: Option<BinlogTask>,
     /// The conditions firing for this plan: kind, since, summary.
     alerts: Vec<(AlertKind, DateTime<Utc>, String)>,
     /// The plan's last recorded drills, newest last, written by the loads
@@ -360,6 +362,26 @@ impl<R: Runner> Scheduler<R> {
             }
         }
         self.looks.abort_all();
+        // The binlog archivers saw the stop signal: let them push what is
+        // complete, within the grace period.
+        let archivers: Vec<_> = self
+            .entries
+            .values_mut()
+            .filter_map(|e| e.binlog.take())
+            .map(|b| b.handle)
+            .collect();
+        if !archivers.is_empty() {
+            let _ = self.stop_tx.send(true);
+            let grace = self.config.grace.max(Duration::from_secs(10));
+            let all = async {
+                for h in archivers {
+                    let _ = h.await;
+                }
+            };
+            if tokio::time::timeout(grace, all).await.is_err() {
+                tracing::warn!("binlog archivers still pushing at exit were abandoned");
+            }
+        }
         // Alerts decided on the way out (a --once run's failed backup) still go out.
         if !self.sends.is_empty() {
             let deadline = crate::alert::WEBHOOK_DEADLINE * (crate::alert::WEBHOOK_ATTEMPTS + 1);
@@ -398,6 +420,7 @@ impl<R: Runner> Scheduler<R> {
                 archive: None,
                 archive_next: Instant::now(),
                 archive_looking: None,
+                binlog: None,
                 alerts: Vec::new(),
                 drills: Default::default(),
             });
@@ -429,6 +452,25 @@ impl<R: Runner> Scheduler<R> {
                     if archive::client_for(&plan).is_none() {
                         entry.archive = None;
                     }
+                    let archives_binlogs =
+                        crate::engine::mariadb::archive::check_archiving(&plan).is_ok();
+                    let changed = entry.plan.as_ref().is_none_or(|p| {
+                        p.name != plan.name
+                            || p.source != plan.source
+                            || p.repository != plan.repository
+                    });
+                    if (changed || !archives_binlogs) && !*self.stop_tx.borrow() {
+                        if let Some(t) = entry.binlog.take() {
+                            t.stop();
+                        }
+                    }
+                    if archives_binlogs && entry.binlog.is_none() && !*self.stop_tx.borrow() {
+                        entry.binlog = Some(BinlogTask::start(
+                            plan.clone(),
+                            self.config.state_dir.clone(),
+                            self.stop_tx.subscribe(),
+                        ));
+                    }
                     entry.plan = Some(plan);
                     entry.error = None;
                     self.shared
@@ -459,6 +501,9 @@ impl<R: Runner> Scheduler<R> {
         for file in gone {
             let entry = self.entries.get_mut(&file).expect("listed");
             tracing::info!(plan = %entry.label(), file = %file.display(), "plan removed: no new jobs");
+            if let Some(t) = entry.binlog.take() {
+                t.stop();
+            }
             if entry.running.is_some() {
                 entry.removed = true;
             } else {
@@ -806,12 +851,14 @@ impl<R: Runner> Scheduler<R> {
                 continue;
             }
             present.insert(plan.name.to_string());
+            let binlog_gap = e.binlog.as_ref().map(|b| b.gap());
             let input = alerts::Inputs {
                 plan: plan.name.as_str(),
                 rpo_limit: plan.rpo_limit,
                 last: e.last.iter().map(|(j, l)| (*j, &l.record)).collect(),
                 newest_point: newest_point(e),
                 archive: e.archive.as_ref(),
+                binlog_gap: binlog_gap.as_deref(),
                 locked_until: e.locks.as_ref().and_then(|l| l.locked_until),
                 now,
             };
@@ -871,6 +918,17 @@ impl<R: Runner> Scheduler<R> {
             }
             if let Some(until) = e.locks.as_ref().and_then(|l| l.locked_until) {
                 m.set(&m.lock_coverage, &name, (until - now).num_seconds() as f64);
+            }
+            if let Some(b) = &e.binlog {
+                let st = b.status.borrow();
+                if let Some(t) = st.newest_event {
+                    m.set(&m.binlog_archived, &name, t.timestamp() as f64);
+                }
+                m.set(
+                    &m.binlog_gap,
+                    &name,
+                    if st.gap.is_empty() { 0.0 } else { 1.0 },
+                );
             }
             if let Some(a) = &e.archive {
                 if a.checked_at.is_some() {
@@ -959,6 +1017,7 @@ impl<R: Runner> Scheduler<R> {
                         "objects_checked": l.objects_checked,
                     })),
                     "archive": e.archive,
+                    "binlog": e.binlog.as_ref().map(|b| b.status.borrow().clone()),
                     "alerts": e.alerts.iter().map(|(kind, since, summary)| json!({
                         "kind": kind,
                         "since": since,
@@ -980,8 +1039,79 @@ impl<R: Runner> Scheduler<R> {
 /// newest archived transaction, else the inventory's.
 fn newest_point(e: &Entry) -> Option<DateTime<Utc>> {
     let from_archive = e.archive.as_ref().and_then(|a| a.newest_point);
+    let from_binlog = e
+        .binlog
+        .as_ref()
+        .and_then(|b| b.status.borrow().newest_event);
     let from_inventory = e.inventory.as_ref().and_then(|i| i.restorable_to);
-    from_archive.max(from_inventory)
+    from_archive.max(from_binlog).max(from_inventory)
+}
+
+/// A MariaDB plan's binlog archiver, run as a long-lived task: restarted
+/// (with backoff) when it fails, stopped on reload (a changed source or
+/// repository) and shutdown, when it pushes what is complete.
+struct BinlogTask {
+    status: watch::Receiver<crate::engine::mariadb::archive::Status>,
+    stop: watch::Sender<bool>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl BinlogTask {
+    fn start(
+        plan: Plan,
+        state_dir: Option<PathBuf>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> BinlogTask {
+        let (status_tx, status) = watch::channel(Default::default());
+        let (stop, mut stop_rx) = watch::channel(false);
+        let state = state_dir
+            .unwrap_or_else(|| std::env::temp_dir().join("holdfast"))
+            .join("binlog")
+            .join(plan.name.to_string());
+        // The archiver stops on either this task's stop or the daemon's.
+        let (both_tx, both) = watch::channel(false);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx.wait_for(|s| *s) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            let _ = both_tx.send(true);
+        });
+        let handle = tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let r = crate::ops::binlog::archive(&plan, state.clone(), &status_tx, both.clone())
+                    .await;
+                if *both.borrow() {
+                    break;
+                }
+                if let Err(e) = r {
+                    tracing::error!(plan = %plan.name, "binlog archiver failed: {e}; restarting in {}s", backoff.as_secs());
+                    status_tx.send_modify(|s| s.last_error = Some(e.to_string()));
+                }
+                let mut w = both.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = w.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+        });
+        BinlogTask {
+            status,
+            stop,
+            handle,
+        }
+    }
+
+    /// Asks the archiver to stop; it pushes what is complete on its own.
+    fn stop(self) {
+        let _ = self.stop.send(true);
+    }
+
+    fn gap(&self) -> Vec<String> {
+        self.status.borrow().gap.clone()
+    }
 }
 
 /// Seconds between the backup schedule's next two runs after `now`: the

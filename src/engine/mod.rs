@@ -74,6 +74,7 @@ pub enum RestoreReport {
     PointInTime(Box<postgres::pitr::PitrReport>),
     Dump(postgres::dump::DumpRestoreReport),
     Mariadb(Box<mariadb::restore::MariaRestoreReport>),
+    MariadbPointInTime(Box<mariadb::pitr::MariaPitrReport>),
 }
 
 #[derive(Debug, thiserror::Error)]

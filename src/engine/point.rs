@@ -18,6 +18,9 @@ pub enum RestorePoint {
     Position(String),
     /// One snapshot (`latest` or an id prefix), to its end.
     Snapshot(String),
+    /// Up to and including this global transaction id (MariaDB:
+    /// `domain-server-seq`).
+    Gtid(String),
 }
 
 /// A stretch of time a restore can reach.

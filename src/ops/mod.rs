@@ -1,10 +1,11 @@
 //! Use cases: what `holdfast backup`, `restore`, `snapshots`, `verify`,
-//! `prune`, `repair index`, `wal-push`/`wal-fetch`, `repo init` and `doctor` do, as library
+//! `prune`, `repair index`, `wal-push`/`wal-fetch`, `binlog-archive`, `repo init` and `doctor` do, as library
 //! calls the CLI and the daemon share. Nothing here prints: each call takes a
 //! validated plan and returns a report (or an [`Error`] with its exit class)
 //! for the caller to render.
 
 pub mod backup;
+pub mod binlog;
 pub mod doctor;
 pub mod drill;
 pub mod keys;

@@ -308,6 +308,27 @@ pub async fn push(
             path: path.display().to_string(),
             source,
         })?;
+    push_bytes(
+        store,
+        crypto,
+        key,
+        raw,
+        &path.display().to_string(),
+        retention,
+    )
+    .await
+}
+
+/// [`push`] for bytes already in memory (a slice of a growing log file);
+/// `what` names them in warnings.
+pub async fn push_bytes(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: String,
+    raw: Vec<u8>,
+    what: &str,
+    retention: Option<Retention>,
+) -> Result<PushReport, LogError> {
     let (sha, object) = tokio::task::spawn_blocking(move || encode(&raw))
         .await
         .expect("log encoder panicked");
@@ -353,7 +374,7 @@ pub async fn push(
                         &why,
                         &format!(
                             "left as it is; {} goes under the alternative name {} instead",
-                            path.display(),
+                            what,
                             alternative_key(&key, &sha, attempt)
                         ),
                     );
@@ -367,7 +388,7 @@ pub async fn push(
             Err(e) => return Err(e.into()),
         };
         if attempt > 0 {
-            tracing::warn!(object = %at, "{} archived under the alternative name {at}, because {key} holds a foreign object; wal-fetch and restores read it there", path.display());
+            tracing::warn!(object = %at, "{what} archived under the alternative name {at}, because {key} holds a foreign object; wal-fetch and restores read it there");
         }
         return Ok(PushReport {
             key: at,

@@ -6,11 +6,17 @@
 //! * `xbstream` — reading `mariadb-backup`'s stream file by file;
 //! * `backup` — the `Source`: physical backup and dumps into the repository;
 //! * `meta` — what a snapshot's manifest records (typed);
-//! * `restore` — a snapshot into a prepared data directory, optionally started.
+//! * `restore` — a snapshot into a prepared data directory, optionally started;
+//! * `binlog` — binlog names and events, the archive layout, reading it back;
+//! * `archive` — the archiver streaming binlogs from the server into the archive;
+//! * `pitr` — restoring to a point in time: a backup, then binlogs replayed.
 
+pub mod archive;
 pub mod backup;
+pub mod binlog;
 pub mod client;
 pub mod meta;
+pub mod pitr;
 pub mod restore;
 pub mod xbstream;
 
@@ -18,9 +24,12 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{Engine, RestoreError, RestorePoint, RestoreReport, RestoreRequest, SourceKind};
+use super::{
+    Engine, Reach, RestoreError, RestorePoint, RestoreReport, RestoreRequest, SourceKind,
+};
 use crate::error::{Exit, HasExit};
 use crate::plan::{DbConnection, DbMode, Plan};
+use crate::repository::log_archive::LogRetention;
 use crate::repository::materialize::MaterializeError;
 use crate::repository::source::{Source, SourceError};
 use crate::repository::{RepoError, Repository};
@@ -47,8 +56,22 @@ pub enum MariaError {
     NotPhysical { snapshot: String, plan: String },
     #[error("a MariaDB restore goes into an empty or new data directory; --force is not accepted")]
     Force,
-    #[error("{flags} (point-in-time restore of MariaDB plans, replaying archived binlogs) is not available in this build yet; restore a snapshot with --snapshot ID or latest")]
-    PointInTimeNotYet { flags: &'static str },
+    #[error("plan {plan} takes logical dumps only: restore one with `mariadb < dump` (point-in-time restore needs physical backups)")]
+    LogicalOnly { plan: String },
+    #[error("{0}")]
+    BadTarget(String),
+    /// The target cannot be reached from what the repository holds.
+    #[error("cannot restore to {target}: {why}. Restorable window: {window}")]
+    OutsideWindow {
+        target: String,
+        why: String,
+        window: String,
+    },
+    /// A binlog the restore needs is missing or damaged; nothing was restored.
+    #[error("binlog {file} {problem}")]
+    Binlog { file: String, problem: String },
+    #[error(transparent)]
+    Archive(#[from] binlog::BinlogError),
     #[error("{program}: {detail}")]
     Program { program: String, detail: String },
     #[error("the restored server did not start: {why}; its log is {log}, ending:\n{tail}\nThe data directory is restored and prepared; start it by hand to see more")]
@@ -65,8 +88,13 @@ impl HasExit for MariaError {
             MariaError::Materialize(e) => e.exit(),
             MariaError::Repo(e) => e.exit(),
             MariaError::TargetNotEmpty { .. } | MariaError::Target { .. } => Exit::Target,
-            MariaError::Force | MariaError::PointInTimeNotYet { .. } => Exit::Usage,
-            MariaError::NotPhysical { .. }
+            MariaError::Force
+            | MariaError::BadTarget(_)
+            | MariaError::OutsideWindow { .. } => Exit::Usage,
+            MariaError::Binlog { .. } => Exit::Verify,
+            MariaError::Archive(e) => e.exit(),
+            MariaError::LogicalOnly { .. }
+            | MariaError::NotPhysical { .. }
             | MariaError::Program { .. }
             | MariaError::Start { .. } => Exit::Failure,
         }
@@ -105,24 +133,66 @@ impl Engine for MariadbEngine {
         if req.force {
             return Err(MariaError::Force.into());
         }
-        let snapshot = match &req.point {
-            None => "latest".to_string(),
-            Some(RestorePoint::Snapshot(s)) if req.base.is_none() => s.clone(),
-            Some(_) => {
-                return Err(MariaError::PointInTimeNotYet {
-                    flags: "--at, --position, --latest",
-                }
-                .into())
+        if self.mode == DbMode::Logical {
+            return Err(MariaError::LogicalOnly {
+                plan: plan.name.to_string(),
             }
+            .into());
+        }
+        let target = match &req.point {
+            None => None,
+            Some(RestorePoint::Snapshot(_)) if req.base.is_some() => None,
+            Some(RestorePoint::Snapshot(s)) => {
+                let opts = restore::MariaRestoreOptions {
+                    snapshot: s.clone(),
+                    to: req.to.clone(),
+                    start: req.start,
+                    port: req.port,
+                    progress: req.progress,
+                };
+                let report = restore::restore(repo, &plan.name, &opts).await?;
+                return Ok(RestoreReport::Mariadb(Box::new(report)));
+            }
+            Some(RestorePoint::Latest) => Some(pitr::MariaTarget::Latest),
+            Some(RestorePoint::Time(t)) => Some(pitr::MariaTarget::Time(*t)),
+            Some(RestorePoint::Position(p)) => Some(
+                pitr::MariaTarget::position(p).map_err(MariaError::BadTarget)?,
+            ),
+            Some(RestorePoint::Gtid(g)) => Some(pitr::MariaTarget::Gtid(
+                g.parse().map_err(MariaError::BadTarget)?,
+            )),
         };
-        let opts = restore::MariaRestoreOptions {
-            snapshot,
+        let Some(target) = target else {
+            let opts = restore::MariaRestoreOptions {
+                snapshot: "latest".into(),
+                to: req.to.clone(),
+                start: req.start,
+                port: req.port,
+                progress: req.progress,
+            };
+            let report = restore::restore(repo, &plan.name, &opts).await?;
+            return Ok(RestoreReport::Mariadb(Box::new(report)));
+        };
+        let opts = pitr::PitrOptions {
+            target,
+            snapshot: req.base.clone(),
             to: req.to.clone(),
             start: req.start,
             port: req.port,
             progress: req.progress,
         };
-        let report = restore::restore(repo, &plan.name, &opts).await?;
-        Ok(RestoreReport::Mariadb(Box::new(report)))
+        let report = pitr::restore_pitr(repo, &plan.name, &opts).await?;
+        Ok(RestoreReport::MariadbPointInTime(Box::new(report)))
+    }
+
+    async fn windows(&self, repo: &Repository, plan: &Plan) -> Result<Option<Reach>, RestoreError> {
+        if self.mode != DbMode::Physical || !self.archive {
+            return Ok(None);
+        }
+        Ok(Some(pitr::windows(repo, &plan.name).await?))
+    }
+
+    fn log_retention(&self, plan: &Plan) -> Option<Box<dyn LogRetention>> {
+        self.archive.then(|| binlog::retention(&plan.name))
     }
 }

@@ -60,6 +60,8 @@ pub enum PgError {
     NoTarget,
     #[error("--lsn: {0}")]
     BadLsn(String),
+    #[error("--gtid is for MariaDB plans; a PostgreSQL restore goes to --at TIME, --lsn LSN or --latest")]
+    GtidNotPostgres,
     #[error("plan {plan} takes logical dumps only: restore one with --dump DATABASE --into URL")]
     LogicalOnly { plan: String },
     #[error("refusing to restore a PostgreSQL data directory as root: its files would belong to root, and PostgreSQL neither starts on them nor runs as root. Run the restore as the PostgreSQL OS user, e.g. `runuser -u postgres -- holdfast restore …` (that user must read the plan file and reach the repository; the target's parent must be writable by it: `mkdir -p DIR && chown postgres: DIR`)")]
@@ -160,6 +162,7 @@ impl HasExit for PgError {
             PgError::Force
             | PgError::NoTarget
             | PgError::BadLsn(_)
+            | PgError::GtidNotPostgres
             | PgError::IntoPassword { .. }
             | PgError::LogicalOnly { .. }
             | PgError::NoSuchBaseBackup { .. }
@@ -208,6 +211,7 @@ impl PostgresEngine {
             ),
             Some(RestorePoint::Latest) => (PgTarget::Latest, req.base.clone()),
             Some(RestorePoint::Snapshot(s)) => (PgTarget::Immediate, Some(s.clone())),
+            Some(RestorePoint::Gtid(_)) => return Err(PgError::GtidNotPostgres),
         })
     }
 }

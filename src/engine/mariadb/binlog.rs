@@ -1,0 +1,871 @@
+//! MariaDB's binary logs as holdfast sees them: which file names are
+//! binlogs (`<base>.NNNNNN`; the `.index` file is never archived), a
+//! bounded, panic-free reader of their event headers (times, GTIDs, the end
+//! of the last complete event, the Rotate event's next file), and the
+//! reading side of their archive in the repository: objects
+//! `binlog/<plan>/<file>` (a completed binlog) and
+//! `binlog/<plan>/<file>.part-<start, 16 hex>` (bytes `[start, end)` of a
+//! growing one), in the engine-neutral log-archive object format
+//! (`repository::log_archive`), so sealing, foreign-object alternatives and
+//! idempotence are the same as for PostgreSQL's WAL.
+//!
+//! Everything read back from the repository is hostile: each object is
+//! size-capped and authenticated by the log archive before it is decoded
+//! here, the event reader never trusts a length further than the bytes it
+//! holds, and parts must tile a file exactly from offset 0 (a gap or an
+//! overlap is refused, naming the part at fault).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+
+use crate::plan::PlanName;
+use crate::repository::log_archive::{self, LogError, LogRetention};
+use crate::repository::{Crypto, Manifest};
+use crate::store::Store;
+
+/// `\xfebin`, the first four bytes of every binlog (format v4).
+pub const MAGIC: &[u8; 4] = b"\xfebin";
+/// The v4 event header: timestamp u32, type u8, server_id u32, event_size
+/// u32, log_pos u32, flags u16 (all little-endian).
+pub const HEADER: usize = 19;
+/// No event is larger than `max_allowed_packet` can be (1 GiB).
+pub const MAX_EVENT: u32 = 1 << 30;
+/// No binlog is accepted above 4 GiB (`max_binlog_size` is at most 1 GiB,
+/// plus the last transaction, which may overshoot it).
+pub const MAX_FILE: u64 = 4 << 30;
+
+const ROTATE_EVENT: u8 = 4;
+const GTID_EVENT: u8 = 162;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BinlogError {
+    #[error("`{name}` is not a binlog file name (`<base>.NNNNNN`: letters, digits, `_` or `-`, a dot, six or more digits)")]
+    BadName { name: String },
+    #[error("{what} is not a binlog: {why}")]
+    Corrupt { what: String, why: String },
+    #[error(
+        "binlog {file} of plan {plan} is not in the archive (neither a complete object nor parts)"
+    )]
+    NotArchived { plan: PlanName, file: String },
+    #[error("binlog {file}: {why}")]
+    BadParts { file: String, why: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl crate::error::HasExit for BinlogError {
+    fn exit(&self) -> crate::error::Exit {
+        match self {
+            BinlogError::Log(e) => e.exit(),
+            BinlogError::Store(e) => e.exit(),
+            _ => crate::error::Exit::Failure,
+        }
+    }
+}
+
+/// A binlog file name: `<base>.<seq>` with at least six digits (MariaDB
+/// pads to six and goes on counting past 999999).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BinlogName {
+    pub base: String,
+    pub seq: u32,
+    digits: usize,
+}
+
+impl BinlogName {
+    pub fn parse(name: &str) -> Result<BinlogName, BinlogError> {
+        let bad = || BinlogError::BadName {
+            name: name.chars().take(200).collect(),
+        };
+        let (base, digits) = name.rsplit_once('.').ok_or_else(bad)?;
+        let base_ok = !base.is_empty()
+            && base.len() <= 64
+            && base
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let digits_ok =
+            (6..=10).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+        if !base_ok || !digits_ok {
+            return Err(bad());
+        }
+        let seq: u32 = digits.parse().map_err(|_| bad())?;
+        // Only MariaDB's own spelling: six digits, or exactly as many as the
+        // number needs past 999999 (no `binlog.0000001`).
+        let name = BinlogName {
+            base: base.to_string(),
+            seq,
+            digits: digits.len(),
+        };
+        if name.canonical_digits() != digits.len() {
+            return Err(bad());
+        }
+        Ok(name)
+    }
+
+    fn canonical_digits(&self) -> usize {
+        self.seq.to_string().len().max(6)
+    }
+
+    /// The file `n` steps later in the sequence (`None` past u32).
+    pub fn advance(&self, n: u32) -> Option<BinlogName> {
+        let seq = self.seq.checked_add(n)?;
+        let mut next = BinlogName {
+            base: self.base.clone(),
+            seq,
+            digits: 0,
+        };
+        next.digits = next.canonical_digits();
+        Some(next)
+    }
+
+    pub fn next(&self) -> Option<BinlogName> {
+        self.advance(1)
+    }
+
+    /// The names strictly between `self` and `later` (same base), at most
+    /// `max` of them: the files a gap is missing.
+    pub fn between(&self, later: &BinlogName, max: usize) -> Vec<BinlogName> {
+        if self.base != later.base || later.seq <= self.seq {
+            return Vec::new();
+        }
+        (1..later.seq - self.seq)
+            .take(max)
+            .filter_map(|n| self.advance(n))
+            .collect()
+    }
+}
+
+impl std::fmt::Display for BinlogName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:0width$}", self.base, self.seq, width = self.digits)
+    }
+}
+
+/// A MariaDB GTID, `domain-server-seq`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Gtid {
+    pub domain: u32,
+    pub server: u32,
+    pub seq: u64,
+}
+
+impl std::fmt::Display for Gtid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server, self.seq)
+    }
+}
+
+impl std::str::FromStr for Gtid {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Gtid, String> {
+        let bad = || format!("`{s}` is not a MariaDB GTID (domain-server-seq, e.g. 0-1-42)");
+        let mut it = s.trim().splitn(3, '-');
+        let (Some(d), Some(sv), Some(q)) = (it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        Ok(Gtid {
+            domain: d.parse().map_err(|_| bad())?,
+            server: sv.parse().map_err(|_| bad())?,
+            seq: q.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What the event headers of (a prefix of) one binlog say.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scan {
+    /// Complete events read.
+    pub events: u64,
+    /// Timestamps (Unix seconds) of the first and last complete events
+    /// that carry one (the server's artificial events carry 0).
+    pub first_time: Option<u32>,
+    pub last_time: Option<u32>,
+    pub first_gtid: Option<Gtid>,
+    pub last_gtid: Option<Gtid>,
+    pub gtid_count: u64,
+    /// The offset just past the last complete event (4 for a file holding
+    /// only the magic): a growing file may end mid-event.
+    pub end: u64,
+    /// The next file a Rotate event names.
+    pub rotate_to: Option<String>,
+}
+
+impl Scan {
+    pub fn first_at(&self) -> Option<DateTime<Utc>> {
+        self.first_time.and_then(unix)
+    }
+    pub fn last_at(&self) -> Option<DateTime<Utc>> {
+        self.last_time.and_then(unix)
+    }
+}
+
+fn unix(t: u32) -> Option<DateTime<Utc>> {
+    Utc.timestamp_opt(t as i64, 0).single()
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// Reads a whole binlog (or its beginning): the magic, then events.
+/// `what` names the bytes in errors (a spool file, an archive object).
+pub fn scan(what: &str, data: &[u8]) -> Result<Scan, BinlogError> {
+    if data.len() < MAGIC.len() {
+        if MAGIC.starts_with(data) {
+            return Ok(Scan::default());
+        }
+        return Err(BinlogError::Corrupt {
+            what: what.into(),
+            why: "it does not start with the binlog magic \\xfebin".into(),
+        });
+    }
+    if &data[..4] != MAGIC {
+        return Err(BinlogError::Corrupt {
+            what: what.into(),
+            why: "it does not start with the binlog magic \\xfebin".into(),
+        });
+    }
+    let mut scan = Scan {
+        end: 4,
+        ..Scan::default()
+    };
+    scan_more(what, &mut scan, &data[4..], 4)?;
+    Ok(scan)
+}
+
+/// Reads events from `data`, which starts at file offset `offset`, an event
+/// boundary (a scan's `end`), into `scan`; stops at the first incomplete
+/// event. A header that cannot be an event's is an error naming `what` and
+/// the offset.
+pub fn scan_more(what: &str, scan: &mut Scan, data: &[u8], offset: u64) -> Result<(), BinlogError> {
+    let mut at = 0usize;
+    while data.len() - at >= HEADER {
+        let h = &data[at..at + HEADER];
+        let time = u32_at(h, 0).unwrap_or(0);
+        let kind = h[4];
+        let server = u32_at(h, 5).unwrap_or(0);
+        let size = u32_at(h, 9).unwrap_or(0);
+        if (size as usize) < HEADER || size > MAX_EVENT {
+            return Err(BinlogError::Corrupt {
+                what: what.into(),
+                why: format!(
+                    "the event at offset {} claims {size} bytes (an event is 19 bytes to 1 GiB)",
+                    offset + at as u64
+                ),
+            });
+        }
+        let size = size as usize;
+        if data.len() - at < size {
+            break;
+        }
+        let body = &data[at + HEADER..at + size];
+        scan.events += 1;
+        if time != 0 {
+            scan.first_time.get_or_insert(time);
+            scan.last_time = Some(time);
+        }
+        match kind {
+            GTID_EVENT => {
+                if let (Some(seq), Some(domain)) = (u64_at(body, 0), u32_at(body, 8)) {
+                    let g = Gtid {
+                        domain,
+                        server,
+                        seq,
+                    };
+                    scan.first_gtid.get_or_insert(g);
+                    scan.last_gtid = Some(g);
+                    scan.gtid_count += 1;
+                }
+            }
+            ROTATE_EVENT => {
+                // Position u64, then the name, then (with binlog_checksum)
+                // a 4-byte CRC: the name is whichever reading is valid.
+                if let Some(name) = body.get(8..) {
+                    let candidates = [name, &name[..name.len().saturating_sub(4)]];
+                    scan.rotate_to = candidates
+                        .iter()
+                        .filter_map(|n| std::str::from_utf8(n).ok())
+                        .find(|n| BinlogName::parse(n).is_ok())
+                        .map(str::to_owned);
+                }
+            }
+            _ => {}
+        }
+        at += size;
+        scan.end = offset + at as u64;
+    }
+    Ok(())
+}
+
+/// `binlog/<plan>/`
+pub fn binlog_prefix(plan: &PlanName) -> String {
+    format!("binlog/{plan}/")
+}
+
+/// The object of a completed binlog.
+pub fn complete_key(plan: &PlanName, file: &BinlogName) -> String {
+    format!("{}{file}", binlog_prefix(plan))
+}
+
+/// The object of bytes `[start, …)` of a growing binlog.
+pub fn part_key(plan: &PlanName, file: &BinlogName, start: u64) -> String {
+    format!("{}{file}{PART_MARK}{start:016x}", binlog_prefix(plan))
+}
+
+const PART_MARK: &str = ".part-";
+
+/// What an archive key (relative to the prefix, an alternative's tag
+/// removed) names: a file whole, or a part of it from `start`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectName {
+    Complete(BinlogName),
+    Part(BinlogName, u64),
+}
+
+impl ObjectName {
+    pub fn parse(name: &str) -> Option<ObjectName> {
+        let name = log_archive::split_alternative(name)
+            .map(|(c, _)| c)
+            .unwrap_or(name);
+        match name.split_once(PART_MARK) {
+            Some((file, start)) => {
+                let ok = start.len() == 16
+                    && start
+                        .bytes()
+                        .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+                let start = u64::from_str_radix(start, 16).ok().filter(|_| ok)?;
+                Some(ObjectName::Part(BinlogName::parse(file).ok()?, start))
+            }
+            None => Some(ObjectName::Complete(BinlogName::parse(name).ok()?)),
+        }
+    }
+
+    pub fn file(&self) -> &BinlogName {
+        match self {
+            ObjectName::Complete(f) | ObjectName::Part(f, _) => f,
+        }
+    }
+}
+
+/// The archive's keys for one plan, grouped by file: whether a complete
+/// object (or an alternative) is listed, and the part start offsets listed.
+/// From the listing alone: nothing is read or trusted yet.
+#[derive(Debug, Default, Clone)]
+pub struct Listed {
+    pub complete: bool,
+    pub parts: Vec<u64>,
+}
+
+pub async fn list(
+    store: &dyn Store,
+    plan: &PlanName,
+) -> Result<BTreeMap<BinlogName, Listed>, BinlogError> {
+    let prefix = binlog_prefix(plan);
+    let mut files: BTreeMap<BinlogName, Listed> = BTreeMap::new();
+    for info in store.list(&prefix).await? {
+        let name = &info.key[prefix.len()..];
+        match ObjectName::parse(name) {
+            Some(ObjectName::Complete(f)) => files.entry(f).or_default().complete = true,
+            Some(ObjectName::Part(f, start)) => {
+                let e = files.entry(f).or_default();
+                if !e.parts.contains(&start) {
+                    e.parts.push(start);
+                }
+            }
+            None => {
+                tracing::warn!(object = %info.key, "{} is not a binlog archive object name; ignored", info.key)
+            }
+        }
+    }
+    for l in files.values_mut() {
+        l.parts.sort_unstable();
+    }
+    Ok(files)
+}
+
+/// One file read back from the archive.
+#[derive(Debug)]
+pub struct ReadBack {
+    pub bytes: Vec<u8>,
+    /// Read from the complete object (else from parts).
+    pub complete: bool,
+    /// The objects read, in order.
+    pub objects: Vec<String>,
+}
+
+/// Reads archived binlog `file` of `plan`: the complete object when there
+/// is a sound one, else the contiguous parts from offset 0. A gap or an
+/// overlap between parts is refused naming the part at fault.
+pub async fn read_binlog(
+    store: &dyn Store,
+    crypto: &Crypto,
+    plan: &PlanName,
+    file: &str,
+) -> Result<ReadBack, BinlogError> {
+    let name = BinlogName::parse(file)?;
+    let listed = list(store, plan).await?.remove(&name).unwrap_or_default();
+    read_listed(store, crypto, plan, &name, &listed).await
+}
+
+async fn read_listed(
+    store: &dyn Store,
+    crypto: &Crypto,
+    plan: &PlanName,
+    name: &BinlogName,
+    listed: &Listed,
+) -> Result<ReadBack, BinlogError> {
+    let mut complete_err = None;
+    if listed.complete {
+        match log_archive::resolve(store, crypto, &complete_key(plan, name)).await {
+            Ok(r) => {
+                return Ok(ReadBack {
+                    bytes: r.raw,
+                    complete: true,
+                    objects: vec![r.key],
+                })
+            }
+            // Only foreign objects there: the parts may still hold it.
+            Err(e @ (LogError::OnlyForeign { .. } | LogError::NotFound { .. })) => {
+                complete_err = Some(e)
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if listed.parts.is_empty() {
+        return Err(match complete_err {
+            Some(e) => e.into(),
+            None => BinlogError::NotArchived {
+                plan: plan.clone(),
+                file: name.to_string(),
+            },
+        });
+    }
+    let mut bytes = Vec::new();
+    let mut objects = Vec::new();
+    for &start in &listed.parts {
+        let key = part_key(plan, name, start);
+        let have = bytes.len() as u64;
+        if start != have {
+            let why = if start > have {
+                format!("part {key} starts at offset {start}, but the parts before it end at {have}: bytes [{have}, {start}) are missing")
+            } else {
+                format!("part {key} starts at offset {start}, inside the bytes the parts before it hold (up to {have}): parts overlap")
+            };
+            return Err(BinlogError::BadParts {
+                file: name.to_string(),
+                why,
+            });
+        }
+        let r = log_archive::resolve(store, crypto, &key).await?;
+        if have + r.raw.len() as u64 > MAX_FILE {
+            return Err(BinlogError::BadParts {
+                file: name.to_string(),
+                why: format!("part {key} takes the file past 4 GiB"),
+            });
+        }
+        bytes.extend_from_slice(&r.raw);
+        objects.push(r.key);
+    }
+    Ok(ReadBack {
+        bytes,
+        complete: false,
+        objects,
+    })
+}
+
+/// One archived binlog, as [`archived`] reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchivedBinlog {
+    pub file: String,
+    /// A complete object (else parts up to the last complete event).
+    pub complete: bool,
+    pub bytes: u64,
+    pub first_event: Option<DateTime<Utc>>,
+    pub last_event: Option<DateTime<Utc>>,
+    pub first_gtid: Option<String>,
+    pub last_gtid: Option<String>,
+    /// Why the file cannot be read back whole, if it cannot (a bad part, a
+    /// corrupt or only foreign object, a damaged event header).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+/// The archive of one plan's binlogs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Archived {
+    pub files: Vec<ArchivedBinlog>,
+    /// The first file of each hole in the sequence ([`holes`]).
+    pub gaps: Vec<String>,
+}
+
+impl Archived {
+    /// The newest event time in the archive.
+    pub fn newest_event(&self) -> Option<DateTime<Utc>> {
+        self.files.iter().filter_map(|f| f.last_event).max()
+    }
+}
+
+/// Lists the archived binlogs of `plan`, each read back and scanned
+/// (correctness first: every object is downloaded and checked), and the
+/// holes in the file sequence.
+pub async fn archived(
+    store: &dyn Store,
+    crypto: &Crypto,
+    plan: &PlanName,
+) -> Result<Archived, BinlogError> {
+    let listed = list(store, plan).await?;
+    let mut files = Vec::new();
+    let gaps = holes(&listed);
+    for (name, l) in &listed {
+        let mut entry = ArchivedBinlog {
+            file: name.to_string(),
+            complete: false,
+            bytes: 0,
+            first_event: None,
+            last_event: None,
+            first_gtid: None,
+            last_gtid: None,
+            problem: None,
+        };
+        match read_listed(store, crypto, plan, name, l).await {
+            Ok(r) => {
+                entry.complete = r.complete;
+                entry.bytes = r.bytes.len() as u64;
+                let what = r.objects.join(", ");
+                let bytes = r.bytes;
+                let scanned = tokio::task::spawn_blocking(move || scan(&what, &bytes))
+                    .await
+                    .expect("binlog scan panicked");
+                match scanned {
+                    Ok(s) => {
+                        entry.first_event = s.first_at();
+                        entry.last_event = s.last_at();
+                        entry.first_gtid = s.first_gtid.map(|g| g.to_string());
+                        entry.last_gtid = s.last_gtid.map(|g| g.to_string());
+                    }
+                    Err(e) => entry.problem = Some(e.to_string()),
+                }
+            }
+            Err(e @ BinlogError::Store(_)) => return Err(e),
+            Err(e) => entry.problem = Some(e.to_string()),
+        }
+        files.push(entry);
+    }
+    Ok(Archived { files, gaps })
+}
+
+/// The first file of each hole in the archived sequence: files missing
+/// between archived ones, and files held only as parts though a later file
+/// is archived (their end was never archived). Per base name.
+pub fn holes(listed: &BTreeMap<BinlogName, Listed>) -> Vec<String> {
+    let mut bad: Vec<BinlogName> = Vec::new();
+    let mut prev: Option<(&BinlogName, &Listed)> = None;
+    for (name, l) in listed {
+        if let Some((p, pl)) = prev.filter(|(p, _)| p.base == name.base) {
+            if !pl.complete {
+                bad.push(p.clone());
+            }
+            bad.extend(p.between(name, 1000));
+        }
+        prev = Some((name, l));
+    }
+    bad.iter()
+        .enumerate()
+        .filter(|(i, n)| *i == 0 || bad[i - 1].base != n.base || bad[i - 1].seq + 1 != n.seq)
+        .map(|(_, n)| n.to_string())
+        .collect()
+}
+
+/// Prune's rule for archived binlogs: a file before the oldest kept
+/// snapshot's starting binlog (`binlog_file` in its manifest's source
+/// metadata) can no longer be replayed by any restore. Without a kept
+/// snapshot that names one, nothing is expired. Files of another base name
+/// (the server's `log_bin` changed) are kept: their order relative to the
+/// snapshot's is unknown.
+pub struct BinlogRetention {
+    pub plan: PlanName,
+}
+
+/// The binlog a MariaDB snapshot's restore starts replaying from.
+pub fn snapshot_binlog(m: &Manifest) -> Option<BinlogName> {
+    if m.source.kind != crate::plan::SourceKind::Mariadb.as_str() {
+        return None;
+    }
+    let file = m.source.metadata.get("binlog_file")?.as_str()?;
+    BinlogName::parse(file).ok()
+}
+
+impl LogRetention for BinlogRetention {
+    fn prefix(&self) -> String {
+        binlog_prefix(&self.plan)
+    }
+
+    fn expired(&self, remaining: &[&Manifest], name: &str) -> bool {
+        let Some(oldest) = remaining.iter().filter_map(|m| snapshot_binlog(m)).min() else {
+            return false;
+        };
+        match ObjectName::parse(name) {
+            Some(o) => o.file().base == oldest.base && o.file().seq < oldest.seq,
+            None => false,
+        }
+    }
+}
+
+/// The retention rule `MariadbEngine::log_retention` returns.
+pub fn retention(plan: &PlanName) -> Box<dyn LogRetention> {
+    Box::new(BinlogRetention { plan: plan.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// An event: header then body.
+    pub(crate) fn event(time: u32, kind: u8, server: u32, body: &[u8], pos: u32) -> Vec<u8> {
+        let size = (HEADER + body.len()) as u32;
+        let mut e = Vec::new();
+        e.extend_from_slice(&time.to_le_bytes());
+        e.push(kind);
+        e.extend_from_slice(&server.to_le_bytes());
+        e.extend_from_slice(&size.to_le_bytes());
+        e.extend_from_slice(&(pos + size).to_le_bytes());
+        e.extend_from_slice(&0u16.to_le_bytes());
+        e.extend_from_slice(body);
+        e
+    }
+
+    fn gtid_body(seq: u64, domain: u32) -> Vec<u8> {
+        let mut b = seq.to_le_bytes().to_vec();
+        b.extend_from_slice(&domain.to_le_bytes());
+        b.push(0);
+        b
+    }
+
+    pub(crate) fn sample() -> Vec<u8> {
+        let mut f = MAGIC.to_vec();
+        let push = |f: &mut Vec<u8>, e: Vec<u8>| f.extend_from_slice(&e);
+        let pos = |f: &Vec<u8>| f.len() as u32;
+        let e = event(1_700_000_000, 15, 1, &[0u8; 80], pos(&f));
+        push(&mut f, e);
+        let e = event(1_700_000_001, GTID_EVENT, 1, &gtid_body(7, 0), pos(&f));
+        push(&mut f, e);
+        let e = event(1_700_000_002, 2, 1, b"INSERT ...", pos(&f));
+        push(&mut f, e);
+        let e = event(1_700_000_003, GTID_EVENT, 2, &gtid_body(8, 3), pos(&f));
+        push(&mut f, e);
+        let mut rot = 4u64.to_le_bytes().to_vec();
+        rot.extend_from_slice(b"binlog.000004");
+        rot.extend_from_slice(&[1, 2, 3, 4]); // the CRC32
+        let e = event(1_700_000_004, ROTATE_EVENT, 1, &rot, pos(&f));
+        push(&mut f, e);
+        f
+    }
+
+    #[test]
+    fn names_are_strict() {
+        for ok in ["binlog.000001", "mysql-bin.123456", "b_1.1000000"] {
+            let n = BinlogName::parse(ok).unwrap();
+            assert_eq!(n.to_string(), ok);
+        }
+        let n = BinlogName::parse("binlog.999999").unwrap();
+        assert_eq!(n.next().unwrap().to_string(), "binlog.1000000");
+        assert_eq!(
+            BinlogName::parse("binlog.000001")
+                .unwrap()
+                .between(&BinlogName::parse("binlog.000004").unwrap(), 10)
+                .iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>(),
+            ["binlog.000002", "binlog.000003"]
+        );
+        for bad in [
+            "binlog.index",
+            "binlog.00001",
+            "binlog.0000001",
+            "../binlog.000001",
+            "bin.log.000001",
+            ".000001",
+            "binlog.000001.part-0000000000000000",
+            "binlog.99999999999",
+            "",
+        ] {
+            assert!(BinlogName::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn object_names_parse_back() {
+        let plan = PlanName::new("p").unwrap();
+        let f = BinlogName::parse("binlog.000003").unwrap();
+        let k = part_key(&plan, &f, 0x1234);
+        assert_eq!(k, "binlog/p/binlog.000003.part-0000000000001234");
+        let rel = &k["binlog/p/".len()..];
+        assert_eq!(
+            ObjectName::parse(rel),
+            Some(ObjectName::Part(f.clone(), 0x1234))
+        );
+        let alt = log_archive::alternative_key(rel, &crate::ids::Hash256::digest(b"x"), 1);
+        assert_eq!(
+            ObjectName::parse(&alt),
+            Some(ObjectName::Part(f.clone(), 0x1234))
+        );
+        assert_eq!(
+            ObjectName::parse("binlog.000003"),
+            Some(ObjectName::Complete(f))
+        );
+        assert_eq!(ObjectName::parse("binlog.000003.part-12"), None);
+        assert_eq!(ObjectName::parse("binlog.index"), None);
+    }
+
+    #[test]
+    fn the_reader_finds_times_gtids_end_and_rotation() {
+        let f = sample();
+        let s = scan("f", &f).unwrap();
+        assert_eq!(s.events, 5);
+        assert_eq!(s.end, f.len() as u64);
+        assert_eq!(s.first_time, Some(1_700_000_000));
+        assert_eq!(s.last_time, Some(1_700_000_004));
+        assert_eq!(s.first_gtid.unwrap().to_string(), "0-1-7");
+        assert_eq!(s.last_gtid.unwrap().to_string(), "3-2-8");
+        assert_eq!(s.rotate_to.as_deref(), Some("binlog.000004"));
+        // A growing file cut mid-event ends at the last complete event.
+        let cut = &f[..f.len() - 3];
+        let s2 = scan("f", cut).unwrap();
+        assert_eq!(s2.events, 4);
+        assert_eq!(s2.rotate_to, None);
+        assert!(s2.end < cut.len() as u64);
+        // Continuing from an event boundary gives the same answer.
+        let mut s3 = scan("f", &f[..s2.end as usize]).unwrap();
+        assert_eq!(s3, s2);
+        scan_more("f", &mut s3, &f[s2.end as usize..], s2.end).unwrap();
+        assert_eq!(s3, s);
+        // Only the magic, or less.
+        assert_eq!(scan("f", MAGIC).unwrap().end, 4);
+        assert_eq!(scan("f", b"\xfeb").unwrap().end, 0);
+        let err = scan("spool/binlog.000001", b"GIF89a").unwrap_err();
+        assert!(err.to_string().contains("spool/binlog.000001"), "{err}");
+        // A size under the header's is damage, named with its offset.
+        let mut bad = f.clone();
+        bad[4 + 9..4 + 13].copy_from_slice(&3u32.to_le_bytes());
+        let err = scan("x", &bad).unwrap_err().to_string();
+        assert!(err.contains("offset 4"), "{err}");
+    }
+
+    #[test]
+    fn holes_name_the_first_file_missing_or_incomplete() {
+        let l = |complete: bool| Listed {
+            complete,
+            parts: if complete { vec![] } else { vec![0] },
+        };
+        let n = |s: &str| BinlogName::parse(s).unwrap();
+        let mut m = BTreeMap::new();
+        m.insert(n("binlog.000001"), l(true));
+        m.insert(n("binlog.000002"), l(false));
+        m.insert(n("binlog.000004"), l(true));
+        m.insert(n("binlog.000005"), l(true));
+        m.insert(n("binlog.000007"), l(false));
+        m.insert(n("other.000001"), l(false));
+        assert_eq!(holes(&m), ["binlog.000002", "binlog.000006"]);
+        m.remove(&n("binlog.000002"));
+        assert_eq!(holes(&m), ["binlog.000002", "binlog.000006"]);
+        m.insert(n("binlog.000003"), l(true));
+        m.insert(n("binlog.000002"), l(true));
+        m.insert(n("binlog.000006"), l(true));
+        assert!(holes(&m).is_empty());
+    }
+
+    #[test]
+    fn gtids_parse() {
+        let g: Gtid = "0-1-42".parse().unwrap();
+        assert_eq!(g.to_string(), "0-1-42");
+        assert!("0-1".parse::<Gtid>().is_err());
+    }
+
+    fn manifest_with(binlog_file: Option<&str>) -> Manifest {
+        let t = Utc.timestamp_opt(1_767_225_600, 0).unwrap();
+        let mut m = Manifest {
+            format: "holdfast-manifest".into(),
+            version: 2,
+            plan: PlanName::new("p").unwrap(),
+            previous: None,
+            holdfast_version: "x".into(),
+            hostname: None,
+            source: crate::repository::manifest::SourceRecord {
+                kind: "mariadb".into(),
+                metadata: Default::default(),
+            },
+            started_at: t,
+            finished_at: t,
+            retention: None,
+            tier: None,
+            stats: Default::default(),
+            entries: Vec::new(),
+        };
+        if let Some(f) = binlog_file {
+            m.source
+                .metadata
+                .insert("binlog_file".into(), serde_json::json!(f));
+        }
+        m
+    }
+
+    #[test]
+    fn retention_keeps_every_binlog_from_the_oldest_kept_snapshot_on() {
+        let r = retention(&PlanName::new("p").unwrap());
+        assert_eq!(r.prefix(), "binlog/p/");
+        let (a, b) = (
+            manifest_with(Some("binlog.000005")),
+            manifest_with(Some("binlog.000003")),
+        );
+        let kept = [&a, &b];
+        assert!(r.expired(&kept, "binlog.000002"));
+        assert!(r.expired(&kept, "binlog.000002.part-0000000000000000"));
+        assert!(!r.expired(&kept, "binlog.000003"));
+        assert!(!r.expired(&kept, "binlog.000004.part-0000000000000100"));
+        assert!(!r.expired(&kept, "other.000001"));
+        assert!(!r.expired(&kept, "garbage"));
+        // No snapshot naming a binlog: nothing expires.
+        let none = manifest_with(None);
+        assert!(!r.expired(&[&none], "binlog.000001"));
+        assert!(!r.expired(&[], "binlog.000001"));
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_binlogs_never_panic(
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..16),
+            cut in any::<usize>(),
+            offset in 0u64..1_000_000,
+        ) {
+            let mut f = sample();
+            for (at, b) in flips {
+                let i = at % f.len();
+                f[i] = b;
+            }
+            let f = &f[..cut % (f.len() + 1)];
+            if let Ok(s) = scan("m", f) {
+                prop_assert!(s.end <= f.len() as u64);
+            }
+            let mut s = Scan::default();
+            let _ = scan_more("m", &mut s, f, offset);
+            prop_assert!(s.end <= offset + f.len() as u64);
+        }
+
+        #[test]
+        fn random_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let mut f = MAGIC.to_vec();
+            f.extend_from_slice(&data);
+            let _ = scan("r", &f);
+            let _ = scan("r", &data);
+        }
+    }
+}
