@@ -783,6 +783,115 @@ mod tests {
         assert!(holes(&m).is_empty());
     }
 
+    async fn store_with(
+        objects: &[(String, Vec<u8>)],
+    ) -> (tempfile::TempDir, crate::store::local::LocalStore) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::open(tmp.path().join("repo")).unwrap();
+        for (key, raw) in objects {
+            log_archive::push_bytes(&store, &Crypto::none(), key.clone(), raw.clone(), key, None)
+                .await
+                .unwrap();
+        }
+        (tmp, store)
+    }
+
+    #[tokio::test]
+    async fn parts_must_tile_the_file_and_a_bad_one_is_named() {
+        let plan = PlanName::new("p").unwrap();
+        let f = BinlogName::parse("binlog.000002").unwrap();
+        let file = sample();
+        let (a, b) = file.split_at(40);
+        let none = Crypto::none();
+
+        // Contiguous parts read back as the file.
+        let (_t, store) = store_with(&[
+            (part_key(&plan, &f, 0), a.to_vec()),
+            (part_key(&plan, &f, 40), b.to_vec()),
+        ])
+        .await;
+        let r = read_binlog(&store, &none, &plan, "binlog.000002")
+            .await
+            .unwrap();
+        assert!(!r.complete && r.bytes == file);
+        let listed = archived(&store, &none, &plan).await.unwrap();
+        assert_eq!(listed.files[0].last_gtid.as_deref(), Some("3-2-8"));
+        assert_eq!(listed.files[0].bytes, file.len() as u64);
+
+        // A gap: the second part starts past the first one's end.
+        let (_t, store) = store_with(&[
+            (part_key(&plan, &f, 0), a.to_vec()),
+            (part_key(&plan, &f, 41), b[1..].to_vec()),
+        ])
+        .await;
+        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("binlog.000002.part-0000000000000029") && err.contains("missing"),
+            "{err}"
+        );
+        let listed = archived(&store, &none, &plan).await.unwrap();
+        assert!(listed.files[0].problem.is_some(), "{listed:?}");
+
+        // An overlap, and no part at offset 0.
+        let (_t, store) = store_with(&[
+            (part_key(&plan, &f, 0), a.to_vec()),
+            (part_key(&plan, &f, 30), file[30..].to_vec()),
+        ])
+        .await;
+        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("part-000000000000001e") && err.contains("overlap"),
+            "{err}"
+        );
+        let (_t, store) = store_with(&[(part_key(&plan, &f, 40), b.to_vec())]).await;
+        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("starts at offset 40"), "{err}");
+
+        // A foreign object at the complete key: the parts still give the
+        // file; nothing at all: not archived, named.
+        let (_t, store) = store_with(&[
+            (part_key(&plan, &f, 0), a.to_vec()),
+            (part_key(&plan, &f, 40), b.to_vec()),
+        ])
+        .await;
+        let opts = crate::store::PutOptions {
+            sha256: crate::ids::Hash256::digest(b"junk"),
+            retention: None,
+        };
+        store
+            .put(
+                &complete_key(&plan, &f),
+                bytes::Bytes::from_static(b"junk"),
+                &opts,
+            )
+            .await
+            .unwrap();
+        let r = read_binlog(&store, &none, &plan, "binlog.000002")
+            .await
+            .unwrap();
+        assert!(!r.complete && r.bytes == file);
+        let err = read_binlog(&store, &none, &plan, "binlog.000009")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("binlog.000009 of plan p is not in the archive"),
+            "{err}"
+        );
+        assert!(read_binlog(&store, &none, &plan, "../x.000001")
+            .await
+            .is_err());
+    }
+
     #[test]
     fn gtids_parse() {
         let g: Gtid = "0-1-42".parse().unwrap();
