@@ -376,6 +376,8 @@ fn postgres_restores_each_base_backup_and_a_point_in_time_between_them() {
 struct Mariadb {
     server: common::mariadb::Server,
     plan: PathBuf,
+    /// `holdfast binlog-archive` for the plan, so a point in time restores.
+    _archiver: common::mariadb::Archiver,
 }
 
 impl Mariadb {
@@ -390,7 +392,13 @@ impl Mariadb {
              INSERT INTO app.orders(customer, amount) SELECT seq % 977 + 1, seq / 7 FROM seq_1_to_20000;",
         );
         let plan = local_plan(server.dir.path(), &server.source_yaml());
-        Mariadb { server, plan }
+        let _archiver =
+            common::mariadb::Archiver::start(&plan, &server.dir.path().join("archiver"));
+        Mariadb {
+            server,
+            plan,
+            _archiver,
+        }
     }
 }
 
@@ -436,7 +444,13 @@ impl Engine for Mariadb {
         format!("{:?}", self.server.checksums("app"))
     }
 
+    fn now(&self) -> Option<String> {
+        Some(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
+
     fn restore_args(&mut self, _to: &Path) -> Vec<String> {
+        // A point in time needs the binlogs up to it in the archive.
+        common::mariadb::wait_archived(&self.server, "conformance");
         vec![
             "--start".into(),
             "--port".into(),
@@ -455,6 +469,6 @@ impl Engine for Mariadb {
 }
 
 #[test]
-fn mariadb_restores_each_physical_backup_as_it_was() {
+fn mariadb_restores_each_physical_backup_and_a_point_in_time_between_them() {
     back_up_change_and_restore_every_point(&mut Mariadb::new());
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::bin::{command, json_of, s, said_by, text};
-use common::mariadb::{checksums_at, client_sql, Server};
+use common::mariadb::{checksums_at, client_sql, wait_archived, Archiver, Server};
 
 /// A plan `maria` for `server` into `dir/repo` (encrypted; the test runner
 /// gives every holdfast the test key).
@@ -380,4 +380,212 @@ fn a_drill_restores_starts_checks_and_tears_down_a_scratch_server() {
         .find(|c| c["passed"] == false)
         .unwrap();
     assert_eq!(failed["name"], "accounts restored", "{report}");
+}
+
+// ------------------------------------------------------ point in time
+
+fn now_utc() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The runbook's scenario: a backup under load, more writes, time T, then
+/// `DROP DATABASE` and more writes; a restore to T gives every table as it
+/// was at T, and nothing written after T.
+#[test]
+fn a_dropped_database_comes_back_as_it_was_at_the_second_before_the_drop() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let plan = plan(&server, &server.source_yaml());
+    let _archiver = Archiver::start(&plan, &server.dir.path().join("archiver"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = write_load(&server, stop.clone());
+    std::thread::sleep(Duration::from_millis(300));
+    json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::SeqCst);
+    load.join().unwrap();
+    server.sql("UPDATE app.accounts SET balance = 0 WHERE id <= 10; FLUSH BINARY LOGS;");
+    server.sql("INSERT INTO app.events(payload) VALUES ('in the new binlog')");
+    let at_t = server.checksums("app");
+    std::thread::sleep(Duration::from_millis(1100));
+    let t = now_utc();
+    std::thread::sleep(Duration::from_millis(1100));
+    server.sql("DROP DATABASE app; CREATE DATABASE later; CREATE TABLE later.t(id INT PRIMARY KEY); INSERT INTO later.t VALUES (1)");
+    wait_archived(&server, "maria");
+
+    // The restorable window reaches past T.
+    let listed = text(&run(&["snapshots", "--plan", s(&plan)]));
+    assert!(listed.contains("restorable window"), "{listed}");
+
+    let to = server.dir.path().join("restored-at-t");
+    let port = common::free_port().to_string();
+    let out = run(&[
+        "restore",
+        "--plan",
+        s(&plan),
+        "--at",
+        &t,
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port,
+        "--json",
+    ]);
+    let report = json_of(&out);
+    let socket = to.join("mariadbd.sock");
+    assert_eq!(checksums_at(&socket, "app"), at_t, "{report}");
+    assert_eq!(
+        client_sql(&socket, "SHOW DATABASES LIKE 'later'")
+            .unwrap()
+            .trim(),
+        "",
+        "a database created after T is there: {report}"
+    );
+    let binlogs = report["binlogs"].as_array().unwrap();
+    assert!(
+        binlogs.len() >= 2,
+        "the restore replays across a rotation: {report}"
+    );
+    let phases: Vec<&str> = report["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        [
+            "binlog_check",
+            "fetch_restore",
+            "prepare",
+            "start",
+            "replay"
+        ],
+        "{report}"
+    );
+    stop_restored(&to);
+}
+
+/// The data directory deleted outright: rebuilt from the repository alone
+/// to the newest archived transaction.
+#[test]
+fn a_deleted_data_directory_is_rebuilt_to_the_last_archived_transaction() {
+    let mut server = Server::start(&[]);
+    setup(&server);
+    let plan = plan(&server, &server.source_yaml());
+    let _archiver = Archiver::start(&plan, &server.dir.path().join("archiver"));
+    json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    server.sql("USE app; INSERT INTO app.events(payload) SELECT REPEAT('z', 100) FROM seq_1_to_5000; UPDATE app.accounts SET balance = balance * 2 WHERE id % 3 = 0;");
+    let last = server.checksums("app");
+    wait_archived(&server, "maria");
+    server.kill();
+    std::fs::remove_dir_all(server.data()).unwrap();
+
+    let to = server.dir.path().join("rebuilt");
+    let port = common::free_port().to_string();
+    let report = json_of(&run(&[
+        "restore",
+        "--plan",
+        s(&plan),
+        "--latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port,
+        "--json",
+    ]));
+    assert_eq!(
+        checksums_at(&to.join("mariadbd.sock"), "app"),
+        last,
+        "{report}"
+    );
+    stop_restored(&to);
+}
+
+/// A binlog missing from the archive, or damaged in it, is named before
+/// anything is written; a target past the archive is refused with the window.
+#[test]
+fn a_missing_or_damaged_binlog_is_named_and_nothing_is_written() {
+    let server = Server::start(&[]);
+    setup(&server);
+    let plan = plan(&server, &server.source_yaml());
+    let archiver = Archiver::start(&plan, &server.dir.path().join("archiver"));
+    json_of(&run(&["backup", "--plan", s(&plan), "--json"]));
+    for n in 0..3 {
+        server.sql(&format!(
+            "INSERT INTO app.events(payload) VALUES ('round {n}'); FLUSH BINARY LOGS;"
+        ));
+    }
+    wait_archived(&server, "maria");
+    drop(archiver);
+    let dir = server.dir.path().join("repo/objects/binlog/maria");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| !p.to_string_lossy().contains(".part-"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    let middle = files[1].clone();
+    let name = middle.file_name().unwrap().to_str().unwrap().to_string();
+    // (The local store keeps finished objects read-only, and lists only those.)
+    let set_readonly = |p: &Path, readonly: bool| {
+        let mut perms = std::fs::metadata(p).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        perms.set_readonly(readonly);
+        std::fs::set_permissions(p, perms).unwrap();
+    };
+
+    // Damaged: one byte flipped in the middle binlog.
+    set_readonly(&middle, false);
+    let mut bad = std::fs::read(&middle).unwrap();
+    let at = bad.len() - 10;
+    bad[at] ^= 0x55;
+    std::fs::write(&middle, &bad).unwrap();
+    set_readonly(&middle, true);
+    let to = server.dir.path().join("restored");
+    let out = run(&["restore", "--plan", s(&plan), "--latest", "--to", s(&to)]);
+    let said = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains(&name), "the damaged binlog is named: {said}");
+    assert!(!to.exists(), "nothing is written: {said}");
+
+    // Missing: the same binlog removed.
+    set_readonly(&middle, false);
+    std::fs::remove_file(&middle).unwrap();
+    let retention = server
+        .dir
+        .path()
+        .join("repo/retention/binlog/maria")
+        .join(&name);
+    let _ = std::fs::remove_file(retention);
+    let out = run(&["restore", "--plan", s(&plan), "--latest", "--to", s(&to)]);
+    let said = text(&out);
+    assert_ne!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains(&name) && said.contains("missing"), "{said}");
+    assert!(!to.exists(), "nothing is written: {said}");
+
+    // A time past the newest archived event is refused with the window.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let out = run(&[
+        "restore",
+        "--plan",
+        s(&plan),
+        "--at",
+        &later,
+        "--to",
+        s(&to),
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("Restorable window"), "{said}");
+    assert!(!to.exists());
+    let leftovers: Vec<_> = std::fs::read_dir(server.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("holdfast"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -538,3 +538,15 @@ fn a_dsn_password_from_the_environment_is_percent_encoded_so_none_of_it_lands_in
     assert_eq!((var("PGHOST"), var("PGPORT")), (Some("db"), Some("5433")));
     assert_eq!(var("PGDATABASE"), Some("app"));
 }
+
+#[test]
+fn a_mysql_source_is_a_mariadb_source() {
+    let text = edit(
+        "  type: sqlite\n  path: app.db",
+        "  type: mysql\n  host: db.internal\n  user: backup",
+    );
+    let (_dir, _file, result) = load(&text);
+    let plan = result.unwrap();
+    assert_eq!(plan.source.kind().as_str(), "mariadb");
+    assert!(plan.source.to_string().contains("backup@db.internal:3306"));
+}

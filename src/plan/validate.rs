@@ -494,7 +494,7 @@ impl Ctx<'_> {
                 "e.g. `source: {type: sqlite, path: app.db}`",
             ));
         };
-        let kinds = "sqlite, files, postgres, mariadb";
+        let kinds = "sqlite, files, postgres, mariadb (or mysql)";
         let kind = match map.remove("type") {
             Some(serde_yaml::Value::String(kind)) => kind,
             Some(_) => return Err(self.invalid("source.type", format!("must be one of {kinds}"))),
@@ -550,7 +550,8 @@ impl Ctx<'_> {
                     logical_dumps,
                 })
             }
-            "mariadb" => {
+            // MySQL servers are backed up the same way (`mysql` is an alias).
+            "mariadb" | "mysql" => {
                 let raw: RawMariadb = self.parse_value("source", rest)?;
                 let connection = self.connection(
                     RawConnection {

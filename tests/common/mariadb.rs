@@ -218,3 +218,76 @@ pub fn checksums_at(socket: &Path, db: &str) -> BTreeMap<String, String> {
         })
         .collect()
 }
+
+/// `holdfast binlog-archive` for a plan, in the background (flushing the
+/// growing binlog every second), stopped when dropped.
+pub struct Archiver(std::process::Child);
+
+impl Archiver {
+    pub fn start(plan: &Path, state: &Path) -> Archiver {
+        let log = std::fs::File::create(state.with_extension("log")).unwrap();
+        Archiver(
+            super::bin::command()
+                .env("HOLDFAST_BINLOG_FLUSH_SECS", "1")
+                .env("HOLDFAST_LOG", "info")
+                .args([
+                    "binlog-archive",
+                    "--plan",
+                    super::bin::s(plan),
+                    "--state-dir",
+                    super::bin::s(state),
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for Archiver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The last GTID of each binlog the plan's archive holds (local repository,
+/// the test key), read through the library.
+pub fn archived_gtids(repo_dir: &Path, plan: &str) -> Vec<String> {
+    use holdfast::repository::Repository;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = std::sync::Arc::new(
+        holdfast::store::local::LocalStore::open(repo_dir.to_path_buf()).unwrap(),
+    );
+    let Ok(repo) = rt.block_on(Repository::open(store, &super::bin::test_repo_key())) else {
+        return Vec::new();
+    };
+    let plan = holdfast::plan::PlanName::new(plan).unwrap();
+    rt.block_on(holdfast::engine::mariadb::binlog::archived(
+        repo.store().as_ref(),
+        repo.crypto(),
+        &plan,
+    ))
+    .map(|a| a.files.into_iter().filter_map(|f| f.last_gtid).collect())
+    .unwrap_or_default()
+}
+
+/// Waits until the archive of plan `plan` (in `<server dir>/repo`) holds
+/// the server's newest transaction.
+pub fn wait_archived(server: &Server, plan: &str) {
+    let want = server.sql("SELECT @@gtid_binlog_pos").trim().to_string();
+    let repo = server.dir.path().join("repo");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !archived_gtids(&repo, plan).contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the archive did not reach GTID {want} within 60 s: {:?}",
+            archived_gtids(&repo, plan)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -24,9 +24,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
-use super::{
-    Engine, Reach, RestoreError, RestorePoint, RestoreReport, RestoreRequest, SourceKind,
-};
+use super::{Engine, Reach, RestoreError, RestorePoint, RestoreReport, RestoreRequest, SourceKind};
 use crate::error::{Exit, HasExit};
 use crate::plan::{DbConnection, DbMode, Plan};
 use crate::repository::log_archive::LogRetention;
@@ -88,9 +86,9 @@ impl HasExit for MariaError {
             MariaError::Materialize(e) => e.exit(),
             MariaError::Repo(e) => e.exit(),
             MariaError::TargetNotEmpty { .. } | MariaError::Target { .. } => Exit::Target,
-            MariaError::Force
-            | MariaError::BadTarget(_)
-            | MariaError::OutsideWindow { .. } => Exit::Usage,
+            MariaError::Force | MariaError::BadTarget(_) | MariaError::OutsideWindow { .. } => {
+                Exit::Usage
+            }
             MariaError::Binlog { .. } => Exit::Verify,
             MariaError::Archive(e) => e.exit(),
             MariaError::LogicalOnly { .. }
@@ -155,9 +153,9 @@ impl Engine for MariadbEngine {
             }
             Some(RestorePoint::Latest) => Some(pitr::MariaTarget::Latest),
             Some(RestorePoint::Time(t)) => Some(pitr::MariaTarget::Time(*t)),
-            Some(RestorePoint::Position(p)) => Some(
-                pitr::MariaTarget::position(p).map_err(MariaError::BadTarget)?,
-            ),
+            Some(RestorePoint::Position(p)) => {
+                Some(pitr::MariaTarget::position(p).map_err(MariaError::BadTarget)?)
+            }
             Some(RestorePoint::Gtid(g)) => Some(pitr::MariaTarget::Gtid(
                 g.parse().map_err(MariaError::BadTarget)?,
             )),

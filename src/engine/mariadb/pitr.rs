@@ -64,9 +64,9 @@ impl std::fmt::Display for MariaTarget {
 impl MariaTarget {
     /// `FILE:POS` as `--position` gives it.
     pub fn position(text: &str) -> Result<MariaTarget, String> {
-        let (file, pos) = text
-            .rsplit_once(':')
-            .ok_or_else(|| format!("--position {text:?}: write FILE:POS, e.g. binlog.000042:1337"))?;
+        let (file, pos) = text.rsplit_once(':').ok_or_else(|| {
+            format!("--position {text:?}: write FILE:POS, e.g. binlog.000042:1337")
+        })?;
         let file = BinlogName::parse(file).map_err(|e| format!("--position: {e}"))?;
         let pos = pos
             .parse()
@@ -138,7 +138,9 @@ pub async fn bases(repo: &Repository, plan: &PlanName) -> Result<Vec<Base>, Mari
             continue;
         };
         let (Some(file), Some(position), Some(at)) = (
-            meta.binlog_file.as_deref().and_then(|f| BinlogName::parse(f).ok()),
+            meta.binlog_file
+                .as_deref()
+                .and_then(|f| BinlogName::parse(f).ok()),
             meta.binlog_position,
             meta.consistent_at,
         ) else {
@@ -163,11 +165,7 @@ fn run_from(
     listed: &std::collections::BTreeMap<BinlogName, binlog::Listed>,
     from: &BinlogName,
 ) -> (Vec<BinlogName>, Option<BinlogName>) {
-    let newest = listed
-        .keys()
-        .filter(|n| n.base == from.base)
-        .max()
-        .cloned();
+    let newest = listed.keys().filter(|n| n.base == from.base).max().cloned();
     let mut files = Vec::new();
     let mut next = Some(from.clone());
     while let Some(n) = next {
@@ -325,10 +323,23 @@ pub async fn restore_pitr(
     let t0 = Instant::now();
     let listed = binlog::list(repo.store().as_ref(), plan).await?;
     let (run, gap) = run_from(&listed, &base.file);
+    if let (MariaTarget::Latest, Some(g)) = (&opts.target, &gap) {
+        // "Everything archived" cannot jump a hole: what follows it is
+        // unreachable, and stopping short silently would lose it.
+        return Err(MariaError::Binlog {
+            file: g.to_string(),
+            problem: format!(
+                "is missing from the archive, and later binlogs are there: --latest cannot reach past it; nothing was restored. Restore to a point before it with --at or --position (the archive is unbroken from {} up to it)",
+                base.file
+            ),
+        });
+    }
     if run.is_empty() {
         return Err(MariaError::Binlog {
             file: base.file.to_string(),
-            problem: "is not in the archive (it holds the backup's own position); nothing was restored".into(),
+            problem:
+                "is not in the archive (it holds the backup's own position); nothing was restored"
+                    .into(),
         });
     }
     let target = crate::repository::materialize::absolute(&opts.to);
@@ -357,13 +368,20 @@ pub async fn restore_pitr(
     let mut needed = Vec::new();
     let mut newest_event: Option<DateTime<Utc>> = None;
     let mut reached_target = matches!(opts.target, MariaTarget::Latest);
-    for file in &run {
-        let read = binlog::read_binlog(repo.store().as_ref(), repo.crypto(), plan, &file.to_string())
-            .await
-            .map_err(|e| MariaError::Binlog {
-                file: file.to_string(),
-                problem: format!("cannot be read back: {e}; nothing was restored"),
-            })?;
+    for (i, file) in run.iter().enumerate() {
+        let later_archived = i + 1 < run.len();
+        let read = binlog::read_binlog(
+            repo.store().as_ref(),
+            repo.crypto(),
+            plan,
+            &file.to_string(),
+        )
+        .await
+        .map_err(|e| MariaError::Binlog {
+            file: file.to_string(),
+            problem: format!("cannot be read back: {e}; nothing was restored"),
+        })?;
+        let from_parts = !read.complete;
         let what = read.objects.join(", ");
         let path = spool.join(file.to_string());
         let (p, f) = (path.clone(), file.to_string());
@@ -380,29 +398,27 @@ pub async fn restore_pitr(
             file: f,
             problem: format!("is damaged: {why}; nothing was restored"),
         })?;
+        // Parts stand in for a file only up to what was flushed: one a later
+        // file follows must end with its rotation, or its tail is lost.
+        if from_parts && later_archived && scanned.rotate_to.is_none() {
+            return Err(MariaError::Binlog {
+                file: file.to_string(),
+                problem: "is held only as parts that end before its rotation (its complete object is missing, damaged or foreign), though later binlogs are archived; nothing was restored".into(),
+            });
+        }
         newest_event = newest_event.max(scanned.last_at());
         needed.push((file.clone(), path));
-        match &opts.target {
-            MariaTarget::Time(t) => {
-                if scanned.last_at().is_some_and(|l| l >= *t) {
-                    reached_target = true;
-                    break;
-                }
-            }
-            MariaTarget::Position(f, _) if f == file => {
-                reached_target = true;
-                break;
-            }
-            MariaTarget::Gtid(g) => {
-                if scanned
-                    .last_gtid
-                    .is_some_and(|l| l.domain == g.domain && l.seq >= g.seq)
-                {
-                    reached_target = true;
-                    break;
-                }
-            }
-            _ => {}
+        let reaches = match &opts.target {
+            MariaTarget::Time(t) => scanned.last_at().is_some_and(|l| l >= *t),
+            MariaTarget::Position(f, _) => f == file,
+            MariaTarget::Gtid(g) => scanned
+                .last_gtid
+                .is_some_and(|l| l.domain == g.domain && l.seq >= g.seq),
+            MariaTarget::Latest => false,
+        };
+        if reaches {
+            reached_target = true;
+            break;
         }
     }
     if !reached_target {
@@ -516,7 +532,8 @@ async fn replay(
     target: &MariaTarget,
 ) -> Result<(), MariaError> {
     use std::process::Stdio;
-    let mut dump = tokio::process::Command::new(program_path(bin_dir().as_deref(), "mariadb-binlog"));
+    let mut dump =
+        tokio::process::Command::new(program_path(bin_dir().as_deref(), "mariadb-binlog"));
     dump.arg("--no-defaults")
         // Event times are written and compared in UTC.
         .env("TZ", "UTC")
@@ -544,15 +561,16 @@ async fn replay(
         program: "mariadb-binlog".into(),
         detail: format!("cannot run it: {e} (install mariadb-client, or set HOLDFAST_MARIADB_BIN)"),
     })?;
-    let stdout: Stdio = dumper
-        .stdout
-        .take()
-        .expect("piped")
-        .try_into()
-        .map_err(|e: std::io::Error| MariaError::Program {
-            program: "mariadb-binlog".into(),
-            detail: e.to_string(),
-        })?;
+    let stdout: Stdio =
+        dumper
+            .stdout
+            .take()
+            .expect("piped")
+            .try_into()
+            .map_err(|e: std::io::Error| MariaError::Program {
+                program: "mariadb-binlog".into(),
+                detail: e.to_string(),
+            })?;
     let mut apply = tokio::process::Command::new(program_path(bin_dir().as_deref(), "mariadb"));
     apply
         .args([
@@ -592,13 +610,21 @@ async fn replay(
     if !d.status.success() {
         return Err(MariaError::Program {
             program: "mariadb-binlog".into(),
-            detail: format!("{}: {}", d.status, String::from_utf8_lossy(&d.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                d.status,
+                String::from_utf8_lossy(&d.stderr).trim()
+            ),
         });
     }
     if !a.status.success() {
         return Err(MariaError::Program {
             program: "mariadb (applying the binlogs)".into(),
-            detail: format!("{}: {}", a.status, String::from_utf8_lossy(&a.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                a.status,
+                String::from_utf8_lossy(&a.stderr).trim()
+            ),
         });
     }
     Ok(())
