@@ -136,6 +136,12 @@ impl Daemon {
         d.wait_for("/healthz answering", Duration::from_secs(30), |d| {
             Ok(d.get("/healthz").is_some_and(|b| b == "ok\n"))
         });
+        // The HTTP side answers before the first load of the plans is done.
+        d.wait_for("the plan loaded", Duration::from_secs(30), |d| {
+            Ok(d.get("/status")
+                .and_then(|b| serde_json::from_str::<Value>(&b).ok())
+                .is_some_and(|st| st["plans"].as_array().is_some_and(|p| !p.is_empty())))
+        });
         d
     }
 

@@ -659,6 +659,10 @@ async fn on_s3_key_objects_planted_to_sort_first_do_not_lock_the_key_holder_out(
     assert_eq!(listed.len(), 1, "{listed:?}");
     let real_id = key_id_of(&listed[0].key).unwrap();
     let real: KeyObject = read_key_object(&store, &real_id).await.unwrap();
+    // S3 creation times have one-second resolution: the insider comes later
+    // than the repository's creation (objects created within the same
+    // second tie, and fall back to name order).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 
     // Cheap to try (8 KiB, one pass), bound to this repository, opening
     // with nothing; salts ground until each name sorts before the real one.

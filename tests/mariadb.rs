@@ -538,13 +538,29 @@ fn a_missing_or_damaged_binlog_is_named_and_nothing_is_written() {
         std::fs::set_permissions(p, perms).unwrap();
     };
 
-    // Damaged: one byte flipped in the middle binlog.
-    set_readonly(&middle, false);
-    let mut bad = std::fs::read(&middle).unwrap();
-    let at = bad.len() - 10;
-    bad[at] ^= 0x55;
-    std::fs::write(&middle, &bad).unwrap();
-    set_readonly(&middle, true);
+    // Damaged: one byte flipped in the middle binlog, and in each part of
+    // it the archiver stored while it grew (a sound part series would stand
+    // in for a damaged complete object, and rightly so).
+    let flip = |p: &Path| {
+        set_readonly(p, false);
+        let mut bad = std::fs::read(p).unwrap();
+        let at = bad.len() - 10;
+        bad[at] ^= 0x55;
+        std::fs::write(p, &bad).unwrap();
+        set_readonly(p, true);
+    };
+    flip(&middle);
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("{name}.part-"))
+        {
+            flip(&p);
+        }
+    }
     let to = server.dir.path().join("restored");
     let out = run(&["restore", "--plan", s(&plan), "--latest", "--to", s(&to)]);
     let said = text(&out);
@@ -552,9 +568,14 @@ fn a_missing_or_damaged_binlog_is_named_and_nothing_is_written() {
     assert!(said.contains(&name), "the damaged binlog is named: {said}");
     assert!(!to.exists(), "nothing is written: {said}");
 
-    // Missing: the same binlog removed.
-    set_readonly(&middle, false);
-    std::fs::remove_file(&middle).unwrap();
+    // Missing: the same binlog removed, with its parts.
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.file_name().unwrap().to_str().unwrap().starts_with(&name) {
+            set_readonly(&p, false);
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
     let retention = server
         .dir
         .path()

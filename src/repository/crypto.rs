@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -172,20 +172,18 @@ fn seal_with(key: &[u8; 32], ad: &[u8], plain: &[u8]) -> Vec<u8> {
 }
 
 fn seal_with_nonce(key: &[u8; 32], nonce: &[u8; NONCE_LEN], ad: &[u8], plain: &[u8]) -> Vec<u8> {
+    // Encrypted in place in the output (one copy of the plaintext, no
+    // second buffer): magic, nonce, ciphertext, then the tag.
     let cipher = XChaCha20Poly1305::new(key.into());
-    let ct = cipher
-        .encrypt(
-            XNonce::from_slice(nonce),
-            Payload {
-                msg: plain,
-                aad: ad,
-            },
-        )
-        .expect("XChaCha20-Poly1305 seals any length we write");
+    let header = SEAL_MAGIC.len() + NONCE_LEN;
     let mut out = Vec::with_capacity(SEAL_OVERHEAD + plain.len());
     out.extend_from_slice(SEAL_MAGIC);
     out.extend_from_slice(nonce);
-    out.extend_from_slice(&ct);
+    out.extend_from_slice(plain);
+    let tag = cipher
+        .encrypt_in_place_detached(XNonce::from_slice(nonce), ad, &mut out[header..])
+        .expect("XChaCha20-Poly1305 seals any length we write");
+    out.extend_from_slice(&tag);
     out
 }
 

@@ -28,10 +28,14 @@ impl Server {
             port,
             child: None,
         };
+        // A temporary folder of its own: parallel installs in one /tmp
+        // collide on the bootstrap's temporary table names.
+        std::fs::create_dir(server.tmp()).unwrap();
         let out = Command::new("mariadb-install-db")
             .args([
                 "--no-defaults",
                 &format!("--datadir={}", server.data().display()),
+                &format!("--tmpdir={}", server.tmp().display()),
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--user=root",
@@ -56,6 +60,7 @@ impl Server {
             .args([
                 "--no-defaults".to_string(),
                 format!("--datadir={}", self.data().display()),
+                format!("--tmpdir={}", self.tmp().display()),
                 format!("--port={}", self.port),
                 "--bind-address=127.0.0.1".into(),
                 format!("--socket={}", self.socket().display()),
@@ -124,6 +129,10 @@ impl Server {
 
     pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    pub fn tmp(&self) -> PathBuf {
+        self.dir.path().join("tmp")
     }
 
     pub fn socket(&self) -> PathBuf {
