@@ -75,6 +75,28 @@ pub struct ManifestEntry {
 }
 
 impl Manifest {
+    /// The entries under folder `prefix` (`pgdata`, `mariadb`), re-rooted at
+    /// `.`, and the bytes they hold: a database engine's data directory
+    /// inside a snapshot that may also hold dumps.
+    pub fn entries_under(&self, prefix: &str) -> (Vec<ManifestEntry>, u64) {
+        let inside = format!("{prefix}/");
+        let mut total = 0;
+        let entries = self
+            .entries
+            .iter()
+            .filter_map(|e| {
+                let path = if e.path == prefix {
+                    ".".to_string()
+                } else {
+                    e.path.strip_prefix(&inside)?.to_string()
+                };
+                total += e.size.unwrap_or_default();
+                Some(ManifestEntry { path, ..e.clone() })
+            })
+            .collect();
+        (entries, total)
+    }
+
     /// The associated data the manifest is sealed under: its key without the
     /// id, `snapshots/<plan>/<time>-`, so it binds the plan and start time.
     pub fn sealing_ad(&self) -> String {

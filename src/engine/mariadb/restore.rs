@@ -22,7 +22,7 @@ use crate::ids::SnapshotId;
 use crate::plan::PlanName;
 use crate::progress::ProgressMode;
 use crate::repository::materialize::{absolute, check_target, materialize, Materialize};
-use crate::repository::{Manifest, ManifestEntry, Repository};
+use crate::repository::Repository;
 
 /// How long `mariadb-backup --prepare` may take (it replays the redo log
 /// copied during the backup; `HOLDFAST_MARIADB_PREPARE_SECS` overrides).
@@ -74,26 +74,6 @@ pub struct StartedServer {
     pub log: PathBuf,
 }
 
-/// The entries under `mariadb/`, rooted at `.`.
-fn datadir_entries(m: &Manifest) -> (Vec<ManifestEntry>, u64) {
-    let prefix = format!("{DATADIR_PREFIX}/");
-    let mut total = 0;
-    let entries = m
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let path = if e.path == DATADIR_PREFIX {
-                ".".to_string()
-            } else {
-                e.path.strip_prefix(&prefix)?.to_string()
-            };
-            total += e.size.unwrap_or_default();
-            Some(ManifestEntry { path, ..e.clone() })
-        })
-        .collect();
-    (entries, total)
-}
-
 fn deadline_from_env(var: &str, default: Duration) -> Duration {
     std::env::var(var)
         .ok()
@@ -139,7 +119,7 @@ pub async fn restore(
 
     // 1. Every file of the backup, every chunk checked.
     let t0 = Instant::now();
-    let (entries, total) = datadir_entries(&manifest);
+    let (entries, total) = manifest.entries_under(DATADIR_PREFIX);
     let files = materialize(
         repo,
         &snap.id,

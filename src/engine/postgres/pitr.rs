@@ -42,7 +42,7 @@ use crate::repository::log_archive::{self, LogError};
 use crate::repository::materialize::{
     absolute, check_target, materialize, Materialize, MaterializeError,
 };
-use crate::repository::{Manifest, ManifestEntry, Repository};
+use crate::repository::{Manifest, Repository};
 use crate::store::Store;
 
 /// Where verified segments wait for `wal-fetch --spool`, inside the data
@@ -717,7 +717,7 @@ pub async fn restore_pitr_server(
 
     // 2. The base backup.
     let restore_started = Instant::now();
-    let (entries, total) = pgdata_entries(&manifest);
+    let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
     let files = materialize(
         repo,
         &base.snapshot.id,
@@ -1111,24 +1111,4 @@ fn write_spool(spool: &Path, name: &str, raw: &[u8]) -> Result<(), PgError> {
         .open(&path)
         .and_then(|mut f| f.write_all(raw))
         .map_err(|source| MaterializeError::Target { path, source }.into())
-}
-
-/// The base backup's `pgdata/` entries, re-rooted at the data directory.
-fn pgdata_entries(m: &Manifest) -> (Vec<ManifestEntry>, u64) {
-    let prefix = format!("{PGDATA_PREFIX}/");
-    let mut total = 0;
-    let entries: Vec<ManifestEntry> = m
-        .entries
-        .iter()
-        .filter_map(|e| {
-            let path = if e.path == PGDATA_PREFIX {
-                ".".to_string()
-            } else {
-                e.path.strip_prefix(&prefix)?.to_string()
-            };
-            total += e.size.unwrap_or_default();
-            Some(ManifestEntry { path, ..e.clone() })
-        })
-        .collect();
-    (entries, total)
 }
