@@ -244,14 +244,6 @@ pub async fn windows(repo: &Repository, plan: &PlanName) -> Result<Reach, MariaE
     Ok(reach)
 }
 
-fn secs(var: &str, default: Duration) -> Duration {
-    std::env::var(var)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(default)
-}
-
 pub async fn restore_pitr(
     repo: &Repository,
     plan: &PlanName,
@@ -471,7 +463,7 @@ pub async fn restore_pitr(
         _ => newest_event,
     };
     let kept = if opts.start {
-        let s = server_info(&server, &target);
+        let s = server.started();
         Box::new(server).keep();
         Some(s)
     } else {
@@ -502,17 +494,6 @@ pub async fn restore_pitr(
         duration_seconds: started.elapsed().as_secs_f64(),
         server: kept,
     })
-}
-
-fn server_info(server: &base_restore::MariaServer, datadir: &Path) -> StartedServer {
-    StartedServer {
-        port: server.address().port,
-        socket: server.socket().to_path_buf(),
-        pid: std::fs::read_to_string(datadir.join("mariadbd.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok()),
-        log: server.log().clone(),
-    }
 }
 
 /// Whether a backup at GTID position `have` (`d-s-n[,d-s-n…]`) comes before `target`.
@@ -587,7 +568,7 @@ async fn replay(
         program: "mariadb".into(),
         detail: format!("cannot run it: {e} (install mariadb-client, or set HOLDFAST_MARIADB_BIN)"),
     })?;
-    let deadline = secs("HOLDFAST_MARIADB_REPLAY_SECS", REPLAY_DEADLINE);
+    let deadline = base_restore::deadline_from_env("HOLDFAST_MARIADB_REPLAY_SECS", REPLAY_DEADLINE);
     let both = async {
         let a = applier.wait_with_output().await;
         let d = dumper.wait_with_output().await;

@@ -74,7 +74,7 @@ pub struct StartedServer {
     pub log: PathBuf,
 }
 
-fn deadline_from_env(var: &str, default: Duration) -> Duration {
+pub(super) fn deadline_from_env(var: &str, default: Duration) -> Duration {
     std::env::var(var)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -239,7 +239,7 @@ impl MariaServer {
         &self.socket
     }
 
-    fn started(&self) -> StartedServer {
+    pub fn started(&self) -> StartedServer {
         StartedServer {
             port: self.address.port,
             socket: self.socket.clone(),
