@@ -342,6 +342,7 @@ impl Repository {
         }
         let mut config = RepoConfig::new(now);
         let mut master = None;
+        let mut key_id = None;
         match key {
             RepoKey::Unencrypted => {
                 tracing::warn!(url = %store.url(), "creating an UNENCRYPTED repository (`encryption: none`): anyone with write access to it can forge snapshots, and anyone with read access reads the data");
@@ -367,11 +368,12 @@ impl Repository {
                     e.mac = mac;
                 }
                 // The key object first: a config without one could never be opened.
-                keys::add(store.as_ref(), &config.id, &m, passphrase, retention).await?;
+                key_id = Some(keys::add(store.as_ref(), &config.id, &m, passphrase, retention).await?);
                 master = Some(m);
             }
         }
         let body = serde_json::to_vec_pretty(&config).expect("config serialises");
+        let body_for_check = body.clone();
         let opts = PutOptions {
             sha256: Hash256::digest(&body),
             retention,
@@ -379,8 +381,21 @@ impl Repository {
         match store.put(CONFIG_KEY, Bytes::from(body), &opts).await {
             Ok(()) => {
                 tracing::info!(url = %store.url(), id = %config.id, encrypted = master.is_some(), "created repository");
-                // Open it as any later process will, which also checks the key.
-                Self::open(store, key).await
+                // The config as any later process will read it (the key
+                // object was written from the same master secret, and
+                // unlocking it again would cost a second key derivation).
+                let config = Self::parse_config(&store.url(), &body_for_check)?;
+                let crypto = match &master {
+                    Some(m) => Crypto::with_keys(crypto::DataKeys::derive(m, &config.id)),
+                    None => Crypto::none(),
+                };
+                Ok(Repository {
+                    store,
+                    config,
+                    crypto,
+                    master: master.map(Arc::new),
+                    key_id,
+                })
             }
             // Another process created it first: use theirs.
             Err(StoreError::AlreadyExists { .. }) => Self::open(store, key).await,
