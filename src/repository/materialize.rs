@@ -589,6 +589,9 @@ mod tests {
 
     /// The sink sees a file's bytes before its hash is known: until the
     /// hash matched, the file on disk must stay 0600, whatever its entry says.
+    /// (Under `encryption: none`, where the whole-file hash is the restore's
+    /// check; in an encrypted repository each blob's tag is, and a blob that
+    /// fails it stops the restore before the file ends.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_gets_its_recorded_mode_only_after_its_content_matched() {
         let tmp = tempfile::tempdir().unwrap();
@@ -602,7 +605,7 @@ mod tests {
             Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
         let repo = Repository::open_or_init(
             store,
-            &crate::repository::RepoKey::Passphrase(crate::secret::Secret::new("test")),
+            &crate::repository::RepoKey::Unencrypted,
             None,
             Utc::now(),
         )
@@ -654,5 +657,60 @@ mod tests {
             "{err}"
         );
         assert_eq!(modes, [0o755, 0o600], "a checked, b not");
+    }
+
+    /// In an encrypted repository the blobs' tags are the restore's check;
+    /// the whole-file hash is still what `verify` (chunk checks on) compares,
+    /// so a manifest whose file hash disagrees with its chunks (a writer's
+    /// own bug: only a key holder can write a manifest) is found there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_an_encrypted_repository_verify_still_compares_whole_file_hashes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("b"), "content of b").unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
+        let repo = Repository::open_or_init(
+            store,
+            &crate::repository::RepoKey::Passphrase(crate::secret::Secret::new("test")),
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        let source = FilesSource::new(src, Vec::new()).unwrap();
+        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
+        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
+        b.sha256 = Some(Hash256::digest(b"not the content of b"));
+        let reader = ChunkReader::new(
+            repo.store().clone(),
+            repo.crypto().clone(),
+            Arc::new(repo.load_index().await.unwrap()),
+            tokio::runtime::Handle::current(),
+        );
+        let (restored, verified) = tokio::task::spawn_blocking(move || {
+            let restored = reader.read_files(&entries, &mut crate::repository::read::Discard);
+            let verified = reader
+                .checking_chunks()
+                .read_files(&entries, &mut crate::repository::read::Discard);
+            (restored, verified)
+        })
+        .await
+        .unwrap();
+        restored.expect("every blob opened under its chunk id");
+        assert!(
+            matches!(&verified, Err(ReadError::StreamHash { path, .. }) if path == "b"),
+            "{verified:?}"
+        );
     }
 }

@@ -2,10 +2,17 @@
 //! in parallel, handed over in stream order, and each whole file checked
 //! against its SHA-256 (on a thread of its own) before it is declared complete.
 //!
-//! Restores check the whole-file hash only: it covers every byte end to end,
-//! and hashing each chunk as well would cost a second SHA-256 pass. When a
-//! file does not match, the file's chunks are read again with every chunk
-//! hash checked, to name the pack at fault. `verify` checks both always.
+//! Restores from a repository under `encryption: none` check the whole-file
+//! hash only: it covers every byte end to end, and hashing each chunk as
+//! well would cost a second SHA-256 pass. When a file does not match, the
+//! file's chunks are read again with every chunk hash checked, to name the
+//! pack at fault. In an encrypted repository every blob is opened under its
+//! chunk id as associated data (a blob that was altered, or moved from
+//! another chunk, fails its tag and is named), and the manifest listing the
+//! chunks is authenticated too, so a restore there does not hash whole files
+//! again: it would prove nothing the tags have not. `verify` checks chunk
+//! hashes and whole-file hashes always (it also guards against a writer's
+//! own bug, which no tag can see).
 //!
 //! A chunk the index objects disagree about (several candidate locations,
 //! see [`Index::candidates`]) is always checked against its id, and when its
@@ -326,7 +333,8 @@ impl ChunkReader {
             scope.spawn(move || plan_runs(entries, index, suspects, &job_tx, &item_tx));
             // Taking the receiver by value drops it on an early error, which
             // stops the planner and, through it, the workers.
-            consume(entries, item_rx, sink)
+            let file_hash = check_chunks || !self.crypto.is_encrypted();
+            consume(entries, item_rx, sink, file_hash)
         })
     }
 }
@@ -577,20 +585,23 @@ pub(crate) fn read_one(
     decode_blob_checked(b, &bytes, true, crypto).map_err(|e| e.to_string())
 }
 
+/// Hands the decoded runs to `sink` in order; with `file_hash`, checks each
+/// file against its manifest SHA-256 before the sink's `end`.
 fn consume(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
+    file_hash: bool,
 ) -> Result<(), ReadError> {
-    let hasher = StreamHasher::<Vec<Vec<u8>>>::start(4);
-    consume_items(entries, items, sink, &hasher)
+    let hasher = file_hash.then(|| StreamHasher::<Vec<Vec<u8>>>::start(4));
+    consume_items(entries, items, sink, hasher.as_ref())
 }
 
 fn consume_items(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
-    hasher: &StreamHasher<Vec<Vec<u8>>>,
+    hasher: Option<&StreamHasher<Vec<Vec<u8>>>>,
 ) -> Result<(), ReadError> {
     let sink_err = |path: &str, source| ReadError::Sink {
         path: path.to_string(),
@@ -605,22 +616,25 @@ fn consume_items(
             }
             Item::Run(rx) => {
                 let chunks = Arc::new(rx.recv().expect("run planner keeps its promise")?);
-                hasher
-                    .feed(chunks.clone())
-                    .expect("hasher runs while reading");
+                if let Some(hasher) = hasher {
+                    hasher
+                        .feed(chunks.clone())
+                        .expect("hasher runs while reading");
+                }
                 for c in chunks.iter() {
                     sink.data(c).map_err(|e| sink_err(current, e))?;
                 }
             }
             Item::End(i) => {
                 let entry = &entries[i];
-                let got = hasher.finish().expect("hasher runs while reading");
-                if let Some(expected) = entry.sha256 {
-                    if got != expected {
+                if let Some(hasher) = hasher {
+                    // Always finished, so the next file starts a new hash.
+                    let got = hasher.finish().expect("hasher runs while reading");
+                    if entry.sha256.is_some_and(|expected| got != expected) {
                         return Err(ReadError::StreamHash {
                             path: entry.path.clone(),
                             got,
-                            expected,
+                            expected: entry.sha256.expect("checked"),
                         });
                     }
                 }
