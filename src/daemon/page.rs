@@ -193,7 +193,11 @@ fn plan_row(out: &mut String, p: &Value, now: Option<DateTime<Utc>>) {
     let _ = writeln!(
         out,
         "<td class=\"archive\">{}</td>",
-        archive_html(&p["archive"], &p["rpo_seconds"])
+        if p["binlog"].is_object() {
+            binlog_html(&p["binlog"], &p["rpo_seconds"])
+        } else {
+            archive_html(&p["archive"], &p["rpo_seconds"])
+        }
     );
     let _ = writeln!(
         out,
@@ -311,6 +315,53 @@ fn archive_html(a: &Value, plan_rpo: &Value) -> String {
     }
     if parts.is_empty() {
         return "<span class=\"muted\">not looked at yet</span>".to_string();
+    }
+    parts.join("<br>")
+}
+
+/// A MariaDB plan's binlog archiver (`archive::Status`): `{"file",
+/// "archived_offset", "newest_event", "gap", "restarts", "last_error", …}`;
+/// the RPO is the plan's own field.
+fn binlog_html(b: &Value, plan_rpo: &Value) -> String {
+    let mut parts = Vec::new();
+    if let Some(gap) = b["gap"].as_array().filter(|g| !g.is_empty()) {
+        let names: Vec<String> = gap
+            .iter()
+            .take(5)
+            .map(|n| format!("<code>{}</code>", escape(n.as_str().unwrap_or("?"))))
+            .collect();
+        let more = gap.len().saturating_sub(names.len());
+        parts.push(format!(
+            "<span class=\"bad\">GAP</span> {}{}",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if let Some(rpo) = plan_rpo.as_f64() {
+        parts.push(format!("RPO {}", seconds(rpo)));
+    }
+    if let Some(file) = b["file"].as_str() {
+        let offset = b["archived_offset"].as_u64().unwrap_or(0);
+        parts.push(format!(
+            "binlog <code>{}</code> to byte {offset}",
+            escape(file)
+        ));
+    }
+    if b["newest_event"].is_string() {
+        parts.push(format!("newest event {}", time_html(&b["newest_event"])));
+    }
+    if let Some(n) = b["restarts"].as_u64().filter(|n| *n > 0) {
+        parts.push(format!("{n} restart(s)"));
+    }
+    if let Some(e) = b["last_error"].as_str() {
+        parts.push(format!("<div class=\"err\">{}</div>", escape(e)));
+    }
+    if parts.is_empty() {
+        return "<span class=\"muted\">binlog archiver starting</span>".to_string();
     }
     parts.join("<br>")
 }
@@ -721,6 +772,35 @@ mod tests {
             html.contains(&format!("<tr data-plan=\"{escaped}\"")),
             "{html}"
         );
+    }
+
+    #[test]
+    fn a_mariadb_plan_shows_its_binlog_archiver_and_names_a_gap() {
+        let mut p = plan("shop");
+        p["rpo_seconds"] = json!(12);
+        p["binlog"] = json!({
+            "file": "binlog.000042", "archived_offset": 73_400_320u64,
+            "newest_event": "2026-03-02T08:04:48Z", "completed": 3, "parts": 9,
+            "bytes": 1u64 << 30, "gap": ["binlog.000007", "binlog.000009"],
+            "restarts": 1, "last_error": "mariadb-binlog exited: <lost connection>"
+        });
+        let html = render(&status(vec![p]));
+        let r = row(&html, "shop");
+        assert!(
+            r.contains("<span class=\"bad\">GAP</span> <code>binlog.000007</code>, <code>binlog.000009</code>"),
+            "{r}"
+        );
+        assert!(r.contains("RPO 12.0s"), "{r}");
+        assert!(
+            r.contains("binlog <code>binlog.000042</code> to byte 73400320"),
+            "{r}"
+        );
+        assert!(
+            r.contains("newest event <time datetime=\"2026-03-02T08:04:48Z\">"),
+            "{r}"
+        );
+        assert!(r.contains("1 restart(s)"), "{r}");
+        assert!(r.contains("&lt;lost connection&gt;"), "escaped: {r}");
     }
 
     #[test]
