@@ -63,13 +63,14 @@ pub(crate) struct RestoreArgs {
     /// plan (later restores would follow it).
     #[arg(long)]
     pub no_archive: bool,
-    /// PostgreSQL: restore this database's logical dump (`pg_restore`)
-    /// instead of the cluster; needs --into.
+    /// PostgreSQL and MariaDB: restore this database's logical dump
+    /// (`pg_restore`, `mariadb`) instead of the cluster; needs --into.
     #[arg(long, value_name = "DATABASE", requires = "into", conflicts_with_all = ["at", "lsn", "position", "gtid", "latest", "start", "port", "to"])]
     pub dump: Option<String>,
     /// With --dump: the database to restore into, as a URL
-    /// (postgres://user@host:port/name); created if missing, refused if
-    /// it has tables. Any PostgreSQL version pg_restore can write to.
+    /// (postgres://user@host:port/name, mysql://user@host:port/name);
+    /// created if missing, refused if it has tables. The password comes
+    /// from PGPASSWORD / MYSQL_PWD, never the URL.
     #[arg(long, value_name = "URL")]
     pub into: Option<String>,
     /// Where to restore: a file path for sqlite, a directory for files,

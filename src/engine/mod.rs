@@ -12,6 +12,7 @@
 //! archive's retention and restorable windows), a variant in [`SourceKind`],
 //! and one arm in [`engine_for`].
 
+pub mod dump;
 pub mod files;
 pub mod mariadb;
 pub mod point;
@@ -72,7 +73,7 @@ pub struct RestoreRequest {
 pub enum RestoreReport {
     Snapshot(SnapshotRestoreReport),
     PointInTime(Box<postgres::pitr::PitrReport>),
-    Dump(postgres::dump::DumpRestoreReport),
+    Dump(dump::DumpRestoreReport),
     Mariadb(Box<mariadb::restore::MariaRestoreReport>),
     MariadbPointInTime(Box<mariadb::pitr::MariaPitrReport>),
 }
@@ -135,7 +136,7 @@ pub trait Engine: Send + Sync {
     ) -> Result<RestoreReport, RestoreError> {
         Err(RestoreError::NotFor {
             what: "--dump",
-            applies: "is for PostgreSQL plans",
+            applies: "is for PostgreSQL and MariaDB plans",
             plan: plan.name.clone(),
             kind: self.kind(),
         })

@@ -11,7 +11,8 @@
 //! What the manifest records: [`super::meta::MariaSnapshotMeta`].
 //!
 //! Logical dumps are `mariadb-dump --single-transaction --routines --events
-//! --triggers --databases DB` into `dumps/<database>.sql`.
+//! --triggers DB` into `dumps/<database>.sql` (no `CREATE DATABASE` or `USE`
+//! in them: `restore --dump` chooses the database).
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::Stdio;
@@ -182,7 +183,10 @@ impl MariaSource {
             "--events",
             "--triggers",
             "--hex-blob",
-            "--databases",
+            // The database as an argument, not `--databases`: the dump then
+            // holds no `CREATE DATABASE`/`USE`, so `restore --dump` loads it
+            // into whichever database it is given.
+            "--",
             db,
         ]);
         cmd.stdin(Stdio::null())

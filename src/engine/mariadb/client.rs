@@ -196,6 +196,41 @@ pub(super) fn spawn_error(what: &str, cmd: &Command, e: io::Error) -> SourceErro
     }
 }
 
+/// Where `restore --dump … --into URL` goes.
+#[derive(Debug)]
+pub struct IntoUrl {
+    /// A client for the server, with no database; the password, if any,
+    /// from holdfast's own `MYSQL_PWD`.
+    pub client: MariaClient,
+    pub database: Option<String>,
+    /// The URL itself carried a password (which the caller refuses: it
+    /// would be on holdfast's command line).
+    pub has_password: bool,
+}
+
+/// Parses an `--into` URL (`mysql://user@host:port/database`, or a
+/// `?socket=` parameter).
+pub fn into_url(url: &str) -> Result<IntoUrl, SourceError> {
+    let t = parse_url(url)?;
+    let password = std::env::var("MYSQL_PWD")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(|p| Password::Value(Secret::new(p)));
+    Ok(IntoUrl {
+        client: MariaClient::new(DbConnection {
+            host: t.host,
+            port: t.port,
+            socket: t.socket,
+            user: t.user,
+            database: None,
+            dsn: None,
+            password,
+        }),
+        database: t.database,
+        has_password: t.password.is_some(),
+    })
+}
+
 /// `mysql://user:password@host:port/database` (or `mariadb://`); a
 /// `?socket=/path` query parameter instead of a host.
 fn parse_url(url: &str) -> Result<Target, SourceError> {

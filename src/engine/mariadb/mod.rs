@@ -7,6 +7,7 @@
 //! * `backup` — the `Source`: physical backup and dumps into the repository;
 //! * `meta` — what a snapshot's manifest records (typed);
 //! * `restore` — a snapshot into a prepared data directory, optionally started;
+//! * `dump` — a logical dump into a database of a running server;
 //! * `binlog` — binlog names and events, the archive layout, reading it back;
 //! * `archive` — the archiver streaming binlogs from the server into the archive;
 //! * `pitr` — restoring to a point in time: a backup, then binlogs replayed.
@@ -15,6 +16,7 @@ pub mod archive;
 pub mod backup;
 pub mod binlog;
 pub mod client;
+pub mod dump;
 pub mod meta;
 pub mod pitr;
 pub mod restore;
@@ -50,11 +52,11 @@ pub enum MariaError {
         #[source]
         source: std::io::Error,
     },
-    #[error("snapshot {snapshot} of plan {plan} holds no physical backup (a logical-only plan's dumps restore with `mariadb < dump`)")]
+    #[error("snapshot {snapshot} of plan {plan} holds no physical backup (a logical-only plan's dumps restore with `holdfast restore --dump DATABASE --into mysql://…`)")]
     NotPhysical { snapshot: String, plan: String },
     #[error("a MariaDB restore goes into an empty or new data directory; --force is not accepted")]
     Force,
-    #[error("plan {plan} takes logical dumps only: restore one with `mariadb < dump` (point-in-time restore needs physical backups)")]
+    #[error("plan {plan} takes logical dumps only: restore one with `holdfast restore --dump DATABASE --into mysql://…` (point-in-time restore needs physical backups)")]
     LogicalOnly { plan: String },
     #[error("{0}")]
     BadTarget(String),
@@ -72,6 +74,27 @@ pub enum MariaError {
     Archive(#[from] binlog::BinlogError),
     #[error("{program}: {detail}")]
     Program { program: String, detail: String },
+    #[error("snapshot {snapshot} of plan {plan} has no logical dump of database {database} (it has: {have})")]
+    NoDump {
+        snapshot: String,
+        plan: String,
+        database: String,
+        have: String,
+    },
+    #[error("--into must be a mysql:// (or mariadb://) URL naming the database to restore into, e.g. mysql://root@127.0.0.1:3306/{database}_restored; got {into}")]
+    IntoNotUrl { into: String, database: String },
+    #[error("--into {into} names no database")]
+    IntoNoDatabase { into: String },
+    #[error("--into {into} carries a password, which any user of this host could read on holdfast's command line; drop it from the URL and set MYSQL_PWD in holdfast's environment")]
+    IntoPassword { into: String },
+    #[error("database {database} already has tables; restore into a new or empty database")]
+    HasTables { database: String },
+    #[error("loading the dump into database {database} failed ({status}): {stderr}")]
+    Load {
+        database: String,
+        status: String,
+        stderr: String,
+    },
     #[error("the restored server did not start: {why}; its log is {log}, ending:\n{tail}\nThe data directory is restored and prepared; start it by hand to see more")]
     Start {
         why: String,
@@ -86,14 +109,20 @@ impl HasExit for MariaError {
             MariaError::Materialize(e) => e.exit(),
             MariaError::Repo(e) => e.exit(),
             MariaError::TargetNotEmpty { .. } | MariaError::Target { .. } => Exit::Target,
-            MariaError::Force | MariaError::BadTarget(_) | MariaError::OutsideWindow { .. } => {
-                Exit::Usage
-            }
+            MariaError::Force
+            | MariaError::BadTarget(_)
+            | MariaError::OutsideWindow { .. }
+            | MariaError::IntoPassword { .. } => Exit::Usage,
             MariaError::Binlog { .. } => Exit::Verify,
             MariaError::Archive(e) => e.exit(),
             MariaError::LogicalOnly { .. }
             | MariaError::NotPhysical { .. }
             | MariaError::Program { .. }
+            | MariaError::NoDump { .. }
+            | MariaError::IntoNotUrl { .. }
+            | MariaError::IntoNoDatabase { .. }
+            | MariaError::HasTables { .. }
+            | MariaError::Load { .. }
             | MariaError::Start { .. } => Exit::Failure,
         }
     }
@@ -181,6 +210,16 @@ impl Engine for MariadbEngine {
         };
         let report = pitr::restore_pitr(repo, &plan.name, &opts).await?;
         Ok(RestoreReport::MariadbPointInTime(Box::new(report)))
+    }
+
+    async fn restore_dump(
+        &self,
+        repo: &Repository,
+        plan: &Plan,
+        req: &super::DumpRequest,
+    ) -> Result<RestoreReport, RestoreError> {
+        let report = dump::restore_dump(repo, &plan.name, req).await?;
+        Ok(RestoreReport::Dump(report))
     }
 
     async fn windows(&self, repo: &Repository, plan: &Plan) -> Result<Option<Reach>, RestoreError> {

@@ -1,49 +1,29 @@
 //! Restoring one logical dump (`dumps/<database>.pgdump`, `pg_dump -Fc`)
-//! into a running server with `pg_restore`.
-//!
-//! A dump is a program `pg_restore` runs: a forged or damaged chunk could
-//! carry any SQL, including a `COMMIT` that escapes the single transaction.
-//! So the whole dump is read and checked first (every chunk against its id,
-//! the file against its SHA-256) before the target server is touched at
-//! all; then it is read again and streamed, every chunk checked again
-//! before its bytes are written to `pg_restore --single-transaction`, which
-//! is killed before its input ends if anything fails (its transaction rolls
-//! back). Reading twice costs a second download; spooling to local disk
-//! instead would need room for the whole dump on the restoring host.
+//! into a running server with `pg_restore --single-transaction`: checked
+//! whole first, then streamed with every chunk checked again
+//! ([`crate::engine::dump`]); `pg_restore` is killed before its input ends
+//! if anything fails, so its transaction rolls back (a `COMMIT` in a forged
+//! chunk never reaches it: forged chunks fail the first pass).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use std::time::Instant;
 
 use super::backup::DUMPS_PREFIX;
 use super::client::{redact_url, url_env, PgClient};
 use super::PgError;
+use crate::engine::dump::{check_whole, feed};
 use crate::engine::scratch::recovery_deadline;
 use crate::engine::DumpRequest;
-use crate::ids::SnapshotId;
 use crate::plan::PlanName;
 use crate::progress::Progress;
 use crate::repository::materialize::MaterializeError;
-use crate::repository::read::{ChunkReader, ReadError, ReadSink};
+use crate::repository::read::{ChunkReader, ReadError};
 use crate::repository::{ManifestEntry, Repository};
 use crate::secret::Secret;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct DumpRestoreReport {
-    pub plan: String,
-    pub snapshot: SnapshotId,
-    pub snapshot_time: DateTime<Utc>,
-    pub database: String,
-    /// The database restored into (its connection URL without password).
-    pub into: String,
-    pub bytes: u64,
-    pub duration_seconds: f64,
-}
+pub use crate::engine::dump::DumpRestoreReport;
 
 /// Restores the logical dump of `database` from a snapshot (`latest` or an
 /// id prefix) into the database named by the URL `into`, created if missing
@@ -164,29 +144,14 @@ fn check_dump(
     entry: &ManifestEntry,
     progress: &Progress,
 ) -> Result<(), PgError> {
-    struct Count<'a>(&'a Progress);
-    impl ReadSink for Count<'_> {
-        fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-            Ok(())
+    check_whole(reader, entry, progress).map_err(|source| {
+        MaterializeError::Read {
+            snapshot: snapshot.to_string(),
+            target: PathBuf::from(format!("database {target_db}")),
+            source: Box::new(source),
         }
-        fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-            self.0.inc(bytes.len() as u64);
-            Ok(())
-        }
-        fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    reader
-        .read_files(std::slice::from_ref(entry), &mut Count(progress))
-        .map_err(|source| {
-            MaterializeError::Read {
-                snapshot: snapshot.to_string(),
-                target: PathBuf::from(format!("database {target_db}")),
-                source: Box::new(source),
-            }
-            .into()
-        })
+        .into()
+    })
 }
 
 /// Creates the target database if missing (refuses one with tables), then
@@ -238,62 +203,16 @@ fn feed_pg_restore(
         program: "pg_restore".into(),
         detail: format!("cannot run it: {e} (set HOLDFAST_PG_BIN)"),
     })?;
-    let stdin = child.stdin.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
     let stderr_reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
-
-    struct Pipe {
-        stdin: Option<std::process::ChildStdin>,
-        progress: Progress,
-    }
-    impl ReadSink for Pipe {
-        fn start(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-            Ok(())
-        }
-        fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-            self.progress.inc(bytes.len() as u64);
-            self.stdin
-                .as_mut()
-                .expect("open until end")
-                .write_all(bytes)
-        }
-        fn end(&mut self, _: &ManifestEntry) -> std::io::Result<()> {
-            // Closing stdin lets pg_restore commit: only after the whole
-            // dump matched its SHA-256.
-            self.stdin = None;
-            Ok(())
-        }
-    }
-    let mut sink = Pipe {
-        stdin: Some(stdin),
-        progress,
-    };
-    let read = reader.read_files(std::slice::from_ref(&entry), &mut sink);
-    sink.progress.finish();
-    if read.is_err() || sink.stdin.is_some() {
-        // Kill before pg_restore sees an end of input (dropping the sink
-        // closes its stdin): its transaction is rolled back, never
-        // committed on a dump cut short.
-        let _ = child.kill();
-    }
-    drop(sink);
-    // pg_restore commits after its input ends: wait for it, with a deadline.
-    let deadline = Instant::now() + recovery_deadline();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            _ => {
-                let _ = child.kill();
-                break;
-            }
-        }
-    }
-    let status = child.wait().map_err(|e| PgError::Program {
+    // pg_restore commits only once its input ended, which happens only
+    // after the whole dump matched its SHA-256.
+    let (read, status) = feed(&reader, &entry, &mut child, progress, recovery_deadline());
+    let status = status.map_err(|e| PgError::Program {
         program: "pg_restore".into(),
         detail: e.to_string(),
     })?;
