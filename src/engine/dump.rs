@@ -14,6 +14,7 @@
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, ExitStatus};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ use serde::Serialize;
 use crate::ids::SnapshotId;
 use crate::progress::Progress;
 use crate::repository::read::{ChunkReader, ReadError, ReadSink};
-use crate::repository::ManifestEntry;
+use crate::repository::{Manifest, ManifestEntry, RepoError, Repository};
 
 /// What `holdfast restore --dump` did.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +36,45 @@ pub struct DumpRestoreReport {
     pub into: String,
     pub bytes: u64,
     pub duration_seconds: f64,
+}
+
+/// The entry `<prefix>/<database><ext>` of a snapshot's manifest, or the
+/// databases it does have dumps of (`none` when it has none).
+pub fn find_dump(
+    manifest: &Manifest,
+    prefix: &str,
+    database: &str,
+    ext: &str,
+) -> Result<ManifestEntry, String> {
+    let path = format!("{prefix}/{database}{ext}");
+    if let Some(entry) = manifest.entries.iter().find(|e| e.path == path) {
+        return Ok(entry.clone());
+    }
+    let have: Vec<&str> = manifest
+        .entries
+        .iter()
+        .filter_map(|e| e.path.strip_prefix(&format!("{prefix}/")))
+        .filter_map(|p| p.strip_suffix(ext))
+        .collect();
+    Err(if have.is_empty() {
+        "none".to_string()
+    } else {
+        have.join(", ")
+    })
+}
+
+/// A reader of the repository's snapshots that checks every chunk against
+/// its id and every file against its SHA-256 (a dump is run, not just
+/// stored).
+pub async fn checking_reader(repo: &Repository) -> Result<ChunkReader, RepoError> {
+    let index = Arc::new(repo.load_index_for_restore().await?);
+    Ok(ChunkReader::new(
+        repo.store().clone(),
+        repo.crypto().clone(),
+        index,
+        tokio::runtime::Handle::current(),
+    )
+    .checking_chunks())
 }
 
 /// Reads the whole dump `entry` through `reader` (which must check chunks),

@@ -13,13 +13,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::backup::DUMPS_PREFIX;
 use super::client::{into_url, spawn_error, MariaClient};
 use super::MariaError;
-use crate::engine::dump::{check_whole, feed, DumpRestoreReport};
+use crate::engine::dump::{check_whole, checking_reader, feed, find_dump, DumpRestoreReport};
 use crate::engine::scratch::recovery_deadline;
 use crate::engine::DumpRequest;
 use crate::plan::PlanName;
@@ -39,25 +38,14 @@ pub async fn restore_dump(
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &req.snapshot).await?;
     let manifest = repo.load_manifest(&snap).await?;
-    let path = format!("{DUMPS_PREFIX}/{database}.sql");
-    let Some(entry) = manifest.entries.iter().find(|e| e.path == path).cloned() else {
-        let have: Vec<&str> = manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.path.strip_prefix(&format!("{DUMPS_PREFIX}/")))
-            .filter_map(|p| p.strip_suffix(".sql"))
-            .collect();
-        return Err(MariaError::NoDump {
+    let entry = find_dump(&manifest, DUMPS_PREFIX, database, ".sql").map_err(|have| {
+        MariaError::NoDump {
             snapshot: snap.id.short(),
             plan: plan.to_string(),
             database: database.to_string(),
-            have: if have.is_empty() {
-                "none".to_string()
-            } else {
-                have.join(", ")
-            },
-        });
-    };
+            have,
+        }
+    })?;
     let not_url = || MariaError::IntoNotUrl {
         into: redact(into),
         database: database.to_string(),
@@ -82,14 +70,7 @@ pub async fn restore_dump(
         }
         .into());
     }
-    let index = Arc::new(repo.load_index_for_restore().await?);
-    let reader = ChunkReader::new(
-        repo.store().clone(),
-        repo.crypto().clone(),
-        index,
-        tokio::runtime::Handle::current(),
-    )
-    .checking_chunks();
+    let reader = checking_reader(repo).await?;
     let total = entry.size.unwrap_or_default();
     // Each byte is read twice: once to check, once to restore.
     let progress = Progress::new("restore", Some(total.saturating_mul(2)), req.progress);

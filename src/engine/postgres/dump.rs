@@ -7,13 +7,12 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::backup::DUMPS_PREFIX;
 use super::client::{redact_url, url_env, PgClient};
 use super::PgError;
-use crate::engine::dump::{check_whole, feed};
+use crate::engine::dump::{check_whole, checking_reader, feed, find_dump};
 use crate::engine::scratch::recovery_deadline;
 use crate::engine::DumpRequest;
 use crate::plan::PlanName;
@@ -40,25 +39,14 @@ pub async fn restore_dump(
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &req.snapshot).await?;
     let manifest = repo.load_manifest(&snap).await?;
-    let path = format!("{DUMPS_PREFIX}/{database}.pgdump");
-    let Some(entry) = manifest.entries.iter().find(|e| e.path == path).cloned() else {
-        let have: Vec<&str> = manifest
-            .entries
-            .iter()
-            .filter_map(|e| e.path.strip_prefix(&format!("{DUMPS_PREFIX}/")))
-            .filter_map(|p| p.strip_suffix(".pgdump"))
-            .collect();
-        return Err(PgError::NoDump {
+    let entry = find_dump(&manifest, DUMPS_PREFIX, database, ".pgdump").map_err(|have| {
+        PgError::NoDump {
             snapshot: snap.id.short(),
             plan: plan.to_string(),
             database: database.to_string(),
-            have: if have.is_empty() {
-                "none".to_string()
-            } else {
-                have.join(", ")
-            },
-        });
-    };
+            have,
+        }
+    })?;
     if !into.starts_with("postgres://") && !into.starts_with("postgresql://") {
         return Err(PgError::IntoNotUrl {
             into: redact_url(into),
@@ -102,14 +90,7 @@ pub async fn restore_dump(
         }
         .into());
     }
-    let index = Arc::new(repo.load_index_for_restore().await?);
-    let reader = ChunkReader::new(
-        repo.store().clone(),
-        repo.crypto().clone(),
-        index,
-        tokio::runtime::Handle::current(),
-    )
-    .checking_chunks();
+    let reader = checking_reader(repo).await?;
     let total = entry.size.unwrap_or_default();
     // Each byte is read twice: once to check, once to restore.
     let progress = Progress::new("restore", Some(total.saturating_mul(2)), req.progress);
