@@ -174,6 +174,18 @@ fn a_backup_under_write_load_restores_to_a_consistent_started_server_and_a_repea
     );
 }
 
+/// Flips the middle byte of a (write-once, read-only) repository file.
+fn flip_middle_byte(file: &Path) {
+    let mut perms = std::fs::metadata(file).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(file, perms).unwrap();
+    let mut bytes = std::fs::read(file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+}
+
 #[test]
 fn a_damaged_pack_is_named_and_nothing_is_written() {
     let server = Server::start(&[]);
@@ -188,14 +200,7 @@ fn a_damaged_pack_is_named_and_nothing_is_written() {
         .max_by_key(|e| e.metadata().unwrap().len())
         .unwrap()
         .into_path();
-    let mut perms = std::fs::metadata(&pack).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&pack, perms).unwrap();
-    let mut bytes = std::fs::read(&pack).unwrap();
-    let mid = bytes.len() / 2;
-    bytes[mid] ^= 0xff;
-    std::fs::write(&pack, bytes).unwrap();
+    flip_middle_byte(&pack);
 
     let to = server.dir.path().join("restored");
     let out = run(&["restore", "--plan", s(&plan), "--to", s(&to)]);
@@ -210,6 +215,13 @@ fn a_damaged_pack_is_named_and_nothing_is_written() {
         .filter(|n| n.contains("holdfast"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// `holdfast restore --plan PLAN --dump DB --into URL [extra…]`.
+fn restore_dump(plan: &Path, db: &str, into: &str, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["restore", "--plan", s(plan), "--dump", db, "--into", into];
+    args.extend_from_slice(extra);
+    run(&args)
 }
 
 /// A logical dump, for a restore across versions or of one database apart:
@@ -237,16 +249,7 @@ fn a_logical_dump_restores_into_a_new_database_and_a_damaged_chunk_reaches_no_se
     assert!(backup["files"].as_u64().unwrap() >= 1, "{backup}");
     let into = format!("mysql://root@127.0.0.1:{}/app_copy", server.port);
 
-    let out = run(&[
-        "restore",
-        "--plan",
-        s(&plan),
-        "--dump",
-        "app",
-        "--into",
-        &into,
-        "--json",
-    ]);
+    let out = restore_dump(&plan, "app", &into, &["--json"]);
     let report = json_of(&out);
     assert_eq!(report["database"], "app", "{report}");
     assert!(
@@ -263,29 +266,13 @@ fn a_logical_dump_restores_into_a_new_database_and_a_damaged_chunk_reaches_no_se
     );
 
     // Into a database that has tables: refused, nothing changed.
-    let out = run(&[
-        "restore",
-        "--plan",
-        s(&plan),
-        "--dump",
-        "app",
-        "--into",
-        &into,
-    ]);
+    let out = restore_dump(&plan, "app", &into, &[]);
     let said = text(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("already has tables"), "{said}");
     // A password in the URL would be on holdfast's command line.
     let with_pw = format!("mysql://root:hunter2@127.0.0.1:{}/x", server.port);
-    let out = run(&[
-        "restore",
-        "--plan",
-        s(&plan),
-        "--dump",
-        "app",
-        "--into",
-        &with_pw,
-    ]);
+    let out = restore_dump(&plan, "app", &with_pw, &[]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
     assert!(
@@ -293,15 +280,7 @@ fn a_logical_dump_restores_into_a_new_database_and_a_damaged_chunk_reaches_no_se
         "{said}"
     );
     // A database the snapshot has no dump of is named with the ones it has.
-    let out = run(&[
-        "restore",
-        "--plan",
-        s(&plan),
-        "--dump",
-        "shop",
-        "--into",
-        &into,
-    ]);
+    let out = restore_dump(&plan, "shop", &into, &[]);
     let said = text(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("(it has: app)"), "{said}");
@@ -313,26 +292,10 @@ fn a_logical_dump_restores_into_a_new_database_and_a_damaged_chunk_reaches_no_se
         .map(Result::unwrap)
         .filter(|e| e.file_type().is_file())
     {
-        let pack = pack.into_path();
-        let mut perms = std::fs::metadata(&pack).unwrap().permissions();
-        #[allow(clippy::permissions_set_readonly_false)]
-        perms.set_readonly(false);
-        std::fs::set_permissions(&pack, perms).unwrap();
-        let mut bytes = std::fs::read(&pack).unwrap();
-        let mid = bytes.len() / 2;
-        bytes[mid] ^= 0xff;
-        std::fs::write(&pack, bytes).unwrap();
+        flip_middle_byte(pack.path());
     }
     let fresh = format!("mysql://root@127.0.0.1:{}/app_again", server.port);
-    let out = run(&[
-        "restore",
-        "--plan",
-        s(&plan),
-        "--dump",
-        "app",
-        "--into",
-        &fresh,
-    ]);
+    let out = restore_dump(&plan, "app", &fresh, &[]);
     let said = text(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("packs/"), "the error names the pack: {said}");
