@@ -587,6 +587,41 @@ mod tests {
     use crate::repository::backup::{backup, BackupOptions};
     use crate::store::local::LocalStore;
 
+    /// Backs up the files of `src` into a new repository under `tmp` with
+    /// `key`, and returns the snapshot's entries with the file `b`'s
+    /// recorded SHA-256 made wrong, and a reader of the repository.
+    async fn backed_up_with_b_misrecorded(
+        tmp: &std::path::Path,
+        src: std::path::PathBuf,
+        key: crate::repository::RepoKey,
+    ) -> (Vec<ManifestEntry>, ChunkReader) {
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.join("repo")).unwrap());
+        let repo = Repository::open_or_init(store, &key, None, Utc::now())
+            .await
+            .unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
+        let source = FilesSource::new(src, Vec::new()).unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
+        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
+        b.sha256 = Some(Hash256::digest(b"not the content of b"));
+        let reader = ChunkReader::new(
+            repo.store().clone(),
+            repo.crypto().clone(),
+            Arc::new(repo.load_index().await.unwrap()),
+            tokio::runtime::Handle::current(),
+        );
+        (entries, reader)
+    }
+
     /// The sink sees a file's bytes before its hash is known: until the
     /// hash matched, the file on disk must stay 0600, whatever its entry says.
     /// (Under `encryption: none`, where the whole-file hash is the restore's
@@ -601,36 +636,9 @@ mod tests {
             fs::write(src.join(name), format!("content of {name}")).unwrap();
             fs::set_permissions(src.join(name), fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
-        let repo = Repository::open_or_init(
-            store,
-            &crate::repository::RepoKey::Unencrypted,
-            None,
-            Utc::now(),
-        )
-        .await
-        .unwrap();
-        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
-        let source = FilesSource::new(src, Vec::new()).unwrap();
-        let opts = BackupOptions {
-            compression_level: 3,
-            retention: None,
-            tier: Tier::Daily,
-            progress: ProgressMode::Quiet,
-        };
-        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
-        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
-        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
-        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
-        b.sha256 = Some(Hash256::digest(b"not the content of b"));
-
-        let reader = ChunkReader::new(
-            repo.store().clone(),
-            repo.crypto().clone(),
-            Arc::new(repo.load_index().await.unwrap()),
-            tokio::runtime::Handle::current(),
-        );
+        let (entries, reader) =
+            backed_up_with_b_misrecorded(tmp.path(), src, crate::repository::RepoKey::Unencrypted)
+                .await;
         let out = tmp.path().join("out");
         let (err, modes) = tokio::task::spawn_blocking(move || {
             let mut sink = TreeWriter {
@@ -669,35 +677,12 @@ mod tests {
         let src = tmp.path().join("src");
         fs::create_dir(&src).unwrap();
         fs::write(src.join("b"), "content of b").unwrap();
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
-        let repo = Repository::open_or_init(
-            store,
-            &crate::repository::RepoKey::Passphrase(crate::secret::Secret::new("test")),
-            None,
-            Utc::now(),
+        let (entries, reader) = backed_up_with_b_misrecorded(
+            tmp.path(),
+            src,
+            crate::repository::RepoKey::Passphrase(crate::secret::Secret::new("test")),
         )
-        .await
-        .unwrap();
-        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
-        let opts = BackupOptions {
-            compression_level: 3,
-            retention: None,
-            tier: Tier::Daily,
-            progress: ProgressMode::Quiet,
-        };
-        let source = FilesSource::new(src, Vec::new()).unwrap();
-        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
-        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
-        let mut entries = repo.load_manifest(&snap).await.unwrap().entries;
-        let b = entries.iter_mut().find(|e| e.path == "b").unwrap();
-        b.sha256 = Some(Hash256::digest(b"not the content of b"));
-        let reader = ChunkReader::new(
-            repo.store().clone(),
-            repo.crypto().clone(),
-            Arc::new(repo.load_index().await.unwrap()),
-            tokio::runtime::Handle::current(),
-        );
+        .await;
         let (restored, verified) = tokio::task::spawn_blocking(move || {
             let restored = reader.read_files(&entries, &mut crate::repository::read::Discard);
             let verified = reader
