@@ -102,15 +102,16 @@ impl Setup {
         let repo = rt
             .block_on(Repository::open(self.store(), &test_repo_key()))
             .unwrap();
-        let r = rt
+        let (r, bytes) = rt
             .block_on(binlog::read_binlog(
                 repo.store().as_ref(),
                 repo.crypto(),
                 &Self::plan_name(),
                 file,
+                Vec::new(),
             ))
             .unwrap();
-        (r.bytes, r.complete)
+        (bytes, r.complete)
     }
 
     /// The server's own copy of binlog `file`.
