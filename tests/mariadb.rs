@@ -634,9 +634,8 @@ fn a_missing_or_damaged_binlog_is_named_and_nothing_is_written() {
         std::fs::set_permissions(p, perms).unwrap();
     };
 
-    // Damaged: one byte flipped in the middle binlog, and in each part of
-    // it the archiver stored while it grew (a sound part series would stand
-    // in for a damaged complete object, and rightly so).
+    // Damaged: one byte flipped in one part of the middle binlog (its
+    // record is sound and lists the part): the part is named.
     let flip = |p: &Path| {
         set_readonly(p, false);
         let mut bad = std::fs::read(p).unwrap();
@@ -645,23 +644,29 @@ fn a_missing_or_damaged_binlog_is_named_and_nothing_is_written() {
         std::fs::write(p, &bad).unwrap();
         set_readonly(p, true);
     };
-    flip(&middle);
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.file_name()
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .starts_with(&format!("{name}.part-"))
-        {
-            flip(&p);
-        }
-    }
+    let mut parts: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with(&format!("{name}.part-"))
+        })
+        .collect();
+    parts.sort();
+    let damaged = parts.last().expect("a completed binlog has parts").clone();
+    let damaged_name = damaged.file_name().unwrap().to_str().unwrap().to_string();
+    flip(&damaged);
     let to = server.dir.path().join("restored");
     let out = run(&["restore", "--plan", s(&plan), "--latest", "--to", s(&to)]);
     let said = text(&out);
     assert_ne!(out.status.code(), Some(0), "{said}");
-    assert!(said.contains(&name), "the damaged binlog is named: {said}");
+    assert!(
+        said.contains(&name) && said.contains(&damaged_name),
+        "the damaged binlog and its damaged part are named: {said}"
+    );
     assert!(!to.exists(), "nothing is written: {said}");
 
     // Missing: the same binlog removed, with its parts.

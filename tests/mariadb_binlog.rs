@@ -64,8 +64,14 @@ impl Setup {
 
     /// `holdfast binlog-archive --plan … --state-dir … --json`, started.
     fn start_archiver(&self, run: &str) -> Archiver {
+        self.start_archiver_with(run, &[])
+    }
+
+    /// [`Self::start_archiver`] with more environment variables.
+    fn start_archiver_with(&self, run: &str, env: &[(&str, &str)]) -> Archiver {
         let log = self.dir.path().join(format!("archiver-{run}.log"));
         let child = command()
+            .envs(env.iter().copied())
             .env("HOLDFAST_BINLOG_FLUSH_SECS", FLUSH_SECS.to_string())
             .args(["binlog-archive", "--plan", s(&self.plan()), "--json"])
             .arg("--state-dir")
@@ -102,15 +108,16 @@ impl Setup {
         let repo = rt
             .block_on(Repository::open(self.store(), &test_repo_key()))
             .unwrap();
-        let r = rt
+        let (r, bytes) = rt
             .block_on(binlog::read_binlog(
                 repo.store().as_ref(),
                 repo.crypto(),
                 &Self::plan_name(),
                 file,
+                Vec::new(),
             ))
             .unwrap();
-        (r.bytes, r.complete)
+        (bytes, r.complete)
     }
 
     /// The server's own copy of binlog `file`.
@@ -592,4 +599,138 @@ fn a_server_restart_ends_the_stream_and_the_archiver_resumes_on_its_own() {
     assert_eq!(report["gap"], serde_json::json!([]), "{report}");
     assert!(said.contains("mariadb-binlog exited"), "{said}");
     assert!(st.archived().unwrap().gaps.is_empty());
+}
+
+/// Parts of at most this many bytes (`HOLDFAST_BINLOG_MAX_PART`), so a
+/// binlog of a few MB shows what a 1 GiB one does with 64 MiB parts.
+const SMALL_PART: u64 = 256 << 10;
+
+/// Issue 12: a completed binlog was read whole into memory and uploaded
+/// twice (its parts, then again whole). Now it is its parts, each at most
+/// the part size, plus a small record; every byte is uploaded once; and a
+/// point-in-time restore reads it back through the record.
+#[test]
+fn a_large_completed_binlog_is_stored_once_as_capped_parts_and_a_record_and_restores() {
+    let st = Setup::new();
+    let backup = command()
+        .args(["backup", "--plan", s(&st.plan()), "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        backup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&backup.stderr)
+    );
+    let archiver = st.start_archiver_with(
+        "1",
+        &[("HOLDFAST_BINLOG_MAX_PART", &SMALL_PART.to_string())],
+    );
+    // About 6 MB of binlog in one transaction (one flush would otherwise
+    // make it one part), then more small ones and a rotation.
+    st.server
+        .sql("USE app; INSERT INTO app.t (v) SELECT REPEAT(CHAR(65 + seq % 26), 200) FROM seq_1_to_30000");
+    st.insert(20);
+    st.server.sql("FLUSH BINARY LOGS");
+    st.insert(5);
+    let logs = st.server_logs();
+    let big = logs[logs.len() - 2].clone();
+    let newest = logs[logs.len() - 1].clone();
+    let gtid = st.gtid_pos();
+    st.wait_complete_and_equal(&big);
+    st.wait_archive("the newest GTID", 30, |a| {
+        a.files
+            .iter()
+            .any(|f| f.file == newest && f.last_gtid.as_deref() == Some(&gtid))
+    });
+    let (report, said) = archiver.stop();
+    assert!(!said.contains("ERROR"), "{said}");
+
+    // From the repository: the big file is a record listing parts of at
+    // most the part size that tile it, each one a listed object.
+    let rt = rt();
+    let repo = rt
+        .block_on(Repository::open(st.store(), &test_repo_key()))
+        .unwrap();
+    let name = binlog::BinlogName::parse(&big).unwrap();
+    let listed = rt
+        .block_on(binlog::list(repo.store().as_ref(), &Setup::plan_name()))
+        .unwrap();
+    let (_, record) = rt
+        .block_on(binlog::read_record(
+            repo.store().as_ref(),
+            repo.crypto(),
+            &Setup::plan_name(),
+            &name,
+        ))
+        .unwrap()
+        .expect("a record for the completed binlog");
+    let len = st.server_file(&big).len() as u64;
+    assert_eq!(record.length, len);
+    assert!(len > 8 * SMALL_PART, "{big} is only {len} bytes");
+    assert!(
+        record.parts.len() as u64 >= len.div_ceil(SMALL_PART),
+        "{} parts for {len} bytes",
+        record.parts.len()
+    );
+    assert!(
+        record.parts.iter().all(|p| p.length <= SMALL_PART),
+        "a part over {SMALL_PART} bytes: {:?}",
+        record.parts.iter().map(|p| p.length).max()
+    );
+    let l = &listed[&name];
+    assert!(l.complete, "{l:?}");
+    for p in &record.parts {
+        assert!(l.parts.contains(&p.start), "part at {} not listed", p.start);
+    }
+
+    // Every byte uploaded once: the report's bytes are the archived
+    // binlogs' lengths, not twice the completed one's.
+    let a = st.archived().unwrap();
+    let archived: u64 = a.files.iter().map(|f| f.bytes).sum();
+    assert_eq!(report["bytes"].as_u64().unwrap(), archived, "{report}");
+    assert!(a.files.iter().all(|f| f.problem.is_none()), "{a:#?}");
+
+    // A restore to the newest archived transaction replays through it.
+    let want = st.server.sql("SELECT COUNT(*), MAX(id) FROM app.t");
+    let to = st.dir.path().join("restored");
+    let port = common::free_port().to_string();
+    let out = command()
+        .args([
+            "restore",
+            "--plan",
+            s(&st.plan()),
+            "--latest",
+            "--to",
+            s(&to),
+        ])
+        .args(["--start", "--port", &port, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["binlogs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == big.as_str()),
+        "{report}"
+    );
+    let got = common::mariadb::client_sql(
+        &to.join("mariadbd.sock"),
+        "SELECT COUNT(*), MAX(id) FROM app.t",
+    );
+    let pid = std::fs::read_to_string(to.join("mariadbd.pid")).unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", pid.trim()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Path::new(&format!("/proc/{}", pid.trim())).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(got.unwrap(), want, "{report}");
 }

@@ -42,8 +42,23 @@ const MAX_RAW: u64 = 1 << 30;
 /// expand `MAX_RAW` incompressible bytes to (its compress bound is under
 /// 1/128 extra plus a frame header), so nothing larger is ever downloaded.
 /// (Plus the sealing overhead in an encrypted repository.)
-pub const MAX_OBJECT: u64 =
-    HEADER as u64 + MAX_RAW + MAX_RAW / 128 + (1 << 20) + super::crypto::SEAL_OVERHEAD as u64;
+pub const MAX_OBJECT: u64 = object_cap(MAX_RAW);
+
+/// The largest stored object that can hold at most `max_raw` bytes (see
+/// [`MAX_OBJECT`]): what a reader of smaller objects (a binlog record)
+/// downloads at most.
+pub const fn object_cap(max_raw: u64) -> u64 {
+    HEADER as u64 + max_raw + max_raw / 128 + (1 << 20) + super::crypto::SEAL_OVERHEAD as u64
+}
+
+/// `n` bytes as the size caps are written (`1 GiB`, `16 MiB`).
+fn size_text(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 && n % (1 << 30) == 0 => format!("{} GiB", n >> 30),
+        n if n >= 1 << 20 && n % (1 << 20) == 0 => format!("{} MiB", n >> 20),
+        n => format!("{n} bytes"),
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -111,8 +126,9 @@ pub(crate) fn encode(raw: &[u8]) -> (Hash256, Vec<u8>) {
     (sha, out)
 }
 
-/// The raw SHA-256 an archived object claims, from its header alone.
-fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), LogError> {
+/// The raw SHA-256 an archived object claims, from its header alone; a
+/// length over `max_raw` is refused before anything is decompressed.
+fn header_sha(key: &str, object: &[u8], max_raw: u64) -> Result<(u64, Hash256), LogError> {
     let corrupt = |why: &str| LogError::Corrupt {
         key: key.to_string(),
         why: why.to_string(),
@@ -121,8 +137,11 @@ fn header_sha(key: &str, object: &[u8]) -> Result<(u64, Hash256), LogError> {
         return Err(corrupt("no holdfast WAL header"));
     }
     let len = u64::from_le_bytes(object[8..16].try_into().expect("8 bytes"));
-    if len > MAX_RAW {
-        return Err(corrupt("its header claims more than 1 GiB"));
+    if len > max_raw {
+        return Err(corrupt(&format!(
+            "its header claims {len} bytes, more than such an object holds ({})",
+            size_text(max_raw)
+        )));
     }
     let sha = Hash256(object[16..48].try_into().expect("32 bytes"));
     Ok((len, sha))
@@ -195,7 +214,13 @@ pub enum Found {
 /// and, at an alternative name, hold the content its name's tag says.
 /// Anything else is foreign.
 pub fn classify(key: &str, object: &[u8], crypto: &super::Crypto) -> Found {
-    let raw = match decode(key, object, crypto) {
+    classify_within(key, object, crypto, MAX_RAW)
+}
+
+/// [`classify`] for objects that hold at most `max_raw` bytes (a smaller
+/// cap than a log file's, e.g. a binlog record's): a larger one is foreign.
+pub fn classify_within(key: &str, object: &[u8], crypto: &super::Crypto, max_raw: u64) -> Found {
+    let raw = match decode_within(key, object, crypto, max_raw) {
         Ok(raw) => raw,
         Err(e) => {
             let why = match e {
@@ -224,7 +249,18 @@ pub async fn read_at(
     crypto: &super::Crypto,
     key: &str,
 ) -> Result<Option<Found>, LogError> {
-    let object = match store.get_at_most(key, MAX_OBJECT).await {
+    read_at_within(store, crypto, key, MAX_RAW).await
+}
+
+/// [`read_at`] for objects that hold at most `max_raw` bytes: nothing
+/// larger than [`object_cap`]`(max_raw)` is downloaded.
+async fn read_at_within(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+    max_raw: u64,
+) -> Result<Option<Found>, LogError> {
+    let object = match store.get_at_most(key, object_cap(max_raw)).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e @ StoreError::TooLarge { .. }) => {
@@ -235,7 +271,7 @@ pub async fn read_at(
     let k = key.to_string();
     let crypto = crypto.clone();
     Ok(Some(
-        tokio::task::spawn_blocking(move || classify(&k, &object, &crypto))
+        tokio::task::spawn_blocking(move || classify_within(&k, &object, &crypto, max_raw))
             .await
             .expect("log decoder panicked"),
     ))
@@ -251,9 +287,19 @@ fn warn_foreign(key: &str, why: &str, action: &str) {
 /// Decodes an archived object, after checking its authenticity, and checks
 /// it against its header's SHA-256.
 pub fn decode(key: &str, object: &[u8], crypto: &super::Crypto) -> Result<Vec<u8>, LogError> {
+    decode_within(key, object, crypto, MAX_RAW)
+}
+
+/// [`decode`] for objects that hold at most `max_raw` bytes.
+fn decode_within(
+    key: &str,
+    object: &[u8],
+    crypto: &super::Crypto,
+    max_raw: u64,
+) -> Result<Vec<u8>, LogError> {
     let object = open(key, object, crypto)?;
     let object = &object[..];
-    let (len, sha) = header_sha(key, object)?;
+    let (len, sha) = header_sha(key, object, max_raw)?;
     // Memory follows what the frame really holds, not what the header
     // claims: a damaged length must not reserve a gigabyte up front. One
     // byte more than the header says is read, to notice a longer file.
@@ -412,6 +458,8 @@ pub struct Resolved {
     /// The object it was read from: `key` itself or an alternative.
     pub key: String,
     pub raw: Vec<u8>,
+    /// The SHA-256 of `raw` (checked against the object's header).
+    pub sha: Hash256,
     /// Foreign objects skipped on the way (already warned about).
     pub foreign: Vec<String>,
 }
@@ -427,12 +475,25 @@ pub async fn resolve(
     crypto: &super::Crypto,
     key: &str,
 ) -> Result<Resolved, LogError> {
+    resolve_within(store, crypto, key, MAX_RAW).await
+}
+
+/// [`resolve`] for objects that hold at most `max_raw` bytes (a binlog
+/// record): an object over the cap is foreign, refused before it is
+/// decompressed, and never downloaded past [`object_cap`]`(max_raw)`.
+pub async fn resolve_within(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+    max_raw: u64,
+) -> Result<Resolved, LogError> {
     let mut foreign = Vec::new();
-    match read_at(store, crypto, key).await? {
-        Some(Found::Archived { raw, .. }) => {
+    match read_at_within(store, crypto, key, max_raw).await? {
+        Some(Found::Archived { raw, sha }) => {
             return Ok(Resolved {
                 key: key.to_string(),
                 raw,
+                sha,
                 foreign,
             })
         }
@@ -448,7 +509,7 @@ pub async fn resolve(
         if split_alternative(&info.key).map(|(c, _)| c) != Some(key) {
             continue;
         }
-        match read_at(store, crypto, &info.key).await? {
+        match read_at_within(store, crypto, &info.key, max_raw).await? {
             Some(Found::Archived { raw, sha }) => match &found {
                 Some((_, _, first)) if *first == sha => {}
                 Some(_) => others.push(info.key),
@@ -469,9 +530,10 @@ pub async fn resolve(
                 .collect::<Vec<_>>()
                 .join(", "),
         }),
-        Some((at, raw, _)) => Ok(Resolved {
+        Some((at, raw, sha)) => Ok(Resolved {
             key: at,
             raw,
+            sha,
             foreign,
         }),
         None if foreign.is_empty() => Err(LogError::NotFound {

@@ -1,10 +1,13 @@
 //! The binlog archiver: streams a MariaDB server's binlogs as a replica
 //! would (`mariadb-binlog --read-from-remote-server --raw --stop-never`)
 //! into a spool folder under the state dir (0700), and from there into the
-//! repository (`binlog/<plan>/`, see [`super::binlog`]): every completed
-//! file whole, and the growing one as parts each flush interval, up to its
-//! last complete event, so the RPO is the interval, not the time to the
-//! next rotation.
+//! repository (`binlog/<plan>/`, see [`super::binlog`]): the growing file
+//! as parts each flush interval, up to its last complete event, so the RPO
+//! is the interval, not the time to the next rotation; a completed file as
+//! the parts not stored yet, then a small record listing all its parts.
+//! Each byte is uploaded once, and memory is bounded by one part
+//! ([`binlog::MAX_PART`], or one larger event): the spool is read in
+//! windows of that size, never a file whole.
 //!
 //! What it owns:
 //! * where to start: the first binlog the server still has that is not
@@ -18,7 +21,8 @@
 //! * stopping: on the stop signal it stops `mariadb-binlog`, pushes what is
 //!   complete, and returns. Each object is one create-only put: a part is
 //!   either fully stored or not at all, and a retried push of the same
-//!   bytes is idempotent.
+//!   bytes is idempotent; parts an earlier run stored are reused once they
+//!   are checked against the spool, not pushed again.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -30,9 +34,10 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 
-use super::binlog::{self, BinlogName, Scan};
+use super::binlog::{self, BinlogName, BinlogRecord, PartRecord, Scan};
 use super::MariaClient;
 use crate::error::{Error, Exit};
+use crate::ids::Hash256;
 use crate::plan::{Plan, PlanName, SourceSpec};
 use crate::repository::{log_archive, Repository};
 use crate::store::Retention;
@@ -196,10 +201,13 @@ async fn read_cache(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// The growing file: its name and how far the repository holds it.
+/// The growing file: its name, how far the repository holds it, and the
+/// parts this run stored of it (its record lists them without reading
+/// them back).
 struct Growing {
     name: BinlogName,
     archived_end: u64,
+    parts: Vec<PartRecord>,
 }
 
 struct Archiver<'a> {
@@ -439,18 +447,22 @@ impl Archiver<'_> {
         Ok(names)
     }
 
-    /// Whether the complete object of `name` reads back sound (a foreign
-    /// object planted at its key is not "complete").
+    /// Whether `name` has a sound record in the repository (a foreign
+    /// object planted at its key is not one).
     async fn verify_complete(&mut self, name: &BinlogName) -> Result<bool, Error> {
-        let key = binlog::complete_key(&self.plan, name);
         let store = self.repo.store();
-        match log_archive::resolve(store.as_ref(), self.repo.crypto(), &key).await {
-            Ok(_) => {
+        match binlog::read_record(store.as_ref(), self.repo.crypto(), &self.plan, name).await {
+            Ok(Some(_)) => {
                 self.remember_complete(name).await;
                 Ok(true)
             }
-            Err(log_archive::LogError::Store(e)) => Err(fail(&self.plan, e)),
-            Err(_) => Ok(false),
+            Ok(None) => Ok(false),
+            Err(binlog::BinlogError::Log(log_archive::LogError::Store(e)))
+            | Err(binlog::BinlogError::Store(e)) => Err(fail(&self.plan, e)),
+            Err(e) => {
+                tracing::warn!(plan = %self.plan, file = %name, "{e}");
+                Ok(false)
+            }
         }
     }
 
@@ -476,8 +488,8 @@ impl Archiver<'_> {
         }
     }
 
-    /// Pushes completed spool files whole and, at the flush interval (or
-    /// `last`), the growing file's new complete events as a part.
+    /// Pushes completed spool files and, at the flush interval (or
+    /// `last`), the growing file's new complete events as parts.
     async fn push_spool(&mut self, last: bool) -> Result<(), Error> {
         let mut files = spooled(&self.spool()).await.map_err(|e| {
             fail(
@@ -496,6 +508,7 @@ impl Archiver<'_> {
             self.growing = Some(Growing {
                 name: newest.clone(),
                 archived_end,
+                parts: Vec::new(),
             });
             self.status.send_modify(|s| {
                 s.file = Some(newest.to_string());
@@ -509,44 +522,104 @@ impl Archiver<'_> {
         Ok(())
     }
 
+    /// A file the server has rotated past: whatever its parts do not hold
+    /// yet is pushed as capped parts (parts from earlier runs are reused
+    /// once checked against the spool), then its record. The file is read
+    /// from the spool one part at a time, never whole.
     async fn push_complete(&mut self, name: &BinlogName) -> Result<(), Error> {
         let path = self.spool().join(name.to_string());
-        let raw = tokio::fs::read(&path).await.map_err(|e| {
-            fail(
+        let shown = path.display().to_string();
+        let io = {
+            let (plan, shown) = (self.plan.clone(), shown.clone());
+            move |e: std::io::Error| fail(&plan, format!("unable to read {shown}: {e}"))
+        };
+        let len = tokio::fs::metadata(&path).await.map_err(&io)?.len();
+        if len > binlog::MAX_FILE {
+            return Err(fail(
                 &self.plan,
-                format!("unable to read {}: {e}", path.display()),
-            )
-        })?;
-        let (what, bytes) = (path.display().to_string(), raw.clone());
-        let scanned = tokio::task::spawn_blocking(move || binlog::scan(&what, &bytes))
+                format!("{shown} is {len} bytes, over the 4 GiB a binlog may be"),
+            ));
+        }
+        let store = self.repo.store();
+        let listed: BTreeSet<u64> = binlog::list(store.as_ref(), &self.plan)
             .await
-            .expect("binlog scan panicked");
-        let scan = match scanned {
-            Ok(s) => {
-                if s.end != raw.len() as u64 {
-                    tracing::warn!(plan = %self.plan, file = %name, "{name} ends mid-event at {} (last complete event ends at {}); archived as the server sent it", raw.len(), s.end);
-                }
-                Some(s)
-            }
-            Err(e) => {
-                tracing::warn!(plan = %self.plan, file = %name, "{e}; archived as the server sent it");
-                None
+            .map_err(|e| fail(&self.plan, e))?
+            .remove(name)
+            .map(|l| l.parts.into_iter().collect())
+            .unwrap_or_default();
+        // The parts this run pushed while the file grew: known sound.
+        let known: Vec<PartRecord> = match self.growing.take() {
+            Some(g) if &g.name == name => g.parts,
+            other => {
+                self.growing = other;
+                Vec::new()
             }
         };
+        let max = binlog::max_part();
+        let mut parts: Vec<PartRecord> = Vec::new();
+        let mut cutter = Cutter::new(path.clone(), true);
+        let mut at = 0u64;
+        while at < len {
+            if parts.len() >= binlog::MAX_PARTS {
+                return Err(fail(
+                    &self.plan,
+                    format!(
+                        "binlog {name} needs more than {} parts; its record cannot list them",
+                        binlog::MAX_PARTS
+                    ),
+                ));
+            }
+            if let Some(p) = known.iter().find(|p| p.start == at && at + p.length <= len) {
+                parts.push(*p);
+                at += p.length;
+                continue;
+            }
+            if listed.contains(&at) {
+                if let Some(p) = self.reuse_part(name, &path, at, len).await? {
+                    parts.push(p);
+                    at += p.length;
+                    continue;
+                }
+            }
+            // Up to the next stored part, so it can be reused.
+            let limit = listed
+                .range(at + 1..)
+                .next()
+                .copied()
+                .unwrap_or(len)
+                .min(len);
+            let window = max.min(limit - at);
+            let Some((data, end)) = cutter
+                .next(at, len, window)
+                .await
+                .map_err(|e| fail(&self.plan, e))?
+            else {
+                break;
+            };
+            parts.push(self.push_one(name, &shown, at, data, end).await?);
+            at = end;
+        }
+        let sha = hash_range(&path, 0, len).await.map_err(io)?;
+        let record = BinlogRecord::new(name, len, sha, parts);
+        record.check(name).map_err(|why| {
+            fail(
+                &self.plan,
+                format!("the record of {name} would be unsound: {why}"),
+            )
+        })?;
+        let json = serde_json::to_vec(&record).expect("a record serialises");
         let key = binlog::complete_key(&self.plan, name);
-        let len = raw.len() as u64;
-        let store = self.repo.store();
         let report = log_archive::push_bytes(
             store.as_ref(),
             self.repo.crypto(),
             key,
-            raw,
-            &path.display().to_string(),
+            json,
+            &format!("the record of {shown}"),
             self.opts.retention,
         )
         .await
         .map_err(|e| fail(&self.plan, e))?;
-        tracing::info!(plan = %self.plan, object = %report.key, bytes = len, "binlog {name} archived complete");
+        tracing::info!(plan = %self.plan, object = %report.key, bytes = len, parts = record.parts.len(), "binlog {name} archived complete");
         self.remember_complete(name).await;
         tokio::fs::remove_file(&path).await.map_err(|e| {
             fail(
@@ -554,76 +627,307 @@ impl Archiver<'_> {
                 format!("unable to remove {}: {e}", path.display()),
             )
         })?;
-        if self.growing.as_ref().map(|g| &g.name) == Some(name) {
-            self.growing = None;
+        let scan = cutter.scan;
+        if let Some(e) = cutter.damaged {
+            tracing::warn!(plan = %self.plan, file = %name, "{e}; archived as the server sent it");
+        } else if scan.end != len && scan.end != 0 {
+            tracing::warn!(plan = %self.plan, file = %name, "{name} ends mid-event at {len} (last complete event ends at {}); archived as the server sent it", scan.end);
         }
         self.status.send_modify(|s| {
             s.completed += 1;
-            s.bytes += len;
-            if let Some(scan) = &scan {
-                note_scan(s, scan);
-            }
+            note_scan(s, &scan);
         });
         Ok(())
     }
 
+    /// The part of `name` stored at `start` by an earlier run, if it reads
+    /// back and holds exactly the spool file's bytes there; `None` when only
+    /// foreign objects are at its names (it is pushed again, under an
+    /// alternative name). Other bytes there are an error: two servers may
+    /// be archiving into one plan.
+    async fn reuse_part(
+        &self,
+        name: &BinlogName,
+        path: &Path,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<PartRecord>, Error> {
+        let key = binlog::part_key(&self.plan, name, start);
+        let store = self.repo.store();
+        let r = match log_archive::resolve(store.as_ref(), self.repo.crypto(), &key).await {
+            Ok(r) => r,
+            Err(
+                e @ (log_archive::LogError::NotFound { .. }
+                | log_archive::LogError::OnlyForeign { .. }),
+            ) => {
+                tracing::warn!(plan = %self.plan, object = %key, "{e}; storing {name} from offset {start} again");
+                return Ok(None);
+            }
+            Err(e) => return Err(fail(&self.plan, e)),
+        };
+        let length = r.raw.len() as u64;
+        drop(r.raw);
+        let ours = match start.checked_add(length).filter(|end| *end <= len) {
+            Some(_) => Some(hash_range(path, start, length).await.map_err(|e| {
+                fail(
+                    &self.plan,
+                    format!("unable to read {}: {e}", path.display()),
+                )
+            })?),
+            None => None,
+        };
+        if ours != Some(r.sha) {
+            return Err(fail(
+                &self.plan,
+                format!(
+                    "{} holds {length} bytes from offset {start} that are not the server's binlog {name} there (the file is {len} bytes); refusing to archive around it. Two servers may be archiving into one plan",
+                    r.key
+                ),
+            ));
+        }
+        Ok(Some(PartRecord {
+            start,
+            length,
+            sha256: r.sha,
+        }))
+    }
+
+    /// Pushes bytes `[start, end)` of `name` as one part.
+    async fn push_one(
+        &mut self,
+        name: &BinlogName,
+        shown: &str,
+        start: u64,
+        data: Vec<u8>,
+        end: u64,
+    ) -> Result<PartRecord, Error> {
+        let key = binlog::part_key(&self.plan, name, start);
+        let store = self.repo.store();
+        let report = log_archive::push_bytes(
+            store.as_ref(),
+            self.repo.crypto(),
+            key,
+            data,
+            &format!("{shown} [{start}, {end})"),
+            self.opts.retention,
+        )
+        .await
+        .map_err(|e| fail(&self.plan, e))?;
+        tracing::info!(plan = %self.plan, object = %report.key, bytes = report.bytes, "binlog {name} archived up to {end}");
+        self.status.send_modify(|s| {
+            s.parts += 1;
+            if !report.already_archived {
+                s.bytes += report.bytes;
+            }
+            s.archived_offset = end;
+            s.file = Some(name.to_string());
+        });
+        Ok(PartRecord {
+            start,
+            length: report.bytes,
+            sha256: report.sha256,
+        })
+    }
+
+    /// The growing file's complete events after what is archived, as parts
+    /// of at most [`binlog::max_part`] each.
     async fn push_part(&mut self, name: &BinlogName) -> Result<(), Error> {
-        let Some(from) = self.growing.as_ref().map(|g| g.archived_end) else {
+        let Some(mut from) = self.growing.as_ref().map(|g| g.archived_end) else {
             return Ok(());
         };
         let path = self.spool().join(name.to_string());
-        let data = read_from(&path, from).await.map_err(|e| {
-            fail(
-                &self.plan,
-                format!("unable to read {}: {e}", path.display()),
-            )
-        })?;
-        let Some(data) = data else { return Ok(()) };
-        let what = path.display().to_string();
-        let (scan, data) = tokio::task::spawn_blocking(move || {
+        let shown = path.display().to_string();
+        let len = match tokio::fs::metadata(&path).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(fail(&self.plan, format!("unable to read {shown}: {e}"))),
+        };
+        let max = binlog::max_part();
+        let mut cutter = Cutter::new(path.clone(), false);
+        while from < len.min(binlog::MAX_FILE) {
+            let next = cutter
+                .next(from, len, max)
+                .await
+                .map_err(|e| fail(&self.plan, e))?;
+            let Some((data, end)) = next else { break };
+            let part = self.push_one(name, &shown, from, data, end).await?;
+            if let Some(g) = self.growing.as_mut().filter(|g| &g.name == name) {
+                g.archived_end = end;
+                g.parts.push(part);
+            }
+            from = end;
+            let scan = cutter.scan.clone();
+            self.status.send_modify(|s| note_scan(s, &scan));
+        }
+        Ok(())
+    }
+}
+
+/// Cuts a spool file into parts: windows of at most the part size, each
+/// ending at the last complete event inside it, or at the end of an event
+/// larger than the window.
+struct Cutter {
+    path: PathBuf,
+    /// The server has rotated past the file: its last bytes are stored as
+    /// they are, and event damage only stops cutting at events.
+    complete: bool,
+    /// The events scanned so far.
+    scan: Scan,
+    /// Why events could not be read (a completed file only): from there on
+    /// the file is cut in plain windows.
+    damaged: Option<String>,
+}
+
+impl Cutter {
+    fn new(path: PathBuf, complete: bool) -> Cutter {
+        Cutter {
+            path,
+            complete,
+            scan: Scan::default(),
+            damaged: None,
+        }
+    }
+
+    /// The next part from `from` (an event boundary) of a file `len` bytes
+    /// long, in a window of `window` bytes: its bytes and end; `None` when
+    /// a growing file holds no complete event there yet.
+    async fn next(
+        &mut self,
+        from: u64,
+        len: u64,
+        window: u64,
+    ) -> Result<Option<(Vec<u8>, u64)>, String> {
+        let shown = self.path.display().to_string();
+        let io = |e: std::io::Error| format!("unable to read {shown}: {e}");
+        let want = window.min(len.saturating_sub(from));
+        if want == 0 {
+            return Ok(None);
+        }
+        let data = read_range(&self.path, from, want).await.map_err(io)?;
+        if self.damaged.is_some() {
+            let end = from + data.len() as u64;
+            return Ok(Some((data, end)));
+        }
+        let (what, s) = (shown.clone(), self.scan.clone());
+        let (scanned, data) = tokio::task::spawn_blocking(move || {
             let r = if from == 0 {
                 binlog::scan(&what, &data)
             } else {
-                let mut s = Scan {
-                    end: from,
-                    ..Scan::default()
-                };
+                let mut s = Scan { end: from, ..s };
                 binlog::scan_more(&what, &mut s, &data, from).map(|_| s)
             };
             (r, data)
         })
         .await
         .expect("binlog scan panicked");
-        let scan = scan.map_err(|e| fail(&self.plan, e))?;
-        if scan.end <= from {
-            return Ok(());
+        let mut data = data;
+        match scanned {
+            Ok(s) if s.end > from => {
+                data.truncate((s.end - from) as usize);
+                self.scan = s;
+                let end = self.scan.end;
+                return Ok(Some((data, end)));
+            }
+            Ok(_) => {}
+            Err(e) if self.complete => {
+                self.damaged = Some(e.to_string());
+                let end = from + data.len() as u64;
+                return Ok(Some((data, end)));
+            }
+            Err(e) => return Err(e.to_string()),
         }
-        let part = data[..(scan.end - from) as usize].to_vec();
-        let key = binlog::part_key(&self.plan, name, from);
-        let store = self.repo.store();
-        let report = log_archive::push_bytes(
-            store.as_ref(),
-            self.repo.crypto(),
-            key,
-            part,
-            &format!("{} [{from}, {})", path.display(), scan.end),
-            self.opts.retention,
-        )
-        .await
-        .map_err(|e| fail(&self.plan, e))?;
-        tracing::info!(plan = %self.plan, object = %report.key, bytes = report.bytes, "binlog {name} archived up to {}", scan.end);
-        if let Some(g) = self.growing.as_mut() {
-            g.archived_end = scan.end;
+        // No complete event in the window: one larger than it (the part is
+        // exactly that event), or one the server has not finished sending.
+        let head = match data.len() >= binlog::HEADER {
+            true => data[..binlog::HEADER].to_vec(),
+            false if from >= 4 && from + binlog::HEADER as u64 <= len => {
+                read_range(&self.path, from, binlog::HEADER as u64)
+                    .await
+                    .map_err(io)?
+            }
+            false => Vec::new(),
+        };
+        let size = (from >= 4 && head.len() == binlog::HEADER)
+            .then(|| u32::from_le_bytes(head[9..13].try_into().expect("4 bytes")) as u64)
+            .filter(|s| (binlog::HEADER as u64..=binlog::MAX_EVENT as u64).contains(s));
+        match size {
+            Some(size) if size > data.len() as u64 && from + size <= len => {
+                let rest = read_range(
+                    &self.path,
+                    from + data.len() as u64,
+                    size - data.len() as u64,
+                )
+                .await
+                .map_err(io)?;
+                data.extend_from_slice(&rest);
+                let (what, s) = (shown.clone(), self.scan.clone());
+                let (scanned, data) = tokio::task::spawn_blocking(move || {
+                    let mut s = Scan { end: from, ..s };
+                    let r = binlog::scan_more(&what, &mut s, &data, from).map(|_| s);
+                    (r, data)
+                })
+                .await
+                .expect("binlog scan panicked");
+                let s = scanned.map_err(|e| e.to_string())?;
+                if s.end != from + size {
+                    return Err(format!(
+                        "{shown}: the event at offset {from} does not end at {}",
+                        from + size
+                    ));
+                }
+                self.scan = s;
+                Ok(Some((data, from + size)))
+            }
+            // A growing file: the event is not all there yet.
+            Some(_) if !self.complete => Ok(None),
+            None if !self.complete && head.len() < binlog::HEADER => Ok(None),
+            None if !self.complete => Err(format!(
+                "{shown}: the event at offset {from} claims a size outside 19 bytes to 1 GiB"
+            )),
+            // The rest of a completed file that is no event: stored as the
+            // server sent it, in plain windows.
+            _ => {
+                self.damaged = Some(format!(
+                    "{shown} holds no complete event from offset {from} on"
+                ));
+                let end = from + data.len() as u64;
+                Ok(Some((data, end)))
+            }
         }
-        self.status.send_modify(|s| {
-            s.parts += 1;
-            s.bytes += scan.end - from;
-            s.archived_offset = scan.end;
-            s.file = Some(name.to_string());
-            note_scan(s, &scan);
-        });
-        Ok(())
     }
+}
+
+/// The SHA-256 of bytes `[start, start + len)` of `path`, read in 1 MiB
+/// blocks on a blocking thread.
+async fn hash_range(path: &Path, start: u64, len: u64) -> std::io::Result<Hash256> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Seek};
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut f = std::fs::File::open(&path)?;
+        f.seek(std::io::SeekFrom::Start(start))?;
+        let mut f = f.take(len);
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            got += n as u64;
+        }
+        if got != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{got} bytes from offset {start}, {len} expected"),
+            ));
+        }
+        Ok(Hash256(h.finalize().into()))
+    })
+    .await
+    .expect("hashing panicked")
 }
 
 fn note_scan(s: &mut Status, scan: &Scan) {
@@ -662,22 +966,96 @@ async fn clear_spool(spool: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The bytes of `path` from `from` on (capped at the largest binlog);
-/// `None` when the file is not that long yet.
-async fn read_from(path: &Path, from: u64) -> std::io::Result<Option<Vec<u8>>> {
-    let mut f = match tokio::fs::File::open(path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let len = f.metadata().await?.len();
-    if len <= from {
-        return Ok(None);
-    }
+/// Bytes `[from, from + len)` of `path` (fewer at its end): one window of
+/// a spool file, never the whole of it.
+async fn read_range(path: &Path, from: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = tokio::fs::File::open(path).await?;
     f.seek(std::io::SeekFrom::Start(from)).await?;
-    let mut buf = Vec::new();
-    f.take((len - from).min(binlog::MAX_FILE))
-        .read_to_end(&mut buf)
-        .await?;
-    Ok(Some(buf))
+    let mut buf = Vec::with_capacity(len.min(binlog::MAX_PART) as usize);
+    f.take(len).read_to_end(&mut buf).await?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A binlog whose third event is larger than the part size.
+    fn file_with_a_large_event(window: usize) -> (Vec<u8>, Vec<u64>) {
+        let mut f = binlog::MAGIC.to_vec();
+        let mut ends = Vec::new();
+        for (i, size) in [60usize, 90, window * 3, 40, 70, 50, 80]
+            .into_iter()
+            .cycle()
+            .take(40)
+            .enumerate()
+        {
+            let total = (binlog::HEADER + size) as u32;
+            f.extend_from_slice(&1_700_000_000u32.to_le_bytes());
+            f.push(if i == 2 { 30 } else { 2 });
+            f.extend_from_slice(&1u32.to_le_bytes());
+            f.extend_from_slice(&total.to_le_bytes());
+            f.extend_from_slice(&(f.len() as u32 + total - 13).to_le_bytes());
+            f.extend_from_slice(&0u16.to_le_bytes());
+            f.extend(std::iter::repeat_n(i as u8, size));
+            ends.push(f.len() as u64);
+        }
+        (f, ends)
+    }
+
+    /// Cuts `file` as the archiver does; the parts' (start, end).
+    async fn cut(path: &Path, len: u64, window: u64, complete: bool) -> Vec<(u64, u64)> {
+        let mut c = Cutter::new(path.to_path_buf(), complete);
+        let mut at = 0;
+        let mut parts = Vec::new();
+        while let Some((data, end)) = c.next(at, len, window).await.unwrap() {
+            assert_eq!(data.len() as u64, end - at);
+            parts.push((at, end));
+            at = end;
+            if at == len {
+                break;
+            }
+        }
+        parts
+    }
+
+    #[tokio::test]
+    async fn parts_are_capped_and_cut_at_event_ends_an_oversized_event_alone() {
+        let window = 300usize;
+        let (file, ends) = file_with_a_large_event(window);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("binlog.000001");
+        std::fs::write(&path, &file).unwrap();
+        let len = file.len() as u64;
+
+        let parts = cut(&path, len, window as u64, false).await;
+        assert_eq!(parts.first().unwrap().0, 0);
+        assert_eq!(parts.last().unwrap().1, len);
+        for w in parts.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "{parts:?}");
+        }
+        for &(start, end) in &parts {
+            assert!(ends.contains(&end), "[{start}, {end}) ends mid-event");
+            let one_event = ends.iter().filter(|e| **e > start && **e <= end).count() == 1;
+            assert!(
+                end - start <= window as u64 || one_event,
+                "[{start}, {end}) is over the window and not one event"
+            );
+        }
+        assert!(
+            parts.iter().any(|(s, e)| e - s > window as u64),
+            "the large event is one part: {parts:?}"
+        );
+
+        // Growing: a cut mid-event waits for the rest; the oversized event
+        // waits until it is all there.
+        let cut_at = ends[2] - 5;
+        let parts = cut(&path, cut_at, window as u64, false).await;
+        assert_eq!(parts.last().unwrap().1, ends[1], "{parts:?}");
+
+        // Completed but ending mid-event (as the server may send it): the
+        // rest is stored too, so the parts hold every byte.
+        let parts = cut(&path, len - 7, window as u64, true).await;
+        assert_eq!(parts.last().unwrap().1, len - 7, "{parts:?}");
+    }
 }

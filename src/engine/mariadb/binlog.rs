@@ -3,22 +3,31 @@
 //! bounded, panic-free reader of their event headers (times, GTIDs, the end
 //! of the last complete event, the Rotate event's next file), and the
 //! reading side of their archive in the repository: objects
-//! `binlog/<plan>/<file>` (a completed binlog) and
 //! `binlog/<plan>/<file>.part-<start, 16 hex>` (bytes `[start, end)` of a
-//! growing one), in the engine-neutral log-archive object format
+//! file, at most [`MAX_PART`] or one larger event) and, once the server has
+//! rotated past a file, `binlog/<plan>/<file>`: its record ([`BinlogRecord`],
+//! JSON listing the parts that tile it, with their and the file's SHA-256).
+//! All are in the engine-neutral log-archive object format
 //! (`repository::log_archive`), so sealing, foreign-object alternatives and
-//! idempotence are the same as for PostgreSQL's WAL.
+//! idempotence are the same as for PostgreSQL's WAL. A file is read back
+//! into the caller's writer one part at a time, never whole in memory.
 //!
 //! Everything read back from the repository is hostile: each object is
 //! size-capped and authenticated by the log archive before it is decoded
-//! here, the event reader never trusts a length further than the bytes it
-//! holds, and parts must tile a file exactly from offset 0 (a gap or an
-//! overlap is refused, naming the part at fault).
+//! here (a record under [`MAX_RECORD`], before it is parsed), every field of
+//! a record is checked before an offset from it is used, the event reader
+//! never trusts a length further than the bytes it holds, and parts must
+//! tile a file exactly from offset 0 (a gap, an overlap or a part that is
+//! not what the record lists is refused, naming the object at fault).
 
 use std::collections::BTreeMap;
+use std::io::Write;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::ids::Hash256;
 
 use crate::plan::PlanName;
 use crate::repository::log_archive::{self, LogError, LogRetention};
@@ -45,12 +54,20 @@ pub enum BinlogError {
     BadName { name: String },
     #[error("{what} is not a binlog: {why}")]
     Corrupt { what: String, why: String },
-    #[error(
-        "binlog {file} of plan {plan} is not in the archive (neither a complete object nor parts)"
-    )]
+    #[error("binlog {file} of plan {plan} is not in the archive (neither a record nor parts)")]
     NotArchived { plan: PlanName, file: String },
     #[error("binlog {file}: {why}")]
     BadParts { file: String, why: String },
+    #[error("{key} is not a sound binlog record: {why}")]
+    BadRecord { key: String, why: String },
+    #[error("{key} holds a whole binlog's raw bytes (the complete object of an older holdfast), not the record of its parts this version reads; it is refused, not guessed at")]
+    OldStyle { key: String },
+    #[error("unable to write binlog bytes read from {what}: {source}")]
+    Write {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Log(#[from] LogError),
     #[error(transparent)]
@@ -310,12 +327,12 @@ pub fn binlog_prefix(plan: &PlanName) -> String {
     format!("binlog/{plan}/")
 }
 
-/// The object of a completed binlog.
+/// The object of a completed binlog: its record.
 pub fn complete_key(plan: &PlanName, file: &BinlogName) -> String {
     format!("{}{file}", binlog_prefix(plan))
 }
 
-/// The object of bytes `[start, …)` of a growing binlog.
+/// The object of bytes `[start, …)` of a binlog.
 pub fn part_key(plan: &PlanName, file: &BinlogName, start: u64) -> String {
     format!("{}{file}{PART_MARK}{start:016x}", binlog_prefix(plan))
 }
@@ -323,7 +340,7 @@ pub fn part_key(plan: &PlanName, file: &BinlogName, start: u64) -> String {
 const PART_MARK: &str = ".part-";
 
 /// What an archive key (relative to the prefix, an alternative's tag
-/// removed) names: a file whole, or a part of it from `start`.
+/// removed) names: a file's record, or a part of it from `start`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ObjectName {
     Complete(BinlogName),
@@ -355,8 +372,8 @@ impl ObjectName {
     }
 }
 
-/// The archive's keys for one plan, grouped by file: whether a complete
-/// object (or an alternative) is listed, and the part start offsets listed.
+/// The archive's keys for one plan, grouped by file: whether a record (or
+/// an alternative) is listed, and the part start offsets listed.
 /// From the listing alone: nothing is read or trusted yet.
 #[derive(Debug, Default, Clone)]
 pub struct Listed {
@@ -391,56 +408,336 @@ pub async fn list(
     Ok(files)
 }
 
-/// One file read back from the archive.
-#[derive(Debug)]
-pub struct ReadBack {
-    pub bytes: Vec<u8>,
-    /// Read from the complete object (else from parts).
-    pub complete: bool,
-    /// The objects read, in order.
-    pub objects: Vec<String>,
+/// The most raw binlog bytes a part holds: a part ends at the last
+/// complete event inside this window, or, when one event alone is larger,
+/// exactly at that event's end (at most [`MAX_EVENT`]). The archiver holds
+/// one part in memory at a time, and so does every reader.
+pub const MAX_PART: u64 = 64 << 20;
+
+/// The part size the archiver cuts at: `HOLDFAST_BINLOG_MAX_PART` (hidden,
+/// for tests that need several parts from a small binlog; 4 KiB to
+/// [`MAX_PART`]), else [`MAX_PART`]. Readers accept any tiling, so this is
+/// the writer's choice alone.
+pub fn max_part() -> u64 {
+    std::env::var("HOLDFAST_BINLOG_MAX_PART")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| (4096..=MAX_PART).contains(n))
+        .unwrap_or(MAX_PART)
 }
 
-/// Reads archived binlog `file` of `plan`: the complete object when there
-/// is a sound one, else the contiguous parts from offset 0. A gap or an
-/// overlap between parts is refused naming the part at fault.
-pub async fn read_binlog(
+/// The format tag of a completed binlog's record.
+pub const RECORD_FORMAT: &str = "holdfast-binlog-record";
+pub const RECORD_VERSION: u32 = 1;
+/// The largest record read back, checked before it is decompressed or
+/// parsed. A part costs about 110 bytes of JSON, so this holds
+/// [`MAX_PARTS`] with room to spare.
+pub const MAX_RECORD: u64 = 16 << 20;
+/// The most parts one binlog may have: at a 10 s flush interval a binlog
+/// the server keeps writing a trickle into for 11 days. The archiver stops
+/// with an error naming the file before it would write more.
+pub const MAX_PARTS: usize = 100_000;
+
+/// The complete object of a binlog: which parts hold it, so a completed
+/// file is stored once (as the parts it was archived in while it grew, and
+/// the rest as capped parts) and read back checked part by part and whole.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinlogRecord {
+    pub format: String,
+    pub version: u32,
+    pub file: String,
+    pub length: u64,
+    pub sha256: Hash256,
+    /// `[start, start + length)`, in order, tiling `[0, length)` exactly.
+    pub parts: Vec<PartRecord>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartRecord {
+    pub start: u64,
+    pub length: u64,
+    pub sha256: Hash256,
+}
+
+impl BinlogRecord {
+    pub fn new(file: &BinlogName, length: u64, sha256: Hash256, parts: Vec<PartRecord>) -> Self {
+        BinlogRecord {
+            format: RECORD_FORMAT.into(),
+            version: RECORD_VERSION,
+            file: file.to_string(),
+            length,
+            sha256,
+            parts,
+        }
+    }
+
+    /// Decodes the record read at `key` for `file`: size-capped before
+    /// parsing, then every field checked (format, file, length cap, part
+    /// count, tiling), so no offset from it is used unchecked.
+    pub fn parse(key: &str, file: &BinlogName, raw: &[u8]) -> Result<BinlogRecord, BinlogError> {
+        let bad = |why: String| BinlogError::BadRecord {
+            key: key.to_string(),
+            why,
+        };
+        if raw.starts_with(MAGIC) {
+            return Err(BinlogError::OldStyle {
+                key: key.to_string(),
+            });
+        }
+        if raw.len() as u64 > MAX_RECORD {
+            return Err(bad(format!(
+                "it is {} bytes, more than a record holds (16 MiB)",
+                raw.len()
+            )));
+        }
+        let record: BinlogRecord = serde_json::from_slice(raw).map_err(|e| bad(e.to_string()))?;
+        record.check(file).map_err(bad)?;
+        Ok(record)
+    }
+
+    /// What a record of `file` must be; the reason when it is not.
+    pub fn check(&self, file: &BinlogName) -> Result<(), String> {
+        if self.format != RECORD_FORMAT || self.version != RECORD_VERSION {
+            return Err(format!(
+                "format {:?} version {}, not {RECORD_FORMAT:?} version {RECORD_VERSION}",
+                self.format, self.version
+            ));
+        }
+        if self.file != file.to_string() {
+            return Err(format!(
+                "it is the record of {:?}, not of {file}",
+                self.file
+            ));
+        }
+        if self.length > MAX_FILE {
+            return Err(format!("it claims {} bytes, over 4 GiB", self.length));
+        }
+        if self.parts.len() > MAX_PARTS {
+            return Err(format!(
+                "it lists {} parts, more than {MAX_PARTS}",
+                self.parts.len()
+            ));
+        }
+        let mut at = 0u64;
+        for p in &self.parts {
+            if p.start != at {
+                return Err(format!(
+                    "its part at offset {} does not start where the parts before it end ({at})",
+                    p.start
+                ));
+            }
+            if p.length == 0 || p.length > MAX_EVENT as u64 {
+                return Err(format!(
+                    "its part at offset {} claims {} bytes (a part is 1 byte to 1 GiB)",
+                    p.start, p.length
+                ));
+            }
+            at = at.saturating_add(p.length);
+            if at > self.length {
+                return Err(format!(
+                    "its part at offset {} ends at {at}, past the file's length {}",
+                    p.start, self.length
+                ));
+            }
+        }
+        if at != self.length {
+            return Err(format!(
+                "its parts end at {at}, the file's length is {}",
+                self.length
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the record of `name`, if a sound one is there: `None` when there
+/// is none or only foreign objects are (warned about by the log archive;
+/// the parts may still hold the file, as for a growing one). A record
+/// holdfast wrote that does not parse or check is an error naming it.
+pub async fn read_record(
+    store: &dyn Store,
+    crypto: &Crypto,
+    plan: &PlanName,
+    name: &BinlogName,
+) -> Result<Option<(String, BinlogRecord)>, BinlogError> {
+    match fetch_record(store, crypto, plan, name).await {
+        Ok(r) => Ok(Some(r)),
+        Err(BinlogError::Log(LogError::NotFound { .. })) => Ok(None),
+        Err(BinlogError::Log(e @ LogError::OnlyForeign { .. })) => {
+            tracing::warn!(file = %name, "binlog {name}: {e}; its parts are read as those of a growing file");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The record of `name`, or why there is none ([`LogError::NotFound`],
+/// [`LogError::OnlyForeign`]: an object over [`MAX_RECORD`] is foreign).
+async fn fetch_record(
+    store: &dyn Store,
+    crypto: &Crypto,
+    plan: &PlanName,
+    name: &BinlogName,
+) -> Result<(String, BinlogRecord), BinlogError> {
+    let key = complete_key(plan, name);
+    let r = log_archive::resolve_within(store, crypto, &key, MAX_RECORD).await?;
+    let record = BinlogRecord::parse(&r.key, name, &r.raw)?;
+    Ok((r.key, record))
+}
+
+/// Event headers scanned across parts, whatever their cuts: the bytes of
+/// an event a part ends inside are kept until the next part completes it
+/// (the archiver cuts at event ends, so normally nothing is kept).
+pub struct Scanner {
+    scan: Scan,
+    /// Bytes from file offset `scan.end` on not yet scanned (an incomplete
+    /// event, or less than the magic).
+    pending: Vec<u8>,
+    magic: bool,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Scanner {
+    /// A scanner at the start of a file (the magic first).
+    pub fn new() -> Scanner {
+        Scanner {
+            scan: Scan::default(),
+            pending: Vec::new(),
+            magic: false,
+        }
+    }
+
+    /// The next bytes of the file; `what` names them in errors.
+    pub fn feed(&mut self, what: &str, data: &[u8]) -> Result<(), BinlogError> {
+        let joined;
+        let buf: &[u8] = if self.pending.is_empty() {
+            data
+        } else {
+            self.pending.extend_from_slice(data);
+            joined = std::mem::take(&mut self.pending);
+            &joined
+        };
+        // File offset of buf[0].
+        let start = self.scan.end;
+        let mut skip = 0usize;
+        if !self.magic {
+            if buf.len() < MAGIC.len() {
+                self.scan = scan(what, buf)?;
+                self.pending = buf.to_vec();
+                return Ok(());
+            }
+            self.scan = scan(what, &buf[..MAGIC.len()])?;
+            self.magic = true;
+            skip = MAGIC.len();
+        }
+        scan_more(what, &mut self.scan, &buf[skip..], start + skip as u64)?;
+        let used = (self.scan.end - start) as usize;
+        self.pending = buf[used..].to_vec();
+        Ok(())
+    }
+
+    /// What the bytes fed so far say.
+    pub fn scan(&self) -> &Scan {
+        &self.scan
+    }
+
+    pub fn into_scan(self) -> Scan {
+        self.scan
+    }
+}
+
+/// One file read back from the archive (its bytes went to the caller's
+/// writer).
+#[derive(Debug)]
+pub struct ReadBack {
+    /// Bytes written.
+    pub length: u64,
+    /// Read by its record (else from parts alone, as a growing file).
+    pub complete: bool,
+    /// The objects read, in order (the record first).
+    pub objects: Vec<String>,
+    /// Its event headers, scanned as the parts went by.
+    pub scan: Scan,
+}
+
+/// Reads archived binlog `file` of `plan` into `out`, one part in memory
+/// at a time: by its record when there is a sound one (every part it lists
+/// must be there with its length and SHA-256, and the whole file must hash
+/// to the record's), else the contiguous parts from offset 0. A gap or an
+/// overlap between parts, or any mismatch, is refused naming the object at
+/// fault; what was written to `out` before is then not the file. `out` is
+/// written from a blocking thread and handed back.
+pub async fn read_binlog<W: Write + Send + 'static>(
     store: &dyn Store,
     crypto: &Crypto,
     plan: &PlanName,
     file: &str,
-) -> Result<ReadBack, BinlogError> {
+    out: W,
+) -> Result<(ReadBack, W), BinlogError> {
     let name = BinlogName::parse(file)?;
     let listed = list(store, plan).await?.remove(&name).unwrap_or_default();
-    read_listed(store, crypto, plan, &name, &listed).await
+    read_listed(store, crypto, plan, &name, &listed, out).await
 }
 
-async fn read_listed(
+/// What flows through a read: the scanner, the whole-file hash and the
+/// caller's writer, moved to a blocking thread for each part.
+struct Sink<W> {
+    scanner: Scanner,
+    hasher: Sha256,
+    out: W,
+    length: u64,
+}
+
+impl<W: Write + Send + 'static> Sink<W> {
+    /// Scans, hashes and writes one part read from object `key`.
+    async fn part(mut self, key: String, raw: Vec<u8>) -> Result<Self, BinlogError> {
+        tokio::task::spawn_blocking(move || {
+            self.scanner.feed(&key, &raw)?;
+            self.hasher.update(&raw);
+            self.out
+                .write_all(&raw)
+                .map_err(|source| BinlogError::Write { what: key, source })?;
+            self.length += raw.len() as u64;
+            Ok(self)
+        })
+        .await
+        .expect("binlog reader panicked")
+    }
+}
+
+async fn read_listed<W: Write + Send + 'static>(
     store: &dyn Store,
     crypto: &Crypto,
     plan: &PlanName,
     name: &BinlogName,
     listed: &Listed,
-) -> Result<ReadBack, BinlogError> {
-    let mut complete_err = None;
-    if listed.complete {
-        match log_archive::resolve(store, crypto, &complete_key(plan, name)).await {
-            Ok(r) => {
-                return Ok(ReadBack {
-                    bytes: r.raw,
-                    complete: true,
-                    objects: vec![r.key],
-                })
+    out: W,
+) -> Result<(ReadBack, W), BinlogError> {
+    let mut no_record = None;
+    let record = match listed.complete {
+        true => match fetch_record(store, crypto, plan, name).await {
+            Ok(r) => Some(r),
+            // Only foreign objects there: the parts may still hold it, as
+            // those of a growing file.
+            Err(BinlogError::Log(
+                e @ (LogError::OnlyForeign { .. } | LogError::NotFound { .. }),
+            )) => {
+                no_record = Some(e);
+                None
             }
-            // Only foreign objects there: the parts may still hold it.
-            Err(e @ (LogError::OnlyForeign { .. } | LogError::NotFound { .. })) => {
-                complete_err = Some(e)
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if listed.parts.is_empty() {
-        return Err(match complete_err {
+            Err(e) => return Err(e),
+        },
+        false => None,
+    };
+    if record.is_none() && listed.parts.is_empty() {
+        return Err(match no_record {
             Some(e) => e.into(),
             None => BinlogError::NotArchived {
                 plan: plan.clone(),
@@ -448,52 +745,107 @@ async fn read_listed(
             },
         });
     }
-    let mut bytes = Vec::new();
+    let bad = |why: String| BinlogError::BadParts {
+        file: name.to_string(),
+        why,
+    };
+    let mut sink = Sink {
+        scanner: Scanner::new(),
+        hasher: Sha256::new(),
+        out,
+        length: 0,
+    };
     let mut objects = Vec::new();
-    for &start in &listed.parts {
-        let key = part_key(plan, name, start);
-        let have = bytes.len() as u64;
-        if start != have {
-            let why = if start > have {
-                format!("part {key} starts at offset {start}, but the parts before it end at {have}: bytes [{have}, {start}) are missing")
-            } else {
-                format!("part {key} starts at offset {start}, inside the bytes the parts before it hold (up to {have}): parts overlap")
+    let complete = record.is_some();
+    if let Some((record_key, record)) = record {
+        objects.push(record_key.clone());
+        for p in &record.parts {
+            let key = part_key(plan, name, p.start);
+            let r = match log_archive::resolve(store, crypto, &key).await {
+                Ok(r) => r,
+                Err(e @ (LogError::NotFound { .. } | LogError::OnlyForeign { .. })) => {
+                    return Err(bad(format!(
+                        "part {key}, which record {record_key} lists, cannot be read: {e}"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
             };
-            return Err(BinlogError::BadParts {
-                file: name.to_string(),
-                why,
-            });
+            if r.raw.len() as u64 != p.length || r.sha != p.sha256 {
+                return Err(bad(format!(
+                    "part {} holds {} bytes with SHA-256 {}, but record {record_key} lists {} bytes with SHA-256 {}",
+                    r.key,
+                    r.raw.len(),
+                    r.sha,
+                    p.length,
+                    p.sha256
+                )));
+            }
+            objects.push(r.key.clone());
+            sink = sink.part(r.key, r.raw).await?;
         }
-        let r = log_archive::resolve(store, crypto, &key).await?;
-        if have + r.raw.len() as u64 > MAX_FILE {
-            return Err(BinlogError::BadParts {
-                file: name.to_string(),
-                why: format!("part {key} takes the file past 4 GiB"),
-            });
+        let got = Hash256(sink.hasher.clone().finalize().into());
+        if got != record.sha256 {
+            return Err(bad(format!(
+                "its parts hash to SHA-256 {got}, but record {record_key} says {}",
+                record.sha256
+            )));
         }
-        bytes.extend_from_slice(&r.raw);
-        objects.push(r.key);
+    } else {
+        if listed.parts.len() > MAX_PARTS {
+            return Err(bad(format!(
+                "{} parts are listed, more than {MAX_PARTS}",
+                listed.parts.len()
+            )));
+        }
+        for &start in &listed.parts {
+            let key = part_key(plan, name, start);
+            let have = sink.length;
+            if start != have {
+                let why = if start > have {
+                    format!("part {key} starts at offset {start}, but the parts before it end at {have}: bytes [{have}, {start}) are missing")
+                } else {
+                    format!("part {key} starts at offset {start}, inside the bytes the parts before it hold (up to {have}): parts overlap")
+                };
+                return Err(bad(why));
+            }
+            let r = log_archive::resolve(store, crypto, &key).await?;
+            if have + r.raw.len() as u64 > MAX_FILE {
+                return Err(bad(format!("part {key} takes the file past 4 GiB")));
+            }
+            objects.push(r.key.clone());
+            sink = sink.part(r.key, r.raw).await?;
+        }
     }
-    Ok(ReadBack {
-        bytes,
-        complete: false,
-        objects,
-    })
+    let Sink {
+        scanner,
+        out,
+        length,
+        ..
+    } = sink;
+    Ok((
+        ReadBack {
+            length,
+            complete,
+            objects,
+            scan: scanner.into_scan(),
+        },
+        out,
+    ))
 }
 
 /// One archived binlog, as [`archived`] reports it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArchivedBinlog {
     pub file: String,
-    /// A complete object (else parts up to the last complete event).
+    /// Held by a sound record (else parts up to the last complete event).
     pub complete: bool,
     pub bytes: u64,
     pub first_event: Option<DateTime<Utc>>,
     pub last_event: Option<DateTime<Utc>>,
     pub first_gtid: Option<String>,
     pub last_gtid: Option<String>,
-    /// Why the file cannot be read back whole, if it cannot (a bad part, a
-    /// corrupt or only foreign object, a damaged event header).
+    /// Why the file cannot be read back whole, if it cannot (a bad part or
+    /// record, a corrupt or only foreign object, a damaged event header).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
 }
@@ -513,9 +865,9 @@ impl Archived {
     }
 }
 
-/// Lists the archived binlogs of `plan`, each read back and scanned
-/// (correctness first: every object is downloaded and checked), and the
-/// holes in the file sequence.
+/// Lists the archived binlogs of `plan`, each read back and scanned part by
+/// part (correctness first: every object is downloaded and checked, one
+/// part in memory at a time), and the holes in the file sequence.
 pub async fn archived(
     store: &dyn Store,
     crypto: &Crypto,
@@ -535,26 +887,18 @@ pub async fn archived(
             last_gtid: None,
             problem: None,
         };
-        match read_listed(store, crypto, plan, name, l).await {
-            Ok(r) => {
+        match read_listed(store, crypto, plan, name, l, std::io::sink()).await {
+            Ok((r, _)) => {
                 entry.complete = r.complete;
-                entry.bytes = r.bytes.len() as u64;
-                let what = r.objects.join(", ");
-                let bytes = r.bytes;
-                let scanned = tokio::task::spawn_blocking(move || scan(&what, &bytes))
-                    .await
-                    .expect("binlog scan panicked");
-                match scanned {
-                    Ok(s) => {
-                        entry.first_event = s.first_at();
-                        entry.last_event = s.last_at();
-                        entry.first_gtid = s.first_gtid.map(|g| g.to_string());
-                        entry.last_gtid = s.last_gtid.map(|g| g.to_string());
-                    }
-                    Err(e) => entry.problem = Some(e.to_string()),
-                }
+                entry.bytes = r.length;
+                let s = r.scan;
+                entry.first_event = s.first_at();
+                entry.last_event = s.last_at();
+                entry.first_gtid = s.first_gtid.map(|g| g.to_string());
+                entry.last_gtid = s.last_gtid.map(|g| g.to_string());
             }
             Err(e @ BinlogError::Store(_)) => return Err(e),
+            Err(BinlogError::Log(LogError::Store(e))) => return Err(BinlogError::Store(e)),
             Err(e) => entry.problem = Some(e.to_string()),
         }
         files.push(entry);
@@ -796,6 +1140,15 @@ mod tests {
         (tmp, store)
     }
 
+    /// Binlog `file` of `plan` read back into memory (unencrypted store).
+    async fn read(
+        store: &dyn Store,
+        plan: &PlanName,
+        file: &str,
+    ) -> Result<(ReadBack, Vec<u8>), BinlogError> {
+        read_binlog(store, &Crypto::none(), plan, file, Vec::new()).await
+    }
+
     #[tokio::test]
     async fn parts_must_tile_the_file_and_a_bad_one_is_named() {
         let plan = PlanName::new("p").unwrap();
@@ -810,10 +1163,8 @@ mod tests {
             (part_key(&plan, &f, 40), b.to_vec()),
         ])
         .await;
-        let r = read_binlog(&store, &none, &plan, "binlog.000002")
-            .await
-            .unwrap();
-        assert!(!r.complete && r.bytes == file);
+        let r = read(&store, &plan, "binlog.000002").await.unwrap();
+        assert!(!r.0.complete && r.1 == file);
         let listed = archived(&store, &none, &plan).await.unwrap();
         assert_eq!(listed.files[0].last_gtid.as_deref(), Some("3-2-8"));
         assert_eq!(listed.files[0].bytes, file.len() as u64);
@@ -824,7 +1175,7 @@ mod tests {
             (part_key(&plan, &f, 41), b[1..].to_vec()),
         ])
         .await;
-        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+        let err = read(&store, &plan, "binlog.000002")
             .await
             .unwrap_err()
             .to_string();
@@ -841,7 +1192,7 @@ mod tests {
             (part_key(&plan, &f, 30), file[30..].to_vec()),
         ])
         .await;
-        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+        let err = read(&store, &plan, "binlog.000002")
             .await
             .unwrap_err()
             .to_string();
@@ -850,7 +1201,7 @@ mod tests {
             "{err}"
         );
         let (_t, store) = store_with(&[(part_key(&plan, &f, 40), b.to_vec())]).await;
-        let err = read_binlog(&store, &none, &plan, "binlog.000002")
+        let err = read(&store, &plan, "binlog.000002")
             .await
             .unwrap_err()
             .to_string();
@@ -875,11 +1226,9 @@ mod tests {
             )
             .await
             .unwrap();
-        let r = read_binlog(&store, &none, &plan, "binlog.000002")
-            .await
-            .unwrap();
-        assert!(!r.complete && r.bytes == file);
-        let err = read_binlog(&store, &none, &plan, "binlog.000009")
+        let r = read(&store, &plan, "binlog.000002").await.unwrap();
+        assert!(!r.0.complete && r.1 == file);
+        let err = read(&store, &plan, "binlog.000009")
             .await
             .unwrap_err()
             .to_string();
@@ -887,9 +1236,259 @@ mod tests {
             err.contains("binlog.000009 of plan p is not in the archive"),
             "{err}"
         );
-        assert!(read_binlog(&store, &none, &plan, "../x.000001")
+        assert!(read(&store, &plan, "../x.000001").await.is_err());
+    }
+
+    /// A binlog of `n` transactions (a GTID event and a row event each).
+    fn many_events(n: u64) -> Vec<u8> {
+        let mut f = MAGIC.to_vec();
+        for i in 0..n {
+            let pos = f.len() as u32;
+            f.extend_from_slice(&event(
+                1_700_000_000 + i as u32,
+                GTID_EVENT,
+                1,
+                &gtid_body(i + 1, 0),
+                pos,
+            ));
+            let pos = f.len() as u32;
+            let row = vec![(i % 251) as u8; 40 + (i as usize * 7) % 90];
+            f.extend_from_slice(&event(1_700_000_000 + i as u32, 30, 1, &row, pos));
+        }
+        f
+    }
+
+    /// `file` stored as parts cut at `cuts` (offsets, from 0 to its
+    /// length), and the record the archiver would write for them.
+    fn parts_of(
+        plan: &PlanName,
+        name: &BinlogName,
+        file: &[u8],
+        cuts: &[usize],
+    ) -> (Vec<(String, Vec<u8>)>, BinlogRecord) {
+        let mut objects = Vec::new();
+        let mut parts = Vec::new();
+        for w in cuts.windows(2) {
+            let bytes = file[w[0]..w[1]].to_vec();
+            parts.push(PartRecord {
+                start: w[0] as u64,
+                length: bytes.len() as u64,
+                sha256: Hash256::digest(&bytes),
+            });
+            objects.push((part_key(plan, name, w[0] as u64), bytes));
+        }
+        let record = BinlogRecord::new(name, file.len() as u64, Hash256::digest(file), parts);
+        (objects, record)
+    }
+
+    /// A store holding `objects` and `record` (JSON, or any bytes) at the
+    /// complete key of `name`.
+    async fn store_completed(
+        plan: &PlanName,
+        name: &BinlogName,
+        objects: &[(String, Vec<u8>)],
+        record: Vec<u8>,
+    ) -> (tempfile::TempDir, crate::store::local::LocalStore) {
+        let mut all = objects.to_vec();
+        all.push((complete_key(plan, name), record));
+        store_with(&all).await
+    }
+
+    #[tokio::test]
+    async fn a_completed_file_of_several_parts_reads_back_byte_for_byte_by_its_record() {
+        let plan = PlanName::new("p").unwrap();
+        let name = BinlogName::parse("binlog.000003").unwrap();
+        let file = many_events(300);
+        // Cuts anywhere, mid-event too: readers accept any tiling.
+        let cuts = [0, 1000, 1001, 20_000, file.len()];
+        let (objects, record) = parts_of(&plan, &name, &file, &cuts);
+        record.check(&name).unwrap();
+        let json = serde_json::to_vec(&record).unwrap();
+        let (_t, store) = store_completed(&plan, &name, &objects, json).await;
+        let (r, bytes) = read(&store, &plan, "binlog.000003").await.unwrap();
+        assert!(r.complete);
+        assert!(
+            bytes == file,
+            "{} bytes read, {} stored",
+            bytes.len(),
+            file.len()
+        );
+        assert_eq!(r.length, file.len() as u64);
+        assert_eq!(r.objects.len(), 5, "{:?}", r.objects);
+        assert_eq!(r.objects[0], complete_key(&plan, &name));
+        assert_eq!(r.scan, scan("x", &file).unwrap());
+        let a = archived(&store, &Crypto::none(), &plan).await.unwrap();
+        assert!(a.files[0].complete && a.files[0].problem.is_none(), "{a:?}");
+        assert_eq!(a.files[0].last_gtid.as_deref(), Some("0-1-300"));
+        assert_eq!(a.files[0].bytes, file.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn a_record_that_disagrees_with_its_parts_is_refused_naming_the_object() {
+        let plan = PlanName::new("p").unwrap();
+        let name = BinlogName::parse("binlog.000003").unwrap();
+        let file = many_events(100);
+        let cuts = [0, 2000, 4000, file.len()];
+        let (objects, record) = parts_of(&plan, &name, &file, &cuts);
+        let second = part_key(&plan, &name, 2000);
+        let rkey = complete_key(&plan, &name);
+
+        type Change = Box<dyn Fn(&mut BinlogRecord)>;
+        let cases: Vec<(&str, Change, String)> = vec![
+            (
+                "a part's SHA-256",
+                Box::new(|r| r.parts[1].sha256 = Hash256::digest(b"other")),
+                second.clone(),
+            ),
+            (
+                "a part's length",
+                Box::new(|r| {
+                    r.parts[1].length += 1;
+                    r.parts[2].start += 1;
+                    r.parts[2].length -= 1;
+                }),
+                second.clone(),
+            ),
+            (
+                "the tiling",
+                Box::new(|r| r.parts[1].start += 1),
+                format!("{rkey} is not a sound binlog record"),
+            ),
+            (
+                "the file's length",
+                Box::new(|r| r.length += 5),
+                format!("{rkey} is not a sound binlog record"),
+            ),
+            (
+                "the whole file's SHA-256",
+                Box::new(|r| r.sha256 = Hash256::digest(b"other")),
+                format!("record {rkey} says"),
+            ),
+            (
+                "another file's record",
+                Box::new(|r| r.file = "binlog.000004".into()),
+                format!("{rkey} is not a sound binlog record"),
+            ),
+        ];
+        for (what, change, named) in cases {
+            let mut bad = record.clone();
+            change(&mut bad);
+            let json = serde_json::to_vec(&bad).unwrap();
+            let (_t, store) = store_completed(&plan, &name, &objects, json).await;
+            let err = read(&store, &plan, "binlog.000003")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&named), "{what}: {err}");
+            let a = archived(&store, &Crypto::none(), &plan).await.unwrap();
+            assert!(a.files[0].problem.is_some(), "{what}: {a:?}");
+        }
+
+        // A part the record lists is missing: named.
+        let (_t, store) = store_completed(
+            &plan,
+            &name,
+            &[objects[0].clone(), objects[2].clone()],
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .await;
+        let err = read(&store, &plan, "binlog.000003")
             .await
-            .is_err());
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&second) && err.contains("cannot be read"),
+            "{err}"
+        );
+
+        // Unknown fields and garbage are refused too, naming the record.
+        let mut extra = serde_json::to_value(&record).unwrap();
+        extra["note"] = serde_json::json!("x");
+        for raw in [serde_json::to_vec(&extra).unwrap(), b"{not json".to_vec()] {
+            let (_t, store) = store_completed(&plan, &name, &objects, raw).await;
+            let err = read(&store, &plan, "binlog.000003")
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{rkey} is not a sound")), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_record_is_refused_before_it_is_parsed() {
+        let plan = PlanName::new("p").unwrap();
+        let name = BinlogName::parse("binlog.000003").unwrap();
+        let file = many_events(20);
+        let (objects, record) = parts_of(&plan, &name, &file, &[0, 500, file.len()]);
+        // A sound record padded past the cap: it is never decompressed.
+        let mut json = serde_json::to_vec(&record).unwrap();
+        json.resize(MAX_RECORD as usize + 1, b' ');
+        let (_t, store) = store_completed(&plan, &name, &[], json.clone()).await;
+        let err = read(&store, &plan, "binlog.000003")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&complete_key(&plan, &name))
+                && err.contains("more than such an object holds (16 MiB)"),
+            "{err}"
+        );
+        // With the parts there, they stand in as for a growing file (not
+        // complete: a restore then needs them to end with the rotation).
+        let (_t, store) = store_completed(&plan, &name, &objects, json).await;
+        let (r, bytes) = read(&store, &plan, "binlog.000003").await.unwrap();
+        assert!(!r.complete && bytes == file);
+        // The parse cap itself, for a record that got past the object's.
+        let err = BinlogRecord::parse("k", &name, &vec![b' '; MAX_RECORD as usize + 1])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("k is not a sound") && err.contains("16 MiB"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_old_style_whole_file_complete_object_is_refused_naming_it() {
+        let plan = PlanName::new("p").unwrap();
+        let name = BinlogName::parse("binlog.000003").unwrap();
+        let file = many_events(20);
+        let (objects, _) = parts_of(&plan, &name, &file, &[0, 500, file.len()]);
+        let (_t, store) = store_completed(&plan, &name, &objects, file.clone()).await;
+        let err = read(&store, &plan, "binlog.000003").await.unwrap_err();
+        assert!(matches!(err, BinlogError::OldStyle { .. }), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains(&complete_key(&plan, &name)) && err.contains("older holdfast"),
+            "{err}"
+        );
+        let a = archived(&store, &Crypto::none(), &plan).await.unwrap();
+        assert!(
+            a.files[0]
+                .problem
+                .as_deref()
+                .is_some_and(|p| p.contains("older holdfast")),
+            "{a:?}"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn the_scanner_gives_the_same_answer_whatever_the_cuts(
+            cuts in proptest::collection::vec(0usize..6000, 0..12),
+        ) {
+            let file = many_events(40);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % file.len()).collect();
+            cuts.push(0);
+            cuts.push(file.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut s = Scanner::new();
+            for w in cuts.windows(2) {
+                s.feed("x", &file[w[0]..w[1]]).unwrap();
+            }
+            prop_assert_eq!(s.into_scan(), scan("x", &file).unwrap());
+        }
     }
 
     #[test]
@@ -939,6 +1538,14 @@ mod tests {
         assert!(r.expired(&kept, "binlog.000002"));
         assert!(r.expired(&kept, "binlog.000002.part-0000000000000000"));
         assert!(!r.expired(&kept, "binlog.000003"));
+        // A file's record, its parts and their alternative names are one
+        // unit: expired, and so kept and locked, together.
+        assert!(r.expired(&kept, "binlog.000002.alt-0123456789abcdef"));
+        assert!(r.expired(
+            &kept,
+            "binlog.000002.part-0000000000000100.alt-0123456789abcdef-2"
+        ));
+        assert!(!r.expired(&kept, "binlog.000003.alt-0123456789abcdef"));
         assert!(!r.expired(&kept, "binlog.000004.part-0000000000000100"));
         assert!(!r.expired(&kept, "other.000001"));
         assert!(!r.expired(&kept, "garbage"));

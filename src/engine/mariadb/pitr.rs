@@ -362,11 +362,24 @@ pub async fn restore_pitr(
     let mut reached_target = matches!(opts.target, MariaTarget::Latest);
     for (i, file) in run.iter().enumerate() {
         let later_archived = i + 1 < run.len();
-        let read = binlog::read_binlog(
+        // Straight into a 0700 spool file, one part in memory at a time.
+        let path = spool.join(file.to_string());
+        let out = {
+            let p = path.clone();
+            tokio::task::spawn_blocking(move || std::fs::File::create(&p))
+                .await
+                .expect("spool file creation panicked")
+                .map_err(|source| MariaError::Target {
+                    path: path.clone(),
+                    source,
+                })?
+        };
+        let (read, out) = binlog::read_binlog(
             repo.store().as_ref(),
             repo.crypto(),
             plan,
             &file.to_string(),
+            out,
         )
         .await
         .map_err(|e| MariaError::Binlog {
@@ -374,28 +387,22 @@ pub async fn restore_pitr(
             problem: format!("cannot be read back: {e}; nothing was restored"),
         })?;
         let from_parts = !read.complete;
-        let what = read.objects.join(", ");
-        let path = spool.join(file.to_string());
-        let (p, f) = (path.clone(), file.to_string());
-        let scanned = tokio::task::spawn_blocking(move || {
-            let s = binlog::scan(&what, &read.bytes).map_err(|e| e.to_string())?;
-            // Only the complete events: a growing file's parts end at one.
-            let end = (s.end as usize).min(read.bytes.len());
-            std::fs::write(&p, &read.bytes[..end]).map_err(|e| format!("{}: {e}", p.display()))?;
-            Ok::<_, String>(s)
-        })
-        .await
-        .expect("binlog scan panicked")
-        .map_err(|why| MariaError::Binlog {
-            file: f,
-            problem: format!("is damaged: {why}; nothing was restored"),
-        })?;
+        let scanned = read.scan;
+        // Only the complete events: a growing file's parts end at one.
+        let end = scanned.end.min(read.length);
+        tokio::task::spawn_blocking(move || out.set_len(end))
+            .await
+            .expect("spool file truncation panicked")
+            .map_err(|source| MariaError::Target {
+                path: path.clone(),
+                source,
+            })?;
         // Parts stand in for a file only up to what was flushed: one a later
         // file follows must end with its rotation, or its tail is lost.
         if from_parts && later_archived && scanned.rotate_to.is_none() {
             return Err(MariaError::Binlog {
                 file: file.to_string(),
-                problem: "is held only as parts that end before its rotation (its complete object is missing, damaged or foreign), though later binlogs are archived; nothing was restored".into(),
+                problem: "is held only as parts that end before its rotation (its record is missing or foreign), though later binlogs are archived; nothing was restored".into(),
             });
         }
         newest_event = newest_event.max(scanned.last_at());
