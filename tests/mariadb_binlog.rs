@@ -601,6 +601,50 @@ fn a_server_restart_ends_the_stream_and_the_archiver_resumes_on_its_own() {
     assert!(st.archived().unwrap().gaps.is_empty());
 }
 
+/// A binlog's record lists at most 100,000 parts, and a lightly loaded
+/// server can keep one file open for weeks, a part every flush interval.
+/// Well before the limit (here, `HOLDFAST_BINLOG_ROTATE_PARTS`: after 4
+/// parts) the archiver has the server rotate, so the file completes with a
+/// record that lists every part, and archiving goes on in the next file.
+#[test]
+fn a_binlog_growing_part_by_part_is_rotated_before_its_record_could_not_list_the_parts() {
+    let st = Setup::new();
+    let first = st.server_logs().last().unwrap().clone();
+    let archiver = st.start_archiver_with(
+        "1",
+        &[
+            ("HOLDFAST_BINLOG_ROTATE_PARTS", "4"),
+            ("HOLDFAST_LOG", "info"),
+        ],
+    );
+    // A trickle: a row, then a flush interval with nothing, so each part
+    // holds one transaction.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while st.server_logs().last() == Some(&first) {
+        assert!(
+            Instant::now() < deadline,
+            "the server never rotated {first} within 60 s: {}",
+            archiver.said()
+        );
+        st.insert(1);
+        std::thread::sleep(Duration::from_millis(FLUSH_SECS * 1000 + 300));
+    }
+    st.wait_complete_and_equal(&first);
+    st.insert(1);
+    let newest = st.server_logs().last().unwrap().clone();
+    let gtid = st.gtid_pos();
+    st.wait_archive("the next file's newest GTID", 30, |a| {
+        a.files
+            .iter()
+            .any(|f| f.file == newest && f.last_gtid.as_deref() == Some(&gtid))
+    });
+    let (_, said) = archiver.stop();
+    assert!(
+        said.contains("asked the server to rotate (FLUSH BINARY LOGS)"),
+        "{said}"
+    );
+}
+
 /// Parts of at most this many bytes (`HOLDFAST_BINLOG_MAX_PART`), so a
 /// binlog of a few MB shows what a 1 GiB one does with 64 MiB parts.
 const SMALL_PART: u64 = 256 << 10;

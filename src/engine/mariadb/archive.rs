@@ -759,8 +759,56 @@ impl Archiver<'_> {
             let scan = cutter.scan.clone();
             self.status.send_modify(|s| note_scan(s, &scan));
         }
+        self.rotate_if_many_parts(name).await;
         Ok(())
     }
+
+    /// A binlog's record lists at most `MAX_PARTS` parts. A lightly loaded
+    /// server can keep one file open for weeks, a part every flush interval;
+    /// well before the limit, ask the server to rotate (`FLUSH BINARY LOGS`,
+    /// which the backup user's RELOAD privilege allows), so the file
+    /// completes with a record that can list its parts. When the server
+    /// refuses, the archiver warns, and fails on that file only at the limit.
+    async fn rotate_if_many_parts(&mut self, name: &BinlogName) {
+        let count = match self.growing.as_ref().filter(|g| &g.name == name) {
+            Some(g) => g.parts.len(),
+            None => return,
+        };
+        let at = rotate_at_parts();
+        if count < at || count % ROTATE_RETRY_EVERY != at % ROTATE_RETRY_EVERY {
+            return;
+        }
+        let client = self.client.clone();
+        let q = tokio::task::spawn_blocking(move || client.query("FLUSH BINARY LOGS"));
+        let done = match tokio::time::timeout(QUERY_DEADLINE, q).await {
+            Err(_) => Err(format!("no answer within {}s", QUERY_DEADLINE.as_secs())),
+            Ok(r) => r.expect("query task panicked").map_err(|e| e.to_string()),
+        };
+        match done {
+            Ok(_) => {
+                tracing::info!(plan = %self.plan, file = %name, parts = count, "binlog {name} has {count} parts; asked the server to rotate (FLUSH BINARY LOGS) so its record can list them all")
+            }
+            Err(e) => {
+                tracing::warn!(plan = %self.plan, file = %name, parts = count, "binlog {name} has {count} parts (a record lists at most {}); FLUSH BINARY LOGS failed: {e}; grant the archiving user RELOAD, or lower max_binlog_size", binlog::MAX_PARTS)
+            }
+        }
+    }
+}
+
+/// Parts of one growing binlog after which the archiver asks the server to
+/// rotate (nine tenths of `binlog::MAX_PARTS`), and how often it asks again
+/// while the server has not.
+const ROTATE_AT_PARTS: usize = binlog::MAX_PARTS / 10 * 9;
+const ROTATE_RETRY_EVERY: usize = 100;
+
+/// [`ROTATE_AT_PARTS`], or `HOLDFAST_BINLOG_ROTATE_PARTS` (hidden, for
+/// tests: a handful of parts instead of 90,000).
+fn rotate_at_parts() -> usize {
+    std::env::var("HOLDFAST_BINLOG_ROTATE_PARTS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (2..=ROTATE_AT_PARTS).contains(n))
+        .unwrap_or(ROTATE_AT_PARTS)
 }
 
 /// Cuts a spool file into parts: windows of at most the part size, each
