@@ -30,13 +30,22 @@ const VERIFY: i32 = 5;
 
 struct Env {
     dir: tempfile::TempDir,
+    /// The repository is `encryption: none`.
+    plain: bool,
 }
 
 impl Env {
-    /// A files plan over `src/` (a small real tree), backed up once.
+    /// A files plan over `src/` (a small real tree), backed up once into an
+    /// encrypted repository.
     fn backed_up() -> Env {
+        Env::backed_up_as(false)
+    }
+
+    /// [`Env::backed_up`], into an `encryption: none` repository when `plain`.
+    fn backed_up_as(plain: bool) -> Env {
         let env = Env {
             dir: tempfile::tempdir().unwrap(),
+            plain,
         };
         let src = env.path("src");
         std::fs::create_dir_all(src.join("app")).unwrap();
@@ -46,9 +55,10 @@ impl Env {
         std::fs::write(
             env.path("plan.yaml"),
             format!(
-                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: compliance, days: 7}}\nretention: {{keep_last: 24}}\n",
+                "name: tree\nsource: {{type: files, path: {}}}\nrepository:\n  url: file://{}\n{}schedule:\n  backup: \"0 * * * *\"\nlock: {{mode: compliance, days: 7}}\nretention: {{keep_last: 24}}\n",
                 src.display(),
-                env.path("repo").display()
+                env.path("repo").display(),
+                if plain { "  encryption: none\n" } else { "" }
             ),
         )
         .unwrap();
@@ -67,7 +77,12 @@ impl Env {
     }
 
     fn forge(&self, edit: impl FnOnce(&mut Vec<ManifestEntry>)) -> (String, String) {
-        forge(&self.path("repo"), "tree", edit)
+        let key = if self.plain {
+            holdfast::repository::RepoKey::Unencrypted
+        } else {
+            common::bin::test_repo_key()
+        };
+        forge_with(&self.path("repo"), "tree", &key, edit)
     }
 
     fn restore(&self, snapshot: &str, to: &Path, extra: &[&str], code: i32) -> String {
@@ -111,15 +126,23 @@ fn forge(
     plan: &str,
     edit: impl FnOnce(&mut Vec<ManifestEntry>),
 ) -> (String, String) {
+    forge_with(repo_dir, plan, &common::bin::test_repo_key(), edit)
+}
+
+/// [`forge`] in a repository opened with `key`.
+fn forge_with(
+    repo_dir: &Path,
+    plan: &str,
+    key: &holdfast::repository::RepoKey,
+    edit: impl FnOnce(&mut Vec<ManifestEntry>),
+) -> (String, String) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
         let store: Arc<dyn Store> = Arc::new(LocalStore::open(repo_dir.to_path_buf()).unwrap());
-        let repo = Repository::open(store, &common::bin::test_repo_key())
-            .await
-            .unwrap();
+        let repo = Repository::open(store, key).await.unwrap();
         let plan: PlanName = serde_json::from_value(serde_json::json!(plan)).unwrap();
         let snaps = repo.list_snapshots(&plan).await.unwrap();
         // Made from the real backup's entries, chained to the newest snapshot
@@ -301,9 +324,13 @@ fn a_setuid_file_is_restored_without_the_bit_unless_asked() {
     assert_eq!(mode(&kept.join("app")), 0o2755);
 }
 
+/// Under `encryption: none` the whole-file SHA-256 is the restore's content
+/// check. (In an encrypted repository each chunk's tag is, and a manifest
+/// whose recorded hash disagrees with its authentic chunks can only come
+/// from the key's holder or a writer's bug: `verify` names it, below.)
 #[test]
 fn a_file_failing_its_content_check_is_never_left_with_its_recorded_mode() {
-    let env = Env::backed_up();
+    let env = Env::backed_up_as(true);
     // Real chunks, a recorded hash they do not match, and a setuid mode.
     let (_, id) = env.forge(|entries| {
         let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
@@ -331,6 +358,25 @@ fn a_file_failing_its_content_check_is_never_left_with_its_recorded_mode() {
         "{msg}"
     );
     env.assert_untouched(&[]);
+}
+
+/// In an encrypted repository a manifest whose recorded file hash disagrees
+/// with its (authentic) chunks is found by `verify`, which compares
+/// whole-file hashes in both modes.
+#[test]
+fn in_an_encrypted_repository_verify_names_a_file_whose_recorded_hash_disagrees() {
+    let env = Env::backed_up();
+    let (key, _) = env.forge(|entries| {
+        let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
+        e.sha256 = Some(Hash256::digest(b"something else"));
+    });
+    let msg = fails(&["verify", "--plan", &env.plan()], VERIFY);
+    assert!(
+        msg.contains(&key)
+            && msg.contains("app/tool")
+            && msg.contains("does not match its snapshot"),
+        "{msg}"
+    );
 }
 
 /// PostgreSQL: the recovery set-up writes into the restored data directory
