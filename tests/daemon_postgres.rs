@@ -869,11 +869,15 @@ fn the_archive_watch_sees_archiving_stall_on_a_real_cluster_alerts_and_resolves_
         RPO_LIMIT + Duration::from_secs(30),
         |_| Ok(received(&hook, "HoldfastRpoExceeded", "firing").len() > rpo_alerts),
     );
-    let p = d.plan();
-    assert!(
-        p["rpo_seconds"].as_i64().unwrap() >= RPO_LIMIT.as_secs() as i64,
-        "{p}"
+    // The alert and /status are computed at different moments (the status
+    // from its own, later or earlier, look at the archive): wait for the
+    // status to show it too rather than read it once.
+    d.wait_for(
+        "rpo_seconds over the limit on /status",
+        Duration::from_secs(30),
+        |d| Ok(d.plan()["rpo_seconds"].as_i64().unwrap_or(0) >= RPO_LIMIT.as_secs() as i64),
     );
+    let p = d.plan();
     assert!(
         time(&p["archive"]["newest_point"]) < wrote_unarchived,
         "rows not archived are not restorable: {p}"
