@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::bin::{command, exits_saying, s, test_repo_key};
+use common::bin::{command, exits_saying, ok, s, test_repo_key};
 use common::mariadb::Server;
 use holdfast::engine::mariadb::binlog::{self, Archived};
 use holdfast::ids::Hash256;
@@ -656,15 +656,7 @@ const SMALL_PART: u64 = 256 << 10;
 #[test]
 fn a_large_completed_binlog_is_stored_once_as_capped_parts_and_a_record_and_restores() {
     let st = Setup::new();
-    let backup = command()
-        .args(["backup", "--plan", s(&st.plan()), "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        backup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&backup.stderr)
-    );
+    ok(&["backup", "--plan", s(&st.plan())]);
     let archiver = st.start_archiver_with(
         "1",
         &[("HOLDFAST_BINLOG_MAX_PART", &SMALL_PART.to_string())],
