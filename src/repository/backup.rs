@@ -29,7 +29,10 @@ use serde::Serialize;
 use super::hasher::StreamHasher;
 use super::index::{ChunkLocation, IndexFile, IndexedPack, SourceId};
 use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
-use super::pack::{encode_chunk, pack_id, Blob, BlobEntry, PackBuilder};
+use super::pack::{
+    encode_bundle, encode_chunk, pack_id, Blob, BlobEntry, EncodedBundle, PackBuilder,
+    BUNDLE_HEADER_LEN, BUNDLE_MEMBER_LEN, BUNDLE_MEMBER_MAX, BUNDLE_TARGET, MAX_BUNDLE_CHUNKS,
+};
 use super::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use super::{
     index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
@@ -335,17 +338,29 @@ async fn backup_locked(
     })
 }
 
-struct Job {
-    data: Arc<Vec<u8>>,
-    reply: Sender<Done>,
+enum Job {
+    /// Hash a chunk, look it up, and compress it alone if it is new and
+    /// too large for a bundle.
+    Chunk {
+        data: Arc<Vec<u8>>,
+        reply: Sender<Done>,
+    },
+    /// Compress new small chunks together.
+    Bundle {
+        members: Vec<(ChunkId, Arc<Vec<u8>>)>,
+        reply: Sender<EncodedBundle>,
+    },
 }
 
 struct Done {
     id: ChunkId,
     raw_length: u64,
-    /// `None` when the chunk is already stored, at `stored_at`.
+    /// A new chunk compressed alone; `None` when it is already stored (at
+    /// `stored_at`) or goes into a bundle (`data`).
     blob: Option<Blob>,
     stored_at: Option<ChunkLocation>,
+    /// A new chunk small enough for a bundle.
+    data: Option<Arc<Vec<u8>>>,
 }
 
 /// Chunks whose index objects disagree: each is read back from its
@@ -523,6 +538,11 @@ struct Writer {
     window: usize,
     new_chunks: HashSet<ChunkId>,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
+    /// New small chunks waiting to be compressed together, and their bytes.
+    bundle: Vec<(ChunkId, Arc<Vec<u8>>)>,
+    bundle_raw: usize,
+    /// Bundles being compressed, oldest first.
+    bundles: VecDeque<Receiver<EncodedBundle>>,
     pack: PackBuilder,
     uploads: Option<Sender<(Vec<u8>, Vec<BlobEntry>)>>,
     uploaders: Vec<JoinHandle<()>>,
@@ -567,7 +587,16 @@ impl Writer {
                     .name(format!("hf-chunk-{i}"))
                     .spawn(move || {
                         for job in rx {
-                            let id = crypto.chunk_id(&job.data[..]);
+                            let (data, reply) = match job {
+                                Job::Chunk { data, reply } => (data, reply),
+                                Job::Bundle { members, reply } => {
+                                    let members: Vec<(ChunkId, &[u8])> =
+                                        members.iter().map(|(id, d)| (*id, &d[..])).collect();
+                                    let _ = reply.send(encode_bundle(&members, level, &crypto));
+                                    continue;
+                                }
+                            };
+                            let id = crypto.chunk_id(&data[..]);
                             let stored_at = match index.agreed(&id) {
                                 Some(loc) => Some(*loc),
                                 None if index.is_disputed(&id) => {
@@ -575,14 +604,15 @@ impl Writer {
                                 }
                                 None => None,
                             };
-                            let blob = stored_at
-                                .is_none()
-                                .then(|| encode_chunk(id, &job.data, level, &crypto));
-                            let _ = job.reply.send(Done {
+                            let bundled = data.len() <= BUNDLE_MEMBER_MAX;
+                            let blob = (stored_at.is_none() && !bundled)
+                                .then(|| encode_chunk(id, &data, level, &crypto));
+                            let _ = reply.send(Done {
                                 id,
-                                raw_length: job.data.len() as u64,
+                                raw_length: data.len() as u64,
                                 blob,
                                 stored_at,
+                                data: (stored_at.is_none() && bundled).then_some(data),
                             });
                         }
                     })
@@ -635,6 +665,9 @@ impl Writer {
             window: threads * 3 + 2,
             new_chunks: HashSet::new(),
             reused_packs: HashMap::new(),
+            bundle: Vec::new(),
+            bundle_raw: 0,
+            bundles: VecDeque::new(),
             pack: PackBuilder::new(),
             uploads: Some(up_tx),
             uploaders,
@@ -667,7 +700,7 @@ impl Writer {
         self.jobs
             .as_ref()
             .expect("jobs open while writing")
-            .send(Job { data, reply: tx })
+            .send(Job::Chunk { data, reply: tx })
             .map_err(|_| WriterError::WorkerGone)?;
         self.pending.push_back((entry, rx));
         Ok(())
@@ -686,13 +719,70 @@ impl Writer {
                 .or_default()
                 .insert(loc.source);
         } else if self.new_chunks.insert(done.id) {
-            let blob = done
-                .blob
-                .expect("workers encode chunks not known to be stored");
             self.stats.new_chunks += 1;
             self.stats.new_bytes += done.raw_length;
-            self.stats.stored_bytes += blob.data.len() as u64;
-            self.pack.add(blob);
+            match (done.blob, done.data) {
+                (Some(blob), _) => {
+                    self.stats.stored_bytes += blob.data.len() as u64;
+                    self.pack.add(blob);
+                    if self.pack.len() >= self.pack_target {
+                        self.flush_pack()?;
+                    }
+                }
+                (None, Some(data)) => {
+                    let with_it = BUNDLE_HEADER_LEN
+                        + (self.bundle.len() + 1) * BUNDLE_MEMBER_LEN
+                        + self.bundle_raw
+                        + data.len();
+                    if with_it > BUNDLE_TARGET {
+                        self.close_bundle()?;
+                    }
+                    self.bundle_raw += data.len();
+                    self.bundle.push((done.id, data));
+                    if self.bundle.len() >= MAX_BUNDLE_CHUNKS {
+                        self.close_bundle()?;
+                    }
+                }
+                (None, None) => unreachable!("workers return new chunks encoded or bundled"),
+            }
+        }
+        self.take_bundles(false)
+    }
+
+    /// Hands the waiting small chunks to a worker to compress as one bundle.
+    fn close_bundle(&mut self) -> Result<(), WriterError> {
+        if self.bundle.is_empty() {
+            return Ok(());
+        }
+        let members = std::mem::take(&mut self.bundle);
+        self.bundle_raw = 0;
+        let (tx, rx) = bounded(1);
+        self.jobs
+            .as_ref()
+            .expect("jobs open while writing")
+            .send(Job::Bundle { members, reply: tx })
+            .map_err(|_| WriterError::WorkerGone)?;
+        self.bundles.push_back(rx);
+        Ok(())
+    }
+
+    /// Packs compressed bundles: those ready, and with `all` (or when too
+    /// many are in flight, which bounds memory) waits for them.
+    fn take_bundles(&mut self, all: bool) -> Result<(), WriterError> {
+        while let Some(rx) = self.bundles.front() {
+            let wait = all || self.bundles.len() > self.window;
+            let bundle = if wait {
+                rx.recv().map_err(|_| WriterError::WorkerGone)?
+            } else {
+                match rx.try_recv() {
+                    Ok(b) => b,
+                    Err(crossbeam_channel::TryRecvError::Empty) => return Ok(()),
+                    Err(_) => return Err(WriterError::WorkerGone),
+                }
+            };
+            self.bundles.pop_front();
+            self.stats.stored_bytes += bundle.data.len() as u64;
+            self.pack.add_bundle(bundle);
             if self.pack.len() >= self.pack_target {
                 self.flush_pack()?;
             }
@@ -719,6 +809,8 @@ impl Writer {
             while !self.pending.is_empty() {
                 self.take_one()?;
             }
+            self.close_bundle()?;
+            self.take_bundles(true)?;
             self.flush_pack()?;
             Ok::<(), WriterError>(())
         })();
@@ -747,6 +839,8 @@ impl Writer {
     /// Stops after a source failure; what was uploaded stays unreferenced.
     fn abort(mut self) {
         self.pending.clear();
+        self.bundle.clear();
+        self.bundles.clear();
         self.pack = PackBuilder::new();
         self.stop_threads();
     }

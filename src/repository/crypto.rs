@@ -304,6 +304,12 @@ pub fn blob_ad(id: &ChunkId) -> String {
     format!("chunk/{id}")
 }
 
+/// The associated data of a bundle (several small chunks compressed as one
+/// frame). The bundle's own header, inside the sealed bytes, names its
+/// chunks, so a bundle moved to another place still yields only the chunks
+/// it holds.
+pub const BUNDLE_AD: &str = "bundle/";
+
 /// The associated data of a pack's trailer (a pack's name is the hash of its
 /// bytes, so cannot be in them).
 pub const PACK_TRAILER_AD: &str = "packs/";

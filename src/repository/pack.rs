@@ -4,17 +4,40 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::crypto::{blob_ad, Crypto, PACK_TRAILER_AD};
+use super::crypto::{blob_ad, Crypto, BUNDLE_AD, PACK_TRAILER_AD};
 use crate::ids::{ChunkId, Hash256, PackId};
 
-/// Pack format 1. In an encrypted repository (format 2) each blob and the
-/// trailer are sealed; the config says which, not the pack.
-pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x01";
+/// Pack format 2: format 1 plus bundles (encoding 2). In an encrypted
+/// repository (repository format 2) each blob and the trailer are sealed;
+/// the config says which, not the pack.
+pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x02";
+/// Pack format 1, still read: the same layout without bundles.
+pub const PACK_MAGIC_V1: &[u8; 8] = b"HFPACK\x00\x01";
 pub const TRAILER_MAGIC: &[u8; 8] = b"HFPACKTR";
 pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 pub const FOOTER_LEN: usize = 4 + 8;
 /// No chunk is larger than this (FastCDC's largest maximum size).
 pub const MAX_CHUNK_LEN: usize = 16 * 1024 * 1024;
+
+/// Chunks up to this size are compressed together with their neighbours in
+/// bundles (database pages, small files); larger ones get a frame each.
+pub const BUNDLE_MEMBER_MAX: usize = 64 * 1024;
+/// A bundle is closed before its bytes (header included) would pass this:
+/// large enough that zstd compresses database pages as well as it does whole
+/// files, small enough that reading one page decodes little else, and within
+/// the source size for which zstd picks its parameters for sources of at
+/// most 128 KiB, which compressed both PostgreSQL and InnoDB pages better
+/// and faster than those for 256 KiB (docs/performance.md, *Bundles*).
+pub const BUNDLE_TARGET: usize = 128 * 1024;
+/// What a reader accepts: at most this many chunks in a bundle, and this
+/// many bytes once decompressed (header included).
+pub const MAX_BUNDLE_CHUNKS: usize = 4096;
+pub const MAX_BUNDLE_RAW: usize = 4 * 1024 * 1024;
+/// The magic at the start of a bundle's (decompressed) bytes.
+pub const BUNDLE_MAGIC: &[u8; 4] = b"HFBN";
+pub const BUNDLE_MEMBER_LEN: usize = 32 + 4;
+/// A bundle's header: magic and count.
+pub const BUNDLE_HEADER_LEN: usize = 8;
 
 /// How a blob's bytes encode its chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,6 +45,9 @@ pub const MAX_CHUNK_LEN: usize = 16 * 1024 * 1024;
 pub enum Encoding {
     Raw,
     Zstd,
+    /// The blob is a bundle: one zstd frame holding several chunks, found
+    /// in it by id (pack format 2).
+    Bundle,
 }
 
 impl Encoding {
@@ -29,12 +55,14 @@ impl Encoding {
         match self {
             Encoding::Raw => 0,
             Encoding::Zstd => 1,
+            Encoding::Bundle => 2,
         }
     }
     fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),
+            2 => Some(Encoding::Bundle),
             _ => None,
         }
     }
@@ -76,6 +104,201 @@ pub fn encode_chunk(id: ChunkId, raw: &[u8], level: i32, crypto: &Crypto) -> Blo
     }
 }
 
+/// Several small chunks compressed as one frame, ready for a pack.
+#[derive(Debug)]
+pub struct EncodedBundle {
+    /// Each chunk's id and length, in bundle order.
+    pub members: Vec<(ChunkId, u32)>,
+    pub data: Vec<u8>,
+}
+
+/// Compresses `members` as one bundle (layout in docs/repository-format.md,
+/// *Bundles*), then seals it.
+pub fn encode_bundle(members: &[(ChunkId, &[u8])], level: i32, crypto: &Crypto) -> EncodedBundle {
+    debug_assert!(members.len() <= MAX_BUNDLE_CHUNKS);
+    let body: usize = members.iter().map(|(_, d)| d.len()).sum();
+    let mut plain = Vec::with_capacity(8 + members.len() * BUNDLE_MEMBER_LEN + body);
+    plain.extend_from_slice(BUNDLE_MAGIC);
+    plain.extend_from_slice(&(members.len() as u32).to_le_bytes());
+    for (id, data) in members {
+        plain.extend_from_slice(&id.0 .0);
+        plain.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    }
+    for (_, data) in members {
+        plain.extend_from_slice(data);
+    }
+    // Always a frame: a reader finds the header inside it. Incompressible
+    // data costs zstd's few bytes of block headers.
+    let data = zstd_compress(&plain, level).unwrap_or_else(|| {
+        zstd::bulk::compress(&plain, level).expect("zstd compresses a buffer in memory")
+    });
+    EncodedBundle {
+        members: members
+            .iter()
+            .map(|(id, d)| (*id, d.len() as u32))
+            .collect(),
+        data: crypto.seal(BUNDLE_AD, data),
+    }
+}
+
+/// A bundle opened and decompressed: its chunks by id.
+#[derive(Debug)]
+pub struct DecodedBundle {
+    /// (chunk id, start, length) in `raw`, in bundle order.
+    members: Vec<(ChunkId, usize, usize)>,
+    raw: Vec<u8>,
+}
+
+impl DecodedBundle {
+    /// The chunk `entry` names, checked for length and, with `check_hash`,
+    /// against its id.
+    pub fn chunk(
+        &self,
+        entry: &BlobEntry,
+        check_hash: bool,
+        crypto: &Crypto,
+    ) -> Result<Vec<u8>, BlobError> {
+        let Some(&(_, start, len)) = self.members.iter().find(|(id, _, _)| *id == entry.id) else {
+            return Err(BlobError::NotInBundle);
+        };
+        let raw = &self.raw[start..start + len];
+        if len != entry.raw_length as usize {
+            return Err(BlobError::Length {
+                got: len,
+                expected: entry.raw_length as usize,
+            });
+        }
+        if check_hash {
+            let got = crypto.chunk_id(raw).0;
+            if got != entry.id.0 {
+                return Err(BlobError::Hash {
+                    got,
+                    expected: entry.id.0,
+                });
+            }
+        }
+        Ok(raw.to_vec())
+    }
+
+    /// Every chunk's id and bytes, in bundle order.
+    pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, &[u8])> {
+        self.members
+            .iter()
+            .map(|&(id, start, len)| (id, &self.raw[start..start + len]))
+    }
+}
+
+/// Opens (in an encrypted repository) and decompresses a bundle, checking
+/// its header against the caps before allocating: a hostile frame can make
+/// a reader spend at most [`MAX_BUNDLE_RAW`] bytes.
+pub fn decode_bundle(data: &[u8], crypto: &Crypto) -> Result<DecodedBundle, BlobError> {
+    let data = crypto
+        .open(BUNDLE_AD, data)
+        .map_err(BlobError::Unauthenticated)?;
+    let declared = match zstd::zstd_safe::get_frame_content_size(&data) {
+        Ok(Some(n)) => n,
+        _ => {
+            return Err(BlobError::Decompress(
+                "the bundle's frame does not state its size".into(),
+            ))
+        }
+    };
+    if declared > MAX_BUNDLE_RAW as u64 {
+        return Err(BlobError::Length {
+            got: declared.min(usize::MAX as u64) as usize,
+            expected: MAX_BUNDLE_RAW,
+        });
+    }
+    let raw = zstd_decompress(&data, declared as usize)
+        .map_err(|e| BlobError::Decompress(e.to_string()))?;
+    let bad = |why: String| BlobError::Bundle(why);
+    if raw.len() < 8 || &raw[..4] != BUNDLE_MAGIC {
+        return Err(bad("does not start with the bundle magic".into()));
+    }
+    let n = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes")) as usize;
+    if n == 0 || n > MAX_BUNDLE_CHUNKS {
+        return Err(bad(format!(
+            "claims {n} chunks (1 to {MAX_BUNDLE_CHUNKS} allowed)"
+        )));
+    }
+    let header_end = 8 + n * BUNDLE_MEMBER_LEN;
+    if raw.len() < header_end {
+        return Err(bad(format!("its header of {n} chunks is cut short")));
+    }
+    let mut members = Vec::with_capacity(n);
+    let mut at = header_end;
+    for m in raw[8..header_end].chunks_exact(BUNDLE_MEMBER_LEN) {
+        let id = ChunkId(Hash256(m[..32].try_into().expect("32 bytes")));
+        let len = u32::from_le_bytes(m[32..].try_into().expect("4 bytes")) as usize;
+        members.push((id, at, len));
+        at = at.saturating_add(len);
+    }
+    if at != raw.len() {
+        return Err(bad(format!(
+            "its header accounts for {at} bytes, it decompressed to {}",
+            raw.len()
+        )));
+    }
+    Ok(DecodedBundle { members, raw })
+}
+
+/// Decoded bundles, kept so that the chunks of one bundle cost one
+/// decompression, not one each. Keyed by where the bundle was read: stored
+/// objects are never rewritten, so one place holds one content.
+pub struct BundleCache {
+    capacity: usize,
+    slots: std::sync::Mutex<std::collections::VecDeque<(BundleKey, std::sync::Arc<DecodedBundle>)>>,
+}
+
+/// Where a bundle lies: pack, offset and stored length.
+pub type BundleKey = (PackId, u64, u32);
+
+impl BundleCache {
+    pub fn new(capacity: usize) -> Self {
+        BundleCache {
+            capacity: capacity.max(1),
+            slots: Default::default(),
+        }
+    }
+
+    /// Decodes the blob `entry` names from `data` (its stored bytes, read
+    /// from `pack`): a bundle once per place, any other blob as
+    /// [`decode_blob_checked`] does.
+    pub fn decode(
+        &self,
+        pack: &PackId,
+        entry: &BlobEntry,
+        data: &[u8],
+        check_hash: bool,
+        crypto: &Crypto,
+    ) -> Result<Vec<u8>, BlobError> {
+        if entry.encoding != Encoding::Bundle {
+            return decode_blob_checked(entry, data, check_hash, crypto);
+        }
+        let key = (*pack, entry.offset, entry.length);
+        let found = {
+            let slots = self.slots.lock().expect("bundle cache lock");
+            slots
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, b)| b.clone())
+        };
+        let bundle = match found {
+            Some(b) => b,
+            None => {
+                let b = std::sync::Arc::new(decode_bundle(data, crypto)?);
+                let mut slots = self.slots.lock().expect("bundle cache lock");
+                slots.push_back((key, b.clone()));
+                while slots.len() > self.capacity {
+                    slots.pop_front();
+                }
+                b
+            }
+        };
+        bundle.chunk(entry, check_hash, crypto)
+    }
+}
+
 fn zstd_compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
     thread_local! {
         static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
@@ -107,6 +330,10 @@ pub enum BlobError {
     Length { got: usize, expected: usize },
     #[error("content hash is {got}, expected {expected}")]
     Hash { got: Hash256, expected: Hash256 },
+    #[error("the bundle at this place does not hold the chunk")]
+    NotInBundle,
+    #[error("bundle {0}")]
+    Bundle(String),
 }
 
 /// Decodes a blob and checks it against its chunk id.
@@ -131,6 +358,9 @@ pub fn decode_blob_checked(
     }
     // Authenticated before anything else reads it: a planted blob is refused
     // before it can reach the decompressor.
+    if entry.encoding == Encoding::Bundle {
+        return decode_bundle(data, crypto)?.chunk(entry, check_hash, crypto);
+    }
     let data = crypto
         .open(&blob_ad(&entry.id), data)
         .map_err(BlobError::Unauthenticated)?;
@@ -138,6 +368,7 @@ pub fn decode_blob_checked(
         Encoding::Raw => data.into_owned(),
         Encoding::Zstd => zstd_decompress(&data, entry.raw_length as usize)
             .map_err(|e| BlobError::Decompress(e.to_string()))?,
+        Encoding::Bundle => unreachable!("decoded above"),
     };
     if raw.len() != entry.raw_length as usize {
         return Err(BlobError::Length {
@@ -214,6 +445,21 @@ impl PackBuilder {
         self.buf.extend_from_slice(&blob.data);
     }
 
+    /// Adds a bundle: one blob, one trailer entry per chunk it holds.
+    pub fn add_bundle(&mut self, bundle: EncodedBundle) {
+        let offset = self.buf.len() as u64;
+        for (id, raw_length) in bundle.members {
+            self.entries.push(BlobEntry {
+                id,
+                offset,
+                length: bundle.data.len() as u32,
+                raw_length,
+                encoding: Encoding::Bundle,
+            });
+        }
+        self.buf.extend_from_slice(&bundle.data);
+    }
+
     /// Appends the trailer (sealed in an encrypted repository); returns the
     /// pack bytes and its blob entries.
     pub fn finish(mut self, crypto: &Crypto) -> (Vec<u8>, Vec<BlobEntry>) {
@@ -240,9 +486,12 @@ pub fn pack_id(bytes: &[u8]) -> PackId {
 
 /// Reads a whole pack's trailer, checking its structure.
 pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, String> {
-    if pack.len() < PACK_MAGIC.len() + FOOTER_LEN || &pack[..8] != PACK_MAGIC {
+    if pack.len() < PACK_MAGIC.len() + FOOTER_LEN
+        || (&pack[..8] != PACK_MAGIC && &pack[..8] != PACK_MAGIC_V1)
+    {
         return Err("does not start with the pack magic".into());
     }
+    let bundles_allowed = &pack[..8] == PACK_MAGIC;
     let footer = &pack[pack.len() - FOOTER_LEN..];
     if &footer[4..] != TRAILER_MAGIC {
         return Err("does not end with the trailer magic (truncated?)".into());
@@ -267,6 +516,7 @@ pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, Str
         let length = u32::from_le_bytes(raw[40..44].try_into().expect("4 bytes"));
         let raw_length = u32::from_le_bytes(raw[44..48].try_into().expect("4 bytes"));
         let encoding = Encoding::from_byte(raw[48])
+            .filter(|e| *e != Encoding::Bundle || bundles_allowed)
             .ok_or_else(|| format!("blob {id} has unknown encoding {}", raw[48]))?;
         // Checked: a damaged offset near u64::MAX must not wrap into range.
         let end = offset.checked_add(length as u64);
@@ -347,6 +597,181 @@ mod tests {
         ));
         // The plaintext appears nowhere in the pack.
         assert!(!bytes.windows(11).any(|w| w == b"first chunk"));
+    }
+
+    fn bundle_pack(chunks: &[Vec<u8>], c: &Crypto) -> (Vec<u8>, Vec<BlobEntry>) {
+        let members: Vec<(ChunkId, &[u8])> =
+            chunks.iter().map(|d| (c.chunk_id(d), &d[..])).collect();
+        let mut pb = PackBuilder::new();
+        pb.add(encode_chunk(c.chunk_id(b"alone"), b"alone", 3, c));
+        pb.add_bundle(encode_bundle(&members, 3, c));
+        pb.finish(c)
+    }
+
+    fn slice<'a>(bytes: &'a [u8], e: &BlobEntry) -> &'a [u8] {
+        &bytes[e.offset as usize..(e.offset + e.length as u64) as usize]
+    }
+
+    #[test]
+    fn pages_in_a_bundle_share_one_frame_and_each_is_found_by_its_id() {
+        for c in [Crypto::none(), crypto()] {
+            // Rows like pgbench's: a key, a branch, a blank-padded filler.
+            let pages: Vec<Vec<u8>> = (0..14u64)
+                .map(|i| {
+                    (0..80u64)
+                        .map(|r| format!("{:>10}|{:>4}|{:>84}\n", i * 80 + r, (i * 80 + r) % 7, ""))
+                        .collect::<String>()
+                        .into_bytes()
+                })
+                .collect();
+            let (bytes, entries) = bundle_pack(&pages, &c);
+            assert_eq!(&bytes[..8], PACK_MAGIC);
+            assert_eq!(parse_trailer(&bytes, &c).unwrap(), entries);
+            assert_eq!(entries.len(), 15);
+            let bundle = &entries[1..];
+            assert!(bundle.iter().all(|e| e.encoding == Encoding::Bundle
+                && e.offset == bundle[0].offset
+                && e.length == bundle[0].length));
+            // Similar pages compress better together than alone.
+            let alone: usize = pages
+                .iter()
+                .map(|p| {
+                    encode_chunk(ChunkId(Hash256::digest(p)), p, 3, &c)
+                        .data
+                        .len()
+                })
+                .sum();
+            assert!(
+                (bundle[0].length as usize) < alone,
+                "{} vs {alone}",
+                bundle[0].length
+            );
+            let cache = BundleCache::new(1);
+            let pack = pack_id(&bytes);
+            // In any order, and through the one-shot decoder too.
+            for (e, page) in bundle.iter().zip(&pages).rev() {
+                assert_eq!(
+                    &cache.decode(&pack, e, slice(&bytes, e), true, &c).unwrap(),
+                    page
+                );
+                assert_eq!(&decode_blob(e, slice(&bytes, e), &c).unwrap(), page);
+            }
+            assert_eq!(
+                decode_blob(&entries[0], slice(&bytes, &entries[0]), &c).unwrap(),
+                b"alone"
+            );
+            // A chunk the bundle does not hold, and a length that disagrees.
+            let stranger = BlobEntry {
+                id: c.chunk_id(b"other"),
+                ..bundle[0]
+            };
+            assert_eq!(
+                decode_blob(&stranger, slice(&bytes, &stranger), &c),
+                Err(BlobError::NotInBundle)
+            );
+            let longer = BlobEntry {
+                raw_length: bundle[0].raw_length + 1,
+                ..bundle[0]
+            };
+            assert!(matches!(
+                decode_blob(&longer, slice(&bytes, &longer), &c),
+                Err(BlobError::Length { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_sealed_bundle_altered_or_presented_as_a_single_chunk_fails_authentication() {
+        let c = crypto();
+        let pages = vec![b"first page".repeat(100), b"second page".repeat(100)];
+        let (mut bytes, entries) = bundle_pack(&pages, &c);
+        let e = entries[1];
+        // Its bytes under a plain blob's entry: another associated data.
+        let as_single = BlobEntry {
+            encoding: Encoding::Zstd,
+            ..e
+        };
+        assert!(matches!(
+            decode_blob(&as_single, slice(&bytes, &e), &c),
+            Err(BlobError::Unauthenticated(_))
+        ));
+        bytes[e.offset as usize + e.length as usize / 2] ^= 1;
+        assert!(matches!(
+            decode_blob(&e, slice(&bytes, &e), &c),
+            Err(BlobError::Unauthenticated(_))
+        ));
+        assert!(!bytes.windows(10).any(|w| w == b"first page"));
+    }
+
+    /// A bundle frame built by hand from `plain` (no sealing).
+    fn frame(plain: &[u8]) -> Vec<u8> {
+        zstd::bulk::compress(plain, 1).unwrap()
+    }
+
+    fn header(members: &[(ChunkId, u32)]) -> Vec<u8> {
+        let mut h = BUNDLE_MAGIC.to_vec();
+        h.extend_from_slice(&(members.len() as u32).to_le_bytes());
+        for (id, len) in members {
+            h.extend_from_slice(&id.0 .0);
+            h.extend_from_slice(&len.to_le_bytes());
+        }
+        h
+    }
+
+    #[test]
+    fn hostile_bundles_are_refused_before_they_cost_memory() {
+        let none = Crypto::none();
+        let id = ChunkId(Hash256::digest(b"x"));
+        let bad = |data: &[u8]| match decode_bundle(data, &none) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        // A frame that claims 1 GiB, made of a few bytes.
+        let mut big = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        big.set_pledged_src_size(Some(1 << 30)).unwrap();
+        big.include_contentsize(true).unwrap();
+        let huge = {
+            use std::io::Write;
+            let zeros = vec![0u8; 1 << 20];
+            for _ in 0..1024 {
+                big.write_all(&zeros).unwrap();
+            }
+            big.finish().unwrap()
+        };
+        assert!(huge.len() < 1 << 20);
+        assert!(bad(&huge).contains(&MAX_BUNDLE_RAW.to_string()));
+        // No size in the frame header.
+        let mut sizeless = zstd::stream::Encoder::new(Vec::new(), 1).unwrap();
+        sizeless.include_contentsize(false).unwrap();
+        let sizeless = {
+            use std::io::Write;
+            sizeless.write_all(&header(&[(id, 0)])).unwrap();
+            sizeless.finish().unwrap()
+        };
+        assert!(bad(&sizeless).contains("does not state its size"));
+        assert!(bad(&frame(b"HFBX\x01\0\0\0")).contains("magic"));
+        let mut too_many = BUNDLE_MAGIC.to_vec();
+        too_many.extend_from_slice(&(MAX_BUNDLE_CHUNKS as u32 + 1).to_le_bytes());
+        assert!(bad(&frame(&too_many)).contains("claims 4097 chunks"));
+        assert!(bad(&frame(&header(&[(id, 0)])[..20])).contains("cut short"));
+        let mut short = header(&[(id, 10), (id, u32::MAX)]);
+        short.extend_from_slice(b"0123456789");
+        assert!(bad(&frame(&short)).contains("accounts for"));
+        // Well formed: the first copy of a duplicated id is the one read.
+        let mut fine = header(&[(id, 1)]);
+        fine.push(b'x');
+        let b = decode_bundle(&frame(&fine), &none).unwrap();
+        assert_eq!(b.chunks().collect::<Vec<_>>(), vec![(id, &b"x"[..])]);
+    }
+
+    #[test]
+    fn a_format_1_pack_holding_a_bundle_entry_is_refused() {
+        let none = Crypto::none();
+        let (mut bytes, _) = bundle_pack(&[b"page".to_vec()], &none);
+        bytes[..8].copy_from_slice(PACK_MAGIC_V1);
+        assert!(parse_trailer(&bytes, &none)
+            .unwrap_err()
+            .contains("unknown encoding 2"));
     }
 
     proptest! {

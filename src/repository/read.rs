@@ -27,7 +27,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use super::hasher::StreamHasher;
 use super::index::{ChunkLocation, SourceId};
 use super::manifest::ManifestEntry;
-use super::pack::{decode_blob_checked, BlobError};
+use super::pack::{decode_blob_checked, BlobError, BundleCache};
 use super::source::EntryKind;
 use super::{pack_key, Index};
 use crate::ids::{ChunkId, Hash256, PackId};
@@ -114,6 +114,9 @@ pub struct ChunkReader {
     /// runs: many small files then cost one request, not one each.
     windows: Option<Arc<WindowCache>>,
     suspects: Arc<Suspects>,
+    /// Decoded bundles, shared by the threads: the chunks of one bundle
+    /// (pages of one file, or several small files) cost one decompression.
+    bundles: Arc<BundleCache>,
 }
 
 /// Index objects seen to give a location whose blob failed its check, and
@@ -255,6 +258,7 @@ impl ChunkReader {
             check_chunks: false,
             windows,
             suspects: Default::default(),
+            bundles: Arc::new(BundleCache::new(2 * threads + 2)),
         }
     }
 
@@ -311,6 +315,7 @@ impl ChunkReader {
                 let index = self.index.clone();
                 let crypto = self.crypto.clone();
                 let suspects = self.suspects.clone();
+                let bundles = self.bundles.clone();
                 scope.spawn(move || {
                     for run in rx {
                         let result = fetch_run(
@@ -322,6 +327,7 @@ impl ChunkReader {
                             &index,
                             &suspects,
                             windows.as_deref(),
+                            &bundles,
                         );
                         let _ = run.reply.send(result);
                     }
@@ -385,12 +391,21 @@ fn plan_runs(
                 return;
             };
             let b = loc.blob;
+            // The next chunk of the bundle the run ends with: no more bytes.
+            let same_blob = matches!(&run, Some((pack, _, _, blobs))
+                if *pack == loc.pack
+                    && blobs.last().is_some_and(|l| l.blob.offset == b.offset && l.blob.length == b.length)
+                    && run_raw + b.raw_length as u64 <= MAX_RUN_RAW);
             let extends = matches!(&run, Some((pack, offset, len, _))
                 if *pack == loc.pack
                     && offset + len == b.offset
                     && len + b.length as u64 <= MAX_RUN
                     && run_raw + b.raw_length as u64 <= MAX_RUN_RAW);
-            if extends {
+            if same_blob {
+                let r = run.as_mut().expect("matched Some");
+                r.3.push(*loc);
+                run_raw += b.raw_length as u64;
+            } else if extends {
                 let r = run.as_mut().expect("matched Some");
                 r.2 += b.length as u64;
                 r.3.push(*loc);
@@ -451,6 +466,7 @@ fn fetch_run(
     index: &Index,
     suspects: &Suspects,
     windows: Option<&WindowCache>,
+    bundles: &BundleCache,
 ) -> Result<Vec<Vec<u8>>, ReadError> {
     let key = pack_key(&run.pack);
     let cached = windows.and_then(|w| from_windows(store, runtime, run, w, index));
@@ -490,7 +506,7 @@ fn fetch_run(
             let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
             let disputed = index.is_disputed(&b.id);
             let decoded = match data {
-                Some(data) => decode_blob_checked(b, data, check_chunks || disputed, crypto),
+                Some(data) => bundles.decode(&loc.pack, b, data, check_chunks || disputed, crypto),
                 None => Err(BlobError::Length {
                     got: bytes.len(),
                     expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,

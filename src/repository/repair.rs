@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::index::{IndexFile, IndexedChunk, IndexedPack};
-use super::pack::{decode_blob_checked, pack_id, parse_trailer, MAX_CHUNK_LEN};
+use super::pack::{pack_id, parse_trailer, BundleCache, MAX_CHUNK_LEN};
 use super::{index_key, RepoError, Repository, MAX_CHUNKS_PER_INDEX, PACKS_PER_INDEX};
 use crate::ids::{Hash256, IndexId, PackId};
 use crate::progress::{Progress, ProgressMode};
@@ -221,6 +221,8 @@ fn read_pack(
         parse_trailer(bytes, crypto).map_err(|why| format!("trailer unreadable: {why}"))?;
     let mut chunks = Vec::with_capacity(entries.len());
     let mut skipped = 0u64;
+    // Trailer order keeps a bundle's entries together: one decompression each.
+    let bundles = BundleCache::new(1);
     for e in entries {
         // parse_trailer checked the blob lies inside the pack; still no panic.
         let end = e.offset.saturating_add(e.length as u64);
@@ -228,7 +230,7 @@ fn read_pack(
             skipped += 1;
             continue;
         };
-        if data.len() != e.length as usize || decode_blob_checked(&e, data, true, crypto).is_err() {
+        if data.len() != e.length as usize || bundles.decode(id, &e, data, true, crypto).is_err() {
             skipped += 1;
             continue;
         }

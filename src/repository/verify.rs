@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::manifest::ManifestEntry;
-use super::pack::{decode_blob, parse_trailer};
+use super::pack::{parse_trailer, BundleCache};
 use super::read::{ChunkReader, Discard};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
@@ -711,9 +711,21 @@ fn check_pack(
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
             let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
-            for chunk in needed {
+            // In pack order, so each bundle is decompressed once.
+            let mut places: Vec<(&crate::ids::ChunkId, &super::ChunkLocation)> = needed
+                .iter()
+                .flat_map(|c| {
+                    index
+                        .candidates(c)
+                        .filter(|l| l.pack == *pack)
+                        .map(move |l| (c, l))
+                })
+                .collect();
+            places.sort_by_key(|(c, l)| (l.blob.offset, **c));
+            let bundles = BundleCache::new(2);
+            for (chunk, loc) in places {
                 let disputed = index.is_disputed(chunk);
-                for loc in index.candidates(chunk).filter(|l| l.pack == *pack) {
+                {
                     let mut loc_faults = Vec::new();
                     if by_id.get(chunk) != Some(&loc.blob) {
                         loc_faults.push("the index and the pack trailer disagree".to_string());
@@ -724,7 +736,7 @@ fn check_pack(
                         None => loc_faults.push("lies past the end of the pack".into()),
                         Some(data) => {
                             checked += 1;
-                            if let Err(why) = decode_blob(&b, data, crypto) {
+                            if let Err(why) = bundles.decode(pack, &b, data, true, crypto) {
                                 loc_faults.push(why.to_string());
                             }
                         }
