@@ -304,11 +304,15 @@ impl Source for SqliteSource {
         SourceKind::Sqlite
     }
 
-    /// Pages never move within a database file, so fixed 1 MiB chunks (a
-    /// whole number of pages for every page size) dedup as well as
-    /// content-defined ones, without the rolling hash.
+    /// Pages never move within a database file, so fixed chunks dedup as
+    /// well as content-defined ones, without the rolling hash. 32 KiB (a
+    /// whole number of pages up to SQLite's default 4 KiB and beyond, and
+    /// compressed in bundles of three): one changed row stores two chunks
+    /// (its page and page 1), where 1 MiB chunks stored two megabytes; much
+    /// smaller chunks would make the manifest, not the data, the repeat
+    /// backup's cost (docs/performance.md, *Bundles*).
     fn chunking(&self) -> Chunking {
-        Chunking::Fixed { size: 1 << 20 }
+        Chunking::Fixed { size: 32 << 10 }
     }
 
     fn estimate_bytes(&self) -> Option<u64> {
