@@ -536,6 +536,9 @@ struct Writer {
     /// Results not yet taken, in stream order, with the entry they belong to.
     pending: VecDeque<(usize, Receiver<Done>)>,
     window: usize,
+    /// Bundles being compressed at most (about 128 KiB each, and their
+    /// chunks).
+    bundles_in_flight: usize,
     new_chunks: HashSet<ChunkId>,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
     /// New small chunks waiting to be compressed together, and their bytes.
@@ -573,7 +576,15 @@ impl Writer {
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(2);
-        let (jobs_tx, jobs_rx) = bounded::<Job>(threads * 2);
+        // Chunks in flight: a few per worker for content-defined chunks
+        // (about 1 MiB each); for small fixed chunks (pages) enough to hold
+        // 8 MiB, so the source keeps streaming while the workers compress a
+        // bundle instead of waiting on each page's turn.
+        let window = match chunking {
+            Chunking::Fixed { size } => (threads * 3 + 2).max((8 << 20) / size.max(1) as usize),
+            Chunking::ContentDefined => threads * 3 + 2,
+        };
+        let (jobs_tx, jobs_rx) = bounded::<Job>(window);
         let disputed = Arc::new(Disputed::default());
         let workers = (0..threads)
             .map(|i| {
@@ -656,13 +667,16 @@ impl Writer {
             index,
             unchanged,
             chunking,
-            hasher: StreamHasher::start(threads * 4),
+            // As many chunks as may be in flight: a hasher thread that the
+            // scheduler leaves waiting for a moment must not stop the source.
+            hasher: StreamHasher::start(window),
             chunker,
             pack_target,
             jobs: Some(jobs_tx),
             workers,
             pending: VecDeque::new(),
-            window: threads * 3 + 2,
+            window,
+            bundles_in_flight: threads * 4,
             new_chunks: HashSet::new(),
             reused_packs: HashMap::new(),
             bundle: Vec::new(),
@@ -770,7 +784,7 @@ impl Writer {
     /// many are in flight, which bounds memory) waits for them.
     fn take_bundles(&mut self, all: bool) -> Result<(), WriterError> {
         while let Some(rx) = self.bundles.front() {
-            let wait = all || self.bundles.len() > self.window;
+            let wait = all || self.bundles.len() > self.bundles_in_flight;
             let bundle = if wait {
                 rx.recv().map_err(|_| WriterError::WorkerGone)?
             } else {
