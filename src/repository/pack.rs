@@ -757,11 +757,28 @@ mod tests {
         let mut short = header(&[(id, 10), (id, u32::MAX)]);
         short.extend_from_slice(b"0123456789");
         assert!(bad(&frame(&short)).contains("accounts for"));
-        // Well formed: the first copy of a duplicated id is the one read.
-        let mut fine = header(&[(id, 1)]);
-        fine.push(b'x');
-        let b = decode_bundle(&frame(&fine), &none).unwrap();
-        assert_eq!(b.chunks().collect::<Vec<_>>(), vec![(id, &b"x"[..])]);
+        // Well formed, with an id listed twice (holdfast never writes that):
+        // the first copy is the one read, and its hash decides.
+        let mut twice = header(&[(id, 1), (id, 1)]);
+        twice.extend_from_slice(b"xy");
+        let b = decode_bundle(&frame(&twice), &none).unwrap();
+        assert_eq!(
+            b.chunks().collect::<Vec<_>>(),
+            vec![(id, &b"x"[..]), (id, &b"y"[..])]
+        );
+        let entry = BlobEntry {
+            id,
+            offset: 8,
+            length: 0,
+            raw_length: 1,
+            encoding: Encoding::Bundle,
+        };
+        assert_eq!(b.chunk(&entry, true, &none).unwrap(), b"x");
+        let other = BlobEntry {
+            id: ChunkId(Hash256::digest(b"y")),
+            ..entry
+        };
+        assert_eq!(b.chunk(&other, true, &none), Err(BlobError::NotInBundle));
     }
 
     #[test]

@@ -725,36 +725,34 @@ fn check_pack(
             let bundles = BundleCache::new(2);
             for (chunk, loc) in places {
                 let disputed = index.is_disputed(chunk);
-                {
-                    let mut loc_faults = Vec::new();
-                    if by_id.get(chunk) != Some(&loc.blob) {
-                        loc_faults.push("the index and the pack trailer disagree".to_string());
-                    }
-                    let b = loc.blob;
-                    let end = b.offset.saturating_add(b.length as u64);
-                    match bytes.get(b.offset as usize..end.min(usize::MAX as u64) as usize) {
-                        None => loc_faults.push("lies past the end of the pack".into()),
-                        Some(data) => {
-                            checked += 1;
-                            if let Err(why) = bundles.decode(pack, &b, data, true, crypto) {
-                                loc_faults.push(why.to_string());
-                            }
+                let mut loc_faults = Vec::new();
+                if by_id.get(chunk) != Some(&loc.blob) {
+                    loc_faults.push("the index and the pack trailer disagree".to_string());
+                }
+                let b = loc.blob;
+                let end = b.offset.saturating_add(b.length as u64);
+                match bytes.get(b.offset as usize..end.min(usize::MAX as u64) as usize) {
+                    None => loc_faults.push("lies past the end of the pack".into()),
+                    Some(data) => {
+                        checked += 1;
+                        if let Err(why) = bundles.decode(pack, &b, data, true, crypto) {
+                            loc_faults.push(why.to_string());
                         }
                     }
-                    if loc_faults.is_empty() {
-                        good.push((*chunk, loc.blob.offset));
-                    } else if disputed {
-                        bad.push(BadLocation {
-                            loc: *loc,
-                            why: loc_faults.join(", "),
-                        });
-                    } else {
-                        faults.extend(
-                            loc_faults
-                                .into_iter()
-                                .map(|f| format!("chunk {chunk}: {f}")),
-                        );
-                    }
+                }
+                if loc_faults.is_empty() {
+                    good.push((*chunk, loc.blob.offset));
+                } else if disputed {
+                    bad.push(BadLocation {
+                        loc: *loc,
+                        why: loc_faults.join(", "),
+                    });
+                } else {
+                    faults.extend(
+                        loc_faults
+                            .into_iter()
+                            .map(|f| format!("chunk {chunk}: {f}")),
+                    );
                 }
             }
         }
