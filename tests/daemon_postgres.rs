@@ -914,7 +914,18 @@ fn the_archive_watch_sees_archiving_stall_on_a_real_cluster_alerts_and_resolves_
         )
     });
     let p = d.plan();
-    assert!(p["alerts"].as_array().unwrap().is_empty(), "{p}");
+    // Only the stall's alert is sure to stay gone: the cluster writes
+    // nothing more, so its newest restorable point stops moving and the
+    // RPO alert may rightly fire again 15 s later (CI once read it back
+    // between the resolved webhook and this status).
+    assert!(
+        p["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| a["kind"] == "rpo_exceeded"),
+        "{p}"
+    );
     assert!(p["archive"]["stalled_because"].is_null(), "{p}");
     assert!(p["archive"]["error"].is_null(), "{p}");
     // Each sent once: --alert-repeat is an hour.

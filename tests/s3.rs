@@ -112,12 +112,12 @@ fn sqlite_and_files_back_up_and_restore_over_s3() {
     assert_eq!(init["bucket"]["versioning"], "Enabled");
 
     // Both backups on one UTC day whenever the test runs (a real clock
-    // could cross midnight between them and make both "daily").
-    let noon = chrono::Utc::now()
-        .date_naive()
-        .and_hms_opt(12, 0, 0)
-        .unwrap()
-        .and_utc();
+    // could cross midnight between them and make both "daily"), and not in
+    // the future: a restore by the real clock does not believe a snapshot
+    // dated later than now (noon of today failed every morning).
+    let now = chrono::Utc::now();
+    let midnight = now.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let at = (now - chrono::Duration::seconds(60)).max(midnight);
     let backup_at = |at: chrono::DateTime<chrono::Utc>| {
         let mut c = env.command();
         c.env(holdfast::clock::NOW_VAR, at.to_rfc3339());
@@ -127,10 +127,10 @@ fn sqlite_and_files_back_up_and_restore_over_s3() {
                 .unwrap(),
         )
     };
-    let first = backup_at(noon);
+    let first = backup_at(at);
     let state1 = checksum(&db);
     add_rows(&rusqlite::Connection::open(&db).unwrap(), 2_000);
-    let second = backup_at(noon + chrono::Duration::seconds(1));
+    let second = backup_at(at + chrono::Duration::seconds(1));
     let state2 = checksum(&db);
     assert_eq!(first["tier"], "daily");
     assert_eq!(second["tier"], "last");
