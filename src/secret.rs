@@ -21,6 +21,30 @@ impl Secret {
     }
 }
 
+/// The prefix of a key holdfast generates: `hfkey1-` and 64 lowercase hex
+/// digits (256 random bits).
+pub const GENERATED_KEY_PREFIX: &str = "hfkey1-";
+
+/// A fresh key for a key file: [`GENERATED_KEY_PREFIX`] and 32 random bytes
+/// as hex. Key objects for a key of this form are wrapped under HKDF, not
+/// Argon2id: 256 random bits cannot be guessed, stretched or not, and every
+/// `archive_command` and `restore_command` (one process each) is spared an
+/// Argon2id run. Write a key of this form only from a random source.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).expect("the OS has a random source");
+    format!("{GENERATED_KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+/// Whether `key` has the form of [`generate_key`]'s keys.
+pub fn is_generated_key(key: &str) -> bool {
+    key.strip_prefix(GENERATED_KEY_PREFIX).is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters: a
 /// password put into a URL's userinfo, where a raw `/`, `?`, `@` or `:`
 /// would move the rest of it into the host, port or database name.

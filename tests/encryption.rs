@@ -60,6 +60,22 @@ impl Setup {
         self.dir.path().join("repo")
     }
 
+    /// The KDF of each key object in the repository, sorted.
+    fn key_object_kdfs(&self) -> Vec<String> {
+        let mut kdfs: Vec<String> = std::fs::read_dir(self.repo_dir().join("objects/keys"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_none())
+            .map(|p| {
+                let o: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+                o["kdf"]["algorithm"].as_str().unwrap().to_string()
+            })
+            .collect();
+        kdfs.sort();
+        kdfs
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         command().args(args).output().unwrap()
     }
@@ -346,6 +362,8 @@ fn keys_are_added_listed_and_removed_but_never_the_last_or_the_one_in_use() {
         .output()
         .unwrap();
     let second_id = json_of(&out)["added"].as_str().unwrap().to_string();
+    // Passphrases are stretched (Argon2id).
+    assert_eq!(st.key_object_kdfs(), ["argon2id", "argon2id"]);
     let both = list("second-passphrase");
     assert_eq!(both.as_array().unwrap().len(), 2, "{both}");
     let current: Vec<_> = both
@@ -392,6 +410,48 @@ fn keys_are_added_listed_and_removed_but_never_the_last_or_the_one_in_use() {
 }
 
 #[test]
+fn key_add_generates_a_key_file_that_does_not_exist_yet_and_it_unlocks() {
+    let st = Setup::new("");
+    st.backup();
+    let plan = st.plan();
+    let new = st.dir.path().join("custodian.key");
+    let out = st.run_with_key(
+        Some(TEST_KEY),
+        &[
+            "key",
+            "add",
+            "--plan",
+            plan,
+            "--new-key-file",
+            s(&new),
+            "--json",
+        ],
+    );
+    let said = text(&out);
+    assert!(said.contains("created the key file"), "{said}");
+    json_of(&out);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&new).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let key = std::fs::read_to_string(&new).unwrap().trim().to_string();
+    assert!(key.starts_with("hfkey1-") && key.len() == 71, "{key}");
+    assert_eq!(st.key_object_kdfs(), ["argon2id", "hkdf-sha256"]);
+    // The generated key opens the repository on its own.
+    stdout_of(&st.run_with_key(Some(&key), &["snapshots", "--plan", plan]));
+
+    // With a key that opens nothing, no key object is written and the new
+    // file is not left behind.
+    let other = st.dir.path().join("other.key");
+    let out = st.run_with_key(
+        Some("not the key"),
+        &["key", "add", "--plan", plan, "--new-key-file", s(&other)],
+    );
+    said_by(&out, 4);
+    assert!(!other.exists());
+    assert_eq!(st.key_object_kdfs(), ["argon2id", "hkdf-sha256"]);
+}
+
+#[test]
 fn a_key_file_is_created_0600_at_init_with_a_loud_warning_and_read_afterwards() {
     let st = Setup::new(", key_file: secret/repo.key");
     let out = st.run_with_key(None, &["repo", "init", "--plan", st.plan()]);
@@ -405,7 +465,19 @@ fn a_key_file_is_created_0600_at_init_with_a_loud_warning_and_read_afterwards() 
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim().len(), 64);
+    // `hfkey1-` and 256 random bits as hex: a generated key, so its key
+    // object is wrapped under HKDF, not Argon2id (nothing to stretch), and
+    // every archive_command is spared the Argon2id run.
+    let generated = std::fs::read_to_string(&key_file).unwrap();
+    let hex = generated
+        .trim()
+        .strip_prefix("hfkey1-")
+        .expect("hfkey1- prefix");
+    assert!(
+        hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{generated}"
+    );
+    assert_eq!(st.key_object_kdfs(), ["hkdf-sha256"]);
     // The plan's key file wins over the environment's key.
     let out = st.run_with_key(Some("something else"), &["backup", "--plan", st.plan()]);
     stdout_of(&out);

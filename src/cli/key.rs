@@ -15,7 +15,18 @@ pub async fn add(
 ) -> Result<Exit, Error> {
     let plan = plan.load()?;
     let usage = |m: String| Error::new(Exit::Usage, anyhow::anyhow!(m));
+    let mut created = None;
     let new = match (new_key_file, new_key_env) {
+        (Some(path), None) if !path.exists() => {
+            // A key file that does not exist yet: generate one (see
+            // secret::generate_key), written before the key object so the
+            // key is never in the repository without its file.
+            let key = crate::secret::generate_key();
+            write_new_key_file(path, &key)
+                .map_err(|e| usage(format!("unable to create {}: {e}", path.display())))?;
+            created = Some(path);
+            key
+        }
         (Some(path), None) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| usage(format!("unable to read {}: {e}", path.display())))?;
@@ -32,7 +43,22 @@ pub async fn add(
     if new.is_empty() {
         return Err(usage("the new key is empty".into()));
     }
-    let id = crate::ops::keys::add(&plan, &Secret::new(new)).await?;
+    let id = match crate::ops::keys::add(&plan, &Secret::new(new)).await {
+        Ok(id) => id,
+        Err(e) => {
+            // The key never reached the repository: its new file goes too.
+            if let Some(path) = created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+    };
+    if let Some(path) = created {
+        eprintln!(
+            "created the key file {} (0600) with a generated key; keep a copy as safe as the first key",
+            path.display()
+        );
+    }
     if json {
         print_json(&serde_json::json!({"added": id.to_hex()}))?;
     } else {
@@ -43,6 +69,20 @@ pub async fn add(
         )?;
     }
     Ok(Exit::Ok)
+}
+
+/// Writes `key` to a new file `path` (0600, never over an existing file),
+/// synced.
+fn write_new_key_file(path: &std::path::Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("{key}\n").as_bytes())?;
+    f.sync_all()
 }
 
 pub async fn list(plan: &PlanArg, json: bool) -> Result<Exit, Error> {

@@ -264,7 +264,8 @@ pub(crate) enum KeyCommand {
     Add {
         #[command(flatten)]
         plan: PlanArg,
-        /// A file holding the new key (its contents, trimmed).
+        /// A file holding the new key (its contents, trimmed). If it does
+        /// not exist, a generated key is written there (0600).
         #[arg(long, value_name = "PATH", conflicts_with = "new_key_env")]
         new_key_file: Option<PathBuf>,
         /// An environment variable holding the new passphrase.

@@ -58,7 +58,8 @@ pub async fn open_or_init_repo_in(
 }
 
 /// The key the plan gives. With `create`, a key file that does not exist yet
-/// is created (0600, 32 random bytes as hex) with a loud warning.
+/// is created (0600, `hfkey1-` and 32 random bytes as hex, see
+/// [`crate::secret::generate_key`]) with a loud warning.
 pub async fn repo_key(plan: &Plan, create: bool) -> Result<RepoKey, Error> {
     match &plan.key {
         KeySpec::Unencrypted => Ok(RepoKey::Unencrypted),
@@ -107,9 +108,7 @@ fn read_or_create_key_file(
             Ok(RepoKey::Passphrase(crate::secret::Secret::new(key)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
-            let mut bytes = [0u8; 32];
-            getrandom::fill(&mut bytes).expect("the OS has a random source");
-            let key = hex::encode(bytes);
+            let key = crate::secret::generate_key();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
             }

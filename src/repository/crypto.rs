@@ -317,11 +317,15 @@ pub const PACK_TRAILER_AD: &str = "packs/";
 // ---------------------------------------------------------------------------
 // Passphrase wrapping (key objects)
 
-/// Argon2id parameters of one key object.
+/// How one key object turns its passphrase into a key-encryption key:
+/// Argon2id for passphrases, or HKDF-SHA256 for a key holdfast generated
+/// (256 random bits need no stretching; see [`crate::secret::generate_key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KdfParams {
+    /// `argon2id` or `hkdf-sha256`.
     pub algorithm: String,
+    /// Argon2id's; 0 under `hkdf-sha256`.
     pub memory_kib: u32,
     pub iterations: u32,
     pub parallelism: u32,
@@ -338,34 +342,74 @@ pub const MAX_KDF_MEMORY_KIB: u32 = 256 * 1024;
 pub const MAX_KDF_ITERATIONS: u32 = 10;
 pub const MAX_KDF_PARALLELISM: u32 = 16;
 
+/// HKDF's info for a generated key's key-encryption key.
+const INFO_GENERATED_KEK: &[u8] = b"holdfast generated key: key-encryption key";
+
+fn fresh_salt() -> String {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).expect("the OS has a random source");
+    hex::encode(salt)
+}
+
 impl KdfParams {
     /// RFC 9106's second recommended option: Argon2id, 64 MiB, 3 passes, 1
     /// lane, with a fresh 16-byte salt.
     pub fn recommended() -> Self {
-        let mut salt = [0u8; 16];
-        getrandom::fill(&mut salt).expect("the OS has a random source");
         KdfParams {
             algorithm: "argon2id".into(),
             memory_kib: 64 * 1024,
             iterations: 3,
             parallelism: 1,
-            salt: hex::encode(salt),
+            salt: fresh_salt(),
+        }
+    }
+
+    /// HKDF-SHA256 with a fresh salt: for a key with 256 random bits, where
+    /// stretching adds nothing an attacker would notice and costs every
+    /// `archive_command` a fraction of a second.
+    pub fn for_generated_key() -> Self {
+        KdfParams {
+            algorithm: "hkdf-sha256".into(),
+            memory_kib: 0,
+            iterations: 0,
+            parallelism: 0,
+            salt: fresh_salt(),
+        }
+    }
+
+    /// The parameters for wrapping under `passphrase`: HKDF when it is a key
+    /// holdfast generated, Argon2id otherwise.
+    pub fn for_passphrase(passphrase: &str) -> Self {
+        if crate::secret::is_generated_key(passphrase) {
+            Self::for_generated_key()
+        } else {
+            Self::recommended()
         }
     }
 
     /// The parameters' problem, if a reader should refuse them.
     pub fn check(&self) -> Result<(), String> {
-        if self.algorithm != "argon2id" {
-            return Err(format!("unknown KDF `{}`", self.algorithm));
-        }
-        if !(8..=MAX_KDF_MEMORY_KIB).contains(&self.memory_kib)
-            || !(1..=MAX_KDF_ITERATIONS).contains(&self.iterations)
-            || !(1..=MAX_KDF_PARALLELISM).contains(&self.parallelism)
-        {
-            return Err(format!(
-                "KDF parameters out of range (memory_kib {}, iterations {}, parallelism {}; at most {MAX_KDF_MEMORY_KIB}, {MAX_KDF_ITERATIONS}, {MAX_KDF_PARALLELISM})",
-                self.memory_kib, self.iterations, self.parallelism
-            ));
+        match self.algorithm.as_str() {
+            "argon2id" => {
+                if !(8..=MAX_KDF_MEMORY_KIB).contains(&self.memory_kib)
+                    || !(1..=MAX_KDF_ITERATIONS).contains(&self.iterations)
+                    || !(1..=MAX_KDF_PARALLELISM).contains(&self.parallelism)
+                {
+                    return Err(format!(
+                        "KDF parameters out of range (memory_kib {}, iterations {}, parallelism {}; at most {MAX_KDF_MEMORY_KIB}, {MAX_KDF_ITERATIONS}, {MAX_KDF_PARALLELISM})",
+                        self.memory_kib, self.iterations, self.parallelism
+                    ));
+                }
+            }
+            "hkdf-sha256" => {
+                if (self.memory_kib, self.iterations, self.parallelism) != (0, 0, 0) {
+                    return Err(
+                        "KDF hkdf-sha256 takes no memory_kib, iterations or parallelism (all 0)"
+                            .into(),
+                    );
+                }
+            }
+            other => return Err(format!("unknown KDF `{other}`")),
         }
         match hex::decode(&self.salt) {
             Ok(s) if (16..=64).contains(&s.len()) => Ok(()),
@@ -377,12 +421,18 @@ impl KdfParams {
     pub fn derive(&self, passphrase: &[u8]) -> Result<Zeroizing<[u8; 32]>, String> {
         self.check()?;
         let salt = hex::decode(&self.salt).map_err(|e| e.to_string())?;
+        let mut out = Zeroizing::new([0u8; 32]);
+        if self.algorithm == "hkdf-sha256" {
+            hkdf::Hkdf::<Sha256>::new(Some(&salt), passphrase)
+                .expand(INFO_GENERATED_KEK, &mut *out)
+                .expect("32 bytes");
+            return Ok(out);
+        }
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| e.to_string())?;
         let argon =
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-        let mut out = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(passphrase, &salt, &mut *out)
             .map_err(|e| e.to_string())?;
@@ -395,7 +445,7 @@ fn wrap_ad(repository_id: &str) -> Vec<u8> {
     format!("holdfast-key/{repository_id}").into_bytes()
 }
 
-/// Wraps `master` under the key Argon2id derives from `passphrase`.
+/// Wraps `master` under the key `kdf` derives from `passphrase`.
 pub fn wrap(
     kdf: &KdfParams,
     passphrase: &[u8],
@@ -577,6 +627,65 @@ mod tests {
             content_addressed_ad("prunes/20261203T040000.000Z-abcd"),
             "prunes/20261203T040000.000Z-"
         );
+    }
+
+    #[test]
+    fn a_generated_key_is_wrapped_under_hkdf_and_a_passphrase_under_argon2id() {
+        let generated = crate::secret::generate_key();
+        assert!(crate::secret::is_generated_key(&generated), "{generated}");
+        for not in [
+            "correct horse battery staple",
+            &generated[..generated.len() - 1],
+            &generated.to_uppercase(),
+            &format!("{generated}0"),
+            &generated.replace("hfkey1-", "hfkey2-"),
+        ] {
+            assert!(!crate::secret::is_generated_key(not), "{not}");
+            assert_eq!(KdfParams::for_passphrase(not).algorithm, "argon2id");
+        }
+        let kdf = KdfParams::for_passphrase(&generated);
+        assert_eq!(kdf.algorithm, "hkdf-sha256");
+        kdf.check().unwrap();
+        let master = MasterSecret::random();
+        let rid = "0123456789abcdef0123456789abcdef";
+        let wrapped = wrap(&kdf, generated.as_bytes(), rid, &master).unwrap();
+        let opened = unwrap(&kdf, generated.as_bytes(), rid, &wrapped).unwrap();
+        assert!(opened.is_some_and(|m| m.0 == master.0));
+        // Another key, another salt, another repository: nothing opens.
+        let other = crate::secret::generate_key();
+        assert!(unwrap(&kdf, other.as_bytes(), rid, &wrapped)
+            .unwrap()
+            .is_none());
+        let resalted = KdfParams::for_generated_key();
+        assert!(unwrap(&resalted, generated.as_bytes(), rid, &wrapped)
+            .unwrap()
+            .is_none());
+        let elsewhere = "fedcba9876543210fedcba9876543210";
+        assert!(unwrap(&kdf, generated.as_bytes(), elsewhere, &wrapped)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn kdf_parameters_a_reader_refuses() {
+        let mut hk = KdfParams::for_generated_key();
+        hk.memory_kib = 65536;
+        assert!(hk.check().unwrap_err().contains("hkdf-sha256"));
+        let mut short = KdfParams::for_generated_key();
+        short.salt = "00".repeat(8);
+        assert!(short.check().unwrap_err().contains("salt"));
+        let mut unknown = KdfParams::recommended();
+        unknown.algorithm = "pbkdf2".into();
+        assert!(unknown
+            .check()
+            .unwrap_err()
+            .contains("unknown KDF `pbkdf2`"));
+        let mut big = KdfParams::recommended();
+        big.memory_kib = MAX_KDF_MEMORY_KIB + 1;
+        assert!(big.check().unwrap_err().contains("out of range"));
+        let mut zero = KdfParams::recommended();
+        zero.iterations = 0;
+        assert!(zero.check().is_err());
     }
 
     #[test]

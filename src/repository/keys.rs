@@ -17,8 +17,8 @@ use crate::store::{PutOptions, Retention, Store, StoreError};
 pub const KEYS_PREFIX: &str = "keys/";
 /// A key object is a few hundred bytes of JSON.
 pub const KEY_OBJECT_CAP: u64 = 64 * 1024;
-/// At most this many key objects are tried when unlocking: each costs one
-/// Argon2id run (about 64 MiB and a fraction of a second).
+/// At most this many key objects are tried when unlocking: each may cost
+/// one Argon2id run (about 64 MiB and a fraction of a second).
 pub const MAX_KEY_OBJECTS: usize = 32;
 const REMOVAL_SUFFIX: &str = ".removed";
 
@@ -87,7 +87,7 @@ pub async fn add(
     passphrase: &Secret,
     retention: Option<Retention>,
 ) -> Result<Hash256, RepoError> {
-    let kdf = KdfParams::recommended();
+    let kdf = KdfParams::for_passphrase(passphrase.expose());
     let pass = passphrase.expose().as_bytes().to_vec();
     let (rid, m) = (repository_id.to_string(), master.clone());
     let (kdf, wrapped) = tokio::task::spawn_blocking(move || {
