@@ -368,13 +368,53 @@ pub async fn verify_sampled(
     let bar = Progress::new("verify", Some(total), progress);
     let mut bytes_read = 0u64;
     let mut chunks_checked = 0usize;
-    for (pack, snaps) in users.iter().filter(|(p, _)| to_read.contains(p)) {
+    // Several packs at once, each read whole and checked on a blocking
+    // thread: downloads overlap the checks and every core checks. Memory:
+    // at most this many packs (each at most its index size) at a time.
+    let readers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let mut pending = users
+        .keys()
+        .filter(|p| to_read.contains(p))
+        .copied()
+        .collect::<Vec<_>>()
+        .into_iter();
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        while tasks.len() < readers {
+            let Some(pack) = pending.next() else { break };
+            let store = repo.store().clone();
+            let crypto = repo.crypto().clone();
+            let index = index.clone();
+            let needed = needed_chunks[&pack].clone();
+            // No more than the index says the pack holds: a bigger object
+            // is not the pack the index describes, whatever the server
+            // claims.
+            let cap = index.packs()[&pack];
+            tasks.spawn(async move {
+                let got = match store.get_at_most(&pack_key(&pack), cap).await {
+                    Err(e) => Err(e),
+                    Ok(bytes) => {
+                        let len = bytes.len() as u64;
+                        let check = tokio::task::spawn_blocking(move || {
+                            check_pack(&pack, &bytes, &needed, &index, &crypto)
+                        })
+                        .await
+                        .expect("pack check panicked");
+                        Ok((len, check))
+                    }
+                };
+                (pack, got)
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let (pack, got) = done.expect("pack verify task panicked");
+        let pack = &pack;
         let key = pack_key(pack);
-        let snapshots: Vec<String> = snaps.iter().cloned().collect();
-        // No more than the index says the pack holds: a bigger object is not
-        // the pack the index describes, whatever the server claims.
-        let bytes = match repo.store().get_at_most(&key, index.packs()[pack]).await {
-            Ok(b) => b,
+        let snapshots: Vec<String> = users[pack].iter().cloned().collect();
+        let (len, (detail, checked, bad, good)) = match got {
+            Ok(r) => r,
             Err(e) => {
                 bad_packs.insert(*pack);
                 let needed = &needed_chunks[pack];
@@ -404,19 +444,8 @@ pub async fn verify_sampled(
                 continue;
             }
         };
-        bytes_read += bytes.len() as u64;
-        bar.inc(bytes.len() as u64);
-        let needed = &needed_chunks[pack];
-        let (detail, checked, bad, good) = tokio::task::spawn_blocking({
-            let bytes = bytes.clone();
-            let needed = needed.clone();
-            let index = index.clone();
-            let pack = *pack;
-            let crypto = repo.crypto().clone();
-            move || check_pack(&pack, &bytes, &needed, &index, &crypto)
-        })
-        .await
-        .expect("pack check panicked");
+        bytes_read += len;
+        bar.inc(len);
         chunks_checked += checked;
         bad_locations.extend(bad);
         good_places.extend(good.into_iter().map(|(c, off)| (*pack, c, off)));
@@ -430,6 +459,8 @@ pub async fn verify_sampled(
             });
         }
     }
+    // Packs finish in any order: the report must not depend on it.
+    bad_locations.sort_by_key(|b| (b.loc.pack, b.loc.blob.offset, b.loc.blob.id));
     bar.finish();
 
     // One problem per index object that gives bad locations; it breaks a
