@@ -110,6 +110,9 @@ pub struct ChunkReader {
     runtime: tokio::runtime::Handle,
     threads: usize,
     check_chunks: bool,
+    /// Hashes whole files even where each chunk's tag already proves it
+    /// (verify: the recorded file hash must agree with the chunks).
+    hash_files: bool,
     /// Remote stores read whole aligned windows of a pack, shared between
     /// runs: many small files then cost one request, not one each.
     windows: Option<Arc<WindowCache>>,
@@ -256,6 +259,7 @@ impl ChunkReader {
             runtime,
             threads,
             check_chunks: false,
+            hash_files: false,
             windows,
             suspects: Default::default(),
             bundles: Arc::new(BundleCache::new(2 * threads + 2)),
@@ -265,6 +269,15 @@ impl ChunkReader {
     /// Also checks every chunk against its id as it is decoded.
     pub fn checking_chunks(mut self) -> Self {
         self.check_chunks = true;
+        self
+    }
+
+    /// Also checks every file's whole hash, in an encrypted repository too
+    /// (where a restore trusts each chunk's tag), without checking each chunk
+    /// against its id unless the file's hash disagrees: for a caller that
+    /// checked the chunks already.
+    pub fn hashing_files(mut self) -> Self {
+        self.hash_files = true;
         self
     }
 
@@ -339,7 +352,7 @@ impl ChunkReader {
             scope.spawn(move || plan_runs(entries, index, suspects, &job_tx, &item_tx));
             // Taking the receiver by value drops it on an early error, which
             // stops the planner and, through it, the workers.
-            let file_hash = check_chunks || !self.crypto.is_encrypted();
+            let file_hash = check_chunks || self.hash_files || !self.crypto.is_encrypted();
             consume(entries, item_rx, sink, file_hash)
         })
     }
