@@ -935,6 +935,16 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
     key: &str,
     bytes: &[u8],
 ) -> Result<T, RepoError> {
+    decode_json_zst_buffering(cap, key, bytes, BUFFERED_JSON)
+}
+
+/// [`decode_json_zst`], parsing from memory up to `buffered` bytes of JSON.
+fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
+    cap: MetadataCap,
+    key: &str,
+    bytes: &[u8],
+    buffered: u64,
+) -> Result<T, RepoError> {
     let what = cap.what;
     if bytes.len() as u64 > cap.bytes {
         return Err(RepoError::OverCap {
@@ -951,19 +961,32 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
     };
     let decoder = zstd::stream::read::Decoder::with_buffer(bytes)
         .map_err(|e| corrupt(format!("cannot decompress: {e}")))?;
-    let mut reader = std::io::BufReader::with_capacity(
-        64 * 1024,
-        Guarded {
-            inner: decoder,
-            left: cap.bytes,
-            read: 0,
-            in_string: false,
-            escaped: false,
-            stopped: None,
-        },
-    );
-    let parsed = serde_json::from_reader::<_, T>(&mut reader);
-    match reader.get_ref().stopped {
+    let mut guarded = Guarded {
+        inner: decoder,
+        left: cap.bytes,
+        read: 0,
+        in_string: false,
+        escaped: false,
+        stopped: None,
+    };
+    // Up to BUFFERED_JSON is decompressed into memory and parsed from there
+    // (serde_json parses a slice several times faster than a reader, which
+    // it reads byte by byte); a bigger object streams on from where that
+    // left off, so memory stays bounded by the buffer, not the cap.
+    let mut head = Vec::new();
+    let parsed: Result<T, serde_json::Error> =
+        match (&mut guarded).take(buffered).read_to_end(&mut head) {
+            Err(e) => Err(serde_json::Error::io(e)),
+            Ok(n) if (n as u64) < buffered => serde_json::from_slice(&head),
+            Ok(_) => {
+                let mut reader = std::io::BufReader::with_capacity(
+                    64 * 1024,
+                    std::io::Cursor::new(head).chain(&mut guarded),
+                );
+                serde_json::from_reader(&mut reader)
+            }
+        };
+    match guarded.stopped {
         Some(Stop::OverCap) => {
             return Err(RepoError::OverCap {
                 what,
@@ -984,6 +1007,10 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
         None => corrupt(format!("cannot parse: {e}")),
     })
 }
+
+/// Metadata JSON up to this size is parsed from memory, bigger objects as
+/// they stream (see [`decode_json_zst`]).
+const BUFFERED_JSON: u64 = 16 << 20;
 
 #[cfg(test)]
 mod cap_tests {
@@ -1023,6 +1050,43 @@ mod cap_tests {
                 assert!(detail.contains("200 bytes stored"), "{detail}")
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// The same answers whether the JSON is parsed from memory or, past the
+    /// buffer, as it streams (here a buffer of 1 to 70 bytes).
+    #[test]
+    fn json_bigger_than_the_buffer_streams_on_with_the_same_checks() {
+        let json = format!("[\"{}\",\"b c\"]", "a".repeat(50));
+        for buffered in [1, 7, 8, 30, 63, 64, 70] {
+            let got: Vec<String> =
+                decode_json_zst_buffering(SMALL, "k", &zst(&json), buffered).unwrap();
+            assert_eq!(got[1], "b c", "buffered {buffered}");
+            let spaced = json.replace(",", ", ");
+            match decode_json_zst_buffering::<Vec<String>>(SMALL, "k", &zst(&spaced), buffered) {
+                Err(RepoError::Corrupt { why, .. }) => {
+                    assert!(
+                        why.contains("whitespace outside a string at byte 54"),
+                        "{why}"
+                    )
+                }
+                other => panic!("buffered {buffered}: {other:?}"),
+            }
+            let over = format!("[\"{}\"]", "a".repeat(61));
+            assert!(
+                matches!(
+                    decode_json_zst_buffering::<Vec<String>>(SMALL, "k", &zst(&over), buffered),
+                    Err(RepoError::OverCap { .. })
+                ),
+                "buffered {buffered}"
+            );
+            let cut = &json[..40];
+            match decode_json_zst_buffering::<Vec<String>>(SMALL, "k", &zst(cut), buffered) {
+                Err(RepoError::Corrupt { why, .. }) => {
+                    assert!(why.contains("cannot parse"), "{why}")
+                }
+                other => panic!("buffered {buffered}: {other:?}"),
+            }
         }
     }
 
