@@ -533,7 +533,9 @@ pub async fn verify_sampled(
     let mut files_bad: HashMap<FileKey, String> = HashMap::new();
     for (snap, m) in &manifests {
         let mut known_bad: Option<String> = None;
+        // In entry order (to find the one a failure names), and as a set.
         let mut keys = Vec::new();
+        let mut keyed: std::collections::HashSet<FileKey> = Default::default();
         let entries: Vec<ManifestEntry> = m
             .entries
             .iter()
@@ -544,7 +546,7 @@ pub async fn verify_sampled(
                     known_bad.get_or_insert_with(|| why.clone());
                     return false;
                 }
-                if files_good.contains(&k) || keys.contains(&k) {
+                if files_good.contains(&k) || !keyed.insert(k) {
                     return false;
                 }
                 keys.push(k);
