@@ -22,7 +22,7 @@ pub async fn add(
             // secret::generate_key), written before the key object so the
             // key is never in the repository without its file.
             let key = crate::secret::generate_key();
-            write_new_key_file(path, &key)
+            crate::ops::write_new_key_file(path, &key)
                 .map_err(|e| usage(format!("unable to create {}: {e}", path.display())))?;
             created = Some(path);
             key
@@ -69,20 +69,6 @@ pub async fn add(
         )?;
     }
     Ok(Exit::Ok)
-}
-
-/// Writes `key` to a new file `path` (0600, never over an existing file),
-/// synced.
-fn write_new_key_file(path: &std::path::Path, key: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(format!("{key}\n").as_bytes())?;
-    f.sync_all()
 }
 
 pub async fn list(plan: &PlanArg, json: bool) -> Result<Exit, Error> {

@@ -78,13 +78,27 @@ pub async fn repo_key(plan: &Plan, create: bool) -> Result<RepoKey, Error> {
     }
 }
 
+/// Writes `key` to a new key file `path` (0600, never over an existing
+/// file), synced: the repository's first key, or `holdfast key add`'s.
+pub(crate) fn write_new_key_file(path: &std::path::Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(format!("{key}\n").as_bytes())?;
+    f.sync_all()
+}
+
 fn read_or_create_key_file(
     path: &std::path::Path,
     from: &str,
     plan_file: &std::path::Path,
     create: bool,
 ) -> Result<RepoKey, Error> {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let fail = |why: String| {
         Error::new(
             Exit::Plan,
@@ -112,16 +126,7 @@ fn read_or_create_key_file(
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
             }
-            use std::os::unix::fs::OpenOptionsExt;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| fail(format!("cannot create it: {e}")))?;
-            f.write_all(format!("{key}\n").as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|e| fail(format!("cannot write it: {e}")))?;
+            write_new_key_file(path, &key).map_err(|e| fail(format!("cannot create it: {e}")))?;
             eprintln!(
                 "WARNING: created the repository key file {} (0600). The new repository is encrypted with it: LOSING THIS FILE LOSES EVERY BACKUP. Copy it somewhere safe, apart from the repository, now.",
                 path.display()
