@@ -367,6 +367,108 @@ fn after_rm_rf_of_pgdata_the_cluster_is_rebuilt_from_the_repository_alone() {
     pg.wait_archived(&seg, Duration::from_secs(60));
 }
 
+/// Issue 13: on the database host the base backup reads the data
+/// directory itself, on one held session; a file untouched since the last
+/// backup read it is not read again, and the result restores as a stream
+/// would.
+#[test]
+fn a_base_backup_on_the_database_host_reads_the_data_directory_and_rereads_only_files_that_changed()
+{
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    // A table nobody writes to again, settled on disk before the first
+    // backup (a file changed within 2 s of being read is read again next time).
+    pg.sql("CREATE TABLE settled AS SELECT i AS id, repeat(md5(i::text), 8) AS body FROM generate_series(1, 120000) i");
+    pg.sql("VACUUM FREEZE settled");
+    pg.sql("CHECKPOINT");
+    let settled: u64 = pg
+        .sql("SELECT pg_relation_size('settled')")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(settled > 30 << 20, "{settled}");
+    std::thread::sleep(Duration::from_secs(3));
+
+    let first = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let out = pgbench(pg.port(), &["-t", "200", "-c", "2", "-n"]);
+    assert!(out.status.success(), "{}", text(&out));
+    pg.sql("CREATE TABLE later AS SELECT i AS id FROM generate_series(1, 1000) i");
+    let second = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let read = |r: &serde_json::Value| r["bytes_read"].as_u64().unwrap();
+    let total = |r: &serde_json::Value| r["total_bytes"].as_u64().unwrap();
+    // Both snapshots hold the whole cluster; the second read less of it by
+    // at least the settled table (what pgbench grew is far less).
+    assert!(total(&second) >= total(&first), "{first} {second}");
+    assert_eq!(read(&first), total(&first), "{first}");
+    assert!(
+        read(&second) + settled / 2 < read(&first),
+        "the second backup read {} bytes, the first {}: the settled table ({settled} bytes) was read again",
+        read(&second),
+        read(&first)
+    );
+    let before = state(pg.port());
+    pg.archive_now();
+
+    // The newest state, from the second snapshot (files reused from the
+    // first) and the WAL after it, into a new directory.
+    let to = pg.path("restored");
+    let port2 = free_port();
+    let _restored = Restored { data: to.clone() };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--latest",
+        "--to",
+        s(&to),
+        "--start",
+        "--port",
+        &port2.to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(port2), before, "the restored cluster differs");
+    // Read from the directory, not streamed: a pg_basebackup stream always
+    // carries the server's backup_manifest.
+    assert!(
+        !to.join("backup_manifest").exists(),
+        "streamed, not read from the data directory"
+    );
+    assert_eq!(
+        sql_at(
+            port2,
+            "SELECT count(*) FROM settled WHERE body = repeat(md5(id::text), 8)"
+        )
+        .trim(),
+        "120000"
+    );
+
+    // `base_backup: local` where the role may not start a backup fails,
+    // saying why; nothing is recorded.
+    pg.sql("CREATE ROLE plain LOGIN; GRANT pg_read_all_settings TO plain");
+    let local_plan = pg.path("local.yaml");
+    std::fs::write(
+        &local_plan,
+        std::fs::read_to_string(&pg.plan)
+            .unwrap()
+            .replace("name: pg", "name: pglocal")
+            .replace(
+                "user: postgres}",
+                "user: plain, dbname: postgres, base_backup: local, archive: false}",
+            ),
+    )
+    .unwrap();
+    common::postgres::chown_postgres(&local_plan);
+    let out = pg.holdfast(&["backup", "--plan", s(&local_plan)]);
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("base_backup: local")
+            && text(&out).contains("may not run pg_backup_start"),
+        "{}",
+        text(&out)
+    );
+}
+
 #[test]
 fn a_copy_beside_the_cluster_never_archives_into_the_plan_even_after_its_block_is_removed() {
     let pg = Cluster::start();
@@ -627,6 +729,74 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     );
     let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
     assert_eq!(json_of(&listed), serde_json::json!([]));
+}
+
+/// A base backup killed (SIGKILL) while it waits in `pg_backup_stop` leaves
+/// no snapshot, a repository that verifies, and a server the next backup
+/// runs against as usual once archiving works again.
+#[test]
+fn a_base_backup_killed_while_it_waits_for_its_wal_leaves_no_snapshot_and_the_next_one_succeeds() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    pg.sql("ALTER SYSTEM SET archive_command = 'false'");
+    pg.sql("SELECT pg_reload_conf()");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.sql("SHOW archive_command") != "false" {
+        assert!(Instant::now() < deadline, "no reload: {}", pg.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut backup = command_as("postgres", &[])
+        .args(["backup", "--plan", &plan])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The backup's own session, waiting in pg_backup_stop for its WAL.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %' AND wait_event = 'BackupWaitWalArchive'";
+    while pg.sql(waiting) != "1" {
+        assert!(
+            Instant::now() < deadline && backup.try_wait().unwrap().is_none(),
+            "the backup never waited for its WAL: {}",
+            pg.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // runuser's child is env(1), which became holdfast.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-P", &backup.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = backup.wait();
+    let listed = pg.holdfast(&["snapshots", "--plan", &plan, "--json"]);
+    assert_eq!(
+        json_of(&listed),
+        serde_json::json!([]),
+        "a half snapshot is listed"
+    );
+
+    // Archiving repaired: the stop the killed backup asked for completes
+    // on its own, and a new backup runs beside it.
+    pg.sql("ALTER SYSTEM RESET archive_command");
+    pg.sql("SELECT pg_reload_conf()");
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pg.sql(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %'",
+    ) != "0"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the killed backup's session lingers"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

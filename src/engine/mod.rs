@@ -182,12 +182,14 @@ pub fn engine_for(plan: &Plan) -> Result<Box<dyn Engine>, SourceError> {
             mode,
             archive,
             logical_dumps,
+            base_backup,
         } => Box::new(postgres::PostgresEngine {
             connection: connection.clone(),
             sslmode: *sslmode,
             mode: *mode,
             archive: *archive,
             logical_dumps: logical_dumps.clone(),
+            base_backup: *base_backup,
         }),
         SourceSpec::Mariadb {
             connection,

@@ -27,9 +27,10 @@ mod validate;
 pub use self::cron::{CronError, Schedule};
 pub use self::error::{Diagnostic, PlanError};
 pub use self::model::{
-    CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec,
-    Expectation, KeySpec, LockDuration, LockSetting, LockSpec, Password, Percent, PgSslMode, Plan,
-    PlanName, RetentionSpec, SourceKind, SourceSpec, Tier, VerifySample, DEFAULT_COMPRESSION_LEVEL,
+    BaseBackupMethod, CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillPoint,
+    DrillSpec, Expectation, KeySpec, LockDuration, LockSetting, LockSpec, Password, Percent,
+    PgSslMode, Plan, PlanName, RetentionSpec, SourceKind, SourceSpec, Tier, VerifySample,
+    DEFAULT_COMPRESSION_LEVEL,
 };
 pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;

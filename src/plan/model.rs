@@ -184,6 +184,8 @@ pub enum SourceSpec {
         archive: bool,
         /// Databases also dumped logically at each backup.
         logical_dumps: Vec<String>,
+        /// How a physical base backup reads the cluster.
+        base_backup: BaseBackupMethod,
     },
     /// A MariaDB (or MySQL) server.
     Mariadb {
@@ -318,6 +320,32 @@ impl fmt::Display for DbMode {
         f.write_str(match self {
             DbMode::Physical => "physical",
             DbMode::Logical => "logical",
+        })
+    }
+}
+
+/// `source.base_backup` of a PostgreSQL plan: how the base backup reads the
+/// cluster.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseBackupMethod {
+    /// Read the data directory when it is on this host (the server's
+    /// `data_directory`, holding the server's own system identifier), else
+    /// stream with `pg_basebackup`.
+    #[default]
+    Auto,
+    /// Always read the data directory; a backup that cannot fails, saying why.
+    Local,
+    /// Always stream with `pg_basebackup` (also from a remote server).
+    Stream,
+}
+
+impl fmt::Display for BaseBackupMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BaseBackupMethod::Auto => "auto",
+            BaseBackupMethod::Local => "local",
+            BaseBackupMethod::Stream => "stream",
         })
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::model::{CompressionSpec, DbMode, LockSpec, PgSslMode, RetentionSpec};
+use super::model::{BaseBackupMethod, CompressionSpec, DbMode, LockSpec, PgSslMode, RetentionSpec};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -90,6 +90,7 @@ pub(super) struct RawPostgres {
     pub(super) archive: Option<bool>,
     #[serde(default)]
     pub(super) logical_dumps: Vec<String>,
+    pub(super) base_backup: Option<BaseBackupMethod>,
 }
 
 #[derive(Deserialize)]

@@ -542,12 +542,20 @@ impl Ctx<'_> {
                 )?;
                 let (mode, archive, logical_dumps) =
                     self.db_mode(raw.mode, raw.archive, raw.logical_dumps, "WAL")?;
+                if mode == DbMode::Logical && raw.base_backup.is_some() {
+                    return Err(self.invalid_hint(
+                        "source.base_backup",
+                        "applies to mode: physical only (a logical plan takes no base backup)",
+                        "remove it, or say `mode: physical`",
+                    ));
+                }
                 Ok(SourceSpec::Postgres {
                     connection,
                     sslmode: raw.sslmode.unwrap_or(PgSslMode::Prefer),
                     mode,
                     archive,
                     logical_dumps,
+                    base_backup: raw.base_backup.unwrap_or_default(),
                 })
             }
             // MySQL servers are backed up the same way (`mysql` is an alias).

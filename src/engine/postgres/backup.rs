@@ -33,7 +33,7 @@ use super::archiver;
 use super::client::{spawn_error, PgClient};
 use super::meta::PgSnapshotMeta;
 use crate::engine::SourceKind;
-use crate::plan::{DbConnection, DbMode, PgSslMode};
+use crate::plan::{BaseBackupMethod, DbConnection, DbMode, PgSslMode};
 use crate::repository::source::{
     Chunking, EntryMeta, EntrySink, Source, SourceError, SourceMetadata,
 };
@@ -58,8 +58,16 @@ pub struct PostgresSource {
     /// not be restorable.
     archive: bool,
     logical_dumps: Vec<String>,
+    method: BaseBackupMethod,
     stall: Duration,
 }
+
+/// How long a held backup session waits for `pg_backup_start`'s checkpoint.
+const START_DEADLINE: Duration = Duration::from_secs(3600);
+/// How long it waits for `pg_backup_stop`, which waits for the archiving of
+/// the backup's WAL: a stall ends it long before ([`ARCHIVE_STALL`], the
+/// watchdog); this bounds a slow but moving archiver.
+const STOP_DEADLINE: Duration = Duration::from_secs(12 * 3600);
 
 impl PostgresSource {
     pub fn new(
@@ -68,12 +76,14 @@ impl PostgresSource {
         mode: DbMode,
         archive: bool,
         logical_dumps: Vec<String>,
+        method: BaseBackupMethod,
     ) -> Self {
         PostgresSource {
             client: PgClient::new(conn, sslmode),
             mode,
             archive,
             logical_dumps,
+            method,
             stall: std::env::var("HOLDFAST_ARCHIVE_STALL_SECONDS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -201,9 +211,13 @@ impl PostgresSource {
                 ),
             });
         }
-        // The server's clock when the backup was over: every commit the
-        // backup needs replayed to be consistent happened before it, so a
-        // point-in-time restore can target any time from here on.
+        self.note_consistent_at(meta)
+    }
+
+    /// The server's clock when the backup was over: every commit the backup
+    /// needs replayed to be consistent happened before it, so a
+    /// point-in-time restore can target any time from here on.
+    fn note_consistent_at(&self, meta: &mut PgSnapshotMeta) -> Result<(), SourceError> {
         let now = self.client.query(
             "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
         )?;
@@ -211,6 +225,128 @@ impl PostgresSource {
             meta.consistent_at = Some(t.clone());
         }
         Ok(())
+    }
+
+    /// The data directory, if the backup can read it here: it is this
+    /// server's (`datadir::locate`) and this role may start and stop a
+    /// backup (a superuser, or granted EXECUTE on the functions;
+    /// `pg_basebackup` needs only REPLICATION).
+    fn local_root(&self, meta: &PgSnapshotMeta) -> Result<std::path::PathBuf, String> {
+        let root = super::datadir::locate(meta)?;
+        let (start, stop) = if meta.server_version_num >= 150_000 {
+            ("pg_backup_start(text, boolean)", "pg_backup_stop(boolean)")
+        } else {
+            (
+                "pg_start_backup(text, boolean, boolean)",
+                "pg_stop_backup(boolean, boolean)",
+            )
+        };
+        let may = self
+            .client
+            .query(&format!(
+                "SELECT has_function_privilege('{start}', 'EXECUTE') AND has_function_privilege('{stop}', 'EXECUTE')"
+            ))
+            .map_err(|e| e.to_string())?;
+        if may.first().and_then(|r| r.first()).map(String::as_str) != Some("t") {
+            return Err(format!(
+                "{} may not run {start} and {stop} (a superuser may, or GRANT EXECUTE ON FUNCTION them to the role)",
+                self.client.describe()
+            ));
+        }
+        Ok(root)
+    }
+
+    /// The base backup read from the data directory at `root` (see
+    /// `datadir`): started and stopped on one held session, so that the
+    /// server aborts it if this process dies in between.
+    fn local_backup(
+        &self,
+        root: &std::path::Path,
+        sink: &mut dyn EntrySink,
+        meta: &mut PgSnapshotMeta,
+    ) -> Result<(), SourceError> {
+        let app = archiver::backup_application_name();
+        let mut session = self.client.session(&app)?;
+        let modern = meta.server_version_num >= 150_000;
+        session.ask(
+            if modern {
+                "SELECT pg_backup_start('holdfast', true)"
+            } else {
+                "SELECT pg_start_backup('holdfast', true, false)"
+            },
+            START_DEADLINE,
+        )?;
+        let walked = super::datadir::walk(root, sink)?;
+        tracing::debug!(
+            files = walked.files,
+            stamped = walked.stamped,
+            "data directory read"
+        );
+        // The stop waits for the backup's WAL to be archived: the same
+        // watchdog as for pg_basebackup ends it if archiving stalls.
+        let done = Arc::new(AtomicBool::new(false));
+        let watchdog = {
+            let (client, app, done, stall) =
+                (self.client.clone(), app.clone(), done.clone(), self.stall);
+            std::thread::spawn(move || archiver::watch(&client, &app, &done, stall))
+        };
+        let stopped = session.ask(
+            &format!(
+                "SELECT lsn, encode(convert_to(labelfile, 'UTF8'), 'hex'), \
+                 encode(convert_to(coalesce(spcmapfile, ''), 'UTF8'), 'hex') FROM {}",
+                if modern {
+                    "pg_backup_stop(true)"
+                } else {
+                    "pg_stop_backup(false, true)"
+                }
+            ),
+            STOP_DEADLINE,
+        );
+        done.store(true, Ordering::SeqCst);
+        if let Ok(Some(why)) = watchdog.join() {
+            return Err(SourceError::Database {
+                what: "base backup".into(),
+                detail: why,
+            });
+        }
+        let rows = stopped?;
+        session.close(Duration::from_secs(10));
+        let bad = |why: &str| SourceError::Database {
+            what: "pg_backup_stop".into(),
+            detail: format!("{why}: {rows:?}"),
+        };
+        let row = rows
+            .first()
+            .filter(|r| r.len() == 3)
+            .ok_or_else(|| bad("unexpected answer"))?;
+        let decode = |hex_text: &str| {
+            hex::decode(hex_text)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        };
+        let label = decode(&row[1]).ok_or_else(|| bad("backup_label is not hex-encoded UTF-8"))?;
+        let spcmap =
+            decode(&row[2]).ok_or_else(|| bad("tablespace_map is not hex-encoded UTF-8"))?;
+        parse_backup_label(&label, meta);
+        if meta.start_lsn.is_none() || meta.timeline.is_none() {
+            return Err(bad(
+                "backup_label lacks START WAL LOCATION or START TIMELINE",
+            ));
+        }
+        meta.stop_lsn = Some(row[0].clone());
+        // A primary does not change timeline during a backup.
+        meta.stop_timeline = meta.timeline.map(u64::from);
+        let file = |name: &str| EntryMeta {
+            path: format!("{PGDATA_PREFIX}/{name}"),
+            mode: 0o600,
+            mtime_ns: Some(now_ns()),
+            stamp: None,
+        };
+        sink.file(&file("backup_label"), &mut label.as_bytes())?;
+        if !spcmap.is_empty() {
+            sink.file(&file("tablespace_map"), &mut spcmap.as_bytes())?;
+        }
+        self.note_consistent_at(meta)
     }
 
     fn dump(&self, db: &str, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
@@ -442,7 +578,35 @@ impl Source for PostgresSource {
                     ),
                 });
             }
-            self.base_backup(sink, &mut meta)?;
+            let local = match self.method {
+                BaseBackupMethod::Stream => None,
+                BaseBackupMethod::Auto => match self.local_root(&meta) {
+                    Ok(root) => Some(root),
+                    Err(why) => {
+                        tracing::info!("streaming the base backup with pg_basebackup: {why}");
+                        None
+                    }
+                },
+                BaseBackupMethod::Local => {
+                    Some(
+                        self.local_root(&meta)
+                            .map_err(|why| SourceError::Database {
+                                what: "base backup (base_backup: local)".into(),
+                                detail: format!("cannot read the data directory here: {why}"),
+                            })?,
+                    )
+                }
+            };
+            match local {
+                Some(root) => {
+                    meta.base_backup = Some("local".into());
+                    self.local_backup(&root, sink, &mut meta)?
+                }
+                None => {
+                    meta.base_backup = Some("stream".into());
+                    self.base_backup(sink, &mut meta)?
+                }
+            }
         }
         for db in &self.logical_dumps {
             self.dump(db, sink)?;

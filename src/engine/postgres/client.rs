@@ -7,6 +7,7 @@
 use std::io;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::plan::{DbConnection, Password, PgSslMode};
 use crate::repository::source::SourceError;
@@ -136,6 +137,143 @@ impl PgClient {
 
     pub fn describe(&self) -> String {
         self.conn.to_string()
+    }
+}
+
+/// One `psql` kept open on one server session, asked one statement at a time
+/// (a non-exclusive base backup must start and stop on the same session).
+/// Each answer is read up to a marker line echoed after the statement, with
+/// a deadline. Dropping it ends `psql`, which ends the session, and the
+/// server then aborts anything the session left running (a backup started
+/// and not stopped).
+pub struct PgSession {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// What `psql` printed on stderr, once it has ended.
+    stderr: Option<std::thread::JoinHandle<Vec<String>>>,
+    asked: u64,
+}
+
+impl PgClient {
+    /// Opens a held session named `app` (its `application_name`).
+    pub fn session(&self, app: &str) -> Result<PgSession, SourceError> {
+        use std::io::BufRead;
+        let mut cmd = self.command("psql", None)?;
+        cmd.env("PGAPPNAME", app);
+        cmd.args(["-XAtq", "-v", "ON_ERROR_STOP=1", "-F", "|"]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| spawn_error("psql", &cmd, e))?;
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let log = std::thread::spawn(move || {
+            let mut said = Vec::new();
+            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                tracing::debug!(target: "holdfast::psql", "{line}");
+                said.push(line);
+            }
+            said
+        });
+        Ok(PgSession {
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr: Some(log),
+            asked: 0,
+        })
+    }
+}
+
+impl PgSession {
+    /// Runs `sql` (one statement, no trailing `;`) and returns its rows,
+    /// fields split on `|`, waiting at most `deadline` for them.
+    pub fn ask(&mut self, sql: &str, deadline: Duration) -> Result<Vec<Vec<String>>, SourceError> {
+        use std::io::Write;
+        self.asked += 1;
+        let marker = format!("__holdfast_answer_{}_{}__", std::process::id(), self.asked);
+        let sent = self
+            .stdin
+            .as_mut()
+            .map(|w| {
+                w.write_all(format!("{sql};\n\\echo {marker}\n").as_bytes())
+                    .and_then(|_| w.flush())
+            })
+            .unwrap_or_else(|| Err(io::Error::other("the session is closed")));
+        if let Err(e) = sent {
+            return Err(self.failed(&format!("cannot send the statement: {e}")));
+        }
+        let until = std::time::Instant::now() + deadline;
+        let mut rows = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == marker => return Ok(rows),
+                Ok(line) if line.is_empty() => {}
+                Ok(line) => rows.push(line.split('|').map(str::to_owned).collect()),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(self.failed(&format!("no answer within {} s", deadline.as_secs())))
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.failed("the session ended"))
+                }
+            }
+        }
+    }
+
+    /// The error for a failed statement, with what `psql` said; the session
+    /// is ended.
+    fn failed(&mut self, what: &str) -> SourceError {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Its stderr ends with it.
+        let said = self
+            .stderr
+            .take()
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default()
+            .join("; ");
+        SourceError::Database {
+            what: "psql session".into(),
+            detail: if said.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what}: {said}")
+            },
+        }
+    }
+
+    /// Ends the session cleanly (`\q`), waiting at most `deadline`.
+    pub fn close(mut self, deadline: Duration) {
+        use std::io::Write;
+        if let Some(mut w) = self.stdin.take() {
+            let _ = w.write_all(b"\\q\n");
+        }
+        let until = std::time::Instant::now() + deadline;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for PgSession {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
     }
 }
 

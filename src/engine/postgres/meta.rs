@@ -49,6 +49,11 @@ pub struct PgSnapshotMeta {
     pub stop_lsn: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_timeline: Option<u64>,
+    /// How the base backup read the cluster: `local` (the data directory,
+    /// on the database host) or `stream` (`pg_basebackup`). Absent in
+    /// snapshots taken before both existed (all `stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_backup: Option<String>,
     /// The server's clock right after the backup ended (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consistent_at: Option<String>,

@@ -15,6 +15,7 @@
 pub mod archiver;
 pub mod backup;
 pub mod client;
+pub mod datadir;
 pub mod dump;
 pub mod meta;
 pub mod pitr;
@@ -197,6 +198,7 @@ pub struct PostgresEngine {
     pub mode: DbMode,
     pub archive: bool,
     pub logical_dumps: Vec<String>,
+    pub base_backup: crate::plan::BaseBackupMethod,
 }
 
 impl PostgresEngine {
@@ -229,6 +231,7 @@ impl Engine for PostgresEngine {
             self.mode,
             self.archive,
             self.logical_dumps.clone(),
+            self.base_backup,
         )))
     }
 
