@@ -731,9 +731,9 @@ fn a_base_backup_waiting_on_a_failing_archiver_ends_naming_the_segment() {
     assert_eq!(json_of(&listed), serde_json::json!([]));
 }
 
-/// A base backup killed (SIGKILL) while it waits in `pg_backup_stop` leaves
-/// no snapshot, a repository that verifies, and a server the next backup
-/// runs against as usual once archiving works again.
+/// A base backup killed (SIGKILL) while it waits for its WAL to be archived
+/// leaves no snapshot, a repository that verifies, and a server the next
+/// backup runs against as usual once archiving works again.
 #[test]
 fn a_base_backup_killed_while_it_waits_for_its_wal_leaves_no_snapshot_and_the_next_one_succeeds() {
     let pg = Cluster::start();
@@ -752,8 +752,9 @@ fn a_base_backup_killed_while_it_waits_for_its_wal_leaves_no_snapshot_and_the_ne
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // The backup's own session, waiting in pg_backup_stop for its WAL.
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %' AND wait_event = 'BackupWaitWalArchive'";
+    // The backup's own session, stopped and looking at the archiver while
+    // it waits for its WAL.
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %' AND query LIKE '%FROM pg_stat_archiver%'";
     while pg.sql(waiting) != "1" {
         assert!(
             Instant::now() < deadline && backup.try_wait().unwrap().is_none(),
@@ -776,17 +777,8 @@ fn a_base_backup_killed_while_it_waits_for_its_wal_leaves_no_snapshot_and_the_ne
         "a half snapshot is listed"
     );
 
-    // Archiving repaired: the stop the killed backup asked for completes
-    // on its own, and a new backup runs beside it.
-    pg.sql("ALTER SYSTEM RESET archive_command");
-    pg.sql("SELECT pg_reload_conf()");
-    let out = pg.holdfast(&["backup", "--plan", &plan]);
-    assert!(out.status.success(), "{}", text(&out));
-    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
-    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
-    let out = pg.holdfast(&["verify", "--plan", &plan]);
-    assert!(out.status.success(), "{}", text(&out));
-    let deadline = Instant::now() + Duration::from_secs(60);
+    // Its session ended with it (psql reads the end of its input).
+    let deadline = Instant::now() + Duration::from_secs(30);
     while pg.sql(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'holdfast backup %'",
     ) != "0"
@@ -797,6 +789,15 @@ fn a_base_backup_killed_while_it_waits_for_its_wal_leaves_no_snapshot_and_the_ne
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Archiving repaired: a new backup runs as usual.
+    pg.sql("ALTER SYSTEM RESET archive_command");
+    pg.sql("SELECT pg_reload_conf()");
+    let out = pg.holdfast(&["backup", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
+    let listed = json_of(&pg.holdfast(&["snapshots", "--plan", &plan, "--json"]));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    let out = pg.holdfast(&["verify", "--plan", &plan]);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

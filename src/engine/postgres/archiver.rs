@@ -15,7 +15,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use super::client::PgClient;
+use super::client::{PgClient, PgSession};
 use crate::repository::source::SourceError;
 
 /// How often [`watch`] looks (one `psql` each time).
@@ -158,16 +158,87 @@ pub fn describe(obs: &Observation, waited_for: &str, reason: &Reason, waited: Du
     )
 }
 
+/// What [`observe`] asks.
+const OBSERVE_SQL: &str =
+    "SELECT coalesce(last_archived_wal, ''), coalesce(last_archived_time::text, ''), \
+     failed_count, coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, ''), \
+     coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), \
+     coalesce((SELECT min(pid)::text FROM pg_stat_activity WHERE backend_type = 'archiver'), ''), \
+     pg_has_role('pg_read_all_stats', 'USAGE') \
+     FROM pg_stat_archiver";
+
 /// Reads `pg_stat_archiver` and the archiver process.
 pub fn observe(client: &PgClient) -> Result<Observation, SourceError> {
-    let rows = client.query(
-        "SELECT coalesce(last_archived_wal, ''), coalesce(last_archived_time::text, ''), \
-         failed_count, coalesce(last_failed_wal, ''), coalesce(last_failed_time::text, ''), \
-         coalesce(last_failed_time > coalesce(last_archived_time, '-infinity'), false), \
-         coalesce((SELECT min(pid)::text FROM pg_stat_activity WHERE backend_type = 'archiver'), ''), \
-         pg_has_role('pg_read_all_stats', 'USAGE') \
-         FROM pg_stat_archiver",
-    )?;
+    parse_observation(client.query(OBSERVE_SQL)?)
+}
+
+/// [`observe`] on a held session (no process started per look).
+fn observe_in(session: &mut PgSession) -> Result<Observation, SourceError> {
+    parse_observation(session.ask(OBSERVE_SQL, SESSION_ANSWER)?)
+}
+
+/// How long a look at the archiver on a held session may take.
+const SESSION_ANSWER: Duration = Duration::from_secs(60);
+
+/// Waits until `segment` is archived, looking on `session` (first after
+/// 10 ms, then less often, at most every 500 ms): a base backup that stopped
+/// without the server's own wait, which looks only once a second. Warns
+/// every [`WARN_EVERY`]; fails, saying why ([`describe`]), once nothing has
+/// been archived for `stall`.
+pub fn wait_archived(
+    session: &mut PgSession,
+    segment: &str,
+    stall: Duration,
+) -> Result<(), SourceError> {
+    let since = Instant::now();
+    let mut progress_at = Instant::now();
+    let mut last_archived: Option<String> = None;
+    let mut last_pid: Option<u32> = None;
+    let mut restarts = 0;
+    let mut last_warn = Instant::now();
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let mut obs = observe_in(session)?;
+        if obs.last_archived_wal != last_archived {
+            last_archived = obs.last_archived_wal.clone();
+            progress_at = Instant::now();
+        }
+        if let Some(pid) = obs.archiver_pid {
+            if last_pid.is_some_and(|p| p != pid) {
+                restarts += 1;
+            }
+            last_pid = Some(pid);
+        }
+        obs.archiver_restarts = restarts;
+        match judge(&obs, segment, progress_at.elapsed(), stall) {
+            Verdict::Archived => return Ok(()),
+            Verdict::Waiting(reason) => {
+                if last_warn.elapsed() >= WARN_EVERY {
+                    last_warn = Instant::now();
+                    tracing::warn!(
+                        wal = %segment,
+                        waited_s = since.elapsed().as_secs(),
+                        "the base backup waits for PostgreSQL to archive WAL segment {segment}: {}",
+                        reason.explain()
+                    );
+                }
+            }
+            Verdict::Stalled(reason) => {
+                return Err(SourceError::Database {
+                    what: "base backup".into(),
+                    detail: format!(
+                        "the base backup waited for its WAL and was abandoned: {}",
+                        describe(&obs, segment, &reason, since.elapsed())
+                    ),
+                })
+            }
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 3 / 2).min(Duration::from_millis(500));
+    }
+}
+
+fn parse_observation(rows: Vec<Vec<String>>) -> Result<Observation, SourceError> {
     let row = rows
         .first()
         .filter(|r| r.len() == 8)

@@ -1,7 +1,9 @@
 //! The `postgres` source: an online physical base backup of a whole cluster,
 //! and/or logical dumps of chosen databases.
 //!
-//! The base backup is `pg_basebackup -D - -F tar -X none`: the server streams
+//! On the database host the base backup reads the data directory itself
+//! (`datadir`, `PostgresSource::local_backup`). Elsewhere, and with
+//! `base_backup: stream`, it is `pg_basebackup -D - -F tar -X none`: the server streams
 //! its data directory as one tar archive on stdout, and we hand each member to
 //! the sink as it arrives (no local copy; one member's header in memory). The
 //! WAL the backup needs is not in the tar: with `-X none` the server does not
@@ -32,6 +34,7 @@ use std::time::Duration;
 use super::archiver;
 use super::client::{spawn_error, PgClient};
 use super::meta::PgSnapshotMeta;
+use super::wal::{Lsn, Segment};
 use crate::engine::SourceKind;
 use crate::plan::{BaseBackupMethod, DbConnection, DbMode, PgSslMode};
 use crate::repository::source::{
@@ -282,35 +285,21 @@ impl PostgresSource {
             stamped = walked.stamped,
             "data directory read"
         );
-        // The stop waits for the backup's WAL to be archived: the same
-        // watchdog as for pg_basebackup ends it if archiving stalls.
-        let done = Arc::new(AtomicBool::new(false));
-        let watchdog = {
-            let (client, app, done, stall) =
-                (self.client.clone(), app.clone(), done.clone(), self.stall);
-            std::thread::spawn(move || archiver::watch(&client, &app, &done, stall))
-        };
-        let stopped = session.ask(
+        // Stopped without the server's own wait for the WAL, which looks
+        // only once a second: the wait below looks sooner, and ends the
+        // backup, saying why, if archiving stalls.
+        let rows = session.ask(
             &format!(
                 "SELECT lsn, encode(convert_to(labelfile, 'UTF8'), 'hex'), \
                  encode(convert_to(coalesce(spcmapfile, ''), 'UTF8'), 'hex') FROM {}",
                 if modern {
-                    "pg_backup_stop(true)"
+                    "pg_backup_stop(false)"
                 } else {
-                    "pg_stop_backup(false, true)"
+                    "pg_stop_backup(false, false)"
                 }
             ),
             STOP_DEADLINE,
-        );
-        done.store(true, Ordering::SeqCst);
-        if let Ok(Some(why)) = watchdog.join() {
-            return Err(SourceError::Database {
-                what: "base backup".into(),
-                detail: why,
-            });
-        }
-        let rows = stopped?;
-        session.close(Duration::from_secs(10));
+        )?;
         let bad = |why: &str| SourceError::Database {
             what: "pg_backup_stop".into(),
             detail: format!("{why}: {rows:?}"),
@@ -333,9 +322,24 @@ impl PostgresSource {
                 "backup_label lacks START WAL LOCATION or START TIMELINE",
             ));
         }
+        let stop: Lsn = row[0]
+            .parse()
+            .map_err(|_| bad("the stop LSN is not an LSN"))?;
         meta.stop_lsn = Some(row[0].clone());
         // A primary does not change timeline during a backup.
         meta.stop_timeline = meta.timeline.map(u64::from);
+        // The segment holding the backup's last WAL record (the stop LSN is
+        // the byte after it), as the server's own wait computes it.
+        let last = Segment::of(
+            meta.timeline.unwrap_or(1),
+            Lsn(stop.0.saturating_sub(1)),
+            meta.segment_size(),
+        )
+        .name(meta.segment_size());
+        if self.archive {
+            archiver::wait_archived(&mut session, &last, self.stall)?;
+        }
+        session.close(Duration::from_secs(10));
         let file = |name: &str| EntryMeta {
             path: format!("{PGDATA_PREFIX}/{name}"),
             mode: 0o600,
