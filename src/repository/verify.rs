@@ -696,7 +696,7 @@ pub async fn verify_sampled(
                             // so: push and fetch step around them, but the
                             // operator must know someone writes to the bucket.
                             tokio::task::spawn_blocking(move || {
-                                match super::log_archive::classify(&key, &bytes, &crypto) {
+                                match super::log_archive::classify_checking(&key, &bytes, &crypto) {
                                     super::log_archive::Found::Archived { .. } => Ok(len),
                                     super::log_archive::Found::Foreign { why } => Err((
                                         ProblemKind::Corrupt,
