@@ -1009,8 +1009,10 @@ fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
 }
 
 /// Metadata JSON up to this size is parsed from memory, bigger objects as
-/// they stream (see [`decode_json_zst`]).
-const BUFFERED_JSON: u64 = 16 << 20;
+/// they stream (see [`decode_json_zst`]). A PostgreSQL manifest lists one
+/// chunk id (67 bytes of JSON) per 8 KiB page: 64 MiB covers a 7 GiB
+/// cluster (a 3 GB one, pgbench scale 200, has 27 MB manifests).
+const BUFFERED_JSON: u64 = 64 << 20;
 
 #[cfg(test)]
 mod cap_tests {
