@@ -81,10 +81,14 @@ pub fn position(name: &str) -> Option<(u32, u32, u32)> {
     Some((part(0..8)?, part(8..16)?, part(16..24)?))
 }
 
-/// Whether `last_archived` is `segment` or a later file.
+/// Whether `last_archived` is `segment` or a later file. Within one
+/// segment the archiver goes in name order: the segment, then its backup
+/// history files (`<segment>.<offset>.backup`).
 pub fn reached(last_archived: Option<&str>, segment: &str) -> bool {
     match (last_archived.and_then(position), position(segment)) {
-        (Some(last), Some(wanted)) => last >= wanted,
+        (Some(last), Some(wanted)) => {
+            last > wanted || (last == wanted && last_archived.is_some_and(|l| l >= segment))
+        }
         _ => false,
     }
 }
@@ -422,6 +426,12 @@ mod tests {
         ));
         assert!(!reached(Some("00000002.history"), SEG));
         assert!(!reached(None, SEG));
+        // A backup history file is reached once it, or anything after it,
+        // is archived; its segment alone is not enough.
+        let history = "000000010000000000000005.00000028.backup";
+        assert!(!reached(Some(SEG), history));
+        assert!(reached(Some(history), history));
+        assert!(reached(Some("000000010000000000000006"), history));
     }
 
     #[test]

@@ -338,6 +338,21 @@ impl PostgresSource {
         .name(meta.segment_size());
         if self.archive {
             archiver::wait_archived(&mut session, &last, self.stall)?;
+            // And the backup history file the stop wrote, as the server's
+            // own wait does (`<start segment>.<offset>.backup`; after the
+            // stop segment when both are one segment).
+            let start: Lsn = meta
+                .start_lsn
+                .as_deref()
+                .and_then(|l| l.parse().ok())
+                .ok_or_else(|| bad("backup_label's START WAL LOCATION is not an LSN"))?;
+            let size = meta.segment_size();
+            let history = format!(
+                "{}.{:08X}.backup",
+                Segment::of(meta.timeline.unwrap_or(1), start, size).name(size),
+                start.0 % size
+            );
+            archiver::wait_archived(&mut session, &history, self.stall)?;
         }
         session.close(Duration::from_secs(10));
         let file = |name: &str| EntryMeta {
