@@ -412,22 +412,10 @@ fn a_base_backup_on_the_database_host_reads_the_data_directory_and_rereads_only_
 
     // The newest state, from the second snapshot (files reused from the
     // first) and the WAL after it, into a new directory.
-    let to = pg.path("restored");
-    let port2 = free_port();
-    let _restored = Restored { data: to.clone() };
-    let out = pg.holdfast(&[
-        "restore",
-        "--plan",
-        &plan,
-        "--latest",
-        "--to",
-        s(&to),
-        "--start",
-        "--port",
-        &port2.to_string(),
-    ]);
+    let (out, port2, restored) = restore_started(&pg, &plan, &["--latest"], "restored");
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(state(port2), before, "the restored cluster differs");
+    let to = &restored.data;
     // Read from the directory, not streamed: a pg_basebackup stream always
     // carries the server's backup_manifest.
     assert!(

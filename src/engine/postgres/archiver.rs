@@ -195,38 +195,14 @@ pub fn wait_archived(
     stall: Duration,
 ) -> Result<(), SourceError> {
     let since = Instant::now();
-    let mut progress_at = Instant::now();
-    let mut last_archived: Option<String> = None;
-    let mut last_pid: Option<u32> = None;
-    let mut restarts = 0;
-    let mut last_warn = Instant::now();
+    let mut tracker = Tracker::new();
     let mut pause = Duration::from_millis(10);
     loop {
         let mut obs = observe_in(session)?;
-        if obs.last_archived_wal != last_archived {
-            last_archived = obs.last_archived_wal.clone();
-            progress_at = Instant::now();
-        }
-        if let Some(pid) = obs.archiver_pid {
-            if last_pid.is_some_and(|p| p != pid) {
-                restarts += 1;
-            }
-            last_pid = Some(pid);
-        }
-        obs.archiver_restarts = restarts;
-        match judge(&obs, segment, progress_at.elapsed(), stall) {
+        tracker.see(&mut obs);
+        match judge(&obs, segment, tracker.progress_at.elapsed(), stall) {
             Verdict::Archived => return Ok(()),
-            Verdict::Waiting(reason) => {
-                if last_warn.elapsed() >= WARN_EVERY {
-                    last_warn = Instant::now();
-                    tracing::warn!(
-                        wal = %segment,
-                        waited_s = since.elapsed().as_secs(),
-                        "the base backup waits for PostgreSQL to archive WAL segment {segment}: {}",
-                        reason.explain()
-                    );
-                }
-            }
+            Verdict::Waiting(reason) => tracker.warn(segment, since, &reason),
             Verdict::Stalled(reason) => {
                 return Err(SourceError::Database {
                     what: "base backup".into(),
@@ -239,6 +215,56 @@ pub fn wait_archived(
         }
         std::thread::sleep(pause);
         pause = (pause * 3 / 2).min(Duration::from_millis(500));
+    }
+}
+
+/// What the archiver did while a backup watches it: when
+/// `last_archived_wal` last moved, and how often its process was replaced.
+struct Tracker {
+    last_archived: Option<String>,
+    progress_at: Instant,
+    last_pid: Option<u32>,
+    restarts: u32,
+    last_warn: Instant,
+}
+
+impl Tracker {
+    fn new() -> Tracker {
+        Tracker {
+            last_archived: None,
+            progress_at: Instant::now(),
+            last_pid: None,
+            restarts: 0,
+            last_warn: Instant::now(),
+        }
+    }
+
+    /// Takes in one observation and fills in its `archiver_restarts`.
+    fn see(&mut self, obs: &mut Observation) {
+        if obs.last_archived_wal != self.last_archived {
+            self.last_archived = obs.last_archived_wal.clone();
+            self.progress_at = Instant::now();
+        }
+        if let Some(pid) = obs.archiver_pid {
+            if self.last_pid.is_some_and(|p| p != pid) {
+                self.restarts += 1;
+            }
+            self.last_pid = Some(pid);
+        }
+        obs.archiver_restarts = self.restarts;
+    }
+
+    /// Warns, at most every [`WARN_EVERY`], that the backup still waits.
+    fn warn(&mut self, segment: &str, since: Instant, reason: &Reason) {
+        if self.last_warn.elapsed() >= WARN_EVERY {
+            self.last_warn = Instant::now();
+            tracing::warn!(
+                wal = %segment,
+                waited_s = since.elapsed().as_secs(),
+                "the base backup waits for PostgreSQL to archive WAL segment {segment}: {}",
+                reason.explain()
+            );
+        }
     }
 }
 
@@ -322,11 +348,7 @@ pub fn watch(client: &PgClient, app: &str, done: &AtomicBool, stall: Duration) -
     // the tests' short stall times.
     let poll = (stall / 4).clamp(Duration::from_millis(100), POLL);
     let mut wait: Option<(BackupWait, Instant)> = None;
-    let mut progress_at = Instant::now();
-    let mut last_archived: Option<String> = None;
-    let mut last_pid: Option<u32> = None;
-    let mut restarts = 0;
-    let mut last_warn = Instant::now();
+    let mut tracker = Tracker::new();
     while !done.load(Ordering::SeqCst) {
         std::thread::sleep(poll);
         if done.load(Ordering::SeqCst) {
@@ -335,42 +357,21 @@ pub fn watch(client: &PgClient, app: &str, done: &AtomicBool, stall: Duration) -
         let Ok(mut obs) = observe(client) else {
             continue;
         };
-        if obs.last_archived_wal != last_archived {
-            last_archived = obs.last_archived_wal.clone();
-            progress_at = Instant::now();
-        }
-        if let Some(pid) = obs.archiver_pid {
-            if last_pid.is_some_and(|p| p != pid) {
-                restarts += 1;
-            }
-            last_pid = Some(pid);
-        }
-        obs.archiver_restarts = restarts;
+        tracker.see(&mut obs);
         if wait.is_none() {
             match backup_wait(client, app) {
                 Ok(Some(w)) => {
                     // The stall clock starts when the wait does.
-                    progress_at = Instant::now();
+                    tracker.progress_at = Instant::now();
                     wait = Some((w, Instant::now()));
                 }
                 _ => continue,
             }
         }
         let Some((w, since)) = &wait else { continue };
-        match judge(&obs, &w.segment, progress_at.elapsed(), stall) {
+        match judge(&obs, &w.segment, tracker.progress_at.elapsed(), stall) {
             Verdict::Archived => {}
-            Verdict::Waiting(reason) => {
-                if last_warn.elapsed() >= WARN_EVERY {
-                    last_warn = Instant::now();
-                    tracing::warn!(
-                        wal = %w.segment,
-                        waited_s = since.elapsed().as_secs(),
-                        "the base backup waits for PostgreSQL to archive WAL segment {}: {}",
-                        w.segment,
-                        reason.explain()
-                    );
-                }
-            }
+            Verdict::Waiting(reason) => tracker.warn(&w.segment, *since, &reason),
             Verdict::Stalled(reason) => {
                 // End the server's side of the backup too, rather than leave
                 // its walsender waiting on the archiver.
