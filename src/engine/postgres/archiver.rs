@@ -312,10 +312,9 @@ struct BackupWait {
 fn backup_wait(client: &PgClient, app: &str) -> Result<Option<BackupWait>, SourceError> {
     let app = app.replace('\'', "''");
     let rows = client.query(&format!(
-        "SELECT s.pid, pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_activity s \
-         WHERE s.application_name = '{app}' AND (s.wait_event = 'BackupWaitWalArchive' \
-         OR s.pid IN (SELECT pid FROM pg_stat_progress_basebackup \
-         WHERE phase LIKE 'waiting for wal archiving%'))"
+        "SELECT p.pid, pg_walfile_name(pg_current_wal_lsn()) FROM pg_stat_progress_basebackup p \
+         JOIN pg_stat_activity s ON s.pid = p.pid \
+         WHERE s.application_name = '{app}' AND p.phase LIKE 'waiting for wal archiving%'"
     ))?;
     let Some(row) = rows.first().filter(|r| r.len() == 2) else {
         return Ok(None);

@@ -65,12 +65,15 @@ pub struct PostgresSource {
     stall: Duration,
 }
 
-/// How long a held backup session waits for `pg_backup_start`'s checkpoint.
-const START_DEADLINE: Duration = Duration::from_secs(3600);
-/// How long it waits for `pg_backup_stop`, which waits for the archiving of
-/// the backup's WAL: a stall ends it long before ([`ARCHIVE_STALL`], the
-/// watchdog); this bounds a slow but moving archiver.
-const STOP_DEADLINE: Duration = Duration::from_secs(12 * 3600);
+/// How long a held backup session waits for one answer: `pg_backup_start`
+/// runs a checkpoint first, which on a large, busy server can take minutes.
+/// (`pg_backup_stop(false)` returns at once; the wait for the WAL after it
+/// is judged by progress, see `archiver::wait_archived`.)
+const SESSION_DEADLINE: Duration = Duration::from_secs(3600);
+
+/// The server's clock as RFC 3339 UTC.
+const NOW_SQL: &str =
+    "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')";
 
 impl PostgresSource {
     pub fn new(
@@ -214,19 +217,7 @@ impl PostgresSource {
                 ),
             });
         }
-        self.note_consistent_at(meta)
-    }
-
-    /// The server's clock when the backup was over: every commit the backup
-    /// needs replayed to be consistent happened before it, so a
-    /// point-in-time restore can target any time from here on.
-    fn note_consistent_at(&self, meta: &mut PgSnapshotMeta) -> Result<(), SourceError> {
-        let now = self.client.query(
-            "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-        )?;
-        if let Some(t) = now.first().and_then(|r| r.first()) {
-            meta.consistent_at = Some(t.clone());
-        }
+        note_consistent_at(meta, self.client.query(NOW_SQL)?);
         Ok(())
     }
 
@@ -277,7 +268,7 @@ impl PostgresSource {
             } else {
                 "SELECT pg_start_backup('holdfast', true, false)"
             },
-            START_DEADLINE,
+            SESSION_DEADLINE,
         )?;
         let walked = super::datadir::walk(root, sink)?;
         tracing::debug!(
@@ -298,7 +289,7 @@ impl PostgresSource {
                     "pg_stop_backup(false, false)"
                 }
             ),
-            STOP_DEADLINE,
+            SESSION_DEADLINE,
         )?;
         let bad = |why: &str| SourceError::Database {
             what: "pg_backup_stop".into(),
@@ -354,6 +345,7 @@ impl PostgresSource {
             );
             archiver::wait_archived(&mut session, &history, self.stall)?;
         }
+        note_consistent_at(meta, session.ask(NOW_SQL, SESSION_DEADLINE)?);
         session.close(Duration::from_secs(10));
         let file = |name: &str| EntryMeta {
             path: format!("{PGDATA_PREFIX}/{name}"),
@@ -365,7 +357,7 @@ impl PostgresSource {
         if !spcmap.is_empty() {
             sink.file(&file("tablespace_map"), &mut spcmap.as_bytes())?;
         }
-        self.note_consistent_at(meta)
+        Ok(())
     }
 
     fn dump(&self, db: &str, sink: &mut dyn EntrySink) -> Result<(), SourceError> {
@@ -401,6 +393,15 @@ impl PostgresSource {
         }
         streamed?;
         Ok(())
+    }
+}
+
+/// The server's clock when the backup was over ([`NOW_SQL`]'s answer): every
+/// commit the backup needs replayed to be consistent happened before it, so
+/// a point-in-time restore can target any time from here on.
+fn note_consistent_at(meta: &mut PgSnapshotMeta, now: Vec<Vec<String>>) {
+    if let Some(t) = now.first().and_then(|r| r.first()) {
+        meta.consistent_at = Some(t.clone());
     }
 }
 
