@@ -7,12 +7,19 @@ use sha2::{Digest, Sha256};
 use super::crypto::{blob_ad, Crypto, BUNDLE_AD, PACK_TRAILER_AD};
 use crate::ids::{ChunkId, Hash256, PackId};
 
-/// Pack format 2: format 1 plus bundles (encoding 2). In an encrypted
+/// Pack format 3: format 2 with one trailer entry per bundle instead of
+/// one per chunk (a bundle's header names its chunks). In an encrypted
 /// repository (repository format 2) each blob and the trailer are sealed;
 /// the config says which, not the pack.
-pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x02";
+pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x03";
+/// Pack format 2, still read: bundles (encoding 2) with a trailer entry for
+/// each chunk of each bundle.
+pub const PACK_MAGIC_V2: &[u8; 8] = b"HFPACK\x00\x02";
 /// Pack format 1, still read: the same layout without bundles.
 pub const PACK_MAGIC_V1: &[u8; 8] = b"HFPACK\x00\x01";
+/// What the chunk id field of a pack format 3 trailer entry for a bundle
+/// holds: nothing (zeros). The bundle's own header names its chunks.
+pub const BUNDLE_BLOB_ID: ChunkId = ChunkId(Hash256([0; 32]));
 pub const TRAILER_MAGIC: &[u8; 8] = b"HFPACKTR";
 pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
 pub const FOOTER_LEN: usize = 4 + 8;
@@ -78,6 +85,15 @@ pub struct BlobEntry {
     pub encoding: Encoding,
 }
 
+impl BlobEntry {
+    /// A pack format 3 trailer entry for a whole bundle: it names no chunk
+    /// ([`BUNDLE_BLOB_ID`]), and `raw_length` is the bundle's decompressed
+    /// size. Its chunks are in the bundle's header ([`decode_bundle`]).
+    pub fn is_whole_bundle(&self) -> bool {
+        self.encoding == Encoding::Bundle && self.id == BUNDLE_BLOB_ID
+    }
+}
+
 /// A chunk made ready for a pack: its id and its encoded bytes.
 #[derive(Debug)]
 pub struct Blob {
@@ -109,6 +125,8 @@ pub fn encode_chunk(id: ChunkId, raw: &[u8], level: i32, crypto: &Crypto) -> Blo
 pub struct EncodedBundle {
     /// Each chunk's id and length, in bundle order.
     pub members: Vec<(ChunkId, u32)>,
+    /// The bundle's decompressed size, header included.
+    pub raw_length: u32,
     pub data: Vec<u8>,
 }
 
@@ -137,6 +155,7 @@ pub fn encode_bundle(members: &[(ChunkId, &[u8])], level: i32, crypto: &Crypto) 
             .iter()
             .map(|(id, d)| (*id, d.len() as u32))
             .collect(),
+        raw_length: plain.len() as u32,
         data: crypto.seal(BUNDLE_AD, data),
     }
 }
@@ -178,6 +197,11 @@ impl DecodedBundle {
             }
         }
         Ok(raw.to_vec())
+    }
+
+    /// The bundle's size once decompressed, header included.
+    pub fn raw_len(&self) -> usize {
+        self.raw.len()
     }
 
     /// Every chunk's id and bytes, in bundle order.
@@ -406,7 +430,10 @@ fn zstd_decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 /// Accumulates blobs into one pack.
 pub struct PackBuilder {
     buf: Vec<u8>,
+    /// Every chunk's place, for the index.
     entries: Vec<BlobEntry>,
+    /// Every blob's place, for the trailer: a bundle is one.
+    blobs: Vec<BlobEntry>,
 }
 
 impl Default for PackBuilder {
@@ -422,6 +449,7 @@ impl PackBuilder {
         PackBuilder {
             buf,
             entries: Vec::new(),
+            blobs: Vec::new(),
         }
     }
 
@@ -435,19 +463,29 @@ impl PackBuilder {
     }
 
     pub fn add(&mut self, blob: Blob) {
-        self.entries.push(BlobEntry {
+        let entry = BlobEntry {
             id: blob.id,
             offset: self.buf.len() as u64,
             length: blob.data.len() as u32,
             raw_length: blob.raw_length,
             encoding: blob.encoding,
-        });
+        };
+        self.entries.push(entry);
+        self.blobs.push(entry);
         self.buf.extend_from_slice(&blob.data);
     }
 
-    /// Adds a bundle: one blob, one trailer entry per chunk it holds.
+    /// Adds a bundle: one blob and one trailer entry, an index entry per
+    /// chunk it holds.
     pub fn add_bundle(&mut self, bundle: EncodedBundle) {
         let offset = self.buf.len() as u64;
+        self.blobs.push(BlobEntry {
+            id: BUNDLE_BLOB_ID,
+            offset,
+            length: bundle.data.len() as u32,
+            raw_length: bundle.raw_length,
+            encoding: Encoding::Bundle,
+        });
         for (id, raw_length) in bundle.members {
             self.entries.push(BlobEntry {
                 id,
@@ -461,10 +499,10 @@ impl PackBuilder {
     }
 
     /// Appends the trailer (sealed in an encrypted repository); returns the
-    /// pack bytes and its blob entries.
+    /// pack bytes and the place of each chunk it holds.
     pub fn finish(mut self, crypto: &Crypto) -> (Vec<u8>, Vec<BlobEntry>) {
-        let mut trailer = Vec::with_capacity(self.entries.len() * TRAILER_ENTRY_LEN);
-        for e in &self.entries {
+        let mut trailer = Vec::with_capacity(self.blobs.len() * TRAILER_ENTRY_LEN);
+        for e in &self.blobs {
             trailer.extend_from_slice(&e.id.0 .0);
             trailer.extend_from_slice(&e.offset.to_le_bytes());
             trailer.extend_from_slice(&e.length.to_le_bytes());
@@ -474,7 +512,7 @@ impl PackBuilder {
         self.buf
             .extend_from_slice(&crypto.seal(PACK_TRAILER_AD, trailer));
         self.buf
-            .extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+            .extend_from_slice(&(self.blobs.len() as u32).to_le_bytes());
         self.buf.extend_from_slice(TRAILER_MAGIC);
         (self.buf, self.entries)
     }
@@ -484,14 +522,22 @@ pub fn pack_id(bytes: &[u8]) -> PackId {
     PackId(Hash256(Sha256::digest(bytes).into()))
 }
 
-/// Reads a whole pack's trailer, checking its structure.
+/// Reads a whole pack's trailer, checking its structure. Its entries are
+/// blobs: in pack format 3 a bundle is one entry naming no chunk
+/// ([`BlobEntry::is_whole_bundle`]); in format 2 each chunk of a bundle has
+/// an entry with the bundle's offset and length.
 pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, String> {
-    if pack.len() < PACK_MAGIC.len() + FOOTER_LEN
-        || (&pack[..8] != PACK_MAGIC && &pack[..8] != PACK_MAGIC_V1)
-    {
+    let format = match pack.get(..8) {
+        _ if pack.len() < PACK_MAGIC.len() + FOOTER_LEN => None,
+        Some(m) if m == PACK_MAGIC => Some(3),
+        Some(m) if m == PACK_MAGIC_V2 => Some(2),
+        Some(m) if m == PACK_MAGIC_V1 => Some(1),
+        _ => None,
+    };
+    let Some(format) = format else {
         return Err("does not start with the pack magic".into());
-    }
-    let bundles_allowed = &pack[..8] == PACK_MAGIC;
+    };
+    let bundles_allowed = format >= 2;
     let footer = &pack[pack.len() - FOOTER_LEN..];
     if &footer[4..] != TRAILER_MAGIC {
         return Err("does not end with the trailer magic (truncated?)".into());
@@ -522,6 +568,23 @@ pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, Str
         let end = offset.checked_add(length as u64);
         if offset < PACK_MAGIC.len() as u64 || end.is_none_or(|end| end > blobs_end as u64) {
             return Err(format!("blob {id} lies outside the pack's blob area"));
+        }
+        // Format 3 names a bundle's chunks only in the bundle; format 2
+        // named each in the trailer, and no other blob may name none.
+        if (encoding == Encoding::Bundle && format == 3) != (id == BUNDLE_BLOB_ID) {
+            return Err(format!(
+                "blob at offset {offset}: a pack format {format} {} entry with chunk id {id}",
+                if encoding == Encoding::Bundle {
+                    "bundle"
+                } else {
+                    "chunk"
+                }
+            ));
+        }
+        if encoding == Encoding::Bundle && format == 3 && raw_length as usize > MAX_BUNDLE_RAW {
+            return Err(format!(
+                "bundle at offset {offset} claims {raw_length} bytes decompressed (at most {MAX_BUNDLE_RAW})"
+            ));
         }
         out.push(BlobEntry {
             id,
@@ -626,9 +689,23 @@ mod tests {
                 .collect();
             let (bytes, entries) = bundle_pack(&pages, &c);
             assert_eq!(&bytes[..8], PACK_MAGIC);
-            assert_eq!(parse_trailer(&bytes, &c).unwrap(), entries);
             assert_eq!(entries.len(), 15);
             let bundle = &entries[1..];
+            // The trailer: the lone chunk, then the bundle as one blob.
+            let trailer = parse_trailer(&bytes, &c).unwrap();
+            assert_eq!(trailer.len(), 2);
+            assert_eq!(trailer[0], entries[0]);
+            assert!(trailer[1].is_whole_bundle());
+            assert_eq!(
+                (trailer[1].offset, trailer[1].length),
+                (bundle[0].offset, bundle[0].length)
+            );
+            let decoded = decode_bundle(slice(&bytes, &trailer[1]), &c).unwrap();
+            assert_eq!(decoded.raw_len(), trailer[1].raw_length as usize);
+            assert_eq!(
+                decoded.chunks().map(|(id, _)| id).collect::<Vec<_>>(),
+                bundle.iter().map(|e| e.id).collect::<Vec<_>>()
+            );
             assert!(bundle.iter().all(|e| e.encoding == Encoding::Bundle
                 && e.offset == bundle[0].offset
                 && e.length == bundle[0].length));
@@ -779,6 +856,76 @@ mod tests {
             ..entry
         };
         assert_eq!(b.chunk(&other, true, &none), Err(BlobError::NotInBundle));
+    }
+
+    /// The pack format 3 layout, byte by byte, as docs/repository-format.md
+    /// (*Packs*) gives it: a changed writer fails here, not only in a
+    /// round trip with a changed reader.
+    #[test]
+    fn a_format_3_pack_is_laid_out_as_documented() {
+        let none = Crypto::none();
+        let (bytes, entries) = bundle_pack(&[b"page one".to_vec(), b"page two".to_vec()], &none);
+        let le32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        assert_eq!(&bytes[..8], b"HFPACK\x00\x03");
+        assert_eq!(&bytes[bytes.len() - 8..], b"HFPACKTR");
+        assert_eq!(le32(bytes.len() - 12), 2, "two blobs: a chunk, a bundle");
+        let trailer = bytes.len() - 12 - 2 * 49;
+        // Entry 0: the chunk "alone", a zstd frame or raw, at offset 8.
+        assert_eq!(&bytes[trailer..trailer + 32], &none.chunk_id(b"alone").0 .0);
+        assert_eq!(le64(trailer + 32), 8);
+        assert_eq!(le32(trailer + 44), 5);
+        // Entry 1: the bundle, right after it; no chunk id, encoding 2,
+        // raw length = header (8 + 2 x 36) + the two pages.
+        let b = trailer + 49;
+        assert_eq!(&bytes[b..b + 32], &[0u8; 32]);
+        assert_eq!(le64(b + 32), 8 + le32(trailer + 40) as u64);
+        assert_eq!(le32(b + 40), entries[1].length);
+        assert_eq!(le32(b + 44), 8 + 2 * 36 + 16);
+        assert_eq!(bytes[b + 48], 2);
+        // The index still gets one entry per chunk, at the bundle's place.
+        assert_eq!(entries.len(), 3);
+        assert!(entries[1..]
+            .iter()
+            .all(|e| e.offset == le64(b + 32) && e.encoding == Encoding::Bundle));
+    }
+
+    /// Pack format 2 (a trailer entry per chunk of each bundle), written
+    /// by builds before format 3, is still read.
+    #[test]
+    fn a_format_2_pack_with_an_entry_per_bundled_chunk_is_still_read() {
+        let none = Crypto::none();
+        let pages = [b"page one".to_vec(), b"page two".to_vec()];
+        let (bytes, entries) = bundle_pack(&pages, &none);
+        let blobs_end = bytes.len() - 12 - 2 * 49;
+        let mut v2 = bytes[..blobs_end].to_vec();
+        v2[..8].copy_from_slice(PACK_MAGIC_V2);
+        for e in &entries {
+            v2.extend_from_slice(&e.id.0 .0);
+            v2.extend_from_slice(&e.offset.to_le_bytes());
+            v2.extend_from_slice(&e.length.to_le_bytes());
+            v2.extend_from_slice(&e.raw_length.to_le_bytes());
+            v2.push(e.encoding.to_byte());
+        }
+        v2.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        v2.extend_from_slice(TRAILER_MAGIC);
+        let parsed = parse_trailer(&v2, &none).unwrap();
+        assert_eq!(parsed, entries);
+        for (e, page) in parsed[1..].iter().zip(&pages) {
+            assert_eq!(&decode_blob(e, slice(&v2, e), &none).unwrap(), page);
+        }
+        // A whole-bundle entry (no chunk id) is format 3 only; a format 3
+        // bundle entry must name no chunk.
+        let mut mixed = bytes.clone();
+        mixed[..8].copy_from_slice(PACK_MAGIC_V2);
+        assert!(parse_trailer(&mixed, &none)
+            .unwrap_err()
+            .contains("pack format 2 bundle entry with chunk id 0000"));
+        let mut named = v2.clone();
+        named[..8].copy_from_slice(PACK_MAGIC);
+        assert!(parse_trailer(&named, &none)
+            .unwrap_err()
+            .contains("pack format 3 bundle entry with chunk id"));
     }
 
     #[test]

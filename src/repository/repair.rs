@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::index::{IndexFile, IndexedChunk, IndexedPack};
-use super::pack::{pack_id, parse_trailer, BundleCache, MAX_CHUNK_LEN};
+use super::pack::{decode_bundle, pack_id, parse_trailer, BundleCache, MAX_CHUNK_LEN};
 use super::{index_key, RepoError, Repository, MAX_CHUNKS_PER_INDEX, PACKS_PER_INDEX};
 use crate::ids::{Hash256, IndexId, PackId};
 use crate::progress::{Progress, ProgressMode};
@@ -230,7 +230,30 @@ fn read_pack(
             skipped += 1;
             continue;
         };
-        if data.len() != e.length as usize || bundles.decode(id, &e, data, true, crypto).is_err() {
+        if data.len() != e.length as usize {
+            skipped += 1;
+            continue;
+        }
+        if e.is_whole_bundle() {
+            // Pack format 3: the bundle's header names its chunks.
+            let Ok(bundle) = decode_bundle(data, crypto) else {
+                skipped += 1;
+                continue;
+            };
+            for (chunk, raw) in bundle.chunks() {
+                if crypto.chunk_id(raw) != chunk {
+                    skipped += 1;
+                    continue;
+                }
+                chunks.push(IndexedChunk {
+                    id: chunk,
+                    raw_length: raw.len() as u32,
+                    ..IndexedChunk::from(e)
+                });
+            }
+            continue;
+        }
+        if bundles.decode(id, &e, data, true, crypto).is_err() {
             skipped += 1;
             continue;
         }

@@ -4,14 +4,14 @@
 //! share of the packs, a stretch of the ring of pack ids that the next run
 //! continues ([`choose_sample`]); the other packs are only checked to exist.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::manifest::ManifestEntry;
-use super::pack::{parse_trailer, BundleCache};
+use super::pack::{parse_trailer, BundleCache, Encoding};
 use super::read::{ChunkReader, Discard};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
@@ -797,7 +797,19 @@ fn check_pack(
     match parse_trailer(bytes, crypto) {
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
-            let by_id: HashMap<_, _> = blobs.iter().map(|b| (b.id, *b)).collect();
+            let by_id: HashMap<_, _> = blobs
+                .iter()
+                .filter(|b| !b.is_whole_bundle())
+                .map(|b| (b.id, *b))
+                .collect();
+            // Where bundles lie: a bundled chunk's entry gives the bundle's
+            // place, and the bundle's header (checked by decoding) says
+            // whether it holds the chunk.
+            let bundles_at: HashSet<(u64, u32)> = blobs
+                .iter()
+                .filter(|b| b.encoding == Encoding::Bundle)
+                .map(|b| (b.offset, b.length))
+                .collect();
             // In pack order, so each bundle is decompressed once.
             let mut places: Vec<(&crate::ids::ChunkId, &super::ChunkLocation)> = needed
                 .iter()
@@ -813,7 +825,12 @@ fn check_pack(
             for (chunk, loc) in places {
                 let disputed = index.is_disputed(chunk);
                 let mut loc_faults = Vec::new();
-                if by_id.get(chunk) != Some(&loc.blob) {
+                let listed = if loc.blob.encoding == Encoding::Bundle {
+                    bundles_at.contains(&(loc.blob.offset, loc.blob.length))
+                } else {
+                    by_id.get(chunk) == Some(&loc.blob)
+                };
+                if !listed {
                     loc_faults.push("the index and the pack trailer disagree".to_string());
                 }
                 let b = loc.blob;
