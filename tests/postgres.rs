@@ -614,6 +614,16 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
     names_unauthentic(&said_by(&out, 5), &segments[1]);
     assert!(!to.exists());
+    // The base backup restored beside the target while the WAL was checked
+    // is removed with it, and so is the WAL spool.
+    let leftovers = |to: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(to.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".restored."))
+            .collect()
+    };
+    assert_eq!(leftovers(&to), Vec::<String>::new());
 
     // verify reads the archived WAL too, and names the damaged file.
     let out = pg.holdfast(&["verify", "--plan", &plan]);
@@ -624,6 +634,7 @@ fn a_missing_or_corrupt_segment_or_a_target_outside_the_window_is_refused_before
     let out = pg.holdfast(&["restore", "--plan", &plan, "--at", &t, "--to", s(&to)]);
     exits_saying(&out, 5, &format!("wal/pg/{} is missing", segments[1]));
     assert!(!to.exists());
+    assert_eq!(leftovers(&to), Vec::<String>::new());
     let listed = pg.holdfast(&["snapshots", "--plan", &plan]);
     assert!(
         text(&listed).contains(&format!("segment {} is missing", segments[1])),

@@ -8,6 +8,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -138,6 +139,7 @@ pub async fn restore(
             keep_setid: opts.keep_setid_bits,
             progress: opts.progress,
             check: opts.check_with,
+            cancel: None,
         },
     )
     .await?;
@@ -168,6 +170,64 @@ pub struct Materialize<'a> {
     pub keep_setid: bool,
     pub progress: ProgressMode,
     pub check: Option<CheckFn>,
+    /// Set by someone else to stop the restore early (it then fails and
+    /// removes what it wrote): a point-in-time restore stops its base
+    /// backup's restore when the WAL check running beside it fails.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+/// A restore written, checked and flushed beside its target, not yet in
+/// place ([`stage`]): [`Staged::place`] renames it into place,
+/// [`Staged::discard`] removes it. Dropped otherwise, it is removed on a
+/// thread of its own.
+pub struct Staged {
+    temp: Option<PathBuf>,
+    target: PathBuf,
+    parent: PathBuf,
+    force: bool,
+    files: u64,
+}
+
+impl Staged {
+    /// The number of files it holds.
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+
+    /// Renames it into place and flushes the rename; returns the file count.
+    pub async fn place(mut self) -> Result<u64, MaterializeError> {
+        let temp = self.temp.take().expect("placed once");
+        let (t, parent, force) = (self.target.clone(), self.parent.clone(), self.force);
+        tokio::task::spawn_blocking(move || {
+            swap_into_place(&temp, &t, force)
+                .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
+                .map_err(|source| {
+                    let _ = remove_any(&temp);
+                    MaterializeError::Target { path: t, source }
+                })
+        })
+        .await
+        .expect("swap into place panicked")?;
+        Ok(self.files)
+    }
+
+    /// Removes it, leaving the target as it was.
+    pub async fn discard(mut self) {
+        if let Some(temp) = self.temp.take() {
+            remove_in_background(&temp).await;
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(temp) = self.temp.take() {
+            // Not on an async worker: a tree can take seconds to remove.
+            let _ = std::thread::Builder::new()
+                .name("holdfast-discard".into())
+                .spawn(move || remove_any(&temp));
+        }
+    }
 }
 
 /// Writes `entries` into a temporary path beside the target, checks every
@@ -180,6 +240,21 @@ pub async fn materialize(
     total: u64,
     how: &Materialize<'_>,
 ) -> Result<u64, MaterializeError> {
+    stage(repo, snapshot, entries, total, how)
+        .await?
+        .place()
+        .await
+}
+
+/// [`materialize`] up to the rename: the restore written, checked and
+/// flushed beside its target, for the caller to place or discard.
+pub async fn stage(
+    repo: &Repository,
+    snapshot: &SnapshotId,
+    entries: Vec<ManifestEntry>,
+    total: u64,
+    how: &Materialize<'_>,
+) -> Result<Staged, MaterializeError> {
     let target = how.target.to_path_buf();
     let single = how.single;
     let force = how.force;
@@ -225,6 +300,7 @@ pub async fn materialize(
     );
     let progress = Progress::new("restore", Some(total), how.progress);
     let temp_in = temp.clone();
+    let cancel = how.cancel.clone();
     let result = tokio::task::spawn_blocking(move || {
         let mut sink = TreeWriter {
             root: temp_in,
@@ -237,6 +313,7 @@ pub async fn materialize(
             files: 0,
             unsynced: 0,
             syncer: Some(Syncer::start()),
+            cancel,
         };
         let r = if single {
             Ok(())
@@ -287,18 +364,13 @@ pub async fn materialize(
             return Err(MaterializeError::Check { target, source });
         }
     }
-    let t = target.clone();
-    tokio::task::spawn_blocking(move || {
-        swap_into_place(&temp, &t, force)
-            .and_then(|_| File::open(&parent).and_then(|d| d.sync_all()))
-            .map_err(|source| {
-                let _ = remove_any(&temp);
-                MaterializeError::Target { path: t, source }
-            })
+    Ok(Staged {
+        temp: Some(temp),
+        target,
+        parent,
+        force,
+        files,
     })
-    .await
-    .expect("swap into place panicked")?;
-    Ok(files)
 }
 
 /// Removes a failed restore's temporary path on a blocking thread.
@@ -400,6 +472,25 @@ struct TreeWriter {
     /// Bytes written to the current file since its last background flush.
     unsynced: u64,
     syncer: Option<Syncer>,
+    /// [`Materialize::cancel`].
+    cancel: Option<Arc<AtomicBool>>,
+}
+
+impl TreeWriter {
+    /// Fails once [`Materialize::cancel`] is set.
+    fn go_on(&self) -> std::io::Result<()> {
+        if self
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "restore stopped: a check running beside it failed",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Starts writeback of a file being restored while the restore goes on, so
@@ -519,6 +610,7 @@ fn ft(ns: i64) -> filetime::FileTime {
 impl ReadSink for TreeWriter {
     /// Files are created 0600 and keep that until their content is checked.
     fn start(&mut self, entry: &ManifestEntry) -> std::io::Result<()> {
+        self.go_on()?;
         let f = if self.single {
             fs::OpenOptions::new()
                 .write(true)
@@ -539,6 +631,7 @@ impl ReadSink for TreeWriter {
     }
 
     fn data(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.go_on()?;
         self.progress.inc(bytes.len() as u64);
         let out = self.out.as_mut().expect("data comes between start and end");
         out.write_all(bytes)?;
@@ -652,6 +745,7 @@ mod tests {
                 files: 0,
                 unsynced: 0,
                 syncer: None,
+                cancel: None,
             };
             sink.prepare_tree(&entries).unwrap();
             let err = reader.read_files(&entries, &mut sink).unwrap_err();

@@ -133,6 +133,7 @@ pub async fn restore(
             keep_setid: false,
             progress: opts.progress,
             check: None,
+            cancel: None,
         },
     )
     .await?;

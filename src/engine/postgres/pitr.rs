@@ -21,6 +21,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,7 +41,7 @@ use crate::plan::PlanName;
 use crate::progress::ProgressMode;
 use crate::repository::log_archive::{self, LogError};
 use crate::repository::materialize::{
-    absolute, check_target, materialize, Materialize, MaterializeError,
+    absolute, check_target, stage, Materialize, MaterializeError,
 };
 use crate::repository::{Manifest, Repository};
 use crate::store::Store;
@@ -638,7 +639,9 @@ pub async fn restore_pitr_server(
     let mut manifest = base_manifest(repo, &base, opts.start).await?;
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, target = %opts.target, "point-in-time restore started");
 
-    // 1. The WAL, checked before anything is written.
+    // 1 and 2. The WAL is checked while the base backup is restored beside
+    // the target (a temporary directory); the restore is put in place only
+    // once the WAL passed, and a failed check stops and removes it.
     let spool = target_dir.with_file_name(format!(
         ".{}.holdfast-wal-{}",
         target_dir
@@ -653,11 +656,34 @@ pub async fn restore_pitr_server(
     // What the restore actually does, where that differs from what was asked.
     let mut opts = opts.clone();
     let mut notes = Vec::new();
-    let checked = match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool)
-        .await?
-    {
-        Ok(checked) => checked,
-        Err(past) => {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut restore_started = Instant::now();
+    let (checked, staged) = {
+        let wal = async {
+            let r = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
+            if !matches!(r, Ok(Ok(_))) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+            (r, started.elapsed().as_secs_f64())
+        };
+        let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
+        let how = base_restore(&target_dir, &base, opts.progress, Some(cancel.clone()));
+        let restore = stage(repo, &base.snapshot.id, entries, total, &how);
+        tokio::join!(wal, restore)
+    };
+    let ((checked, mut check_wal_seconds), staged) = (checked, staged);
+    let (checked, staged) = match checked {
+        Err(e) => {
+            if let Ok(s) = staged {
+                s.discard().await;
+            }
+            return Err(e);
+        }
+        Ok(Ok(checked)) => (checked, staged?),
+        Ok(Err(past)) => {
+            if let Ok(s) = staged {
+                s.discard().await;
+            }
             // A time after every archived transaction, but not after every
             // base backup: the first backup consistent at or after it holds
             // the state as of that time (nothing archived committed between).
@@ -683,10 +709,22 @@ pub async fn restore_pitr_server(
             opts.target = PgTarget::Immediate;
             // The spool holds the earlier backup's segments: start it afresh.
             fresh_spool(&spool).await?;
-            match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await? {
-                Ok(checked) => checked,
-                Err(past) => return Err(past.refusal(opts.target, &bases, &mut archive).await?),
-            }
+            let checked =
+                match check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await?
+                {
+                    Ok(checked) => checked,
+                    Err(past) => {
+                        return Err(past.refusal(opts.target, &bases, &mut archive).await?)
+                    }
+                };
+            check_wal_seconds = started.elapsed().as_secs_f64();
+            restore_started = Instant::now();
+            let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
+            let how = base_restore(&target_dir, &base, opts.progress, None);
+            (
+                checked,
+                stage(repo, &base.snapshot.id, entries, total, &how).await?,
+            )
         }
     };
     if opts.target == PgTarget::Immediate && notes.is_empty() {
@@ -713,28 +751,8 @@ pub async fn restore_pitr_server(
         ));
     }
     let opts = &opts;
-    let check_wal_seconds = started.elapsed().as_secs_f64();
-
-    // 2. The base backup.
-    let restore_started = Instant::now();
-    let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
-    let files = materialize(
-        repo,
-        &base.snapshot.id,
-        entries,
-        total,
-        &Materialize {
-            target: &target_dir,
-            manifest: &base.snapshot.key,
-            single: false,
-            force: false,
-            // A data directory has no use for setuid/setgid bits.
-            keep_setid: false,
-            progress: opts.progress,
-            check: None,
-        },
-    )
-    .await?;
+    let (_, total) = manifest.entries_under(PGDATA_PREFIX);
+    let files = staged.place().await?;
     let (role, role_reason) = CopyRole::decide(opts.archive, &base, &target_dir);
     let timeline = ancestry.last().map_or(base.timeline, |s| s.timeline);
     let (dir, spool_in, opts_in, base_in, why) = (
@@ -804,6 +822,26 @@ pub async fn restore_pitr_server(
     report.phases.total_seconds = started.elapsed().as_secs_f64();
     tracing::info!(plan = %plan, base_backup = %base.snapshot.id, "point-in-time restore finished");
     Ok((report, server))
+}
+
+/// How a base backup's files are restored: beside `target`, without
+/// setuid/setgid bits (a data directory has no use for them).
+fn base_restore<'a>(
+    target: &'a Path,
+    base: &'a BaseBackup,
+    progress: ProgressMode,
+    cancel: Option<Arc<AtomicBool>>,
+) -> Materialize<'a> {
+    Materialize {
+        target,
+        manifest: &base.snapshot.key,
+        single: false,
+        force: false,
+        keep_setid: false,
+        progress,
+        check: None,
+        cancel,
+    }
 }
 
 /// The base backup's manifest; with `--start`, it must carry the server's

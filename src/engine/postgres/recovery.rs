@@ -269,8 +269,9 @@ pub async fn start_and_recover(
         keep: false,
     };
     let started = Instant::now();
+    let mut seen_pid_file = false;
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(recovery_poll(started.elapsed())).await;
         if started.elapsed() > deadline {
             return Err(failed(
                 format!(
@@ -280,15 +281,25 @@ pub async fn start_and_recover(
                 &log,
             ));
         }
-        if !server.alive().await {
-            server.keep = true;
-            return Err(failed("the server stopped during recovery".into(), &log));
-        }
         let pid_file = dir.join("postmaster.pid");
-        let Some(address) = tokio::fs::read_to_string(&pid_file)
-            .await
-            .ok()
-            .and_then(|t| postmaster_address(&t))
+        let pid_text = tokio::fs::read_to_string(&pid_file).await.ok();
+        seen_pid_file |= pid_text.is_some();
+        if !server.alive().await {
+            // `pg_ctl -W` returns before the postmaster wrote its pid file,
+            // and `pg_ctl status` says "no server running" until it has.
+            if seen_pid_file || started.elapsed() > PID_FILE_GRACE {
+                server.keep = true;
+                return Err(failed("the server stopped during recovery".into(), &log));
+            }
+            continue;
+        }
+        // Only a postmaster that has opened its sockets is asked: one that
+        // cannot bind its port has written its pid file (with that port)
+        // and is about to exit, and whatever else answers there is not it.
+        let Some(address) = pid_text
+            .as_deref()
+            .filter(|t| postmaster_listening(t))
+            .and_then(postmaster_address)
         else {
             continue;
         };
@@ -303,6 +314,23 @@ pub async fn start_and_recover(
                 server,
             });
         }
+    }
+}
+
+/// How long a server started for recovery may take to write its
+/// `postmaster.pid` before `pg_ctl status` saying it is not running is
+/// believed.
+const PID_FILE_GRACE: Duration = Duration::from_secs(10);
+
+/// How long to wait before asking again whether recovery has ended: often
+/// at first, when a small restore's recovery ends within a second and each
+/// poll late is time on-call waits for, then every 200 ms (each poll is a
+/// `pg_ctl status` and a `psql`).
+fn recovery_poll(elapsed: Duration) -> Duration {
+    match elapsed.as_secs() {
+        0 => Duration::from_millis(25),
+        1..=9 => Duration::from_millis(50),
+        _ => Duration::from_millis(200),
     }
 }
 
@@ -358,6 +386,16 @@ fn owner_of(path: &Path) -> String {
             })
         })
         .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+/// Whether `postmaster.pid` says the postmaster accepts connections: its
+/// status line (the 8th, PostgreSQL 10 and later) is written `ready` or
+/// `standby` only after its sockets are open.
+fn postmaster_listening(text: &str) -> bool {
+    matches!(
+        text.lines().nth(7).map(str::trim),
+        Some("ready" | "standby")
+    )
 }
 
 /// Port and a host to reach the server at, from `postmaster.pid`.
@@ -417,6 +455,25 @@ fn log_tail(log: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_postmaster_is_asked_only_once_its_pid_file_says_it_listens() {
+        let pid = |status: &str| {
+            format!("4242\n/srv/pgdata\n1764849600\n5433\n/tmp\nlocalhost\n  5433001    98304\n{status}\n")
+        };
+        // Written at start, before any socket: the port of a postmaster
+        // that may never bind it.
+        assert!(!postmaster_listening(
+            "4242\n/srv/pgdata\n1764849600\n5433\n/tmp\n"
+        ));
+        assert!(!postmaster_listening(&pid("starting")));
+        assert!(!postmaster_listening(&pid("stopping")));
+        // The status is padded to a fixed width.
+        assert!(postmaster_listening(&pid("ready   ")));
+        assert!(postmaster_listening(&pid("standby ")));
+        let a = postmaster_address(&pid("ready   ")).unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("/tmp", 5433));
+    }
 
     #[test]
     fn the_server_log_says_where_recovery_stopped() {
