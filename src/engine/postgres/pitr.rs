@@ -731,10 +731,17 @@ pub async fn restore_pitr_server(
         // `--snapshot X` alone: say what was not replayed.
         let size = base.segment_size;
         let stop = base.stop_segment().number;
-        let newest = archive
+        let newest = match archive
             .newest_on(&ancestry, base.start_segment().number, size)
-            .await?
-            .unwrap_or(stop);
+            .await
+        {
+            Ok(newest) => newest.unwrap_or(stop),
+            Err(e) => {
+                // Removed now, not by a thread the exit may cut short.
+                staged.discard().await;
+                return Err(e);
+            }
+        };
         let after = if newest > stop {
             format!(
                 "the {} WAL segment(s) archived after it (through {}) were not replayed",
