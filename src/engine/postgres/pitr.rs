@@ -658,6 +658,7 @@ pub async fn restore_pitr_server(
     let mut notes = Vec::new();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut restore_started = Instant::now();
+    let (entries, mut total) = manifest.entries_under(PGDATA_PREFIX);
     let (checked, staged) = {
         let wal = async {
             let r = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
@@ -666,7 +667,6 @@ pub async fn restore_pitr_server(
             }
             (r, started.elapsed().as_secs_f64())
         };
-        let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
         let how = base_restore(&target_dir, &base, opts.progress, Some(cancel.clone()));
         let restore = stage(repo, &base.snapshot.id, entries, total, &how);
         tokio::join!(wal, restore)
@@ -719,7 +719,8 @@ pub async fn restore_pitr_server(
                 };
             check_wal_seconds = started.elapsed().as_secs_f64();
             restore_started = Instant::now();
-            let (entries, total) = manifest.entries_under(PGDATA_PREFIX);
+            let (entries, bytes) = manifest.entries_under(PGDATA_PREFIX);
+            total = bytes;
             let how = base_restore(&target_dir, &base, opts.progress, None);
             (
                 checked,
@@ -758,7 +759,6 @@ pub async fn restore_pitr_server(
         ));
     }
     let opts = &opts;
-    let (_, total) = manifest.entries_under(PGDATA_PREFIX);
     let files = staged.place().await?;
     let (role, role_reason) = CopyRole::decide(opts.archive, &base, &target_dir);
     let timeline = ancestry.last().map_or(base.timeline, |s| s.timeline);
@@ -1051,13 +1051,22 @@ async fn check_wal(
         let Some((number, name, task)) = pending.pop_front() else {
             break;
         };
-        task.await.expect("WAL fetch task panicked")?;
+        if let Err(e) = task.await.expect("WAL fetch task panicked") {
+            settle(&mut pending).await;
+            return Err(e);
+        }
         count += 1;
         last = name.clone();
         if number >= must_reach {
             let reached = match (target, &waldump) {
                 (PgTarget::Time(t), Some(w)) => {
-                    let times = w.transaction_times(&spool.join(&name)).await?;
+                    let times = match w.transaction_times(&spool.join(&name)).await {
+                        Ok(times) => times,
+                        Err(e) => {
+                            settle(&mut pending).await;
+                            return Err(e);
+                        }
+                    };
                     if let Some(newest_here) = times.last() {
                         newest_seen = Some(*newest_here);
                     }
@@ -1088,6 +1097,15 @@ async fn check_wal(
         ));
     }
     Ok(Err(PastArchive { newest_seen, last }))
+}
+
+/// Waits for the fetches still in flight before a failed check returns: each
+/// writes into the spool from a blocking thread that aborting would not
+/// stop, and the spool is removed as the error goes up.
+async fn settle(pending: &mut VecDeque<(u64, String, FetchTask)>) {
+    for (_, _, task) in pending.drain(..) {
+        let _ = task.await;
+    }
 }
 
 /// A time target later than every transaction in the archived WAL.
