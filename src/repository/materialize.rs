@@ -189,11 +189,6 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// The number of files it holds.
-    pub fn files(&self) -> u64 {
-        self.files
-    }
-
     /// Renames it into place and flushes the rename; returns the file count.
     pub async fn place(mut self) -> Result<u64, MaterializeError> {
         let temp = self.temp.take().expect("placed once");
