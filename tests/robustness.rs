@@ -54,8 +54,16 @@ proptest! {
             length: bytes.len() as u32,
             raw_length,
             encoding: Encoding::Zstd,
+            bundle_offset: None,
         };
         let _ = decode_blob(&entry, &bytes, &Crypto::none());
+        // The same bytes as a bundle, the chunk at any place in it.
+        let in_bundle = BlobEntry {
+            encoding: Encoding::Bundle,
+            bundle_offset: std::num::NonZeroU32::new(raw_length),
+            ..entry
+        };
+        let _ = decode_blob(&in_bundle, &bytes, &Crypto::none());
     }
 }
 
@@ -102,6 +110,7 @@ fn a_damaged_length_cannot_make_a_reader_allocate_gigabytes() {
         length: 4,
         raw_length: u32::MAX,
         encoding: Encoding::Zstd,
+        bundle_offset: None,
     };
     let err = decode_blob(&entry, b"\x28\xb5\x2f\xfd", &Crypto::none())
         .expect_err("a 4 GiB claim is refused");

@@ -1,10 +1,11 @@
 //! Index objects: which pack holds each chunk, and where in it.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 
 use serde::{Deserialize, Serialize};
 
-use super::pack::{BlobEntry, Encoding, MAX_CHUNK_LEN, PACK_MAGIC};
+use super::pack::{BlobEntry, Encoding, MAX_BUNDLE_RAW, MAX_CHUNK_LEN, PACK_MAGIC};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, PackId};
 
@@ -244,6 +245,10 @@ pub struct IndexedChunk {
     pub length: u32,
     pub raw_length: u32,
     pub encoding: Encoding,
+    /// A chunk in a format 2 bundle: where it starts in the decompressed
+    /// bundle (see [`BlobEntry::bundle_offset`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_offset: Option<NonZeroU32>,
 }
 
 impl IndexedChunk {
@@ -254,6 +259,7 @@ impl IndexedChunk {
             length: self.length,
             raw_length: self.raw_length,
             encoding: self.encoding,
+            bundle_offset: self.bundle_offset,
         }
     }
 }
@@ -266,6 +272,7 @@ impl From<BlobEntry> for IndexedChunk {
             length: e.length,
             raw_length: e.raw_length,
             encoding: e.encoding,
+            bundle_offset: e.bundle_offset,
         }
     }
 }
@@ -329,6 +336,20 @@ impl IndexFile {
                         "chunk {} claims {} bytes ({} stored), more than a chunk can hold ({MAX_CHUNK_LEN})",
                         c.id, c.raw_length, c.length
                     )
+                } else if let Some(at) = c.bundle_offset {
+                    if c.encoding != Encoding::Bundle {
+                        format!(
+                            "chunk {} is not bundled but names a place in a bundle",
+                            c.id
+                        )
+                    } else if at.get() as usize >= MAX_BUNDLE_RAW {
+                        format!(
+                            "chunk {} claims to start at byte {at} of its bundle (bundles hold at most {MAX_BUNDLE_RAW})",
+                            c.id
+                        )
+                    } else {
+                        continue;
+                    }
                 } else {
                     continue;
                 };
@@ -340,5 +361,69 @@ impl IndexFile {
             }
         }
         Ok(file)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Hash256;
+    use crate::repository::Crypto;
+
+    fn object(chunks: Vec<IndexedChunk>) -> (String, Vec<u8>) {
+        let bytes = IndexFile::new(vec![IndexedPack {
+            id: PackId(Hash256::digest(b"pack")),
+            size: 1000,
+            chunks,
+        }])
+        .encode(&Crypto::none());
+        (format!("index/{}", Hash256::digest(&bytes)), bytes)
+    }
+
+    fn chunk(encoding: Encoding, bundle_offset: Option<u32>) -> IndexedChunk {
+        IndexedChunk {
+            id: ChunkId(Hash256::digest(b"chunk")),
+            offset: 8,
+            length: 100,
+            raw_length: 8192,
+            encoding,
+            bundle_offset: bundle_offset.and_then(NonZeroU32::new),
+        }
+    }
+
+    #[test]
+    fn a_place_in_a_bundle_is_kept_only_for_a_bundled_chunk_inside_a_bundle_s_size() {
+        let decode = |c| {
+            let (key, bytes) = object(vec![c]);
+            IndexFile::decode(&key, &bytes, &Crypto::none()).map(|f| f.packs[0].chunks[0])
+        };
+        let bundled = chunk(Encoding::Bundle, Some(68));
+        assert_eq!(decode(bundled).unwrap(), bundled);
+        // Index objects written before bundle format 2 have no place.
+        let (key, bytes) = object(vec![chunk(Encoding::Bundle, None)]);
+        let plain = crate::repository::decode_json_zst::<serde_json::Value>(
+            crate::repository::INDEX_CAP,
+            &key,
+            &bytes,
+        )
+        .unwrap();
+        assert!(plain["packs"][0]["chunks"][0]
+            .get("bundle_offset")
+            .is_none());
+        assert_eq!(
+            IndexFile::decode(&key, &bytes, &Crypto::none())
+                .unwrap()
+                .packs[0]
+                .chunks[0]
+                .bundle_offset,
+            None
+        );
+        let why = |c| match decode(c) {
+            Err(RepoError::Corrupt { why, .. }) => why,
+            other => panic!("accepted: {other:?}"),
+        };
+        assert!(why(chunk(Encoding::Zstd, Some(68))).contains("is not bundled"));
+        assert!(why(chunk(Encoding::Bundle, Some(MAX_BUNDLE_RAW as u32)))
+            .contains("claims to start at byte"));
     }
 }

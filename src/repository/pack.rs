@@ -6,19 +6,23 @@ use sha2::{Digest, Sha256};
 
 use super::crypto::{blob_ad, Crypto, BUNDLE_AD, PACK_TRAILER_AD};
 use crate::ids::{ChunkId, Hash256, PackId};
+use std::num::NonZeroU32;
 
-/// Pack format 3: format 2 with one trailer entry per bundle instead of
-/// one per chunk (a bundle's header names its chunks). In an encrypted
-/// repository (repository format 2) each blob and the trailer are sealed;
-/// the config says which, not the pack.
-pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x03";
+/// Pack format 4: format 3 whose bundles are bundle format 2 (a header of
+/// lengths only; the index gives each chunk's place in its bundle). In an
+/// encrypted repository (repository format 2) each blob and the trailer
+/// are sealed; the config says which, not the pack.
+pub const PACK_MAGIC: &[u8; 8] = b"HFPACK\x00\x04";
+/// Pack format 3, still read: one trailer entry per bundle instead of one
+/// per chunk; its bundles (format 1) name their chunks in their header.
+pub const PACK_MAGIC_V3: &[u8; 8] = b"HFPACK\x00\x03";
 /// Pack format 2, still read: bundles (encoding 2) with a trailer entry for
 /// each chunk of each bundle.
 pub const PACK_MAGIC_V2: &[u8; 8] = b"HFPACK\x00\x02";
 /// Pack format 1, still read: the same layout without bundles.
 pub const PACK_MAGIC_V1: &[u8; 8] = b"HFPACK\x00\x01";
-/// What the chunk id field of a pack format 3 trailer entry for a bundle
-/// holds: nothing (zeros). The bundle's own header names its chunks.
+/// What the chunk id field of a pack format 3 or 4 trailer entry for a
+/// bundle holds: nothing (zeros).
 pub const BUNDLE_BLOB_ID: ChunkId = ChunkId(Hash256([0; 32]));
 pub const TRAILER_MAGIC: &[u8; 8] = b"HFPACKTR";
 pub const TRAILER_ENTRY_LEN: usize = 32 + 8 + 4 + 4 + 1;
@@ -40,10 +44,15 @@ pub const BUNDLE_TARGET: usize = 128 * 1024;
 /// many bytes once decompressed (header included).
 pub const MAX_BUNDLE_CHUNKS: usize = 4096;
 pub const MAX_BUNDLE_RAW: usize = 4 * 1024 * 1024;
-/// The magic at the start of a bundle's (decompressed) bytes.
-pub const BUNDLE_MAGIC: &[u8; 4] = b"HFBN";
-pub const BUNDLE_MEMBER_LEN: usize = 32 + 4;
-/// A bundle's header: magic and count.
+/// The magic at the start of a bundle's (decompressed) bytes: bundle
+/// format 2, whose header gives each chunk's length only.
+pub const BUNDLE_MAGIC: &[u8; 4] = b"HFB2";
+pub const BUNDLE_MEMBER_LEN: usize = 4;
+/// Bundle format 1 (pack formats 2 and 3), still read: each chunk's id and
+/// length in the header.
+pub const BUNDLE_MAGIC_V1: &[u8; 4] = b"HFBN";
+pub const BUNDLE_MEMBER_LEN_V1: usize = 32 + 4;
+/// A bundle's header: magic and count, then a member entry per chunk.
 pub const BUNDLE_HEADER_LEN: usize = 8;
 
 /// How a blob's bytes encode its chunk.
@@ -52,8 +61,9 @@ pub const BUNDLE_HEADER_LEN: usize = 8;
 pub enum Encoding {
     Raw,
     Zstd,
-    /// The blob is a bundle: one zstd frame holding several chunks, found
-    /// in it by id (pack format 2).
+    /// The blob is a bundle: one zstd frame holding several chunks (pack
+    /// format 2 and later), found in it by their place (bundle format 2)
+    /// or id (bundle format 1).
     Bundle,
 }
 
@@ -83,12 +93,16 @@ pub struct BlobEntry {
     pub length: u32,
     pub raw_length: u32,
     pub encoding: Encoding,
+    /// For a chunk in a format 2 bundle: where its bytes start in the
+    /// bundle once decompressed (after the header, so never 0). Index
+    /// entries carry it; trailers do not.
+    pub bundle_offset: Option<NonZeroU32>,
 }
 
 impl BlobEntry {
-    /// A pack format 3 trailer entry for a whole bundle: it names no chunk
-    /// ([`BUNDLE_BLOB_ID`]), and `raw_length` is the bundle's decompressed
-    /// size. Its chunks are in the bundle's header ([`decode_bundle`]).
+    /// A pack format 3 or 4 trailer entry for a whole bundle: it names no
+    /// chunk ([`BUNDLE_BLOB_ID`]), and `raw_length` is the bundle's
+    /// decompressed size. Its header lists its chunks ([`decode_bundle`]).
     pub fn is_whole_bundle(&self) -> bool {
         self.encoding == Encoding::Bundle && self.id == BUNDLE_BLOB_ID
     }
@@ -123,8 +137,9 @@ pub fn encode_chunk(id: ChunkId, raw: &[u8], level: i32, crypto: &Crypto) -> Blo
 /// Several small chunks compressed as one frame, ready for a pack.
 #[derive(Debug)]
 pub struct EncodedBundle {
-    /// Each chunk's id and length, in bundle order.
-    pub members: Vec<(ChunkId, u32)>,
+    /// Each chunk's id, length and place in the decompressed bundle, in
+    /// bundle order.
+    pub members: Vec<(ChunkId, u32, NonZeroU32)>,
     /// The bundle's decompressed size, header included.
     pub raw_length: u32,
     pub data: Vec<u8>,
@@ -138,11 +153,13 @@ pub fn encode_bundle(members: &[(ChunkId, &[u8])], level: i32, crypto: &Crypto) 
     let mut plain = Vec::with_capacity(8 + members.len() * BUNDLE_MEMBER_LEN + body);
     plain.extend_from_slice(BUNDLE_MAGIC);
     plain.extend_from_slice(&(members.len() as u32).to_le_bytes());
-    for (id, data) in members {
-        plain.extend_from_slice(&id.0 .0);
+    for (_, data) in members {
         plain.extend_from_slice(&(data.len() as u32).to_le_bytes());
     }
-    for (_, data) in members {
+    let mut placed = Vec::with_capacity(members.len());
+    for (id, data) in members {
+        let at = NonZeroU32::new(plain.len() as u32).expect("after the header");
+        placed.push((*id, data.len() as u32, at));
         plain.extend_from_slice(data);
     }
     // Always a frame: a reader finds the header inside it. Incompressible
@@ -151,33 +168,49 @@ pub fn encode_bundle(members: &[(ChunkId, &[u8])], level: i32, crypto: &Crypto) 
         zstd::bulk::compress(&plain, level).expect("zstd compresses a buffer in memory")
     });
     EncodedBundle {
-        members: members
-            .iter()
-            .map(|(id, d)| (*id, d.len() as u32))
-            .collect(),
+        members: placed,
         raw_length: plain.len() as u32,
         data: crypto.seal(BUNDLE_AD, data),
     }
 }
 
-/// A bundle opened and decompressed: its chunks by id.
+/// A bundle opened and decompressed.
 #[derive(Debug)]
 pub struct DecodedBundle {
-    /// (chunk id, start, length) in `raw`, in bundle order.
-    members: Vec<(ChunkId, usize, usize)>,
+    /// Each chunk's id, from the header of a format 1 bundle; a format 2
+    /// bundle names none (its readers find a chunk by its place).
+    ids: Option<Vec<ChunkId>>,
+    /// Each chunk's (start, length) in `raw`, in bundle order (so by start).
+    members: Vec<(usize, usize)>,
     raw: Vec<u8>,
 }
 
 impl DecodedBundle {
     /// The chunk `entry` names, checked for length and, with `check_hash`,
-    /// against its id.
+    /// against its id. In a format 2 bundle the chunk is the one starting
+    /// at `entry.bundle_offset`; in format 1, the one the header names so.
     pub fn chunk(
         &self,
         entry: &BlobEntry,
         check_hash: bool,
         crypto: &Crypto,
     ) -> Result<Vec<u8>, BlobError> {
-        let Some(&(_, start, len)) = self.members.iter().find(|(id, _, _)| *id == entry.id) else {
+        let found = match &self.ids {
+            Some(ids) => ids.iter().position(|id| *id == entry.id),
+            // Empty chunks share their start with the next: the length
+            // tells them apart.
+            None => entry.bundle_offset.and_then(|at| {
+                let at = at.get() as usize;
+                let first = self.members.partition_point(|&(start, _)| start < at);
+                self.members[first..]
+                    .iter()
+                    .take_while(|&&(start, _)| start == at)
+                    .position(|&(_, len)| len == entry.raw_length as usize)
+                    .or(self.members.get(first).filter(|m| m.0 == at).map(|_| 0))
+                    .map(|i| first + i)
+            }),
+        };
+        let Some(&(start, len)) = found.and_then(|i| self.members.get(i)) else {
             return Err(BlobError::NotInBundle);
         };
         let raw = &self.raw[start..start + len];
@@ -204,11 +237,21 @@ impl DecodedBundle {
         self.raw.len()
     }
 
-    /// Every chunk's id and bytes, in bundle order.
-    pub fn chunks(&self) -> impl Iterator<Item = (ChunkId, &[u8])> {
-        self.members
-            .iter()
-            .map(|&(id, start, len)| (id, &self.raw[start..start + len]))
+    /// Whether the bundle's header names its chunks (bundle format 1).
+    pub fn names_its_chunks(&self) -> bool {
+        self.ids.is_some()
+    }
+
+    /// Every chunk in bundle order: the id its header gives (format 1
+    /// only), its place in the decompressed bundle, its bytes.
+    pub fn chunks(&self) -> impl Iterator<Item = (Option<ChunkId>, NonZeroU32, &[u8])> {
+        self.members.iter().enumerate().map(|(i, &(start, len))| {
+            (
+                self.ids.as_ref().map(|ids| ids[i]),
+                NonZeroU32::new(start as u32).expect("after the header"),
+                &self.raw[start..start + len],
+            )
+        })
     }
 }
 
@@ -236,25 +279,39 @@ pub fn decode_bundle(data: &[u8], crypto: &Crypto) -> Result<DecodedBundle, Blob
     let raw = zstd_decompress(&data, declared as usize)
         .map_err(|e| BlobError::Decompress(e.to_string()))?;
     let bad = |why: String| BlobError::Bundle(why);
-    if raw.len() < 8 || &raw[..4] != BUNDLE_MAGIC {
-        return Err(bad("does not start with the bundle magic".into()));
-    }
-    let n = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes")) as usize;
+    let named = match raw.get(..4) {
+        Some(m) if m == BUNDLE_MAGIC => false,
+        Some(m) if m == BUNDLE_MAGIC_V1 => true,
+        _ => return Err(bad("does not start with the bundle magic".into())),
+    };
+    let Some(n) = raw.get(4..8) else {
+        return Err(bad("its header is cut short".into()));
+    };
+    let n = u32::from_le_bytes(n.try_into().expect("4 bytes")) as usize;
     if n == 0 || n > MAX_BUNDLE_CHUNKS {
         return Err(bad(format!(
             "claims {n} chunks (1 to {MAX_BUNDLE_CHUNKS} allowed)"
         )));
     }
-    let header_end = 8 + n * BUNDLE_MEMBER_LEN;
+    let member_len = if named {
+        BUNDLE_MEMBER_LEN_V1
+    } else {
+        BUNDLE_MEMBER_LEN
+    };
+    let header_end = BUNDLE_HEADER_LEN + n * member_len;
     if raw.len() < header_end {
         return Err(bad(format!("its header of {n} chunks is cut short")));
     }
+    let mut ids = named.then(|| Vec::with_capacity(n));
     let mut members = Vec::with_capacity(n);
     let mut at = header_end;
-    for m in raw[8..header_end].chunks_exact(BUNDLE_MEMBER_LEN) {
-        let id = ChunkId(Hash256(m[..32].try_into().expect("32 bytes")));
-        let len = u32::from_le_bytes(m[32..].try_into().expect("4 bytes")) as usize;
-        members.push((id, at, len));
+    for m in raw[BUNDLE_HEADER_LEN..header_end].chunks_exact(member_len) {
+        let (id, len) = m.split_at(member_len - 4);
+        if let Some(ids) = ids.as_mut() {
+            ids.push(ChunkId(Hash256(id.try_into().expect("32 bytes"))));
+        }
+        let len = u32::from_le_bytes(len.try_into().expect("4 bytes")) as usize;
+        members.push((at, len));
         at = at.saturating_add(len);
     }
     if at != raw.len() {
@@ -263,7 +320,7 @@ pub fn decode_bundle(data: &[u8], crypto: &Crypto) -> Result<DecodedBundle, Blob
             raw.len()
         )));
     }
-    Ok(DecodedBundle { members, raw })
+    Ok(DecodedBundle { ids, members, raw })
 }
 
 /// Decoded bundles, kept so that the chunks of one bundle cost one
@@ -469,6 +526,7 @@ impl PackBuilder {
             length: blob.data.len() as u32,
             raw_length: blob.raw_length,
             encoding: blob.encoding,
+            bundle_offset: None,
         };
         self.entries.push(entry);
         self.blobs.push(entry);
@@ -485,14 +543,16 @@ impl PackBuilder {
             length: bundle.data.len() as u32,
             raw_length: bundle.raw_length,
             encoding: Encoding::Bundle,
+            bundle_offset: None,
         });
-        for (id, raw_length) in bundle.members {
+        for (id, raw_length, at) in bundle.members {
             self.entries.push(BlobEntry {
                 id,
                 offset,
                 length: bundle.data.len() as u32,
                 raw_length,
                 encoding: Encoding::Bundle,
+                bundle_offset: Some(at),
             });
         }
         self.buf.extend_from_slice(&bundle.data);
@@ -523,13 +583,14 @@ pub fn pack_id(bytes: &[u8]) -> PackId {
 }
 
 /// Reads a whole pack's trailer, checking its structure. Its entries are
-/// blobs: in pack format 3 a bundle is one entry naming no chunk
+/// blobs: in pack formats 3 and 4 a bundle is one entry naming no chunk
 /// ([`BlobEntry::is_whole_bundle`]); in format 2 each chunk of a bundle has
 /// an entry with the bundle's offset and length.
 pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, String> {
     let format = match pack.get(..8) {
         _ if pack.len() < PACK_MAGIC.len() + FOOTER_LEN => None,
-        Some(m) if m == PACK_MAGIC => Some(3),
+        Some(m) if m == PACK_MAGIC => Some(4),
+        Some(m) if m == PACK_MAGIC_V3 => Some(3),
         Some(m) if m == PACK_MAGIC_V2 => Some(2),
         Some(m) if m == PACK_MAGIC_V1 => Some(1),
         _ => None,
@@ -569,9 +630,11 @@ pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, Str
         if offset < PACK_MAGIC.len() as u64 || end.is_none_or(|end| end > blobs_end as u64) {
             return Err(format!("blob {id} lies outside the pack's blob area"));
         }
-        // Format 3 names a bundle's chunks only in the bundle; format 2
-        // named each in the trailer, and no other blob may name none.
-        if (encoding == Encoding::Bundle && format == 3) != (id == BUNDLE_BLOB_ID) {
+        // Formats 3 and 4 list a bundle's chunks only in the bundle;
+        // format 2 named each in the trailer, and no other blob may name
+        // none.
+        let whole_bundles = format >= 3;
+        if (encoding == Encoding::Bundle && whole_bundles) != (id == BUNDLE_BLOB_ID) {
             return Err(format!(
                 "blob at offset {offset}: a pack format {format} {} entry with chunk id {id}",
                 if encoding == Encoding::Bundle {
@@ -581,7 +644,7 @@ pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, Str
                 }
             ));
         }
-        if encoding == Encoding::Bundle && format == 3 && raw_length as usize > MAX_BUNDLE_RAW {
+        if encoding == Encoding::Bundle && whole_bundles && raw_length as usize > MAX_BUNDLE_RAW {
             return Err(format!(
                 "bundle at offset {offset} claims {raw_length} bytes decompressed (at most {MAX_BUNDLE_RAW})"
             ));
@@ -592,6 +655,7 @@ pub fn parse_trailer(pack: &[u8], crypto: &Crypto) -> Result<Vec<BlobEntry>, Str
             length,
             raw_length,
             encoding,
+            bundle_offset: None,
         });
     }
     Ok(out)
@@ -676,7 +740,7 @@ mod tests {
     }
 
     #[test]
-    fn pages_in_a_bundle_share_one_frame_and_each_is_found_by_its_id() {
+    fn pages_in_a_bundle_share_one_frame_and_each_is_found_by_its_place() {
         for c in [Crypto::none(), crypto()] {
             // Rows like pgbench's: a key, a branch, a blank-padded filler.
             let pages: Vec<Vec<u8>> = (0..14u64)
@@ -702,9 +766,17 @@ mod tests {
             );
             let decoded = decode_bundle(slice(&bytes, &trailer[1]), &c).unwrap();
             assert_eq!(decoded.raw_len(), trailer[1].raw_length as usize);
+            assert!(!decoded.names_its_chunks());
+            // The header lists lengths; each index entry gives the place.
             assert_eq!(
-                decoded.chunks().map(|(id, _)| id).collect::<Vec<_>>(),
-                bundle.iter().map(|e| e.id).collect::<Vec<_>>()
+                decoded
+                    .chunks()
+                    .map(|(named, at, raw)| (named, Some(at), c.chunk_id(raw)))
+                    .collect::<Vec<_>>(),
+                bundle
+                    .iter()
+                    .map(|e| (None, e.bundle_offset, e.id))
+                    .collect::<Vec<_>>()
             );
             assert!(bundle.iter().all(|e| e.encoding == Encoding::Bundle
                 && e.offset == bundle[0].offset
@@ -737,14 +809,43 @@ mod tests {
                 decode_blob(&entries[0], slice(&bytes, &entries[0]), &c).unwrap(),
                 b"alone"
             );
-            // A chunk the bundle does not hold, and a length that disagrees.
+            // A chunk the bundle does not hold at that place, no place, a
+            // place inside another chunk, and a length that disagrees.
             let stranger = BlobEntry {
                 id: c.chunk_id(b"other"),
                 ..bundle[0]
             };
-            assert_eq!(
+            assert!(matches!(
                 decode_blob(&stranger, slice(&bytes, &stranger), &c),
-                Err(BlobError::NotInBundle)
+                Err(BlobError::Hash { .. })
+            ));
+            for at in [
+                None,
+                NonZeroU32::new(4),
+                NonZeroU32::new(100),
+                NonZeroU32::new(1 << 30),
+            ] {
+                let misplaced = BlobEntry {
+                    bundle_offset: at,
+                    ..bundle[0]
+                };
+                assert_eq!(
+                    decode_blob(&misplaced, slice(&bytes, &misplaced), &c),
+                    Err(BlobError::NotInBundle),
+                    "{at:?}"
+                );
+            }
+            // Without the hash check (a restore that checks whole files
+            // instead), the place alone decides.
+            let next = BlobEntry {
+                id: bundle[0].id,
+                ..bundle[1]
+            };
+            assert_eq!(
+                cache
+                    .decode(&pack, &next, slice(&bytes, &next), false, &c)
+                    .unwrap(),
+                pages[1]
             );
             let longer = BlobEntry {
                 raw_length: bundle[0].raw_length + 1,
@@ -785,8 +886,9 @@ mod tests {
         zstd::bulk::compress(plain, 1).unwrap()
     }
 
+    /// A bundle format 1 header (ids and lengths).
     fn header(members: &[(ChunkId, u32)]) -> Vec<u8> {
-        let mut h = BUNDLE_MAGIC.to_vec();
+        let mut h = BUNDLE_MAGIC_V1.to_vec();
         h.extend_from_slice(&(members.len() as u32).to_le_bytes());
         for (id, len) in members {
             h.extend_from_slice(&id.0 .0);
@@ -840,8 +942,8 @@ mod tests {
         twice.extend_from_slice(b"xy");
         let b = decode_bundle(&frame(&twice), &none).unwrap();
         assert_eq!(
-            b.chunks().collect::<Vec<_>>(),
-            vec![(id, &b"x"[..]), (id, &b"y"[..])]
+            b.chunks().map(|(id, _, raw)| (id, raw)).collect::<Vec<_>>(),
+            vec![(Some(id), &b"x"[..]), (Some(id), &b"y"[..])]
         );
         let entry = BlobEntry {
             id,
@@ -849,6 +951,7 @@ mod tests {
             length: 0,
             raw_length: 1,
             encoding: Encoding::Bundle,
+            bundle_offset: None,
         };
         assert_eq!(b.chunk(&entry, true, &none).unwrap(), b"x");
         let other = BlobEntry {
@@ -856,76 +959,168 @@ mod tests {
             ..entry
         };
         assert_eq!(b.chunk(&other, true, &none), Err(BlobError::NotInBundle));
+        // Format 2 (lengths only): an empty chunk shares its place with the
+        // next; the length tells them apart.
+        let mut lengths = BUNDLE_MAGIC.to_vec();
+        lengths.extend_from_slice(&3u32.to_le_bytes());
+        for len in [0u32, 2, 1] {
+            lengths.extend_from_slice(&len.to_le_bytes());
+        }
+        lengths.extend_from_slice(b"xyz");
+        let b = decode_bundle(&frame(&lengths), &none).unwrap();
+        let at = |at: u32, data: &[u8]| BlobEntry {
+            id: ChunkId(Hash256::digest(data)),
+            raw_length: data.len() as u32,
+            bundle_offset: NonZeroU32::new(at),
+            ..entry
+        };
+        assert_eq!(b.chunk(&at(20, b""), true, &none).unwrap(), b"");
+        assert_eq!(b.chunk(&at(20, b"xy"), true, &none).unwrap(), b"xy");
+        assert_eq!(b.chunk(&at(22, b"z"), true, &none).unwrap(), b"z");
+        assert!(matches!(
+            b.chunk(&at(20, b"xyz"), true, &none),
+            Err(BlobError::Length { .. })
+        ));
+        assert_eq!(
+            b.chunk(&at(21, b"y"), true, &none),
+            Err(BlobError::NotInBundle)
+        );
+        // A format 2 header that claims more chunks than it holds.
+        let mut cut = BUNDLE_MAGIC.to_vec();
+        cut.extend_from_slice(&3u32.to_le_bytes());
+        cut.extend_from_slice(&1u32.to_le_bytes());
+        assert!(bad(&frame(&cut)).contains("cut short"));
     }
 
-    /// The pack format 3 layout, byte by byte, as docs/repository-format.md
-    /// (*Packs*) gives it: a changed writer fails here, not only in a
-    /// round trip with a changed reader.
+    /// The pack format 4 layout, byte by byte, as docs/repository-format.md
+    /// (*Packs*, *Bundles*) gives it: a changed writer fails here, not only
+    /// in a round trip with a changed reader.
     #[test]
-    fn a_format_3_pack_is_laid_out_as_documented() {
+    fn a_format_4_pack_is_laid_out_as_documented() {
         let none = Crypto::none();
         let (bytes, entries) = bundle_pack(&[b"page one".to_vec(), b"page two".to_vec()], &none);
-        let le32 = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let le32 = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap());
         let le64 = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-        assert_eq!(&bytes[..8], b"HFPACK\x00\x03");
+        assert_eq!(&bytes[..8], b"HFPACK\x00\x04");
         assert_eq!(&bytes[bytes.len() - 8..], b"HFPACKTR");
-        assert_eq!(le32(bytes.len() - 12), 2, "two blobs: a chunk, a bundle");
+        assert_eq!(
+            le32(&bytes, bytes.len() - 12),
+            2,
+            "two blobs: a chunk, a bundle"
+        );
         let trailer = bytes.len() - 12 - 2 * 49;
         // Entry 0: the chunk "alone", a zstd frame or raw, at offset 8.
         assert_eq!(&bytes[trailer..trailer + 32], &none.chunk_id(b"alone").0 .0);
         assert_eq!(le64(trailer + 32), 8);
-        assert_eq!(le32(trailer + 44), 5);
+        assert_eq!(le32(&bytes, trailer + 44), 5);
         // Entry 1: the bundle, right after it; no chunk id, encoding 2,
-        // raw length = header (8 + 2 x 36) + the two pages.
+        // raw length = header (8 + 2 x 4) + the two pages.
         let b = trailer + 49;
         assert_eq!(&bytes[b..b + 32], &[0u8; 32]);
-        assert_eq!(le64(b + 32), 8 + le32(trailer + 40) as u64);
-        assert_eq!(le32(b + 40), entries[1].length);
-        assert_eq!(le32(b + 44), 8 + 2 * 36 + 16);
+        assert_eq!(le64(b + 32), 8 + le32(&bytes, trailer + 40) as u64);
+        assert_eq!(le32(&bytes, b + 40), entries[1].length);
+        assert_eq!(le32(&bytes, b + 44), 8 + 2 * 4 + 16);
         assert_eq!(bytes[b + 48], 2);
-        // The index still gets one entry per chunk, at the bundle's place.
+        // The bundle: one zstd frame of magic, count, lengths, pages.
+        let plain = zstd::bulk::decompress(slice(&bytes, &entries[1]), 1000).unwrap();
+        assert_eq!(&plain[..8], b"HFB2\x02\0\0\0");
+        assert_eq!((le32(&plain, 8), le32(&plain, 12)), (8, 8));
+        assert_eq!(&plain[16..], b"page onepage two");
+        // The index gets one entry per chunk: the bundle's place in the
+        // pack, the chunk's in the bundle.
         assert_eq!(entries.len(), 3);
-        assert!(entries[1..]
-            .iter()
-            .all(|e| e.offset == le64(b + 32) && e.encoding == Encoding::Bundle));
+        for (e, at) in entries[1..].iter().zip([16, 24]) {
+            assert_eq!(e.offset, le64(b + 32));
+            assert_eq!(e.encoding, Encoding::Bundle);
+            assert_eq!(e.bundle_offset, NonZeroU32::new(at));
+        }
     }
 
-    /// Pack format 2 (a trailer entry per chunk of each bundle), written
-    /// by builds before format 3, is still read.
+    /// A pack as builds before pack format 4 wrote it: `pages` in one
+    /// bundle format 1 frame (ids in its header); the trailer lists the
+    /// bundle once (format 3) or each chunk at the bundle's place (format
+    /// 2). Returns the pack and its chunks' index entries.
+    fn old_pack(format: u8, pages: &[&[u8]]) -> (Vec<u8>, Vec<BlobEntry>) {
+        let members: Vec<_> = pages
+            .iter()
+            .map(|p| (ChunkId(Hash256::digest(p)), p.len() as u32))
+            .collect();
+        let mut plain = header(&members);
+        plain.extend(pages.concat());
+        let bundle = frame(&plain);
+        let mut bytes = b"HFPACK\x00".to_vec();
+        bytes.push(format);
+        let entry = |id, raw_length| BlobEntry {
+            id,
+            offset: 8,
+            length: bundle.len() as u32,
+            raw_length,
+            encoding: Encoding::Bundle,
+            bundle_offset: None,
+        };
+        let chunks: Vec<_> = members.iter().map(|&(id, len)| entry(id, len)).collect();
+        let trailer = match format {
+            2 => chunks.clone(),
+            _ => vec![entry(BUNDLE_BLOB_ID, plain.len() as u32)],
+        };
+        bytes.extend_from_slice(&bundle);
+        for e in &trailer {
+            bytes.extend_from_slice(&e.id.0 .0);
+            bytes.extend_from_slice(&e.offset.to_le_bytes());
+            bytes.extend_from_slice(&e.length.to_le_bytes());
+            bytes.extend_from_slice(&e.raw_length.to_le_bytes());
+            bytes.push(e.encoding.to_byte());
+        }
+        bytes.extend_from_slice(&(trailer.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(TRAILER_MAGIC);
+        (bytes, chunks)
+    }
+
+    /// Packs of formats 2 and 3, with format 1 bundles, are still read:
+    /// each chunk is found by the id the bundle's header gives it.
     #[test]
-    fn a_format_2_pack_with_an_entry_per_bundled_chunk_is_still_read() {
+    fn format_2_and_3_packs_with_bundles_that_name_their_chunks_are_still_read() {
         let none = Crypto::none();
-        let pages = [b"page one".to_vec(), b"page two".to_vec()];
-        let (bytes, entries) = bundle_pack(&pages, &none);
-        let blobs_end = bytes.len() - 12 - 2 * 49;
-        let mut v2 = bytes[..blobs_end].to_vec();
-        v2[..8].copy_from_slice(PACK_MAGIC_V2);
-        for e in &entries {
-            v2.extend_from_slice(&e.id.0 .0);
-            v2.extend_from_slice(&e.offset.to_le_bytes());
-            v2.extend_from_slice(&e.length.to_le_bytes());
-            v2.extend_from_slice(&e.raw_length.to_le_bytes());
-            v2.push(e.encoding.to_byte());
+        let pages: [&[u8]; 2] = [b"page one", b"page two"];
+        for format in [2, 3] {
+            let (bytes, entries) = old_pack(format, &pages);
+            let parsed = parse_trailer(&bytes, &none).unwrap();
+            if format == 2 {
+                assert_eq!(parsed, entries);
+            } else {
+                assert!(parsed.len() == 1 && parsed[0].is_whole_bundle());
+                let b = decode_bundle(slice(&bytes, &parsed[0]), &none).unwrap();
+                assert!(b.names_its_chunks());
+                assert_eq!(
+                    b.chunks().map(|(id, _, _)| id).collect::<Vec<_>>(),
+                    entries.iter().map(|e| Some(e.id)).collect::<Vec<_>>()
+                );
+            }
+            for (e, page) in entries.iter().zip(pages).rev() {
+                assert_eq!(decode_blob(e, slice(&bytes, e), &none).unwrap(), page);
+                assert_eq!(
+                    decode_blob_checked(e, slice(&bytes, e), false, &none).unwrap(),
+                    page
+                );
+            }
         }
-        v2.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        v2.extend_from_slice(TRAILER_MAGIC);
-        let parsed = parse_trailer(&v2, &none).unwrap();
-        assert_eq!(parsed, entries);
-        for (e, page) in parsed[1..].iter().zip(&pages) {
-            assert_eq!(&decode_blob(e, slice(&v2, e), &none).unwrap(), page);
-        }
-        // A whole-bundle entry (no chunk id) is format 3 only; a format 3
-        // bundle entry must name no chunk.
+        // A whole-bundle entry (no chunk id) is format 3 and later only; a
+        // format 3 or 4 bundle entry must name no chunk.
+        let (bytes, _) = old_pack(3, &pages);
         let mut mixed = bytes.clone();
         mixed[..8].copy_from_slice(PACK_MAGIC_V2);
         assert!(parse_trailer(&mixed, &none)
             .unwrap_err()
             .contains("pack format 2 bundle entry with chunk id 0000"));
-        let mut named = v2.clone();
-        named[..8].copy_from_slice(PACK_MAGIC);
-        assert!(parse_trailer(&named, &none)
-            .unwrap_err()
-            .contains("pack format 3 bundle entry with chunk id"));
+        let (bytes, _) = old_pack(2, &pages);
+        for magic in [PACK_MAGIC_V3, PACK_MAGIC] {
+            let mut named = bytes.clone();
+            named[..8].copy_from_slice(magic);
+            let format = magic[7];
+            assert!(parse_trailer(&named, &none)
+                .unwrap_err()
+                .contains(&format!("pack format {format} bundle entry with chunk id")));
+        }
     }
 
     #[test]

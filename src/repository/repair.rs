@@ -235,19 +235,22 @@ fn read_pack(
             continue;
         }
         if e.is_whole_bundle() {
-            // Pack format 3: the bundle's header names its chunks.
+            // Pack formats 3 and 4: the bundle's header lists its chunks
+            // (by length, and in format 3 by id too); each id is its hash.
             let Ok(bundle) = decode_bundle(data, crypto) else {
                 skipped += 1;
                 continue;
             };
-            for (chunk, raw) in bundle.chunks() {
-                if crypto.chunk_id(raw) != chunk {
+            for (named, at, raw) in bundle.chunks() {
+                let chunk = crypto.chunk_id(raw);
+                if named.is_some_and(|named| named != chunk) {
                     skipped += 1;
                     continue;
                 }
                 chunks.push(IndexedChunk {
                     id: chunk,
                     raw_length: raw.len() as u32,
+                    bundle_offset: named.is_none().then_some(at),
                     ..IndexedChunk::from(e)
                 });
             }
