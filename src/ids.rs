@@ -43,25 +43,71 @@ impl fmt::Debug for Hash256 {
 #[error("`{0}` is not a SHA-256 id (expected 64 hex digits)")]
 pub struct BadId(pub String);
 
+/// Each ASCII byte's value as a hex digit, 0xff for a byte that is none.
+const NIBBLE: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
 impl FromStr for Hash256 {
     type Err = BadId;
+    /// 64 hex digits (either case). By table: manifests and index objects
+    /// hold one id per chunk, and a restore parses them all.
     fn from_str(s: &str) -> Result<Self, BadId> {
+        let digits = s.as_bytes();
+        let bad = || BadId(s.chars().take(80).collect());
+        if digits.len() != 64 {
+            return Err(bad());
+        }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| BadId(s.to_string()))?;
+        let mut invalid = 0u8;
+        for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[pair[0] as usize], NIBBLE[pair[1] as usize]);
+            invalid |= hi | lo;
+            *o = (hi << 4) | (lo & 0x0f);
+        }
+        if invalid & 0xf0 != 0 {
+            return Err(bad());
+        }
         Ok(Hash256(out))
     }
 }
 
 impl Serialize for Hash256 {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        // On the stack: a manifest or index serialises one id per chunk.
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut buf).expect("64 digits for 32 bytes");
+        s.serialize_str(std::str::from_utf8(&buf).expect("hex digits are ASCII"))
     }
 }
 
 impl<'de> Deserialize<'de> for Hash256 {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        /// Decodes the digits where the parser holds them: no `String` per
+        /// id (a manifest or index holds one per chunk).
+        struct Digits;
+        impl serde::de::Visitor<'_> for Digits {
+            type Value = Hash256;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a SHA-256 id (64 hex digits)")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Hash256, E> {
+                s.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Digits)
     }
 }
 
@@ -130,5 +176,29 @@ mod tests {
         assert_eq!(h, back);
         assert_eq!(h.short().len(), 8);
         assert!("xyz".parse::<Hash256>().is_err());
+        // Either case reads; every other byte, anywhere, and any other
+        // length is refused.
+        assert_eq!(h.to_hex().to_uppercase().parse::<Hash256>().unwrap(), h);
+        let hex = h.to_hex();
+        for at in 0..64 {
+            for bad in ['g', 'G', '/', ':', '@', '`', ' ', 'é'] {
+                let mut s: Vec<char> = hex.chars().collect();
+                s[at] = bad;
+                let s: String = s.into_iter().collect();
+                assert!(s.parse::<Hash256>().is_err(), "{s}");
+            }
+        }
+        for len in [0, 63, 65, 128] {
+            assert!("a".repeat(len).parse::<Hash256>().is_err());
+        }
+        // Through serde: a string, not a number, and the same errors.
+        let json = format!("\"{hex}\"");
+        assert_eq!(serde_json::from_str::<Hash256>(&json).unwrap(), h);
+        assert_eq!(serde_json::to_string(&h).unwrap(), json);
+        assert!(serde_json::from_str::<Hash256>("12").is_err());
+        assert!(serde_json::from_str::<Hash256>("\"zz\"")
+            .unwrap_err()
+            .to_string()
+            .contains("is not a SHA-256 id"));
     }
 }

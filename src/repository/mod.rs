@@ -903,21 +903,39 @@ impl<R: Read> Read for Guarded<R> {
         }
         let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
         let n = self.inner.read(&mut buf[..want])?;
-        for (i, &b) in buf[..n].iter().enumerate() {
+        let data = &buf[..n];
+        let mut i = 0;
+        while i < n {
             if self.in_string {
                 if self.escaped {
                     self.escaped = false;
-                } else if b == b'\\' {
-                    self.escaped = true;
-                } else if b == b'"' {
-                    self.in_string = false;
+                    i += 1;
+                    continue;
                 }
-            } else if b == b'"' {
-                self.in_string = true;
-            } else if matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
-                self.stopped = Some(Stop::Whitespace(self.read + i as u64));
-                return Err(std::io::Error::other("whitespace outside a string"));
+                // Most bytes are inside strings (ids, paths): skip to the
+                // next quote or backslash at once.
+                match memchr::memchr2(b'"', b'\\', &data[i..]) {
+                    None => i = n,
+                    Some(at) => {
+                        if data[i + at] == b'\\' {
+                            self.escaped = true;
+                        } else {
+                            self.in_string = false;
+                        }
+                        i += at + 1;
+                    }
+                }
+                continue;
             }
+            match data[i] {
+                b'"' => self.in_string = true,
+                b' ' | b'\n' | b'\r' | b'\t' => {
+                    self.stopped = Some(Stop::Whitespace(self.read + i as u64));
+                    return Err(std::io::Error::other("whitespace outside a string"));
+                }
+                _ => {}
+            }
+            i += 1;
         }
         self.left -= n as u64;
         self.read += n as u64;

@@ -82,6 +82,14 @@ pub enum ReadError {
 pub trait ReadSink {
     fn start(&mut self, entry: &ManifestEntry) -> std::io::Result<()>;
     fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// A run of a file's chunks, in order: by default a [`ReadSink::data`]
+    /// each; a sink writing to a file takes them in one call.
+    fn data_run(&mut self, chunks: &[Vec<u8>]) -> std::io::Result<()> {
+        for c in chunks {
+            self.data(c)?;
+        }
+        Ok(())
+    }
     /// Called only after the file's whole-content hash matched.
     fn end(&mut self, entry: &ManifestEntry) -> std::io::Result<()>;
 }
@@ -650,9 +658,7 @@ fn consume_items(
                         .feed(chunks.clone())
                         .expect("hasher runs while reading");
                 }
-                for c in chunks.iter() {
-                    sink.data(c).map_err(|e| sink_err(current, e))?;
-                }
+                sink.data_run(&chunks).map_err(|e| sink_err(current, e))?;
             }
             Item::End(i) => {
                 let entry = &entries[i];
