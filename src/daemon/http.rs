@@ -58,24 +58,32 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let text = {
+        let _published = shared.publishing.read().unwrap_or_else(|e| e.into_inner());
+        shared.metrics.encode()
+    };
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        shared.metrics.encode(),
+        text,
     )
         .into_response()
 }
 
 async fn status(State(shared): State<Arc<Shared>>) -> Json<serde_json::Value> {
+    let _published = shared.publishing.read().unwrap_or_else(|e| e.into_inner());
     Json(shared.status.lock().unwrap().clone())
 }
 
 /// `/`: rendered from the document `/status` serves at the same moment, so
 /// the page and `/status` never disagree.
 async fn page(State(shared): State<Arc<Shared>>) -> Response {
-    let status = shared.status.lock().unwrap().clone();
+    let status = {
+        let _published = shared.publishing.read().unwrap_or_else(|e| e.into_inner());
+        shared.status.lock().unwrap().clone()
+    };
     (
         [(header::CACHE_CONTROL, "no-store")],
         Html(super::page::render(&status)),

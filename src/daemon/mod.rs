@@ -107,6 +107,12 @@ pub enum Control {
 pub struct Shared {
     pub metrics: Metrics,
     pub status: Mutex<serde_json::Value>,
+    /// Held for writing while the scheduler records a finished job or
+    /// refreshes its gauges *and* publishes the status that goes with
+    /// them; `/metrics`, `/status` and the page read under it. So a scrape
+    /// never sees a metric ahead of the status it belongs with (the status
+    /// used to follow a turn of the loop, and a state-file save, later).
+    pub publishing: std::sync::RwLock<()>,
     /// When the scheduler loop last went round.
     pub heartbeat: Mutex<Instant>,
 }
@@ -116,6 +122,7 @@ impl Default for Shared {
         Shared {
             metrics: Metrics::default(),
             status: Mutex::new(json!({"plans": []})),
+            publishing: std::sync::RwLock::new(()),
             heartbeat: Mutex::new(Instant::now()),
         }
     }
@@ -297,8 +304,12 @@ impl<R: Runner> Scheduler<R> {
                 self.start_archive_looks();
             }
             self.evaluate_alerts();
-            self.refresh_gauges();
-            self.publish_status();
+            {
+                let shared = self.shared.clone();
+                let _publishing = shared.publishing.write().unwrap_or_else(|e| e.into_inner());
+                self.refresh_gauges();
+                self.publish_status();
+            }
             let once_done = self
                 .once_queue
                 .as_ref()
@@ -646,14 +657,41 @@ impl<R: Runner> Scheduler<R> {
         });
     }
 
-    async fn finish(&mut self, (file, job, started_at, attempts, result): Done) {
-        let finished_at = self.clock.now();
+    async fn finish(&mut self, done: Done) {
+        let file = done.0.clone();
+        let record = {
+            let shared = self.shared.clone();
+            let _publishing = shared.publishing.write().unwrap_or_else(|e| e.into_inner());
+            let record = self.record_finished(done);
+            // Gauges derived from what the job changed (lock coverage,
+            // restorable window) move with it.
+            self.refresh_gauges();
+            self.publish_status();
+            record
+        };
+        if record {
+            self.save_state().await;
+        }
         let Some(entry) = self.entries.get_mut(&file) else {
             return;
         };
+        if entry.removed {
+            let label = entry.label();
+            self.entries.remove(&file);
+            self.shared.metrics.forget(&label);
+        }
+    }
+
+    /// A finished job's outcome into the metrics, the plan's entry and the
+    /// state; true when the state changed and must be saved.
+    fn record_finished(&mut self, (file, job, started_at, attempts, result): Done) -> bool {
+        let finished_at = self.clock.now();
+        let Some(entry) = self.entries.get_mut(&file) else {
+            return false;
+        };
         entry.running = None;
         let Some(plan) = entry.plan.as_ref() else {
-            return;
+            return false;
         };
         let name = plan.name.to_string();
         let m = &self.shared.metrics;
@@ -770,14 +808,9 @@ impl<R: Runner> Scheduler<R> {
                 .or_default()
                 .jobs
                 .insert(job, record);
-            self.save_state().await;
+            return true;
         }
-        let entry = self.entries.get_mut(&file).expect("known");
-        if entry.removed {
-            let label = entry.label();
-            self.entries.remove(&file);
-            self.shared.metrics.forget(&label);
-        }
+        false
     }
 
     /// Starts a look at the archiving of every PostgreSQL plan that
