@@ -130,12 +130,18 @@ impl PgServer {
         pg_program(self.bin.as_deref(), "pg_ctl")
     }
 
-    async fn alive(&self) -> bool {
+    /// Whether `pg_ctl status` says the server runs: `Some(false)` only
+    /// for its "no server running" answer (exit 3); `None` when it could
+    /// not tell (it failed otherwise, or did not answer in time on a busy
+    /// machine), which is no evidence that the server stopped.
+    async fn alive(&self) -> Option<bool> {
         let mut cmd = Command::new(self.pg_ctl());
         cmd.arg("-D").arg(&self.dir).arg("status");
-        process::output(cmd, POLL_DEADLINE)
-            .await
-            .is_ok_and(|o| o.status.success())
+        match process::output(cmd, POLL_DEADLINE).await {
+            Ok(o) if o.status.success() => Some(true),
+            Ok(o) if o.status.code() == Some(3) => Some(false),
+            _ => None,
+        }
     }
 }
 
@@ -270,6 +276,7 @@ pub async fn start_and_recover(
     };
     let started = Instant::now();
     let mut seen_pid_file = false;
+    let mut not_running = 0u32;
     loop {
         tokio::time::sleep(recovery_poll(started.elapsed())).await;
         if started.elapsed() > deadline {
@@ -284,14 +291,21 @@ pub async fn start_and_recover(
         let pid_file = dir.join("postmaster.pid");
         let pid_text = tokio::fs::read_to_string(&pid_file).await.ok();
         seen_pid_file |= pid_text.is_some();
-        if !server.alive().await {
-            // `pg_ctl -W` returns before the postmaster wrote its pid file,
-            // and `pg_ctl status` says "no server running" until it has.
-            if seen_pid_file || started.elapsed() > PID_FILE_GRACE {
-                server.keep = true;
-                return Err(failed("the server stopped during recovery".into(), &log));
+        match server.alive().await {
+            Some(true) => not_running = 0,
+            // Not known this time: ask again (the deadline still bounds it).
+            None => continue,
+            Some(false) => {
+                // `pg_ctl -W` returns before the postmaster wrote its pid
+                // file, and `pg_ctl status` says "no server running" until
+                // it has. Believed when said twice running.
+                not_running += 1;
+                if (seen_pid_file || started.elapsed() > PID_FILE_GRACE) && not_running >= 2 {
+                    server.keep = true;
+                    return Err(failed("the server stopped during recovery".into(), &log));
+                }
+                continue;
             }
-            continue;
         }
         // Only a postmaster that has opened its sockets is asked: one that
         // cannot bind its port has written its pid file (with that port)
