@@ -304,12 +304,7 @@ impl<R: Runner> Scheduler<R> {
                 self.start_archive_looks();
             }
             self.evaluate_alerts();
-            {
-                let shared = self.shared.clone();
-                let _publishing = shared.publishing.write().unwrap_or_else(|e| e.into_inner());
-                self.refresh_gauges();
-                self.publish_status();
-            }
+            self.publish();
             let once_done = self
                 .once_queue
                 .as_ref()
@@ -665,8 +660,7 @@ impl<R: Runner> Scheduler<R> {
             let record = self.record_finished(done);
             // Gauges derived from what the job changed (lock coverage,
             // restorable window) move with it.
-            self.refresh_gauges();
-            self.publish_status();
+            self.refresh_and_publish();
             record
         };
         if record {
@@ -934,6 +928,23 @@ impl<R: Runner> Scheduler<R> {
                 }
             });
         }
+    }
+
+    /// Refreshes the gauges and publishes the status under
+    /// [`Shared::publishing`], so readers see both or neither.
+    fn publish(&self) {
+        let _publishing = self
+            .shared
+            .publishing
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        self.refresh_and_publish();
+    }
+
+    /// The gauges, then the status; the caller holds [`Shared::publishing`].
+    fn refresh_and_publish(&self) {
+        self.refresh_gauges();
+        self.publish_status();
     }
 
     /// Gauges that move with time: RPO, lock coverage, archive lag.
