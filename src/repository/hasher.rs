@@ -20,7 +20,7 @@ impl HashInput for Vec<u8> {
     }
 }
 
-impl HashInput for Vec<Vec<u8>> {
+impl HashInput for Vec<bytes::Bytes> {
     fn feed(&self, hasher: &mut Sha256) {
         self.iter().for_each(|c| hasher.update(c));
     }

@@ -629,7 +629,7 @@ impl ReadSink for TreeWriter {
         self.write_chunks(std::slice::from_ref(&bytes))
     }
 
-    fn data_run(&mut self, chunks: &[Vec<u8>]) -> std::io::Result<()> {
+    fn data_run(&mut self, chunks: &[bytes::Bytes]) -> std::io::Result<()> {
         self.write_chunks(chunks)
     }
 

@@ -182,7 +182,7 @@ pub struct DecodedBundle {
     ids: Option<Vec<ChunkId>>,
     /// Each chunk's (start, length) in `raw`, in bundle order (so by start).
     members: Vec<(usize, usize)>,
-    raw: Vec<u8>,
+    raw: bytes::Bytes,
 }
 
 impl DecodedBundle {
@@ -195,6 +195,29 @@ impl DecodedBundle {
         check_hash: bool,
         crypto: &Crypto,
     ) -> Result<Vec<u8>, BlobError> {
+        self.place(entry, check_hash, crypto)
+            .map(|(start, len)| self.raw[start..start + len].to_vec())
+    }
+
+    /// [`DecodedBundle::chunk`] without a copy: a view into the decoded
+    /// bundle, which it keeps alive.
+    pub fn chunk_shared(
+        &self,
+        entry: &BlobEntry,
+        check_hash: bool,
+        crypto: &Crypto,
+    ) -> Result<bytes::Bytes, BlobError> {
+        self.place(entry, check_hash, crypto)
+            .map(|(start, len)| self.raw.slice(start..start + len))
+    }
+
+    /// Where the chunk `entry` names lies in `raw`, checked.
+    fn place(
+        &self,
+        entry: &BlobEntry,
+        check_hash: bool,
+        crypto: &Crypto,
+    ) -> Result<(usize, usize), BlobError> {
         let found = match &self.ids {
             Some(ids) => ids.iter().position(|id| *id == entry.id),
             // Empty chunks share their start with the next: the length
@@ -229,7 +252,7 @@ impl DecodedBundle {
                 });
             }
         }
-        Ok(raw.to_vec())
+        Ok((start, len))
     }
 
     /// The bundle's size once decompressed, header included.
@@ -320,7 +343,11 @@ pub fn decode_bundle(data: &[u8], crypto: &Crypto) -> Result<DecodedBundle, Blob
             raw.len()
         )));
     }
-    Ok(DecodedBundle { ids, members, raw })
+    Ok(DecodedBundle {
+        ids,
+        members,
+        raw: raw.into(),
+    })
 }
 
 /// Decoded bundles, kept so that the chunks of one bundle cost one
@@ -344,7 +371,9 @@ impl BundleCache {
 
     /// Decodes the blob `entry` names from `data` (its stored bytes, read
     /// from `pack`): a bundle once per place, any other blob as
-    /// [`decode_blob_checked`] does.
+    /// [`decode_blob_checked`] does. A bundled chunk comes as a view into
+    /// its decoded bundle (no copy) while `share` has room for that bundle,
+    /// as a copy of its own after.
     pub fn decode(
         &self,
         pack: &PackId,
@@ -352,9 +381,10 @@ impl BundleCache {
         data: &[u8],
         check_hash: bool,
         crypto: &Crypto,
-    ) -> Result<Vec<u8>, BlobError> {
+        share: &mut ShareBudget,
+    ) -> Result<bytes::Bytes, BlobError> {
         if entry.encoding != Encoding::Bundle {
-            return decode_blob_checked(entry, data, check_hash, crypto);
+            return decode_blob_checked(entry, data, check_hash, crypto).map(bytes::Bytes::from);
         }
         let key = (*pack, entry.offset, entry.length);
         let found = {
@@ -376,7 +406,50 @@ impl BundleCache {
                 b
             }
         };
-        bundle.chunk(entry, check_hash, crypto)
+        if share.admits(key, bundle.raw_len()) {
+            bundle.chunk_shared(entry, check_hash, crypto)
+        } else {
+            bundle
+                .chunk(entry, check_hash, crypto)
+                .map(bytes::Bytes::from)
+        }
+    }
+}
+
+/// How many bytes of decoded bundles the chunks handed out by
+/// [`BundleCache::decode`] may keep alive: a chunk shared with its bundle
+/// holds the whole bundle, so a reader that keeps a run of chunks bounds
+/// the bundles behind them with one of these per run.
+pub struct ShareBudget {
+    left: usize,
+    last: Option<BundleKey>,
+}
+
+impl ShareBudget {
+    pub fn new(bytes: usize) -> Self {
+        ShareBudget {
+            left: bytes,
+            last: None,
+        }
+    }
+
+    /// For a caller that keeps no chunk past the next one.
+    pub fn unbounded() -> Self {
+        ShareBudget::new(usize::MAX)
+    }
+
+    /// Whether a chunk of the bundle at `key` (`raw_len` bytes decoded) may
+    /// be shared; the bundle is counted once for consecutive chunks.
+    fn admits(&mut self, key: BundleKey, raw_len: usize) -> bool {
+        if self.last == Some(key) {
+            return true;
+        }
+        if raw_len > self.left {
+            return false;
+        }
+        self.left -= raw_len;
+        self.last = Some(key);
+        true
     }
 }
 
@@ -798,11 +871,18 @@ mod tests {
             let cache = BundleCache::new(1);
             let pack = pack_id(&bytes);
             // In any order, and through the one-shot decoder too.
+            // Shared with the bundle, and copied where the budget has no
+            // room for the bundle: the same bytes either way.
+            let mut share = ShareBudget::new(1);
             for (e, page) in bundle.iter().zip(&pages).rev() {
-                assert_eq!(
-                    &cache.decode(&pack, e, slice(&bytes, e), true, &c).unwrap(),
-                    page
-                );
+                for budget in [&mut ShareBudget::unbounded(), &mut share] {
+                    assert_eq!(
+                        &cache
+                            .decode(&pack, e, slice(&bytes, e), true, &c, budget)
+                            .unwrap(),
+                        page
+                    );
+                }
                 assert_eq!(&decode_blob(e, slice(&bytes, e), &c).unwrap(), page);
             }
             assert_eq!(
@@ -843,7 +923,14 @@ mod tests {
             };
             assert_eq!(
                 cache
-                    .decode(&pack, &next, slice(&bytes, &next), false, &c)
+                    .decode(
+                        &pack,
+                        &next,
+                        slice(&bytes, &next),
+                        false,
+                        &c,
+                        &mut ShareBudget::unbounded()
+                    )
                     .unwrap(),
                 pages[1]
             );
@@ -856,6 +943,23 @@ mod tests {
                 Err(BlobError::Length { .. })
             ));
         }
+    }
+
+    #[test]
+    fn shared_chunks_keep_at_most_the_budget_of_bundles_alive() {
+        let (a, b) = (
+            (pack_id(b"a"), 10u64, 100u32),
+            (pack_id(b"a"), 110u64, 100u32),
+        );
+        let mut share = ShareBudget::new(300);
+        // One bundle counts once, however many of its chunks follow.
+        assert!(share.admits(a, 200));
+        assert!(share.admits(a, 200));
+        // Another does not fit what is left; the first still shares.
+        assert!(!share.admits(b, 200));
+        assert!(share.admits(a, 200));
+        assert!(share.admits(b, 100));
+        assert!(!share.admits((pack_id(b"c"), 0, 1), 1));
     }
 
     #[test]

@@ -22,12 +22,13 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::hasher::StreamHasher;
 use super::index::{ChunkLocation, SourceId};
 use super::manifest::ManifestEntry;
-use super::pack::{decode_blob_checked, BlobError, BundleCache};
+use super::pack::{decode_blob_checked, BlobError, BundleCache, ShareBudget};
 use super::source::EntryKind;
 use super::{pack_key, Index};
 use crate::ids::{ChunkId, Hash256, PackId};
@@ -37,6 +38,9 @@ use crate::store::{Store, StoreError};
 /// bytes, and this many bytes once decoded (which bounds memory in flight).
 const MAX_RUN: u64 = 4 * 1024 * 1024;
 const MAX_RUN_RAW: u64 = 8 * 1024 * 1024;
+/// A run's chunks come without a copy as views into their decoded bundles,
+/// which they keep alive: up to this many bytes of bundles per run.
+const MAX_RUN_SHARED: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -84,7 +88,7 @@ pub trait ReadSink {
     fn data(&mut self, bytes: &[u8]) -> std::io::Result<()>;
     /// A run of a file's chunks, in order: by default a [`ReadSink::data`]
     /// each; a sink writing to a file takes them in one call.
-    fn data_run(&mut self, chunks: &[Vec<u8>]) -> std::io::Result<()> {
+    fn data_run(&mut self, chunks: &[Bytes]) -> std::io::Result<()> {
         for c in chunks {
             self.data(c)?;
         }
@@ -100,12 +104,12 @@ struct Run {
     offset: u64,
     len: u64,
     blobs: Vec<ChunkLocation>,
-    reply: Sender<Result<Vec<Vec<u8>>, ReadError>>,
+    reply: Sender<Result<Vec<Bytes>, ReadError>>,
 }
 
 enum Item {
     Start(usize),
-    Run(Receiver<Result<Vec<Vec<u8>>, ReadError>>),
+    Run(Receiver<Result<Vec<Bytes>, ReadError>>),
     End(usize),
     Failed(ReadError),
 }
@@ -488,7 +492,7 @@ fn fetch_run(
     suspects: &Suspects,
     windows: Option<&WindowCache>,
     bundles: &BundleCache,
-) -> Result<Vec<Vec<u8>>, ReadError> {
+) -> Result<Vec<Bytes>, ReadError> {
     let key = pack_key(&run.pack);
     let cached = windows.and_then(|w| from_windows(store, runtime, run, w, index));
     let bytes = match cached {
@@ -509,6 +513,7 @@ fn fetch_run(
                         .map(|l| {
                             suspects.bad(index, l, &run.path, &why);
                             fallback(store, crypto, runtime, index, suspects, &run.path, l, &why)
+                                .map(Bytes::from)
                         })
                         .collect();
                 }
@@ -516,6 +521,7 @@ fn fetch_run(
             }
         },
     };
+    let mut share = ShareBudget::new(MAX_RUN_SHARED);
     run.blobs
         .iter()
         .map(|loc| {
@@ -527,7 +533,14 @@ fn fetch_run(
             let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
             let disputed = index.is_disputed(&b.id);
             let decoded = match data {
-                Some(data) => bundles.decode(&loc.pack, b, data, check_chunks || disputed, crypto),
+                Some(data) => bundles.decode(
+                    &loc.pack,
+                    b,
+                    data,
+                    check_chunks || disputed,
+                    crypto,
+                    &mut share,
+                ),
                 None => Err(BlobError::Length {
                     got: bytes.len(),
                     expected: (b.offset.saturating_sub(run.offset) + b.length as u64) as usize,
@@ -541,6 +554,7 @@ fn fetch_run(
                     fallback(
                         store, crypto, runtime, index, suspects, &run.path, loc, &why,
                     )
+                    .map(Bytes::from)
                 }
                 Err(why) => Err(ReadError::Blob {
                     key: key.clone(),
@@ -630,7 +644,7 @@ fn consume(
     sink: &mut dyn ReadSink,
     file_hash: bool,
 ) -> Result<(), ReadError> {
-    let hasher = file_hash.then(|| StreamHasher::<Vec<Vec<u8>>>::start(4));
+    let hasher = file_hash.then(|| StreamHasher::<Vec<Bytes>>::start(4));
     consume_items(entries, items, sink, hasher.as_ref())
 }
 
@@ -638,7 +652,7 @@ fn consume_items(
     entries: &[ManifestEntry],
     items: Receiver<Item>,
     sink: &mut dyn ReadSink,
-    hasher: Option<&StreamHasher<Vec<Vec<u8>>>>,
+    hasher: Option<&StreamHasher<Vec<Bytes>>>,
 ) -> Result<(), ReadError> {
     let sink_err = |path: &str, source| ReadError::Sink {
         path: path.to_string(),

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use super::index::{IndexFile, IndexedChunk, IndexedPack};
-use super::pack::{decode_bundle, pack_id, parse_trailer, BundleCache, MAX_CHUNK_LEN};
+use super::pack::{decode_bundle, pack_id, parse_trailer, BundleCache, ShareBudget, MAX_CHUNK_LEN};
 use super::{index_key, RepoError, Repository, MAX_CHUNKS_PER_INDEX, PACKS_PER_INDEX};
 use crate::ids::{Hash256, IndexId, PackId};
 use crate::progress::{Progress, ProgressMode};
@@ -256,7 +256,10 @@ fn read_pack(
             }
             continue;
         }
-        if bundles.decode(id, &e, data, true, crypto).is_err() {
+        if bundles
+            .decode(id, &e, data, true, crypto, &mut ShareBudget::unbounded())
+            .is_err()
+        {
             skipped += 1;
             continue;
         }

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::manifest::ManifestEntry;
-use super::pack::{parse_trailer, BundleCache, Encoding};
+use super::pack::{parse_trailer, BundleCache, Encoding, ShareBudget};
 use super::read::{ChunkReader, Discard};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
@@ -839,7 +839,14 @@ fn check_pack(
                     None => loc_faults.push("lies past the end of the pack".into()),
                     Some(data) => {
                         checked += 1;
-                        if let Err(why) = bundles.decode(pack, &b, data, true, crypto) {
+                        if let Err(why) = bundles.decode(
+                            pack,
+                            &b,
+                            data,
+                            true,
+                            crypto,
+                            &mut ShareBudget::unbounded(),
+                        ) {
                             loc_faults.push(why.to_string());
                         }
                     }
