@@ -130,6 +130,22 @@ pub async fn verify_sampled(
     sample: Option<SampleRequest>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
+    // Archived logs (PostgreSQL's WAL) are checked beside everything else
+    // (only when the whole plan is verified): they need nothing the other
+    // checks find, and the file pass below leaves a core idle while one
+    // thread hashes each file. In a set, so an early error stops it.
+    let mut logs = match (selector, log_prefix) {
+        (None, Some(prefix)) => {
+            let mut set = tokio::task::JoinSet::new();
+            set.spawn(check_logs(
+                repo.store().clone(),
+                repo.crypto().clone(),
+                prefix.to_string(),
+            ));
+            Some(set)
+        }
+        _ => None,
+    };
     let listed = repo.snapshots(plan).await?;
     let all = listed.refs();
     let selected: Vec<SnapshotRef> = match selector {
@@ -371,7 +387,7 @@ pub async fn verify_sampled(
     // Several packs at once, each read whole and checked on a blocking
     // thread: downloads overlap the checks and every core checks. Memory:
     // at most this many packs (each at most its index size) at a time.
-    let readers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8));
+    let readers = check_threads();
     let mut pending = users
         .keys()
         .filter(|p| to_read.contains(p))
@@ -670,64 +686,17 @@ pub async fn verify_sampled(
         }
     }
 
-    // Archived logs (PostgreSQL's WAL): every file read back and checked
-    // against the SHA-256 in its header. Only when the whole plan is verified.
+    // The archived logs' check, started at the beginning, ends here.
     let mut wal_files_checked = 0;
-    if let (None, Some(prefix)) = (selector, log_prefix) {
-        let listed = repo.store().list(prefix).await?;
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut listed = listed.into_iter();
-        loop {
-            // Each task holds a decompressed segment (16 MiB): a few per
-            // core keep the cores busy without hundreds of MB resident.
-            while tasks.len() < readers {
-                let Some(info) = listed.next() else { break };
-                let store = repo.store().clone();
-                let crypto = repo.crypto().clone();
-                tasks.spawn(async move {
-                    let got = store
-                        .get_at_most(&info.key, super::log_archive::MAX_OBJECT)
-                        .await;
-                    let checked = match got {
-                        Ok(bytes) => {
-                            let key = info.key.clone();
-                            let len = bytes.len() as u64;
-                            // Foreign objects (planted, or damaged) are named
-                            // so: push and fetch step around them, but the
-                            // operator must know someone writes to the bucket.
-                            tokio::task::spawn_blocking(move || {
-                                match super::log_archive::classify_checking(&key, &bytes, &crypto) {
-                                    super::log_archive::Found::Archived { .. } => Ok(len),
-                                    super::log_archive::Found::Foreign { why } => Err((
-                                        ProblemKind::Corrupt,
-                                        format!("{key} is corrupt or foreign ({why}): holdfast did not write it as it is; see docs/runbook.md, \"A foreign object in the WAL archive\""),
-                                    )),
-                                }
-                            })
-                            .await
-                            .expect("WAL check panicked")
-                        }
-                        Err(e) if e.is_not_found() => Err((ProblemKind::Missing, e.to_string())),
-                        Err(e) => Err((ProblemKind::Corrupt, e.to_string())),
-                    };
-                    (info.key, checked)
-                });
-            }
-            let Some(done) = tasks.join_next().await else {
-                break;
-            };
-            let (key, checked) = done.expect("WAL check task panicked");
-            wal_files_checked += 1;
-            match checked {
-                Ok(len) => bytes_read += len,
-                Err((kind, detail)) => problems.push(Problem {
-                    object: key,
-                    kind,
-                    detail,
-                    snapshots: Vec::new(),
-                }),
-            }
-        }
+    if let Some(logs) = logs.as_mut() {
+        let (checked, read, log_problems) = logs
+            .join_next()
+            .await
+            .expect("the log check was started")
+            .expect("log check panicked")?;
+        wal_files_checked = checked;
+        bytes_read += read;
+        problems.extend(log_problems);
     }
 
     problems.sort_by(|a, b| (a.kind, &a.object).cmp(&(b.kind, &b.object)));
@@ -744,6 +713,80 @@ pub async fn verify_sampled(
         bytes_read,
         problems,
     })
+}
+
+/// How many objects are read and checked at once: one per core, 2 to 8.
+fn check_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8))
+}
+
+/// Every archived log file under `prefix` read back and checked against the
+/// SHA-256 in its header, a few at a time: how many were checked, the
+/// bytes read, and the problems found.
+async fn check_logs(
+    store: Arc<dyn crate::store::Store>,
+    crypto: super::Crypto,
+    prefix: String,
+) -> Result<(usize, u64, Vec<Problem>), super::RepoError> {
+    let readers = check_threads();
+    let mut problems = Vec::new();
+    let mut bytes_read = 0u64;
+    let mut wal_files_checked = 0;
+    let listed = store.list(&prefix).await?;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut listed = listed.into_iter();
+    loop {
+        // Each task holds a decompressed segment (16 MiB): a few per
+        // core keep the cores busy without hundreds of MB resident.
+        while tasks.len() < readers {
+            let Some(info) = listed.next() else { break };
+            let store = store.clone();
+            let crypto = crypto.clone();
+            tasks.spawn(async move {
+                let got = store
+                    .get_at_most(&info.key, super::log_archive::MAX_OBJECT)
+                    .await;
+                let checked = match got {
+                    Ok(bytes) => {
+                        let key = info.key.clone();
+                        let len = bytes.len() as u64;
+                        // Foreign objects (planted, or damaged) are named
+                        // so: push and fetch step around them, but the
+                        // operator must know someone writes to the bucket.
+                        tokio::task::spawn_blocking(move || {
+                            match super::log_archive::classify_checking(&key, &bytes, &crypto) {
+                                super::log_archive::Found::Archived { .. } => Ok(len),
+                                super::log_archive::Found::Foreign { why } => Err((
+                                    ProblemKind::Corrupt,
+                                    format!("{key} is corrupt or foreign ({why}): holdfast did not write it as it is; see docs/runbook.md, \"A foreign object in the WAL archive\""),
+                                )),
+                            }
+                        })
+                        .await
+                        .expect("WAL check panicked")
+                    }
+                    Err(e) if e.is_not_found() => Err((ProblemKind::Missing, e.to_string())),
+                    Err(e) => Err((ProblemKind::Corrupt, e.to_string())),
+                };
+                (info.key, checked)
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let (key, checked) = done.expect("WAL check task panicked");
+        wal_files_checked += 1;
+        match checked {
+            Ok(len) => bytes_read += len,
+            Err((kind, detail)) => problems.push(Problem {
+                object: key,
+                kind,
+                detail,
+                snapshots: Vec::new(),
+            }),
+        }
+    }
+    Ok((wal_files_checked, bytes_read, problems))
 }
 
 /// How an index object or prune record that did not decode is reported:
