@@ -293,48 +293,103 @@ pub async fn stage(
         index,
         tokio::runtime::Handle::current(),
     );
-    let progress = Progress::new("restore", Some(total), how.progress);
+    let progress = Arc::new(Progress::new("restore", Some(total), how.progress));
     let temp_in = temp.clone();
     let cancel = how.cancel.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let mut sink = TreeWriter {
-            root: temp_in,
-            dir: None,
+        let sink_err = |source| ReadError::Sink {
+            path: ".".into(),
+            source,
+        };
+        // A tree's files are dealt to lanes, each written by a thread of its
+        // own: the kernel's share of writing (copying into the page cache,
+        // allocating blocks) then runs on every core, not on one writer.
+        let lanes = if single {
+            vec![entries.clone()]
+        } else {
+            deal_files(&entries, write_lanes())
+        };
+        let reader = reader.for_lanes(lanes.len());
+        let lane_failed = Arc::new(AtomicBool::new(false));
+        let new_sink = |dir: Option<Confined>| TreeWriter {
+            root: temp_in.clone(),
+            dir,
             single,
             keep_setid,
             setid_dropped: Vec::new(),
             out: None,
-            progress,
+            progress: progress.clone(),
             files: 0,
             unsynced: 0,
             syncer: Some(Syncer::start()),
-            cancel,
+            cancel: cancel.clone(),
+            sibling_failed: Some(lane_failed.clone()),
         };
+        let mut sink = new_sink(None);
         let r = if single {
             Ok(())
         } else {
-            sink.prepare_tree(&entries)
+            sink.prepare_tree(&entries).map_err(sink_err)
         }
-        .map_err(|source| ReadError::Sink {
-            path: ".".into(),
-            source,
-        })
-        .and_then(|_| reader.read_files(&entries, &mut sink))
         .and_then(|_| {
+            std::thread::scope(|scope| {
+                let running: Vec<_> = lanes
+                    .iter()
+                    .map(|lane| {
+                        let lane_sink = if single {
+                            Ok(new_sink(None))
+                        } else {
+                            Confined::open(&temp_in).map(|d| new_sink(Some(d)))
+                        };
+                        let (reader, lane_failed) = (&reader, &lane_failed);
+                        scope.spawn(move || {
+                            let r = lane_sink.map_err(sink_err).and_then(|mut lane_sink| {
+                                reader
+                                    .read_files(lane, &mut lane_sink)
+                                    .map(|_| (lane_sink.files, lane_sink.setid_dropped))
+                            });
+                            // The first lane to fail says why; the others
+                            // stopped because it did.
+                            if r.is_err() && lane_failed.swap(true, Ordering::SeqCst) {
+                                return Err(None);
+                            }
+                            r.map_err(Some)
+                        })
+                    })
+                    .collect();
+                let mut files = 0;
+                let mut first_err = None;
+                for lane in running {
+                    match lane.join().expect("restore lane panicked") {
+                        Ok((n, dropped)) => {
+                            files += n;
+                            sink.setid_dropped.extend(dropped);
+                        }
+                        Err(Some(e)) => first_err = Some(e),
+                        Err(None) => {}
+                    }
+                }
+                // In one order whatever lane finished first.
+                sink.setid_dropped.sort();
+                match first_err {
+                    Some(e) => Err(e),
+                    None => Ok(files),
+                }
+            })
+        })
+        .and_then(|files| {
             if single {
-                Ok(())
+                Ok(files)
             } else {
                 sink.finish_tree(&entries)
                     .and_then(|_| sync_filesystem(&sink.root))
-                    .map_err(|source| ReadError::Sink {
-                        path: ".".into(),
-                        source,
-                    })
+                    .map_err(sink_err)
+                    .map(|_| files)
             }
         });
-        sink.progress.finish();
+        progress.finish();
         sink.report_setid_dropped();
-        r.map(|_| sink.files)
+        r
     })
     .await
     .expect("restore thread panicked");
@@ -462,13 +517,15 @@ struct TreeWriter {
     /// Entries whose setuid/setgid bits were not restored.
     setid_dropped: Vec<String>,
     out: Option<File>,
-    progress: Progress,
+    progress: Arc<Progress>,
     files: u64,
     /// Bytes written to the current file since its last background flush.
     unsynced: u64,
     syncer: Option<Syncer>,
     /// [`Materialize::cancel`].
     cancel: Option<Arc<AtomicBool>>,
+    /// Set when another lane of the same restore failed.
+    sibling_failed: Option<Arc<AtomicBool>>,
 }
 
 impl TreeWriter {
@@ -482,6 +539,16 @@ impl TreeWriter {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Interrupted,
                 "restore stopped: a check running beside it failed",
+            ));
+        }
+        if self
+            .sibling_failed
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "restore stopped: writing another file failed",
             ));
         }
         Ok(())
@@ -587,6 +654,37 @@ impl TreeWriter {
         }
         Ok(())
     }
+}
+
+/// How many lanes write a tree's files at once: one per core, at most 4.
+fn write_lanes() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Deals the file entries of `entries` to at most `lanes` lanes, the
+/// largest first to the lane with the fewest bytes so far; each lane keeps
+/// the entries' order (a directory's files stay together).
+fn deal_files(entries: &[ManifestEntry], lanes: usize) -> Vec<Vec<ManifestEntry>> {
+    let files: Vec<&ManifestEntry> = entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let size = |e: &ManifestEntry| e.size.unwrap_or(0).max(1);
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(size(files[i])));
+    let mut load = vec![0u64; lanes.max(1)];
+    let mut lane_of = vec![0usize; files.len()];
+    for i in order {
+        let lightest = (0..load.len()).min_by_key(|&l| load[l]).unwrap_or(0);
+        lane_of[i] = lightest;
+        load[lightest] += size(files[i]);
+    }
+    let mut out: Vec<Vec<ManifestEntry>> = vec![Vec::new(); load.len()];
+    for (file, lane) in files.into_iter().zip(lane_of) {
+        out[lane].push(file.clone());
+    }
+    out.retain(|l| !l.is_empty());
+    out
 }
 
 /// Flushes the filesystem holding `path` to stable storage.
@@ -777,11 +875,12 @@ mod tests {
                 keep_setid: false,
                 setid_dropped: Vec::new(),
                 out: None,
-                progress: Progress::new("restore", None, ProgressMode::Quiet),
+                progress: Arc::new(Progress::new("restore", None, ProgressMode::Quiet)),
                 files: 0,
                 unsynced: 0,
                 syncer: None,
                 cancel: None,
+                sibling_failed: None,
             };
             sink.prepare_tree(&entries).unwrap();
             let err = reader.read_files(&entries, &mut sink).unwrap_err();
@@ -827,5 +926,149 @@ mod tests {
             matches!(&verified, Err(ReadError::StreamHash { path, .. }) if path == "b"),
             "{verified:?}"
         );
+    }
+
+    #[test]
+    fn files_are_dealt_to_lanes_by_size_each_lane_in_entry_order() {
+        let entry = |path: &str, kind: EntryKind, size: u64| ManifestEntry {
+            path: path.into(),
+            kind,
+            mode: 0o644,
+            mtime_ns: None,
+            size: Some(size),
+            sha256: None,
+            chunks: Vec::new(),
+            target: None,
+            stamp: None,
+        };
+        let entries = vec![
+            entry("d", EntryKind::Dir, 0),
+            entry("d/big", EntryKind::File, 100),
+            entry("d/a", EntryKind::File, 30),
+            entry("d/b", EntryKind::File, 40),
+            entry("d/c", EntryKind::File, 50),
+            entry("d/empty", EntryKind::File, 0),
+        ];
+        let paths = |lanes: Vec<Vec<ManifestEntry>>| -> Vec<Vec<String>> {
+            lanes
+                .into_iter()
+                .map(|l| l.into_iter().map(|e| e.path).collect())
+                .collect()
+        };
+        // big (100), then c, b and a (50, 90, 120) to the other lane, then
+        // the empty file (counted as 1 byte) back to the lighter.
+        assert_eq!(
+            paths(deal_files(&entries, 2)),
+            [vec!["d/big", "d/empty"], vec!["d/a", "d/b", "d/c"]]
+        );
+        // One lane keeps every file, in order; no more lanes than files.
+        assert_eq!(
+            paths(deal_files(&entries, 1)),
+            [vec!["d/big", "d/a", "d/b", "d/c", "d/empty"]]
+        );
+        assert_eq!(deal_files(&entries, 8).len(), 5);
+        assert!(deal_files(&entries[..1], 2).is_empty());
+    }
+
+    /// A tree's files are written in lanes: when one lane's file is corrupt,
+    /// that is the error reported (not another lane's stop), and nothing is
+    /// left behind.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_file_in_one_lane_is_named_and_the_restore_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        fs::create_dir(&src).unwrap();
+        // Incompressible, so each file's chunks fill most of its pack.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for name in ["a", "b", "c", "d"] {
+            let bytes: Vec<u8> = (0..(3 << 20))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            fs::write(src.join(name), bytes).unwrap();
+        }
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
+        let repo = Repository::open_or_init(
+            store,
+            &crate::repository::RepoKey::Unencrypted,
+            None,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+        let plan: PlanName = serde_json::from_value(serde_json::json!("tree")).unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        let source = FilesSource::new(src, Vec::new()).unwrap();
+        backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        // One byte of the last pack written flipped.
+        let mut packs: Vec<_> = walk(&tmp.path().join("repo/objects/packs"));
+        packs.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
+        let pack = packs.last().unwrap();
+        fs::set_permissions(pack, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(pack).unwrap();
+        let mid = bytes.len() / 3;
+        bytes[mid] ^= 0xff;
+        fs::write(pack, bytes).unwrap();
+        let out = tmp.path().join("out");
+        let err = restore(
+            &repo,
+            &plan,
+            &RestoreOptions {
+                check_with: None,
+                snapshot: "latest".into(),
+                to: out.clone(),
+                force: false,
+                single_stream: false,
+                keep_setid_bits: false,
+                progress: ProgressMode::Quiet,
+            },
+        )
+        .await
+        .unwrap_err();
+        let MaterializeError::Read { source, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(
+            !matches!(**source, ReadError::Sink { .. }),
+            "the corrupt file is the error, not a lane's stop: {err}"
+        );
+        assert!(!out.exists());
+        // Removed on a thread of its own: give it a moment.
+        let temp_left = || {
+            fs::read_dir(tmp.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().contains("holdfast-restore"))
+        };
+        for _ in 0..100 {
+            if !temp_left() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!temp_left(), "a temporary restore was left behind");
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }

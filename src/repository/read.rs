@@ -278,6 +278,13 @@ impl ChunkReader {
         }
     }
 
+    /// For `lanes` reads at once, each with its share of the decode
+    /// threads (at least one).
+    pub fn for_lanes(mut self, lanes: usize) -> Self {
+        self.threads = (self.threads / lanes.max(1)).max(1);
+        self
+    }
+
     /// Also checks every chunk against its id as it is decoded.
     pub fn checking_chunks(mut self) -> Self {
         self.check_chunks = true;
