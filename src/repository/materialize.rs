@@ -529,27 +529,19 @@ struct TreeWriter {
 }
 
 impl TreeWriter {
-    /// Fails once [`Materialize::cancel`] is set.
+    /// Fails once [`Materialize::cancel`] is set, or another lane failed.
     fn go_on(&self) -> std::io::Result<()> {
-        if self
-            .cancel
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "restore stopped: a check running beside it failed",
-            ));
-        }
-        if self
-            .sibling_failed
-            .as_ref()
-            .is_some_and(|c| c.load(Ordering::Relaxed))
-        {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "restore stopped: writing another file failed",
-            ));
+        let stops = [
+            (&self.cancel, "a check running beside it failed"),
+            (&self.sibling_failed, "writing another file failed"),
+        ];
+        for (flag, why) in stops {
+            if flag.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Interrupted,
+                    format!("restore stopped: {why}"),
+                ));
+            }
         }
         Ok(())
     }
