@@ -311,7 +311,9 @@ pub async fn stage(
         };
         let reader = reader.for_lanes(lanes.len());
         let lane_failed = Arc::new(AtomicBool::new(false));
-        let new_sink = |dir: Option<Confined>| TreeWriter {
+        // Lanes write files (and flush them in the background); the tree's
+        // own writer makes directories and symlinks and writes no file.
+        let new_sink = |dir: Option<Confined>, writes_files: bool| TreeWriter {
             root: temp_in.clone(),
             dir,
             single,
@@ -321,11 +323,11 @@ pub async fn stage(
             progress: progress.clone(),
             files: 0,
             unsynced: 0,
-            syncer: Some(Syncer::start()),
+            syncer: writes_files.then(Syncer::start),
             cancel: cancel.clone(),
             sibling_failed: Some(lane_failed.clone()),
         };
-        let mut sink = new_sink(None);
+        let mut sink = new_sink(None, false);
         let r = if single {
             Ok(())
         } else {
@@ -337,9 +339,9 @@ pub async fn stage(
                     .iter()
                     .map(|lane| {
                         let lane_sink = if single {
-                            Ok(new_sink(None))
+                            Ok(new_sink(None, true))
                         } else {
-                            Confined::open(&temp_in).map(|d| new_sink(Some(d)))
+                            Confined::open(&temp_in).map(|d| new_sink(Some(d), true))
                         };
                         let (reader, lane_failed) = (&reader, &lane_failed);
                         scope.spawn(move || {
@@ -1003,7 +1005,12 @@ mod tests {
         let source = FilesSource::new(src, Vec::new()).unwrap();
         backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
         // One byte of the last pack written flipped.
-        let mut packs: Vec<_> = walk(&tmp.path().join("repo/objects/packs"));
+        let mut packs: Vec<PathBuf> = walkdir::WalkDir::new(tmp.path().join("repo/objects/packs"))
+            .into_iter()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .collect();
         packs.sort_by_key(|p| fs::metadata(p).unwrap().modified().unwrap());
         let pack = packs.last().unwrap();
         fs::set_permissions(pack, fs::Permissions::from_mode(0o644)).unwrap();
@@ -1049,18 +1056,5 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
         assert!(!temp_left(), "a temporary restore was left behind");
-    }
-
-    fn walk(dir: &Path) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for e in fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-        out
     }
 }
