@@ -386,9 +386,9 @@ impl Disputed {
         }
         let mut good = None;
         for loc in index.candidates(id) {
-            match super::read::read_one(store, crypto, runtime, loc) {
+            match super::read::read_one(store, crypto, runtime, &loc) {
                 Ok(_) => {
-                    good = Some(*loc);
+                    good = Some(loc);
                     break;
                 }
                 Err(why) => {
@@ -609,7 +609,7 @@ impl Writer {
                             };
                             let id = crypto.chunk_id(&data[..]);
                             let stored_at = match index.agreed(&id) {
-                                Some(loc) => Some(*loc),
+                                Some(loc) => Some(loc),
                                 None if index.is_disputed(&id) => {
                                     disputed.check(&*store, &crypto, &runtime, &index, &id)
                                 }

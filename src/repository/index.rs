@@ -44,11 +44,19 @@ pub const MAX_CANDIDATES: usize = 8;
 /// one listed is not more right than the others. Memory: one location per
 /// chunk in `first`; only chunks with more than one distinct location have an
 /// entry in `more`.
+///
+/// A database holds one chunk per 8 KiB page, so this is the largest thing a
+/// command holds for a big one: a location is kept as a [`Slot`] (the chunk
+/// id only as the key, the pack by number), 64 bytes a chunk with its key
+/// instead of 128 as a [`ChunkLocation`].
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    first: HashMap<ChunkId, ChunkLocation>,
-    more: HashMap<ChunkId, Vec<ChunkLocation>>,
+    first: HashMap<ChunkId, Slot>,
+    more: HashMap<ChunkId, Vec<Slot>>,
     packs: HashMap<PackId, u64>,
+    /// Packs by number ([`Slot::pack`]), and their numbers.
+    pack_ids: Vec<PackId>,
+    pack_numbers: HashMap<PackId, u32>,
     /// The index objects that name each pack, in listing order.
     described_by: HashMap<PackId, Vec<SourceId>>,
     /// Index object keys, by [`SourceId`].
@@ -57,28 +65,87 @@ pub struct Index {
     dropped: u64,
 }
 
+/// A [`ChunkLocation`] as the [`Index`] holds it, under its chunk's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    offset: u64,
+    /// The pack's number in [`Index::pack_ids`].
+    pack: u32,
+    source: SourceId,
+    length: u32,
+    raw_length: u32,
+    bundle_offset: Option<NonZeroU32>,
+    encoding: Encoding,
+}
+
+impl Slot {
+    /// The same place in the same pack (whichever index object said so).
+    fn same_place(&self, other: &Slot) -> bool {
+        Slot {
+            source: other.source,
+            ..*self
+        } == *other
+    }
+}
+
 impl Index {
+    fn location(&self, id: &ChunkId, s: &Slot) -> ChunkLocation {
+        ChunkLocation {
+            pack: self.pack_ids[s.pack as usize],
+            blob: BlobEntry {
+                id: *id,
+                offset: s.offset,
+                length: s.length,
+                raw_length: s.raw_length,
+                encoding: s.encoding,
+                bundle_offset: s.bundle_offset,
+            },
+            source: s.source,
+        }
+    }
+
+    fn slot(&mut self, loc: &ChunkLocation) -> Slot {
+        let next = self.pack_ids.len();
+        let pack = *self
+            .pack_numbers
+            .entry(loc.pack)
+            .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 packs"));
+        if pack as usize == next {
+            self.pack_ids.push(loc.pack);
+        }
+        Slot {
+            offset: loc.blob.offset,
+            pack,
+            source: loc.source,
+            length: loc.blob.length,
+            raw_length: loc.blob.raw_length,
+            bundle_offset: loc.blob.bundle_offset,
+            encoding: loc.blob.encoding,
+        }
+    }
+
     /// The first location listed for `id`: where a reader tries first. Not
     /// to be trusted on its own (see [`Index::candidates`]).
-    pub fn get(&self, id: &ChunkId) -> Option<&ChunkLocation> {
-        self.first.get(id)
+    pub fn get(&self, id: &ChunkId) -> Option<ChunkLocation> {
+        self.first.get(id).map(|s| self.location(id, s))
     }
 
     /// Every distinct location known for `id`, first listed first.
-    pub fn candidates(&self, id: &ChunkId) -> impl Iterator<Item = &ChunkLocation> {
+    pub fn candidates<'a>(&'a self, id: &'a ChunkId) -> impl Iterator<Item = ChunkLocation> + 'a {
         self.first
             .get(id)
             .into_iter()
             .chain(self.more.get(id).into_iter().flatten())
+            .map(move |s| self.location(id, s))
     }
 
     /// The location of `id` when every index object naming it agrees on one
     /// place; `None` when it is unknown or its candidates disagree.
-    pub fn agreed(&self, id: &ChunkId) -> Option<&ChunkLocation> {
+    pub fn agreed(&self, id: &ChunkId) -> Option<ChunkLocation> {
         if self.more.contains_key(id) {
             return None;
         }
-        self.first.get(id)
+        self.get(id)
     }
 
     /// Whether some index object's locations for `id` disagree.
@@ -142,11 +209,11 @@ impl Index {
             named.push(source);
         }
         for c in &pack.chunks {
-            let loc = ChunkLocation {
+            let loc = self.slot(&ChunkLocation {
                 pack: pack.id,
                 blob: c.to_blob_entry(),
                 source,
-            };
+            });
             let Some(first) = self.first.get(&c.id) else {
                 self.first.insert(c.id, loc);
                 continue;
@@ -197,7 +264,7 @@ impl Index {
                 let source = *mapped
                     .entry(loc.source)
                     .or_insert_with(|| self.add_source(other.source(loc.source)));
-                let moved = ChunkLocation { source, ..*loc };
+                let moved = self.slot(&ChunkLocation { source, ..loc });
                 match self.first.get(id) {
                     None => {
                         self.first.insert(*id, moved);
@@ -425,5 +492,82 @@ mod tests {
         assert!(why(chunk(Encoding::Zstd, Some(68))).contains("is not bundled"));
         assert!(why(chunk(Encoding::Bundle, Some(MAX_BUNDLE_RAW as u32)))
             .contains("claims to start at byte"));
+    }
+
+    fn pack(name: &str, chunks: &[(&str, u64)]) -> IndexedPack {
+        IndexedPack {
+            id: PackId(Hash256::digest(name.as_bytes())),
+            size: 1 << 20,
+            chunks: chunks
+                .iter()
+                .map(|(c, offset)| IndexedChunk {
+                    id: ChunkId(Hash256::digest(c.as_bytes())),
+                    offset: *offset,
+                    length: 100,
+                    raw_length: 8192,
+                    encoding: Encoding::Zstd,
+                    bundle_offset: None,
+                })
+                .collect(),
+        }
+    }
+
+    fn id(c: &str) -> ChunkId {
+        ChunkId(Hash256::digest(c.as_bytes()))
+    }
+
+    #[test]
+    fn a_chunk_s_places_come_back_whole_from_the_compact_index_with_their_pack_and_source() {
+        let mut index = Index::default();
+        index.add_file(
+            "index/one",
+            &IndexFile::new(vec![
+                pack("p1", &[("a", 8), ("b", 108)]),
+                pack("p2", &[("c", 8)]),
+            ]),
+        );
+        // A second object: the same place for `a` again (nothing new), and
+        // another place for `b` in a pack the first never named.
+        index.add_file(
+            "index/two",
+            &IndexFile::new(vec![pack("p1", &[("a", 8)]), pack("p3", &[("b", 508)])]),
+        );
+        let a: Vec<ChunkLocation> = index.candidates(&id("a")).collect();
+        assert_eq!(a.len(), 1, "the same place twice is one candidate");
+        assert_eq!(a[0].pack, pack("p1", &[]).id);
+        assert_eq!(a[0].blob.id, id("a"));
+        assert_eq!(index.source(a[0].source), "index/one");
+        assert_eq!(index.agreed(&id("a")), Some(a[0]));
+
+        let b: Vec<(PackId, u64, String)> = index
+            .candidates(&id("b"))
+            .map(|l| (l.pack, l.blob.offset, index.source(l.source).to_string()))
+            .collect();
+        assert_eq!(
+            b,
+            vec![
+                (pack("p1", &[]).id, 108, "index/one".to_string()),
+                (pack("p3", &[]).id, 508, "index/two".to_string()),
+            ]
+        );
+        assert!(index.is_disputed(&id("b")) && index.agreed(&id("b")).is_none());
+        assert_eq!(
+            index.get(&id("c")).map(|l| l.pack),
+            Some(pack("p2", &[]).id)
+        );
+
+        // A fallback index numbers its packs its own way: its places keep
+        // their packs when taken over, and chunks already known are left.
+        let mut fallback = Index::default();
+        fallback.add_file(
+            "index/pruned",
+            &IndexFile::new(vec![pack("p9", &[("d", 8)]), pack("p2", &[("c", 908)])]),
+        );
+        index.add_fallback(&fallback);
+        let d = index.get(&id("d")).expect("taken from the fallback");
+        assert_eq!((d.pack, d.blob.offset), (pack("p9", &[]).id, 8));
+        assert_eq!(index.source(d.source), "index/pruned");
+        assert_eq!(index.candidates(&id("c")).count(), 1);
+        assert_eq!(index.packs().len(), 4);
     }
 }

@@ -771,8 +771,49 @@ fn strict_faults(faults: Vec<(String, RepoError)>) -> Result<(), RepoError> {
 
 /// zstd-compressed JSON, the encoding of index objects and manifests.
 pub(crate) fn encode_json_zst<T: Serialize>(value: &T) -> Vec<u8> {
-    let json = serde_json::to_vec(value).expect("repository metadata serialises");
-    zstd::bulk::compress(&json, 3).expect("zstd compresses in memory")
+    json_zst(value, u64::MAX).expect("no cap to pass")
+}
+
+/// `value` as JSON, compressed as it is written: the JSON is never held
+/// whole (an index object or a manifest holds one chunk id per 8 KiB page:
+/// tens of MB of JSON for a 3 GB database). `None` once the JSON would pass
+/// `cap` bytes.
+fn json_zst<T: Serialize>(value: &T, cap: u64) -> Option<Vec<u8>> {
+    /// Passes bytes on while fewer than `left` have been written.
+    struct Capped<W> {
+        inner: W,
+        left: u64,
+    }
+    impl<W: std::io::Write> std::io::Write for Capped<W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.left = self
+                .left
+                .checked_sub(buf.len() as u64)
+                .ok_or_else(|| std::io::Error::other("over the cap"))?;
+            self.inner.write_all(buf)?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            self.inner.flush()
+        }
+    }
+    let encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).expect("zstd starts in memory");
+    // serde_json writes token by token: batched before the compressor.
+    let mut out = std::io::BufWriter::with_capacity(
+        256 << 10,
+        Capped {
+            inner: encoder,
+            left: cap,
+        },
+    );
+    match serde_json::to_writer(&mut out, value) {
+        // Writing into memory fails only at the cap.
+        Err(e) if e.is_io() => return None,
+        Err(e) => panic!("repository metadata serialises: {e}"),
+        Ok(()) => {}
+    }
+    let capped = out.into_inner().ok()?;
+    Some(capped.inner.finish().expect("zstd compresses in memory"))
 }
 
 /// Opens a sealed metadata object (after its size was checked against `cap`
@@ -809,19 +850,12 @@ pub(crate) fn encode_json_zst_within<T: Serialize>(
     key: &str,
     value: &T,
 ) -> Result<Vec<u8>, RepoError> {
-    let json = serde_json::to_vec(value).expect("repository metadata serialises");
-    if json.len() as u64 > cap.bytes {
-        return Err(RepoError::OverCap {
-            what: cap.what,
-            key: key.to_string(),
-            detail: format!(
-                "it would hold {} bytes of JSON, so it is not written (split the plan's source into smaller plans)",
-                json.len()
-            ),
-            cap: cap.bytes,
-        });
-    }
-    Ok(zstd::bulk::compress(&json, 3).expect("zstd compresses in memory"))
+    json_zst(value, cap.bytes).ok_or_else(|| RepoError::OverCap {
+        what: cap.what,
+        key: key.to_string(),
+        detail: "it would hold more JSON than that, so it is not written (split the plan's source into smaller plans)".to_string(),
+        cap: cap.bytes,
+    })
 }
 
 /// The most a metadata object may decompress to, and the most its stored
@@ -1035,6 +1069,29 @@ const BUFFERED_JSON: u64 = 64 << 20;
 #[cfg(test)]
 mod cap_tests {
     use super::*;
+
+    #[test]
+    fn metadata_is_compressed_as_it_is_written_and_refused_past_its_cap() {
+        let value: Vec<String> = (0..20_000).map(|i| format!("entry {i}")).collect();
+        let json = serde_json::to_vec(&value).unwrap();
+        let bytes = encode_json_zst(&value);
+        assert!(bytes.len() < json.len() / 2, "compressed");
+        let back: Vec<String> = decode_json_zst(INDEX_CAP, "index/x", &bytes).unwrap();
+        assert_eq!(back, value);
+        let cap = |bytes: u64| MetadataCap {
+            what: "manifest",
+            bytes,
+        };
+        let fits = encode_json_zst_within(cap(json.len() as u64), "snapshots/x", &value).unwrap();
+        assert_eq!(fits, bytes);
+        let over = encode_json_zst_within(cap(json.len() as u64 - 1), "snapshots/x", &value)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            over.contains("snapshots/x") && over.contains("not written"),
+            "{over}"
+        );
+    }
 
     const SMALL: MetadataCap = MetadataCap {
         what: "index object",

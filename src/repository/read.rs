@@ -37,7 +37,7 @@ use crate::store::{Store, StoreError};
 /// Reads are coalesced into runs of adjacent blobs of up to this many stored
 /// bytes, and this many bytes once decoded (which bounds memory in flight).
 const MAX_RUN: u64 = 4 * 1024 * 1024;
-const MAX_RUN_RAW: u64 = 8 * 1024 * 1024;
+const MAX_RUN_RAW: u64 = 4 * 1024 * 1024;
 /// A run's chunks come without a copy as views into their decoded bundles,
 /// which they keep alive: up to this many bytes of bundles per run.
 const MAX_RUN_SHARED: usize = 16 * 1024 * 1024;
@@ -172,7 +172,7 @@ impl Suspects {
 
     /// The candidate to plan a read from: the first one from an index
     /// object not yet seen to be wrong.
-    fn pick<'a>(&self, index: &'a Index, chunk: &ChunkId) -> Option<&'a ChunkLocation> {
+    fn pick(&self, index: &Index, chunk: &ChunkId) -> Option<ChunkLocation> {
         let mut all = index.candidates(chunk);
         let first = all.next()?;
         if !self.is_suspect(first.source) {
@@ -435,18 +435,18 @@ fn plan_runs(
                     && run_raw + b.raw_length as u64 <= MAX_RUN_RAW);
             if same_blob {
                 let r = run.as_mut().expect("matched Some");
-                r.3.push(*loc);
+                r.3.push(loc);
                 run_raw += b.raw_length as u64;
             } else if extends {
                 let r = run.as_mut().expect("matched Some");
                 r.2 += b.length as u64;
-                r.3.push(*loc);
+                r.3.push(loc);
                 run_raw += b.raw_length as u64;
             } else {
                 if !flush(&mut run) {
                     return;
                 }
-                run = Some((loc.pack, b.offset, b.length as u64, vec![*loc]));
+                run = Some((loc.pack, b.offset, b.length as u64, vec![loc]));
                 run_raw = b.raw_length as u64;
             }
         }
@@ -590,12 +590,12 @@ fn fallback(
     let chunk = failed.blob.id;
     let mut tried = vec![describe(index, failed, why)];
     // Candidates from index objects not yet seen wrong first.
-    let mut others: Vec<&ChunkLocation> = index
+    let mut others: Vec<ChunkLocation> = index
         .candidates(&chunk)
         .filter(|l| !l.same_place(failed))
         .collect();
     others.sort_by_key(|l| suspects.is_suspect(l.source));
-    for loc in others {
+    for loc in &others {
         match read_one(store, crypto, runtime, loc) {
             Ok(raw) => return Ok(raw),
             Err(why) => {
@@ -651,7 +651,7 @@ fn consume(
     sink: &mut dyn ReadSink,
     file_hash: bool,
 ) -> Result<(), ReadError> {
-    let hasher = file_hash.then(|| StreamHasher::<Vec<Bytes>>::start(4));
+    let hasher = file_hash.then(|| StreamHasher::<Vec<Bytes>>::start(2));
     consume_items(entries, items, sink, hasher.as_ref())
 }
 

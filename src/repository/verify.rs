@@ -315,6 +315,12 @@ pub async fn verify_sampled(
         }
     }
 
+    // Shared with the pack checks, not copied for each.
+    let needed_chunks: HashMap<PackId, Arc<BTreeSet<crate::ids::ChunkId>>> = needed_chunks
+        .into_iter()
+        .map(|(pack, chunks)| (pack, Arc::new(chunks)))
+        .collect();
+
     // The packs to read: all, or a stretch of the ring.
     let needed: Vec<PackId> = users.keys().copied().collect();
     let (to_read, sample_report): (BTreeSet<PackId>, _) = match sample {
@@ -334,7 +340,8 @@ pub async fn verify_sampled(
     // Locations (of chunks the index objects disagree about) that do not
     // hold their chunk, reported against the index object that gave them.
     let mut bad_locations: Vec<BadLocation> = Vec::new();
-    // (pack, chunk, offset) of locations that held their chunk.
+    // (pack, chunk, offset) of the locations of disputed chunks that held
+    // their chunk (where the index objects agree, that one place is used).
     let mut good_places: std::collections::HashSet<(PackId, crate::ids::ChunkId, u64)> =
         Default::default();
 
@@ -401,10 +408,10 @@ pub async fn verify_sampled(
             let store = repo.store().clone();
             let crypto = repo.crypto().clone();
             let index = index.clone();
-            let needed = needed_chunks[&pack].clone();
-            // No more than the index says the pack holds: a bigger object
-            // is not the pack the index describes, whatever the server
-            // claims.
+            let needed = needed_chunks[&pack].clone(); // an Arc
+                                                       // No more than the index says the pack holds: a bigger object
+                                                       // is not the pack the index describes, whatever the server
+                                                       // claims.
             let cap = index.packs()[&pack];
             tasks.spawn(async move {
                 let got = match store.get_at_most(&pack_key(&pack), cap).await {
@@ -437,10 +444,10 @@ pub async fn verify_sampled(
                 if needed.iter().all(|c| index.is_disputed(c)) {
                     // Only chunks known elsewhere too: the index objects
                     // naming this pack for them are what is wrong.
-                    for c in needed {
+                    for c in needed.iter() {
                         for loc in index.candidates(c).filter(|l| l.pack == *pack) {
                             bad_locations.push(BadLocation {
-                                loc: *loc,
+                                loc,
                                 why: format!("{key} cannot be read: {e}"),
                             });
                         }
@@ -515,6 +522,41 @@ pub async fn verify_sampled(
         });
     }
 
+    // Lock coverage: every object a snapshot needs is locked at least until
+    // the snapshot's own retain-until.
+    let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
+    for (snap, m) in &manifests {
+        let Some(r) = m.retention else { continue };
+        let mut need = |key: String| {
+            let e = required.entry(key).or_insert((r.until, BTreeSet::new()));
+            e.0 = e.0.max(r.until);
+            e.1.insert(snap.id.short());
+        };
+        need(snap.key.clone());
+        need(super::CONFIG_KEY.to_string());
+        // The locations a restore would use: those that checked out where
+        // the index objects disagree, the one they agree on otherwise.
+        let mut packs: BTreeSet<PackId> = BTreeSet::new();
+        let mut index_objects: BTreeSet<String> = BTreeSet::new();
+        for c in m.entries.iter().flat_map(|e| &e.chunks) {
+            for l in index.candidates(c) {
+                if index.is_disputed(c) && !good_places.contains(&(l.pack, *c, l.blob.offset)) {
+                    continue;
+                }
+                packs.insert(l.pack);
+                index_objects.insert(index.source(l.source).to_string());
+            }
+        }
+        for k in index_objects {
+            need(k);
+        }
+        for p in packs {
+            need(pack_key(&p));
+        }
+    }
+    // Not needed past here: freed before the file pass's buffers fill.
+    drop((needed_chunks, good_places, users));
+
     // Whole-file hashes of the files whose chunks all lie in packs that were
     // read and checked out (in a sampled verify, few files of a large
     // database: its chunks span many packs). The pass above proved every
@@ -547,14 +589,14 @@ pub async fn verify_sampled(
     };
     let mut files_good: std::collections::HashSet<FileKey> = Default::default();
     let mut files_bad: HashMap<FileKey, String> = HashMap::new();
-    for (snap, m) in &manifests {
+    // Last use of the manifests: each one's entries are taken, not copied.
+    for (snap, m) in &mut manifests {
         let mut known_bad: Option<String> = None;
         // In entry order (to find the one a failure names), and as a set.
         let mut keys = Vec::new();
         let mut keyed: std::collections::HashSet<FileKey> = Default::default();
-        let entries: Vec<ManifestEntry> = m
-            .entries
-            .iter()
+        let entries: Vec<ManifestEntry> = std::mem::take(&mut m.entries)
+            .into_iter()
             .filter(|e| e.kind == EntryKind::File && e.chunks.iter().all(checked_out))
             .filter(|e| {
                 let k = file_key(e);
@@ -568,7 +610,6 @@ pub async fn verify_sampled(
                 keys.push(k);
                 true
             })
-            .cloned()
             .collect();
         let failed = if entries.is_empty() {
             known_bad
@@ -608,38 +649,6 @@ pub async fn verify_sampled(
         }
     }
 
-    // Lock coverage: every object a snapshot needs is locked at least until
-    // the snapshot's own retain-until.
-    let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
-    for (snap, m) in &manifests {
-        let Some(r) = m.retention else { continue };
-        let mut need = |key: String| {
-            let e = required.entry(key).or_insert((r.until, BTreeSet::new()));
-            e.0 = e.0.max(r.until);
-            e.1.insert(snap.id.short());
-        };
-        need(snap.key.clone());
-        need(super::CONFIG_KEY.to_string());
-        // The locations a restore would use: those that checked out where
-        // the index objects disagree, the one they agree on otherwise.
-        let mut packs: BTreeSet<PackId> = BTreeSet::new();
-        let mut index_objects: BTreeSet<String> = BTreeSet::new();
-        for c in m.entries.iter().flat_map(|e| &e.chunks) {
-            for l in index.candidates(c) {
-                if index.is_disputed(c) && !good_places.contains(&(l.pack, *c, l.blob.offset)) {
-                    continue;
-                }
-                packs.insert(l.pack);
-                index_objects.insert(index.source(l.source).to_string());
-            }
-        }
-        for k in index_objects {
-            need(k);
-        }
-        for p in packs {
-            need(pack_key(&p));
-        }
-    }
     let mut lock_checks = tokio::task::JoinSet::new();
     let limit = Arc::new(tokio::sync::Semaphore::new(16));
     for (key, (until, snaps)) in required {
@@ -801,7 +810,7 @@ fn fault_kind(e: &super::RepoError) -> ProblemKind {
 
 /// What [`check_pack`] found: the pack's own faults, how many chunks it
 /// checked, the bad locations of disputed chunks, and the (chunk, offset)
-/// locations that held their chunk.
+/// locations of disputed chunks that held their chunk.
 type PackCheck = (
     Option<String>,
     usize,
@@ -817,8 +826,8 @@ struct BadLocation {
 }
 
 /// Checks a whole pack; returns what is wrong with it (if anything), how many
-/// chunks were checked, the locations of disputed chunks (several candidate
-/// locations) that failed, and the chunks that checked out in this pack.
+/// chunks were checked, and the locations of disputed chunks (several
+/// candidate locations) that failed and that checked out in this pack.
 fn check_pack(
     pack: &PackId,
     bytes: &[u8],
@@ -853,19 +862,26 @@ fn check_pack(
                 .filter(|b| b.encoding == Encoding::Bundle)
                 .map(|b| (b.offset, b.length))
                 .collect();
-            // In pack order, so each bundle is decompressed once.
-            let mut places: Vec<(&crate::ids::ChunkId, &super::ChunkLocation)> = needed
+            // In pack order, so each bundle is decompressed once. Each place
+            // as (offset, chunk, which candidate): 24 bytes, not a whole
+            // location, for each of the pack's chunks.
+            let mut places: Vec<(u64, &crate::ids::ChunkId, usize)> = needed
                 .iter()
                 .flat_map(|c| {
                     index
                         .candidates(c)
-                        .filter(|l| l.pack == *pack)
-                        .map(move |l| (c, l))
+                        .enumerate()
+                        .filter(|(_, l)| l.pack == *pack)
+                        .map(move |(nth, l)| (l.blob.offset, c, nth))
                 })
                 .collect();
-            places.sort_by_key(|(c, l)| (l.blob.offset, **c));
+            places.sort_unstable();
             let bundles = BundleCache::new(2);
-            for (chunk, loc) in places {
+            for (_, chunk, nth) in places {
+                let loc = index
+                    .candidates(chunk)
+                    .nth(nth)
+                    .expect("a candidate listed above");
                 let disputed = index.is_disputed(chunk);
                 let mut loc_faults = Vec::new();
                 let listed = if loc.blob.encoding == Encoding::Bundle {
@@ -895,10 +911,15 @@ fn check_pack(
                     }
                 }
                 if loc_faults.is_empty() {
-                    good.push((*chunk, loc.blob.offset));
+                    // Only a disputed chunk's good places are asked for
+                    // later; kept for every chunk they were a quarter of
+                    // verify's memory at pgbench scale 200.
+                    if disputed {
+                        good.push((*chunk, loc.blob.offset));
+                    }
                 } else if disputed {
                     bad.push(BadLocation {
-                        loc: *loc,
+                        loc,
                         why: loc_faults.join(", "),
                     });
                 } else {
@@ -921,9 +942,9 @@ fn check_pack(
             let why = faults.join("; ");
             for chunk in needed {
                 for loc in index.candidates(chunk).filter(|l| l.pack == *pack) {
-                    if !bad.iter().any(|b| b.loc.same_place(loc)) {
+                    if !bad.iter().any(|b| b.loc.same_place(&loc)) {
                         bad.push(BadLocation {
-                            loc: *loc,
+                            loc,
                             why: format!("{}: {why}", pack_key(pack)),
                         });
                     }
