@@ -56,6 +56,12 @@ RUN groupadd --system --gid 10001 holdfast \
 
 COPY --from=builder /usr/local/bin/holdfast /usr/local/bin/holdfast
 
+# glibc's malloc gives each thread that allocates an arena of its own (up to 8
+# per core) and keeps what each one frees: at pgbench scale 200, `verify`
+# peaked at 295-356 MB with the default and 217 MB with two arenas, for the
+# same time (docs/performance.md, *Memory*).
+ENV MALLOC_ARENA_MAX=2
+
 # Numeric, so Kubernetes' runAsNonRoot can verify it (10001 is `holdfast`).
 USER 10001:10001
 WORKDIR /var/lib/holdfast
