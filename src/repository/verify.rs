@@ -408,10 +408,10 @@ pub async fn verify_sampled(
             let store = repo.store().clone();
             let crypto = repo.crypto().clone();
             let index = index.clone();
-            let needed = needed_chunks[&pack].clone(); // an Arc
-                                                       // No more than the index says the pack holds: a bigger object
-                                                       // is not the pack the index describes, whatever the server
-                                                       // claims.
+            let needed = needed_chunks[&pack].clone();
+            // No more than the index says the pack holds: a bigger object
+            // is not the pack the index describes, whatever the server
+            // claims.
             let cap = index.packs()[&pack];
             tasks.spawn(async move {
                 let got = match store.get_at_most(&pack_key(&pack), cap).await {
