@@ -365,6 +365,23 @@ impl IndexFile {
         crypto.seal_deterministic("index/", encode_json_zst(self))
     }
 
+    /// [`IndexFile::decode`] on a blocking thread: an index object is up to
+    /// 100k chunks of JSON to parse (and a seal to open), too much for an
+    /// async worker.
+    pub async fn decode_blocking<B>(
+        key: &str,
+        bytes: B,
+        crypto: &super::Crypto,
+    ) -> Result<Self, RepoError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        let (key, crypto) = (key.to_string(), crypto.clone());
+        tokio::task::spawn_blocking(move || IndexFile::decode(&key, bytes.as_ref(), &crypto))
+            .await
+            .expect("index object decode panicked")
+    }
+
     /// Decodes an index object, checking its bytes against the id in its key,
     /// then its authenticity.
     pub fn decode(key: &str, bytes: &[u8], crypto: &super::Crypto) -> Result<Self, RepoError> {

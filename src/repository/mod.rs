@@ -73,6 +73,14 @@ pub enum RepoError {
         detail: String,
         cap: u64,
     },
+    /// Metadata this holdfast would write over its kind's cap: no reader
+    /// would read it back, so it is not written.
+    #[error("{what} {key} would be over the {cap}-byte cap for {what}s, so it is not written; split the plan's source into smaller plans")]
+    TooLargeToWrite {
+        what: &'static str,
+        key: String,
+        cap: u64,
+    },
     /// An object that fails authentication: altered, copied under another
     /// name, or written by someone without the repository's key.
     #[error("{what} {key} is not authentic: {why}; it was not written by a holder of this repository's key (run `holdfast verify`)")]
@@ -527,7 +535,9 @@ impl Repository {
         let pruned = self.pruned_packs().await?;
         for info in self.store.list("index/").await? {
             let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
-                Ok(bytes) => index::IndexFile::decode(&info.key, &bytes, &self.crypto),
+                Ok(bytes) => {
+                    index::IndexFile::decode_blocking(&info.key, bytes, &self.crypto).await
+                }
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
             };
@@ -850,10 +860,9 @@ pub(crate) fn encode_json_zst_within<T: Serialize>(
     key: &str,
     value: &T,
 ) -> Result<Vec<u8>, RepoError> {
-    json_zst(value, cap.bytes).ok_or_else(|| RepoError::OverCap {
+    json_zst(value, cap.bytes).ok_or_else(|| RepoError::TooLargeToWrite {
         what: cap.what,
         key: key.to_string(),
-        detail: "it would hold more JSON than that, so it is not written (split the plan's source into smaller plans)".to_string(),
         cap: cap.bytes,
     })
 }
@@ -1088,7 +1097,9 @@ mod cap_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            over.contains("snapshots/x") && over.contains("not written"),
+            over.contains("manifest snapshots/x would be over the")
+                && over.contains("not written")
+                && !over.contains("not read"),
             "{over}"
         );
     }

@@ -468,7 +468,9 @@ async fn prune_locked(
         let Ok(bytes) = store.get_at_most(&info.key, super::INDEX_CAP.bytes).await else {
             continue;
         };
-        let Ok(file) = super::index::IndexFile::decode(&info.key, &bytes, repo.crypto()) else {
+        let Ok(file) =
+            super::index::IndexFile::decode_blocking(&info.key, bytes, repo.crypto()).await
+        else {
             continue;
         };
         if file
