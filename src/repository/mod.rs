@@ -670,13 +670,20 @@ impl Repository {
             .expect("manifest decode panicked")
     }
 
-    /// Reads a manifest, checking its bytes against the id in its name.
+    /// Reads a manifest, checking its bytes against the id in its name. The
+    /// decoding (one chunk id per 8 KiB page: tens of MB of JSON for a big
+    /// database) runs on a blocking thread.
     pub async fn load_manifest(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
         let bytes = self
             .store
             .get_at_most(&snap.key, MANIFEST_CAP.bytes)
             .await?;
-        Manifest::decode(&snap.key, &snap.id, &bytes, &self.crypto)
+        let key = snap.key.clone();
+        let id = snap.id;
+        let crypto = self.crypto.clone();
+        tokio::task::spawn_blocking(move || Manifest::decode(&key, &id, &bytes, &crypto))
+            .await
+            .expect("manifest decode panicked")
     }
 
     /// Resolves `latest` or an id prefix to one snapshot of a plan.
