@@ -658,30 +658,28 @@ impl Repository {
     /// Reads a manifest's header (everything but its entries), checking its
     /// bytes against the id in its name.
     pub async fn load_manifest_head(&self, snap: &SnapshotRef) -> Result<ManifestHead, RepoError> {
-        let bytes = self
-            .store
-            .get_at_most(&snap.key, MANIFEST_CAP.bytes)
-            .await?;
-        let key = snap.key.clone();
-        let id = snap.id;
-        let crypto = self.crypto.clone();
-        tokio::task::spawn_blocking(move || ManifestHead::decode(&key, &id, &bytes, &crypto))
-            .await
-            .expect("manifest decode panicked")
+        self.read_manifest(snap, ManifestHead::decode).await
     }
 
-    /// Reads a manifest, checking its bytes against the id in its name. The
-    /// decoding (one chunk id per 8 KiB page: tens of MB of JSON for a big
-    /// database) runs on a blocking thread.
+    /// Reads a manifest, checking its bytes against the id in its name.
     pub async fn load_manifest(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
+        self.read_manifest(snap, Manifest::decode).await
+    }
+
+    /// Fetches `snap`'s manifest object and decodes it with `decode` on a
+    /// blocking thread: a whole manifest holds one chunk id per 8 KiB page,
+    /// tens of MB of JSON for a big database.
+    async fn read_manifest<T: Send + 'static>(
+        &self,
+        snap: &SnapshotRef,
+        decode: fn(&str, &SnapshotId, &[u8], &Crypto) -> Result<T, RepoError>,
+    ) -> Result<T, RepoError> {
         let bytes = self
             .store
             .get_at_most(&snap.key, MANIFEST_CAP.bytes)
             .await?;
-        let key = snap.key.clone();
-        let id = snap.id;
-        let crypto = self.crypto.clone();
-        tokio::task::spawn_blocking(move || Manifest::decode(&key, &id, &bytes, &crypto))
+        let (key, id, crypto) = (snap.key.clone(), snap.id, self.crypto.clone());
+        tokio::task::spawn_blocking(move || decode(&key, &id, &bytes, &crypto))
             .await
             .expect("manifest decode panicked")
     }
