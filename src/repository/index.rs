@@ -79,6 +79,18 @@ struct Slot {
 }
 
 impl Slot {
+    fn at(pack: u32, source: SourceId, blob: &BlobEntry) -> Slot {
+        Slot {
+            offset: blob.offset,
+            pack,
+            source,
+            length: blob.length,
+            raw_length: blob.raw_length,
+            bundle_offset: blob.bundle_offset,
+            encoding: blob.encoding,
+        }
+    }
+
     /// The same place in the same pack (whichever index object said so).
     fn same_place(&self, other: &Slot) -> bool {
         Slot {
@@ -104,24 +116,21 @@ impl Index {
         }
     }
 
-    fn slot(&mut self, loc: &ChunkLocation) -> Slot {
+    /// The pack's number in [`Index::pack_ids`], given on first sight.
+    fn pack_number(&mut self, pack: PackId) -> u32 {
         let next = self.pack_ids.len();
-        let pack = *self
+        let number = *self
             .pack_numbers
-            .entry(loc.pack)
+            .entry(pack)
             .or_insert_with(|| u32::try_from(next).expect("fewer than 2^32 packs"));
-        if pack as usize == next {
-            self.pack_ids.push(loc.pack);
+        if number as usize == next {
+            self.pack_ids.push(pack);
         }
-        Slot {
-            offset: loc.blob.offset,
-            pack,
-            source: loc.source,
-            length: loc.blob.length,
-            raw_length: loc.blob.raw_length,
-            bundle_offset: loc.blob.bundle_offset,
-            encoding: loc.blob.encoding,
-        }
+        number
+    }
+
+    fn slot(&mut self, loc: &ChunkLocation) -> Slot {
+        Slot::at(self.pack_number(loc.pack), loc.source, &loc.blob)
     }
 
     /// The first location listed for `id`: where a reader tries first. Not
@@ -208,12 +217,10 @@ impl Index {
         if !named.contains(&source) {
             named.push(source);
         }
+        // Numbered once: every chunk of the pack shares it.
+        let number = self.pack_number(pack.id);
         for c in &pack.chunks {
-            let loc = self.slot(&ChunkLocation {
-                pack: pack.id,
-                blob: c.to_blob_entry(),
-                source,
-            });
+            let loc = Slot::at(number, source, &c.to_blob_entry());
             let Some(first) = self.first.get(&c.id) else {
                 self.first.insert(c.id, loc);
                 continue;
