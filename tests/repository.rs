@@ -197,10 +197,10 @@ async fn a_flipped_byte_in_a_pack_is_named_and_never_restored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_an_uncompressed_chunk_is_traced_to_its_pack() {
     // Random bytes do not compress, so the blob is stored raw: no
-    // decompressor notices the flip. Under `encryption: none` the whole-file
-    // hash does (then the chunks are checked one by one to find the pack); in
-    // an encrypted repository the blob's tag does. Either way restore names
-    // the pack.
+    // decompressor notices the flip. Under `encryption: none` the chunk's
+    // SHA-256 against its id does (the file has no whole-file hash since
+    // manifest version 3); in an encrypted repository the blob's tag does.
+    // Either way restore names the pack.
     for key in [
         common::bin::test_repo_key(),
         holdfast::repository::RepoKey::Unencrypted,

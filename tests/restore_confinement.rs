@@ -346,18 +346,57 @@ fn a_file_failing_its_content_check_is_never_left_with_its_recorded_mode() {
     assert!(!out.exists());
     env.assert_untouched(&[]);
 
-    // A file entry with no hash at all cannot be checked: refused up front.
-    let (key, id) = env.forge(|entries| {
+    // Without a whole-file hash (manifest version 3) each chunk is checked
+    // against its id, and the recorded size against the chunks: a size
+    // the chunks do not add up to fails the same way.
+    let (_, id) = env.forge(|entries| {
         let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
         e.mode = 0o4755;
         e.sha256 = None;
+        e.size = e.size.map(|n| n + 1);
     });
     let msg = env.restore(&id, &out, &["--keep-setid-bits"], VERIFY);
     assert!(
-        msg.contains("`app/tool`") && msg.contains("SHA-256") && msg.contains(&key),
+        msg.contains("app/tool") && msg.contains("its chunks hold"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    env.assert_untouched(&[]);
+
+    // A file entry with no size cannot be checked: refused up front.
+    let (key, id) = env.forge(|entries| {
+        let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
+        e.mode = 0o4755;
+        e.size = None;
+    });
+    let msg = env.restore(&id, &out, &["--keep-setid-bits"], VERIFY);
+    assert!(
+        msg.contains("`app/tool`") && msg.contains("without a size") && msg.contains(&key),
         "{msg}"
     );
     env.assert_untouched(&[]);
+}
+
+/// A file without a whole-file hash (every snapshot since manifest
+/// version 3) whose chunks do not add up to its recorded size is named by
+/// `verify`, in both modes, without reading the file again.
+#[test]
+fn verify_names_a_file_whose_chunks_do_not_add_up_to_its_size() {
+    for plain in [false, true] {
+        let env = Env::backed_up_as(plain);
+        let (key, _) = env.forge(|entries| {
+            let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
+            assert_eq!(e.sha256, None, "a version 3 manifest records no file hash");
+            e.size = e.size.map(|n| n - 1);
+        });
+        let msg = fails(&["verify", "--plan", &env.plan()], VERIFY);
+        assert!(
+            msg.contains(&key)
+                && msg.contains("app/tool")
+                && msg.contains("its chunks hold 18 bytes, the manifest says 17"),
+            "{msg}"
+        );
+    }
 }
 
 /// In an encrypted repository a manifest whose recorded file hash disagrees

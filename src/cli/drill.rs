@@ -86,7 +86,7 @@ pub async fn run(args: DrillArgs, progress: ProgressMode) -> Result<Exit, Error>
                 .unwrap_or_else(|| "unknown".into())
         )?;
         outln!(
-            "target {}, snapshot {}, {} restored in {} file(s), SHA-256 verified",
+            "target {}, snapshot {}, {} restored in {} file(s), every chunk verified",
             report.target,
             report.snapshot.as_deref().unwrap_or("none"),
             human_bytes(report.bytes_restored),

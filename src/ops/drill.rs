@@ -605,7 +605,7 @@ async fn run_engine(
                 kind: "builtin".into(),
                 passed: true,
                 detail: format!(
-                    "{} restored file(s) matched the SHA-256 in the manifest",
+                    "{} restored file(s) matched their snapshot (every chunk, and each file's size)",
                     out.files_verified
                 ),
             });
@@ -706,7 +706,7 @@ async fn run_engine(
                 kind: "builtin".into(),
                 passed: true,
                 detail: format!(
-                    "{} restored file(s) and {} WAL segment(s) matched their SHA-256",
+                    "{} restored file(s) matched their snapshot (every chunk, and each file's size), {} WAL segment(s) their SHA-256",
                     report.files, report.segments_checked
                 ),
             });
@@ -780,7 +780,7 @@ async fn run_engine(
                 kind: "builtin".into(),
                 passed: true,
                 detail: format!(
-                    "{} restored file(s) matched the SHA-256 in the manifest",
+                    "{} restored file(s) matched their snapshot (every chunk, and each file's size)",
                     report.files
                 ),
             });

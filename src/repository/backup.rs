@@ -26,7 +26,6 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use fastcdc::v2020::FastCDC;
 use serde::Serialize;
 
-use super::hasher::StreamHasher;
 use super::index::{ChunkLocation, IndexFile, IndexedPack, SourceId};
 use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
 use super::pack::{
@@ -36,7 +35,7 @@ use super::pack::{
 use super::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
 use super::{
     index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
-    FORMAT_VERSION, PACKS_PER_INDEX,
+    PACKS_PER_INDEX,
 };
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
@@ -285,7 +284,7 @@ async fn backup_locked(
     let finished_at = crate::clock::now();
     let manifest = Manifest {
         format: "holdfast-snapshot".into(),
-        version: FORMAT_VERSION,
+        version: super::manifest::MANIFEST_VERSION,
         plan: plan.clone(),
         previous,
         holdfast_version: env!("CARGO_PKG_VERSION").into(),
@@ -528,7 +527,6 @@ struct Writer {
     /// The previous snapshot's file entries, by path, that may be reused.
     unchanged: HashMap<String, ManifestEntry>,
     chunking: Chunking,
-    hasher: StreamHasher<Vec<u8>>,
     chunker: ChunkerConfig,
     pack_target: usize,
     jobs: Option<Sender<Job>>,
@@ -667,9 +665,6 @@ impl Writer {
             index,
             unchanged,
             chunking,
-            // As many chunks as may be in flight: a hasher thread that the
-            // scheduler leaves waiting for a moment must not stop the source.
-            hasher: StreamHasher::start(window),
             chunker,
             pack_target,
             jobs: Some(jobs_tx),
@@ -708,9 +703,6 @@ impl Writer {
         let (tx, rx) = bounded(1);
         self.progress.inc(data.len() as u64);
         let data = Arc::new(data);
-        self.hasher
-            .feed(data.clone())
-            .map_err(|_| WriterError::WorkerGone)?;
         self.jobs
             .as_ref()
             .expect("jobs open while writing")
@@ -860,7 +852,6 @@ impl Writer {
     }
 
     fn stop_threads(&mut self) {
-        self.hasher.stop();
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -1011,7 +1002,8 @@ impl Writer {
         self.end_file(entry, size, result)
     }
 
-    /// Collects the file's whole-content hash and completes its entry.
+    /// Completes the file's entry. No whole-file hash (manifest version 3):
+    /// its chunk ids, each checked on restore, and its size prove the file.
     fn end_file(
         &mut self,
         entry: usize,
@@ -1019,13 +1011,9 @@ impl Writer {
         result: Result<(), WriterError>,
     ) -> Result<(), WriterError> {
         self.bytes_read += size;
-        // Ends the stream even after a failure, so the next one starts clean.
-        let ended = self.hasher.finish();
         result?;
-        let sha256 = ended.map_err(|_| WriterError::WorkerGone)?;
         let e = &mut self.entries[entry];
         e.size = Some(size);
-        e.sha256 = Some(sha256);
         self.stats.files += 1;
         self.stats.total_bytes += size;
         Ok(())

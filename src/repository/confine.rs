@@ -58,7 +58,9 @@ pub fn check_path(path: &str) -> Result<(), &'static str> {
 
 /// A tree's entries, checked as a whole before anything is written: every
 /// path relative and normalised, none under a symlink or file entry of the
-/// same manifest, no path listed twice, every file with a content hash.
+/// same manifest, no path listed twice, every file with a size (checked
+/// against its chunks as it is read; a whole-file hash, where the manifest
+/// has one, is checked too).
 /// Returns the offending entry's path and why.
 pub fn check_tree(entries: &[ManifestEntry]) -> Result<(), (String, String)> {
     let mut kinds: HashMap<&str, EntryKind> = HashMap::with_capacity(entries.len());
@@ -67,10 +69,10 @@ pub fn check_tree(entries: &[ManifestEntry]) -> Result<(), (String, String)> {
         if e.path == "." && e.kind != EntryKind::Dir {
             return Err((e.path.clone(), "the root entry is not a directory".into()));
         }
-        if e.kind == EntryKind::File && e.sha256.is_none() {
+        if e.kind == EntryKind::File && e.size.is_none() {
             return Err((
                 e.path.clone(),
-                "a file entry without a SHA-256 cannot be checked".into(),
+                "a file entry without a size cannot be checked".into(),
             ));
         }
         if kinds.insert(&e.path, e.kind).is_some() {
@@ -397,8 +399,8 @@ mod tests {
             kind,
             mode: 0o644,
             mtime_ns: None,
-            size: None,
-            sha256: (kind == EntryKind::File).then(|| crate::ids::Hash256::digest(b"")),
+            size: (kind == EntryKind::File).then_some(0),
+            sha256: None,
             chunks: Vec::new(),
             target: (kind == EntryKind::Symlink).then(|| "/tmp".into()),
             stamp: None,
@@ -445,9 +447,9 @@ mod tests {
         assert!(why.contains("`etc`") && why.contains("symlink"), "{why}");
         let twice = [entry("a", EntryKind::File), entry("a", EntryKind::File)];
         assert!(check_tree(&twice).unwrap_err().1.contains("twice"));
-        let mut unhashed = entry("a", EntryKind::File);
-        unhashed.sha256 = None;
-        assert!(check_tree(&[unhashed]).unwrap_err().1.contains("SHA-256"));
+        let mut unsized_file = entry("a", EntryKind::File);
+        unsized_file.size = None;
+        assert!(check_tree(&[unsized_file]).unwrap_err().1.contains("size"));
     }
 
     #[test]

@@ -4,10 +4,19 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::source::{EntryKind, FileStamp, SourceMetadata};
-use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
+use super::{decode_json_zst, encode_json_zst, RepoError};
 use crate::ids::{ChunkId, Hash256, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::store::Retention;
+
+/// The manifest version this build writes. Version 3 (2026-12-05): a file
+/// entry carries no whole-file `sha256`; its bytes are proven chunk by
+/// chunk (each chunk against its id, or its blob's tag) and by its `size`.
+pub const MANIFEST_VERSION: u32 = 3;
+
+/// The manifest versions this build reads: 2 (each file with its
+/// whole-file SHA-256) and 3.
+pub const MANIFEST_VERSIONS_READ: [u32; 2] = [2, 3];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -181,7 +190,7 @@ impl ManifestHead {
         let at: DateTime<Utc> = "2026-12-01T10:00:00Z".parse().unwrap();
         ManifestHead {
             format: "holdfast-snapshot".into(),
-            version: FORMAT_VERSION,
+            version: MANIFEST_VERSION,
             plan: PlanName::new("p").unwrap(),
             previous: None,
             started_at: at,
@@ -209,11 +218,13 @@ fn check_id(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<(), RepoError> {
 }
 
 fn check_format(key: &str, format: &str, version: u32) -> Result<(), RepoError> {
-    if format != "holdfast-snapshot" || version != FORMAT_VERSION {
+    if format != "holdfast-snapshot" || !MANIFEST_VERSIONS_READ.contains(&version) {
         return Err(RepoError::Corrupt {
             what: "snapshot manifest",
             key: key.to_string(),
-            why: format!("unknown format {format} version {version}"),
+            why: format!(
+                "unknown format {format} version {version} (this holdfast reads holdfast-snapshot versions 2 and 3)"
+            ),
         });
     }
     Ok(())
@@ -240,5 +251,27 @@ impl SnapshotRef {
             id: id.parse().ok()?,
             started_at,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_2_and_3_are_read_and_others_refused_by_number() {
+        assert_eq!(MANIFEST_VERSION, 3, "what a backup writes");
+        for v in [2, 3] {
+            check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap();
+        }
+        for v in [1, 4] {
+            let e = check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap_err();
+            let said = e.to_string();
+            assert!(
+                said.contains(&format!("version {v}")) && said.contains("snapshots/p/x"),
+                "{said}"
+            );
+        }
+        assert!(check_format("snapshots/p/x", "holdfast-index", 3).is_err());
     }
 }

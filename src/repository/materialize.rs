@@ -845,7 +845,8 @@ mod tests {
 
     /// The sink sees a file's bytes before its hash is known: until the
     /// hash matched, the file on disk must stay 0600, whatever its entry says.
-    /// (Under `encryption: none`, where the whole-file hash is the restore's
+    /// (A file with a whole-file hash, from a version 2 manifest, under
+    /// `encryption: none`, where that hash is the restore's
     /// check; in an encrypted repository each blob's tag is, and a blob that
     /// fails it stops the restore before the file ends.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,18 +1,18 @@
 //! Reading snapshot content back: chunks fetched with ranged reads and decoded
-//! in parallel, handed over in stream order, and each whole file checked
-//! against its SHA-256 (on a thread of its own) before it is declared complete.
+//! in parallel, handed over in stream order, and each file checked against
+//! its recorded size (and, for a manifest version 2 file, its whole-file
+//! SHA-256, on a thread of its own) before it is declared complete.
 //!
-//! Restores from a repository under `encryption: none` check the whole-file
-//! hash only: it covers every byte end to end, and hashing each chunk as
-//! well would cost a second SHA-256 pass. When a file does not match, the
-//! file's chunks are read again with every chunk hash checked, to name the
-//! pack at fault. In an encrypted repository every blob is opened under its
-//! chunk id as associated data (a blob that was altered, or moved from
-//! another chunk, fails its tag and is named), and the manifest listing the
-//! chunks is authenticated too, so a restore there does not hash whole files
-//! again: it would prove nothing the tags have not. `verify` checks chunk
-//! hashes and whole-file hashes always (it also guards against a writer's
-//! own bug, which no tag can see).
+//! Each chunk is proven on its own. In an encrypted repository every blob is
+//! opened under its chunk id as associated data (a blob that was altered, or
+//! moved from another chunk, fails its tag and is named), and the manifest
+//! listing the chunks is authenticated too. Under `encryption: none` each
+//! chunk of a file without a whole-file hash (manifest version 3) is hashed
+//! against its id by the decode workers. A version 2 file there is checked
+//! by its whole-file hash instead: when it does not match, the file's
+//! chunks are read again with every chunk hash checked, to name the pack at
+//! fault. `verify` checks every chunk against its id always, and a version
+//! 2 file's whole hash too.
 //!
 //! A chunk the index objects disagree about (several candidate locations,
 //! see [`Index::candidates`]) is always checked against its id, and when its
@@ -67,6 +67,12 @@ pub enum ReadError {
         got: Hash256,
         expected: Hash256,
     },
+    #[error("{path} does not match its snapshot: its chunks hold {got} bytes, the manifest says {expected}")]
+    Size {
+        path: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("chunk {chunk} of {path} passes its check at none of its {count} candidate locations: {tried}; the snapshot cannot be restored (`holdfast repair index` rebuilds the index from the packs)")]
     NoGoodLocation {
         chunk: ChunkId,
@@ -100,6 +106,8 @@ pub trait ReadSink {
 
 struct Run {
     path: Arc<str>,
+    /// Every chunk checked against its id (else only disputed ones).
+    check: bool,
     pack: PackId,
     offset: u64,
     len: u64,
@@ -355,7 +363,6 @@ impl ChunkReader {
                             &crypto,
                             &runtime,
                             &run,
-                            check_chunks,
                             &index,
                             &suspects,
                             windows.as_deref(),
@@ -368,7 +375,20 @@ impl ChunkReader {
             drop(job_rx);
             let index = &self.index;
             let suspects = &*self.suspects;
-            scope.spawn(move || plan_runs(entries, index, suspects, &job_tx, &item_tx));
+            // A file without a whole-file hash (manifest version 3) is
+            // proven chunk by chunk: in an encrypted repository by each
+            // blob's tag, otherwise by hashing each chunk against its id.
+            let unhashed_check = check_chunks || !self.crypto.is_encrypted();
+            scope.spawn(move || {
+                plan_runs(
+                    entries,
+                    index,
+                    suspects,
+                    (check_chunks, unhashed_check),
+                    &job_tx,
+                    &item_tx,
+                )
+            });
             // Taking the receiver by value drops it on an early error, which
             // stops the planner and, through it, the workers.
             let file_hash = check_chunks || self.hash_files || !self.crypto.is_encrypted();
@@ -377,11 +397,14 @@ impl ChunkReader {
     }
 }
 
-/// Walks the entries and queues runs of adjacent blobs, in order.
+/// Walks the entries and queues runs of adjacent blobs, in order. `check`:
+/// whether to check every chunk against its id, for a file with a
+/// whole-file hash and for one without.
 fn plan_runs(
     entries: &[ManifestEntry],
     index: &Index,
     suspects: &Suspects,
+    (hashed_check, unhashed_check): (bool, bool),
     jobs: &Sender<Run>,
     items: &Sender<Item>,
 ) {
@@ -393,6 +416,11 @@ fn plan_runs(
             return;
         }
         let path: Arc<str> = entry.path.as_str().into();
+        let check = if entry.sha256.is_some() {
+            hashed_check
+        } else {
+            unhashed_check
+        };
         let mut run: Option<(PackId, u64, u64, Vec<ChunkLocation>)> = None;
         let mut run_raw = 0u64;
         let flush = |run: &mut Option<(PackId, u64, u64, Vec<ChunkLocation>)>| -> bool {
@@ -405,6 +433,7 @@ fn plan_runs(
             }
             jobs.send(Run {
                 path: path.clone(),
+                check,
                 pack,
                 offset,
                 len,
@@ -494,7 +523,6 @@ fn fetch_run(
     crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     run: &Run,
-    check_chunks: bool,
     index: &Index,
     suspects: &Suspects,
     windows: Option<&WindowCache>,
@@ -544,7 +572,7 @@ fn fetch_run(
                     &loc.pack,
                     b,
                     data,
-                    check_chunks || disputed,
+                    run.check || disputed,
                     crypto,
                     &mut share,
                 ),
@@ -666,15 +694,21 @@ fn consume_items(
         source,
     };
     let mut current = "";
+    // Only a file with a whole-file hash (manifest version 2) is hashed.
+    let mut hashing = None;
+    let mut size = 0u64;
     for item in items {
         match item {
             Item::Start(i) => {
                 current = &entries[i].path;
+                hashing = hasher.filter(|_| entries[i].sha256.is_some());
+                size = 0;
                 sink.start(&entries[i]).map_err(|e| sink_err(current, e))?;
             }
             Item::Run(rx) => {
                 let chunks = Arc::new(rx.recv().expect("run planner keeps its promise")?);
-                if let Some(hasher) = hasher {
+                size += chunks.iter().map(|c| c.len() as u64).sum::<u64>();
+                if let Some(hasher) = hashing {
                     hasher
                         .feed(chunks.clone())
                         .expect("hasher runs while reading");
@@ -683,7 +717,7 @@ fn consume_items(
             }
             Item::End(i) => {
                 let entry = &entries[i];
-                if let Some(hasher) = hasher {
+                if let Some(hasher) = hashing.take() {
                     // Always finished, so the next file starts a new hash.
                     let got = hasher.finish().expect("hasher runs while reading");
                     if entry.sha256.is_some_and(|expected| got != expected) {
@@ -693,6 +727,15 @@ fn consume_items(
                             expected: entry.sha256.expect("checked"),
                         });
                     }
+                }
+                // Each chunk proved itself; the recorded size is checked
+                // too, so a chunk list cut short does not pass.
+                if entry.size.is_some_and(|expected| size != expected) {
+                    return Err(ReadError::Size {
+                        path: entry.path.clone(),
+                        got: size,
+                        expected: entry.size.expect("checked"),
+                    });
                 }
                 sink.end(entry).map_err(|e| sink_err(&entry.path, e))?;
             }

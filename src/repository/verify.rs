@@ -522,6 +522,43 @@ pub async fn verify_sampled(
         });
     }
 
+    // A file without a whole-file hash (manifest version 3) is proven by
+    // its chunks, each checked above against its id, and by its size:
+    // the chunks' lengths, where each was found good, must add up to it.
+    let good_location = |c: &crate::ids::ChunkId| {
+        index.candidates(c).find(|l| {
+            !bad_packs.contains(&l.pack)
+                && (!index.is_disputed(c) || good_places.contains(&(l.pack, *c, l.blob.offset)))
+        })
+    };
+    for (snap, m) in &manifests {
+        let mut wrong = m.entries.iter().filter_map(|e| {
+            if e.kind != EntryKind::File || e.sha256.is_some() {
+                return None;
+            }
+            let mut sum = 0u64;
+            for c in &e.chunks {
+                // A chunk with no good location is reported above.
+                sum += u64::from(good_location(c)?.blob.raw_length);
+            }
+            let recorded = e.size.unwrap_or_default();
+            (sum != recorded).then_some((e, sum, recorded))
+        });
+        if let Some((e, got, expected)) = wrong.next() {
+            let more = wrong.count();
+            problems.push(Problem {
+                object: snap.key.clone(),
+                kind: ProblemKind::Corrupt,
+                detail: format!(
+                    "{} does not match its snapshot: its chunks hold {got} bytes, the manifest says {expected}{}",
+                    e.path,
+                    if more > 0 { format!(" ({more} more file(s) like it)") } else { String::new() }
+                ),
+                snapshots: vec![snap.id.short()],
+            });
+        }
+    }
+
     // Lock coverage: every object a snapshot needs is locked at least until
     // the snapshot's own retain-until.
     let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
@@ -557,8 +594,9 @@ pub async fn verify_sampled(
     // Not needed past here: freed before the file pass's buffers fill.
     drop((needed_chunks, good_places, users));
 
-    // Whole-file hashes of the files whose chunks all lie in packs that were
-    // read and checked out (in a sampled verify, few files of a large
+    // Whole-file hashes (manifest version 2; version 3 files have none and
+    // were checked above) of the files whose chunks all lie in packs that
+    // were read and checked out (in a sampled verify, few files of a large
     // database: its chunks span many packs). The pass above proved every
     // chunk against its id, so this one only checks that each file's
     // recorded hash agrees with its chunks (chunks are checked one by one
@@ -597,7 +635,9 @@ pub async fn verify_sampled(
         let mut keyed: std::collections::HashSet<FileKey> = Default::default();
         let entries: Vec<ManifestEntry> = std::mem::take(&mut m.entries)
             .into_iter()
-            .filter(|e| e.kind == EntryKind::File && e.chunks.iter().all(checked_out))
+            .filter(|e| {
+                e.kind == EntryKind::File && e.sha256.is_some() && e.chunks.iter().all(checked_out)
+            })
             .filter(|e| {
                 let k = file_key(e);
                 if let Some(why) = files_bad.get(&k) {

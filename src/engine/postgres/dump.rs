@@ -80,11 +80,11 @@ pub async fn restore_dump(
         part("PGHOST").unwrap_or("localhost"),
         part("PGPORT").unwrap_or("5432")
     );
-    if entry.sha256.is_none() {
+    if entry.size.is_none() {
         return Err(MaterializeError::UnsafeEntry {
             manifest: snap.key.clone(),
             path: entry.path.clone(),
-            why: "it has no SHA-256, so the dump cannot be checked before pg_restore runs it"
+            why: "it has no size, so the dump cannot be checked whole before pg_restore runs it"
                 .into(),
             target: PathBuf::from(format!("database {target_db}")),
         }
