@@ -1,7 +1,9 @@
 //! The repository format, pinned: `tests/fixtures/repo-v2` is a repository
 //! written by holdfast at format version 2 (`scripts/make-format-fixture`),
 //! encrypted with the key file beside it, and every later build must list,
-//! verify and restore it to exactly what `expected.json` says. The version 1
+//! verify and restore it to exactly what `expected.json` says. So must it
+//! `repo-v2-m3`, the same format with snapshot manifests version 3 (no
+//! whole-file hashes). The version 1
 //! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
@@ -15,9 +17,14 @@ use std::path::{Path, PathBuf};
 use common::bin::{fails, holdfast, json, json_of, s, text};
 use common::postgres::{chown_postgres, sql_at, Restored};
 use holdfast::ids::Hash256;
+use holdfast::repository::source::EntryKind;
 use serde_json::Value;
 
-const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2");
+/// Every fixture of repository format 2: manifest versions 2 and 3.
+const FIXTURES: [&str; 2] = [
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m3"),
+];
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
 /// A private copy of the fixture (plans/ and repo/) and its expected.json.
@@ -27,10 +34,6 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn copy() -> Fixture {
-        Fixture::copy_of(FIXTURE)
-    }
-
     fn copy_of(fixture: &str) -> Fixture {
         let src = Path::new(fixture);
         let expected: Value =
@@ -56,6 +59,16 @@ impl Fixture {
     fn snapshot(&self, plan: &str) -> &str {
         self.expected[plan]["snapshot"].as_str().unwrap()
     }
+
+    /// The snapshot manifest version its writer wrote (2 when unsaid).
+    fn manifest_version(&self) -> u64 {
+        self.expected["manifest_version"].as_u64().unwrap_or(2)
+    }
+}
+
+/// A private copy of each format 2 fixture.
+fn each_fixture() -> impl Iterator<Item = Fixture> {
+    FIXTURES.iter().map(|f| Fixture::copy_of(f))
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -84,8 +97,13 @@ fn the_version_1_fixture_is_refused_naming_its_version() {
 }
 
 #[test]
-fn every_snapshot_of_the_version_2_fixture_is_listed_and_verifies() {
-    let fx = Fixture::copy();
+fn every_snapshot_of_each_version_2_fixture_is_listed_and_verifies() {
+    for fx in each_fixture() {
+        listed_and_verified(&fx);
+    }
+}
+
+fn listed_and_verified(fx: &Fixture) {
     assert_eq!(fx.expected["format_version"], 2);
     for (plan, source) in [("sqlite", "sqlite"), ("files", "files"), ("pg", "postgres")] {
         let rows = json(&["snapshots", "--plan", &fx.plan(plan), "--json"]);
@@ -117,9 +135,49 @@ fn every_snapshot_of_the_version_2_fixture_is_listed_and_verifies() {
     }
 }
 
+/// Each fixture holds the manifest version it names: whole-file hashes in
+/// version 2, none in version 3, so both read paths stay pinned.
+#[test]
+fn each_fixture_holds_the_manifest_version_it_names() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut seen = Vec::new();
+    for fx in each_fixture() {
+        let version = fx.manifest_version();
+        seen.push(version);
+        let key = std::fs::read_to_string(fx.path("repo.key")).unwrap();
+        let key =
+            holdfast::repository::RepoKey::Passphrase(holdfast::secret::Secret::new(key.trim()));
+        rt.block_on(async {
+            let store: std::sync::Arc<dyn holdfast::store::Store> = std::sync::Arc::new(
+                holdfast::store::local::LocalStore::open(fx.path("repo")).unwrap(),
+            );
+            let repo = holdfast::repository::Repository::open(store, &key)
+                .await
+                .unwrap();
+            for plan in ["sqlite", "files", "pg"] {
+                let plan: holdfast::plan::PlanName =
+                    serde_json::from_value(serde_json::json!(plan)).unwrap();
+                let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+                let m = repo.load_manifest(&snap).await.unwrap();
+                assert_eq!(u64::from(m.version), version, "plan {plan}");
+                for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
+                    assert_eq!(e.sha256.is_some(), version == 2, "{plan}: {}", e.path);
+                    assert!(e.size.is_some(), "{plan}: {}", e.path);
+                }
+            }
+        });
+    }
+    assert_eq!(seen, [2, 3]);
+}
+
 #[test]
 fn the_sqlite_snapshot_restores_byte_for_byte_with_its_rows() {
-    let fx = Fixture::copy();
+    for fx in each_fixture() {
+        sqlite_restored(&fx);
+    }
+}
+
+fn sqlite_restored(fx: &Fixture) {
     let to = fx.path("restored/app.db");
     let out = holdfast(&[
         "restore",
@@ -151,7 +209,12 @@ fn the_sqlite_snapshot_restores_byte_for_byte_with_its_rows() {
 
 #[test]
 fn the_files_snapshot_restores_every_entry_with_its_mode_time_and_content() {
-    let fx = Fixture::copy();
+    for fx in each_fixture() {
+        files_restored(&fx);
+    }
+}
+
+fn files_restored(fx: &Fixture) {
     let to = fx.path("restored");
     let out = holdfast(&[
         "restore",
@@ -192,7 +255,12 @@ fn the_files_snapshot_restores_every_entry_with_its_mode_time_and_content() {
 
 #[test]
 fn the_postgres_base_backup_restores_to_a_time_inside_its_window_and_starts() {
-    let fx = Fixture::copy();
+    for fx in each_fixture() {
+        postgres_restored(&fx);
+    }
+}
+
+fn postgres_restored(fx: &Fixture) {
     chown_postgres(fx.dir.path());
     let want = &fx.expected["pg"];
     let at = want["at"].as_str().unwrap();
@@ -229,7 +297,12 @@ fn the_postgres_base_backup_restores_to_a_time_inside_its_window_and_starts() {
 fn the_fixture_is_what_the_writer_left_and_a_damaged_copy_is_refused() {
     // The fixture itself is whole: a flipped byte in the copy fails verify,
     // naming the object, so the test above cannot pass on an empty check.
-    let fx = Fixture::copy();
+    for fx in each_fixture() {
+        damaged_copy_refused(&fx);
+    }
+}
+
+fn damaged_copy_refused(fx: &Fixture) {
     let snaps = fx.path("repo/objects/snapshots/sqlite");
     let manifest = std::fs::read_dir(&snaps)
         .unwrap()
