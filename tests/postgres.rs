@@ -457,6 +457,100 @@ fn a_base_backup_on_the_database_host_reads_the_data_directory_and_rereads_only_
     );
 }
 
+/// An incremental base backup read from the data directory hashes only the
+/// pages whose LSN shows a change since the previous backup began; every
+/// other page of the same file takes its chunk from the previous snapshot
+/// (docs/repository-format.md, *Pages unchanged by LSN*). The restored
+/// cluster is the source's. A relation file replaced under its name by
+/// another file, whose pages carry old LSNs (as a file copied in by
+/// `CREATE DATABASE … STRATEGY FILE_COPY` under a reused OID would), is
+/// another file: it is read whole and restored as it now is.
+#[test]
+fn pages_unchanged_by_their_lsn_are_not_hashed_again_and_a_file_replaced_under_its_name_is_read_whole(
+) {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    without_autovacuum(&pg);
+    for table in ["busy", "donor", "victim"] {
+        pg.sql(&format!(
+            "CREATE TABLE {table} AS SELECT i AS id, repeat(md5('{table}' || i), 4) AS body FROM generate_series(1, 60000) i"
+        ));
+    }
+    pg.sql("VACUUM FREEZE");
+    pg.sql("CHECKPOINT");
+    let pages = |table: &str| -> u64 {
+        pg.sql(&format!("SELECT pg_relation_size('{table}') / 8192"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let busy_pages = pages("busy");
+    assert!(busy_pages > 1000, "{busy_pages}");
+
+    let unchanged = |r: &serde_json::Value| r["pages_unchanged_by_lsn"].as_u64().unwrap();
+    let first = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    assert_eq!(unchanged(&first), 0, "nothing to compare with: {first}");
+
+    // A few rows of `busy` change, so its file is read again.
+    pg.sql("UPDATE busy SET body = 'changed' WHERE id % 4000 = 0");
+    pg.sql("CHECKPOINT");
+    let second = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    assert!(
+        unchanged(&second) >= busy_pages - 30,
+        "of the {busy_pages} pages of `busy`, at most the changed ones are hashed: {second}"
+    );
+    let before = state(pg.port());
+    pg.archive_now();
+    let (out, port2, restored) = restore_started(&pg, &plan, &["--latest"], "restored");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(state(port2), before, "the restored cluster differs");
+    assert_eq!(
+        sql_at(
+            port2,
+            "SELECT count(*) FROM busy WHERE body = repeat(md5('busy' || id), 4) OR (id % 4000 = 0 AND body = 'changed')"
+        )
+        .trim(),
+        "60000"
+    );
+    drop(restored);
+
+    // `victim`'s file, replaced by a copy of `donor`'s: the same path, old
+    // LSNs, another inode and birth time.
+    let file_of = |table: &str| {
+        pg.path("data").join(
+            pg.sql(&format!("SELECT pg_relation_filepath('{table}')"))
+                .trim(),
+        )
+    };
+    let (victim, donor) = (file_of("victim"), file_of("donor"));
+    let copied = std::fs::read(&donor).unwrap();
+    let beside = victim.with_extension("copy");
+    std::fs::write(&beside, &copied).unwrap();
+    chown_postgres(&beside);
+    std::fs::rename(&beside, &victim).unwrap();
+    let third = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    assert!(unchanged(&third) > 0, "{third}");
+    let snapshot = third["snapshot"].as_str().unwrap();
+    let to = pg.path("third");
+    let _third = Restored { data: to.clone() };
+    let out = pg.holdfast(&[
+        "restore",
+        "--plan",
+        &plan,
+        "--snapshot",
+        snapshot,
+        "--to",
+        s(&to),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rel = victim.strip_prefix(pg.path("data")).unwrap();
+    assert!(
+        std::fs::read(to.join(rel)).unwrap() == copied,
+        "{} was restored from the previous snapshot's pages, not as it was read",
+        rel.display()
+    );
+}
+
 #[test]
 fn a_copy_beside_the_cluster_never_archives_into_the_plan_even_after_its_block_is_removed() {
     let pg = Cluster::start();

@@ -194,6 +194,7 @@ fn link(path: &str, target: &Path) -> ManifestEntry {
         chunks: Vec::new(),
         target: Some(target.to_str().unwrap().into()),
         stamp: None,
+        file_id: None,
     }
 }
 

@@ -32,7 +32,9 @@ use super::pack::{
     encode_bundle, encode_chunk, pack_id, Blob, BlobEntry, EncodedBundle, PackBuilder,
     BUNDLE_HEADER_LEN, BUNDLE_MEMBER_LEN, BUNDLE_MEMBER_MAX, BUNDLE_TARGET, MAX_BUNDLE_CHUNKS,
 };
-use super::source::{Chunking, EntryKind, EntryMeta, EntrySink, SinkError, Source, SourceError};
+use super::source::{
+    Chunking, EntryKind, EntryMeta, EntrySink, Pages, SinkError, Source, SourceError,
+};
 use super::{
     index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
     PACKS_PER_INDEX,
@@ -69,6 +71,9 @@ pub struct BackupReport {
     /// Bytes read from the source: files whose stamp (size, mtime, ctime,
     /// inode) is unchanged since the last snapshot are not read again.
     pub bytes_read: u64,
+    /// Pages read but not hashed: their LSN showed no change since the
+    /// previous snapshot, which gave their chunk (see `source::Pages`).
+    pub pages_unchanged_by_lsn: u64,
     pub retain_until: Option<DateTime<Utc>>,
     pub tier: Tier,
     /// Reused objects whose lock had to be extended for this snapshot.
@@ -173,7 +178,7 @@ pub async fn backup(
 async fn backup_locked(
     repo: &Repository,
     plan: &PlanName,
-    source: Box<dyn Source>,
+    mut source: Box<dyn Source>,
     opts: &BackupOptions,
     held: &[&dyn LockGuard],
 ) -> Result<BackupReport, BackupError> {
@@ -184,6 +189,8 @@ async fn backup_locked(
     let index = Arc::new(repo.load_index().await?);
     // Files whose stamp is unchanged since the last snapshot are not read again.
     let mut unchanged: HashMap<String, ManifestEntry> = HashMap::new();
+    // Files of pages whose unchanged pages need not be hashed again.
+    let mut paged: HashMap<String, ManifestEntry> = HashMap::new();
     // Packs the previous snapshot needed are locked at least until its own
     // retain-until (its backup made sure): no need to look at them again
     // unless this snapshot needs a longer lock.
@@ -204,12 +211,15 @@ async fn backup_locked(
                         }
                     }
                 }
+                source.previous(&m.source);
                 for e in m.entries {
                     if e.kind == EntryKind::File
                         && e.stamp.is_some()
                         && e.chunks.iter().all(|c| index.agreed(c).is_some())
                     {
                         unchanged.insert(e.path.clone(), e);
+                    } else if e.kind == EntryKind::File && e.file_id.is_some() {
+                        paged.insert(e.path.clone(), e);
                     }
                 }
             }
@@ -241,6 +251,7 @@ async fn backup_locked(
         progress.clone(),
         tokio::runtime::Handle::current(),
     );
+    writer.paged = paged;
     let kind = source.kind();
     let (writer, metadata) = tokio::task::spawn_blocking(move || {
         let result = source.snapshot(&mut writer);
@@ -331,6 +342,7 @@ async fn backup_locked(
         packs_written: written.packs_written,
         packs_reused: written.reused_packs.len() as u64,
         bytes_read: written.bytes_read,
+        pages_unchanged_by_lsn: written.pages_unchanged,
         retain_until: opts.retention.map(|r| r.until),
         tier: opts.tier,
         locks_extended,
@@ -519,6 +531,7 @@ struct Written {
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
     packs_written: u64,
     bytes_read: u64,
+    pages_unchanged: u64,
 }
 
 /// The sink a source writes into.
@@ -526,6 +539,10 @@ struct Writer {
     index: Arc<Index>,
     /// The previous snapshot's file entries, by path, that may be reused.
     unchanged: HashMap<String, ManifestEntry>,
+    /// The previous snapshot's entries of files of pages (with a
+    /// [`ManifestEntry::file_id`]) not in `unchanged`, by path.
+    paged: HashMap<String, ManifestEntry>,
+    pages_unchanged: u64,
     chunking: Chunking,
     chunker: ChunkerConfig,
     pack_target: usize,
@@ -664,6 +681,8 @@ impl Writer {
         Writer {
             index,
             unchanged,
+            paged: HashMap::new(),
+            pages_unchanged: 0,
             chunking,
             chunker,
             pack_target,
@@ -708,6 +727,33 @@ impl Writer {
             .expect("jobs open while writing")
             .send(Job::Chunk { data, reply: tx })
             .map_err(|_| WriterError::WorkerGone)?;
+        self.pending.push_back((entry, rx));
+        Ok(())
+    }
+
+    /// A chunk already stored, known without hashing its bytes: queued in
+    /// stream order, as if a worker had found it.
+    fn submit_known(
+        &mut self,
+        entry: usize,
+        id: ChunkId,
+        len: usize,
+        at: ChunkLocation,
+    ) -> Result<(), WriterError> {
+        while self.pending.len() >= self.window {
+            self.take_one()?;
+        }
+        let (tx, rx) = bounded(1);
+        self.progress.inc(len as u64);
+        self.pages_unchanged += 1;
+        tx.send(Done {
+            id,
+            raw_length: len as u64,
+            blob: None,
+            stored_at: Some(at),
+            data: None,
+        })
+        .expect("the receiver is held here");
         self.pending.push_back((entry, rx));
         Ok(())
     }
@@ -835,6 +881,7 @@ impl Writer {
             stats: self.stats,
             reused_packs: std::mem::take(&mut self.reused_packs),
             bytes_read: self.bytes_read,
+            pages_unchanged: self.pages_unchanged,
             packs_written: self
                 .shared
                 .packs_written
@@ -873,6 +920,7 @@ impl Writer {
             chunks: Vec::new(),
             target: None,
             stamp: meta.stamp,
+            file_id: None,
         });
         self.entries.len() - 1
     }
@@ -886,6 +934,10 @@ impl Writer {
             return false;
         };
         if prev.stamp != Some(stamp) {
+            // Changed: its pages may still be compared by LSN.
+            if prev.file_id.is_some() {
+                self.paged.insert(prev.path.clone(), prev);
+            }
             return false;
         }
         for c in &prev.chunks {
@@ -916,7 +968,7 @@ impl Writer {
         }
         let entry = self.push_entry(meta, EntryKind::File);
         if let Chunking::Fixed { size } = self.chunking {
-            return self.write_fixed(meta, entry, size as usize, content);
+            return self.write_fixed(meta, entry, size as usize, content, None);
         }
         let (min, avg, max) = (
             self.chunker.min_size,
@@ -968,15 +1020,58 @@ impl Writer {
         self.end_file(entry, size, result)
     }
 
+    /// A file of pages: recorded with its identity, and, where the previous
+    /// snapshot holds the same file (same [`FileId`]) page for page, each
+    /// page whose LSN shows no change since that snapshot began takes its
+    /// chunk from there without being hashed (see [`Pages`]).
+    fn write_paged(
+        &mut self,
+        meta: &EntryMeta,
+        pages: &Pages,
+        content: &mut dyn Read,
+    ) -> Result<(), WriterError> {
+        self.check_failed()?;
+        let page = match self.chunking {
+            Chunking::Fixed { size } if size as usize == PAGE => PAGE,
+            // Not cut into pages: an ordinary file.
+            _ => return self.write_file(meta, content),
+        };
+        if self.reuse_unchanged(meta) {
+            let e = self.entries.last_mut().expect("just reused");
+            e.file_id = Some(pages.id);
+            return Ok(());
+        }
+        let entry = self.push_entry(meta, EntryKind::File);
+        self.entries[entry].file_id = Some(pages.id);
+        let prev = match pages.unchanged_below {
+            Some(below) => self
+                .paged
+                .remove(&meta.path)
+                .or_else(|| self.unchanged.remove(&meta.path))
+                .filter(|p| {
+                    p.file_id == Some(pages.id)
+                        && p.size == Some(p.chunks.len() as u64 * PAGE as u64)
+                })
+                .map(|p| (below, p.chunks)),
+            None => None,
+        };
+        self.write_fixed(meta, entry, page, content, prev)
+    }
+
     /// Fixed-size chunks are read straight into their own buffers: no copy.
+    /// With `prev` (an LSN and the previous snapshot's chunks of the same
+    /// file of pages), a page unchanged by that LSN takes its chunk from
+    /// there ([`unchanged_page`]).
     fn write_fixed(
         &mut self,
         meta: &EntryMeta,
         entry: usize,
         n: usize,
         content: &mut dyn Read,
+        prev: Option<(u64, Vec<ChunkId>)>,
     ) -> Result<(), WriterError> {
         let mut size = 0u64;
+        let mut nth = 0usize;
         let result = (|| loop {
             let mut chunk = Vec::with_capacity(n);
             let mut limited = (&mut *content).take(n as u64);
@@ -994,7 +1089,18 @@ impl Writer {
             }
             let last = chunk.len() < n;
             size += chunk.len() as u64;
-            self.submit(entry, chunk)?;
+            let known = prev.as_ref().and_then(|(below, chunks)| {
+                let id = chunks.get(nth)?;
+                unchanged_page(&chunk, *below)?;
+                // Only where the index agrees on its place: a chunk in
+                // dispute is hashed and looked up as any other.
+                Some((*id, self.index.agreed(id)?))
+            });
+            nth += 1;
+            match known {
+                Some((id, at)) => self.submit_known(entry, id, chunk.len(), at)?,
+                None => self.submit(entry, chunk)?,
+            }
             if last {
                 return Ok(());
             }
@@ -1037,10 +1143,86 @@ impl EntrySink for Writer {
     fn file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), SinkError> {
         self.write_file(meta, content).map_err(Into::into)
     }
+
+    fn paged_file(
+        &mut self,
+        meta: &EntryMeta,
+        pages: &Pages,
+        content: &mut dyn Read,
+    ) -> Result<(), SinkError> {
+        self.write_paged(meta, pages, content).map_err(Into::into)
+    }
+}
+
+/// The size of a page of a file of pages (PostgreSQL's block size).
+const PAGE: usize = 8192;
+
+/// `Some` when `page` (8 KiB) shows no WAL-logged change at or after LSN
+/// `below`: its header's LSN is not 0 and is below it, and the header is a
+/// sane PostgreSQL page header (a page that is not one, or is all zeros, or
+/// was torn so that its header is garbage, is hashed as any other).
+fn unchanged_page(page: &[u8], below: u64) -> Option<()> {
+    // The server wrote the page on this host, in its byte order.
+    let u16_at = |at: usize| u16::from_ne_bytes([page[at], page[at + 1]]);
+    let u32_at = |at: usize| u32::from_ne_bytes(page[at..at + 4].try_into().expect("4 bytes"));
+    if page.len() != PAGE {
+        return None;
+    }
+    // pd_lsn: xlogid (the high half), then xrecoff.
+    let lsn = (u64::from(u32_at(0)) << 32) | u64::from(u32_at(4));
+    // pd_lower, pd_upper, pd_special, pd_pagesize_version.
+    let (lower, upper, special) = (u16_at(12), u16_at(14), u16_at(16));
+    let size_version = u16_at(18);
+    let sane = size_version == PAGE as u16 | 4
+        && lower >= 24
+        && lower <= upper
+        && upper <= special
+        && special as usize <= PAGE;
+    (lsn != 0 && lsn < below && sane).then_some(())
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
         self.stop_threads();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An 8 KiB page with PostgreSQL's header: LSN, pd_lower/upper/special.
+    fn page(lsn: u64, lower: u16, upper: u16, special: u16) -> Vec<u8> {
+        let mut p = vec![0u8; PAGE];
+        p[0..4].copy_from_slice(&((lsn >> 32) as u32).to_ne_bytes());
+        p[4..8].copy_from_slice(&(lsn as u32).to_ne_bytes());
+        p[12..14].copy_from_slice(&lower.to_ne_bytes());
+        p[14..16].copy_from_slice(&upper.to_ne_bytes());
+        p[16..18].copy_from_slice(&special.to_ne_bytes());
+        p[18..20].copy_from_slice(&(PAGE as u16 | 4).to_ne_bytes());
+        p[100] = 0xAB;
+        p
+    }
+
+    #[test]
+    fn only_a_sane_page_with_an_lsn_below_the_mark_counts_as_unchanged() {
+        let below = 0x1_0000_2000;
+        assert!(unchanged_page(&page(0x1_0000_1FFF, 40, 8000, 8192), below).is_some());
+        assert!(unchanged_page(&page(0x0_0000_0028, 24, 8192, 8192), below).is_some());
+        // Changed at or after the mark.
+        assert!(unchanged_page(&page(below, 40, 8000, 8192), below).is_none());
+        assert!(unchanged_page(&page(below + 1, 40, 8000, 8192), below).is_none());
+        // Never WAL-logged (a new or unlogged page), or all zeros.
+        assert!(unchanged_page(&page(0, 40, 8000, 8192), below).is_none());
+        assert!(unchanged_page(&vec![0u8; PAGE], below).is_none());
+        // Not a page header: bounds out of order or past the page.
+        assert!(unchanged_page(&page(0x28, 8000, 40, 8192), below).is_none());
+        assert!(unchanged_page(&page(0x28, 20, 8000, 8192), below).is_none());
+        assert!(unchanged_page(&page(0x28, 40, 8000, 9000), below).is_none());
+        let mut other_size = page(0x28, 40, 8000, 8192);
+        other_size[18..20].copy_from_slice(&(4096u16 | 4).to_ne_bytes());
+        assert!(unchanged_page(&other_size, below).is_none());
+        // A short last piece is never a page.
+        assert!(unchanged_page(&page(0x28, 40, 8000, 8192)[..4096], below).is_none());
     }
 }

@@ -404,6 +404,7 @@ mod tests {
             chunks: Vec::new(),
             target: (kind == EntryKind::Symlink).then(|| "/tmp".into()),
             stamp: None,
+            file_id: None,
         }
     }
 

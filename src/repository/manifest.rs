@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::source::{EntryKind, FileStamp, SourceMetadata};
+use super::source::{EntryKind, FileId, FileStamp, SourceMetadata};
 use super::{decode_json_zst, encode_json_zst, RepoError};
 use crate::ids::{ChunkId, Hash256, SnapshotId};
 use crate::plan::{PlanName, Tier};
@@ -81,6 +81,12 @@ pub struct ManifestEntry {
     /// reuse its chunks without reading it when none changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stamp: Option<FileStamp>,
+    /// Inode and birth time of a file of pages (a PostgreSQL relation's
+    /// main fork read from the data directory), whatever its age: the next
+    /// backup takes a page's chunk from this entry only if the file is
+    /// still this one (see `source::Pages`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<FileId>,
 }
 
 impl Manifest {

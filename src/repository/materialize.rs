@@ -935,6 +935,7 @@ mod tests {
             chunks: Vec::new(),
             target: None,
             stamp: None,
+            file_id: None,
         };
         let entries = vec![
             entry("d", EntryKind::Dir, 0),

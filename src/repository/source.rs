@@ -46,6 +46,30 @@ pub struct FileStamp {
     pub inode: u64,
 }
 
+/// Which file a path is: its inode and birth time (`statx`). The same
+/// path with another identity is another file, however old its pages
+/// look (a relation file copied in by `CREATE DATABASE … STRATEGY
+/// FILE_COPY` under a reused OID keeps its template's page LSNs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileId {
+    pub inode: u64,
+    pub birth_ns: i64,
+}
+
+/// A file of 8 KiB pages, each carrying in its first 8 bytes the LSN of
+/// its last WAL-logged change (a PostgreSQL relation's main fork), for
+/// [`EntrySink::paged_file`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pages {
+    pub id: FileId,
+    /// The previous snapshot's start (its checkpoint's redo point), when
+    /// that snapshot is comparable (same cluster, same timeline): a page
+    /// whose LSN is not 0 and below it has had no WAL-logged change since
+    /// that snapshot began reading, so, in the same file, its chunk there
+    /// stands for it (docs/repository-format.md, *Pages unchanged by LSN*).
+    pub unchanged_below: Option<u64>,
+}
+
 /// How a source's streams are best cut into chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Chunking {
@@ -67,6 +91,17 @@ pub trait EntrySink {
     fn symlink(&mut self, meta: &EntryMeta, target: &str) -> Result<(), SinkError>;
     /// Consumes `content` to its end.
     fn file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), SinkError>;
+    /// [`EntrySink::file`] for a file of pages (see [`Pages`]); a sink that
+    /// has no use for it reads it as any file.
+    fn paged_file(
+        &mut self,
+        meta: &EntryMeta,
+        pages: &Pages,
+        content: &mut dyn Read,
+    ) -> Result<(), SinkError> {
+        let _ = pages;
+        self.file(meta, content)
+    }
 }
 
 /// Facts about the source recorded in the snapshot manifest (never secrets).
@@ -123,6 +158,11 @@ pub trait Source: Send {
     /// How this source's streams should be chunked.
     fn chunking(&self) -> Chunking {
         Chunking::ContentDefined
+    }
+    /// Told, before [`Source::snapshot`], what the plan's previous snapshot
+    /// recorded about its source (when there is one and it is readable).
+    fn previous(&mut self, record: &super::manifest::SourceRecord) {
+        let _ = record;
     }
     /// Takes one consistent snapshot, handing every entry to `sink`.
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError>;

@@ -63,6 +63,8 @@ pub struct PostgresSource {
     logical_dumps: Vec<String>,
     method: BaseBackupMethod,
     stall: Duration,
+    /// What the plan's previous snapshot recorded, if it was of PostgreSQL.
+    previous: Option<PgSnapshotMeta>,
 }
 
 /// How long a held backup session waits for one answer: `pg_backup_start`
@@ -95,7 +97,30 @@ impl PostgresSource {
                 .and_then(|v| v.parse().ok())
                 .map(Duration::from_secs)
                 .unwrap_or(ARCHIVE_STALL),
+            previous: None,
         }
+    }
+
+    /// The previous snapshot's start LSN, when its pages may stand for this
+    /// backup's unchanged ones (see `source::Pages` and
+    /// docs/repository-format.md, *Pages unchanged by LSN*): a completed
+    /// base backup of the same cluster (system identifier), of a primary,
+    /// on the timeline this backup starts on (`timeline`, from the
+    /// checkpoint `pg_backup_start` just made), starting before `start`.
+    /// After a failover or `pg_rewind` the timeline differs, and pages
+    /// of the other timeline may carry lower LSNs: everything is read.
+    fn unchanged_below(&self, meta: &PgSnapshotMeta, timeline: u32, start: Lsn) -> Option<u64> {
+        let prev = self.previous.as_ref()?;
+        let prev_start: Lsn = prev.start_lsn.as_deref()?.parse().ok()?;
+        let comparable = prev.system_identifier == meta.system_identifier
+            && !prev.system_identifier.is_empty()
+            && !prev.in_recovery
+            && prev.mode == DbMode::Physical.to_string()
+            && prev.stop_lsn.is_some()
+            && prev.timeline == Some(timeline)
+            && prev_start.0 > 0
+            && prev_start.0 < start.0;
+        comparable.then_some(prev_start.0)
     }
 
     fn server_facts(&self) -> Result<PgSnapshotMeta, SourceError> {
@@ -262,7 +287,7 @@ impl PostgresSource {
         let app = archiver::backup_application_name();
         let mut session = self.client.session(&app)?;
         let modern = meta.server_version_num >= 150_000;
-        session.ask(
+        let started = session.ask(
             if modern {
                 "SELECT pg_backup_start('holdfast', true)"
             } else {
@@ -270,10 +295,30 @@ impl PostgresSource {
             },
             SESSION_DEADLINE,
         )?;
-        let walked = super::datadir::walk(root, sink)?;
+        // The timeline of the checkpoint the start just made: the one the
+        // backup starts on (checked against `backup_label` at the stop).
+        let checkpoint = session.ask(
+            "SELECT timeline_id FROM pg_control_checkpoint()",
+            SESSION_DEADLINE,
+        )?;
+        let start: Option<Lsn> = started
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|l| l.parse().ok());
+        let timeline: Option<u32> = checkpoint
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|t| t.parse().ok());
+        let unchanged_below = match (start, timeline) {
+            (Some(start), Some(timeline)) => self.unchanged_below(meta, timeline, start),
+            _ => None,
+        };
+        let walked = super::datadir::walk(root, sink, unchanged_below)?;
         tracing::debug!(
             files = walked.files,
             stamped = walked.stamped,
+            paged = walked.paged,
+            unchanged_below = ?unchanged_below.map(|l| Lsn(l).to_string()),
             "data directory read"
         );
         // Stopped without the server's own wait for the WAL, which looks
@@ -312,6 +357,14 @@ impl PostgresSource {
             return Err(bad(
                 "backup_label lacks START WAL LOCATION or START TIMELINE",
             ));
+        }
+        if unchanged_below.is_some() && meta.timeline != timeline {
+            // Pages were compared by LSN on the timeline read at the start.
+            return Err(bad(&format!(
+                "the backup started on timeline {} by its checkpoint, but backup_label says {}; run the backup again",
+                timeline.unwrap_or_default(),
+                meta.timeline.unwrap_or_default()
+            )));
         }
         let stop: Lsn = row[0]
             .parse()
@@ -572,6 +625,14 @@ impl Source for PostgresSource {
 
     fn chunking(&self) -> Chunking {
         Chunking::Fixed { size: PG_CHUNK }
+    }
+
+    fn previous(&mut self, record: &crate::repository::manifest::SourceRecord) {
+        self.previous = (record.kind == SourceKind::Postgres.as_str())
+            .then(|| {
+                serde_json::from_value(serde_json::Value::Object(record.metadata.clone())).ok()
+            })
+            .flatten();
     }
 
     fn snapshot(&mut self, sink: &mut dyn EntrySink) -> Result<SourceMetadata, SourceError> {

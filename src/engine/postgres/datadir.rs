@@ -21,6 +21,12 @@
 //! changed within [`STAMP_MARGIN`] of the read gets no stamp at all and is
 //! read again by the next backup: a stamp is recorded only for a file whose
 //! mtime and ctime are older than that, and any later write moves them.
+//!
+//! A relation's main fork is handed over as a file of pages, with its inode
+//! and birth time: the writer hashes only the pages whose LSN shows a
+//! change since the previous comparable base backup began, and takes the
+//! others' chunks from that snapshot's entry for the same file
+//! (`source::Pages`; docs/repository-format.md, *Pages unchanged by LSN*).
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -29,7 +35,7 @@ use std::time::Duration;
 
 use super::backup::PGDATA_PREFIX;
 use super::meta::PgSnapshotMeta;
-use crate::repository::source::{EntryMeta, EntrySink, FileStamp, SourceError};
+use crate::repository::source::{EntryMeta, EntrySink, FileId, FileStamp, Pages, SourceError};
 
 /// A file changed this recently when it is read gets no stamp (see the
 /// module comment).
@@ -109,14 +115,30 @@ pub struct Walked {
     pub files: u64,
     /// Files recorded with a stamp (the next backup may skip them).
     pub stamped: u64,
+    /// Relation main forks handed over as files of pages.
+    pub paged: u64,
 }
 
 /// Hands the data directory at `root` to `sink` under `pgdata/`, leaving out
 /// what `pg_basebackup` leaves out; `global/pg_control` goes last. A file
 /// or directory that disappears while it is walked (a dropped table or
 /// database) is left out: its removal is in the WAL replayed after.
-pub fn walk(root: &Path, sink: &mut dyn EntrySink) -> Result<Walked, SourceError> {
-    walk_stamping_before(root, sink, now_ns() - STAMP_MARGIN.as_nanos() as i64)
+///
+/// Each relation's main fork under `base/<database>/` and `global/` goes
+/// as a file of pages (with its inode and birth time), with
+/// `unchanged_below` (the previous comparable snapshot's start LSN, see
+/// [`Pages`]) when there is one.
+pub fn walk(
+    root: &Path,
+    sink: &mut dyn EntrySink,
+    unchanged_below: Option<u64>,
+) -> Result<Walked, SourceError> {
+    walk_stamping_before(
+        root,
+        sink,
+        now_ns() - STAMP_MARGIN.as_nanos() as i64,
+        unchanged_below,
+    )
 }
 
 /// [`walk`], recording stamps for files whose mtime and ctime are before
@@ -125,11 +147,13 @@ fn walk_stamping_before(
     root: &Path,
     sink: &mut dyn EntrySink,
     stamp_before_ns: i64,
+    unchanged_below: Option<u64>,
 ) -> Result<Walked, SourceError> {
     let mut w = Walker {
         sink,
         walked: Walked::default(),
         stamp_before_ns,
+        unchanged_below,
     };
     let top = fs::symlink_metadata(root).map_err(|e| SourceError::io(root, e))?;
     w.sink.dir(&meta(PGDATA_PREFIX.into(), &top, None))?;
@@ -140,6 +164,7 @@ fn walk_stamping_before(
         &control,
         format!("{PGDATA_PREFIX}/global/pg_control"),
         &stat,
+        false,
     )?;
     Ok(w.walked)
 }
@@ -148,6 +173,7 @@ struct Walker<'a> {
     sink: &'a mut dyn EntrySink,
     walked: Walked,
     stamp_before_ns: i64,
+    unchanged_below: Option<u64>,
 }
 
 impl Walker<'_> {
@@ -222,7 +248,14 @@ impl Walker<'_> {
                     self.dir(&path, &rel_child)?;
                 }
             } else if ft.is_file() {
-                self.file(&path, key, &stat)?;
+                // A relation's main fork, in a database's folder or
+                // `global/`: its pages carry their LSN. Not the free
+                // space map (never WAL-logged) nor the visibility map (a
+                // bit cleared there is logged in the heap page's record,
+                // not on the map's page), which are always read whole.
+                let paged = (in_database || rel == "global")
+                    && relfilenode(name).is_some_and(|(_, fork)| fork.is_empty());
+                self.file(&path, key, &stat, paged)?;
             } else if ft.is_symlink() {
                 let target = fs::read_link(&path).map_err(|e| SourceError::io(&path, e))?;
                 let Some(target) = target.to_str() else {
@@ -236,7 +269,13 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn file(&mut self, path: &Path, key: String, stat: &fs::Metadata) -> Result<(), SourceError> {
+    fn file(
+        &mut self,
+        path: &Path,
+        key: String,
+        stat: &fs::Metadata,
+        paged: bool,
+    ) -> Result<(), SourceError> {
         let mut f = match fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -258,7 +297,27 @@ impl Walker<'_> {
         // Pages are taken 8 KiB at a time: through a buffer, that is a
         // copy each instead of a read(2) each.
         let mut reader = std::io::BufReader::with_capacity(READ_BUFFER, &mut f);
-        self.sink.file(&meta(key, &stat, stamp), &mut reader)?;
+        // Its identity as opened; none where the file system keeps no
+        // birth time, and then it is read as any file.
+        let id = stat.created().ok().and_then(|born| {
+            let born = born.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(FileId {
+                inode: stat.ino(),
+                birth_ns: i64::try_from(born.as_nanos()).ok()?,
+            })
+        });
+        match id.filter(|_| paged) {
+            Some(id) => {
+                self.walked.paged += 1;
+                let pages = Pages {
+                    id,
+                    unchanged_below: self.unchanged_below,
+                };
+                self.sink
+                    .paged_file(&meta(key, &stat, stamp), &pages, &mut reader)?
+            }
+            None => self.sink.file(&meta(key, &stat, stamp), &mut reader)?,
+        }
         Ok(())
     }
 }
@@ -414,7 +473,7 @@ mod tests {
             fs::write(root.join(f), vec![1u8; len]).unwrap();
         }
         let mut seen = Seen::default();
-        let walked = walk(root, &mut seen).unwrap();
+        let walked = walk(root, &mut seen, None).unwrap();
         let paths: Vec<&str> = seen.0.iter().map(|(p, ..)| p.as_str()).collect();
         assert_eq!(
             paths,
@@ -444,7 +503,8 @@ mod tests {
         assert_eq!(seen.0[4].3, 16384);
         // Files settled before the cutoff get their stamp, with their size.
         let mut seen = Seen::default();
-        let walked = walk_stamping_before(root, &mut seen, now_ns() + 10_000_000_000).unwrap();
+        let walked =
+            walk_stamping_before(root, &mut seen, now_ns() + 10_000_000_000, None).unwrap();
         assert_eq!(walked.stamped, 6);
         let (_, _, stamp, len) = &seen.0[4];
         assert_eq!(stamp.map(|s| s.size), Some(*len as u64));
