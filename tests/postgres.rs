@@ -551,6 +551,50 @@ fn pages_unchanged_by_their_lsn_are_not_hashed_again_and_a_file_replaced_under_i
     );
 }
 
+/// The LSN rule under load: an incremental base backup taken while pgbench
+/// writes (pages changing, and torn, as they are read) skips the pages
+/// that did not change, and the cluster it restores, with the WAL after
+/// it, is the source's once the load ended.
+#[test]
+fn an_incremental_taken_under_write_load_skips_unchanged_pages_and_restores_to_the_sources_state() {
+    let pg = Cluster::start();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(8);
+    pg.sql("CHECKPOINT");
+    let first = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    assert_eq!(first["pages_unchanged_by_lsn"], 0, "{first}");
+
+    let load = pgbench_command(pg.port())
+        // At a fixed rate, so the share of pages it changes does not
+        // depend on the machine's speed.
+        .args(["-n", "-c", "2", "-T", "8", "-R", "200", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let second = json_of(&pg.holdfast(&["backup", "--plan", &plan, "--json"]));
+    let out = load.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pages = second["pages_unchanged_by_lsn"].as_u64().unwrap();
+    assert!(
+        pages > second["chunks"].as_u64().unwrap() / 2,
+        "most pages are unchanged under a light load: {second}"
+    );
+
+    let before = state(pg.port());
+    pg.archive_now();
+    let (out, port2, _restored) = restore_started(&pg, &plan, &["--latest"], "restored");
+    assert!(out.status.success(), "{}", text(&out));
+    let report = json_of(&out);
+    assert_eq!(report["base_backup"], second["snapshot"], "{report}");
+    assert_eq!(state(port2), before, "the restored cluster differs");
+}
+
 #[test]
 fn a_copy_beside_the_cluster_never_archives_into_the_plan_even_after_its_block_is_removed() {
     let pg = Cluster::start();
