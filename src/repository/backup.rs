@@ -961,14 +961,31 @@ impl Writer {
         true
     }
 
-    fn write_file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), WriterError> {
+    /// Writes a file; with `pages`, a file of pages (see [`Pages`]): where
+    /// it is cut into pages it is recorded with its identity, and each page
+    /// whose LSN shows no change since the previous snapshot began takes
+    /// its chunk from that snapshot's entry for the same file, unhashed.
+    fn write_file(
+        &mut self,
+        meta: &EntryMeta,
+        pages: Option<&Pages>,
+        content: &mut dyn Read,
+    ) -> Result<(), WriterError> {
         self.check_failed()?;
+        let pages = pages.filter(|_| self.chunking == Chunking::Fixed { size: PAGE as u32 });
         if self.reuse_unchanged(meta) {
+            if let Some(pages) = pages {
+                self.entries.last_mut().expect("just reused").file_id = Some(pages.id);
+            }
             return Ok(());
         }
         let entry = self.push_entry(meta, EntryKind::File);
         if let Chunking::Fixed { size } = self.chunking {
-            return self.write_fixed(meta, entry, size as usize, content, None);
+            let prev = pages.and_then(|pages| {
+                self.entries[entry].file_id = Some(pages.id);
+                self.previous_pages(&meta.path, pages)
+            });
+            return self.write_fixed(meta, entry, size as usize, content, prev);
         }
         let (min, avg, max) = (
             self.chunker.min_size,
@@ -1020,42 +1037,21 @@ impl Writer {
         self.end_file(entry, size, result)
     }
 
-    /// A file of pages: recorded with its identity, and, where the previous
-    /// snapshot holds the same file (same [`FileId`]) page for page, each
-    /// page whose LSN shows no change since that snapshot began takes its
-    /// chunk from there without being hashed (see [`Pages`]).
-    fn write_paged(
-        &mut self,
-        meta: &EntryMeta,
-        pages: &Pages,
-        content: &mut dyn Read,
-    ) -> Result<(), WriterError> {
-        self.check_failed()?;
-        let page = match self.chunking {
-            Chunking::Fixed { size } if size as usize == PAGE => PAGE,
-            // Not cut into pages: an ordinary file.
-            _ => return self.write_file(meta, content),
-        };
-        if self.reuse_unchanged(meta) {
-            let e = self.entries.last_mut().expect("just reused");
-            e.file_id = Some(pages.id);
-            return Ok(());
-        }
-        let entry = self.push_entry(meta, EntryKind::File);
-        self.entries[entry].file_id = Some(pages.id);
-        let prev = match pages.unchanged_below {
-            Some(below) => self
-                .paged
-                .remove(&meta.path)
-                .or_else(|| self.unchanged.remove(&meta.path))
-                .filter(|p| {
-                    p.file_id == Some(pages.id)
-                        && p.size == Some(p.chunks.len() as u64 * PAGE as u64)
-                })
-                .map(|p| (below, p.chunks)),
-            None => None,
-        };
-        self.write_fixed(meta, entry, page, content, prev)
+    /// The previous snapshot's chunks of the file of pages at `path`, with
+    /// the LSN below which a page counts as unchanged: only when that
+    /// snapshot is comparable (`pages.unchanged_below`), held the same file
+    /// (same [`FileId`]), and recorded it one chunk per page.
+    fn previous_pages(&mut self, path: &str, pages: &Pages) -> Option<(u64, Vec<ChunkId>)> {
+        let below = pages.unchanged_below?;
+        // Under `paged`, or still under `unchanged` when the file has no
+        // stamp this time (see `reuse_unchanged`).
+        let prev = self
+            .paged
+            .remove(path)
+            .or_else(|| self.unchanged.remove(path))?;
+        let same = prev.file_id == Some(pages.id)
+            && prev.size == Some(prev.chunks.len() as u64 * PAGE as u64);
+        same.then_some((below, prev.chunks))
     }
 
     /// Fixed-size chunks are read straight into their own buffers: no copy.
@@ -1141,7 +1137,7 @@ impl EntrySink for Writer {
     }
 
     fn file(&mut self, meta: &EntryMeta, content: &mut dyn Read) -> Result<(), SinkError> {
-        self.write_file(meta, content).map_err(Into::into)
+        self.write_file(meta, None, content).map_err(Into::into)
     }
 
     fn paged_file(
@@ -1150,7 +1146,8 @@ impl EntrySink for Writer {
         pages: &Pages,
         content: &mut dyn Read,
     ) -> Result<(), SinkError> {
-        self.write_paged(meta, pages, content).map_err(Into::into)
+        self.write_file(meta, Some(pages), content)
+            .map_err(Into::into)
     }
 }
 

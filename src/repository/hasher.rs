@@ -1,5 +1,7 @@
-//! The whole-file SHA-256, computed on a thread of its own so the single
-//! sequential hash of a stream overlaps chunking, compression and writing.
+//! The whole-file SHA-256 of a manifest version 2 file, computed on a
+//! thread of its own so that a reader's single sequential hash of a stream
+//! overlaps decoding and writing. (Backups write no whole-file hash since
+//! manifest version 3.)
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,19 +85,15 @@ impl<T: HashInput> StreamHasher<T> {
             .map_err(|_| HasherGone)?;
         rx.recv().map_err(|_| HasherGone)
     }
+}
 
+impl<T: HashInput> Drop for StreamHasher<T> {
     /// Stops the thread and waits for it.
-    pub fn stop(&mut self) {
+    fn drop(&mut self) {
         self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-    }
-}
-
-impl<T: HashInput> Drop for StreamHasher<T> {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 

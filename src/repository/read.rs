@@ -679,7 +679,9 @@ fn consume(
     sink: &mut dyn ReadSink,
     file_hash: bool,
 ) -> Result<(), ReadError> {
-    let hasher = file_hash.then(|| StreamHasher::<Vec<Bytes>>::start(2));
+    // A thread only where some file has a whole-file hash to compare.
+    let any = entries.iter().any(|e| e.sha256.is_some());
+    let hasher = (file_hash && any).then(|| StreamHasher::<Vec<Bytes>>::start(2));
     consume_items(entries, items, sink, hasher.as_ref())
 }
 
