@@ -367,6 +367,73 @@ fn after_rm_rf_of_pgdata_the_cluster_is_rebuilt_from_the_repository_alone() {
     pg.wait_archived(&seg, Duration::from_secs(60));
 }
 
+/// Issue 13: with `wal-push --async` a pusher started by the first
+/// `archive_command` stores the waiting segments ahead of the server, and
+/// each `archive_command` answers from its record. What it stored is what a
+/// point-in-time restore replays.
+#[test]
+fn async_archiving_stores_segments_ahead_of_the_server_and_a_restore_replays_them() {
+    let pg = Cluster::start_async();
+    let plan = s(&pg.plan).to_string();
+    pg.pgbench_init(1);
+    let out = pg.holdfast(&["backup", "--plan", &plan, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A burst of segments: the server waits on one archive_command at a
+    // time while the pusher stores the rest ahead.
+    let out = pgbench(pg.port(), &["-t", "500", "-c", "2", "-n"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut last = String::new();
+    for i in 1..=6 {
+        last = pg.fill_segment(i);
+    }
+    pg.wait_archived(&last, Duration::from_secs(120));
+    let before = state(pg.port());
+    let t = pg.now();
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql("DROP TABLE pgbench_accounts");
+    pg.archive_now();
+    assert_eq!(pg.sql("SELECT failed_count FROM pg_stat_archiver"), "0");
+
+    // The pusher logged each file it stored; no record is left once the
+    // server has asked for every file.
+    let spool: Vec<_> = std::fs::read_dir(pg.path("spool/pg"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(spool.len(), 1, "one server, one folder: {spool:?}");
+    let log = std::fs::read_to_string(spool[0].join("pusher.log")).unwrap();
+    assert!(
+        log.matches("WAL archived ahead").count() >= 7,
+        "the pusher stored the segments:\n{log}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left: Vec<String> = std::fs::read_dir(&spool[0])
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ok") || n.ends_with(".error"))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "records left: {left:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (out, port, _restored) = restore_started(&pg, &plan, &["--at", &t], "restored");
+    let report = json_of(&out);
+    assert!(
+        report["segments_replayed"].as_u64().unwrap() >= 6,
+        "{report}"
+    );
+    assert_eq!(
+        state(port),
+        before,
+        "the restore differs from the state at {t}"
+    );
+}
+
 /// Issue 13: on the database host the base backup reads the data
 /// directory itself, on one held session; a file untouched since the last
 /// backup read it is not read again, and the result restores as a stream

@@ -163,6 +163,38 @@ pub(crate) enum Command {
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Archive asynchronously, as pgBackRest's `archive-async`: a pusher
+        /// started in the background stores the files waiting in
+        /// `pg_wal/archive_status` ahead of the server, several at once, and
+        /// this command answers from its record once the file is stored.
+        #[arg(long = "async", requires = "spool")]
+        asynchronous: bool,
+        /// With `--async`: the spool folder for the pusher's records (one
+        /// folder per plan inside; the server's user must own it).
+        #[arg(long, value_name = "DIR", requires = "asynchronous")]
+        spool: Option<PathBuf>,
+        /// With `--async`: how many files the pusher stores at once (1 to
+        /// 16; each holds about three times a segment in memory).
+        #[arg(long, default_value_t = crate::ops::wal_async::DEFAULT_WORKERS as u16, value_parser = clap::value_parser!(u16).range(1..=16), requires = "asynchronous")]
+        workers: u16,
+        /// With `--async`: how long to wait for the file to be stored before
+        /// failing (the server retries).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, requires = "asynchronous")]
+        timeout: std::time::Duration,
+    },
+    /// The pusher `wal-push --async` starts: stores the files waiting in
+    /// WAL_DIR/archive_status and records each in the spool, then exits
+    /// when none has waited for 2 s.
+    #[command(hide = true)]
+    WalPushAhead {
+        #[command(flatten)]
+        plan: PlanArg,
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+        #[arg(long, default_value_t = crate::ops::wal_async::DEFAULT_WORKERS as u16, value_parser = clap::value_parser!(u16).range(1..=16))]
+        workers: u16,
+        /// The server's `pg_wal` folder.
+        wal_dir: PathBuf,
     },
     /// Archive a MariaDB plan's binlogs continuously (in the foreground,
     /// until SIGTERM or Ctrl-C): completed binlogs whole, the growing one
@@ -445,7 +477,42 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             KeyCommand::List { plan, json } => key::list(&plan, json).await,
             KeyCommand::Remove { plan, id, json } => key::remove(&plan, &id, json).await,
         },
-        Command::WalPush { plan, path, json } => wal::push(&plan, &path, json).await,
+        Command::WalPush {
+            plan,
+            path,
+            json,
+            asynchronous: false,
+            ..
+        } => wal::push(&plan, &path, json).await,
+        Command::WalPush {
+            plan,
+            path,
+            json,
+            spool,
+            workers,
+            timeout,
+            ..
+        } => {
+            let opts = crate::ops::wal_async::AsyncOptions {
+                spool: spool.expect("clap requires --spool with --async"),
+                workers: workers.into(),
+                timeout,
+            };
+            wal::push_async(&plan, &path, &opts, json).await
+        }
+        Command::WalPushAhead {
+            plan,
+            spool,
+            workers,
+            wal_dir,
+        } => {
+            let opts = crate::ops::wal_async::AsyncOptions {
+                spool,
+                workers: workers.into(),
+                timeout: crate::ops::wal_async::DEFAULT_TIMEOUT,
+            };
+            wal::push_ahead(&plan, &wal_dir, &opts).await
+        }
         Command::BinlogArchive {
             plan,
             state_dir,

@@ -28,6 +28,41 @@ pub async fn push(plan: &PlanArg, path: &Path, json: bool) -> Result<Exit, Error
     Ok(Exit::Ok)
 }
 
+/// `wal-push --async`: the same failures, the same first words.
+pub async fn push_async(
+    plan: &PlanArg,
+    path: &Path,
+    opts: &crate::ops::wal_async::AsyncOptions,
+    json: bool,
+) -> Result<Exit, Error> {
+    let plan = plan.load().map_err(|e| {
+        e.context(format!(
+            "unable to archive {}; PostgreSQL keeps it and retries",
+            path.display()
+        ))
+    })?;
+    let report = crate::ops::wal_async::push_async(&plan, path, opts).await?;
+    if json {
+        print_json(&report)?;
+    }
+    tracing::debug!(plan = %plan.name, object = %report.object, bytes = report.bytes, pushed_by = ?report.pushed_by, waited_seconds = report.waited_seconds, "WAL archived");
+    Ok(Exit::Ok)
+}
+
+/// `wal-push-ahead`, the pusher `wal-push --async` starts.
+pub async fn push_ahead(
+    plan: &PlanArg,
+    wal_dir: &Path,
+    opts: &crate::ops::wal_async::AsyncOptions,
+) -> Result<Exit, Error> {
+    let plan = plan.load()?;
+    let report = crate::ops::wal_async::push_ahead(&plan, wal_dir, opts).await?;
+    if report.ran {
+        tracing::info!(plan = %plan.name, pushed = report.pushed, bytes = report.bytes, failed = report.failed, "pusher done: nothing has waited for 2 s");
+    }
+    Ok(Exit::Ok)
+}
+
 pub async fn fetch(
     plan: &PlanArg,
     spool: Option<&Path>,

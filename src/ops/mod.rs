@@ -17,6 +17,7 @@ pub mod restore;
 pub mod snapshots;
 pub mod verify;
 pub mod wal;
+pub mod wal_async;
 
 use std::sync::Arc;
 

@@ -44,6 +44,27 @@ impl Cluster {
         cluster
     }
 
+    /// [`Cluster::start`] with asynchronous archiving: `archive_command` is
+    /// `wal-push --async` with its spool in `spool/`.
+    pub fn start_async() -> Cluster {
+        let cluster = Cluster::create(None, "{mode: compliance, days: 8}", "{keep_daily: 7}");
+        let spool = cluster.path("spool");
+        std::fs::create_dir(&spool).unwrap();
+        chown_postgres(&spool);
+        let conf = format!(
+            "archive_command = 'HOLDFAST_LOG=warn HOLDFAST_KEY=\"{TEST_KEY}\" {BIN} wal-push --async --spool {spool} --plan {plan} %p'\n",
+            spool = spool.display(),
+            plan = cluster.plan.display()
+        );
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(cluster.path("data/postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut file, conf.as_bytes()).unwrap();
+        cluster.start_server();
+        cluster
+    }
+
     /// initdb and the archiving settings, not started yet. `repository` is
     /// the plan's `repository:` block as a YAML flow mapping; `None` for a
     /// local repository in `repo/`.

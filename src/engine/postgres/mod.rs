@@ -9,6 +9,7 @@
 //! * `wal` — WAL names, LSNs, segments, timelines; push/fetch; prune's rule;
 //! * `pitr` — choosing a base backup, checking the WAL, restorable windows;
 //! * `recovery` — recovery settings, and starting the restored server;
+//! * `spool` — asynchronous archiving's records (`wal-push --async`);
 //! * `waldump` — commit times read with `pg_waldump`;
 //! * `dump` — restoring a logical dump with `pg_restore`.
 
@@ -20,6 +21,7 @@ pub mod dump;
 pub mod meta;
 pub mod pitr;
 pub mod recovery;
+pub mod spool;
 pub mod wal;
 pub mod waldump;
 

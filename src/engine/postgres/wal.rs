@@ -78,6 +78,23 @@ pub async fn push(
     Ok(log_archive::push(store, crypto, key, path, retention).await?)
 }
 
+/// [`push`] for a file's bytes already read, named `name`; `what` names
+/// them in warnings. `wal-push-ahead` reads a file itself, to know it was
+/// still waiting to be archived (so not yet recycled) when it was read.
+pub async fn push_bytes(
+    store: &dyn Store,
+    crypto: &crate::repository::Crypto,
+    plan: &PlanName,
+    name: &str,
+    raw: Vec<u8>,
+    what: &str,
+    retention: Option<Retention>,
+) -> Result<PushReport, WalError> {
+    check_name(name)?;
+    let key = format!("{}{name}", wal_prefix(plan));
+    Ok(log_archive::push_bytes(store, crypto, key, raw, what, retention).await?)
+}
+
 /// Restores archived file `name` to `dest` (`restore_command`), checked
 /// against its SHA-256, written beside it and renamed into place. Returns
 /// the bytes written and the object they came from.
