@@ -174,7 +174,7 @@ pub(crate) enum Command {
         #[arg(long, value_name = "DIR", requires = "asynchronous")]
         spool: Option<PathBuf>,
         /// With `--async`: how many files the pusher stores at once (1 to
-        /// 16; each holds about three times a segment in memory).
+        /// 16; each holds a segment and its compressed copy in memory).
         #[arg(long, default_value_t = crate::ops::wal_async::DEFAULT_WORKERS as u16, value_parser = clap::value_parser!(u16).range(1..=16), requires = "asynchronous")]
         workers: u16,
         /// With `--async`: how long to wait for the file to be stored before
