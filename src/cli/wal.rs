@@ -11,15 +11,20 @@ use crate::error::{Error, Exit};
 use crate::ops::wal::Fetched;
 use crate::plan::Plan;
 
-pub async fn push(plan: &PlanArg, path: &Path, json: bool) -> Result<Exit, Error> {
-    // Runbook section 9 tells on-call to look for `unable to archive` in the
-    // server log: every failure, the plan's own included, starts with it.
-    let plan = plan.load().map_err(|e| {
+/// The plan `archive_command` names. Runbook section 9 tells on-call to
+/// look for `unable to archive` in the server log: every failure, the
+/// plan's own included, starts with it.
+fn load_for_push(plan: &PlanArg, path: &Path) -> Result<Plan, Error> {
+    plan.load().map_err(|e| {
         e.context(format!(
             "unable to archive {}; PostgreSQL keeps it and retries",
             path.display()
         ))
-    })?;
+    })
+}
+
+pub async fn push(plan: &PlanArg, path: &Path, json: bool) -> Result<Exit, Error> {
+    let plan = load_for_push(plan, path)?;
     let report = crate::ops::wal::push(&plan, path).await?;
     if json {
         print_json(&report)?;
@@ -35,12 +40,7 @@ pub async fn push_async(
     opts: &crate::ops::wal_async::AsyncOptions,
     json: bool,
 ) -> Result<Exit, Error> {
-    let plan = plan.load().map_err(|e| {
-        e.context(format!(
-            "unable to archive {}; PostgreSQL keeps it and retries",
-            path.display()
-        ))
-    })?;
+    let plan = load_for_push(plan, path)?;
     let report = crate::ops::wal_async::push_async(&plan, path, opts).await?;
     if json {
         print_json(&report)?;

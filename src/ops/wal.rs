@@ -26,16 +26,20 @@ pub fn check_archiving(plan: &Plan) -> Result<(), Error> {
     }
 }
 
+/// What every failure of `archive_command` starts with (runbook section 9
+/// tells on-call to look for `unable to archive` in the server log).
+pub fn unable_to_archive(plan: &Plan, path: &Path) -> String {
+    format!(
+        "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
+        path.display(),
+        plan.name
+    )
+}
+
 /// Archives the WAL file at `path`. Each file stays locked as long as the
 /// longest-kept base backup may need it.
 pub async fn push(plan: &Plan, path: &Path) -> Result<PushReport, Error> {
-    let context = || {
-        format!(
-            "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
-            path.display(),
-            plan.name
-        )
-    };
+    let context = || unable_to_archive(plan, path);
     check_archiving(plan).with_context(context)?;
     // Like a first backup, the first archived segment creates the repository.
     let repo = super::open_or_init_repo(plan, Utc::now())

@@ -17,7 +17,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
-use super::wal::check_archiving;
+use super::wal::{check_archiving, unable_to_archive};
 use crate::engine::postgres::spool::{self, Pushed, Spool};
 use crate::engine::postgres::wal;
 use crate::error::{Context, Error, Exit};
@@ -100,13 +100,7 @@ pub async fn push_async(
     path: &Path,
     opts: &AsyncOptions,
 ) -> Result<AsyncPushReport, Error> {
-    let context = || {
-        format!(
-            "unable to archive {} for plan {}; PostgreSQL keeps it and retries",
-            path.display(),
-            plan.name
-        )
-    };
+    let context = || unable_to_archive(plan, path);
     check_archiving(plan).with_context(context)?;
     let name = path
         .file_name()
