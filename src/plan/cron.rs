@@ -291,9 +291,9 @@ impl Schedule {
     /// The runs [`Schedule::longest_gap`] and [`Schedule::wall_clock_gaps`]
     /// look at, in UTC: every run after `from` up to and including the
     /// first at least a year on and the `min_runs`-th, capped at 10 000.
-    /// Each cron stops there rather than at the cap: every plan load asks,
-    /// and 10 000 runs of a daily backup (27 years of them) cost a
-    /// `wal-push` about 20 ms.
+    /// Each cron stops there rather than at the cap: every plan load asks
+    /// (every `wal-push` and `wal-fetch`), and 10 000 runs of a daily
+    /// backup (27 years of them) took a plan load from 6 to 16 ms of CPU.
     fn runs_for_gaps(&self, from: DateTime<Utc>, min_runs: usize) -> Vec<DateTime<Utc>> {
         const CAP: usize = 10_000;
         let cap = CAP.max(min_runs);
