@@ -16,16 +16,17 @@
 //! prune would still keep for them (PostgreSQL's WAL). Locks are only ever
 //! lengthened, through the same routine a backup uses for reused packs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::engine::engine_for;
 use crate::error::{Error, Exit};
+use crate::ids::PackId;
 use crate::plan::{Plan, Tier};
 use crate::repository::prune::keep_set;
-use crate::repository::{locks::extend_all, pack_key, Manifest, RepoError, SnapshotRef};
+use crate::repository::{locks::extend_all, pack_key, ManifestHead, RepoError, SnapshotRef};
 use crate::repository::{CONFIG_KEY, REPOSITORY_LOCK};
 use crate::store::{LockKind, Retention, StoreError};
 
@@ -148,15 +149,14 @@ async fn keep_locked(
     report: &mut KeepLocksReport,
 ) -> Result<(), Error> {
     let store = repo.store();
-    let mut manifests: Vec<(SnapshotRef, Manifest)> = Vec::new();
-    for snap in repo.list_snapshots(&plan.name).await? {
-        // An unreadable manifest could be a kept snapshot: refuse to guess.
-        let m = repo.load_manifest(&snap).await?;
-        manifests.push((snap, m));
-    }
-    let all: Vec<_> = manifests
+    // The policy needs only the heads the listing read; each kept
+    // snapshot's entries are read once, below, one manifest at a time.
+    let listed = repo.snapshots(&plan.name).await?;
+    listed.warn(&plan.name);
+    let all: Vec<_> = listed
+        .accepted
         .iter()
-        .map(|(s, m)| (s.id, m.started_at, m.tier))
+        .map(|a| (a.snap.id, a.head.started_at, a.head.tier))
         .collect();
     let keep = keep_set(&all, &plan.retention, plan.schedule.timezone());
     let index = repo.load_index_strict().await?;
@@ -173,20 +173,31 @@ async fn keep_locked(
             n.target = target;
         }
     };
-    let mut kept: Vec<(&SnapshotRef, &Manifest, String, Retention)> = Vec::new();
+    // Each kept snapshot, with the packs it needs.
+    let mut kept: Vec<(
+        &SnapshotRef,
+        &ManifestHead,
+        String,
+        Retention,
+        HashSet<PackId>,
+    )> = Vec::new();
     let mut maybe_absent: std::collections::HashSet<String> = Default::default();
     let mut longest: Option<Retention> = None;
     // Key objects decrypt everything: each one not removed stays locked as
     // long as the config (a removed one is left to expire).
     let key_objects =
         crate::repository::keys::live_key_objects(store.as_ref(), repo.crypto()).await?;
-    for (snap, m) in &manifests {
+    for a in &listed.accepted {
+        let (snap, head) = (&a.snap, &a.head);
         let Some(rule) = keep.get(&snap.id) else {
             continue;
         };
-        let Some(target) = target_for(m.tier.unwrap_or(Tier::Last)) else {
+        let Some(target) = target_for(head.tier.unwrap_or(Tier::Last)) else {
             continue;
         };
+        // A kept snapshot whose manifest cannot be read: refuse to guess.
+        let m = repo.load_manifest(snap).await?;
+        let mut packs: HashSet<PackId> = HashSet::new();
         if longest.is_none_or(|l| l.until < target.until) {
             longest = Some(target);
         }
@@ -215,12 +226,14 @@ async fn keep_locked(
                     if index.is_disputed(c) {
                         maybe_absent.insert(pack_key(&loc.pack));
                     }
-                    need(pack_key(&loc.pack), target, false);
+                    if packs.insert(loc.pack) {
+                        need(pack_key(&loc.pack), target, false);
+                    }
                     need(index.source(loc.source).to_string(), target, false);
                 }
             }
         }
-        kept.push((snap, m, rule.clone(), target));
+        kept.push((snap, head, rule.clone(), target, packs));
     }
 
     // Archived logs the kept snapshots can still replay, kept as long as the
@@ -229,7 +242,7 @@ async fn keep_locked(
         engine_for(plan).ok().and_then(|e| e.log_retention(plan)),
         longest,
     ) {
-        let kept_manifests: Vec<&Manifest> = kept.iter().map(|(_, m, _, _)| *m).collect();
+        let kept_manifests: Vec<&ManifestHead> = kept.iter().map(|(_, m, ..)| *m).collect();
         for info in store.list(&logs.prefix()).await? {
             let name = info.key.rsplit('/').next().unwrap_or_default();
             if !logs.expired(&kept_manifests, name) {
@@ -299,7 +312,7 @@ async fn keep_locked(
     }
 
     // Per snapshot: the earliest lock end among the objects it needs.
-    for (snap, m, rule, target) in &kept {
+    for (snap, m, rule, target, packs) in &kept {
         let mut earliest = ends.get(&snap.key).copied();
         let mut consider = |key: &str| {
             if let Some(t) = ends.get(key) {
@@ -307,12 +320,8 @@ async fn keep_locked(
             }
         };
         consider(CONFIG_KEY);
-        for e in &m.entries {
-            for c in &e.chunks {
-                for loc in index.candidates(c) {
-                    consider(&pack_key(&loc.pack));
-                }
-            }
+        for pack in packs {
+            consider(&pack_key(pack));
         }
         report.snapshots.push(KeptSnapshot {
             snapshot: snap.id.short(),

@@ -74,11 +74,10 @@ pub struct SnapshotsReport {
 pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
     let repo = super::open_repo(plan).await?;
     let listed = repo.snapshots(&plan.name).await?;
-    let snaps = listed.refs();
     let mut rows = Vec::new();
     let mut unreadable = 0;
     let mut rejected = Vec::new();
-    for r in listed.rejected {
+    for r in listed.rejected.iter().cloned() {
         match (r.kind, SnapshotRef::from_key(&r.object)) {
             (RejectKind::Unreadable, Some(s)) => {
                 unreadable += 1;
@@ -93,36 +92,26 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
             _ => rejected.push(r),
         }
     }
-    for s in &snaps {
-        match repo.load_manifest(s).await {
-            Ok(m) => rows.push(SnapshotRow::Readable {
-                files: m.stats.files,
-                finished_at: m.finished_at,
-                id: s.id,
-                key: s.key.clone(),
-                new_bytes: m.stats.new_bytes,
-                pending: None,
-                previous: m.previous,
-                restorable: None,
-                retain_until: m.retention.map(|r| r.until),
-                short_id: s.id.short(),
-                source: m.source.kind.clone(),
-                stored_bytes: m.stats.stored_bytes,
-                tier: m.tier,
-                time: m.started_at,
-                total_bytes: m.stats.total_bytes,
-            }),
-            Err(e) => {
-                unreadable += 1;
-                rows.push(SnapshotRow::Unreadable {
-                    error: e.to_string(),
-                    id: s.id,
-                    key: s.key.clone(),
-                    short_id: s.id.short(),
-                    time: s.started_at,
-                });
-            }
-        }
+    // The listing read every head; the entries are not needed here.
+    for a in &listed.accepted {
+        let (s, m) = (&a.snap, &a.head);
+        rows.push(SnapshotRow::Readable {
+            files: m.stats.files,
+            finished_at: m.finished_at,
+            id: s.id,
+            key: s.key.clone(),
+            new_bytes: m.stats.new_bytes,
+            pending: None,
+            previous: m.previous,
+            restorable: None,
+            retain_until: m.retention.map(|r| r.until),
+            short_id: s.id.short(),
+            source: m.source.kind.clone(),
+            stored_bytes: m.stats.stored_bytes,
+            tier: m.tier,
+            time: m.started_at,
+            total_bytes: m.stats.total_bytes,
+        });
     }
     rows.sort_by_key(|r| match r {
         SnapshotRow::Readable { key, .. } | SnapshotRow::Unreadable { key, .. } => key.clone(),

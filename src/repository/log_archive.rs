@@ -676,7 +676,7 @@ pub trait LogRetention: Send + Sync {
     /// from `remaining` (manifests of the plan's kept snapshots). Must
     /// answer false for everything when `remaining` holds no snapshot the
     /// archive belongs to.
-    fn expired(&self, remaining: &[&super::Manifest], name: &str) -> bool;
+    fn expired(&self, remaining: &[&super::ManifestHead], name: &str) -> bool;
 }
 
 #[cfg(test)]

@@ -40,7 +40,7 @@ use crate::store::{PutOptions, Retention, Store, StoreError};
 pub use crypto::Crypto;
 pub use index::{ChunkLocation, Index, SourceId};
 pub use keys::RepoKey;
-pub use manifest::{Manifest, ManifestEntry, ManifestHead, SnapshotRef};
+pub use manifest::{Manifest, ManifestEntry, ManifestHead, SnapshotRef, SourceRecord};
 pub use trust::{PlanSnapshots, RejectKind, Rejected};
 
 /// The repository format version this build writes and reads.

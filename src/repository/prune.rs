@@ -24,7 +24,8 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decode_json_zst, pack_key, Manifest, RepoError, Repository, SnapshotRef, FORMAT_VERSION,
+    decode_json_zst, pack_key, Manifest, ManifestHead, RepoError, Repository, SnapshotRef,
+    FORMAT_VERSION,
 };
 use crate::ids::{Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, RetentionSpec, Tier};
@@ -193,8 +194,12 @@ async fn prune_locked(
     };
     // Everything must be readable before anything is deleted.
     repo.prune_records().await?;
-    // Every plan's manifests: packs are shared across plans by dedup.
-    let mut all: Vec<(SnapshotRef, Manifest)> = Vec::new();
+    let (index, fallback) = repo.load_index_strict_split().await?;
+    // Every plan's manifests (packs are shared across plans by dedup), each
+    // kept as its head and the packs it needs: one manifest's entries are
+    // in memory at a time, however many snapshots the plans keep.
+    let packs_of = |m: &Manifest| needed_packs(m, &index, &fallback);
+    let mut all: Vec<(SnapshotRef, ManifestHead, HashSet<PackId>)> = Vec::new();
     // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
     // listings skip keys when one plan's name is a prefix of another's
     // (SeaweedFS 4.48: `snapshots/home/` beside `snapshots/home-docs/`).
@@ -212,7 +217,7 @@ async fn prune_locked(
     // and prune never deletes them (they are evidence; `verify` names
     // them). Those that read keep their packs, though: deleting data on the
     // word of a check is the one mistake prune must not make.
-    let mut rejected_manifests: Vec<Manifest> = Vec::new();
+    let mut rejected_packs: HashSet<PackId> = HashSet::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for p in &plans {
         let Ok(p) = PlanName::new(p) else {
@@ -234,14 +239,15 @@ async fn prune_locked(
             }
             if let Some(snap) = SnapshotRef::from_key(&r.object) {
                 if let Ok(m) = repo.load_manifest(&snap).await {
-                    rejected_manifests.push(m);
+                    rejected_packs.extend(packs_of(&m));
                 }
             }
         }
         for a in listed.accepted {
             seen.insert(a.snap.key.clone());
             let m = repo.load_manifest(&a.snap).await?;
-            all.push((a.snap, m));
+            let packs = packs_of(&m);
+            all.push((a.snap, m.head(), packs));
         }
     }
     // Keys under a plan name that is not a valid plan name: nobody's
@@ -249,14 +255,14 @@ async fn prune_locked(
     for key in keys.iter().filter(|k| !seen.contains(*k)) {
         if let Some(snap) = SnapshotRef::from_key(key) {
             if let Ok(m) = repo.load_manifest(&snap).await {
-                rejected_manifests.push(m);
+                rejected_packs.extend(packs_of(&m));
             }
         }
     }
     let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
         .iter()
-        .filter(|(_, m)| &m.plan == plan)
-        .map(|(s, m)| (s.id, m.started_at, m.tier))
+        .filter(|(_, m, _)| &m.plan == plan)
+        .map(|(s, m, _)| (s.id, m.started_at, m.tier))
         .collect();
     let keep = keep_set(&mine, &opts.retention, opts.timezone);
 
@@ -276,11 +282,10 @@ async fn prune_locked(
         refused: Vec::new(),
     };
     let mut removing: Vec<SnapshotRef> = Vec::new();
-    let mut remaining: Vec<&Manifest> = Vec::new();
-    let mut holding: Vec<&Manifest> = rejected_manifests.iter().collect();
-    for (snap, m) in &all {
+    let mut remaining: Vec<(&ManifestHead, &HashSet<PackId>)> = Vec::new();
+    for (snap, m, packs) in &all {
         if &m.plan != plan {
-            remaining.push(m);
+            remaining.push((m, packs));
             continue;
         }
         let mut locked_until = m.retention.map(|r| r.until).filter(|u| *u > opts.now);
@@ -305,12 +310,12 @@ async fn prune_locked(
         };
         if let Some(rule) = keep.get(&snap.id) {
             report.kept.push(verdict(rule.clone()));
-            remaining.push(m);
+            remaining.push((m, packs));
         } else if let Some(until) = locked_until {
             report
                 .held_by_lock
                 .push(verdict(format!("out of policy; locked until {until}")));
-            remaining.push(m);
+            remaining.push((m, packs));
         } else {
             report
                 .removed
@@ -319,30 +324,11 @@ async fn prune_locked(
         }
     }
 
-    // Packs: everything listed that no remaining snapshot needs. A chunk
-    // found only in a pack some prune record names keeps that pack: a real
-    // prune never names a pack a remaining snapshot needs, so such a record
-    // is forged (or stale) about it, and must not get real data deleted.
-    let (index, fallback) = repo.load_index_strict_split().await?;
-    let mut live: HashSet<PackId> = HashSet::new();
-    holding.extend(remaining.iter().copied());
-    for m in &holding {
-        for e in &m.entries {
-            for c in &e.chunks {
-                // Every candidate location: which one holds the chunk is
-                // not known without reading it, so none may go.
-                let mut indexed = false;
-                for loc in index.candidates(c) {
-                    live.insert(loc.pack);
-                    indexed = true;
-                }
-                if !indexed {
-                    if let Some(loc) = fallback.get(c) {
-                        live.insert(loc.pack);
-                    }
-                }
-            }
-        }
+    // Packs: everything listed that no remaining snapshot needs (nor a
+    // rejected manifest that reads: see above).
+    let mut live: HashSet<PackId> = rejected_packs;
+    for (_, packs) in &remaining {
+        live.extend(packs.iter().copied());
     }
     let mut dead: BTreeMap<PackId, u64> = BTreeMap::new();
     for info in store.list("packs/").await? {
@@ -370,10 +356,10 @@ async fn prune_locked(
     // Archived logs no remaining snapshot of this plan can replay (for
     // PostgreSQL: WAL before the oldest remaining base backup's first
     // segment). Without a remaining base backup, none is touched.
-    let plan_remaining: Vec<&Manifest> = remaining
+    let plan_remaining: Vec<&ManifestHead> = remaining
         .iter()
+        .map(|(m, _)| *m)
         .filter(|m| &m.plan == plan)
-        .copied()
         .collect();
     let mut expired_logs = Vec::new();
     if let Some(logs) = opts.logs {
@@ -511,6 +497,28 @@ async fn prune_locked(
     report.index_objects_removed = index_removed;
     report.other_objects_removed = other;
     Ok(report)
+}
+
+/// The packs `m`'s chunks may be in: every candidate location (which one
+/// holds a chunk is not known without reading it, so none may go). A chunk
+/// found only in a pack some prune record names keeps that pack: a real
+/// prune never names a pack a remaining snapshot needs, so such a record is
+/// forged (or stale) about it, and must not get real data deleted.
+fn needed_packs(m: &Manifest, index: &super::Index, fallback: &super::Index) -> HashSet<PackId> {
+    let mut packs = HashSet::new();
+    for c in m.entries.iter().flat_map(|e| &e.chunks) {
+        let mut indexed = false;
+        for loc in index.candidates(c) {
+            packs.insert(loc.pack);
+            indexed = true;
+        }
+        if !indexed {
+            if let Some(loc) = fallback.get(c) {
+                packs.insert(loc.pack);
+            }
+        }
+    }
+    packs
 }
 
 #[cfg(test)]

@@ -135,7 +135,7 @@ impl PlanSnapshots {
 
 /// What one listed key turned out to be before the chain is looked at.
 enum Checked {
-    Candidate(Accepted),
+    Candidate(Box<Accepted>),
     Rejected(Rejected),
     Gone,
 }
@@ -173,7 +173,7 @@ impl Repository {
         let mut rejected = Vec::new();
         for (_, c) in results {
             match c {
-                Checked::Candidate(a) => candidates.push(a),
+                Checked::Candidate(a) => candidates.push(*a),
                 Checked::Rejected(r) => rejected.push(r),
                 Checked::Gone => {}
             }
@@ -272,7 +272,7 @@ async fn check_one(
             );
         }
     }
-    Ok(Checked::Candidate(Accepted { snap, head }))
+    Ok(Checked::Candidate(Box::new(Accepted { snap, head })))
 }
 
 /// The hash chain, from manifests that passed their own checks (oldest

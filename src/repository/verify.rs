@@ -130,6 +130,31 @@ pub async fn verify_sampled(
     sample: Option<SampleRequest>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
+    verify_holding(
+        repo,
+        plan,
+        selector,
+        log_prefix,
+        sample,
+        progress,
+        HELD_CHUNKS,
+    )
+    .await
+}
+
+/// [`verify_sampled`], keeping manifests between its passes only while
+/// they hold at most `held_chunks` chunk ids together ([`HELD_CHUNKS`] in
+/// [`verify_sampled`]); the others are read again for each pass. The report
+/// is the same whatever `held_chunks` is (the tests run it with 0).
+pub async fn verify_holding(
+    repo: &Repository,
+    plan: &PlanName,
+    selector: Option<&str>,
+    log_prefix: Option<&str>,
+    sample: Option<SampleRequest>,
+    progress: ProgressMode,
+    held_chunks_max: usize,
+) -> Result<VerifyReport, super::RepoError> {
     // Archived logs (PostgreSQL's WAL) are checked beside everything else
     // (only when the whole plan is verified): they need nothing the other
     // checks find, and the file pass below leaves a core idle while one
@@ -186,22 +211,59 @@ pub async fn verify_sampled(
         .filter_map(|r| SnapshotRef::from_key(&r.object).map(|s| s.id))
         .collect();
 
-    // Manifests: each checked against its name; the chain against the listing.
-    let mut manifests: Vec<(SnapshotRef, super::Manifest)> = Vec::new();
+    // Manifests: each checked against its name; the chain against the
+    // listing. Each is read here for the packs and chunks it needs, and
+    // kept for the passes after the pack pass only while all kept hold
+    // at most `held_chunks_max` chunks; the others are read again there,
+    // one at a time, so memory does not grow with the number of snapshots.
+    let mut manifests: Vec<Held> = Vec::new();
+    let mut held_chunks = 0usize;
+    // Which packs each snapshot needs, and chunks in no index.
+    let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
+    let mut needed_chunks: HashMap<PackId, BTreeSet<crate::ids::ChunkId>> = HashMap::new();
     for snap in &selected {
-        match repo.load_manifest(snap).await {
-            Ok(m) => manifests.push((snap.clone(), m)),
-            Err(e) => problems.push(Problem {
-                object: snap.key.clone(),
-                kind: if matches!(&e, super::RepoError::Store(s) if s.is_not_found()) {
-                    ProblemKind::Missing
-                } else {
-                    ProblemKind::Corrupt
-                },
-                detail: e.to_string(),
-                snapshots: vec![snap.id.short()],
-            }),
+        let m = match repo.load_manifest(snap).await {
+            Ok(m) => m,
+            Err(e) => {
+                problems.push(manifest_problem(snap, &e));
+                continue;
+            }
+        };
+        for e in &m.entries {
+            let mut unindexed = Vec::new();
+            for c in &e.chunks {
+                if !index.contains(c) {
+                    unindexed.push(c);
+                }
+                // Every candidate location is checked: which one is right
+                // is known only once read.
+                for loc in index.candidates(c) {
+                    users.entry(loc.pack).or_default().insert(snap.id.short());
+                    needed_chunks.entry(loc.pack).or_default().insert(*c);
+                }
+            }
+            if let Some(first) = unindexed.first() {
+                problems.push(Problem {
+                    object: format!("chunk {first}"),
+                    kind: ProblemKind::Missing,
+                    detail: format!(
+                        "{} chunk(s) of {} are listed in no readable index object (first: {first})",
+                        unindexed.len(),
+                        e.path
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
+            }
         }
+        let chunks: usize = m.entries.iter().map(|e| e.chunks.len()).sum();
+        let keep = held_chunks + chunks <= held_chunks_max;
+        held_chunks += if keep { chunks } else { 0 };
+        manifests.push(Held {
+            snap: snap.clone(),
+            head: m.head(),
+            file_hashes: m.entries.iter().any(|e| e.sha256.is_some()),
+            manifest: keep.then_some(m),
+        });
     }
     let listed: BTreeSet<SnapshotId> = all.iter().map(|s| s.id).collect();
     let (records, record_faults) = repo.prune_records_checked().await?;
@@ -215,7 +277,7 @@ pub async fn verify_sampled(
         .iter()
         .flat_map(|(_, r)| r.snapshots.iter().copied())
         .collect();
-    for (snap, m) in &manifests {
+    for Held { snap, head: m, .. } in &manifests {
         let pos = all.iter().position(|s| s.id == snap.id);
         let expected_prev = pos.and_then(|p| p.checked_sub(1)).map(|p| all[p].id);
         if let Some(prev) = m.previous {
@@ -249,38 +311,6 @@ pub async fn verify_sampled(
                         expected_prev
                             .map(|p| p.short())
                             .unwrap_or_else(|| "none".into())
-                    ),
-                    snapshots: vec![snap.id.short()],
-                });
-            }
-        }
-    }
-
-    // Which packs each snapshot needs, and chunks in no index.
-    let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
-    let mut needed_chunks: HashMap<PackId, BTreeSet<crate::ids::ChunkId>> = HashMap::new();
-    for (snap, m) in &manifests {
-        for e in &m.entries {
-            let mut unindexed = Vec::new();
-            for c in &e.chunks {
-                if !index.contains(c) {
-                    unindexed.push(c);
-                }
-                // Every candidate location is checked: which one is right
-                // is known only once read.
-                for loc in index.candidates(c) {
-                    users.entry(loc.pack).or_default().insert(snap.id.short());
-                    needed_chunks.entry(loc.pack).or_default().insert(*c);
-                }
-            }
-            if let Some(first) = unindexed.first() {
-                problems.push(Problem {
-                    object: format!("chunk {first}"),
-                    kind: ProblemKind::Missing,
-                    detail: format!(
-                        "{} chunk(s) of {} are listed in no readable index object (first: {first})",
-                        unindexed.len(),
-                        e.path
                     ),
                     snapshots: vec![snap.id.short()],
                 });
@@ -531,7 +561,13 @@ pub async fn verify_sampled(
                 && (!index.is_disputed(c) || good_places.contains(&(l.pack, *c, l.blob.offset)))
         })
     };
-    for (snap, m) in &manifests {
+    let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
+    for held in &manifests {
+        let Some(m) = held.entries(repo, &mut problems).await else {
+            continue;
+        };
+        let m = m.as_ref();
+        let snap = &held.snap;
         let mut wrong = m.entries.iter().filter_map(|e| {
             if e.kind != EntryKind::File || e.sha256.is_some() {
                 return None;
@@ -557,12 +593,9 @@ pub async fn verify_sampled(
                 snapshots: vec![snap.id.short()],
             });
         }
-    }
 
-    // Lock coverage: every object a snapshot needs is locked at least until
-    // the snapshot's own retain-until.
-    let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
-    for (snap, m) in &manifests {
+        // Lock coverage: every object a snapshot needs is locked at least
+        // until the snapshot's own retain-until.
         let Some(r) = m.retention else { continue };
         let mut need = |key: String| {
             let e = required.entry(key).or_insert((r.until, BTreeSet::new()));
@@ -628,7 +661,16 @@ pub async fn verify_sampled(
     let mut files_good: std::collections::HashSet<FileKey> = Default::default();
     let mut files_bad: HashMap<FileKey, String> = HashMap::new();
     // Last use of the manifests: each one's entries are taken, not copied.
-    for (snap, m) in &mut manifests {
+    // Only manifests with whole-file hashes (version 2) are read again.
+    for held in manifests.iter_mut().filter(|h| h.file_hashes) {
+        let snap = held.snap.clone();
+        let mut m = match held.manifest.take() {
+            Some(m) => m,
+            None => match held.entries(repo, &mut problems).await {
+                Some(m) => m.into_owned(),
+                None => continue,
+            },
+        };
         let mut known_bad: Option<String> = None;
         // In entry order (to find the one a failure names), and as a set.
         let mut keys = Vec::new();
@@ -1002,6 +1044,54 @@ fn check_pack(
         shown.join("; ")
     });
     (detail, checked, bad, good)
+}
+
+/// At most this many chunk ids of manifests (32 bytes each: 32 MiB) are
+/// kept in memory between verify's passes; manifests beyond it are read
+/// again for each pass that needs their entries.
+pub const HELD_CHUNKS: usize = 1 << 20;
+
+/// A snapshot verify read, with its manifest while it is held.
+struct Held {
+    snap: SnapshotRef,
+    head: super::ManifestHead,
+    /// Some file entry has a whole-file SHA-256 (manifest version 2).
+    file_hashes: bool,
+    manifest: Option<super::Manifest>,
+}
+
+impl Held {
+    /// The manifest: held, or read again (a failure is a problem, named).
+    async fn entries(
+        &self,
+        repo: &Repository,
+        problems: &mut Vec<Problem>,
+    ) -> Option<std::borrow::Cow<'_, super::Manifest>> {
+        if let Some(m) = &self.manifest {
+            return Some(std::borrow::Cow::Borrowed(m));
+        }
+        match repo.load_manifest(&self.snap).await {
+            Ok(m) => Some(std::borrow::Cow::Owned(m)),
+            Err(e) => {
+                problems.push(manifest_problem(&self.snap, &e));
+                None
+            }
+        }
+    }
+}
+
+/// A manifest that could not be read, as a problem.
+fn manifest_problem(snap: &SnapshotRef, e: &super::RepoError) -> Problem {
+    Problem {
+        object: snap.key.clone(),
+        kind: if matches!(e, super::RepoError::Store(s) if s.is_not_found()) {
+            ProblemKind::Missing
+        } else {
+            ProblemKind::Corrupt
+        },
+        detail: e.to_string(),
+        snapshots: vec![snap.id.short()],
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::ids::Hash256;
 
 use crate::plan::PlanName;
 use crate::repository::log_archive::{self, LogError, LogRetention};
-use crate::repository::{Crypto, Manifest};
+use crate::repository::{Crypto, ManifestHead, SourceRecord};
 use crate::store::Store;
 
 /// `\xfebin`, the first four bytes of every binlog (format v4).
@@ -939,11 +939,11 @@ pub struct BinlogRetention {
 }
 
 /// The binlog a MariaDB snapshot's restore starts replaying from.
-pub fn snapshot_binlog(m: &Manifest) -> Option<BinlogName> {
-    if m.source.kind != crate::plan::SourceKind::Mariadb.as_str() {
+pub fn snapshot_binlog(source: &SourceRecord) -> Option<BinlogName> {
+    if source.kind != crate::plan::SourceKind::Mariadb.as_str() {
         return None;
     }
-    let file = m.source.metadata.get("binlog_file")?.as_str()?;
+    let file = source.metadata.get("binlog_file")?.as_str()?;
     BinlogName::parse(file).ok()
 }
 
@@ -952,8 +952,12 @@ impl LogRetention for BinlogRetention {
         binlog_prefix(&self.plan)
     }
 
-    fn expired(&self, remaining: &[&Manifest], name: &str) -> bool {
-        let Some(oldest) = remaining.iter().filter_map(|m| snapshot_binlog(m)).min() else {
+    fn expired(&self, remaining: &[&ManifestHead], name: &str) -> bool {
+        let Some(oldest) = remaining
+            .iter()
+            .filter_map(|m| snapshot_binlog(&m.source))
+            .min()
+        else {
             return false;
         };
         match ObjectName::parse(name) {
@@ -1498,26 +1502,9 @@ mod tests {
         assert!("0-1".parse::<Gtid>().is_err());
     }
 
-    fn manifest_with(binlog_file: Option<&str>) -> Manifest {
-        let t = Utc.timestamp_opt(1_767_225_600, 0).unwrap();
-        let mut m = Manifest {
-            format: "holdfast-manifest".into(),
-            version: 2,
-            plan: PlanName::new("p").unwrap(),
-            previous: None,
-            holdfast_version: "x".into(),
-            hostname: None,
-            source: crate::repository::manifest::SourceRecord {
-                kind: "mariadb".into(),
-                metadata: Default::default(),
-            },
-            started_at: t,
-            finished_at: t,
-            retention: None,
-            tier: None,
-            stats: Default::default(),
-            entries: Vec::new(),
-        };
+    fn manifest_with(binlog_file: Option<&str>) -> ManifestHead {
+        let mut m = ManifestHead::example();
+        m.source.kind = "mariadb".into();
         if let Some(f) = binlog_file {
             m.source
                 .metadata

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::SourceKind;
 use crate::repository::source::SourceMetadata;
-use crate::repository::Manifest;
+use crate::repository::SourceRecord;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MariaSnapshotMeta {
@@ -55,11 +55,11 @@ pub struct MariaSnapshotMeta {
 impl MariaSnapshotMeta {
     /// The metadata of a MariaDB snapshot; `None` for other kinds and for
     /// metadata of another shape.
-    pub fn of(m: &Manifest) -> Option<MariaSnapshotMeta> {
-        if m.source.kind != SourceKind::Mariadb.as_str() {
+    pub fn of(source: &SourceRecord) -> Option<MariaSnapshotMeta> {
+        if source.kind != SourceKind::Mariadb.as_str() {
             return None;
         }
-        serde_json::from_value(serde_json::Value::Object(m.source.metadata.clone())).ok()
+        serde_json::from_value(serde_json::Value::Object(source.metadata.clone())).ok()
     }
 
     pub fn to_metadata(&self) -> SourceMetadata {

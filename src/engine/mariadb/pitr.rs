@@ -126,15 +126,14 @@ pub struct Base {
 /// starts, oldest first.
 pub async fn bases(repo: &Repository, plan: &PlanName) -> Result<Vec<Base>, MariaError> {
     let mut out = Vec::new();
-    for s in repo.list_snapshots(plan).await? {
-        let m = match repo.load_manifest(&s).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(snapshot = %s.key, error = %e, "skipping an unreadable snapshot");
-                continue;
-            }
-        };
-        let Some(meta) = MariaSnapshotMeta::of(&m).filter(MariaSnapshotMeta::is_physical) else {
+    // The listing has read each manifest's head (an unreadable one is
+    // logged as rejected): the entries are not needed to choose a base.
+    let listed = repo.snapshots(plan).await?;
+    listed.warn(plan);
+    for a in listed.accepted {
+        let (s, m) = (a.snap, a.head);
+        let Some(meta) = MariaSnapshotMeta::of(&m.source).filter(MariaSnapshotMeta::is_physical)
+        else {
             continue;
         };
         let (Some(file), Some(position), Some(at)) = (

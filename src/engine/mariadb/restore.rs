@@ -95,7 +95,7 @@ pub async fn restore(
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
     let manifest = repo.load_manifest(&snap).await?;
-    let meta = MariaSnapshotMeta::of(&manifest)
+    let meta = MariaSnapshotMeta::of(&manifest.source)
         .filter(MariaSnapshotMeta::is_physical)
         .ok_or_else(|| MariaError::NotPhysical {
             snapshot: snap.id.short(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::wal::{Lsn, Segment, DEFAULT_SEGMENT_SIZE};
 use crate::engine::SourceKind;
 use crate::repository::source::SourceMetadata;
-use crate::repository::{Manifest, SnapshotRef};
+use crate::repository::{ManifestHead, SnapshotRef, SourceRecord};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PgSnapshotMeta {
@@ -64,11 +64,11 @@ pub struct PgSnapshotMeta {
 impl PgSnapshotMeta {
     /// The metadata of a PostgreSQL snapshot; `None` for other kinds and for
     /// metadata that does not have this shape.
-    pub fn of(m: &Manifest) -> Option<PgSnapshotMeta> {
-        if m.source.kind != SourceKind::Postgres.as_str() {
+    pub fn of(source: &SourceRecord) -> Option<PgSnapshotMeta> {
+        if source.kind != SourceKind::Postgres.as_str() {
             return None;
         }
-        serde_json::from_value(serde_json::Value::Object(m.source.metadata.clone())).ok()
+        serde_json::from_value(serde_json::Value::Object(source.metadata.clone())).ok()
     }
 
     pub fn to_metadata(&self) -> SourceMetadata {
@@ -109,8 +109,8 @@ pub struct BaseBackup {
 }
 
 impl BaseBackup {
-    pub fn from_manifest(snapshot: &SnapshotRef, m: &Manifest) -> Option<BaseBackup> {
-        let meta = PgSnapshotMeta::of(m)?;
+    pub fn from_head(snapshot: &SnapshotRef, m: &ManifestHead) -> Option<BaseBackup> {
+        let meta = PgSnapshotMeta::of(&m.source)?;
         Some(BaseBackup {
             snapshot: snapshot.clone(),
             timeline: meta.timeline?,

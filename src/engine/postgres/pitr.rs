@@ -394,19 +394,15 @@ fn missing(key: &str, why: &str) -> PgError {
 
 /// The plan's base backups, oldest first.
 pub async fn base_backups(repo: &Repository, plan: &PlanName) -> Result<Vec<BaseBackup>, PgError> {
-    let mut out = Vec::new();
-    for s in repo.list_snapshots(plan).await? {
-        match repo.load_manifest(&s).await {
-            Ok(m) => {
-                if let Some(b) = BaseBackup::from_manifest(&s, &m) {
-                    out.push(b);
-                }
-            }
-            Err(e) => {
-                tracing::warn!(snapshot = %s.key, error = %e, "skipping an unreadable snapshot")
-            }
-        }
-    }
+    // The listing has read each manifest's head (an unreadable one is
+    // logged as rejected): the entries are not needed to choose a base.
+    let listed = repo.snapshots(plan).await?;
+    listed.warn(plan);
+    let mut out: Vec<BaseBackup> = listed
+        .accepted
+        .iter()
+        .filter_map(|a| BaseBackup::from_head(&a.snap, &a.head))
+        .collect();
     out.sort_by_key(|b| b.consistent_at);
     Ok(out)
 }

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use crate::plan::PlanName;
 use crate::repository::log_archive::{self, LogError, LogRetention, PushReport};
-use crate::repository::Manifest;
+use crate::repository::ManifestHead;
 use crate::store::{Retention, Store};
 
 #[derive(Debug, thiserror::Error)]
@@ -253,10 +253,10 @@ pub struct WalRetention {
 
 impl WalRetention {
     /// The position of the first segment the oldest remaining base backup needs.
-    fn oldest_needed(remaining: &[&Manifest]) -> Option<(u32, u32)> {
+    fn oldest_needed(remaining: &[&ManifestHead]) -> Option<(u32, u32)> {
         remaining
             .iter()
-            .filter_map(|m| super::meta::PgSnapshotMeta::of(m))
+            .filter_map(|m| super::meta::PgSnapshotMeta::of(&m.source))
             .filter_map(|meta| Segment::position_of(meta.start_wal_file.as_deref()?))
             .min()
     }
@@ -267,7 +267,7 @@ impl LogRetention for WalRetention {
         wal_prefix(&self.plan)
     }
 
-    fn expired(&self, remaining: &[&Manifest], name: &str) -> bool {
+    fn expired(&self, remaining: &[&ManifestHead], name: &str) -> bool {
         if name.ends_with(".history") {
             return false;
         }
