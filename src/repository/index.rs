@@ -211,6 +211,17 @@ impl Index {
     }
 
     fn add_pack_from(&mut self, pack: &IndexedPack, source: SourceId) {
+        self.add_pack_where(pack, source, &|_| true);
+    }
+
+    /// [`Index::add_pack_from`] for the chunks `keep` says yes to (the pack
+    /// itself is known whatever it holds).
+    fn add_pack_where(
+        &mut self,
+        pack: &IndexedPack,
+        source: SourceId,
+        keep: &dyn Fn(&ChunkId) -> bool,
+    ) {
         let size = self.packs.entry(pack.id).or_insert(pack.size);
         *size = (*size).max(pack.size);
         let named = self.described_by.entry(pack.id).or_default();
@@ -219,7 +230,7 @@ impl Index {
         }
         // Numbered once: every chunk of the pack shares it.
         let number = self.pack_number(pack.id);
-        for c in &pack.chunks {
+        for c in pack.chunks.iter().filter(|c| keep(&c.id)) {
             let loc = Slot::at(number, source, &c.to_blob_entry());
             let Some(first) = self.first.get(&c.id) else {
                 self.first.insert(c.id, loc);
@@ -291,9 +302,14 @@ impl Index {
     }
 
     pub fn add_file(&mut self, key: &str, file: &IndexFile) {
+        self.add_file_where(key, file, &|_| true);
+    }
+
+    /// [`Index::add_file`] for the chunks `keep` says yes to.
+    pub fn add_file_where(&mut self, key: &str, file: &IndexFile, keep: &dyn Fn(&ChunkId) -> bool) {
         let source = self.add_source(key);
         for p in &file.packs {
-            self.add_pack_from(p, source);
+            self.add_pack_where(p, source, keep);
         }
     }
 }
@@ -538,6 +554,35 @@ mod tests {
 
     fn id(c: &str) -> ChunkId {
         ChunkId(Hash256::digest(c.as_bytes()))
+    }
+
+    #[test]
+    fn an_index_loaded_for_some_chunks_holds_their_places_and_still_knows_every_pack() {
+        let file = IndexFile::new(vec![
+            pack("p1", &[("a", 8), ("b", 108)]),
+            pack("p2", &[("c", 8)]),
+        ]);
+        let mut other = IndexFile::new(vec![pack("p3", &[("b", 508)])]);
+        other.version = file.version;
+        let wanted = [id("b")];
+        let keep = |c: &ChunkId| wanted.contains(c);
+        let mut index = Index::default();
+        index.add_file_where("index/one", &file, &keep);
+        index.add_file_where("index/two", &other, &keep);
+        assert_eq!(index.len(), 1, "only b");
+        assert!(!index.contains(&id("a")) && !index.contains(&id("c")));
+        // Every place of a kept chunk, from every object.
+        let b: Vec<(PackId, u64)> = index
+            .candidates(&id("b"))
+            .map(|l| (l.pack, l.blob.offset))
+            .collect();
+        assert_eq!(
+            b,
+            vec![(pack("p1", &[]).id, 108), (pack("p3", &[]).id, 508)]
+        );
+        // Packs stay known, with their sizes, whatever they hold.
+        assert_eq!(index.packs().len(), 3);
+        assert_eq!(index.described_by(&pack("p2", &[]).id), Some("index/one"));
     }
 
     #[test]

@@ -285,7 +285,14 @@ pub async fn stage(
     })
     .await
     .expect("target preparation panicked")?;
-    let index = Arc::new(repo.load_index_for_restore().await?);
+    // Only this snapshot's chunks: in a repository many snapshots and plans
+    // share, the whole index is many times what one restore needs.
+    let needed: std::collections::HashSet<crate::ids::ChunkId> = entries
+        .iter()
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
+    let index = Arc::new(repo.load_index_for_restore_of(Some(&needed)).await?);
+    drop(needed);
 
     let reader = ChunkReader::new(
         repo.store().clone(),

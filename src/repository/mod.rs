@@ -33,7 +33,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{Hash256, IndexId, PackId, SnapshotId};
+use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::store::{PutOptions, Retention, Store, StoreError};
 
@@ -507,7 +507,19 @@ impl Repository {
     /// written by hand): the restore reads the pack, whose bytes are checked
     /// like any other. A pack that is really gone is then named as missing.
     pub async fn load_index_for_restore(&self) -> Result<Index, RepoError> {
-        let (mut index, pruned, faults) = self.load_index_split().await?;
+        self.load_index_for_restore_of(None).await
+    }
+
+    /// [`Repository::load_index_for_restore`] holding only the chunks in
+    /// `needed` (all with `None`): a restore of one snapshot needs its own
+    /// chunks' locations, not those of every chunk that every snapshot of
+    /// every plan sharing the repository stored.
+    pub async fn load_index_for_restore_of(
+        &self,
+        needed: Option<&std::collections::HashSet<ChunkId>>,
+    ) -> Result<Index, RepoError> {
+        let keep = |c: &ChunkId| needed.is_none_or(|n| n.contains(c));
+        let (mut index, pruned, faults) = self.load_index_split_where(&keep).await?;
         for (key, e) in faults {
             warn_index_fault(&key, &e);
         }
@@ -529,6 +541,15 @@ impl Repository {
     pub async fn load_index_split(
         &self,
     ) -> Result<(Index, Index, Vec<(String, RepoError)>), RepoError> {
+        self.load_index_split_where(&|_| true).await
+    }
+
+    /// [`Repository::load_index_split`] for the chunks `keep` says yes to.
+    #[allow(clippy::type_complexity)]
+    async fn load_index_split_where(
+        &self,
+        keep: &(dyn Fn(&ChunkId) -> bool + Sync),
+    ) -> Result<(Index, Index, Vec<(String, RepoError)>), RepoError> {
         let mut index = Index::default();
         let mut named = Index::default();
         let mut faults = Vec::new();
@@ -545,15 +566,16 @@ impl Repository {
                 Ok(mut file) => {
                     let (gone, kept): (Vec<_>, Vec<_>) =
                         file.packs.drain(..).partition(|p| pruned.contains(&p.id));
-                    named.add_file(
+                    named.add_file_where(
                         &info.key,
                         &index::IndexFile {
                             version: file.version,
                             packs: gone,
                         },
+                        keep,
                     );
                     file.packs = kept;
-                    index.add_file(&info.key, &file)
+                    index.add_file_where(&info.key, &file, keep)
                 }
                 Err(e) => faults.push((info.key.clone(), e)),
             }
