@@ -36,8 +36,17 @@ pub const CLOCK_SKEW: Duration = Duration::minutes(10);
 /// it). A manifest written today under last month's time is not a snapshot.
 pub const MAX_BACKUP_DURATION: Duration = Duration::hours(48);
 
-/// Manifests read at once while listing a plan's snapshots.
+/// Manifests read at once while listing a plan's snapshots, at most.
 const PARALLEL_READS: usize = 16;
+
+/// Stored manifest bytes read at once while listing, at most (MiB). A
+/// manifest is read whole to check its id and seal, then opened (a second
+/// copy, when encrypted) and decompressed (its JSON, about twice the
+/// stored size) for its head: a 3 GB cluster's manifest is 13.5 MB stored
+/// and takes about 60 MB while its head is read. 16 at once took 560 MB;
+/// this lets two such run at once, and many small ones. One larger than
+/// this is read alone.
+const READ_BUDGET_MIB: u32 = 32;
 
 /// Why an object was not believed. Every consumer treats the kinds alike.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,10 +164,19 @@ impl Repository {
         let listing = self.store().list(&super::snapshots_prefix(plan)).await?;
         let mut tasks = tokio::task::JoinSet::new();
         let limit = Arc::new(tokio::sync::Semaphore::new(PARALLEL_READS));
+        let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET_MIB as usize));
         for (n, info) in listing.into_iter().enumerate() {
-            let (repo, limit, plan) = (self.clone(), limit.clone(), plan.clone());
+            let (repo, limit, budget, plan) =
+                (self.clone(), limit.clone(), budget.clone(), plan.clone());
+            let mib = u32::try_from(info.size.div_ceil(1 << 20))
+                .unwrap_or(u32::MAX)
+                .clamp(1, READ_BUDGET_MIB);
             tasks.spawn(async move {
                 let _permit = limit.acquire_owned().await.expect("semaphore open");
+                let _bytes = budget
+                    .acquire_many_owned(mib)
+                    .await
+                    .expect("semaphore open");
                 let checked = check_one(&repo, &plan, &info, now, check_created).await;
                 (n, checked)
             });
