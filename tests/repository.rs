@@ -380,20 +380,24 @@ async fn verify_says_the_same_holding_every_manifest_or_reading_each_again() {
     );
     assert_eq!(verdict(&holding), verdict(&reading));
 
-    // A flipped byte in a pack and a manifest gone: named alike.
-    let packs = repo.store().list("packs/").await.unwrap();
-    let path = root.join("objects").join(&packs[0].key);
+    // A flipped byte in a pack the newest snapshot needs, and the middle
+    // manifest gone: named alike.
+    let snaps = repo.list_snapshots(&plan).await.unwrap();
+    let newest = repo.load_manifest(&snaps[2]).await.unwrap();
+    let big = newest.entries.iter().find(|e| e.path == "big.bin").unwrap();
+    let index = repo.load_index().await.unwrap();
+    let victim = holdfast::repository::pack_key(&index.get(&big.chunks[0]).unwrap().pack);
+    let path = root.join("objects").join(&victim);
     let mut bytes = std::fs::read(&path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     std::fs::write(&path, &bytes).unwrap();
-    let snaps = repo.list_snapshots(&plan).await.unwrap();
     std::fs::remove_file(root.join("objects").join(&snaps[1].key)).unwrap();
 
     let (holding, reading) = both(repo_at(&root).await, plan.clone()).await;
     assert!(
-        holding.problems.iter().any(|p| p.object == packs[0].key),
+        holding.problems.iter().any(|p| p.object == victim),
         "{:?}",
         holding.problems
     );
