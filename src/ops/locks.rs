@@ -243,9 +243,10 @@ async fn keep_locked(
         longest,
     ) {
         let kept_manifests: Vec<&ManifestHead> = kept.iter().map(|(_, m, ..)| *m).collect();
+        let expired = logs.expiry(&kept_manifests);
         for info in store.list(&logs.prefix()).await? {
             let name = info.key.rsplit('/').next().unwrap_or_default();
-            if !logs.expired(&kept_manifests, name) {
+            if !expired(name) {
                 need(info.key.clone(), longest, true);
             }
         }

@@ -77,7 +77,7 @@ pub async fn snapshots(plan: &Plan) -> Result<SnapshotsReport, Error> {
     let mut rows = Vec::new();
     let mut unreadable = 0;
     let mut rejected = Vec::new();
-    for r in listed.rejected.iter().cloned() {
+    for r in listed.rejected {
         match (r.kind, SnapshotRef::from_key(&r.object)) {
             (RejectKind::Unreadable, Some(s)) => {
                 unreadable += 1;

@@ -672,11 +672,17 @@ pub async fn fetch(
 pub trait LogRetention: Send + Sync {
     /// The archive's key prefix for this plan (`wal/<plan>/`).
     fn prefix(&self) -> String;
-    /// Whether archived file `name` can no longer be used by any restore
-    /// from `remaining` (manifests of the plan's kept snapshots). Must
-    /// answer false for everything when `remaining` holds no snapshot the
-    /// archive belongs to.
-    fn expired(&self, remaining: &[&super::ManifestHead], name: &str) -> bool;
+    /// Which archived files (by name) can no longer be used by any restore
+    /// from `remaining` (heads of the plan's kept snapshots), worked out
+    /// once for a whole listing of the archive. Must answer false for
+    /// everything when `remaining` holds no snapshot the archive belongs to.
+    fn expiry(&self, remaining: &[&super::ManifestHead])
+        -> Box<dyn Fn(&str) -> bool + Send + Sync>;
+
+    /// Whether archived file `name` is expired ([`LogRetention::expiry`]).
+    fn expired(&self, remaining: &[&super::ManifestHead], name: &str) -> bool {
+        self.expiry(remaining)(name)
+    }
 }
 
 #[cfg(test)]

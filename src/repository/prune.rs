@@ -363,9 +363,10 @@ async fn prune_locked(
         .collect();
     let mut expired_logs = Vec::new();
     if let Some(logs) = opts.logs {
+        let expired = logs.expiry(&plan_remaining);
         for info in store.list(&logs.prefix()).await? {
             let name = info.key.rsplit('/').next().unwrap_or_default();
-            if logs.expired(&plan_remaining, name) {
+            if expired(name) {
                 expired_logs.push(info);
             }
         }

@@ -952,18 +952,18 @@ impl LogRetention for BinlogRetention {
         binlog_prefix(&self.plan)
     }
 
-    fn expired(&self, remaining: &[&ManifestHead], name: &str) -> bool {
+    fn expiry(&self, remaining: &[&ManifestHead]) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
         let Some(oldest) = remaining
             .iter()
             .filter_map(|m| snapshot_binlog(&m.source))
             .min()
         else {
-            return false;
+            return Box::new(|_| false);
         };
-        match ObjectName::parse(name) {
+        Box::new(move |name| match ObjectName::parse(name) {
             Some(o) => o.file().base == oldest.base && o.file().seq < oldest.seq,
             None => false,
-        }
+        })
     }
 }
 

@@ -267,17 +267,19 @@ impl LogRetention for WalRetention {
         wal_prefix(&self.plan)
     }
 
-    fn expired(&self, remaining: &[&ManifestHead], name: &str) -> bool {
-        if name.ends_with(".history") {
-            return false;
-        }
+    fn expiry(&self, remaining: &[&ManifestHead]) -> Box<dyn Fn(&str) -> bool + Send + Sync> {
         let Some(oldest) = Self::oldest_needed(remaining) else {
-            return false;
+            return Box::new(|_| false);
         };
-        // Positions compare across timelines: any timeline's file before the
-        // oldest needed position is unreachable.
-        let file = name.split('.').next().unwrap_or_default();
-        Segment::position_of(file).is_some_and(|p| p < oldest)
+        Box::new(move |name| {
+            if name.ends_with(".history") {
+                return false;
+            }
+            // Positions compare across timelines: any timeline's file before
+            // the oldest needed position is unreachable.
+            let file = name.split('.').next().unwrap_or_default();
+            Segment::position_of(file).is_some_and(|p| p < oldest)
+        })
     }
 }
 
