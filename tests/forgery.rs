@@ -241,6 +241,7 @@ async fn a_hand_forged_manifest_chained_to_the_real_head_is_rejected_and_the_nex
     // the real head, but its key's time is not the time it claims.
     let mut forged = head.clone();
     forged.entries = first.entries.clone();
+    forged.entries_object = first.entries_object.clone();
     forged.previous = Some(head_id);
     forged.started_at = t("2026-11-02T11:30:00Z");
     forged.finished_at = t("2026-11-02T11:31:00Z");

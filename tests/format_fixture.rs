@@ -3,7 +3,8 @@
 //! encrypted with the key file beside it, and every later build must list,
 //! verify and restore it to exactly what `expected.json` says. So must it
 //! `repo-v2-m3`, the same format with snapshot manifests version 3 (no
-//! whole-file hashes). The version 1
+//! whole-file hashes), and `repo-v2-m4`, whose manifests name their entries
+//! as objects of their own (`entries/`). The version 1
 //! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
@@ -20,10 +21,11 @@ use holdfast::ids::Hash256;
 use holdfast::repository::source::EntryKind;
 use serde_json::Value;
 
-/// Every fixture of repository format 2: manifest versions 2 and 3.
-const FIXTURES: [&str; 2] = [
+/// Every fixture of repository format 2: manifest versions 2, 3 and 4.
+const FIXTURES: [&str; 3] = [
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m3"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m4"),
 ];
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
@@ -136,7 +138,8 @@ fn listed_and_verified(fx: &Fixture) {
 }
 
 /// Each fixture holds the manifest version it names: whole-file hashes in
-/// version 2, none in version 3, so both read paths stay pinned.
+/// version 2, none in version 3, entries in an object of their own from
+/// version 4, so every read path stays pinned.
 #[test]
 fn each_fixture_holds_the_manifest_version_it_names() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -160,6 +163,12 @@ fn each_fixture_holds_the_manifest_version_it_names() {
                 let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
                 let m = repo.load_manifest(&snap).await.unwrap();
                 assert_eq!(u64::from(m.version), version, "plan {plan}");
+                assert_eq!(m.entries_object.is_some(), version >= 4, "plan {plan}");
+                if let Some(r) = &m.entries_object {
+                    let stored = fx.path(&format!("repo/objects/{}", r.key));
+                    assert_eq!(std::fs::metadata(&stored).unwrap().len(), r.size);
+                }
+                assert!(!m.entries.is_empty(), "plan {plan}");
                 for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
                     assert_eq!(e.sha256.is_some(), version == 2, "{plan}: {}", e.path);
                     assert!(e.size.is_some(), "{plan}: {}", e.path);
@@ -167,7 +176,7 @@ fn each_fixture_holds_the_manifest_version_it_names() {
             }
         });
     }
-    assert_eq!(seen, [2, 3]);
+    assert_eq!(seen, [2, 3, 4]);
 }
 
 #[test]
@@ -300,6 +309,33 @@ fn the_fixture_is_what_the_writer_left_and_a_damaged_copy_is_refused() {
     for fx in each_fixture() {
         damaged_copy_refused(&fx);
     }
+    // From manifest version 4, so is a flipped byte in an entries object.
+    let fx = Fixture::copy_of(FIXTURES[2]);
+    assert_eq!(fx.manifest_version(), 4);
+    let entries = std::fs::read_dir(fx.path("repo/objects/entries/sqlite"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    common::files::flip(&entries, |len| len / 2, 0x01);
+    let said = fails(&["verify", "--plan", &fx.plan("sqlite")], 5);
+    let key = format!(
+        "entries/sqlite/{}",
+        entries.file_name().unwrap().to_str().unwrap()
+    );
+    assert!(said.contains(&key), "{said}");
+    let said = fails(
+        &[
+            "restore",
+            "--plan",
+            &fx.plan("sqlite"),
+            "--to",
+            s(&fx.path("restored.db")),
+        ],
+        5,
+    );
+    assert!(said.contains(&key), "{said}");
 }
 
 fn damaged_copy_refused(fx: &Fixture) {

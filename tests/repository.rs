@@ -411,3 +411,219 @@ async fn verify_says_the_same_holding_every_manifest_or_reading_each_again() {
     );
     assert_eq!(verdict(&holding), verdict(&reading));
 }
+
+/// Manifest version 4: a snapshot's entries are an object of their own
+/// (`entries/<plan>/<time>-<sha256>`), named from its manifest by hash and
+/// size. The listing reads only the small manifest; restore and verify read
+/// both; prune deletes a removed snapshot's entries after its manifest, and
+/// those of a backup killed before its manifest once their lock has ended;
+/// a missing entries object is named, never skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_it() {
+    use holdfast::plan::RetentionSpec;
+    use holdfast::repository::manifest::{ENTRIES_PREFIX, MANIFEST_VERSION};
+    use holdfast::repository::prune::{prune, PruneOptions};
+    use holdfast::store::PutOptions;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    let repo = repo_at(&root).await;
+    let plan = plan_name("app");
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    for round in 0..2u64 {
+        let mut src = sample();
+        src.files
+            .push((format!("day-{round}"), data(20 + round, 200_000)));
+        backup(&repo, &plan, Box::new(src), &unlocked)
+            .await
+            .unwrap();
+    }
+    let snaps = repo.list_snapshots(&plan).await.unwrap();
+    let (first, newest) = (&snaps[0], &snaps[1]);
+
+    // The manifest object names its entries and holds none of them.
+    let head = repo.load_manifest_head(newest).await.unwrap();
+    assert_eq!(head.version, MANIFEST_VERSION);
+    let entries = head
+        .entries_object
+        .clone()
+        .expect("version 4 names its entries");
+    assert!(entries.key.starts_with("entries/app/"), "{}", entries.key);
+    assert!(entries.key.ends_with(&entries.sha256.to_string()));
+    let manifest_size = repo.store().head(&newest.key).await.unwrap().size;
+    let stored = repo.store().head(&entries.key).await.unwrap().size;
+    assert_eq!(stored, entries.size);
+    let m = repo.load_manifest(newest).await.unwrap();
+    assert_eq!(
+        m.entries.len(),
+        5,
+        "the root and four files: {:?}",
+        m.entries
+    );
+    assert!(
+        manifest_size < 2_000,
+        "the manifest is its head only: {manifest_size} bytes"
+    );
+
+    // Orphans, as a backup killed between its entries and its manifest
+    // leaves them: one whose lock ended, one still locked, one never locked.
+    let orphan = |minutes: i64, lock: Option<i64>| {
+        let mut m = m.clone();
+        m.started_at += Duration::minutes(minutes);
+        let (r, bytes) = m.encode_entries(repo.crypto()).unwrap();
+        let retention = lock.map(|days| Retention {
+            mode: LockMode::Compliance,
+            until: Utc::now() + Duration::days(days),
+        });
+        let store = repo.store().clone();
+        async move {
+            store
+                .put(
+                    &r.key,
+                    bytes.into(),
+                    &PutOptions {
+                        sha256: r.sha256,
+                        retention,
+                    },
+                )
+                .await
+                .unwrap();
+            r.key
+        }
+    };
+    let ended = orphan(1, Some(-1)).await;
+    let locked = orphan(2, Some(1)).await;
+    let never = orphan(3, None).await;
+
+    let first_entries = repo
+        .load_manifest_head(first)
+        .await
+        .unwrap()
+        .entries_object
+        .unwrap()
+        .key;
+    let report = prune(
+        &repo,
+        &plan,
+        &PruneOptions {
+            logs: None,
+            retention: RetentionSpec {
+                keep_last: Some(1),
+                ..Default::default()
+            },
+            timezone: chrono_tz::Tz::UTC,
+            dry_run: false,
+            record_lock: None,
+            now: Utc::now(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    assert_eq!(report.entries_objects_removed, 2, "{report:?}");
+    assert!(report.refused.is_empty(), "{:?}", report.refused);
+    let mut left: Vec<String> = repo
+        .store()
+        .list(ENTRIES_PREFIX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    left.sort();
+    let mut expected = vec![entries.key.clone(), locked, never];
+    expected.sort();
+    assert_eq!(left, expected, "gone: {first_entries} and {ended}");
+    let out = tmp.path().join("restored");
+    restore_latest(&repo, &plan, &out).await.unwrap();
+    assert_eq!(std::fs::read(out.join("day-1")).unwrap(), data(21, 200_000));
+
+    // The entries object gone: still listed (the listing reads heads only),
+    // but restore and verify name the missing object.
+    repo.store().delete(&entries.key).await.unwrap();
+    assert_eq!(repo.list_snapshots(&plan).await.unwrap().len(), 1);
+    let err = restore_latest(&repo, &plan, &tmp.path().join("again"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&entries.key) && err.contains("missing"),
+        "{err}"
+    );
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object == entries.key && p.kind == ProblemKind::Missing),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// Lock coverage counts the entries object: locked for less than its
+/// snapshot, it is named by verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entries_object_locked_for_less_than_its_snapshot_is_named_by_verify() {
+    use holdfast::store::PutOptions;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_at(&tmp.path().join("repo")).await;
+    let plan = plan_name("app");
+    backup(&repo, &plan, Box::new(sample()), &opts())
+        .await
+        .unwrap();
+    let real = repo.list_snapshots(&plan).await.unwrap().remove(0);
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+
+    // The same snapshot written again a minute later, its entries object
+    // locked for one day where the manifest is locked for seven.
+    let mut m = repo.load_manifest(&real).await.unwrap();
+    m.previous = Some(real.id);
+    m.started_at += Duration::minutes(1);
+    m.finished_at = m.started_at;
+    let (r, bytes) = m.encode_entries(repo.crypto()).unwrap();
+    let short = Retention {
+        mode: LockMode::Compliance,
+        until: Utc::now() + Duration::days(1),
+    };
+    let put = |key: String, bytes: Vec<u8>, sha256, retention| {
+        let store = repo.store().clone();
+        async move {
+            let opts = PutOptions {
+                sha256,
+                retention: Some(retention),
+            };
+            store.put(&key, bytes.into(), &opts).await.unwrap();
+        }
+    };
+    put(r.key.clone(), bytes, r.sha256, short).await;
+    m.entries_object = Some(r.clone());
+    let (id, bytes) = m.encode(repo.crypto());
+    let key = holdfast::repository::snapshot_key(&plan, m.started_at, &id);
+    put(key, bytes, id.0, m.retention.unwrap()).await;
+
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert_eq!(report.snapshots_checked, 2);
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.kind))
+        .collect();
+    assert_eq!(
+        problems,
+        [(r.key.as_str(), ProblemKind::RetentionTooShort)],
+        "{:?}",
+        report.problems
+    );
+}

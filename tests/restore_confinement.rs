@@ -14,7 +14,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::Duration;
 use common::bin::{command, fails, ok, s, text};
 use common::files::{files_under, set_mode};
@@ -22,8 +21,8 @@ use common::postgres::{chown_postgres, Cluster};
 use holdfast::ids::Hash256;
 use holdfast::plan::PlanName;
 use holdfast::repository::source::EntryKind;
-use holdfast::repository::{snapshot_key, ManifestEntry, Repository};
-use holdfast::store::{local::LocalStore, PutOptions, Store};
+use holdfast::repository::{ManifestEntry, Repository};
+use holdfast::store::{local::LocalStore, Store};
 
 /// Exit code of a restore refused because the snapshot cannot be trusted.
 const VERIFY: i32 = 5;
@@ -155,17 +154,11 @@ fn forge_with(
         m.previous = Some(snaps.last().unwrap().id);
         m.started_at = snaps.last().unwrap().started_at + Duration::seconds(1);
         m.finished_at = m.started_at;
-        let (id, bytes) = m.encode(repo.crypto());
-        let key = snapshot_key(&plan, m.started_at, &id);
-        repo.store()
-            .put(
-                &key,
-                Bytes::from(bytes),
-                &PutOptions {
-                    sha256: id.0,
-                    retention: m.retention,
-                },
-            )
+        // Written as a backup writes it: the edited entries as an object
+        // of their own, then the manifest naming it.
+        let retention = m.retention;
+        let (key, id) = repo
+            .put_manifest(m, retention, || async { Ok(()) })
             .await
             .unwrap();
         (key, id.short())

@@ -202,6 +202,9 @@ async fn keep_locked(
             longest = Some(target);
         }
         need(snap.key.clone(), target, false);
+        if let Some(r) = &head.entries_object {
+            need(r.key.clone(), target, false);
+        }
         need(CONFIG_KEY.to_string(), target, false);
         for k in &key_objects {
             need(k.clone(), target, false);
@@ -321,6 +324,9 @@ async fn keep_locked(
             }
         };
         consider(CONFIG_KEY);
+        if let Some(r) = &m.entries_object {
+            consider(&r.key);
+        }
         for pack in packs {
             consider(&pack_key(pack));
         }

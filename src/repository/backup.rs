@@ -36,8 +36,7 @@ use super::source::{
     Chunking, EntryKind, EntryMeta, EntrySink, Pages, SinkError, Source, SourceError,
 };
 use super::{
-    index_key, pack_key, snapshot_key, ChunkerConfig, Index, Manifest, RepoError, Repository,
-    PACKS_PER_INDEX,
+    index_key, pack_key, ChunkerConfig, Index, Manifest, RepoError, Repository, PACKS_PER_INDEX,
 };
 use crate::ids::{ChunkId, Hash256, IndexId, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
@@ -107,7 +106,8 @@ impl crate::error::HasExit for BackupError {
         match self {
             BackupError::Busy { .. }
             | BackupError::Pruning { .. }
-            | BackupError::Store(StoreError::LeaseLost { .. }) => Exit::Busy,
+            | BackupError::Store(StoreError::LeaseLost { .. })
+            | BackupError::Repo(RepoError::Store(StoreError::LeaseLost { .. })) => Exit::Busy,
             BackupError::Source(_) => Exit::Source,
             BackupError::Repo(_) | BackupError::Store(_) => Exit::Repository,
         }
@@ -309,25 +309,21 @@ async fn backup_locked(
         retention: opts.retention,
         tier: Some(opts.tier),
         stats: written.stats,
+        entries_object: None,
         entries: written.entries,
     };
-    let (id, bytes) =
-        manifest.encode_within_cap(&format!("the new manifest of plan {plan}"), repo.crypto())?;
-    let key = snapshot_key(plan, started_at, &id);
-    // The commit point: only while both locks still certainly hold (an S3
-    // lease is refreshed now, and a takeover is caught here at the latest).
-    for guard in held {
-        guard.confirm().await?;
-    }
-    repo.store()
-        .put(
-            &key,
-            Bytes::from(bytes),
-            &PutOptions {
-                sha256: id.0,
-                retention: opts.retention,
-            },
-        )
+    // The entries object, then the commit point: the manifest, only while
+    // both locks still certainly hold (an S3 lease is refreshed then, and a
+    // takeover is caught there at the latest). A backup killed between the
+    // two leaves an entries object no manifest names: prune removes it once
+    // its lock has ended.
+    let (key, id) = repo
+        .put_manifest(manifest, opts.retention, || async {
+            for guard in held {
+                guard.confirm().await?;
+            }
+            Ok(())
+        })
         .await?;
     tracing::info!(plan = %plan, snapshot = %id, object = %key, total_bytes = written.stats.total_bytes, new_bytes = written.stats.new_bytes, "backup finished");
     Ok(BackupReport {

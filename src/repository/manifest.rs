@@ -12,11 +12,47 @@ use crate::store::Retention;
 /// The manifest version this build writes. Version 3 (2026-12-05): a file
 /// entry carries no whole-file `sha256`; its bytes are proven chunk by
 /// chunk (each chunk against its id, or its blob's tag) and by its `size`.
-pub const MANIFEST_VERSION: u32 = 3;
+/// Version 4 (2026-12-05): the entries are an object of their own
+/// ([`ENTRIES_PREFIX`]), named from the manifest by key, SHA-256 and size,
+/// so a listing reads a few hundred bytes a snapshot, not a chunk id per
+/// page of the database.
+pub const MANIFEST_VERSION: u32 = 4;
 
 /// The manifest versions this build reads: 2 (each file with its
-/// whole-file SHA-256) and 3.
-pub const MANIFEST_VERSIONS_READ: [u32; 2] = [2, 3];
+/// whole-file SHA-256), 3 and 4.
+pub const MANIFEST_VERSIONS_READ: [u32; 3] = [2, 3, 4];
+
+/// The first manifest version whose entries are an object of their own.
+pub const ENTRIES_APART_FROM: u32 = 4;
+
+/// Where entries objects live: `entries/<plan>/<time>-<sha256>`, the time
+/// being the snapshot's start, as in its manifest's name.
+pub const ENTRIES_PREFIX: &str = "entries/";
+
+/// A manifest's entries object, as its manifest (version 4 on) names it.
+/// The SHA-256 is of the stored bytes, so the manifest's id, a hash of its
+/// own bytes, covers the entries too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntriesRef {
+    pub key: String,
+    pub sha256: Hash256,
+    /// Stored bytes: read with this as its cap.
+    pub size: u64,
+}
+
+/// The content of an entries object. Its plan and start time make it one
+/// snapshot's own (two snapshots holding the same files still write two
+/// objects), so prune deletes it with its manifest.
+#[derive(Debug, Serialize, Deserialize)]
+struct EntriesFile<E> {
+    format: String,
+    plan: PlanName,
+    started_at: DateTime<Utc>,
+    entries: E,
+}
+
+const ENTRIES_FORMAT: &str = "holdfast-entries";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -36,7 +72,37 @@ pub struct Manifest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<Tier>,
     pub stats: SnapshotStats,
+    /// Version 4 on: where the entries are stored. The manifest object then
+    /// holds no `entries`; [`super::Repository::load_manifest`] reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries_object: Option<EntriesRef>,
+    /// Inline up to version 3; from version 4, filled from the entries
+    /// object when the manifest is loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub entries: Vec<ManifestEntry>,
+}
+
+/// The manifest as stored: every field of [`Manifest`] in its order, the
+/// entries left out where they are an object of their own.
+#[derive(Serialize)]
+struct StoredManifest<'a> {
+    format: &'a str,
+    version: u32,
+    plan: &'a PlanName,
+    previous: &'a Option<SnapshotId>,
+    holdfast_version: &'a str,
+    hostname: &'a Option<String>,
+    source: &'a SourceRecord,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+    retention: &'a Option<Retention>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tier: &'a Option<Tier>,
+    stats: &'a SnapshotStats,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries_object: &'a Option<EntriesRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    entries: Option<&'a [ManifestEntry]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -125,7 +191,107 @@ impl Manifest {
             tier: self.tier,
             source: self.source.clone(),
             stats: self.stats,
+            entries_object: self.entries_object.clone(),
         }
+    }
+
+    fn stored(&self) -> StoredManifest<'_> {
+        StoredManifest {
+            format: &self.format,
+            version: self.version,
+            plan: &self.plan,
+            previous: &self.previous,
+            holdfast_version: &self.holdfast_version,
+            hostname: &self.hostname,
+            source: &self.source,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            retention: &self.retention,
+            tier: &self.tier,
+            stats: &self.stats,
+            entries_object: &self.entries_object,
+            entries: (self.version < ENTRIES_APART_FROM).then_some(&self.entries[..]),
+        }
+    }
+
+    /// The key of this snapshot's entries object whose stored bytes hash to
+    /// `sha256`.
+    pub fn entries_key(&self, sha256: &Hash256) -> String {
+        format!(
+            "{ENTRIES_PREFIX}{}/{}-{sha256}",
+            self.plan,
+            self.started_at.format(super::SNAPSHOT_TIME_FORMAT)
+        )
+    }
+
+    /// The entries object of this manifest (version 4 on), refused over
+    /// [`super::ENTRIES_CAP`], sealed under its key without the hash: its
+    /// reference (to set as `entries_object` before the manifest is
+    /// encoded) and its stored bytes.
+    pub fn encode_entries(
+        &self,
+        crypto: &super::Crypto,
+    ) -> Result<(EntriesRef, Vec<u8>), RepoError> {
+        let file = EntriesFile {
+            format: ENTRIES_FORMAT.into(),
+            plan: self.plan.clone(),
+            started_at: self.started_at,
+            entries: &self.entries[..],
+        };
+        let ad = self.entries_key(&Hash256([0; 32]));
+        let ad = super::crypto::content_addressed_ad(&ad);
+        let what = format!("the new entries object of plan {}", self.plan);
+        let bytes = super::encode_json_zst_within(super::ENTRIES_CAP, &what, &file)?;
+        let bytes = crypto.seal(ad, bytes);
+        let sha256 = Hash256::digest(&bytes);
+        let r = EntriesRef {
+            key: self.entries_key(&sha256),
+            sha256,
+            size: bytes.len() as u64,
+        };
+        Ok((r, bytes))
+    }
+
+    /// Reads this manifest's entries from the stored bytes of its entries
+    /// object (`bytes` fetched from `self.entries_object`'s key with its
+    /// size as the cap): the hash and size its manifest gives, then its
+    /// authenticity, then its format and plan, which must be the manifest's.
+    pub fn decode_entries(
+        &mut self,
+        manifest_key: &str,
+        bytes: &[u8],
+        crypto: &super::Crypto,
+    ) -> Result<(), RepoError> {
+        let r = self
+            .entries_object
+            .as_ref()
+            .expect("called on a manifest naming an entries object");
+        let corrupt = |why: String| RepoError::Corrupt {
+            what: "entries object",
+            key: r.key.clone(),
+            why: format!("{why} (named by {manifest_key})"),
+        };
+        let got = Hash256::digest(bytes);
+        if bytes.len() as u64 != r.size || got != r.sha256 {
+            return Err(corrupt(format!(
+                "it is {} bytes with SHA-256 {got}, its manifest says {} bytes with {}",
+                bytes.len(),
+                r.size,
+                r.sha256
+            )));
+        }
+        let ad = super::crypto::content_addressed_ad(&r.key);
+        let plain = super::open_sealed(crypto, super::ENTRIES_CAP, &r.key, ad, bytes)?;
+        let file: EntriesFile<Vec<ManifestEntry>> =
+            decode_json_zst(super::ENTRIES_CAP, &r.key, &plain)?;
+        if file.format != ENTRIES_FORMAT || file.plan != self.plan {
+            return Err(corrupt(format!(
+                "it is {} of plan {}, not entries of plan {}",
+                file.format, file.plan, self.plan
+            )));
+        }
+        self.entries = file.entries;
+        Ok(())
     }
 
     /// The associated data the manifest is sealed under: its key without the
@@ -139,9 +305,11 @@ impl Manifest {
     }
 
     /// The stored bytes (zstd JSON, sealed in an encrypted repository) and
-    /// the id they give.
+    /// the id they give. From version 4, the entries are not among them:
+    /// the manifest names `entries_object` as it is (see
+    /// [`super::Repository::put_manifest`], which writes both).
     pub fn encode(&self, crypto: &super::Crypto) -> (SnapshotId, Vec<u8>) {
-        let bytes = crypto.seal(&self.sealing_ad(), encode_json_zst(self));
+        let bytes = crypto.seal(&self.sealing_ad(), encode_json_zst(&self.stored()));
         (SnapshotId(Hash256::digest(&bytes)), bytes)
     }
 
@@ -152,7 +320,7 @@ impl Manifest {
         what: &str,
         crypto: &super::Crypto,
     ) -> Result<(SnapshotId, Vec<u8>), RepoError> {
-        let bytes = super::encode_json_zst_within(super::MANIFEST_CAP, what, self)?;
+        let bytes = super::encode_json_zst_within(super::MANIFEST_CAP, what, &self.stored())?;
         let bytes = crypto.seal(&self.sealing_ad(), bytes);
         Ok((SnapshotId(Hash256::digest(&bytes)), bytes))
     }
@@ -170,6 +338,14 @@ impl Manifest {
         let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
         let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
+        check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
+        if m.entries_object.is_some() && !m.entries.is_empty() {
+            return Err(RepoError::Corrupt {
+                what: "snapshot manifest",
+                key: key.to_string(),
+                why: "it holds entries and names an entries object too".into(),
+            });
+        }
         Ok(m)
     }
 }
@@ -192,6 +368,9 @@ pub struct ManifestHead {
     pub tier: Option<Tier>,
     pub source: SourceRecord,
     pub stats: SnapshotStats,
+    /// Version 4 on: the object holding the entries.
+    #[serde(default)]
+    pub entries_object: Option<EntriesRef>,
 }
 
 impl ManifestHead {
@@ -208,6 +387,7 @@ impl ManifestHead {
         let plain = super::open_sealed(crypto, super::MANIFEST_CAP, key, ad, bytes)?;
         let m: ManifestHead = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
+        check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
         Ok(m)
     }
 
@@ -228,6 +408,7 @@ impl ManifestHead {
                 metadata: Default::default(),
             },
             stats: SnapshotStats::default(),
+            entries_object: None,
         }
     }
 }
@@ -254,11 +435,45 @@ fn check_format(key: &str, format: &str, version: u32) -> Result<(), RepoError> 
             what: "snapshot manifest",
             key: key.to_string(),
             why: format!(
-                "unknown format {format} version {version} (this holdfast reads holdfast-snapshot versions 2 and 3)"
+                "unknown format {format} version {version} (this holdfast reads holdfast-snapshot versions 2 to 4)"
             ),
         });
     }
     Ok(())
+}
+
+/// Version 4 on, a manifest names its entries object, under its plan's
+/// prefix and named by its hash (`entries/<plan>/<time>-<sha256>`); before,
+/// it names none. (The time is the writer's start time. It is not checked
+/// against the manifest's: the hash binds the object, and nothing reads
+/// the time from its name.)
+fn check_entries_apart(
+    key: &str,
+    plan: &PlanName,
+    version: u32,
+    entries: Option<&EntriesRef>,
+) -> Result<(), RepoError> {
+    let why = match (version >= ENTRIES_APART_FROM, entries) {
+        (true, None) => "it names no entries object".to_string(),
+        (false, Some(_)) => format!("version {version} names an entries object"),
+        (false, None) => return Ok(()),
+        (true, Some(r)) => {
+            let (prefix, suffix) = (format!("{ENTRIES_PREFIX}{plan}/"), format!("-{}", r.sha256));
+            let name = r.key.strip_prefix(&prefix).unwrap_or_default();
+            if name.ends_with(&suffix) && !name.contains('/') {
+                return Ok(());
+            }
+            format!(
+                "it names the entries object {}, which is not named {prefix}<time>{suffix}",
+                r.key
+            )
+        }
+    };
+    Err(RepoError::Corrupt {
+        what: "snapshot manifest",
+        key: key.to_string(),
+        why,
+    })
 }
 
 /// A snapshot as its object name describes it, before its manifest is read.
@@ -290,12 +505,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_2_and_3_are_read_and_others_refused_by_number() {
-        assert_eq!(MANIFEST_VERSION, 3, "what a backup writes");
-        for v in [2, 3] {
+    fn versions_2_to_4_are_read_and_others_refused_by_number() {
+        assert_eq!(MANIFEST_VERSION, 4, "what a backup writes");
+        for v in [2, 3, 4] {
             check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap();
         }
-        for v in [1, 4] {
+        for v in [1, 5] {
             let e = check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap_err();
             let said = e.to_string();
             assert!(
@@ -304,5 +519,110 @@ mod tests {
             );
         }
         assert!(check_format("snapshots/p/x", "holdfast-index", 3).is_err());
+    }
+
+    fn example() -> Manifest {
+        let h = ManifestHead::example();
+        Manifest {
+            format: h.format,
+            version: h.version,
+            plan: h.plan,
+            previous: None,
+            holdfast_version: "0".into(),
+            hostname: None,
+            source: h.source,
+            started_at: h.started_at,
+            finished_at: h.finished_at,
+            retention: None,
+            tier: None,
+            stats: h.stats,
+            entries_object: None,
+            entries: vec![ManifestEntry {
+                path: "a".into(),
+                kind: EntryKind::File,
+                mode: 0o600,
+                mtime_ns: None,
+                size: Some(3),
+                sha256: None,
+                chunks: vec![ChunkId(Hash256::digest(b"abc"))],
+                target: None,
+                stamp: None,
+                file_id: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn version_4_stores_the_entries_apart_and_reads_them_back_only_by_hash_and_plan() {
+        let crypto = crate::repository::Crypto::none();
+        let mut m = example();
+        let (r, bytes) = m.encode_entries(&crypto).unwrap();
+        assert_eq!(
+            r.key,
+            format!("entries/p/20261201T100000.000Z-{}", r.sha256)
+        );
+        assert_eq!(r.size, bytes.len() as u64);
+        m.entries_object = Some(r.clone());
+        let (id, stored) = m.encode(&crypto);
+        let key = "snapshots/p/20261201T100000.000Z-x";
+        let mut back = Manifest::decode(key, &id, &stored, &crypto).unwrap();
+        assert!(
+            back.entries.is_empty(),
+            "the manifest object holds no entries"
+        );
+        let head = ManifestHead::decode(key, &id, &stored, &crypto).unwrap();
+        assert_eq!(head.entries_object, Some(r.clone()));
+        back.decode_entries(key, &bytes, &crypto).unwrap();
+        assert_eq!(back, m);
+
+        // Other bytes than the manifest names: refused by hash, naming both.
+        let mut flipped = bytes.clone();
+        flipped[5] ^= 1;
+        let e = back
+            .decode_entries(key, &flipped, &crypto)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&r.key) && e.contains(key), "{e}");
+        // Another plan's entries, even with a matching hash.
+        let mut other = example();
+        other.plan = PlanName::new("q").unwrap();
+        let (theirs, their_bytes) = other.encode_entries(&crypto).unwrap();
+        back.entries_object = Some(EntriesRef {
+            key: format!("entries/p/20261201T100000.000Z-{}", theirs.sha256),
+            ..theirs
+        });
+        let e = back
+            .decode_entries(key, &their_bytes, &crypto)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("of plan q"), "{e}");
+    }
+
+    #[test]
+    fn a_version_4_manifest_names_an_entries_object_of_its_own_plan_and_earlier_ones_none() {
+        let plan = PlanName::new("p").unwrap();
+        let r = |key: &str| EntriesRef {
+            key: key.into(),
+            sha256: Hash256([7; 32]),
+            size: 1,
+        };
+        let good = r(&format!(
+            "entries/p/20261201T100000.000Z-{}",
+            Hash256([7; 32])
+        ));
+        check_entries_apart("k", &plan, 4, Some(&good)).unwrap();
+        check_entries_apart("k", &plan, 3, None).unwrap();
+        for (version, named) in [
+            (4, None),
+            (3, Some(good.clone())),
+            (4, Some(r("packs/ab"))),
+            (4, Some(r(&good.key.replace("entries/p/", "entries/q/")))),
+            (4, Some(r(&good.key.replace("-0707", "-0808")))),
+            (4, Some(r(&good.key.replace("entries/p/", "entries/p/x/")))),
+        ] {
+            let e = check_entries_apart("snapshots/p/k", &plan, version, named.as_ref());
+            let said = e.unwrap_err().to_string();
+            assert!(said.contains("snapshots/p/k"), "{said}");
+        }
     }
 }

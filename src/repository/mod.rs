@@ -117,6 +117,9 @@ pub enum RepoError {
         key: String,
         why: String,
     },
+    /// A manifest (version 4 on) whose entries object is not in the store.
+    #[error("entries object {key} is missing: snapshot manifest {manifest} names it, so the snapshot cannot be read (run `holdfast verify`)")]
+    MissingEntries { manifest: String, key: String },
     #[error("snapshot id prefix `{selector}` is ambiguous for plan {plan}: {candidates}")]
     AmbiguousSnapshot {
         plan: String,
@@ -132,7 +135,8 @@ impl crate::error::HasExit for RepoError {
             RepoError::Corrupt { .. }
             | RepoError::OverCap { .. }
             | RepoError::Unauthenticated { .. }
-            | RepoError::RejectedSnapshot { .. } => Exit::Verify,
+            | RepoError::RejectedSnapshot { .. }
+            | RepoError::MissingEntries { .. } => Exit::Verify,
             RepoError::NoSuchSnapshot { .. } | RepoError::AmbiguousSnapshot { .. } => Exit::Usage,
             RepoError::Store(
                 crate::store::StoreError::Busy { .. } | crate::store::StoreError::LeaseLost { .. },
@@ -683,9 +687,96 @@ impl Repository {
         self.read_manifest(snap, ManifestHead::decode).await
     }
 
-    /// Reads a manifest, checking its bytes against the id in its name.
+    /// Reads a manifest, checking its bytes against the id in its name, and
+    /// (version 4 on) its entries object against the hash and size the
+    /// manifest gives.
     pub async fn load_manifest(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
-        self.read_manifest(snap, Manifest::decode).await
+        let mut m = self.read_manifest(snap, Manifest::decode).await?;
+        let Some(r) = &m.entries_object else {
+            return Ok(m);
+        };
+        let bytes = match self
+            .store
+            .get_at_most(
+                &r.key,
+                r.size.min(ENTRIES_CAP.bytes + crypto::SEAL_OVERHEAD as u64),
+            )
+            .await
+        {
+            Ok(b) => b,
+            Err(e) if e.is_not_found() => {
+                return Err(RepoError::MissingEntries {
+                    manifest: snap.key.clone(),
+                    key: r.key.clone(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (key, crypto) = (snap.key.clone(), self.crypto.clone());
+        tokio::task::spawn_blocking(move || {
+            m.decode_entries(&key, &bytes, &crypto)?;
+            Ok(m)
+        })
+        .await
+        .expect("entries decode panicked")
+    }
+
+    /// Writes `m` as a snapshot: its entries object first (version 4 on,
+    /// setting `m.entries_object`), then its manifest, both under
+    /// `retention`. `before_commit` runs between the two (a backup confirms
+    /// its locks there). Returns the manifest's key and id.
+    pub async fn put_manifest<F, Fut>(
+        &self,
+        m: Manifest,
+        retention: Option<Retention>,
+        before_commit: F,
+    ) -> Result<(String, SnapshotId), RepoError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), RepoError>>,
+    {
+        let what = format!("the new manifest of plan {}", m.plan);
+        let (plan, started_at) = (m.plan.clone(), m.started_at);
+        let crypto = self.crypto.clone();
+        let (entries, id, bytes) = tokio::task::spawn_blocking(move || {
+            let mut m = m;
+            let entries = if m.version >= manifest::ENTRIES_APART_FROM {
+                let (r, bytes) = m.encode_entries(&crypto)?;
+                m.entries_object = Some(r.clone());
+                Some((r, bytes))
+            } else {
+                None
+            };
+            let (id, bytes) = m.encode_within_cap(&what, &crypto)?;
+            Ok::<_, RepoError>((entries, id, bytes))
+        })
+        .await
+        .expect("manifest encode panicked")?;
+        if let Some((r, bytes)) = entries {
+            self.store
+                .put(
+                    &r.key,
+                    Bytes::from(bytes),
+                    &PutOptions {
+                        sha256: r.sha256,
+                        retention,
+                    },
+                )
+                .await?;
+        }
+        before_commit().await?;
+        let key = snapshot_key(&plan, started_at, &id);
+        self.store
+            .put(
+                &key,
+                Bytes::from(bytes),
+                &PutOptions {
+                    sha256: id.0,
+                    retention,
+                },
+            )
+            .await?;
+        Ok((key, id))
     }
 
     /// Fetches `snap`'s manifest object and decodes it with `decode` on a
@@ -920,6 +1011,13 @@ pub const INDEX_CAP: MetadataCap = MetadataCap {
 /// files. (A manifest this size is parsed as it streams, never held as text.)
 pub const MANIFEST_CAP: MetadataCap = MetadataCap {
     what: "snapshot manifest",
+    bytes: 4 << 30,
+};
+
+/// Entries objects (manifest version 4 on): what a manifest held before, so
+/// the same cap. They are read with their manifest's size as a tighter one.
+pub const ENTRIES_CAP: MetadataCap = MetadataCap {
+    what: "entries object",
     bytes: 4 << 30,
 };
 

@@ -90,6 +90,9 @@ pub struct PruneReport {
     pub packs_removed: usize,
     pub bytes_removed: u64,
     pub index_objects_removed: usize,
+    /// Entries objects (manifest version 4 on): the removed snapshots', and
+    /// those of backups killed before their manifest, once their lock ended.
+    pub entries_objects_removed: usize,
     pub other_objects_removed: usize,
     /// Archived PostgreSQL WAL files older than every remaining base backup.
     pub wal_files_removed: usize,
@@ -218,6 +221,9 @@ async fn prune_locked(
     // them). Those that read keep their packs, though: deleting data on the
     // word of a check is the one mistake prune must not make.
     let mut rejected_packs: HashSet<PackId> = HashSet::new();
+    // Entries objects some manifest names other than a removed snapshot's
+    // (those of rejected manifests included: prune never deletes evidence).
+    let mut named_entries: HashSet<String> = HashSet::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for p in &plans {
         let Ok(p) = PlanName::new(p) else {
@@ -238,9 +244,14 @@ async fn prune_locked(
                 });
             }
             if let Some(snap) = SnapshotRef::from_key(&r.object) {
-                if let Ok(m) = repo.load_manifest(&snap).await {
-                    rejected_packs.extend(packs_of(&m));
-                }
+                keep_evidence(
+                    repo,
+                    &snap,
+                    &packs_of,
+                    &mut rejected_packs,
+                    &mut named_entries,
+                )
+                .await;
             }
         }
         for a in listed.accepted {
@@ -254,9 +265,14 @@ async fn prune_locked(
     // snapshot, but their packs are kept all the same.
     for key in keys.iter().filter(|k| !seen.contains(*k)) {
         if let Some(snap) = SnapshotRef::from_key(key) {
-            if let Ok(m) = repo.load_manifest(&snap).await {
-                rejected_packs.extend(packs_of(&m));
-            }
+            keep_evidence(
+                repo,
+                &snap,
+                &packs_of,
+                &mut rejected_packs,
+                &mut named_entries,
+            )
+            .await;
         }
     }
     let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
@@ -276,12 +292,13 @@ async fn prune_locked(
         packs_removed: 0,
         bytes_removed: 0,
         index_objects_removed: 0,
+        entries_objects_removed: 0,
         other_objects_removed: 0,
         wal_files_removed: 0,
         wal_bytes_removed: 0,
         refused: Vec::new(),
     };
-    let mut removing: Vec<SnapshotRef> = Vec::new();
+    let mut removing: Vec<(SnapshotRef, Option<String>)> = Vec::new();
     let mut remaining: Vec<(&ManifestHead, &HashSet<PackId>)> = Vec::new();
     for (snap, m, packs) in &all {
         if &m.plan != plan {
@@ -320,15 +337,39 @@ async fn prune_locked(
             report
                 .removed
                 .push(verdict("out of policy, lock ended".into()));
-            removing.push(snap.clone());
+            removing.push((
+                snap.clone(),
+                m.entries_object.as_ref().map(|r| r.key.clone()),
+            ));
         }
     }
 
     // Packs: everything listed that no remaining snapshot needs (nor a
     // rejected manifest that reads: see above).
     let mut live: HashSet<PackId> = rejected_packs;
-    for (_, packs) in &remaining {
+    for (m, packs) in &remaining {
         live.extend(packs.iter().copied());
+        named_entries.extend(m.entries_object.as_ref().map(|r| r.key.clone()));
+    }
+    // Entries objects to delete: each removed snapshot's own, after its
+    // manifest; and any no manifest names (a backup killed between its
+    // entries and its manifest) whose lock has ended. Without a lock, as
+    // with unindexed packs, nothing says no backup is still writing it.
+    let mut dead_entries: Vec<String> = Vec::new();
+    for info in store.list(super::manifest::ENTRIES_PREFIX).await? {
+        if named_entries.contains(&info.key)
+            || removing.iter().any(|(_, e)| e.as_ref() == Some(&info.key))
+        {
+            continue;
+        }
+        let ended = store
+            .head(&info.key)
+            .await?
+            .retention
+            .is_some_and(|r| r.until <= opts.now);
+        if ended {
+            dead_entries.push(info.key);
+        }
     }
     let mut dead: BTreeMap<PackId, u64> = BTreeMap::new();
     for info in store.list("packs/").await? {
@@ -376,9 +417,15 @@ async fn prune_locked(
         report.bytes_removed = dead.values().sum();
         report.wal_files_removed = expired_logs.len();
         report.wal_bytes_removed = expired_logs.iter().map(|i| i.size).sum();
+        report.entries_objects_removed = dead_entries.len()
+            + removing
+                .iter()
+                .filter(|(_, e)| e.as_ref().is_some_and(|k| !named_entries.contains(k)))
+                .count();
         return Ok(report);
     }
-    if removing.is_empty() && dead.is_empty() && expired_logs.is_empty() {
+    if removing.is_empty() && dead.is_empty() && expired_logs.is_empty() && dead_entries.is_empty()
+    {
         return Ok(report);
     }
 
@@ -387,7 +434,7 @@ async fn prune_locked(
         version: FORMAT_VERSION,
         plan: plan.clone(),
         at: opts.now,
-        snapshots: removing.iter().map(|s| s.id).collect(),
+        snapshots: removing.iter().map(|(s, _)| s.id).collect(),
         packs: dead.keys().copied().collect(),
     };
     let bytes = super::encode_json_zst_within(
@@ -427,10 +474,29 @@ async fn prune_locked(
             e => Err(e.into()),
         }
     };
-    for snap in &removing {
+    let mut entries_removed = 0;
+    for (snap, entries) in &removing {
         still_held()?;
-        if let Err(e) = store.delete(&snap.key).await {
-            refuse(&snap.key, e)?;
+        match store.delete(&snap.key).await {
+            Ok(()) => {
+                if let Some(e) = entries.as_ref().filter(|e| !named_entries.contains(*e)) {
+                    dead_entries.push(e.clone());
+                }
+            }
+            // Already gone (an earlier prune stopped here): its entries too.
+            Err(StoreError::NotFound { .. }) => {
+                if let Some(e) = entries.as_ref().filter(|e| !named_entries.contains(*e)) {
+                    dead_entries.push(e.clone());
+                }
+            }
+            Err(e) => refuse(&snap.key, e)?,
+        }
+    }
+    for key in &dead_entries {
+        still_held()?;
+        match store.delete(key).await {
+            Ok(()) => entries_removed += 1,
+            Err(e) => refuse(key, e)?,
         }
     }
     let mut gone: BTreeSet<PackId> = BTreeSet::new();
@@ -496,8 +562,28 @@ async fn prune_locked(
     report.packs_removed = packs_removed;
     report.bytes_removed = bytes_removed;
     report.index_objects_removed = index_removed;
+    report.entries_objects_removed = entries_removed;
     report.other_objects_removed = other;
     Ok(report)
+}
+
+/// What a manifest prune does not treat as a snapshot (rejected, or under no
+/// valid plan name) keeps: the packs its chunks may be in, and its entries
+/// object. A manifest or entries object that cannot be read keeps nothing
+/// it could not name.
+async fn keep_evidence(
+    repo: &Repository,
+    snap: &SnapshotRef,
+    packs_of: &impl Fn(&Manifest) -> HashSet<PackId>,
+    packs: &mut HashSet<PackId>,
+    entries: &mut HashSet<String>,
+) {
+    if let Ok(head) = repo.load_manifest_head(snap).await {
+        entries.extend(head.entries_object.map(|r| r.key));
+    }
+    if let Ok(m) = repo.load_manifest(snap).await {
+        packs.extend(packs_of(&m));
+    }
 }
 
 /// The packs `m`'s chunks may be in: every candidate location (which one

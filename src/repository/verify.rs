@@ -603,6 +603,9 @@ pub async fn verify_holding(
             e.1.insert(snap.id.short());
         };
         need(snap.key.clone());
+        if let Some(e) = &m.entries_object {
+            need(e.key.clone());
+        }
         need(super::CONFIG_KEY.to_string());
         // The locations a restore would use: those that checked out where
         // the index objects disagree, the one they agree on otherwise.
@@ -1082,9 +1085,23 @@ impl Held {
 
 /// A manifest that could not be read, as a problem.
 fn manifest_problem(snap: &SnapshotRef, e: &super::RepoError) -> Problem {
+    // A fault of a manifest's entries object names that object.
+    let object = match e {
+        super::RepoError::MissingEntries { key, .. } => key.clone(),
+        super::RepoError::Corrupt { what, key, .. }
+        | super::RepoError::OverCap { what, key, .. }
+        | super::RepoError::Unauthenticated { what, key, .. }
+            if *what == super::ENTRIES_CAP.what =>
+        {
+            key.clone()
+        }
+        _ => snap.key.clone(),
+    };
     Problem {
-        object: snap.key.clone(),
-        kind: if matches!(e, super::RepoError::Store(s) if s.is_not_found()) {
+        object,
+        kind: if matches!(e, super::RepoError::Store(s) if s.is_not_found())
+            || matches!(e, super::RepoError::MissingEntries { .. })
+        {
             ProblemKind::Missing
         } else {
             ProblemKind::Corrupt
