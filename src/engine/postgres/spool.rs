@@ -176,7 +176,9 @@ impl Spool {
     /// Removes records of files the server has finished with (neither
     /// `.ready` in `wal_dir/archive_status` nor the file itself there any
     /// more), and their errors: a server that archived a file by another
-    /// route, or a spool left from a data directory that is gone.
+    /// route, or a spool left from a data directory that is gone. Also the
+    /// half-written `*.tmp-<pid>` files of processes no longer running (a
+    /// pusher killed between writing a record and renaming it).
     pub fn sweep(&self, wal_dir: &Path) -> io::Result<usize> {
         let mut removed = 0;
         for entry in fs::read_dir(&self.dir)? {
@@ -185,6 +187,16 @@ impl Spool {
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
+            if let Some((_, pid)) = file_name.rsplit_once(".tmp-") {
+                let gone = pid.parse::<u32>().is_ok_and(|pid| {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                });
+                if gone {
+                    remove_if_present(&entry.path())?;
+                    removed += 1;
+                }
+                continue;
+            }
             let Some(name) = file_name
                 .strip_suffix(".ok")
                 .or_else(|| file_name.strip_suffix(".error"))
@@ -410,9 +422,22 @@ mod tests {
         spool.write_ok("000000010000000000000002", &pushed).unwrap();
         spool.write_ok("000000010000000000000001", &pushed).unwrap();
         spool.write_error("000000010000000000000001", "x").unwrap();
-        assert_eq!(spool.sweep(&wal).unwrap(), 2);
+        // Half-written records: a dead process's goes, a live one's stays.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let tmp = |pid: u32| {
+            spool
+                .dir()
+                .join(format!("000000010000000000000003.ok.tmp-{pid}"))
+        };
+        fs::write(tmp(dead), b"{").unwrap();
+        fs::write(tmp(std::process::id()), b"{").unwrap();
+        assert_eq!(spool.sweep(&wal).unwrap(), 3);
         assert!(spool.has_ok("000000010000000000000002"));
         assert!(!spool.has_ok("000000010000000000000001"));
         assert!(!spool.has_error("000000010000000000000001"));
+        assert!(!tmp(dead).exists());
+        assert!(tmp(std::process::id()).exists());
     }
 }
