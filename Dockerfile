@@ -14,6 +14,12 @@ ARG RUNTIME_IMAGE=debian:12.15-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
+# make builds jemalloc, the binary's allocator (tikv-jemalloc-sys); the slim
+# image has gcc but not make.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-* \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, against stub sources, so this layer is reused until
 # Cargo.toml or Cargo.lock change; editing src/ rebuilds holdfast only.
 # (Should Cargo.toml name [[bench]]/[[test]] files by path, copy those too:
@@ -55,12 +61,6 @@ RUN groupadd --system --gid 10001 holdfast \
     && mkdir -p /etc/holdfast/plans
 
 COPY --from=builder /usr/local/bin/holdfast /usr/local/bin/holdfast
-
-# glibc's malloc gives each thread that allocates an arena of its own (up to 8
-# per core) and keeps what each one frees: at pgbench scale 200, `verify`
-# peaked at 295-356 MB with the default and 217 MB with two arenas, for the
-# same time (docs/performance.md, *Memory*).
-ENV MALLOC_ARENA_MAX=2
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it (10001 is `holdfast`).
 USER 10001:10001

@@ -9,6 +9,7 @@
 //! the file it was given) the store has confirmed, and fails, with the
 //! reason, otherwise, so the server keeps the file and retries.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,12 +47,6 @@ const PUSH_DEADLINE: Duration = Duration::from_secs(600);
 const POLL: Duration = Duration::from_millis(5);
 /// At most this many files are taken from one listing of `archive_status`.
 const BATCH: usize = 64;
-/// glibc's allocator settings the pusher is started with (see
-/// `Job::start_pusher`).
-pub const PUSHER_MALLOC: [(&str, &str); 2] = [
-    ("MALLOC_ARENA_MAX", "2"),
-    ("MALLOC_MMAP_THRESHOLD_", "1048576"),
-];
 
 #[derive(Debug, Clone)]
 pub struct AsyncOptions {
@@ -279,17 +274,6 @@ impl Job {
         let log = spool.open_log()?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(exe);
-        // Each push holds a segment (16 MiB) read whole: glibc would keep
-        // such buffers in up to 8 arenas per core once freed (its mmap
-        // threshold rises after the first is returned). Two arenas and a
-        // fixed 1 MiB threshold give them back: the pusher's peak RSS with 2
-        // workers on incompressible 16 MiB segments went from 180 to 110 MB
-        // (`docs/performance.md`). What the caller set is left alone.
-        for (var, value) in PUSHER_MALLOC {
-            if std::env::var_os(var).is_none() {
-                command.env(var, value);
-            }
-        }
         command
             .arg("wal-push-ahead")
             .arg("--plan")
@@ -358,15 +342,22 @@ pub async fn push_ahead(
         );
     }
     let mut idle_since: Option<Instant> = None;
+    // Files this pusher stored and recorded that are still `.ready`: their
+    // record may already have been answered and removed before the server
+    // marked them done, and pushing them again would leave a record nobody
+    // asks for. Kept only while they are `.ready`, so bounded by the backlog.
+    let mut recorded: HashSet<String> = HashSet::new();
     loop {
-        let waiting = {
+        let (ready, waiting) = {
             let (dir, spool) = (wal_dir.to_path_buf(), spool.clone());
-            tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
-                Ok(spool::ready(&dir)?
-                    .into_iter()
+            tokio::task::spawn_blocking(move || -> std::io::Result<(Vec<String>, Vec<String>)> {
+                let ready = spool::ready(&dir)?;
+                let waiting = ready
+                    .iter()
                     .filter(|n| !spool.has_ok(n) && !spool.has_error(n))
-                    .take(BATCH)
-                    .collect())
+                    .cloned()
+                    .collect();
+                Ok((ready, waiting))
             })
             .await
             .expect("listing panicked")
@@ -375,6 +366,13 @@ pub async fn push_ahead(
                 wal_dir.display()
             )))?
         };
+        let ready: HashSet<String> = ready.into_iter().collect();
+        recorded.retain(|n| ready.contains(n));
+        let waiting: Vec<String> = waiting
+            .into_iter()
+            .filter(|n| !recorded.contains(n))
+            .take(BATCH)
+            .collect();
         if waiting.is_empty() {
             let since = *idle_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= IDLE_EXIT {
@@ -422,6 +420,9 @@ pub async fn push_ahead(
                 break;
             };
             let (name, result, record) = done.expect("a push task panicked");
+            if matches!((&result, &record), (Ok(Some(_)), Ok(()))) {
+                recorded.insert(name.clone());
+            }
             match result {
                 Ok(Some(p)) => {
                     report.pushed += 1;
