@@ -217,8 +217,14 @@ impl Manifest {
     /// The key of this snapshot's entries object whose stored bytes hash to
     /// `sha256`.
     pub fn entries_key(&self, sha256: &Hash256) -> String {
+        format!("{}{sha256}", self.entries_ad())
+    }
+
+    /// What the entries object is sealed under: its key without the hash,
+    /// `entries/<plan>/<time>-`.
+    fn entries_ad(&self) -> String {
         format!(
-            "{ENTRIES_PREFIX}{}/{}-{sha256}",
+            "{ENTRIES_PREFIX}{}/{}-",
             self.plan,
             self.started_at.format(super::SNAPSHOT_TIME_FORMAT)
         )
@@ -238,11 +244,10 @@ impl Manifest {
             started_at: self.started_at,
             entries: &self.entries[..],
         };
-        let ad = self.entries_key(&Hash256([0; 32]));
-        let ad = super::crypto::content_addressed_ad(&ad);
+        let ad = self.entries_ad();
         let what = format!("the new entries object of plan {}", self.plan);
         let bytes = super::encode_json_zst_within(super::ENTRIES_CAP, &what, &file)?;
-        let bytes = crypto.seal(ad, bytes);
+        let bytes = crypto.seal(&ad, bytes);
         let sha256 = Hash256::digest(&bytes);
         let r = EntriesRef {
             key: self.entries_key(&sha256),

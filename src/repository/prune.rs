@@ -225,6 +225,7 @@ async fn prune_locked(
     // (those of rejected manifests included: prune never deletes evidence).
     let mut named_entries: HashSet<String> = HashSet::new();
     let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut evidence: Vec<SnapshotRef> = Vec::new();
     for p in &plans {
         let Ok(p) = PlanName::new(p) else {
             continue;
@@ -243,16 +244,7 @@ async fn prune_locked(
                     why: r.detail.clone(),
                 });
             }
-            if let Some(snap) = SnapshotRef::from_key(&r.object) {
-                keep_evidence(
-                    repo,
-                    &snap,
-                    &packs_of,
-                    &mut rejected_packs,
-                    &mut named_entries,
-                )
-                .await;
-            }
+            evidence.extend(SnapshotRef::from_key(&r.object));
         }
         for a in listed.accepted {
             seen.insert(a.snap.key.clone());
@@ -263,17 +255,20 @@ async fn prune_locked(
     }
     // Keys under a plan name that is not a valid plan name: nobody's
     // snapshot, but their packs are kept all the same.
-    for key in keys.iter().filter(|k| !seen.contains(*k)) {
-        if let Some(snap) = SnapshotRef::from_key(key) {
-            keep_evidence(
-                repo,
-                &snap,
-                &packs_of,
-                &mut rejected_packs,
-                &mut named_entries,
-            )
-            .await;
-        }
+    evidence.extend(
+        keys.iter()
+            .filter(|k| !seen.contains(*k))
+            .filter_map(|k| SnapshotRef::from_key(k)),
+    );
+    for snap in &evidence {
+        keep_evidence(
+            repo,
+            snap,
+            &packs_of,
+            &mut rejected_packs,
+            &mut named_entries,
+        )
+        .await;
     }
     let mine: Vec<(SnapshotId, DateTime<Utc>, Option<Tier>)> = all
         .iter()
@@ -351,6 +346,13 @@ async fn prune_locked(
         live.extend(packs.iter().copied());
         named_entries.extend(m.entries_object.as_ref().map(|r| r.key.clone()));
     }
+    // A removed snapshot's entries object goes with it, unless another
+    // manifest names it too.
+    for (_, entries) in removing.iter_mut() {
+        if entries.as_ref().is_some_and(|e| named_entries.contains(e)) {
+            *entries = None;
+        }
+    }
     // Entries objects to delete: each removed snapshot's own, after its
     // manifest; and any no manifest names (a backup killed between its
     // entries and its manifest) whose lock has ended. Without a lock, as
@@ -417,11 +419,8 @@ async fn prune_locked(
         report.bytes_removed = dead.values().sum();
         report.wal_files_removed = expired_logs.len();
         report.wal_bytes_removed = expired_logs.iter().map(|i| i.size).sum();
-        report.entries_objects_removed = dead_entries.len()
-            + removing
-                .iter()
-                .filter(|(_, e)| e.as_ref().is_some_and(|k| !named_entries.contains(k)))
-                .count();
+        report.entries_objects_removed =
+            dead_entries.len() + removing.iter().filter(|(_, e)| e.is_some()).count();
         return Ok(report);
     }
     if removing.is_empty() && dead.is_empty() && expired_logs.is_empty() && dead_entries.is_empty()
@@ -478,17 +477,9 @@ async fn prune_locked(
     for (snap, entries) in &removing {
         still_held()?;
         match store.delete(&snap.key).await {
-            Ok(()) => {
-                if let Some(e) = entries.as_ref().filter(|e| !named_entries.contains(*e)) {
-                    dead_entries.push(e.clone());
-                }
-            }
-            // Already gone (an earlier prune stopped here): its entries too.
-            Err(StoreError::NotFound { .. }) => {
-                if let Some(e) = entries.as_ref().filter(|e| !named_entries.contains(*e)) {
-                    dead_entries.push(e.clone());
-                }
-            }
+            // Gone now, or already (an earlier prune stopped here): its
+            // entries go after it.
+            Ok(()) | Err(StoreError::NotFound { .. }) => dead_entries.extend(entries.clone()),
             Err(e) => refuse(&snap.key, e)?,
         }
     }
@@ -578,11 +569,17 @@ async fn keep_evidence(
     packs: &mut HashSet<PackId>,
     entries: &mut HashSet<String>,
 ) {
-    if let Ok(head) = repo.load_manifest_head(snap).await {
-        entries.extend(head.entries_object.map(|r| r.key));
-    }
-    if let Ok(m) = repo.load_manifest(snap).await {
-        packs.extend(packs_of(&m));
+    match repo.load_manifest(snap).await {
+        Ok(m) => {
+            packs.extend(packs_of(&m));
+            entries.extend(m.entries_object.map(|r| r.key));
+        }
+        // Its entries object may be what failed: the head still names it.
+        Err(_) => {
+            if let Ok(head) = repo.load_manifest_head(snap).await {
+                entries.extend(head.entries_object.map(|r| r.key));
+            }
+        }
     }
 }
 
