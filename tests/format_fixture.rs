@@ -3,8 +3,9 @@
 //! encrypted with the key file beside it, and every later build must list,
 //! verify and restore it to exactly what `expected.json` says. So must it
 //! `repo-v2-m3`, the same format with snapshot manifests version 3 (no
-//! whole-file hashes), and `repo-v2-m4`, whose manifests name their entries
-//! as objects of their own (`entries/`). The version 1
+//! whole-file hashes), `repo-v2-m4`, whose manifests name their entries
+//! as objects of their own (`entries/`), and `repo-v2-m5`, whose manifests
+//! also name the packs their chunks are in. The version 1
 //! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
@@ -21,11 +22,12 @@ use holdfast::ids::Hash256;
 use holdfast::repository::source::EntryKind;
 use serde_json::Value;
 
-/// Every fixture of repository format 2: manifest versions 2, 3 and 4.
-const FIXTURES: [&str; 3] = [
+/// Every fixture of repository format 2: manifest versions 2 to 5.
+const FIXTURES: [&str; 4] = [
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m3"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m4"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m5"),
 ];
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
@@ -105,6 +107,45 @@ fn every_snapshot_of_each_version_2_fixture_is_listed_and_verifies() {
     }
 }
 
+/// prune and keep-locks find what each snapshot needs, whichever manifest
+/// version wrote it: from its chunks through the index before version 5,
+/// from the packs it names from then. Each plan keeps its one snapshot, so
+/// nothing may go, and every object it needs is counted.
+#[test]
+fn prune_and_keep_locks_keep_every_snapshot_of_each_fixture_whole() {
+    for fx in each_fixture() {
+        for plan in ["sqlite", "files", "pg"] {
+            let v = fx.manifest_version();
+            let report = json(&["prune", "--plan", &fx.plan(plan), "--dry-run", "--json"]);
+            assert_eq!(
+                report["removed"],
+                serde_json::json!([]),
+                "v{v} {plan}: {report}"
+            );
+            assert_eq!(report["packs_removed"], 0, "v{v} {plan}: {report}");
+            assert_eq!(
+                report["kept"].as_array().unwrap().len(),
+                1,
+                "v{v} {plan}: {report}"
+            );
+            let locks = json(&[
+                "keep-locks",
+                "--plan",
+                &fx.plan(plan),
+                "--dry-run",
+                "--json",
+            ]);
+            assert_eq!(locks["snapshots_kept"], 1, "v{v} {plan}: {locks}");
+            // The manifest, the config, the key object, and at least a
+            // pack and the index object describing it.
+            assert!(
+                locks["objects_checked"].as_u64().unwrap() >= 5,
+                "v{v} {plan}: {locks}"
+            );
+        }
+    }
+}
+
 fn listed_and_verified(fx: &Fixture) {
     assert_eq!(fx.expected["format_version"], 2);
     for (plan, source) in [("sqlite", "sqlite"), ("files", "files"), ("pg", "postgres")] {
@@ -168,6 +209,27 @@ fn each_fixture_holds_the_manifest_version_it_names() {
                     let stored = fx.path(&format!("repo/objects/{}", r.key));
                     assert_eq!(std::fs::metadata(&stored).unwrap().len(), r.size);
                 }
+                // From version 5 the manifest names its packs: exactly those
+                // its chunks are in.
+                assert_eq!(m.packs.is_some(), version >= 5, "plan {plan}");
+                if let Some(packs) = &m.packs {
+                    let index = repo.load_index().await.unwrap();
+                    let holding: std::collections::BTreeSet<_> = m
+                        .entries
+                        .iter()
+                        .flat_map(|e| &e.chunks)
+                        .filter_map(|c| index.get(c).map(|l| l.pack))
+                        .collect();
+                    assert_eq!(
+                        packs
+                            .iter()
+                            .copied()
+                            .collect::<std::collections::BTreeSet<_>>(),
+                        holding,
+                        "plan {plan}"
+                    );
+                    assert!(!packs.is_empty(), "plan {plan}");
+                }
                 assert!(!m.entries.is_empty(), "plan {plan}");
                 for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
                     assert_eq!(e.sha256.is_some(), version == 2, "{plan}: {}", e.path);
@@ -176,7 +238,7 @@ fn each_fixture_holds_the_manifest_version_it_names() {
             }
         });
     }
-    assert_eq!(seen, [2, 3, 4]);
+    assert_eq!(seen, [2, 3, 4, 5]);
 }
 
 #[test]

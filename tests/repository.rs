@@ -627,3 +627,204 @@ async fn an_entries_object_locked_for_less_than_its_snapshot_is_named_by_verify(
         report.problems
     );
 }
+
+/// The packs holding each chunk of `m`, as the index objects give them.
+fn packs_holding(
+    m: &holdfast::repository::Manifest,
+    index: &holdfast::repository::Index,
+) -> std::collections::BTreeSet<holdfast::ids::PackId> {
+    m.entries
+        .iter()
+        .flat_map(|e| &e.chunks)
+        .flat_map(|c| index.candidates(c).map(|l| l.pack).collect::<Vec<_>>())
+        .collect()
+}
+
+/// From manifest version 5 a manifest names the packs its chunks are in,
+/// and prune keeps the packs the kept snapshots name without reading their
+/// entries or the index's chunks. Beside an older manifest (version 4, no
+/// packs named), prune finds that one's packs from its chunks, as before.
+/// verify names a manifest that leaves out a pack one of its chunks is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_needs() {
+    use holdfast::plan::RetentionSpec;
+    use holdfast::repository::manifest::MANIFEST_VERSION;
+    use holdfast::repository::pack_key;
+    use holdfast::repository::prune::{prune, PruneOptions};
+    use std::collections::BTreeSet;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_at(&tmp.path().join("repo")).await;
+    let (app, old) = (plan_name("app"), plan_name("old"));
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    let day = |r: u64| (format!("day-{r}"), data(20 + r, 1_000_000));
+    let shared = || ("shared".to_string(), data(1, 1_000_000));
+    let back_up = |plan: PlanName, files: Vec<(String, Vec<u8>)>| {
+        let (repo, unlocked) = (&repo, &unlocked);
+        async move {
+            backup(repo, &plan, Box::new(MemSource { files }), unlocked)
+                .await
+                .unwrap();
+        }
+    };
+    let prune_to = |plan: PlanName, last: u32| {
+        let repo = &repo;
+        async move {
+            let opts = PruneOptions {
+                logs: None,
+                retention: RetentionSpec {
+                    keep_last: Some(last),
+                    ..Default::default()
+                },
+                timezone: chrono_tz::Tz::UTC,
+                dry_run: false,
+                record_lock: None,
+                now: Utc::now(),
+            };
+            let report = prune(repo, &plan, &opts).await.unwrap();
+            assert!(report.refused.is_empty(), "{report:?}");
+            report
+        }
+    };
+    let stored_packs = || async {
+        repo.store()
+            .list("packs/")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.key)
+            .collect::<BTreeSet<String>>()
+    };
+    // Each snapshot's named packs, checked against its chunks' packs.
+    let named = |plan: PlanName| {
+        let repo = &repo;
+        async move {
+            let index = repo.load_index().await.unwrap();
+            let mut out = Vec::new();
+            for snap in repo.list_snapshots(&plan).await.unwrap() {
+                let m = repo.load_manifest(&snap).await.unwrap();
+                let holding: BTreeSet<String> =
+                    packs_holding(&m, &index).iter().map(pack_key).collect();
+                if let Some(packs) = &m.packs {
+                    let packs: BTreeSet<String> = packs.iter().map(pack_key).collect();
+                    assert_eq!(packs, holding, "{}", snap.key);
+                }
+                out.push(holding);
+            }
+            out
+        }
+    };
+
+    // Day 0 alone; from day 1 a file every later day shares.
+    back_up(app.clone(), vec![day(0)]).await;
+    back_up(app.clone(), vec![shared(), day(1)]).await;
+    back_up(app.clone(), vec![shared(), day(2)]).await;
+    let snaps = repo.list_snapshots(&app).await.unwrap();
+    let head = repo.load_manifest_head(&snaps[2]).await.unwrap();
+    assert_eq!(head.version, MANIFEST_VERSION);
+    let packs = head.packs.clone().expect("version 5 names its packs");
+    assert!(packs.windows(2).all(|w| w[0] < w[1]), "{packs:?}");
+    let p = named(app.clone()).await;
+    assert_eq!(p.len(), 3);
+    assert!(p[0].is_disjoint(&p[1]) && !p[1].is_disjoint(&p[2]), "{p:?}");
+
+    // Keeping the last two: day 0's packs go, and only they.
+    let before = stored_packs().await;
+    let report = prune_to(app.clone(), 2).await;
+    assert_eq!(report.removed.len(), 1, "{report:?}");
+    let after = stored_packs().await;
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    let expected: BTreeSet<String> = p[0].difference(&(&p[1] | &p[2])).cloned().collect();
+    assert!(!expected.is_empty());
+    assert_eq!(gone, expected);
+    assert_eq!(report.packs_removed, expected.len());
+
+    // Another plan's snapshot of day 1's file, written as manifest version 4
+    // (no packs named): prune finds its packs from its chunks.
+    back_up(old.clone(), vec![("legacy".into(), data(21, 1_000_000))]).await;
+    let snap = repo.list_snapshots(&old).await.unwrap().remove(0);
+    let mut m = repo.load_manifest(&snap).await.unwrap();
+    for key in [snap.key.clone(), m.entries_object.take().unwrap().key] {
+        repo.store().delete(&key).await.unwrap();
+    }
+    m.version = 4;
+    m.packs = None;
+    repo.put_manifest(m, None, || async { Ok(()) })
+        .await
+        .unwrap();
+    let snap = repo.list_snapshots(&old).await.unwrap().remove(0);
+    let m = repo.load_manifest(&snap).await.unwrap();
+    assert_eq!((m.version, m.packs.is_none()), (4, true));
+    let legacy = named(old.clone()).await.remove(0);
+
+    // Day 3 alone, keeping the last one: days 1 and 2 go, but the pack the
+    // version 4 snapshot needs stays.
+    back_up(app.clone(), vec![day(3)]).await;
+    let p = named(app.clone()).await;
+    let before = stored_packs().await;
+    prune_to(app.clone(), 1).await;
+    let after = stored_packs().await;
+    let gone: BTreeSet<String> = before.difference(&after).cloned().collect();
+    let expected: BTreeSet<String> = (&p[0] | &p[1])
+        .difference(&(&p[2] | &legacy))
+        .cloned()
+        .collect();
+    assert!(
+        !expected.is_empty() && !(&p[0] & &legacy).is_empty(),
+        "{p:?} {legacy:?}"
+    );
+    assert_eq!(gone, expected);
+    let out = tmp.path().join("old");
+    restore_latest(&repo, &old, &out).await.unwrap();
+    assert_eq!(
+        std::fs::read(out.join("legacy")).unwrap(),
+        data(21, 1_000_000)
+    );
+    let out = tmp.path().join("app");
+    restore_latest(&repo, &app, &out).await.unwrap();
+    assert_eq!(
+        std::fs::read(out.join("day-3")).unwrap(),
+        data(23, 1_000_000)
+    );
+    for plan in [&app, &old] {
+        let report = verify(&repo, plan, None, None, ProgressMode::Quiet)
+            .await
+            .unwrap();
+        assert!(report.ok(), "{plan}: {:?}", report.problems);
+    }
+
+    // A manifest naming fewer packs than its chunks are in: named by verify,
+    // since prune would let the others go.
+    let latest = repo.list_snapshots(&app).await.unwrap().remove(0);
+    let mut m = repo.load_manifest(&latest).await.unwrap();
+    m.previous = Some(latest.id);
+    m.started_at += Duration::minutes(1);
+    m.finished_at = m.started_at;
+    let left_out = m.packs.as_mut().unwrap().remove(0);
+    let (key, _) = repo
+        .put_manifest(m, None, || async { Ok(()) })
+        .await
+        .unwrap();
+    let report = verify(&repo, &app, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    let problems: Vec<_> = report
+        .problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.kind))
+        .collect();
+    assert_eq!(
+        problems,
+        [(key.as_str(), ProblemKind::Corrupt)],
+        "{:?}",
+        report.problems
+    );
+    let detail = &report.problems[0].detail;
+    assert!(
+        detail.contains("in no pack the manifest names") && detail.contains(&pack_key(&left_out)),
+        "{detail}"
+    );
+}

@@ -159,7 +159,23 @@ async fn keep_locked(
         .map(|a| (a.snap.id, a.head.started_at, a.head.tier))
         .collect();
     let keep = keep_set(&all, &plan.retention, plan.schedule.timezone());
-    let index = repo.load_index_strict().await?;
+    // From manifest version 5 a manifest names its packs, and which index
+    // objects describe each is all that is read of the index. An older
+    // kept manifest's packs are found from its chunks: the index whole.
+    let kept_heads = || {
+        listed
+            .accepted
+            .iter()
+            .filter(|a| keep.contains_key(&a.snap.id))
+    };
+    let index = match kept_heads().any(|a| a.head.packs.is_none()) {
+        true => Some(repo.load_index_strict().await?),
+        false => None,
+    };
+    let described = match kept_heads().any(|a| a.head.packs.is_some()) {
+        true => Some(repo.index_objects_by_pack_strict().await?),
+        false => None,
+    };
 
     let target_for = |tier: Tier| -> Option<Retention> { plan.lock_for(tier, opts.now) };
     let mut needs: BTreeMap<String, Need> = BTreeMap::new();
@@ -195,8 +211,6 @@ async fn keep_locked(
         let Some(target) = target_for(head.tier.unwrap_or(Tier::Last)) else {
             continue;
         };
-        // A kept snapshot whose manifest cannot be read: refuse to guess.
-        let m = repo.load_manifest(snap).await?;
         let mut packs: HashSet<PackId> = HashSet::new();
         if longest.is_none_or(|l| l.until < target.until) {
             longest = Some(target);
@@ -209,6 +223,33 @@ async fn keep_locked(
         for k in &key_objects {
             need(k.clone(), target, false);
         }
+        if let Some(named) = &head.packs {
+            let described = described.as_ref().expect("read when a head names packs");
+            for pack in named {
+                // Every index object describing it: a restore finds its
+                // chunks through them.
+                let Some(sources) = described.get(pack) else {
+                    return Err(RepoError::Corrupt {
+                        what: "snapshot",
+                        key: snap.key.clone(),
+                        why: format!(
+                            "pack {pack}, which it names, is in no index object; run `holdfast verify`"
+                        ),
+                    }
+                    .into());
+                };
+                packs.insert(*pack);
+                need(pack_key(pack), target, false);
+                for source in sources {
+                    need(source.clone(), target, false);
+                }
+            }
+            kept.push((snap, head, rule.clone(), target, packs));
+            continue;
+        }
+        // A kept snapshot whose manifest cannot be read: refuse to guess.
+        let m = repo.load_manifest(snap).await?;
+        let index = index.as_ref().expect("read when a head names no packs");
         for e in &m.entries {
             for c in &e.chunks {
                 if !index.contains(c) {

@@ -292,6 +292,13 @@ async fn backup_locked(
         locks_extended = super::locks::extend_all(repo.store(), keys).await?;
     }
 
+    // Every pack a chunk of this snapshot is in: those it wrote, and where
+    // it found the chunks it reused (each checked or agreed on by every
+    // index object naming it).
+    let mut packs: Vec<PackId> = written.reused_packs.keys().copied().collect();
+    packs.extend(written.packs_written.iter().copied());
+    packs.sort();
+    packs.dedup();
     let finished_at = crate::clock::now();
     let manifest = Manifest {
         format: "holdfast-snapshot".into(),
@@ -310,6 +317,7 @@ async fn backup_locked(
         tier: Some(opts.tier),
         stats: written.stats,
         entries_object: None,
+        packs: Some(packs),
         entries: written.entries,
     };
     // The entries object, then the commit point: the manifest, only while
@@ -335,7 +343,7 @@ async fn backup_locked(
         finished_at,
         duration_seconds: started.elapsed().as_secs_f64(),
         stats: written.stats,
-        packs_written: written.packs_written,
+        packs_written: written.packs_written.len() as u64,
         packs_reused: written.reused_packs.len() as u64,
         bytes_read: written.bytes_read,
         pages_unchanged_by_lsn: written.pages_unchanged,
@@ -434,7 +442,8 @@ struct Shared {
     /// Uploaded packs not yet named by an index object.
     unindexed: Mutex<Vec<IndexedPack>>,
     failure: Mutex<Option<StoreError>>,
-    packs_written: std::sync::atomic::AtomicU64,
+    /// The packs this backup uploaded.
+    packs_written: Mutex<Vec<PackId>>,
 }
 
 impl Shared {
@@ -492,8 +501,7 @@ impl Shared {
         let id = pack_id(&bytes);
         let size = bytes.len() as u64;
         self.put_content(&pack_key(&id), bytes, id.0)?;
-        self.packs_written
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.packs_written.lock().expect("packs lock").push(id);
         let batch = {
             let mut unindexed = self.unindexed.lock().expect("index lock");
             unindexed.push(IndexedPack {
@@ -525,7 +533,7 @@ struct Written {
     entries: Vec<ManifestEntry>,
     stats: SnapshotStats,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
-    packs_written: u64,
+    packs_written: Vec<PackId>,
     bytes_read: u64,
     pages_unchanged: u64,
 }
@@ -878,10 +886,9 @@ impl Writer {
             reused_packs: std::mem::take(&mut self.reused_packs),
             bytes_read: self.bytes_read,
             pages_unchanged: self.pages_unchanged,
-            packs_written: self
-                .shared
-                .packs_written
-                .load(std::sync::atomic::Ordering::Relaxed),
+            packs_written: std::mem::take(
+                &mut *self.shared.packs_written.lock().expect("packs lock"),
+            ),
         })
     }
 

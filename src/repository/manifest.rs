@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::source::{EntryKind, FileId, FileStamp, SourceMetadata};
 use super::{decode_json_zst, encode_json_zst, RepoError};
-use crate::ids::{ChunkId, Hash256, SnapshotId};
+use crate::ids::{ChunkId, Hash256, PackId, SnapshotId};
 use crate::plan::{PlanName, Tier};
 use crate::store::Retention;
 
@@ -16,11 +16,17 @@ use crate::store::Retention;
 /// ([`ENTRIES_PREFIX`]), named from the manifest by key, SHA-256 and size,
 /// so a listing reads a few hundred bytes a snapshot, not a chunk id per
 /// page of the database.
-pub const MANIFEST_VERSION: u32 = 4;
+/// Version 5 (2026-12-05): the manifest names the packs its chunks are in
+/// (`packs`), so prune and keep-locks decide which packs a snapshot needs
+/// from its manifest alone, without its entries or the chunk index.
+pub const MANIFEST_VERSION: u32 = 5;
 
 /// The manifest versions this build reads: 2 (each file with its
-/// whole-file SHA-256), 3 and 4.
-pub const MANIFEST_VERSIONS_READ: [u32; 3] = [2, 3, 4];
+/// whole-file SHA-256), 3, 4 and 5.
+pub const MANIFEST_VERSIONS_READ: [u32; 4] = [2, 3, 4, 5];
+
+/// The first manifest version that names its packs.
+pub const PACKS_NAMED_FROM: u32 = 5;
 
 /// The first manifest version whose entries are an object of their own.
 pub const ENTRIES_APART_FROM: u32 = 4;
@@ -76,6 +82,12 @@ pub struct Manifest {
     /// holds no `entries`; [`super::Repository::load_manifest`] reads them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entries_object: Option<EntriesRef>,
+    /// Version 5 on: every pack holding a chunk of this snapshot, as its
+    /// backup found or wrote it, in ascending order. What prune keeps and
+    /// keep-locks extends for the snapshot; `verify` checks that each chunk
+    /// it finds is in one of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packs: Option<Vec<PackId>>,
     /// Inline up to version 3; from version 4, filled from the entries
     /// object when the manifest is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -101,6 +113,8 @@ struct StoredManifest<'a> {
     stats: &'a SnapshotStats,
     #[serde(skip_serializing_if = "Option::is_none")]
     entries_object: &'a Option<EntriesRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    packs: &'a Option<Vec<PackId>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     entries: Option<&'a [ManifestEntry]>,
 }
@@ -192,6 +206,7 @@ impl Manifest {
             source: self.source.clone(),
             stats: self.stats,
             entries_object: self.entries_object.clone(),
+            packs: self.packs.clone(),
         }
     }
 
@@ -210,6 +225,7 @@ impl Manifest {
             tier: &self.tier,
             stats: &self.stats,
             entries_object: &self.entries_object,
+            packs: &self.packs,
             entries: (self.version < ENTRIES_APART_FROM).then_some(&self.entries[..]),
         }
     }
@@ -344,6 +360,7 @@ impl Manifest {
         let m: Manifest = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
         check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
+        check_packs(key, m.version, m.packs.as_deref())?;
         if m.entries_object.is_some() && !m.entries.is_empty() {
             return Err(RepoError::Corrupt {
                 what: "snapshot manifest",
@@ -376,6 +393,9 @@ pub struct ManifestHead {
     /// Version 4 on: the object holding the entries.
     #[serde(default)]
     pub entries_object: Option<EntriesRef>,
+    /// Version 5 on: the packs holding its chunks ([`Manifest::packs`]).
+    #[serde(default)]
+    pub packs: Option<Vec<PackId>>,
 }
 
 impl ManifestHead {
@@ -393,6 +413,7 @@ impl ManifestHead {
         let m: ManifestHead = decode_json_zst(super::MANIFEST_CAP, key, &plain)?;
         check_format(key, &m.format, m.version)?;
         check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
+        check_packs(key, m.version, m.packs.as_deref())?;
         Ok(m)
     }
 
@@ -414,6 +435,7 @@ impl ManifestHead {
             },
             stats: SnapshotStats::default(),
             entries_object: None,
+            packs: Some(Vec::new()),
         }
     }
 }
@@ -481,6 +503,29 @@ fn check_entries_apart(
     })
 }
 
+/// From version 5 a manifest names its packs, each once, in ascending order
+/// (one way to write a set, so its bytes and id are the backup's alone);
+/// before, it names none.
+fn check_packs(key: &str, version: u32, packs: Option<&[PackId]>) -> Result<(), RepoError> {
+    let why = match (version >= PACKS_NAMED_FROM, packs) {
+        (true, None) => "it names no packs".to_string(),
+        (false, Some(_)) => format!("version {version} names packs"),
+        (false, None) => return Ok(()),
+        (true, Some(p)) => match p.windows(2).find(|w| w[0] >= w[1]) {
+            None => return Ok(()),
+            Some(w) => format!(
+                "its packs are not each named once in ascending order: {} before {}",
+                w[0], w[1]
+            ),
+        },
+    };
+    Err(RepoError::Corrupt {
+        what: "snapshot manifest",
+        key: key.to_string(),
+        why,
+    })
+}
+
 /// A snapshot as its object name describes it, before its manifest is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRef {
@@ -510,12 +555,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_2_to_4_are_read_and_others_refused_by_number() {
-        assert_eq!(MANIFEST_VERSION, 4, "what a backup writes");
-        for v in [2, 3, 4] {
+    fn versions_2_to_5_are_read_and_others_refused_by_number() {
+        assert_eq!(MANIFEST_VERSION, 5, "what a backup writes");
+        for v in [2, 3, 4, 5] {
             check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap();
         }
-        for v in [1, 5] {
+        for v in [1, 6] {
             let e = check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap_err();
             let said = e.to_string();
             assert!(
@@ -542,6 +587,7 @@ mod tests {
             tier: None,
             stats: h.stats,
             entries_object: None,
+            packs: Some(vec![PackId(Hash256([1; 32])), PackId(Hash256([2; 32]))]),
             entries: vec![ManifestEntry {
                 path: "a".into(),
                 kind: EntryKind::File,
@@ -629,5 +675,36 @@ mod tests {
             let said = e.unwrap_err().to_string();
             assert!(said.contains("snapshots/p/k"), "{said}");
         }
+    }
+
+    #[test]
+    fn a_version_5_manifest_names_its_packs_once_each_in_order_and_earlier_ones_none() {
+        let (a, b) = (PackId(Hash256([1; 32])), PackId(Hash256([2; 32])));
+        check_packs("k", 5, Some(&[a, b])).unwrap();
+        check_packs("k", 5, Some(&[])).unwrap();
+        check_packs("k", 4, None).unwrap();
+        for (version, packs, why) in [
+            (5, None, "names no packs".to_string()),
+            (4, Some(vec![a]), "version 4 names packs".to_string()),
+            (5, Some(vec![b, a]), format!("{b} before {a}")),
+            (5, Some(vec![a, a]), format!("{a} before {a}")),
+        ] {
+            let e = check_packs("snapshots/p/k", version, packs.as_deref());
+            let said = e.unwrap_err().to_string();
+            assert!(
+                said.contains("snapshots/p/k") && said.contains(&why),
+                "{said}"
+            );
+        }
+        // Through decoding: the stored manifest is refused by name.
+        let crypto = crate::repository::Crypto::none();
+        let mut m = example();
+        m.packs = Some(vec![b, a]);
+        m.entries_object = Some(m.encode_entries(&crypto).unwrap().0);
+        let (id, stored) = m.encode(&crypto);
+        let key = "snapshots/p/20261201T100000.000Z-x";
+        let e = ManifestHead::decode(key, &id, &stored, &crypto).unwrap_err();
+        assert!(e.to_string().contains("ascending order"), "{e}");
+        assert!(Manifest::decode(key, &id, &stored, &crypto).is_err());
     }
 }

@@ -26,6 +26,7 @@ pub mod source;
 pub mod trust;
 pub mod verify;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -585,6 +586,37 @@ impl Repository {
             }
         }
         Ok((index, named, faults))
+    }
+
+    /// Which index objects describe each pack, read from every index object
+    /// one at a time and keeping only pack ids and keys: what prune and
+    /// keep-locks need of the index when manifests name their packs (a few
+    /// bytes a pack, where [`Index`] holds one location per chunk). Errors
+    /// as [`Repository::load_index_strict`] does.
+    pub async fn index_objects_by_pack_strict(
+        &self,
+    ) -> Result<HashMap<PackId, Vec<String>>, RepoError> {
+        let mut by_pack: HashMap<PackId, Vec<String>> = HashMap::new();
+        let mut faults = Vec::new();
+        for info in self.store.list("index/").await? {
+            let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
+                Ok(bytes) => {
+                    index::IndexFile::decode_blocking(&info.key, bytes, &self.crypto).await
+                }
+                Err(e) if e.is_not_found() => continue, // removed since the listing
+                Err(e) => Err(e.into()),
+            };
+            match decoded {
+                Ok(file) => {
+                    for p in file.packs {
+                        by_pack.entry(p.id).or_default().push(info.key.clone());
+                    }
+                }
+                Err(e) => faults.push((info.key, e)),
+            }
+        }
+        strict_faults(faults)?;
+        Ok(by_pack)
     }
 
     /// Packs that readable prune records say were (or are being) deleted.

@@ -197,12 +197,11 @@ async fn prune_locked(
     };
     // Everything must be readable before anything is deleted.
     repo.prune_records().await?;
-    let (index, fallback) = repo.load_index_strict_split().await?;
-    // Every plan's manifests (packs are shared across plans by dedup), each
-    // kept as its head and the packs it needs: one manifest's entries are
-    // in memory at a time, however many snapshots the plans keep.
-    let packs_of = |m: &Manifest| needed_packs(m, &index, &fallback);
-    let mut all: Vec<(SnapshotRef, ManifestHead, HashSet<PackId>)> = Vec::new();
+    let pruned = repo.pruned_packs().await?;
+    // Which index objects describe each pack (every one readable): a pack
+    // no index object describes may be a running backup's.
+    let described = repo.index_objects_by_pack_strict().await?;
+    let mut accepted: Vec<(SnapshotRef, ManifestHead)> = Vec::new();
     // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
     // listings skip keys when one plan's name is a prefix of another's
     // (SeaweedFS 4.48: `snapshots/home/` beside `snapshots/home-docs/`).
@@ -248,9 +247,7 @@ async fn prune_locked(
         }
         for a in listed.accepted {
             seen.insert(a.snap.key.clone());
-            let m = repo.load_manifest(&a.snap).await?;
-            let packs = packs_of(&m);
-            all.push((a.snap, m.head(), packs));
+            accepted.push((a.snap, a.head));
         }
     }
     // Keys under a plan name that is not a valid plan name: nobody's
@@ -260,6 +257,29 @@ async fn prune_locked(
             .filter(|k| !seen.contains(*k))
             .filter_map(|k| SnapshotRef::from_key(k)),
     );
+    // Every plan's manifests (packs are shared across plans by dedup), each
+    // kept as its head and the packs it needs. From manifest version 5 the
+    // head names them; an older manifest's are found from its chunks in the
+    // index, which is then read whole (one manifest's entries in memory at a
+    // time, however many snapshots the plans keep).
+    let chunk_index = if accepted.iter().any(|(_, h)| h.packs.is_none()) || !evidence.is_empty() {
+        Some(repo.load_index_strict_split().await?)
+    } else {
+        None
+    };
+    let packs_of = |m: &Manifest| match (&m.packs, &chunk_index) {
+        (Some(packs), _) => packs.iter().copied().collect(),
+        (None, Some((index, fallback))) => needed_packs(m, index, fallback),
+        (None, None) => unreachable!("the index is read when a manifest names no packs"),
+    };
+    let mut all: Vec<(SnapshotRef, ManifestHead, HashSet<PackId>)> = Vec::new();
+    for (snap, head) in accepted {
+        let packs = match &head.packs {
+            Some(packs) => packs.iter().copied().collect(),
+            None => packs_of(&repo.load_manifest(&snap).await?),
+        };
+        all.push((snap, head, packs));
+    }
     for snap in &evidence {
         keep_evidence(
             repo,
@@ -389,7 +409,7 @@ async fn prune_locked(
         }
         // Unindexed packs may belong to a backup still running; only their
         // lock (which such a backup just set) says when they are old enough.
-        let indexed = index.packs().contains_key(&id);
+        let indexed = described.contains_key(&id) && !pruned.contains(&id);
         if !indexed && store.head(&info.key).await?.retention.is_none() {
             continue;
         }
@@ -505,7 +525,8 @@ async fn prune_locked(
             Err(e) => refuse(&key, e)?,
         }
     }
-    // Index objects all of whose packs are gone (now or by earlier prunes).
+    // Index objects all of whose packs are gone (now or by earlier prunes,
+    // this one's record included).
     let pruned = repo.pruned_packs().await?;
     let mut index_removed = 0;
     for info in store.list("index/").await? {
@@ -559,8 +580,8 @@ async fn prune_locked(
 }
 
 /// What a manifest prune does not treat as a snapshot (rejected, or under no
-/// valid plan name) keeps: the packs its chunks may be in, and its entries
-/// object. A manifest or entries object that cannot be read keeps nothing
+/// valid plan name) keeps: the packs its chunks may be in (those it names,
+/// from version 5), and its entries object. A manifest or entries object that cannot be read keeps nothing
 /// it could not name.
 async fn keep_evidence(
     repo: &Repository,
@@ -574,10 +595,12 @@ async fn keep_evidence(
             packs.extend(packs_of(&m));
             entries.extend(m.entries_object.map(|r| r.key));
         }
-        // Its entries object may be what failed: the head still names it.
+        // Its entries object may be what failed: the head still names it,
+        // and from version 5 its packs.
         Err(_) => {
             if let Ok(head) = repo.load_manifest_head(snap).await {
                 entries.extend(head.entries_object.map(|r| r.key));
+                packs.extend(head.packs.into_iter().flatten());
             }
         }
     }

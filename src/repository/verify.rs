@@ -231,9 +231,20 @@ pub async fn verify_holding(
         };
         for e in &m.entries {
             let mut unindexed = Vec::new();
+            // Version 5: chunks in no pack the manifest names. prune and
+            // keep-locks go by those names, so such a chunk's pack could be
+            // deleted or left to unlock under a snapshot that needs it.
+            let mut unnamed = Vec::new();
             for c in &e.chunks {
                 if !index.contains(c) {
                     unindexed.push(c);
+                } else if let Some(named) = &m.packs {
+                    if !index
+                        .candidates(c)
+                        .any(|l| named.binary_search(&l.pack).is_ok())
+                    {
+                        unnamed.push(c);
+                    }
                 }
                 // Every candidate location is checked: which one is right
                 // is known only once read.
@@ -241,6 +252,23 @@ pub async fn verify_holding(
                     users.entry(loc.pack).or_default().insert(snap.id.short());
                     needed_chunks.entry(loc.pack).or_default().insert(*c);
                 }
+            }
+            if let Some(first) = unnamed.first() {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::Corrupt,
+                    detail: format!(
+                        "{} chunk(s) of {} are in no pack the manifest names (first: chunk {first}, in {}); prune and keep-locks go by those names",
+                        unnamed.len(),
+                        e.path,
+                        index
+                            .candidates(first)
+                            .map(|l| pack_key(&l.pack))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
             }
             if let Some(first) = unindexed.first() {
                 problems.push(Problem {
