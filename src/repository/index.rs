@@ -315,6 +315,17 @@ impl Index {
 }
 
 /// The JSON inside an `index/<id>` object.
+fn check_version(key: &str, version: u32) -> Result<(), RepoError> {
+    if version == FORMAT_VERSION {
+        return Ok(());
+    }
+    Err(RepoError::Corrupt {
+        what: "index object",
+        key: key.to_string(),
+        why: format!("unknown version {version}"),
+    })
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexFile {
     pub version: u32,
@@ -405,9 +416,47 @@ impl IndexFile {
             .expect("index object decode panicked")
     }
 
-    /// Decodes an index object, checking its bytes against the id in its key,
-    /// then its authenticity.
-    pub fn decode(key: &str, bytes: &[u8], crypto: &super::Crypto) -> Result<Self, RepoError> {
+    /// The packs an index object describes, with the checks of
+    /// [`IndexFile::decode`] but its chunks skipped as the JSON streams by,
+    /// on a blocking thread: what prune and keep-locks need of it. Holds the
+    /// stored bytes and a small buffer, not the JSON of up to 100k chunks
+    /// and their parsed entries.
+    pub async fn decode_pack_ids<B>(
+        key: &str,
+        bytes: B,
+        crypto: &super::Crypto,
+    ) -> Result<Vec<PackId>, RepoError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+    {
+        #[derive(Deserialize)]
+        struct Packs {
+            version: u32,
+            packs: Vec<Pack>,
+        }
+        #[derive(Deserialize)]
+        struct Pack {
+            id: PackId,
+        }
+        let (key, crypto) = (key.to_string(), crypto.clone());
+        tokio::task::spawn_blocking(move || {
+            let plain = IndexFile::open(&key, bytes.as_ref(), &crypto)?;
+            let file: Packs =
+                super::decode_json_zst_buffering(super::INDEX_CAP, &key, &plain, 1 << 20)?;
+            check_version(&key, file.version)?;
+            Ok(file.packs.into_iter().map(|p| p.id).collect())
+        })
+        .await
+        .expect("index object decode panicked")
+    }
+
+    /// An index object's stored bytes checked against the id in its key,
+    /// then opened (authenticated): its zstd JSON.
+    fn open<'a>(
+        key: &str,
+        bytes: &'a [u8],
+        crypto: &super::Crypto,
+    ) -> Result<std::borrow::Cow<'a, [u8]>, RepoError> {
         let expected = key.rsplit('/').next().unwrap_or_default();
         let got = crate::ids::Hash256::digest(bytes).to_hex();
         if got != expected {
@@ -418,15 +467,15 @@ impl IndexFile {
             });
         }
         let ad = super::crypto::content_addressed_ad(key);
-        let plain = super::open_sealed(crypto, super::INDEX_CAP, key, ad, bytes)?;
+        super::open_sealed(crypto, super::INDEX_CAP, key, ad, bytes)
+    }
+
+    /// Decodes an index object, checking its bytes against the id in its key,
+    /// then its authenticity.
+    pub fn decode(key: &str, bytes: &[u8], crypto: &super::Crypto) -> Result<Self, RepoError> {
+        let plain = IndexFile::open(key, bytes, crypto)?;
         let file: IndexFile = decode_json_zst(super::INDEX_CAP, key, &plain)?;
-        if file.version != FORMAT_VERSION {
-            return Err(RepoError::Corrupt {
-                what: "index object",
-                key: key.to_string(),
-                why: format!("unknown version {}", file.version),
-            });
-        }
+        check_version(key, file.version)?;
         // Every chunk must lie inside its pack: readers slice packs by these
         // numbers, and a decoder sizes its buffer by `raw_length`.
         for p in &file.packs {
@@ -496,6 +545,48 @@ mod tests {
             encoding,
             bundle_offset: bundle_offset.and_then(NonZeroU32::new),
         }
+    }
+
+    #[tokio::test]
+    async fn the_packs_of_an_index_object_are_read_past_its_chunks_with_every_check() {
+        // 40k chunks: more JSON than the 1 MiB read at once, so it streams.
+        let pack = |name: &[u8], n: u32| IndexedPack {
+            id: PackId(Hash256::digest(name)),
+            size: 1 << 30,
+            chunks: (0..n)
+                .map(|i| IndexedChunk {
+                    id: ChunkId(Hash256::digest(&i.to_le_bytes())),
+                    offset: 8 + u64::from(i) * 100,
+                    ..chunk(Encoding::Zstd, None)
+                })
+                .collect(),
+        };
+        let file = IndexFile::new(vec![pack(b"a", 20_000), pack(b"b", 20_000)]);
+        let bytes = file.encode(&Crypto::none());
+        let key = format!("index/{}", Hash256::digest(&bytes));
+        let ids = IndexFile::decode_pack_ids(&key, bytes.clone(), &Crypto::none())
+            .await
+            .unwrap();
+        assert_eq!(ids, [file.packs[0].id, file.packs[1].id]);
+        // Other bytes than the key names: refused, naming it.
+        let mut flipped = bytes;
+        flipped[100] ^= 1;
+        let e = IndexFile::decode_pack_ids(&key, flipped, &Crypto::none())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&key) && e.contains("SHA-256"), "{e}");
+        // Another version: refused as decode refuses it.
+        let other = crate::repository::encode_json_zst(&serde_json::json!({
+            "version": FORMAT_VERSION + 1,
+            "packs": [{"id": file.packs[0].id, "size": 1, "chunks": []}],
+        }));
+        let key = format!("index/{}", Hash256::digest(&other));
+        let e = IndexFile::decode_pack_ids(&key, other, &Crypto::none())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown version"), "{e}");
     }
 
     #[test]

@@ -601,15 +601,15 @@ impl Repository {
         for info in self.store.list("index/").await? {
             let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
                 Ok(bytes) => {
-                    index::IndexFile::decode_blocking(&info.key, bytes, &self.crypto).await
+                    index::IndexFile::decode_pack_ids(&info.key, bytes, &self.crypto).await
                 }
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
             };
             match decoded {
-                Ok(file) => {
-                    for p in file.packs {
-                        by_pack.entry(p.id).or_default().push(info.key.clone());
+                Ok(packs) => {
+                    for p in packs {
+                        by_pack.entry(p).or_default().push(info.key.clone());
                     }
                 }
                 Err(e) => faults.push((info.key, e)),
@@ -1157,7 +1157,7 @@ pub(crate) fn decode_json_zst<T: for<'de> Deserialize<'de>>(
 }
 
 /// [`decode_json_zst`], parsing from memory up to `buffered` bytes of JSON.
-fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
+pub(crate) fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
     cap: MetadataCap,
     key: &str,
     bytes: &[u8],
