@@ -615,17 +615,21 @@ async fn an_entries_object_locked_for_less_than_its_snapshot_is_named_by_verify(
         .await
         .unwrap();
     assert_eq!(report.snapshots_checked, 2);
-    let problems: Vec<_> = report
-        .problems
-        .iter()
-        .map(|p| (p.object.as_str(), p.kind))
-        .collect();
     assert_eq!(
-        problems,
+        problems_of(&report),
         [(r.key.as_str(), ProblemKind::RetentionTooShort)],
         "{:?}",
         report.problems
     );
+}
+
+/// Each problem verify reports: its object and kind.
+fn problems_of(report: &VerifyReport) -> Vec<(&str, ProblemKind)> {
+    report
+        .problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.kind))
+        .collect()
 }
 
 /// The packs holding each chunk of `m`, as the index objects give them.
@@ -811,13 +815,8 @@ async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_ne
     let report = verify(&repo, &app, None, None, ProgressMode::Quiet)
         .await
         .unwrap();
-    let problems: Vec<_> = report
-        .problems
-        .iter()
-        .map(|p| (p.object.as_str(), p.kind))
-        .collect();
     assert_eq!(
-        problems,
+        problems_of(&report),
         [(key.as_str(), ProblemKind::Corrupt)],
         "{:?}",
         report.problems

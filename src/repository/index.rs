@@ -314,7 +314,7 @@ impl Index {
     }
 }
 
-/// The JSON inside an `index/<id>` object.
+/// Index objects of another version than this build's are refused.
 fn check_version(key: &str, version: u32) -> Result<(), RepoError> {
     if version == FORMAT_VERSION {
         return Ok(());
@@ -326,6 +326,7 @@ fn check_version(key: &str, version: u32) -> Result<(), RepoError> {
     })
 }
 
+/// The JSON inside an `index/<id>` object.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IndexFile {
     pub version: u32,

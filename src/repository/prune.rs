@@ -198,8 +198,10 @@ async fn prune_locked(
     // Everything must be readable before anything is deleted.
     repo.prune_records().await?;
     let pruned = repo.pruned_packs().await?;
-    // Which index objects describe each pack (every one readable): a pack
-    // no index object describes may be a running backup's.
+    // Which index objects describe each pack (every one readable: its hash,
+    // seal and version; its chunks' places are checked by every reader that
+    // uses them): a pack no index object describes may be a running
+    // backup's.
     let described = repo.index_objects_by_pack_strict().await?;
     let mut accepted: Vec<(SnapshotRef, ManifestHead)> = Vec::new();
     // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
@@ -581,8 +583,8 @@ async fn prune_locked(
 
 /// What a manifest prune does not treat as a snapshot (rejected, or under no
 /// valid plan name) keeps: the packs its chunks may be in (those it names,
-/// from version 5), and its entries object. A manifest or entries object that cannot be read keeps nothing
-/// it could not name.
+/// from version 5), and its entries object. A manifest or entries object
+/// that cannot be read keeps nothing it could not name.
 async fn keep_evidence(
     repo: &Repository,
     snap: &SnapshotRef,
