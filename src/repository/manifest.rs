@@ -173,20 +173,21 @@ impl Manifest {
     /// The entries under folder `prefix` (`pgdata`, `mariadb`), re-rooted at
     /// `.`, and the bytes they hold: a database engine's data directory
     /// inside a snapshot that may also hold dumps.
-    pub fn entries_under(&self, prefix: &str) -> (Vec<ManifestEntry>, u64) {
+    /// They are moved out, not copied: the manifest holds no entries after
+    /// (a chunk id per page is the largest thing a restore holds).
+    pub fn take_entries_under(&mut self, prefix: &str) -> (Vec<ManifestEntry>, u64) {
         let inside = format!("{prefix}/");
         let mut total = 0;
-        let entries = self
-            .entries
-            .iter()
-            .filter_map(|e| {
-                let path = if e.path == prefix {
+        let entries = std::mem::take(&mut self.entries)
+            .into_iter()
+            .filter_map(|mut e| {
+                e.path = if e.path == prefix {
                     ".".to_string()
                 } else {
                     e.path.strip_prefix(&inside)?.to_string()
                 };
                 total += e.size.unwrap_or_default();
-                Some(ManifestEntry { path, ..e.clone() })
+                Some(e)
             })
             .collect();
         (entries, total)

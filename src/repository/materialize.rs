@@ -121,7 +121,7 @@ pub async fn restore(
 ) -> Result<RestoreReport, MaterializeError> {
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
-    let manifest = repo.load_manifest(&snap).await?;
+    let mut manifest = repo.load_manifest(&snap).await?;
     let target = absolute(&opts.to);
     let single = opts.single_stream || is_single_file(&manifest);
     tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
@@ -129,7 +129,9 @@ pub async fn restore(
     let files = materialize(
         repo,
         &snap.id,
-        manifest.entries.clone(),
+        // Moved, not copied: a chunk id per page is the largest thing a
+        // restore holds.
+        std::mem::take(&mut manifest.entries),
         total,
         &Materialize {
             target: &target,
@@ -246,7 +248,7 @@ pub async fn materialize(
 pub async fn stage(
     repo: &Repository,
     snapshot: &SnapshotId,
-    entries: Vec<ManifestEntry>,
+    mut entries: Vec<ManifestEntry>,
     total: u64,
     how: &Materialize<'_>,
 ) -> Result<Staged, MaterializeError> {
@@ -287,10 +289,15 @@ pub async fn stage(
     .expect("target preparation panicked")?;
     // Only this snapshot's chunks: in a repository many snapshots and plans
     // share, the whole index is many times what one restore needs.
-    let needed: std::collections::HashSet<crate::ids::ChunkId> = entries
+    // Sorted, without repeats: 32 bytes a chunk, where a hash set took
+    // about half as much again (more while it grew) beside the entries and
+    // the index being read.
+    let mut needed: Vec<crate::ids::ChunkId> = entries
         .iter()
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
+    needed.sort_unstable();
+    needed.dedup();
     let index = Arc::new(repo.load_index_for_restore_of(Some(&needed)).await?);
     drop(needed);
 
@@ -311,10 +318,12 @@ pub async fn stage(
         // A tree's files are dealt to lanes, each written by a thread of its
         // own: the kernel's share of writing (copying into the page cache,
         // allocating blocks) then runs on every core, not on one writer.
+        // The lanes take the file entries' chunk lists; `entries` keeps the
+        // rest, for the directories and symlinks.
         let lanes = if single {
-            vec![entries.clone()]
+            vec![std::mem::take(&mut entries)]
         } else {
-            deal_files(&entries, write_lanes())
+            deal_files(&mut entries, write_lanes())
         };
         let reader = reader.for_lanes(lanes.len());
         let lane_failed = Arc::new(AtomicBool::new(false));
@@ -665,9 +674,9 @@ fn write_lanes() -> usize {
 /// Deals the file entries of `entries` to at most `lanes` lanes, the
 /// largest first to the lane with the fewest bytes so far; each lane keeps
 /// the entries' order (a directory's files stay together).
-fn deal_files(entries: &[ManifestEntry], lanes: usize) -> Vec<Vec<ManifestEntry>> {
-    let files: Vec<&ManifestEntry> = entries
-        .iter()
+fn deal_files(entries: &mut [ManifestEntry], lanes: usize) -> Vec<Vec<ManifestEntry>> {
+    let files: Vec<&mut ManifestEntry> = entries
+        .iter_mut()
         .filter(|e| e.kind == EntryKind::File)
         .collect();
     let size = |e: &ManifestEntry| e.size.unwrap_or(0).max(1);
@@ -682,7 +691,11 @@ fn deal_files(entries: &[ManifestEntry], lanes: usize) -> Vec<Vec<ManifestEntry>
     }
     let mut out: Vec<Vec<ManifestEntry>> = vec![Vec::new(); load.len()];
     for (file, lane) in files.into_iter().zip(lane_of) {
-        out[lane].push(file.clone());
+        let chunks = std::mem::take(&mut file.chunks);
+        out[lane].push(ManifestEntry {
+            chunks,
+            ..file.clone()
+        });
     }
     out.retain(|l| !l.is_empty());
     out
@@ -944,7 +957,7 @@ mod tests {
             stamp: None,
             file_id: None,
         };
-        let entries = vec![
+        let mut entries = vec![
             entry("d", EntryKind::Dir, 0),
             entry("d/big", EntryKind::File, 100),
             entry("d/a", EntryKind::File, 30),
@@ -961,16 +974,23 @@ mod tests {
         // big (100), then c, b and a (50, 90, 120) to the other lane, then
         // the empty file (counted as 1 byte) back to the lighter.
         assert_eq!(
-            paths(deal_files(&entries, 2)),
+            paths(deal_files(&mut entries.clone(), 2)),
             [vec!["d/big", "d/empty"], vec!["d/a", "d/b", "d/c"]]
         );
         // One lane keeps every file, in order; no more lanes than files.
         assert_eq!(
-            paths(deal_files(&entries, 1)),
+            paths(deal_files(&mut entries.clone(), 1)),
             [vec!["d/big", "d/a", "d/b", "d/c", "d/empty"]]
         );
-        assert_eq!(deal_files(&entries, 8).len(), 5);
-        assert!(deal_files(&entries[..1], 2).is_empty());
+        assert_eq!(deal_files(&mut entries.clone(), 8).len(), 5);
+        assert!(deal_files(&mut entries.clone()[..1], 2).is_empty());
+        // The lanes take the chunk lists: they are held once, not twice.
+        let id = crate::ids::ChunkId(crate::ids::Hash256([7; 32]));
+        entries[1].chunks = vec![id; 3];
+        let lanes = deal_files(&mut entries, 2);
+        assert_eq!(lanes[0][0].path, "d/big");
+        assert_eq!(lanes[0][0].chunks, [id; 3]);
+        assert!(entries[1].chunks.is_empty());
     }
 
     /// A tree's files are written in lanes: when one lane's file is corrupt,

@@ -516,14 +516,15 @@ impl Repository {
     }
 
     /// [`Repository::load_index_for_restore`] holding only the chunks in
-    /// `needed` (all with `None`): a restore of one snapshot needs its own
+    /// `needed`, sorted and without repeats (all with `None`): a restore of one snapshot needs its own
     /// chunks' locations, not those of every chunk that every snapshot of
     /// every plan sharing the repository stored.
     pub async fn load_index_for_restore_of(
         &self,
-        needed: Option<&std::collections::HashSet<ChunkId>>,
+        needed: Option<&[ChunkId]>,
     ) -> Result<Index, RepoError> {
-        let keep = |c: &ChunkId| needed.is_none_or(|n| n.contains(c));
+        debug_assert!(needed.is_none_or(|n| n.windows(2).all(|w| w[0] < w[1])));
+        let keep = |c: &ChunkId| needed.is_none_or(|n| n.binary_search(c).is_ok());
         let (mut index, pruned, faults) = self.load_index_split_where(&keep).await?;
         for (key, e) in faults {
             warn_index_fault(&key, &e);

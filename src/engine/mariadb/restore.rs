@@ -94,7 +94,7 @@ pub async fn restore(
 ) -> Result<MariaRestoreReport, MariaError> {
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
-    let manifest = repo.load_manifest(&snap).await?;
+    let mut manifest = repo.load_manifest(&snap).await?;
     let meta = MariaSnapshotMeta::of(&manifest.source)
         .filter(MariaSnapshotMeta::is_physical)
         .ok_or_else(|| MariaError::NotPhysical {
@@ -119,7 +119,7 @@ pub async fn restore(
 
     // 1. Every file of the backup, every chunk checked.
     let t0 = Instant::now();
-    let (entries, total) = manifest.entries_under(DATADIR_PREFIX);
+    let (entries, total) = manifest.take_entries_under(DATADIR_PREFIX);
     let files = materialize(
         repo,
         &snap.id,

@@ -654,7 +654,7 @@ pub async fn restore_pitr_server(
     let mut notes = Vec::new();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut restore_started = Instant::now();
-    let (entries, mut total) = manifest.entries_under(PGDATA_PREFIX);
+    let (entries, mut total) = manifest.take_entries_under(PGDATA_PREFIX);
     let (checked, staged) = {
         let wal = async {
             let r = check_wal(&mut archive, &bases, &base, &ancestry, opts.target, &spool).await;
@@ -715,7 +715,7 @@ pub async fn restore_pitr_server(
                 };
             check_wal_seconds = started.elapsed().as_secs_f64();
             restore_started = Instant::now();
-            let (entries, bytes) = manifest.entries_under(PGDATA_PREFIX);
+            let (entries, bytes) = manifest.take_entries_under(PGDATA_PREFIX);
             total = bytes;
             let how = base_restore(&target_dir, &base, opts.progress, None);
             (
