@@ -203,10 +203,15 @@ async fn backup_locked(
                     _ => false,
                 };
                 if covers {
-                    for e in &m.entries {
-                        for c in &e.chunks {
-                            if let Some(loc) = index.agreed(c) {
-                                covered.insert(loc.pack);
+                    // From manifest version 5 it names them; before, they
+                    // are found from its chunks.
+                    match &m.packs {
+                        Some(packs) => covered.extend(packs.iter().copied()),
+                        None => {
+                            for c in m.entries.iter().flat_map(|e| &e.chunks) {
+                                if let Some(loc) = index.agreed(c) {
+                                    covered.insert(loc.pack);
+                                }
                             }
                         }
                     }
