@@ -172,10 +172,11 @@ async fn keep_locked(
         true => Some(repo.load_index_strict().await?),
         false => None,
     };
-    let described = match kept_heads().any(|a| a.head.packs.is_some()) {
-        true => Some(repo.index_objects_by_pack_strict().await?),
-        false => None,
+    let index_objects = match kept_heads().any(|a| a.head.packs.is_some()) {
+        true => repo.index_object_packs_strict().await?,
+        false => Vec::new(),
     };
+    let described = crate::repository::describing(&index_objects);
 
     let target_for = |tier: Tier| -> Option<Retention> { plan.lock_for(tier, opts.now) };
     let mut needs: BTreeMap<String, Need> = BTreeMap::new();
@@ -224,7 +225,6 @@ async fn keep_locked(
             need(k.clone(), target, false);
         }
         if let Some(named) = &head.packs {
-            let described = described.as_ref().expect("read when a head names packs");
             for pack in named {
                 // Every index object describing it: a restore finds its
                 // chunks through them.
@@ -241,7 +241,7 @@ async fn keep_locked(
                 packs.insert(*pack);
                 need(pack_key(pack), target, false);
                 for source in sources {
-                    need(source.clone(), target, false);
+                    need(source.to_string(), target, false);
                 }
             }
             kept.push((snap, head, rule.clone(), target, packs));

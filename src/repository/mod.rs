@@ -26,7 +26,6 @@ pub mod source;
 pub mod trust;
 pub mod verify;
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
 
@@ -560,20 +559,15 @@ impl Repository {
         let mut named = Index::default();
         let mut faults = Vec::new();
         let pruned = self.pruned_packs().await?;
-        for info in self.store.list("index/").await? {
-            let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
-                Ok(bytes) => {
-                    index::IndexFile::decode_blocking(&info.key, bytes, &self.crypto).await
-                }
-                Err(e) if e.is_not_found() => continue, // removed since the listing
-                Err(e) => Err(e.into()),
-            };
-            match decoded {
+        let crypto = &self.crypto;
+        self.each_index_object(
+            |key, bytes| async move { index::IndexFile::decode_blocking(&key, bytes, crypto).await },
+            |key, decoded| match decoded {
                 Ok(mut file) => {
                     let (gone, kept): (Vec<_>, Vec<_>) =
                         file.packs.drain(..).partition(|p| pruned.contains(&p.id));
                     named.add_file_where(
-                        &info.key,
+                        &key,
                         &index::IndexFile {
                             version: file.version,
                             packs: gone,
@@ -581,43 +575,56 @@ impl Repository {
                         keep,
                     );
                     file.packs = kept;
-                    index.add_file_where(&info.key, &file, keep)
+                    index.add_file_where(&key, &file, keep)
                 }
-                Err(e) => faults.push((info.key.clone(), e)),
-            }
-        }
+                Err(e) => faults.push((key, e)),
+            },
+        )
+        .await?;
         Ok((index, named, faults))
     }
 
-    /// Which index objects describe each pack, read from every index object
-    /// one at a time and keeping only pack ids and keys: what prune and
-    /// keep-locks need of the index when manifests name their packs (a few
-    /// bytes a pack, where [`Index`] holds one location per chunk). Errors
-    /// as [`Repository::load_index_strict`] does.
-    pub async fn index_objects_by_pack_strict(
+    /// Every index object's key and the packs it describes, read one at a
+    /// time keeping only pack ids (see [`index::IndexFile::decode_pack_ids`]):
+    /// what prune and keep-locks need of the index when manifests name their
+    /// packs, a few bytes a pack where [`Index`] holds one location per
+    /// chunk. Errors as [`Repository::load_index_strict`] does.
+    pub async fn index_object_packs_strict(&self) -> Result<Vec<(String, Vec<PackId>)>, RepoError> {
+        let (mut objects, mut faults) = (Vec::new(), Vec::new());
+        let crypto = &self.crypto;
+        self.each_index_object(
+            |key, bytes| async move { index::IndexFile::decode_pack_ids(&key, bytes, crypto).await },
+            |key, decoded| match decoded {
+                Ok(packs) => objects.push((key, packs)),
+                Err(e) => faults.push((key, e)),
+            },
+        )
+        .await?;
+        strict_faults(faults)?;
+        Ok(objects)
+    }
+
+    /// Reads each listed index object (at most [`INDEX_CAP`]), decodes it
+    /// with `decode` and hands the result to `each`, one object at a time.
+    /// One removed since the listing is skipped; another store error stops.
+    async fn each_index_object<T, D, Fut>(
         &self,
-    ) -> Result<HashMap<PackId, Vec<String>>, RepoError> {
-        let mut by_pack: HashMap<PackId, Vec<String>> = HashMap::new();
-        let mut faults = Vec::new();
+        decode: D,
+        mut each: impl FnMut(String, Result<T, RepoError>),
+    ) -> Result<(), RepoError>
+    where
+        D: Fn(String, Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RepoError>>,
+    {
         for info in self.store.list("index/").await? {
             let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
-                Ok(bytes) => {
-                    index::IndexFile::decode_pack_ids(&info.key, bytes, &self.crypto).await
-                }
+                Ok(bytes) => decode(info.key.clone(), bytes).await,
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
             };
-            match decoded {
-                Ok(packs) => {
-                    for p in packs {
-                        by_pack.entry(p).or_default().push(info.key.clone());
-                    }
-                }
-                Err(e) => faults.push((info.key, e)),
-            }
+            each(info.key, decoded);
         }
-        strict_faults(faults)?;
-        Ok(by_pack)
+        Ok(())
     }
 
     /// Packs that readable prune records say were (or are being) deleted.
@@ -928,6 +935,20 @@ fn strict_faults(faults: Vec<(String, RepoError)>) -> Result<(), RepoError> {
         }
     }
     first.map_or(Ok(()), Err)
+}
+
+/// The index objects describing each pack, from
+/// [`Repository::index_object_packs_strict`].
+pub fn describing(
+    objects: &[(String, Vec<PackId>)],
+) -> std::collections::HashMap<PackId, Vec<&str>> {
+    let mut by_pack: std::collections::HashMap<PackId, Vec<&str>> = Default::default();
+    for (key, packs) in objects {
+        for p in packs {
+            by_pack.entry(*p).or_default().push(key);
+        }
+    }
+    by_pack
 }
 
 /// zstd-compressed JSON, the encoding of index objects and manifests.

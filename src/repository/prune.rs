@@ -202,7 +202,8 @@ async fn prune_locked(
     // seal and version; its chunks' places are checked by every reader that
     // uses them): a pack no index object describes may be a running
     // backup's.
-    let described = repo.index_objects_by_pack_strict().await?;
+    let index_objects = repo.index_object_packs_strict().await?;
+    let described = super::describing(&index_objects);
     let mut accepted: Vec<(SnapshotRef, ManifestHead)> = Vec::new();
     // Listed twice: once whole, then plan by plan ([`Repository::snapshots`]). Some servers' paged
     // listings skip keys when one plan's name is a prefix of another's
@@ -528,27 +529,19 @@ async fn prune_locked(
         }
     }
     // Index objects all of whose packs are gone (now or by earlier prunes,
-    // this one's record included).
+    // this one's record included), as read above: prune holds the
+    // repository alone, so no backup has written one since.
     let pruned = repo.pruned_packs().await?;
     let mut index_removed = 0;
-    for info in store.list("index/").await? {
-        let Ok(bytes) = store.get_at_most(&info.key, super::INDEX_CAP.bytes).await else {
-            continue;
-        };
-        let Ok(file) =
-            super::index::IndexFile::decode_blocking(&info.key, bytes, repo.crypto()).await
-        else {
-            continue;
-        };
-        if file
-            .packs
+    for (key, packs) in &index_objects {
+        if packs
             .iter()
-            .all(|p| gone.contains(&p.id) || (pruned.contains(&p.id) && !live.contains(&p.id)))
+            .all(|p| gone.contains(p) || (pruned.contains(p) && !live.contains(p)))
         {
             still_held()?;
-            match store.delete(&info.key).await {
+            match store.delete(key).await {
                 Ok(()) => index_removed += 1,
-                Err(e) => refuse(&info.key, e)?,
+                Err(e) => refuse(key, e)?,
             }
         }
     }
