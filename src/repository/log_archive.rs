@@ -22,8 +22,8 @@
 //!   alternatives; foreign objects are skipped with a warning naming them;
 //! * fetch distinguishes "not in the archive" from every other failure.
 
-use std::io::{Read, Write};
-use std::path::Path;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
@@ -237,30 +237,52 @@ fn classify_into(
     max_raw: u64,
     keep: bool,
 ) -> Found {
-    let decoded = if keep {
-        decode_within(key, object, crypto, max_raw)
+    let mut raw = Vec::new();
+    let found = if keep {
+        classify_to(key, object, crypto, max_raw, &mut raw)
     } else {
-        decode_into(key, object, crypto, max_raw, &mut Discarding).map(|sha| (Vec::new(), sha))
+        classify_to(key, object, crypto, max_raw, &mut Discarding)
     };
-    let (raw, sha) = match decoded {
-        Ok(decoded) => decoded,
+    match found.expect("memory takes every byte") {
+        Found::Archived { sha, .. } => Found::Archived { raw, sha },
+        foreign => foreign,
+    }
+}
+
+/// [`classify`], writing the content into `out` as it is decoded (the
+/// returned `raw` is empty). Only a failure to write into `out` is an
+/// error: it says nothing about the object. After a foreign verdict `out`
+/// may hold part of the object's content.
+fn classify_to(
+    key: &str,
+    object: &[u8],
+    crypto: &super::Crypto,
+    max_raw: u64,
+    out: &mut dyn Content,
+) -> Result<Found, LogError> {
+    let sha = match decode_into(key, object, crypto, max_raw, out) {
+        Ok(sha) => sha,
+        Err(e @ LogError::Write { .. }) => return Err(e),
         Err(e) => {
             let why = match e {
                 LogError::Corrupt { why, .. } => why,
                 LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
                 other => other.to_string(),
             };
-            return Found::Foreign { why };
+            return Ok(Found::Foreign { why });
         }
     };
     if let Some((_, tag)) = split_alternative(key) {
         if !sha.to_hex().starts_with(tag) {
-            return Found::Foreign {
+            return Ok(Found::Foreign {
                 why: format!("its name says content {tag}…, it holds {}", sha.short()),
-            };
+            });
         }
     }
-    Found::Archived { raw, sha }
+    Ok(Found::Archived {
+        raw: Vec::new(),
+        sha,
+    })
 }
 
 /// Reads and classifies the object at `key`; `None` when there is none.
@@ -281,6 +303,30 @@ async fn read_at_within(
     key: &str,
     max_raw: u64,
 ) -> Result<Option<Found>, LogError> {
+    read_keeping(store, crypto, key, max_raw, Keep::Bytes).await
+}
+
+/// What a read of an archived object keeps of its content.
+#[derive(Debug, Clone)]
+enum Keep {
+    /// All of it, in memory ([`Found::Archived`]'s `raw`).
+    Bytes,
+    /// Nothing: it is only checked.
+    Nothing,
+    /// All of it, written into this file as it is decoded (created, or
+    /// emptied first, with these permission bits before the umask), so
+    /// memory never holds the whole file.
+    File(PathBuf, u32),
+}
+
+/// [`read_at_within`], keeping what `keep` says of the content.
+async fn read_keeping(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+    max_raw: u64,
+    keep: Keep,
+) -> Result<Option<Found>, LogError> {
     let object = match store.get_at_most(key, object_cap(max_raw)).await {
         Ok(o) => o,
         Err(e) if e.is_not_found() => return Ok(None),
@@ -291,11 +337,17 @@ async fn read_at_within(
     };
     let k = key.to_string();
     let crypto = crypto.clone();
-    Ok(Some(
-        tokio::task::spawn_blocking(move || classify_within(&k, &object, &crypto, max_raw))
-            .await
-            .expect("log decoder panicked"),
-    ))
+    tokio::task::spawn_blocking(move || match keep {
+        Keep::Bytes => Ok(classify_into(&k, &object, &crypto, max_raw, true)),
+        Keep::Nothing => Ok(classify_into(&k, &object, &crypto, max_raw, false)),
+        Keep::File(path, mode) => {
+            let mut out = FileContent::create(path, mode)?;
+            classify_to(&k, &object, &crypto, max_raw, &mut out)
+        }
+    })
+    .await
+    .expect("log decoder panicked")
+    .map(Some)
 }
 
 fn warn_foreign(key: &str, why: &str, action: &str) {
@@ -328,6 +380,54 @@ fn decode_within(
 trait Content: std::io::Write {
     /// The header says the content is `len` bytes (not yet checked).
     fn expect(&mut self, len: u64);
+    /// What a failure to write is reported against.
+    fn name(&self) -> String {
+        "memory".to_string()
+    }
+}
+
+/// Content written into a file.
+struct FileContent {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl FileContent {
+    /// Creates `path`, or empties it, with permission bits `mode`; never
+    /// through a symlink at `path`.
+    fn create(path: PathBuf, mode: u32) -> Result<Self, LogError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+        {
+            Ok(file) => Ok(FileContent { file, path }),
+            Err(source) => Err(LogError::Write {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+}
+
+impl std::io::Write for FileContent {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
+impl Content for FileContent {
+    fn expect(&mut self, _: u64) {}
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
 }
 
 impl Content for Vec<u8> {
@@ -389,8 +489,10 @@ fn decode_into(
         };
         total += n as u64;
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| corrupt(format!("cannot keep the content: {e}")))?;
+        out.write_all(&buf[..n]).map_err(|source| LogError::Write {
+            path: out.name(),
+            source,
+        })?;
     }
     if total != len {
         return Err(corrupt(format!(
@@ -483,34 +585,36 @@ pub async fn push_bytes(
         };
         let already_archived = match store.put(&at, Bytes::from(sealed), &opts).await {
             Ok(()) => false,
-            Err(StoreError::AlreadyExists { .. }) => match read_at(store, crypto, &at).await? {
-                Some(Found::Archived { sha: archived, .. }) if archived == sha => true,
-                Some(Found::Archived { sha: archived, .. }) => {
-                    // Only the canonical name can honestly hold other
-                    // content: an alternative's name binds its content.
-                    return Err(LogError::Conflict {
-                        key: at,
-                        archived,
-                        pushed: sha,
-                    });
+            Err(StoreError::AlreadyExists { .. }) => {
+                match read_keeping(store, crypto, &at, MAX_RAW, Keep::Nothing).await? {
+                    Some(Found::Archived { sha: archived, .. }) if archived == sha => true,
+                    Some(Found::Archived { sha: archived, .. }) => {
+                        // Only the canonical name can honestly hold other
+                        // content: an alternative's name binds its content.
+                        return Err(LogError::Conflict {
+                            key: at,
+                            archived,
+                            pushed: sha,
+                        });
+                    }
+                    Some(Found::Foreign { why }) => {
+                        warn_foreign(
+                            &at,
+                            &why,
+                            &format!(
+                                "left as it is; {} goes under the alternative name {} instead",
+                                what,
+                                alternative_key(&key, &sha, attempt)
+                            ),
+                        );
+                        foreign.push(format!("{at} ({why})"));
+                        continue;
+                    }
+                    // Removed between the put and the read: nothing is
+                    // there now, so the next name is as good as this one.
+                    None => continue,
                 }
-                Some(Found::Foreign { why }) => {
-                    warn_foreign(
-                        &at,
-                        &why,
-                        &format!(
-                            "left as it is; {} goes under the alternative name {} instead",
-                            what,
-                            alternative_key(&key, &sha, attempt)
-                        ),
-                    );
-                    foreign.push(format!("{at} ({why})"));
-                    continue;
-                }
-                // Removed between the put and the read: nothing is
-                // there now, so the next name is as good as this one.
-                None => continue,
-            },
+            }
             Err(e) => return Err(e.into()),
         };
         if attempt > 0 {
@@ -567,8 +671,21 @@ pub async fn resolve_within(
     key: &str,
     max_raw: u64,
 ) -> Result<Resolved, LogError> {
+    resolve_keeping(store, crypto, key, max_raw, Keep::Bytes).await
+}
+
+/// [`resolve_within`], keeping the content as `keep` says: with
+/// [`Keep::File`], the file holds the content of the object resolved to
+/// (and `raw` is empty); after an error it may hold anything.
+async fn resolve_keeping(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+    max_raw: u64,
+    keep: Keep,
+) -> Result<Resolved, LogError> {
     let mut foreign = Vec::new();
-    match read_at_within(store, crypto, key, max_raw).await? {
+    match read_keeping(store, crypto, key, max_raw, keep.clone()).await? {
         Some(Found::Archived { raw, sha }) => {
             return Ok(Resolved {
                 key: key.to_string(),
@@ -589,7 +706,13 @@ pub async fn resolve_within(
         if split_alternative(&info.key).map(|(c, _)| c) != Some(key) {
             continue;
         }
-        match read_at_within(store, crypto, &info.key, max_raw).await? {
+        // Once one alternative is found, the others are only checked:
+        // their content matters only as a hash to compare with it.
+        let keeping = match found {
+            None => keep.clone(),
+            Some(_) => Keep::Nothing,
+        };
+        match read_keeping(store, crypto, &info.key, max_raw, keeping).await? {
             Some(Found::Archived { raw, sha }) => match &found {
                 Some((_, _, first)) if *first == sha => {}
                 Some(_) => others.push(info.key),
@@ -636,32 +759,63 @@ pub async fn get(
 }
 
 /// Restores archived file `key` (see [`resolve`]) to `dest`, checked
-/// against its SHA-256, written to a temporary name beside it and renamed
-/// into place. Returns the bytes written and the object read.
+/// against its SHA-256, written to a temporary name beside it, synced, and
+/// renamed into place. Returns the bytes written and the object read.
 pub async fn fetch(
     store: &dyn Store,
     crypto: &super::Crypto,
     key: String,
     dest: &Path,
 ) -> Result<(u64, String), LogError> {
-    let Resolved { key: at, raw, .. } = resolve(store, crypto, &key).await?;
+    fetch_to(store, crypto, &key, dest, 0o666, true).await
+}
+
+/// Restores archived file `key` (see [`resolve`]) to `dest`: decoded
+/// straight into a temporary file beside it (`<dest>.holdfast-tmp`,
+/// created with permission bits `mode` before the umask) and checked
+/// against its SHA-256 as it is written, so memory holds the compressed
+/// object and a small buffer, never the whole file; synced when `sync`;
+/// renamed into place only once it checked out. On an error nothing is
+/// left at either name. Returns the bytes written and the object read.
+pub async fn fetch_to(
+    store: &dyn Store,
+    crypto: &super::Crypto,
+    key: &str,
+    dest: &Path,
+    mode: u32,
+    sync: bool,
+) -> Result<(u64, String), LogError> {
+    let tmp = dest.with_extension("holdfast-tmp");
+    let resolved =
+        resolve_keeping(store, crypto, key, MAX_RAW, Keep::File(tmp.clone(), mode)).await;
     let dest = dest.to_path_buf();
     tokio::task::spawn_blocking(move || {
-        let tmp = dest.with_extension("holdfast-tmp");
-        let write = |tmp: &Path| -> std::io::Result<()> {
-            let mut f = std::fs::File::create(tmp)?;
-            f.write_all(&raw)?;
-            f.sync_all()?;
-            std::fs::rename(tmp, &dest)
-        };
-        write(&tmp).map_err(|source| {
-            let _ = std::fs::remove_file(&tmp);
-            LogError::Write {
-                path: dest.display().to_string(),
-                source,
+        let at = match resolved {
+            Ok(r) => r.key,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
             }
-        })?;
-        Ok((raw.len() as u64, at))
+        };
+        let place = || -> std::io::Result<u64> {
+            let f = std::fs::File::open(&tmp)?;
+            if sync {
+                f.sync_all()?;
+            }
+            let len = f.metadata()?.len();
+            std::fs::rename(&tmp, &dest)?;
+            Ok(len)
+        };
+        match place() {
+            Ok(len) => Ok((len, at)),
+            Err(source) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(LogError::Write {
+                    path: dest.display().to_string(),
+                    source,
+                })
+            }
+        }
     })
     .await
     .expect("log writer panicked")
@@ -999,5 +1153,55 @@ mod tests {
         let err = get(&store, &NONE, key).await.unwrap_err();
         assert!(matches!(err, LogError::Ambiguous { .. }), "{err}");
         drop(tmp);
+    }
+
+    #[tokio::test]
+    async fn fetch_to_decodes_into_the_file_and_leaves_nothing_behind_when_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let key = "wal/p/000000010000000000000007";
+        // Several decode buffers' worth, so the file is written in pieces.
+        let raw: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let sha = Hash256::digest(&raw);
+        // At the canonical name, a well-formed object whose content does
+        // not match its header: it is decoded into the file before its hash
+        // fails, and must not stay there.
+        let (_, mut lying) = encode(&raw[..600_000]);
+        lying[20] ^= 1;
+        let (_, sound) = encode(&raw);
+        let alt = alternative_key(key, &sha, 0);
+        let (tmp, store) = archive_with_planted(&[(key, &lying), (alt.as_str(), &sound)]).await;
+        let dest = tmp.path().join("000000010000000000000007");
+        let (bytes, from) = fetch_to(&store, &NONE, key, &dest, 0o600, false)
+            .await
+            .unwrap();
+        assert_eq!((bytes, from.as_str()), (raw.len() as u64, alt.as_str()));
+        assert!(std::fs::read(&dest).unwrap() == raw);
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let tmp_name = dest.with_extension("holdfast-tmp");
+        assert!(!tmp_name.exists());
+
+        // Only the lying object: refused, and neither name is left.
+        let (tmp, store) = archive_with_planted(&[(key, &lying)]).await;
+        let dest = tmp.path().join("000000010000000000000007");
+        let err = fetch_to(&store, &NONE, key, &dest, 0o600, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::OnlyForeign { .. }), "{err}");
+        assert!(!dest.exists() && !dest.with_extension("holdfast-tmp").exists());
+
+        // A symlink planted at the temporary name is not followed.
+        let (tmp, store) = archive_with_planted(&[(key, &sound)]).await;
+        let dest = tmp.path().join("000000010000000000000007");
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dest.with_extension("holdfast-tmp")).unwrap();
+        let err = fetch_to(&store, &NONE, key, &dest, 0o600, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LogError::Write { .. }), "{err}");
+        assert!(err.to_string().contains("holdfast-tmp"), "{err}");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"untouched");
+        assert!(!dest.exists());
     }
 }

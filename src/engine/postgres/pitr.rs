@@ -1010,11 +1010,14 @@ async fn check_wal(
     // History files the restored server will ask for come along too.
     for step in ancestry.iter().filter(|s| s.timeline > 1) {
         let name = format!("{:08X}.history", step.timeline);
-        let raw = archive.fetch(&name).await?;
-        let spool = spool.to_path_buf();
-        tokio::task::spawn_blocking(move || write_spool(&spool, &name, &raw))
-            .await
-            .expect("spool writer panicked")?;
+        spool_checked(
+            archive.store.as_ref(),
+            &archive.crypto,
+            &archive.plan,
+            &name,
+            spool,
+        )
+        .await?;
     }
     let mut pending: VecDeque<(u64, String, FetchTask)> = VecDeque::new();
     let mut next = first;
@@ -1030,16 +1033,13 @@ async fn check_wal(
             let (store, plan, n) = (archive.store.clone(), archive.plan.clone(), name.clone());
             let crypto = archive.crypto.clone();
             let spool = spool.to_path_buf();
-            // Each task writes its segment to the spool itself, so memory
-            // holds only the segments being decoded, not a queue of them.
+            // Each task decodes its segment straight into the spool, so
+            // memory holds only the compressed objects being read.
             pending.push_back((
                 next,
                 name,
                 tokio::spawn(async move {
-                    let raw = fetch_checked(store.as_ref(), &crypto, &plan, &n).await?;
-                    tokio::task::spawn_blocking(move || write_spool(&spool, &n, &raw))
-                        .await
-                        .expect("spool writer panicked")
+                    spool_checked(store.as_ref(), &crypto, &plan, &n, &spool).await
                 }),
             ));
             next += 1;
@@ -1158,16 +1158,19 @@ async fn fresh_spool(spool: &Path) -> Result<(), PgError> {
     })
 }
 
-/// A new file in the spool (0600, never through a symlink).
-fn write_spool(spool: &Path, name: &str, raw: &[u8]) -> Result<(), PgError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = spool.join(name);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .and_then(|mut f| f.write_all(raw))
-        .map_err(|source| MaterializeError::Target { path, source }.into())
+/// Fetches one archived file (under its name or an alternative one) into
+/// the spool, checked against its SHA-256 as it is decoded there: readable
+/// by its owner only, and under its name only once it checked out.
+async fn spool_checked(
+    store: &dyn Store,
+    crypto: &crate::repository::Crypto,
+    plan: &PlanName,
+    name: &str,
+    spool: &Path,
+) -> Result<(), PgError> {
+    let key = format!("{}{name}", wal::wal_prefix(plan));
+    log_archive::fetch_to(store, crypto, &key, &spool.join(name), 0o600, false)
+        .await
+        .map(|_| ())
+        .map_err(fetch_error)
 }
