@@ -187,6 +187,96 @@ async fn a_kept_snapshot_whose_lock_would_end_is_locked_again_with_its_packs() {
     assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
 }
 
+/// A backup whose previous snapshot is locked at least as long as it skips
+/// the packs that snapshot names (their locks already reach far enough),
+/// and extends every other pack it reuses: here one another plan wrote with
+/// a shorter lock, from the same database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_extends_the_locks_its_previous_snapshot_does_not_already_cover() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    let url = format!("file://{}", repo.display());
+    let app = sqlite_plan(dir.path(), &url, "");
+    let app = s(&app);
+    // A second plan over the same file, into the same repository.
+    let db = dir.path().join("app.db");
+    let copy = dir.path().join("copy.yaml");
+    std::fs::write(
+        &copy,
+        format!(
+            "name: copy\nsource: {{type: sqlite, path: {}}}\nrepository:\n  url: {url}\nschedule:\n  backup: \"0 * * * *\"\nlock: {{mode: compliance, days: 10}}\nretention: {{keep_last: 1}}\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let copy = s(&copy);
+    let store = LocalStore::open(repo.clone()).unwrap();
+
+    // app's daily snapshot, locked for 8 days.
+    let t0 = t("2026-01-05T10:00:00Z");
+    let daily = run_json(at(t0), &["backup", "--plan", app, "--json"]);
+    let daily_until = ts(&daily["retain_until"]);
+    let first_packs: Vec<String> = locks(&store, "packs/")
+        .await
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+
+    // New rows, backed up first by `copy`: the new pages go into packs of
+    // its own, locked only as long as its hourly snapshot.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    common::add_rows(&conn, 2_000);
+    drop(conn);
+    let copied = run_json(
+        at(t0 + Duration::hours(1)),
+        &["backup", "--plan", copy, "--json"],
+    );
+    let copy_until = ts(&copied["retain_until"]);
+    let copy_packs: Vec<(String, DateTime<Utc>)> = locks(&store, "packs/")
+        .await
+        .into_iter()
+        .filter(|(k, _)| !first_packs.contains(k))
+        .collect();
+    assert!(!copy_packs.is_empty(), "copy wrote no pack of its own");
+
+    // app's hourly snapshot of the same data reuses those packs. Its
+    // previous snapshot (the daily) is locked longer than it, so the
+    // daily's packs are skipped; copy's packs are not among them, and their
+    // locks end before this snapshot's: they are extended.
+    let hourly = run_json(
+        at(t0 + Duration::hours(2)),
+        &["backup", "--plan", app, "--json"],
+    );
+    let hourly_until = ts(&hourly["retain_until"]);
+    assert!(hourly_until <= daily_until, "{hourly}");
+    assert!(copy_until < hourly_until, "{copied} {hourly}");
+    assert_eq!(hourly["new_chunks"].as_u64(), Some(0), "{hourly}");
+    assert!(
+        hourly["locks_extended"].as_u64().unwrap() >= copy_packs.len() as u64,
+        "{hourly}"
+    );
+    for (key, until) in locks(&store, "packs/").await {
+        let needed = if first_packs.contains(&key) {
+            daily_until
+        } else {
+            hourly_until
+        };
+        assert!(
+            until >= needed,
+            "{key} locked until {until}, needs {needed}"
+        );
+    }
+    // And verify, which checks every object each snapshot needs against
+    // its retain-until, agrees for both plans.
+    for plan in [app, copy] {
+        let verify = run_json(
+            at(t0 + Duration::hours(3)),
+            &["verify", "--plan", plan, "--json"],
+        );
+        assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_locks_on_s3_lengthens_compliance_retention_read_back_through_the_api() {
     let s3 = common::s3_env();

@@ -754,7 +754,7 @@ impl Repository {
         };
         let (key, crypto) = (snap.key.clone(), self.crypto.clone());
         tokio::task::spawn_blocking(move || {
-            m.decode_entries(&key, &bytes, &crypto)?;
+            m.decode_entries(&key, Vec::from(bytes), &crypto)?;
             Ok(m)
         })
         .await
