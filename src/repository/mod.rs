@@ -1215,7 +1215,7 @@ pub(crate) fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
     // left off, so memory stays bounded by the buffer, not the cap.
     let mut head = Vec::new();
     let parsed: Result<T, serde_json::Error> =
-        match read_growing_by_quarters(&mut guarded, buffered, &mut head) {
+        match (&mut guarded).take(buffered).read_to_end(&mut head) {
             Err(e) => Err(serde_json::Error::io(e)),
             Ok(n) if (n as u64) < buffered => serde_json::from_slice(&head),
             Ok(_) => {
@@ -1248,40 +1248,6 @@ pub(crate) fn decode_json_zst_buffering<T: for<'de> Deserialize<'de>>(
     })
 }
 
-/// Reads `r` to its end, or to `limit` bytes, into `out` (empty); returns
-/// how many bytes it read. `out` grows by a quarter of its length at a time
-/// (at least 64 KiB), not by doubling as `read_to_end` does: the JSON of an
-/// index object or of a large manifest is tens of MB, and a doubled buffer
-/// holds up to twice that (a 17 MB index object's JSON took 32 MiB).
-fn read_growing_by_quarters(
-    r: &mut impl Read,
-    limit: u64,
-    out: &mut Vec<u8>,
-) -> std::io::Result<usize> {
-    debug_assert!(out.is_empty());
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut filled = 0usize;
-    let result = loop {
-        if filled == limit {
-            break Ok(filled);
-        }
-        if filled == out.len() {
-            // The initialized part is used up: add a quarter, zeroed once.
-            let extra = (filled / 4).max(64 << 10).min(limit - filled);
-            out.reserve_exact(extra);
-            out.resize(filled + extra, 0);
-        }
-        match r.read(&mut out[filled..]) {
-            Ok(0) => break Ok(filled),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => break Err(e),
-        }
-    };
-    out.truncate(filled);
-    result
-}
-
 /// Metadata JSON up to this size is parsed from memory, bigger objects as
 /// they stream (see [`decode_json_zst`]). A PostgreSQL manifest lists one
 /// chunk id (67 bytes of JSON) per 8 KiB page: 64 MiB covers a 7 GiB
@@ -1293,44 +1259,16 @@ mod cap_tests {
     use super::*;
 
     #[test]
-    fn metadata_json_is_buffered_at_most_a_quarter_over_its_length_and_up_to_the_limit() {
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-        // A reader handing out odd-sized pieces, as a decompressor does.
-        struct Pieces<'a>(&'a [u8]);
-        impl Read for Pieces<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let n = buf.len().min(self.0.len()).min(77_777);
-                buf[..n].copy_from_slice(&self.0[..n]);
-                self.0 = &self.0[n..];
-                Ok(n)
-            }
-        }
-        let mut out = Vec::new();
-        let n = read_growing_by_quarters(&mut Pieces(&data), u64::MAX, &mut out).unwrap();
-        assert_eq!((n, &out), (data.len(), &data));
-        assert!(out.capacity() <= data.len() + data.len() / 4 + (64 << 10));
-        // Stopped at the limit, the rest left unread.
-        let mut out = Vec::new();
-        let mut reader = Pieces(&data);
-        let n = read_growing_by_quarters(&mut reader, 1_000_000, &mut out).unwrap();
-        assert_eq!((n, &out[..]), (1_000_000, &data[..1_000_000]));
-        assert_eq!(reader.0.len(), data.len() - 1_000_000);
-        assert!(out.capacity() <= 1_000_000 + 250_000 + (64 << 10));
-        // Nothing to read.
-        let mut out = Vec::new();
-        assert_eq!(
-            read_growing_by_quarters(&mut Pieces(&[]), 10, &mut out).unwrap(),
-            0
-        );
-    }
-
-    #[test]
     fn metadata_is_compressed_as_it_is_written_and_refused_past_its_cap() {
         let value: Vec<String> = (0..20_000).map(|i| format!("entry {i}")).collect();
         let json = serde_json::to_vec(&value).unwrap();
         let bytes = encode_json_zst(&value);
         assert!(bytes.len() < json.len() / 2, "compressed");
         let back: Vec<String> = decode_json_zst(INDEX_CAP, "index/x", &bytes).unwrap();
+        assert_eq!(back, value);
+        // Parsed from memory below the buffered size, and from a stream above.
+        let back: Vec<String> =
+            decode_json_zst_buffering(INDEX_CAP, "index/x", &bytes, json.len() as u64 / 3).unwrap();
         assert_eq!(back, value);
         let cap = |bytes: u64| MetadataCap {
             what: "manifest",
