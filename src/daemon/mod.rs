@@ -1184,7 +1184,7 @@ fn load_drills(entry: &Entry, plan: &Plan, mut stop: watch::Receiver<bool>) {
     tokio::task::spawn_blocking(move || {
         handle.block_on(async move {
             let loaded = tokio::select! {
-                r = tokio::time::timeout(DRILLS_LOAD_DEADLINE, crate::ops::drill::history(&plan)) => r,
+                r = tokio::time::timeout(DRILLS_LOAD_DEADLINE, crate::ops::drill::history_so_far(&plan)) => r,
                 _ = stop.wait_for(|s| *s) => return,
             };
             let records = match loaded {

@@ -122,6 +122,19 @@ pub fn trends(records: &mut [DrillRecord]) {
     }
 }
 
+/// [`history`], or none when the plan's repository does not exist yet (the
+/// daemon's first minutes: its first backup creates the repository, and
+/// the key file with it): a repository that does not exist holds no drill,
+/// and that is not an error to log. `holdfast drills` uses [`history`],
+/// which names a repository that is not there.
+pub async fn history_so_far(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
+    let store = super::open_store(plan).await?;
+    if !crate::repository::Repository::exists(store.as_ref()).await? {
+        return Ok(Vec::new());
+    }
+    history(plan).await
+}
+
 /// The plan's recorded drills, oldest first, each with its trend. A record
 /// that cannot be read is listed with the reason, naming its key.
 pub async fn history(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
@@ -835,4 +848,41 @@ fn watch_first_byte(
 
 fn human(n: u64) -> String {
     format!("{n} bytes ({:.1} MiB)", n as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[tokio::test]
+    async fn before_the_first_backup_a_plan_has_no_drills_so_far_and_after_it_a_missing_key_is_an_error(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("repo.key");
+        let text = format!(
+            "name: app\nsource: {{type: sqlite, path: {}}}\nrepository: {{url: {}, key_file: {}}}\nschedule: {{backup: '0 * * * *'}}\nlock: {{mode: compliance, days: 7}}\nretention: {{keep_last: 24}}\n",
+            dir.path().join("app.db").display(),
+            dir.path().join("repo").display(),
+            key.display()
+        );
+        let plan = Plan::parse(&text, &dir.path().join("app.yaml"), &no_env).unwrap();
+        // No repository and no key file yet: nothing to show, no error.
+        assert!(history_so_far(&plan).await.unwrap().is_empty());
+        // `holdfast drills` still names what is missing.
+        let err = history(&plan).await.unwrap_err().to_string();
+        assert!(err.contains("repo.key"), "{err}");
+        // Created (as the first backup does): still no drill.
+        super::super::open_or_init_repo(&plan, Utc::now())
+            .await
+            .unwrap();
+        assert!(history_so_far(&plan).await.unwrap().is_empty());
+        // A repository that exists without its key is an error again.
+        std::fs::remove_file(&key).unwrap();
+        let err = history_so_far(&plan).await.unwrap_err().to_string();
+        assert!(err.contains("repo.key"), "{err}");
+    }
 }
