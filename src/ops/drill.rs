@@ -129,16 +129,21 @@ pub fn trends(records: &mut [DrillRecord]) {
 /// which names a repository that is not there.
 pub async fn history_so_far(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
     let store = super::open_store(plan).await?;
-    if !crate::repository::Repository::exists(store.as_ref()).await? {
+    if !Repository::exists(store.as_ref()).await? {
         return Ok(Vec::new());
     }
-    history(plan).await
+    let key = super::repo_key(plan, false).await?;
+    history_in(&Repository::open(store, &key).await?, plan).await
 }
 
 /// The plan's recorded drills, oldest first, each with its trend. A record
 /// that cannot be read is listed with the reason, naming its key.
 pub async fn history(plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
-    let repo = super::open_repo(plan).await?;
+    history_in(&super::open_repo(plan).await?, plan).await
+}
+
+/// [`history`], read from the plan's repository already opened.
+async fn history_in(repo: &Repository, plan: &Plan) -> Result<Vec<DrillRecord>, Error> {
     let store = repo.store();
     let objects = store.list(&drills_prefix(&plan.name)).await?;
     let sealed_max = MAX_RECORD_BYTES + repo.crypto().overhead() as u64;

@@ -285,27 +285,6 @@ fn classify_to(
     })
 }
 
-/// Reads and classifies the object at `key`; `None` when there is none.
-/// An object over the size cap is foreign without being downloaded.
-pub async fn read_at(
-    store: &dyn Store,
-    crypto: &super::Crypto,
-    key: &str,
-) -> Result<Option<Found>, LogError> {
-    read_at_within(store, crypto, key, MAX_RAW).await
-}
-
-/// [`read_at`] for objects that hold at most `max_raw` bytes: nothing
-/// larger than [`object_cap`]`(max_raw)` is downloaded.
-async fn read_at_within(
-    store: &dyn Store,
-    crypto: &super::Crypto,
-    key: &str,
-    max_raw: u64,
-) -> Result<Option<Found>, LogError> {
-    read_keeping(store, crypto, key, max_raw, Keep::Bytes).await
-}
-
 /// What a read of an archived object keeps of its content.
 #[derive(Debug, Clone)]
 enum Keep {
@@ -319,7 +298,9 @@ enum Keep {
     File(PathBuf, u32),
 }
 
-/// [`read_at_within`], keeping what `keep` says of the content.
+/// Reads and classifies the object at `key`, keeping what `keep` says of
+/// its content; `None` when there is none. Nothing larger than
+/// [`object_cap`]`(max_raw)` is downloaded: such an object is foreign.
 async fn read_keeping(
     store: &dyn Store,
     crypto: &super::Crypto,
