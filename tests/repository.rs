@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use common::{data, MemSource};
-use holdfast::plan::{PlanName, Tier};
+use holdfast::plan::{PlanName, Tier, VerifyDepth};
 use holdfast::progress::ProgressMode;
 use holdfast::repository::backup::{backup, BackupOptions};
 use holdfast::repository::materialize::{restore, RestoreOptions};
@@ -362,9 +362,18 @@ async fn verify_says_the_same_holding_every_manifest_or_reading_each_again() {
         let run = |held| {
             let (repo, plan) = (&repo, &plan);
             async move {
-                verify_holding(repo, plan, None, None, None, ProgressMode::Quiet, held)
-                    .await
-                    .unwrap()
+                verify_holding(
+                    repo,
+                    plan,
+                    None,
+                    None,
+                    None,
+                    VerifyDepth::Chunks,
+                    ProgressMode::Quiet,
+                    held,
+                )
+                .await
+                .unwrap()
             }
         };
         (run(HELD_CHUNKS).await, run(0).await)

@@ -3,7 +3,8 @@
 //! runs find a corrupt pack within a turn of the ring; every pack's presence
 //! (and size) checked even when it is not read; the plan's `verify.sample`,
 //! the flag overriding it, bad values refused; and the daemon's verify job
-//! using the plan's share. Real binary, real local repository.
+//! using the plan's share; the `stored` depth (`--depth`, `verify.depth`).
+//! Real binary, real local repository.
 
 mod common;
 
@@ -324,4 +325,67 @@ fn the_daemons_verify_job_reads_the_plans_share_and_keeps_its_cursor() {
         "{said}"
     );
     assert!(state.join("verify-cursors/app.json").is_file(), "{said}");
+}
+
+/// `verify --depth stored`, and the plan's `verify.depth`: each pack read is
+/// checked against its name (SHA-256) and every needed chunk's place in it,
+/// and no chunk is decoded, as pgBackRest checks a backup by its repository
+/// checksums. A byte changed in a pack is still found and named, at either
+/// depth; the flag overrides the plan; bad values are refused by name.
+#[test]
+fn the_stored_depth_checks_packs_against_their_names_and_the_flag_overrides_the_plan() {
+    let repo = Repo::with_packs(3, "verify: {depth: stored}\n");
+    let plan = repo.plan();
+    let plan = s(&plan);
+    let checked = ok(&["plan", "check", plan]);
+    assert!(
+        checked.contains("; verify checks stored bytes only"),
+        "{checked}"
+    );
+    let checked = json(&["plan", "check", plan, "--json"]);
+    assert_eq!(checked[0]["plan"]["verify"]["depth"], "stored", "{checked}");
+
+    let (code, v) = repo.verify(&[]);
+    assert_eq!((code, &v["depth"]), (0, &Value::from("stored")), "{v}");
+    assert_eq!(
+        (&v["packs_checked"], &v["chunks_checked"]),
+        (&3.into(), &3.into()),
+        "{v}"
+    );
+    let said = ok(&["verify", "--plan", plan]);
+    assert!(
+        said.contains("3 chunks placed (stored bytes checked, chunks not decoded)"),
+        "{said}"
+    );
+    let (code, v) = repo.verify(&["--depth", "chunks"]);
+    assert_eq!((code, &v["depth"]), (0, &Value::from("chunks")), "{v}");
+    let said = ok(&["verify", "--plan", plan, "--depth", "chunks"]);
+    assert!(said.contains(": 3 packs, 3 chunks, "), "{said}");
+
+    let bad = &repo.packs()[1];
+    flip(&repo.object(bad), |len| len / 2, 0x04);
+    for depth in ["stored", "chunks"] {
+        let (code, v) = repo.verify(&["--depth", depth]);
+        assert_eq!(code, 5, "{depth}: {v}");
+        assert_eq!(named(&v), vec![bad.as_str()], "{depth}: {v}");
+        let p = problem(&v, bad);
+        assert_eq!(p["kind"], "corrupt", "{depth}: {v}");
+        assert!(
+            p["detail"].as_str().unwrap().contains("SHA-256"),
+            "{depth}: {v}"
+        );
+    }
+
+    let msg = fails(&["verify", "--plan", plan, "--depth", "deep"], 2);
+    assert!(
+        msg.contains("--depth") && msg.contains("`deep` is not a verify depth"),
+        "{msg}"
+    );
+    let text = std::fs::read_to_string(repo.plan()).unwrap();
+    std::fs::write(repo.plan(), text.replace("depth: stored", "depth: quick")).unwrap();
+    let msg = fails(&["verify", "--plan", plan], 3);
+    assert!(
+        msg.contains("app.yaml:7:") && msg.contains("verify.depth") && msg.contains("`quick`"),
+        "{msg}"
+    );
 }

@@ -90,6 +90,13 @@ pub(crate) enum Command {
         /// still checked. Default: the plan's `verify.sample`, else all.
         #[arg(long, value_name = "all|PERCENT%", value_parser = verify::parse_sample)]
         sample: Option<crate::plan::VerifySample>,
+        /// `chunks`: decode every chunk read and check it against its id
+        /// (proves the content). `stored`: check each pack's stored bytes
+        /// against its name, and every chunk's place in it, decoding none
+        /// (finds storage damage; as pgBackRest's verify). Default: the
+        /// plan's `verify.depth`, else chunks.
+        #[arg(long, value_name = "chunks|stored", value_parser = verify::parse_depth)]
+        depth: Option<crate::plan::VerifyDepth>,
         /// Where the cursor of sampled verifies is kept (the daemon's state
         /// folder). Default: $STATE_DIRECTORY, else ~/.local/state/holdfast.
         #[arg(long, value_name = "DIR", env = "HOLDFAST_STATE_DIR")]
@@ -435,12 +442,14 @@ async fn run(command: Command, progress: ProgressMode) -> Result<Exit, Error> {
             plan,
             snapshot,
             sample,
+            depth,
             state,
             json,
         } => {
             let args = verify::VerifyArgs {
                 snapshot: snapshot.as_deref(),
                 sample,
+                depth,
                 state,
                 json,
             };

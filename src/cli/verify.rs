@@ -6,15 +6,22 @@ use super::render::{human_bytes, json as print_json, outln};
 use super::PlanArg;
 use crate::error::{Error, Exit};
 use crate::ops::verify::VerifyRequest;
-use crate::plan::VerifySample;
+use crate::plan::{VerifyDepth, VerifySample};
 use crate::progress::ProgressMode;
 
 pub struct VerifyArgs<'a> {
     pub snapshot: Option<&'a str>,
     /// `--sample`, overriding the plan's `verify.sample`.
     pub sample: Option<VerifySample>,
+    /// `--depth`, overriding the plan's `verify.depth`.
+    pub depth: Option<VerifyDepth>,
     pub state: Option<PathBuf>,
     pub json: bool,
+}
+
+/// `--depth`'s parser: clap prints the message and exits 2.
+pub fn parse_depth(text: &str) -> Result<VerifyDepth, String> {
+    VerifyDepth::parse(text)
 }
 
 /// `--sample`'s parser: clap prints the message and exits 2.
@@ -44,6 +51,7 @@ pub async fn run(
     let req = VerifyRequest {
         snapshot: args.snapshot,
         sample,
+        depth: args.depth.unwrap_or(plan.verify_depth),
         state_dir: state_dir.as_deref(),
         progress,
     };
@@ -69,10 +77,14 @@ pub async fn run(
             ),
         };
         outln!(
-            "verified {} snapshot(s) of plan {}: {packs}, {} chunks, {}{} read; {}",
+            "verified {} snapshot(s) of plan {}: {packs}, {} chunks{}, {}{} read; {}",
             report.snapshots_checked,
             report.plan,
             report.chunks_checked,
+            match report.depth {
+                VerifyDepth::Chunks => "",
+                VerifyDepth::Stored => " placed (stored bytes checked, chunks not decoded)",
+            },
             if report.wal_files_checked > 0 {
                 format!("{} archived WAL files, ", report.wal_files_checked)
             } else {

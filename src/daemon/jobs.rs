@@ -212,6 +212,7 @@ async fn run_op(
             let req = crate::ops::verify::VerifyRequest {
                 snapshot: None,
                 sample: plan.verify_sample,
+                depth: plan.verify_depth,
                 state_dir,
                 progress: ProgressMode::Quiet,
             };

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::engine_for;
 use crate::error::Error;
 use crate::ids::{Hash256, PackId};
-use crate::plan::{Plan, VerifySample};
+use crate::plan::{Plan, VerifyDepth, VerifySample};
 use crate::progress::ProgressMode;
 use crate::repository::verify::{verify_sampled, SampleRequest, VerifyReport};
 
@@ -23,6 +23,8 @@ pub struct VerifyRequest<'a> {
     /// One snapshot (id prefix or `latest`) instead of all.
     pub snapshot: Option<&'a str>,
     pub sample: VerifySample,
+    /// How far each pack read is checked (`--depth`, else `verify.depth`).
+    pub depth: VerifyDepth,
     /// The state folder holding the cursors of sampled verifies; `None`:
     /// start at a random pack and keep nothing.
     pub state_dir: Option<&'a Path>,
@@ -61,6 +63,7 @@ pub async fn verify(plan: &Plan, req: &VerifyRequest<'_>) -> Result<VerifyReport
         req.snapshot,
         logs.as_deref(),
         sample,
+        req.depth,
         req.progress,
     )
     .await?;

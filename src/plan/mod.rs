@@ -29,8 +29,8 @@ pub use self::error::{Diagnostic, PlanError};
 pub use self::model::{
     BaseBackupMethod, CheckKind, CompressionSpec, DbConnection, DbMode, DrillCheck, DrillPoint,
     DrillSpec, Expectation, KeySpec, LockDuration, LockSetting, LockSpec, Password, Percent,
-    PgSslMode, Plan, PlanName, RetentionSpec, SourceKind, SourceSpec, Tier, VerifySample,
-    DEFAULT_COMPRESSION_LEVEL,
+    PgSslMode, Plan, PlanName, RetentionSpec, SourceKind, SourceSpec, Tier, VerifyDepth,
+    VerifySample, DEFAULT_COMPRESSION_LEVEL,
 };
 pub use self::retention::LOCK_MARGIN_DAYS;
 pub use self::secret::Secret;

@@ -37,6 +37,8 @@ pub struct Plan {
     pub drill: Option<DrillSpec>,
     /// How much of the repository a verify reads back (`verify.sample`).
     pub verify_sample: VerifySample,
+    /// How deep a verify checks what it reads (`verify.depth`).
+    pub verify_depth: VerifyDepth,
     /// When the daemon verifies the repository (`schedule.verify`).
     pub verify_schedule: Schedule,
     /// When the daemon applies retention (`schedule.prune`).
@@ -545,6 +547,46 @@ impl Default for CompressionSpec {
         CompressionSpec {
             level: DEFAULT_COMPRESSION_LEVEL,
         }
+    }
+}
+
+/// `verify.depth` (and `holdfast verify --depth`): how far a verify checks
+/// each pack it reads (`docs/plans.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VerifyDepth {
+    /// Every chunk decoded (opened, decompressed) and checked against its
+    /// id: proves each snapshot's content, not only that the stored bytes
+    /// are unchanged.
+    #[default]
+    Chunks,
+    /// Each pack's stored bytes checked against its name (SHA-256), its
+    /// trailer against the index, every needed chunk's place in it; no
+    /// chunk is decoded, except those whose index objects disagree. What
+    /// pgBackRest's `verify` checks of a backup with its repository
+    /// checksums: storage damage is found, a writer's mistake is not.
+    Stored,
+}
+
+impl VerifyDepth {
+    /// Reads `chunks` or `stored`; the error says what to write instead.
+    pub fn parse(text: &str) -> Result<VerifyDepth, String> {
+        match text.trim() {
+            "chunks" => Ok(VerifyDepth::Chunks),
+            "stored" => Ok(VerifyDepth::Stored),
+            _ => Err(format!(
+                "`{text}` is not a verify depth; write `chunks` (every chunk decoded and checked, the default) or `stored` (stored bytes against their names only)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for VerifyDepth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VerifyDepth::Chunks => "chunks",
+            VerifyDepth::Stored => "stored",
+        })
     }
 }
 

@@ -31,6 +31,8 @@ pub(super) struct RawVerify {
     /// `all` or a percentage (`10%`); read as a value so a bare number gets
     /// a message saying to add the `%`, not serde's "expected a string".
     pub(super) sample: Option<serde_yaml::Value>,
+    /// `chunks` (the default) or `stored`.
+    pub(super) depth: Option<String>,
 }
 
 #[derive(Deserialize)]

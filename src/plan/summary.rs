@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::cron::Schedule;
 use super::model::{
     CompressionSpec, DrillPoint, LockSetting, LockSpec, Password, Plan, RetentionSpec, SourceSpec,
-    VerifySample,
+    VerifyDepth, VerifySample,
 };
 
 /// What `holdfast plan check --json` prints for one plan. Secrets are `***`.
@@ -36,6 +36,8 @@ pub struct PlanSummary {
 pub struct VerifySummary {
     /// `all`, or the share of packs each verify reads (`10%`).
     pub sample: VerifySample,
+    /// `chunks` or `stored`: how far each pack read is checked.
+    pub depth: VerifyDepth,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -90,6 +92,9 @@ impl Plan {
         if let VerifySample::Share(p) = self.verify_sample {
             line.push_str(&format!("; verify reads {p} of packs"));
         }
+        if self.verify_depth == VerifyDepth::Stored {
+            line.push_str("; verify checks stored bytes only");
+        }
         if let Some(drill) = &self.drill {
             line.push_str(&format!(
                 "; drill \"{}\", next {}",
@@ -126,6 +131,7 @@ impl Plan {
             }),
             verify: VerifySummary {
                 sample: self.verify_sample,
+                depth: self.verify_depth,
             },
             summary: self.summary(now),
         };
@@ -239,6 +245,19 @@ mod tests {
             plan.summary(now)
         );
         assert_eq!(plan.summary_json(now)["verify"]["sample"], "10%");
+        assert_eq!(plan.summary_json(now)["verify"]["depth"], "chunks");
+
+        let plan = parse(&format!(
+            "{MINIMAL}verify: {{sample: 10%, depth: stored}}\n"
+        ))
+        .unwrap();
+        assert!(
+            plan.summary(now)
+                .ends_with("; verify reads 10% of packs; verify checks stored bytes only"),
+            "{}",
+            plan.summary(now)
+        );
+        assert_eq!(plan.summary_json(now)["verify"]["depth"], "stored");
     }
 
     #[test]

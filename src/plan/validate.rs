@@ -15,7 +15,7 @@ use super::cron::{self, Schedule};
 use super::error::{locate, Diagnostic as D, FieldPath, PlanError, Seg};
 use super::model::{
     CheckKind, DbConnection, DbMode, DrillCheck, DrillPoint, DrillSpec, Expectation, KeySpec,
-    LockSetting, Password, PgSslMode, Plan, PlanName, SourceSpec, VerifySample,
+    LockSetting, Password, PgSslMode, Plan, PlanName, SourceSpec, VerifyDepth, VerifySample,
 };
 use super::raw::{
     RawDrill, RawDrillTarget, RawExpect, RawFiles, RawMariadb, RawPlan, RawPostgres, RawRepository,
@@ -403,9 +403,17 @@ impl Ctx<'_> {
             ));
         }
 
-        let verify_sample = match raw.verify {
-            Some(v) => self.verify_sample(v)?,
-            None => VerifySample::All,
+        let (verify_sample, verify_depth) = match raw.verify {
+            Some(v) => {
+                let depth = match &v.depth {
+                    None => VerifyDepth::Chunks,
+                    Some(text) => VerifyDepth::parse(text).map_err(|m| {
+                        self.invalid_hint("verify.depth", m, "`chunks` (the default) or `stored`")
+                    })?,
+                };
+                (self.verify_sample(v)?, depth)
+            }
+            None => (VerifySample::All, VerifyDepth::Chunks),
         };
 
         let compression = raw.compression.unwrap_or_default();
@@ -476,6 +484,7 @@ impl Ctx<'_> {
             schedule,
             lock: raw.lock,
             verify_sample,
+            verify_depth,
             retention,
             compression,
             drill,
@@ -1174,6 +1183,30 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("rpo_limit"), "{err}");
+    }
+
+    #[test]
+    fn verify_depth_defaults_to_chunks_and_a_wrong_one_is_named() {
+        assert_eq!(parse(MINIMAL).unwrap().verify_depth, VerifyDepth::Chunks);
+        for (text, depth) in [
+            ("verify: {depth: chunks}", VerifyDepth::Chunks),
+            ("verify: {depth: stored}", VerifyDepth::Stored),
+            ("verify: {sample: 10%, depth: stored}", VerifyDepth::Stored),
+            ("verify: {sample: 10%}", VerifyDepth::Chunks),
+        ] {
+            let plan = parse(&format!("{MINIMAL}{text}\n")).unwrap();
+            assert_eq!(plan.verify_depth, depth, "{text}");
+        }
+        let err = parse(&format!("{MINIMAL}verify: {{depth: packs}}\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("app.yaml:7:")
+                && err.contains("verify.depth")
+                && err.contains("`packs` is not a verify depth")
+                && err.contains("`stored`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -141,17 +141,23 @@ impl Index {
 
     /// Every distinct location known for `id`, first listed first.
     pub fn candidates<'a>(&'a self, id: &'a ChunkId) -> impl Iterator<Item = ChunkLocation> + 'a {
+        // No second lookup where no chunk is disputed (nearly always).
+        let more = if self.more.is_empty() {
+            None
+        } else {
+            self.more.get(id)
+        };
         self.first
             .get(id)
             .into_iter()
-            .chain(self.more.get(id).into_iter().flatten())
+            .chain(more.into_iter().flatten())
             .map(move |s| self.location(id, s))
     }
 
     /// The location of `id` when every index object naming it agrees on one
     /// place; `None` when it is unknown or its candidates disagree.
     pub fn agreed(&self, id: &ChunkId) -> Option<ChunkLocation> {
-        if self.more.contains_key(id) {
+        if self.is_disputed(id) {
             return None;
         }
         self.get(id)
@@ -159,7 +165,7 @@ impl Index {
 
     /// Whether some index object's locations for `id` disagree.
     pub fn is_disputed(&self, id: &ChunkId) -> bool {
-        self.more.contains_key(id)
+        !self.more.is_empty() && self.more.contains_key(id)
     }
 
     /// How many chunks have more than one distinct location.

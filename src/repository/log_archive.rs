@@ -230,6 +230,45 @@ pub fn classify_checking(key: &str, object: &[u8], crypto: &super::Crypto) -> Fo
     classify_into(key, object, crypto, MAX_RAW, false)
 }
 
+/// [`classify_checking`] at verify depth `stored`. In an encrypted
+/// repository the object's seal, which authenticates every stored byte
+/// under the object's own key, and its header are checked, and an
+/// alternative name's tag against the header's SHA-256; the content is not
+/// decompressed. Under `encryption: none` nothing but the content's hash
+/// proves the stored bytes, so the object is decoded as by
+/// [`classify_checking`].
+pub fn classify_stored(key: &str, object: &[u8], crypto: &super::Crypto) -> Found {
+    if !crypto.is_encrypted() {
+        return classify_checking(key, object, crypto);
+    }
+    let foreign = |e: LogError| Found::Foreign {
+        why: match e {
+            LogError::Corrupt { why, .. } => why,
+            LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
+            other => other.to_string(),
+        },
+    };
+    let opened = match open(key, object, crypto) {
+        Ok(o) => o,
+        Err(e) => return foreign(e),
+    };
+    let sha = match header_sha(key, &opened, MAX_RAW) {
+        Ok((_, sha)) => sha,
+        Err(e) => return foreign(e),
+    };
+    if let Some((_, tag)) = split_alternative(key) {
+        if !sha.to_hex().starts_with(tag) {
+            return Found::Foreign {
+                why: format!("its name says content {tag}…, it holds {}", sha.short()),
+            };
+        }
+    }
+    Found::Archived {
+        raw: Vec::new(),
+        sha,
+    }
+}
+
 fn classify_into(
     key: &str,
     object: &[u8],
@@ -855,6 +894,77 @@ mod tests {
         );
         let err = decode("wal/p/000000010000000000000002", &sealed, &c).unwrap_err();
         assert!(matches!(err, LogError::Unauthenticated { .. }), "{err}");
+    }
+
+    /// Verify's `stored` depth: in an encrypted repository the seal and the
+    /// header are checked and the frame is not decompressed, so an object a
+    /// key holder sealed with a frame that does not hold its header's
+    /// content (a writer's mistake) passes, where the `chunks` depth finds
+    /// it; anything not sealed under its own name, or without a sound
+    /// header, is foreign at both depths. Under `encryption: none` both
+    /// decode the content.
+    #[test]
+    fn the_stored_depth_checks_the_seal_and_header_without_decompressing() {
+        let c = crate::repository::Crypto::with_keys(crate::repository::crypto::DataKeys::derive(
+            &crate::repository::crypto::MasterSecret::random(),
+            "r",
+        ));
+        let key = "wal/p/000000010000000000000001";
+        let raw = b"a WAL segment".repeat(1000);
+        let (sha, object) = encode(&raw);
+        let sealed = c.seal(key, object.clone());
+        for found in [
+            classify_stored(key, &sealed, &c),
+            classify_checking(key, &sealed, &c),
+        ] {
+            assert!(matches!(found, Found::Archived { sha: s, .. } if s == sha));
+        }
+
+        // A sound header, then a frame of other content, sealed by a key
+        // holder: only decoding finds it.
+        let (_, other) = encode(&b"other content".repeat(1000));
+        let mut mistaken = object[..HEADER].to_vec();
+        mistaken.extend_from_slice(&other[HEADER..]);
+        let sealed_mistake = c.seal(key, mistaken.clone());
+        assert!(matches!(
+            classify_stored(key, &sealed_mistake, &c),
+            Found::Archived { .. }
+        ));
+        let why = foreign(classify_checking(key, &sealed_mistake, &c));
+        assert!(why.contains("SHA-256 of the content"), "{why}");
+
+        // Sealed under another name, no header, a header claiming too much.
+        let moved = foreign(classify_stored(
+            "wal/p/000000010000000000000002",
+            &sealed,
+            &c,
+        ));
+        assert!(moved.contains("not authentic"), "{moved}");
+        let headless = foreign(classify_stored(
+            key,
+            &c.seal(key, b"no header".to_vec()),
+            &c,
+        ));
+        assert!(headless.contains("no holdfast WAL header"), "{headless}");
+        let mut huge = object.clone();
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let huge = foreign(classify_stored(key, &c.seal(key, huge), &c));
+        assert!(huge.contains("more than such an object holds"), "{huge}");
+        // An alternative name whose tag is not the header's content.
+        let alt = format!("{key}{ALT_MARK}0123456789abcdef");
+        let tagged = foreign(classify_stored(&alt, &c.seal(&alt, object.clone()), &c));
+        assert!(
+            tagged.contains("its name says content 0123456789abcdef"),
+            "{tagged}"
+        );
+
+        // Unencrypted, nothing but the content proves the stored bytes.
+        let why = foreign(classify_stored(key, &mistaken, &NONE));
+        assert!(why.contains("SHA-256 of the content"), "{why}");
+        assert!(matches!(
+            classify_stored(key, &object, &NONE),
+            Found::Archived { sha: s, .. } if s == sha
+        ));
     }
 
     fn foreign(found: Found) -> String {

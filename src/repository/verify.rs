@@ -16,7 +16,7 @@ use super::read::{ChunkReader, Discard};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
 use crate::ids::{Hash256, PackId, SnapshotId};
-use crate::plan::{Percent, PlanName};
+use crate::plan::{Percent, PlanName, VerifyDepth};
 use crate::progress::{Progress, ProgressMode};
 
 /// One thing wrong, with what it breaks.
@@ -47,8 +47,14 @@ pub enum ProblemKind {
 pub struct VerifyReport {
     pub plan: String,
     pub repository: String,
+    /// `chunks`: every chunk read was decoded and checked against its id;
+    /// `stored`: packs were checked against their names, chunks placed but
+    /// not decoded (see [`VerifyDepth`]).
+    pub depth: VerifyDepth,
     pub snapshots_checked: usize,
     pub packs_checked: usize,
+    /// Chunks found in their place in a pack read (at depth `chunks`, each
+    /// also decoded and checked against its id).
     pub chunks_checked: usize,
     pub bytes_read: u64,
     /// Objects whose lock was checked against the snapshots needing them.
@@ -115,19 +121,30 @@ pub async fn verify(
     log_prefix: Option<&str>,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
-    verify_sampled(repo, plan, selector, log_prefix, None, progress).await
+    verify_sampled(
+        repo,
+        plan,
+        selector,
+        log_prefix,
+        None,
+        VerifyDepth::Chunks,
+        progress,
+    )
+    .await
 }
 
 /// [`verify`], reading only the packs [`choose_sample`] picks when `sample`
 /// is given. Manifests, index objects, lock coverage and archived log files
 /// are checked as by a full verify; the packs not read are checked to exist
 /// (and to have the size their index gives) in one listing of `packs/`.
+/// `depth` says how far each pack read is checked ([`VerifyDepth`]).
 pub async fn verify_sampled(
     repo: &Repository,
     plan: &PlanName,
     selector: Option<&str>,
     log_prefix: Option<&str>,
     sample: Option<SampleRequest>,
+    depth: VerifyDepth,
     progress: ProgressMode,
 ) -> Result<VerifyReport, super::RepoError> {
     verify_holding(
@@ -136,6 +153,7 @@ pub async fn verify_sampled(
         selector,
         log_prefix,
         sample,
+        depth,
         progress,
         HELD_CHUNKS,
     )
@@ -146,12 +164,14 @@ pub async fn verify_sampled(
 /// they hold at most `held_chunks` chunk ids together ([`HELD_CHUNKS`] in
 /// [`verify_sampled`]); the others are read again for each pass. The report
 /// is the same whatever `held_chunks` is (the tests run it with 0).
+#[allow(clippy::too_many_arguments)]
 pub async fn verify_holding(
     repo: &Repository,
     plan: &PlanName,
     selector: Option<&str>,
     log_prefix: Option<&str>,
     sample: Option<SampleRequest>,
+    depth: VerifyDepth,
     progress: ProgressMode,
     held_chunks_max: usize,
 ) -> Result<VerifyReport, super::RepoError> {
@@ -166,6 +186,7 @@ pub async fn verify_holding(
                 repo.store().clone(),
                 repo.crypto().clone(),
                 prefix.to_string(),
+                depth,
             ));
             Some(set)
         }
@@ -220,37 +241,86 @@ pub async fn verify_holding(
     let mut held_chunks = 0usize;
     // Which packs each snapshot needs, and chunks in no index.
     let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
-    let mut needed_chunks: HashMap<PackId, BTreeSet<crate::ids::ChunkId>> = HashMap::new();
-    for snap in &selected {
-        let m = match repo.load_manifest(snap).await {
+    let mut needed_chunks: HashMap<PackId, HashSet<crate::ids::ChunkId>> = HashMap::new();
+    // The next snapshot's manifest and entries are read and decoded while
+    // this one's chunks are gone through: two at a time, at most.
+    let load = |snap: &SnapshotRef| {
+        let (repo, snap) = (repo.clone(), snap.clone());
+        tokio::spawn(async move { repo.load_manifest(&snap).await })
+    };
+    let mut next = selected.first().map(load);
+    for (i, snap) in selected.iter().enumerate() {
+        let loaded = next
+            .take()
+            .expect("each snapshot's load is started before its turn")
+            .await
+            .expect("manifest load panicked");
+        next = selected.get(i + 1).map(load);
+        let m = match loaded {
             Ok(m) => m,
             Err(e) => {
                 problems.push(manifest_problem(snap, &e));
                 continue;
             }
         };
+        // Which packs this snapshot was already counted as a user of: the
+        // pack changes seldom from one chunk to the next.
+        let short = snap.id.short();
+        let mut using: HashSet<PackId> = HashSet::new();
+        let mut last_used: Option<PackId> = None;
+        // What the passes after the pack pass need of this snapshot, found
+        // here while no chunk of it is disputed: then its one location per
+        // chunk is the one a restore uses (see `Settled`).
+        let mut disputed = false;
+        let mut sources: BTreeSet<super::SourceId> = BTreeSet::new();
+        let mut last_source = None;
+        let mut wrong_sizes: Vec<(String, u64, u64)> = Vec::new();
         for e in &m.entries {
             let mut unindexed = Vec::new();
             // Version 5: chunks in no pack the manifest names. prune and
             // keep-locks go by those names, so such a chunk's pack could be
             // deleted or left to unlock under a snapshot that needs it.
             let mut unnamed = Vec::new();
+            // The file's bytes as its chunks' first locations give them;
+            // `None` once a chunk is in no index object.
+            let mut sum = Some(0u64);
             for c in &e.chunks {
-                if !index.contains(c) {
-                    unindexed.push(c);
-                } else if let Some(named) = &m.packs {
-                    if !index
-                        .candidates(c)
-                        .any(|l| named.binary_search(&l.pack).is_ok())
-                    {
-                        unnamed.push(c);
-                    }
-                }
+                let mut indexed = false;
+                let mut in_named = false;
                 // Every candidate location is checked: which one is right
                 // is known only once read.
                 for loc in index.candidates(c) {
-                    users.entry(loc.pack).or_default().insert(snap.id.short());
+                    if !indexed {
+                        sum = sum.map(|n| n + u64::from(loc.blob.raw_length));
+                    }
+                    indexed = true;
+                    if last_source != Some(loc.source) {
+                        last_source = Some(loc.source);
+                        sources.insert(loc.source);
+                    }
+                    if let Some(named) = &m.packs {
+                        in_named = in_named || named.binary_search(&loc.pack).is_ok();
+                    }
+                    if last_used != Some(loc.pack) {
+                        last_used = Some(loc.pack);
+                        if using.insert(loc.pack) {
+                            users.entry(loc.pack).or_default().insert(short.clone());
+                        }
+                    }
                     needed_chunks.entry(loc.pack).or_default().insert(*c);
+                }
+                if !indexed {
+                    unindexed.push(c);
+                    sum = None;
+                } else if m.packs.is_some() && !in_named {
+                    unnamed.push(c);
+                }
+                disputed = disputed || index.is_disputed(c);
+            }
+            if let Some(sum) = sum.filter(|_| e.kind == EntryKind::File && e.sha256.is_none()) {
+                let recorded = e.size.unwrap_or_default();
+                if sum != recorded {
+                    wrong_sizes.push((e.path.clone(), sum, recorded));
                 }
             }
             if let Some(first) = unnamed.first() {
@@ -283,13 +353,26 @@ pub async fn verify_holding(
                 });
             }
         }
+        let settled = (!disputed).then(|| Settled {
+            wrong_sizes,
+            packs: using.into_iter().collect(),
+            index_objects: sources
+                .into_iter()
+                .map(|s| index.source(s).to_string())
+                .collect(),
+        });
+        let file_hashes = m.entries.iter().any(|e| e.sha256.is_some());
+        // Held only for a pass that will read its entries again: the
+        // whole-file hashes, or a snapshot with a disputed chunk.
+        let wanted = (file_hashes && depth == VerifyDepth::Chunks) || settled.is_none();
         let chunks: usize = m.entries.iter().map(|e| e.chunks.len()).sum();
-        let keep = held_chunks + chunks <= held_chunks_max;
+        let keep = wanted && held_chunks + chunks <= held_chunks_max;
         held_chunks += if keep { chunks } else { 0 };
         manifests.push(Held {
             snap: snap.clone(),
             head: m.head(),
-            file_hashes: m.entries.iter().any(|e| e.sha256.is_some()),
+            file_hashes,
+            settled,
             manifest: keep.then_some(m),
         });
     }
@@ -374,7 +457,7 @@ pub async fn verify_holding(
     }
 
     // Shared with the pack checks, not copied for each.
-    let needed_chunks: HashMap<PackId, Arc<BTreeSet<crate::ids::ChunkId>>> = needed_chunks
+    let needed_chunks: HashMap<PackId, Arc<HashSet<crate::ids::ChunkId>>> = needed_chunks
         .into_iter()
         .map(|(pack, chunks)| (pack, Arc::new(chunks)))
         .collect();
@@ -477,7 +560,7 @@ pub async fn verify_holding(
                     Ok(bytes) => {
                         let len = bytes.len() as u64;
                         let check = tokio::task::spawn_blocking(move || {
-                            check_pack(&pack, &bytes, &needed, &index, &crypto)
+                            check_pack(&pack, &bytes, &needed, &index, &crypto, depth)
                         })
                         .await
                         .expect("pack check panicked");
@@ -591,31 +674,32 @@ pub async fn verify_holding(
     };
     let mut required: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)> = BTreeMap::new();
     for held in &manifests {
-        let Some(m) = held.entries(repo, &mut problems).await else {
-            continue;
-        };
-        let m = m.as_ref();
         let snap = &held.snap;
-        let mut wrong = m.entries.iter().filter_map(|e| {
-            if e.kind != EntryKind::File || e.sha256.is_some() {
-                return None;
+        // Found in the first pass, unless a chunk is disputed or lies in a
+        // pack found bad: then its entries are gone through again, each
+        // chunk at the location that checked out.
+        let recomputed;
+        let settled = match held
+            .settled
+            .as_ref()
+            .filter(|s| s.packs.is_disjoint(&bad_packs))
+        {
+            Some(s) => s,
+            None => {
+                let Some(m) = held.entries(repo, &mut problems).await else {
+                    continue;
+                };
+                recomputed = settle(m.as_ref(), &index, &good_location, &good_places);
+                &recomputed
             }
-            let mut sum = 0u64;
-            for c in &e.chunks {
-                // A chunk with no good location is reported above.
-                sum += u64::from(good_location(c)?.blob.raw_length);
-            }
-            let recorded = e.size.unwrap_or_default();
-            (sum != recorded).then_some((e, sum, recorded))
-        });
-        if let Some((e, got, expected)) = wrong.next() {
-            let more = wrong.count();
+        };
+        if let Some((path, got, expected)) = settled.wrong_sizes.first() {
+            let more = settled.wrong_sizes.len() - 1;
             problems.push(Problem {
                 object: snap.key.clone(),
                 kind: ProblemKind::Corrupt,
                 detail: format!(
-                    "{} does not match its snapshot: its chunks hold {got} bytes, the manifest says {expected}{}",
-                    e.path,
+                    "{path} does not match its snapshot: its chunks hold {got} bytes, the manifest says {expected}{}",
                     if more > 0 { format!(" ({more} more file(s) like it)") } else { String::new() }
                 ),
                 snapshots: vec![snap.id.short()],
@@ -624,35 +708,24 @@ pub async fn verify_holding(
 
         // Lock coverage: every object a snapshot needs is locked at least
         // until the snapshot's own retain-until.
-        let Some(r) = m.retention else { continue };
+        let Some(r) = held.head.retention else {
+            continue;
+        };
         let mut need = |key: String| {
             let e = required.entry(key).or_insert((r.until, BTreeSet::new()));
             e.0 = e.0.max(r.until);
             e.1.insert(snap.id.short());
         };
         need(snap.key.clone());
-        if let Some(e) = &m.entries_object {
+        if let Some(e) = &held.head.entries_object {
             need(e.key.clone());
         }
         need(super::CONFIG_KEY.to_string());
-        // The locations a restore would use: those that checked out where
-        // the index objects disagree, the one they agree on otherwise.
-        let mut packs: BTreeSet<PackId> = BTreeSet::new();
-        let mut index_objects: BTreeSet<String> = BTreeSet::new();
-        for c in m.entries.iter().flat_map(|e| &e.chunks) {
-            for l in index.candidates(c) {
-                if index.is_disputed(c) && !good_places.contains(&(l.pack, *c, l.blob.offset)) {
-                    continue;
-                }
-                packs.insert(l.pack);
-                index_objects.insert(index.source(l.source).to_string());
-            }
+        for k in &settled.index_objects {
+            need(k.clone());
         }
-        for k in index_objects {
-            need(k);
-        }
-        for p in packs {
-            need(pack_key(&p));
+        for p in &settled.packs {
+            need(pack_key(p));
         }
     }
     // Not needed past here: freed before the file pass's buffers fill.
@@ -692,8 +765,10 @@ pub async fn verify_holding(
     let mut files_good: std::collections::HashSet<FileKey> = Default::default();
     let mut files_bad: HashMap<FileKey, String> = HashMap::new();
     // Last use of the manifests: each one's entries are taken, not copied.
-    // Only manifests with whole-file hashes (version 2) are read again.
-    for held in manifests.iter_mut().filter(|h| h.file_hashes) {
+    // Only manifests with whole-file hashes (version 2) are read again, and
+    // only at depth `chunks`: comparing a file's hash means decoding it.
+    let hash_files = depth == VerifyDepth::Chunks;
+    for held in manifests.iter_mut().filter(|h| h.file_hashes && hash_files) {
         let snap = held.snap.clone();
         let mut m = match held.manifest.take() {
             Some(m) => m,
@@ -828,6 +903,7 @@ pub async fn verify_holding(
         objects_lock_checked,
         plan: plan.to_string(),
         repository: repo.url(),
+        depth,
         snapshots_checked: selected.len(),
         packs_checked: to_read.len(),
         sample: sample_report,
@@ -844,11 +920,14 @@ fn check_threads() -> usize {
 
 /// Every archived log file under `prefix` read back and checked against the
 /// SHA-256 in its header, a few at a time: how many were checked, the
-/// bytes read, and the problems found.
+/// bytes read, and the problems found. At depth `stored`, in an encrypted
+/// repository, each object's seal and header are checked and its content
+/// is not decompressed (`log_archive::classify_stored`).
 async fn check_logs(
     store: Arc<dyn crate::store::Store>,
     crypto: super::Crypto,
     prefix: String,
+    depth: VerifyDepth,
 ) -> Result<(usize, u64, Vec<Problem>), super::RepoError> {
     let readers = check_threads();
     let mut problems = Vec::new();
@@ -876,7 +955,15 @@ async fn check_logs(
                         // so: push and fetch step around them, but the
                         // operator must know someone writes to the bucket.
                         tokio::task::spawn_blocking(move || {
-                            match super::log_archive::classify_checking(&key, &bytes, &crypto) {
+                            let found = match depth {
+                                VerifyDepth::Chunks => {
+                                    super::log_archive::classify_checking(&key, &bytes, &crypto)
+                                }
+                                VerifyDepth::Stored => {
+                                    super::log_archive::classify_stored(&key, &bytes, &crypto)
+                                }
+                            };
+                            match found {
                                 super::log_archive::Found::Archived { .. } => Ok(len),
                                 super::log_archive::Found::Foreign { why } => Err((
                                     ProblemKind::Corrupt,
@@ -941,12 +1028,18 @@ struct BadLocation {
 /// Checks a whole pack; returns what is wrong with it (if anything), how many
 /// chunks were checked, and the locations of disputed chunks (several
 /// candidate locations) that failed and that checked out in this pack.
+///
+/// At depth `stored` a chunk is not decoded unless its index objects
+/// disagree about where it is (only decoding tells which place holds it):
+/// the pack's bytes are proven by its name, and each chunk's place by the
+/// trailer and the pack's length.
 fn check_pack(
     pack: &PackId,
     bytes: &[u8],
-    needed: &BTreeSet<crate::ids::ChunkId>,
+    needed: &HashSet<crate::ids::ChunkId>,
     index: &super::Index,
     crypto: &super::Crypto,
+    depth: VerifyDepth,
 ) -> PackCheck {
     let got = Hash256::digest(bytes);
     let mut faults = Vec::new();
@@ -1009,6 +1102,7 @@ fn check_pack(
                 let end = b.offset.saturating_add(b.length as u64);
                 match bytes.get(b.offset as usize..end.min(usize::MAX as u64) as usize) {
                     None => loc_faults.push("lies past the end of the pack".into()),
+                    Some(_) if depth == VerifyDepth::Stored && !disputed => checked += 1,
                     Some(data) => {
                         checked += 1;
                         if let Err(why) = bundles.decode(
@@ -1088,7 +1182,67 @@ struct Held {
     head: super::ManifestHead,
     /// Some file entry has a whole-file SHA-256 (manifest version 2).
     file_hashes: bool,
+    /// What the size and lock-coverage checks need, found in the first
+    /// pass; `None` when a chunk of the snapshot is disputed, whose right
+    /// place only the pack pass tells.
+    settled: Option<Settled>,
     manifest: Option<super::Manifest>,
+}
+
+/// A snapshot none of whose chunks is disputed: every chunk has one
+/// location, the one a restore reads. Valid as long as none of `packs`
+/// turns out bad (a bad pack's chunks have no good location, and those
+/// files are reported with the pack, not by their size).
+struct Settled {
+    /// Files (without a whole-file hash) whose chunks do not add up to
+    /// their recorded size: path, the chunks' bytes, the recorded size.
+    wrong_sizes: Vec<(String, u64, u64)>,
+    /// The packs its chunks are in.
+    packs: BTreeSet<PackId>,
+    /// The index objects that place them.
+    index_objects: BTreeSet<String>,
+}
+
+/// [`Settled`] for a snapshot with disputed chunks or chunks in bad packs,
+/// after the pack pass: a file's size from the chunks' good locations (a
+/// file with a chunk that has none is reported with its pack), and for
+/// lock coverage the locations a restore would use: those that checked out
+/// where the index objects disagree, the one they agree on otherwise.
+fn settle(
+    m: &super::Manifest,
+    index: &super::Index,
+    good_location: &dyn Fn(&crate::ids::ChunkId) -> Option<super::ChunkLocation>,
+    good_places: &HashSet<(PackId, crate::ids::ChunkId, u64)>,
+) -> Settled {
+    let wrong_sizes = m
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File && e.sha256.is_none())
+        .filter_map(|e| {
+            let mut sum = 0u64;
+            for c in &e.chunks {
+                sum += u64::from(good_location(c)?.blob.raw_length);
+            }
+            let recorded = e.size.unwrap_or_default();
+            (sum != recorded).then(|| (e.path.clone(), sum, recorded))
+        })
+        .collect();
+    let mut packs = BTreeSet::new();
+    let mut index_objects = BTreeSet::new();
+    for c in m.entries.iter().flat_map(|e| &e.chunks) {
+        for l in index.candidates(c) {
+            if index.is_disputed(c) && !good_places.contains(&(l.pack, *c, l.blob.offset)) {
+                continue;
+            }
+            packs.insert(l.pack);
+            index_objects.insert(index.source(l.source).to_string());
+        }
+    }
+    Settled {
+        wrong_sizes,
+        packs,
+        index_objects,
+    }
 }
 
 impl Held {
@@ -1151,6 +1305,70 @@ mod tests {
 
     fn share(hundredths: u32) -> Percent {
         Percent::from_hundredths(hundredths).unwrap()
+    }
+
+    /// A pack whose bytes are what its name says, holding a blob that does
+    /// not hold its chunk (a writer's mistake, not storage damage): the
+    /// `chunks` depth finds it by decoding, the `stored` depth, which
+    /// decodes nothing, does not. A byte changed in storage is found at
+    /// both, by the pack's name; so is a chunk placed past its pack's end.
+    #[test]
+    fn the_stored_depth_proves_the_stored_bytes_and_the_chunks_depth_each_chunk() {
+        use super::super::index::{IndexedChunk, IndexedPack};
+        use super::super::pack::{encode_chunk, pack_id, PackBuilder};
+        use super::super::{Crypto, Index};
+        use crate::ids::ChunkId;
+        let none = Crypto::none();
+        let good = b"a page of a table".repeat(400);
+        let good_id = ChunkId(Hash256::digest(&good));
+        // Another chunk's id on these bytes.
+        let wrong_id = ChunkId(Hash256::digest(b"what the id says"));
+        let mut pb = PackBuilder::new();
+        pb.add(encode_chunk(good_id, &good, 3, &none));
+        pb.add(encode_chunk(wrong_id, b"not what the id says", 3, &none));
+        let (bytes, entries) = pb.finish(&none);
+        let pack = pack_id(&bytes);
+        let indexed = |entries: &[super::super::pack::BlobEntry]| IndexedPack {
+            id: pack,
+            size: bytes.len() as u64,
+            chunks: entries.iter().map(|e| IndexedChunk::from(*e)).collect(),
+        };
+        let mut index = Index::default();
+        index.add_pack(&indexed(&entries));
+        let needed: HashSet<ChunkId> = [good_id, wrong_id].into();
+
+        let (stored, placed, ..) =
+            check_pack(&pack, &bytes, &needed, &index, &none, VerifyDepth::Stored);
+        assert_eq!((stored, placed), (None, 2));
+        let (decoded, ..) = check_pack(&pack, &bytes, &needed, &index, &none, VerifyDepth::Chunks);
+        let decoded = decoded.expect("the chunks depth decodes the mistaken blob");
+        assert!(decoded.contains(&format!("chunk {wrong_id}")), "{decoded}");
+
+        let mut damaged = bytes.clone();
+        let e = entries[0];
+        damaged[e.offset as usize + e.length as usize / 2] ^= 0x10;
+        let only_good: HashSet<ChunkId> = [good_id].into();
+        for depth in [VerifyDepth::Stored, VerifyDepth::Chunks] {
+            let (fault, ..) = check_pack(&pack, &damaged, &only_good, &index, &none, depth);
+            let fault = fault.expect("a changed byte is found");
+            assert!(fault.contains("its name says"), "{depth}: {fault}");
+        }
+
+        // The index places the good chunk past the pack's end.
+        let mut past = entries.clone();
+        past[0].offset = bytes.len() as u64;
+        let mut index = Index::default();
+        index.add_pack(&indexed(&past));
+        let (fault, ..) = check_pack(
+            &pack,
+            &bytes,
+            &only_good,
+            &index,
+            &none,
+            VerifyDepth::Stored,
+        );
+        let fault = fault.expect("a place outside the pack is found");
+        assert!(fault.contains("lies past the end of the pack"), "{fault}");
     }
 
     #[test]
