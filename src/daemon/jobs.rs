@@ -239,9 +239,13 @@ async fn run_op(
                     ),
                 ));
             }
+            let chunks = match r.depth {
+                crate::plan::VerifyDepth::Chunks => "verified",
+                crate::plan::VerifyDepth::Stored => "placed (stored bytes checked)",
+            };
             Ok(JobOutput {
                 summary: format!(
-                    "{} snapshots, {packs}, {} chunks verified; no problems",
+                    "{} snapshots, {packs}, {} chunks {chunks}; no problems",
                     r.snapshots_checked, r.chunks_checked
                 ),
                 ..JobOutput::default()

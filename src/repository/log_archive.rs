@@ -241,21 +241,31 @@ pub fn classify_stored(key: &str, object: &[u8], crypto: &super::Crypto) -> Foun
     if !crypto.is_encrypted() {
         return classify_checking(key, object, crypto);
     }
-    let foreign = |e: LogError| Found::Foreign {
-        why: match e {
-            LogError::Corrupt { why, .. } => why,
-            LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
-            other => other.to_string(),
-        },
+    let foreign = |e| Found::Foreign {
+        why: foreign_why(e),
     };
     let opened = match open(key, object, crypto) {
         Ok(o) => o,
         Err(e) => return foreign(e),
     };
-    let sha = match header_sha(key, &opened, MAX_RAW) {
-        Ok((_, sha)) => sha,
-        Err(e) => return foreign(e),
-    };
+    match header_sha(key, &opened, MAX_RAW) {
+        Ok((_, sha)) => named_content(key, sha),
+        Err(e) => foreign(e),
+    }
+}
+
+/// Why an object that did not decode is foreign, for [`Found::Foreign`].
+fn foreign_why(e: LogError) -> String {
+    match e {
+        LogError::Corrupt { why, .. } => why,
+        LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
+        other => other.to_string(),
+    }
+}
+
+/// An object whose content is `sha`: archived, unless `key` is an
+/// alternative name whose tag is another content's.
+fn named_content(key: &str, sha: Hash256) -> Found {
     if let Some((_, tag)) = split_alternative(key) {
         if !sha.to_hex().starts_with(tag) {
             return Found::Foreign {
@@ -299,29 +309,13 @@ fn classify_to(
     max_raw: u64,
     out: &mut dyn Content,
 ) -> Result<Found, LogError> {
-    let sha = match decode_into(key, object, crypto, max_raw, out) {
-        Ok(sha) => sha,
-        Err(e @ LogError::Write { .. }) => return Err(e),
-        Err(e) => {
-            let why = match e {
-                LogError::Corrupt { why, .. } => why,
-                LogError::Unauthenticated { why, .. } => format!("not authentic: {why}"),
-                other => other.to_string(),
-            };
-            return Ok(Found::Foreign { why });
-        }
-    };
-    if let Some((_, tag)) = split_alternative(key) {
-        if !sha.to_hex().starts_with(tag) {
-            return Ok(Found::Foreign {
-                why: format!("its name says content {tag}…, it holds {}", sha.short()),
-            });
-        }
+    match decode_into(key, object, crypto, max_raw, out) {
+        Ok(sha) => Ok(named_content(key, sha)),
+        Err(e @ LogError::Write { .. }) => Err(e),
+        Err(e) => Ok(Found::Foreign {
+            why: foreign_why(e),
+        }),
     }
-    Ok(Found::Archived {
-        raw: Vec::new(),
-        sha,
-    })
 }
 
 /// What a read of an archived object keeps of its content.

@@ -616,13 +616,38 @@ impl Repository {
         D: Fn(String, Bytes) -> Fut,
         Fut: std::future::Future<Output = Result<T, RepoError>>,
     {
-        for info in self.store.list("index/").await? {
-            let decoded = match self.store.get_at_most(&info.key, INDEX_CAP.bytes).await {
-                Ok(bytes) => decode(info.key.clone(), bytes).await,
+        // The next few objects are read while this one is decoded: on S3 a
+        // repository of a large database has thousands of index objects,
+        // and one request at a time would wait out each round trip. In
+        // listing order; what is still being read when this returns early
+        // is aborted.
+        let mut listed = self.store.list("index/").await?.into_iter().peekable();
+        let mut ahead = ReadAhead(std::collections::VecDeque::new());
+        loop {
+            while ahead.0.len() < INDEX_READ_AHEAD {
+                let pending: u64 = ahead.0.iter().map(|(_, size, _)| size).sum();
+                let Some(info) = listed.next_if(|i| {
+                    pending == 0 || pending + i.size.min(INDEX_CAP.bytes) <= INDEX_READ_AHEAD_BYTES
+                }) else {
+                    break;
+                };
+                let store = self.store.clone();
+                let key = info.key.clone();
+                let read =
+                    tokio::spawn(async move { store.get_at_most(&key, INDEX_CAP.bytes).await });
+                ahead
+                    .0
+                    .push_back((info.key, info.size.min(INDEX_CAP.bytes), read));
+            }
+            let Some((key, _, read)) = ahead.0.pop_front() else {
+                break;
+            };
+            let decoded = match read.await.expect("index object read panicked") {
+                Ok(bytes) => decode(key.clone(), bytes).await,
                 Err(e) if e.is_not_found() => continue, // removed since the listing
                 Err(e) => Err(e.into()),
             };
-            each(info.key, decoded);
+            each(key, decoded);
         }
         Ok(())
     }
@@ -1058,6 +1083,32 @@ pub const INDEX_CAP: MetadataCap = MetadataCap {
     what: "index object",
     bytes: 64 << 20,
 };
+
+/// How many index objects are read ahead of the one being decoded, and how
+/// many stored bytes they may hold together by the listing's sizes (one is
+/// always read, up to [`INDEX_CAP`]): a backup's are a few MB each, and
+/// objects planted to be large cannot hold more than this many beside it.
+const INDEX_READ_AHEAD: usize = 4;
+const INDEX_READ_AHEAD_BYTES: u64 = 64 << 20;
+
+/// An index object read started ahead: its key, its size by the listing
+/// (at most [`INDEX_CAP`]), the read.
+type IndexRead = (
+    String,
+    u64,
+    tokio::task::JoinHandle<Result<Bytes, crate::store::StoreError>>,
+);
+
+/// Index object reads started ahead, aborted if the reader stops early.
+struct ReadAhead(std::collections::VecDeque<IndexRead>);
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        for (_, _, read) in &self.0 {
+            read.abort();
+        }
+    }
+}
 
 /// Manifests: about 250 JSON bytes per file plus 67 per chunk. PostgreSQL
 /// images are cut into 8 KiB chunks, so their manifests are 0.8 % of the

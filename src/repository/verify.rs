@@ -1,8 +1,10 @@
 //! `holdfast verify`: read every object a plan's snapshots need, recompute
 //! every SHA-256, and name each missing or corrupt object and the snapshots it
-//! breaks. A sampled verify reads every manifest and index object but only a
-//! share of the packs, a stretch of the ring of pack ids that the next run
-//! continues ([`choose_sample`]); the other packs are only checked to exist.
+//! breaks. At depth `stored` ([`VerifyDepth`]) the packs' and WAL objects'
+//! stored bytes are proven (by name, by seal) and no chunk is decoded. A
+//! sampled verify reads every manifest and index object but only a share of
+//! the packs, a stretch of the ring of pack ids that the next run continues
+//! ([`choose_sample`]); the other packs are only checked to exist.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
