@@ -236,9 +236,11 @@ pub async fn verify_holding(
 
     // Manifests: each checked against its name; the chain against the
     // listing. Each is read here for the packs and chunks it needs, and
-    // kept for the passes after the pack pass only while all kept hold
-    // at most `held_chunks_max` chunks; the others are read again there,
-    // one at a time, so memory does not grow with the number of snapshots.
+    // kept for the passes after the pack pass only where one of them reads
+    // its entries (whole-file hashes, disputed chunks), and only while all
+    // kept hold at most `held_chunks_max` chunks; the others are read
+    // again there, one at a time, so memory does not grow with the number
+    // of snapshots.
     let mut manifests: Vec<Held> = Vec::new();
     let mut held_chunks = 0usize;
     // Which packs each snapshot needs, and chunks in no index.
