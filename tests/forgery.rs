@@ -551,7 +551,9 @@ async fn on_an_encrypted_repository_hand_written_manifests_index_objects_and_pru
     );
     put(&*store, &record_key, bytes).await;
 
-    // Restore `latest`: the real head, and the warnings name what was ignored.
+    // Restore `latest`: the real head, and the warnings name the manifests
+    // ignored. The snapshot's manifest places its chunks (version 6), so
+    // the index and the prune records are not read at all.
     let to = dir.path().join("latest.db");
     let out = at(
         day0 + Duration::hours(4),
@@ -560,11 +562,14 @@ async fn on_an_encrypted_repository_hand_written_manifests_index_objects_and_pru
     let said = String::from_utf8_lossy(&out.stderr).to_string();
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert_eq!(checksum(&to), newest);
-    for k in [&forged_key, &replay, &index_key, &record_key] {
+    for k in [&forged_key, &replay] {
         assert!(
             said.contains(k.as_str()),
             "restore does not name {k}:\n{said}"
         );
+    }
+    for k in [&index_key, &record_key] {
+        assert!(!said.contains(k.as_str()), "restore read {k}:\n{said}");
     }
     assert!(said.contains("not authentic"), "{said}");
 

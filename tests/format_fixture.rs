@@ -4,8 +4,9 @@
 //! verify and restore it to exactly what `expected.json` says. So must it
 //! `repo-v2-m3`, the same format with snapshot manifests version 3 (no
 //! whole-file hashes), `repo-v2-m4`, whose manifests name their entries
-//! as objects of their own (`entries/`), and `repo-v2-m5`, whose manifests
-//! also name the packs their chunks are in. The version 1
+//! as objects of their own (`entries/`), `repo-v2-m5`, whose manifests
+//! also name the packs their chunks are in, and `repo-v2-m6`, whose file
+//! entries say where each chunk is. The version 1
 //! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
@@ -22,12 +23,13 @@ use holdfast::ids::Hash256;
 use holdfast::repository::source::EntryKind;
 use serde_json::Value;
 
-/// Every fixture of repository format 2: manifest versions 2 to 5.
-const FIXTURES: [&str; 4] = [
+/// Every fixture of repository format 2: manifest versions 2 to 6.
+const FIXTURES: [&str; 5] = [
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m3"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m4"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m5"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m6"),
 ];
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
@@ -234,11 +236,26 @@ fn each_fixture_holds_the_manifest_version_it_names() {
                 for e in m.entries.iter().filter(|e| e.kind == EntryKind::File) {
                     assert_eq!(e.sha256.is_some(), version == 2, "{plan}: {}", e.path);
                     assert!(e.size.is_some(), "{plan}: {}", e.path);
+                    // From version 6 each file places its chunks, at the
+                    // places the index gives them.
+                    assert_eq!(e.at.is_some(), version >= 6, "{plan}: {}", e.path);
+                    if let Some(placed) = e.placed(m.packs.as_deref().unwrap_or_default()) {
+                        let index = repo.load_index().await.unwrap();
+                        let placed: Vec<_> = placed.collect();
+                        assert_eq!(placed.len(), e.chunks.len(), "{plan}: {}", e.path);
+                        for p in placed {
+                            assert!(
+                                index.candidates(&p.blob.id).any(|l| l.same_place(&p)),
+                                "{plan}: {}",
+                                e.path
+                            );
+                        }
+                    }
                 }
             }
         });
     }
-    assert_eq!(seen, [2, 3, 4, 5]);
+    assert_eq!(seen, [2, 3, 4, 5, 6]);
 }
 
 #[test]

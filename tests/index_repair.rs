@@ -202,8 +202,8 @@ fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_ch
         "the forged index sorts first"
     );
 
-    // Restore: each chunk is read from a candidate that passes its check,
-    // and the bad locations are named with the index object that gave them.
+    // Restore: the snapshot's manifest places its chunks (version 6), so
+    // the index, forged objects and all, is not even read.
     let out = repo.restore("latest", "restored");
     let said = text(&out);
     assert_eq!(out.status.code(), Some(0), "{said}");
@@ -211,7 +211,7 @@ fn a_first_sorting_forged_index_neither_breaks_restore_nor_makes_backups_skip_ch
         tree_listing(&repo.path("restored")),
         tree_listing(&repo.path("src"))
     );
-    assert!(said.contains(&forged), "names the forged index: {said}");
+    assert!(!said.contains(&forged), "the index is not read: {said}");
 
     // Verify: a non-zero exit naming both planted index objects.
     let (code, report) = repo.verify();
@@ -262,12 +262,15 @@ fn with_every_index_object_removed_or_corrupted_repair_index_rebuilds_it_and_res
     std::fs::remove_file(repo.object(&old[0])).unwrap();
     flip(&repo.object(&old[1]), |n| n / 2, 0x40);
     let damaged = std::fs::read(repo.object(&old[1])).unwrap();
+    // The snapshot's manifest places its own chunks (version 6): it still
+    // restores; verify, which checks those places against the index, fails.
     let out = repo.restore("latest", "before-repair");
-    assert_ne!(
-        out.status.code(),
-        Some(0),
-        "nothing says where the chunks are"
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree_listing(&repo.path("before-repair")),
+        tree_listing(&repo.path("src"))
     );
+    assert_eq!(repo.verify().0, 5, "the index is missing and damaged");
 
     // --dry-run reads and checks every pack, and writes nothing.
     let plan = repo.plan();
@@ -339,4 +342,61 @@ fn with_every_index_object_removed_or_corrupted_repair_index_rebuilds_it_and_res
     let said = fails(&["repair", "index", "--plan", s(&plan)], 5);
     assert!(said.contains(&format!("not indexed: {fake}")), "{said}");
     assert!(said.contains("1 pack(s) could not be indexed"), "{said}");
+}
+
+#[test]
+fn a_snapshot_restores_from_its_own_chunk_places_and_falls_back_to_the_index_where_one_fails() {
+    let repo = Repo::backed_up("{mode: none}", "");
+    let first = json(&["snapshots", "--plan", s(&repo.plan()), "--json"]);
+    let first = first[0]["id"].as_str().unwrap().to_string();
+
+    // Every index object gone: the manifest (version 6) says where each
+    // chunk is, so the restore needs none.
+    for k in repo.keys("index/") {
+        std::fs::remove_file(repo.object(&k)).unwrap();
+    }
+    let out = repo.restore("latest", "without-index");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        tree_listing(&repo.path("without-index")),
+        tree_listing(&repo.path("src"))
+    );
+
+    // A backup now finds no chunk in the index and stores them all again,
+    // in new packs, with an index object for those only.
+    let old_packs = repo.keys("packs/");
+    ok(&["backup", "--plan", s(&repo.plan())]);
+    assert!(repo.keys("packs/").len() > old_packs.len());
+
+    // The first snapshot's packs damaged: where a place its manifest gives
+    // fails its check, the chunk is read from the index's place, and the
+    // manifest's bad place is named.
+    for k in &old_packs {
+        flip(&repo.object(k), |n| n / 2, 0x40);
+    }
+    let out = repo.restore(&first, "fallen-back");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(
+        tree_listing(&repo.path("fallen-back")),
+        tree_listing(&repo.path("src"))
+    );
+    assert!(
+        said.contains("the snapshot's manifest gives chunk"),
+        "names the place that failed: {said}"
+    );
+
+    // With no other place to read a chunk from, the restore fails, naming
+    // the place its manifest gives and the index found nothing better.
+    for k in repo.keys("index/") {
+        std::fs::remove_file(repo.object(&k)).unwrap();
+    }
+    let out = repo.restore(&first, "nowhere");
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(5), "{said}");
+    assert!(
+        said.contains("from the snapshot's manifest") && said.contains("packs/"),
+        "{said}"
+    );
+    assert!(!repo.path("nowhere").exists(), "nothing left half-restored");
 }

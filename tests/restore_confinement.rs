@@ -188,6 +188,7 @@ fn link(path: &str, target: &Path) -> ManifestEntry {
         target: Some(target.to_str().unwrap().into()),
         stamp: None,
         file_id: None,
+        at: None,
     }
 }
 
@@ -342,16 +343,33 @@ fn a_file_failing_its_content_check_is_never_left_with_its_recorded_mode() {
 
     // Without a whole-file hash (manifest version 3) each chunk is checked
     // against its id, and the recorded size against the chunks: a size
-    // the chunks do not add up to fails the same way.
+    // the chunks do not add up to fails the same way (an entry without
+    // chunk places, read through the index).
     let (_, id) = env.forge(|entries| {
         let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
         e.mode = 0o4755;
         e.sha256 = None;
+        e.at = None;
         e.size = e.size.map(|n| n + 1);
     });
     let msg = env.restore(&id, &out, &["--keep-setid-bits"], VERIFY);
     assert!(
         msg.contains("app/tool") && msg.contains("its chunks hold"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+    env.assert_untouched(&[]);
+
+    // With its chunk places (manifest version 6), the places must add up
+    // to the size too: refused as the entries object is read.
+    let (_, id) = env.forge(|entries| {
+        let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
+        e.mode = 0o4755;
+        e.size = e.size.map(|n| n + 1);
+    });
+    let msg = env.restore(&id, &out, &["--keep-setid-bits"], VERIFY);
+    assert!(
+        msg.contains("\"app/tool\"") && msg.contains("its places hold 18 bytes, its size is 19"),
         "{msg}"
     );
     assert!(!out.exists());
@@ -381,6 +399,9 @@ fn verify_names_a_file_whose_chunks_do_not_add_up_to_its_size() {
         let (key, _) = env.forge(|entries| {
             let e = entries.iter_mut().find(|e| e.path == "app/tool").unwrap();
             assert_eq!(e.sha256, None, "a version 3 manifest records no file hash");
+            // Without chunk places: with them, reading the entries refuses
+            // the size already (above).
+            e.at = None;
             e.size = e.size.map(|n| n - 1);
         });
         let msg = fails(&["verify", "--plan", &env.plan()], VERIFY);

@@ -14,7 +14,6 @@
 
 use std::io::Write;
 use std::process::{Child, ChildStdin, ExitStatus};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -63,18 +62,17 @@ pub fn find_dump(
     })
 }
 
-/// A reader of the repository's snapshots that checks every chunk against
-/// its id and every file against its SHA-256 (a dump is run, not just
-/// stored).
-pub async fn checking_reader(repo: &Repository) -> Result<ChunkReader, RepoError> {
-    let index = Arc::new(repo.load_index_for_restore().await?);
-    Ok(ChunkReader::new(
-        repo.store().clone(),
-        repo.crypto().clone(),
-        index,
-        tokio::runtime::Handle::current(),
-    )
-    .checking_chunks())
+/// A reader of `manifest`'s files that checks every chunk against its id
+/// and every file against its SHA-256 (a dump is run, not just stored).
+pub async fn checking_reader(
+    repo: &Repository,
+    manifest: &Manifest,
+) -> Result<ChunkReader, RepoError> {
+    let packs = manifest.packs.as_deref().unwrap_or_default();
+    Ok(repo
+        .reader_for(packs, &manifest.entries)
+        .await?
+        .checking_chunks())
 }
 
 /// Reads the whole dump `entry` through `reader` (which must check chunks),

@@ -32,6 +32,7 @@ use super::pack::{
     encode_bundle, encode_chunk, pack_id, Blob, BlobEntry, EncodedBundle, PackBuilder,
     BUNDLE_HEADER_LEN, BUNDLE_MEMBER_LEN, BUNDLE_MEMBER_MAX, BUNDLE_TARGET, MAX_BUNDLE_CHUNKS,
 };
+use super::placing::{FilePlaces, NewChunk, Placing};
 use super::source::{
     Chunking, EntryKind, EntryMeta, EntrySink, Pages, SinkError, Source, SourceError,
 };
@@ -127,6 +128,8 @@ enum WriterError {
     Store(#[from] StoreError),
     #[error("a backup worker thread stopped unexpectedly")]
     WorkerGone,
+    #[error("more than 4,294,967,295 new chunks of one kind in one backup; split the plan")]
+    TooManyChunks,
 }
 
 impl From<WriterError> for SinkError {
@@ -304,6 +307,17 @@ async fn backup_locked(
     packs.extend(written.packs_written.iter().copied());
     packs.sort();
     packs.dedup();
+    // Each file's chunk places, numbered by `packs` (manifest version 6).
+    let mut entries = written.entries;
+    for (e, places) in entries.iter_mut().zip(&written.places) {
+        if e.kind == EntryKind::File {
+            e.at = written
+                .placing
+                .resolve(places, &written.pack_ids, &packs)
+                .filter(|at| at.iter().map(|p| p.count as usize).sum::<usize>() == e.chunks.len());
+        }
+    }
+    drop(written.places);
     let finished_at = crate::clock::now();
     let manifest = Manifest {
         format: "holdfast-snapshot".into(),
@@ -323,7 +337,7 @@ async fn backup_locked(
         stats: written.stats,
         entries_object: None,
         packs: Some(packs),
-        entries: written.entries,
+        entries,
     };
     // The entries object, then the commit point: the manifest, only while
     // both locks still certainly hold (an S3 lease is refreshed then, and a
@@ -449,6 +463,8 @@ struct Shared {
     failure: Mutex<Option<StoreError>>,
     /// The packs this backup uploaded.
     packs_written: Mutex<Vec<PackId>>,
+    /// The same, by their order among this backup's packs ([`Placing`]).
+    pack_ids: Mutex<HashMap<u32, PackId>>,
 }
 
 impl Shared {
@@ -502,11 +518,17 @@ impl Shared {
         })
     }
 
-    fn upload_pack(&self, bytes: Vec<u8>, blobs: Vec<BlobEntry>) -> Result<(), StoreError> {
+    fn upload_pack(
+        &self,
+        seq: u32,
+        bytes: Vec<u8>,
+        blobs: Vec<BlobEntry>,
+    ) -> Result<(), StoreError> {
         let id = pack_id(&bytes);
         let size = bytes.len() as u64;
         self.put_content(&pack_key(&id), bytes, id.0)?;
         self.packs_written.lock().expect("packs lock").push(id);
+        self.pack_ids.lock().expect("packs lock").insert(seq, id);
         let batch = {
             let mut unindexed = self.unindexed.lock().expect("index lock");
             unindexed.push(IndexedPack {
@@ -536,12 +558,20 @@ impl Shared {
 
 struct Written {
     entries: Vec<ManifestEntry>,
+    /// Where each entry's chunks are (empty for those that are no file).
+    places: Vec<FilePlaces>,
+    placing: Placing,
+    pack_ids: HashMap<u32, PackId>,
     stats: SnapshotStats,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
     packs_written: Vec<PackId>,
     bytes_read: u64,
     pages_unchanged: u64,
 }
+
+/// A finished pack for an uploader: its order among this backup's packs,
+/// its bytes, and its chunks' places.
+type Upload = (u32, Vec<u8>, Vec<BlobEntry>);
 
 /// The sink a source writes into.
 struct Writer {
@@ -563,7 +593,14 @@ struct Writer {
     /// Bundles being compressed at most (about 128 KiB each, and their
     /// chunks).
     bundles_in_flight: usize,
-    new_chunks: HashSet<ChunkId>,
+    /// Each new chunk, by its order among those of its kind.
+    new_chunks: HashMap<ChunkId, NewChunk>,
+    /// New chunks of each kind so far: stored alone, bundled.
+    new_alone: u32,
+    new_bundled: u32,
+    placing: Placing,
+    /// Where each entry's chunks are, beside `entries`.
+    places: Vec<FilePlaces>,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
     /// New small chunks waiting to be compressed together, and their bytes.
     bundle: Vec<(ChunkId, Arc<Vec<u8>>)>,
@@ -571,7 +608,7 @@ struct Writer {
     /// Bundles being compressed, oldest first.
     bundles: VecDeque<Receiver<EncodedBundle>>,
     pack: PackBuilder,
-    uploads: Option<Sender<(Vec<u8>, Vec<BlobEntry>)>>,
+    uploads: Option<Sender<Upload>>,
     uploaders: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
     entries: Vec<ManifestEntry>,
@@ -662,8 +699,9 @@ impl Writer {
             unindexed: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             packs_written: Default::default(),
+            pack_ids: Default::default(),
         });
-        let (up_tx, up_rx) = bounded::<(Vec<u8>, Vec<BlobEntry>)>(1);
+        let (up_tx, up_rx) = bounded::<Upload>(1);
         // Each uploader holds one pack (16 MiB); remote stores get a few more
         // so round trips overlap.
         let uploader_count = 2.max(shared.store.capabilities().parallel_reads / 4);
@@ -674,11 +712,11 @@ impl Writer {
                 std::thread::Builder::new()
                     .name(format!("hf-upload-{i}"))
                     .spawn(move || {
-                        for (bytes, blobs) in rx {
+                        for (seq, bytes, blobs) in rx {
                             if shared.has_failed() {
                                 continue;
                             }
-                            if let Err(e) = shared.upload_pack(bytes, blobs) {
+                            if let Err(e) = shared.upload_pack(seq, bytes, blobs) {
                                 shared.fail(e);
                             }
                         }
@@ -700,7 +738,11 @@ impl Writer {
             pending: VecDeque::new(),
             window,
             bundles_in_flight: threads * 4,
-            new_chunks: HashSet::new(),
+            new_chunks: HashMap::new(),
+            new_alone: 0,
+            new_bundled: 0,
+            placing: Placing::default(),
+            places: Vec::new(),
             reused_packs: HashMap::new(),
             bundle: Vec::new(),
             bundle_raw: 0,
@@ -775,11 +817,24 @@ impl Writer {
         self.entries[entry].chunks.push(done.id);
         self.stats.chunks += 1;
         if let Some(loc) = done.stored_at {
+            self.places[entry].stored(loc.pack, &loc.blob);
             self.reused_packs
                 .entry(loc.pack)
                 .or_default()
                 .insert(loc.source);
-        } else if self.new_chunks.insert(done.id) {
+        } else if let Some(known) = self.new_chunks.get(&done.id) {
+            self.places[entry].new_chunk(*known);
+        } else {
+            let too_many = || WriterError::TooManyChunks;
+            let new = if done.blob.is_some() {
+                self.new_alone = self.new_alone.checked_add(1).ok_or_else(too_many)?;
+                NewChunk::Alone(self.new_alone - 1)
+            } else {
+                self.new_bundled = self.new_bundled.checked_add(1).ok_or_else(too_many)?;
+                NewChunk::Bundled(self.new_bundled - 1)
+            };
+            self.new_chunks.insert(done.id, new);
+            self.places[entry].new_chunk(new);
             self.stats.new_chunks += 1;
             self.stats.new_bytes += done.raw_length;
             match (done.blob, done.data) {
@@ -857,10 +912,11 @@ impl Writer {
         }
         self.check_failed()?;
         let (bytes, blobs) = std::mem::take(&mut self.pack).finish(&self.shared.crypto);
+        let seq = self.placing.pack_finished(&blobs);
         self.uploads
             .as_ref()
             .expect("uploads open while writing")
-            .send((bytes, blobs))
+            .send((seq, bytes, blobs))
             .map_err(|_| WriterError::WorkerGone)
     }
 
@@ -887,6 +943,9 @@ impl Writer {
         self.shared.write_index(rest)?;
         Ok(Written {
             entries: std::mem::take(&mut self.entries),
+            places: std::mem::take(&mut self.places),
+            placing: std::mem::take(&mut self.placing),
+            pack_ids: std::mem::take(&mut *self.shared.pack_ids.lock().expect("packs lock")),
             stats: self.stats,
             reused_packs: std::mem::take(&mut self.reused_packs),
             bytes_read: self.bytes_read,
@@ -929,7 +988,9 @@ impl Writer {
             target: None,
             stamp: meta.stamp,
             file_id: None,
+            at: None,
         });
+        self.places.push(FilePlaces::default());
         self.entries.len() - 1
     }
 
@@ -948,14 +1009,19 @@ impl Writer {
             }
             return false;
         }
+        // Placed anew: the previous entry's places are numbered by its own
+        // manifest's packs.
+        let mut places = FilePlaces::default();
         for c in &prev.chunks {
             if let Some(loc) = self.index.agreed(c) {
+                places.stored(loc.pack, &loc.blob);
                 self.reused_packs
                     .entry(loc.pack)
                     .or_default()
                     .insert(loc.source);
             }
         }
+        self.places.push(places);
         let size = prev.size.unwrap_or_default();
         self.stats.files += 1;
         self.stats.chunks += prev.chunks.len() as u64;
@@ -964,6 +1030,7 @@ impl Writer {
         self.entries.push(ManifestEntry {
             mode: meta.mode,
             mtime_ns: meta.mtime_ns,
+            at: None,
             ..prev
         });
         true

@@ -405,6 +405,7 @@ mod tests {
             target: (kind == EntryKind::Symlink).then(|| "/tmp".into()),
             stamp: None,
             file_id: None,
+            at: None,
         }
     }
 

@@ -3,6 +3,8 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::index::{ChunkLocation, SourceId};
+use super::pack::{BlobEntry, Encoding, BUNDLE_MEMBER_MAX, MAX_BUNDLE_RAW, MAX_CHUNK_LEN};
 use super::source::{EntryKind, FileId, FileStamp, SourceMetadata};
 use super::{decode_json_zst, encode_json_zst, RepoError};
 use crate::ids::{ChunkId, Hash256, PackId, SnapshotId};
@@ -19,11 +21,17 @@ use crate::store::Retention;
 /// Version 5 (2026-12-05): the manifest names the packs its chunks are in
 /// (`packs`), so prune and keep-locks decide which packs a snapshot needs
 /// from its manifest alone, without its entries or the chunk index.
-pub const MANIFEST_VERSION: u32 = 5;
+/// Version 6 (2026-12-06): each file entry says where its chunks are
+/// (`at`, runs of [`Placement`]s), so a restore reads them without the
+/// chunk index.
+pub const MANIFEST_VERSION: u32 = 6;
 
 /// The manifest versions this build reads: 2 (each file with its
-/// whole-file SHA-256), 3, 4 and 5.
-pub const MANIFEST_VERSIONS_READ: [u32; 4] = [2, 3, 4, 5];
+/// whole-file SHA-256), 3, 4, 5 and 6.
+pub const MANIFEST_VERSIONS_READ: [u32; 5] = [2, 3, 4, 5, 6];
+
+/// The first manifest version whose file entries place their chunks.
+pub const PLACED_FROM: u32 = 6;
 
 /// The first manifest version that names its packs.
 pub const PACKS_NAMED_FROM: u32 = 5;
@@ -167,6 +175,198 @@ pub struct ManifestEntry {
     /// still this one (see `source::Pages`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_id: Option<FileId>,
+    /// Version 6 on: where the chunks are, in their order, as runs
+    /// ([`Placement`]); the pack numbers are places in the manifest's
+    /// `packs`, so these belong to the manifest they were read from (a
+    /// backup reusing an entry places it again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Vec<Placement>>,
+}
+
+/// Where a run of a file's chunks is stored (manifest version 6): one blob
+/// (`[pack, offset, length, 0 or 1, raw length]`: raw or zstd), or
+/// `count` consecutive chunks of one bundle, each `raw_length` long, the
+/// first starting at `bundle_offset` in the decompressed bundle
+/// (`[pack, offset, length, 2, bundle offset, raw length, count]`). `pack`
+/// is a place in the manifest's `packs`. See `docs/repository-format.md`,
+/// *Chunk places in the entries*.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u64>", into = "Vec<u64>")]
+pub struct Placement {
+    pub pack: u32,
+    pub offset: u64,
+    /// The blob's stored length (the whole bundle's, for a bundle).
+    pub length: u32,
+    pub encoding: Encoding,
+    /// The chunk's length (each chunk's, in a bundle run).
+    pub raw_length: u32,
+    /// In a bundle: where the run's first chunk starts (never 0); else 0.
+    pub bundle_offset: u32,
+    /// Chunks in the run: 1 for a blob of its own.
+    pub count: u32,
+}
+
+impl From<Placement> for Vec<u64> {
+    fn from(p: Placement) -> Vec<u64> {
+        let head = [
+            p.pack as u64,
+            p.offset,
+            p.length as u64,
+            p.encoding.to_byte() as u64,
+        ];
+        match p.encoding {
+            Encoding::Bundle => [
+                &head[..],
+                &[p.bundle_offset as u64, p.raw_length as u64, p.count as u64],
+            ]
+            .concat(),
+            _ => [&head[..], &[p.raw_length as u64]].concat(),
+        }
+    }
+}
+
+impl TryFrom<Vec<u64>> for Placement {
+    type Error = String;
+    fn try_from(v: Vec<u64>) -> Result<Self, String> {
+        let small = |i: usize| {
+            u32::try_from(v[i]).map_err(|_| format!("a chunk place {v:?} has {} past 2^32", v[i]))
+        };
+        let encoding = v
+            .get(3)
+            .and_then(|e| u8::try_from(*e).ok())
+            .and_then(Encoding::from_byte)
+            .ok_or_else(|| format!("a chunk place {v:?} has no known encoding"))?;
+        let want = if encoding == Encoding::Bundle { 7 } else { 5 };
+        if v.len() != want {
+            return Err(format!(
+                "a chunk place {v:?} has {} numbers, not {want}",
+                v.len()
+            ));
+        }
+        let (bundle_offset, raw_length, count) = match encoding {
+            Encoding::Bundle => (small(4)?, small(5)?, small(6)?),
+            _ => (0, small(4)?, 1),
+        };
+        Ok(Placement {
+            pack: small(0)?,
+            offset: v[1],
+            length: small(2)?,
+            encoding,
+            raw_length,
+            bundle_offset,
+            count,
+        })
+    }
+}
+
+/// Where the chunk places of a manifest are said to come from, in
+/// [`ChunkLocation::source`]: the snapshot's own manifest, not an index
+/// object.
+pub const FROM_MANIFEST: SourceId = SourceId(u32::MAX);
+
+impl Placement {
+    /// The place of one chunk: a blob of its own, or one place in a bundle.
+    pub fn of(pack: u32, blob: &BlobEntry) -> Placement {
+        Placement {
+            pack,
+            offset: blob.offset,
+            length: blob.length,
+            encoding: blob.encoding,
+            raw_length: blob.raw_length,
+            bundle_offset: blob.bundle_offset.map_or(0, |b| b.get()),
+            count: 1,
+        }
+    }
+
+    /// Adds `next` (one chunk's place) to this run when it is the next
+    /// chunk of the same bundle, as long as this one; else `false`.
+    pub fn extend(&mut self, next: &Placement) -> bool {
+        let follows = self.encoding == Encoding::Bundle
+            && next.encoding == Encoding::Bundle
+            && (self.pack, self.offset, self.length, self.raw_length)
+                == (next.pack, next.offset, next.length, next.raw_length)
+            && self.bundle_offset as u64 + self.raw_length as u64 * self.count as u64
+                == next.bundle_offset as u64;
+        if follows {
+            self.count += 1;
+        }
+        follows
+    }
+
+    /// Whether it lies where a reader may look: inside the pack, a bundle
+    /// run inside a bundle's bounds; `None` if so, else why not.
+    fn fault(&self, packs: usize) -> Option<String> {
+        if self.pack as usize >= packs {
+            return Some(format!(
+                "pack number {} (the manifest names {packs})",
+                self.pack
+            ));
+        }
+        if self.offset < 8 || self.length == 0 || self.count == 0 {
+            return Some(format!(
+                "offset {}, length {}, {} chunks",
+                self.offset, self.length, self.count
+            ));
+        }
+        match self.encoding {
+            Encoding::Bundle => {
+                let end = self.bundle_offset as u64 + self.raw_length as u64 * self.count as u64;
+                (self.bundle_offset < 8
+                    || self.raw_length as usize > BUNDLE_MEMBER_MAX
+                    || end > MAX_BUNDLE_RAW as u64)
+                    .then(|| {
+                        format!(
+                            "{} chunks of {} bytes from offset {} in a bundle",
+                            self.count, self.raw_length, self.bundle_offset
+                        )
+                    })
+            }
+            _ => (self.raw_length as usize > MAX_CHUNK_LEN)
+                .then(|| format!("a chunk of {} bytes", self.raw_length)),
+        }
+    }
+
+    /// The run's chunks' bytes, all told.
+    fn raw_bytes(&self) -> u64 {
+        self.raw_length as u64 * self.count as u64
+    }
+}
+
+impl ManifestEntry {
+    /// Each chunk's place, in order, from [`ManifestEntry::at`] (which the
+    /// manifest's checks matched to `chunks` and `packs`); `None` without,
+    /// or when `packs` is not the list they number (a reader not told it).
+    pub fn placed<'a>(
+        &'a self,
+        packs: &'a [PackId],
+    ) -> Option<impl Iterator<Item = ChunkLocation> + 'a> {
+        let at = self.at.as_deref()?;
+        if at.iter().any(|p| p.pack as usize >= packs.len()) {
+            return None;
+        }
+        let mut start = 0usize;
+        Some(at.iter().flat_map(move |p| {
+            let pack = packs[p.pack as usize];
+            let from = start;
+            start += p.count as usize;
+            let ids = self.chunks.get(from..start).unwrap_or_default();
+            ids.iter().enumerate().map(move |(j, id)| ChunkLocation {
+                pack,
+                blob: BlobEntry {
+                    id: *id,
+                    offset: p.offset,
+                    length: p.length,
+                    raw_length: p.raw_length,
+                    encoding: p.encoding,
+                    bundle_offset: std::num::NonZeroU32::new(
+                        p.bundle_offset + p.raw_length * j as u32,
+                    )
+                    .filter(|_| p.encoding == Encoding::Bundle),
+                },
+                source: FROM_MANIFEST,
+            })
+        }))
+    }
 }
 
 impl Manifest {
@@ -325,6 +525,7 @@ impl Manifest {
                 file.format, file.plan, self.plan
             )));
         }
+        check_placements(self.version, self.packs.as_deref(), &file.entries).map_err(corrupt)?;
         self.entries = file.entries;
         Ok(())
     }
@@ -476,7 +677,9 @@ fn check_format(key: &str, format: &str, version: u32) -> Result<(), RepoError> 
             what: "snapshot manifest",
             key: key.to_string(),
             why: format!(
-                "unknown format {format} version {version} (this holdfast reads holdfast-snapshot versions 2 to 4)"
+                "unknown format {format} version {version} (this holdfast reads holdfast-snapshot versions {} to {})",
+                MANIFEST_VERSIONS_READ[0],
+                MANIFEST_VERSIONS_READ[MANIFEST_VERSIONS_READ.len() - 1]
             ),
         });
     }
@@ -540,6 +743,46 @@ fn check_packs(key: &str, version: u32, packs: Option<&[PackId]>) -> Result<(), 
     })
 }
 
+/// Version 6 on, a file entry's chunk places (`at`) must cover its chunks
+/// exactly, add up to its size and lie where a reader may look, in packs
+/// the manifest names; before, there are none. Checked before anything is
+/// read from them, so a reader may index `packs` and `chunks` by them.
+fn check_placements(
+    version: u32,
+    packs: Option<&[PackId]>,
+    entries: &[ManifestEntry],
+) -> Result<(), String> {
+    let packs = packs.map_or(0, |p| p.len());
+    for e in entries {
+        let Some(at) = &e.at else { continue };
+        let fault = if version < PLACED_FROM {
+            Some(format!("version {version} places chunks"))
+        } else if e.kind != EntryKind::File {
+            Some("it is not a file".to_string())
+        } else if let Some(why) = at.iter().find_map(|p| p.fault(packs)) {
+            Some(format!("a chunk place with {why}"))
+        } else {
+            let chunks: u64 = at.iter().map(|p| p.count as u64).sum();
+            let bytes: u64 = at.iter().map(Placement::raw_bytes).sum();
+            if chunks != e.chunks.len() as u64 {
+                Some(format!(
+                    "its places are for {chunks} chunks, it has {}",
+                    e.chunks.len()
+                ))
+            } else {
+                // (A file without a size is refused by every reader.)
+                e.size
+                    .filter(|s| *s != bytes)
+                    .map(|size| format!("its places hold {bytes} bytes, its size is {size}"))
+            }
+        };
+        if let Some(why) = fault {
+            return Err(format!("entry {:?}: {why}", e.path));
+        }
+    }
+    Ok(())
+}
+
 /// A snapshot as its object name describes it, before its manifest is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotRef {
@@ -569,12 +812,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_2_to_5_are_read_and_others_refused_by_number() {
-        assert_eq!(MANIFEST_VERSION, 5, "what a backup writes");
-        for v in [2, 3, 4, 5] {
+    fn versions_2_to_6_are_read_and_others_refused_by_number() {
+        assert_eq!(MANIFEST_VERSION, 6, "what a backup writes");
+        for v in [2, 3, 4, 5, 6] {
             check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap();
         }
-        for v in [1, 6] {
+        for v in [1, 7] {
             let e = check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap_err();
             let said = e.to_string();
             assert!(
@@ -613,6 +856,7 @@ mod tests {
                 target: None,
                 stamp: None,
                 file_id: None,
+                at: None,
             }],
         }
     }
@@ -720,5 +964,144 @@ mod tests {
         let e = ManifestHead::decode(key, &id, &stored, &crypto).unwrap_err();
         assert!(e.to_string().contains("ascending order"), "{e}");
         assert!(Manifest::decode(key, &id, &stored, &crypto).is_err());
+    }
+
+    /// A bundle run of `n` pages from bundle offset 12, in pack number `pack`.
+    fn pages(pack: u32, n: u32) -> Placement {
+        Placement {
+            pack,
+            offset: 8,
+            length: 4000,
+            encoding: Encoding::Bundle,
+            raw_length: 8192,
+            bundle_offset: 12,
+            count: n,
+        }
+    }
+
+    #[test]
+    fn a_version_6_entry_places_its_chunks_in_runs_as_short_arrays() {
+        let run = pages(1, 15);
+        let json = serde_json::to_string(&run).unwrap();
+        assert_eq!(json, "[1,8,4000,2,12,8192,15]");
+        assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), run);
+        let alone = Placement {
+            encoding: Encoding::Zstd,
+            raw_length: 100_000,
+            bundle_offset: 0,
+            count: 1,
+            ..run
+        };
+        let json = serde_json::to_string(&alone).unwrap();
+        assert_eq!(json, "[1,8,4000,1,100000]");
+        assert_eq!(serde_json::from_str::<Placement>(&json).unwrap(), alone);
+        for bad in [
+            "[1,8,4000,2,12,8192]",
+            "[1,8,4000,1,5,6]",
+            "[1,8,4000,3,5]",
+            "[1,8,4000,0,4294967296]",
+            "[]",
+        ] {
+            assert!(serde_json::from_str::<Placement>(bad).is_err(), "{bad}");
+        }
+
+        // Expanded to one place per chunk, a bundle's pages one after another.
+        let mut e = example().entries.remove(0);
+        let ids: Vec<ChunkId> = (0..3u8).map(|i| ChunkId(Hash256([i; 32]))).collect();
+        e.chunks = ids.clone();
+        e.size = Some(3 * 8192);
+        e.at = Some(vec![pages(1, 2), pages(0, 1)]);
+        let packs = [PackId(Hash256([1; 32])), PackId(Hash256([2; 32]))];
+        let got: Vec<(PackId, ChunkId, u32)> = e
+            .placed(&packs)
+            .unwrap()
+            .map(|l| (l.pack, l.blob.id, l.blob.bundle_offset.unwrap().get()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (packs[1], ids[0], 12),
+                (packs[1], ids[1], 12 + 8192),
+                (packs[0], ids[2], 12)
+            ]
+        );
+        assert!(e.placed(&packs[..1]).is_none(), "another manifest's packs");
+        check_placements(6, Some(&packs), std::slice::from_ref(&e)).unwrap();
+    }
+
+    #[test]
+    fn chunk_places_that_do_not_fit_the_entry_or_the_packs_are_refused_by_entry() {
+        let packs = [PackId(Hash256([1; 32])), PackId(Hash256([2; 32]))];
+        let mut e = example().entries.remove(0);
+        e.chunks = vec![e.chunks[0]; 2];
+        e.size = Some(2 * 8192);
+        let with = |at: Vec<Placement>, f: &dyn Fn(&mut ManifestEntry)| {
+            let mut e = e.clone();
+            e.at = Some(at);
+            f(&mut e);
+            e
+        };
+        let keep = |_: &mut ManifestEntry| {};
+        check_placements(6, Some(&packs), &[with(vec![pages(1, 2)], &keep)]).unwrap();
+        for (version, entry, why) in [
+            (5, with(vec![pages(1, 2)], &keep), "version 5 places chunks"),
+            (6, with(vec![pages(2, 2)], &keep), "pack number 2"),
+            (
+                6,
+                with(vec![pages(1, 1)], &keep),
+                "places are for 1 chunks, it has 2",
+            ),
+            (
+                6,
+                with(vec![pages(1, 1), pages(0, 1)], &|e| e.size = Some(3)),
+                "hold 16384 bytes, its size is 3",
+            ),
+            (
+                6,
+                with(
+                    vec![Placement {
+                        offset: 4,
+                        ..pages(1, 2)
+                    }],
+                    &keep,
+                ),
+                "offset 4",
+            ),
+            (
+                6,
+                with(
+                    vec![Placement {
+                        bundle_offset: 4 << 20,
+                        ..pages(1, 2)
+                    }],
+                    &keep,
+                ),
+                "in a bundle",
+            ),
+            (
+                6,
+                with(vec![pages(1, 2)], &|e| e.kind = EntryKind::Dir),
+                "not a file",
+            ),
+        ] {
+            let said = check_placements(version, Some(&packs), &[entry]).unwrap_err();
+            assert!(said.contains("entry \"a\"") && said.contains(why), "{said}");
+        }
+
+        // Through decoding: the entries object is refused, naming it and its manifest.
+        let crypto = crate::repository::Crypto::none();
+        let mut m = example();
+        m.version = 6;
+        m.entries = vec![with(vec![pages(1, 1)], &keep)];
+        let (r, bytes) = m.encode_entries(&crypto).unwrap();
+        m.entries_object = Some(r.clone());
+        let e = m
+            .decode_entries("snapshots/p/k", bytes, &crypto)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&r.key) && e.contains("snapshots/p/k") && e.contains("1 chunks"),
+            "{e}"
+        );
     }
 }

@@ -16,11 +16,11 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::confine::{self, Confined};
-use super::read::{ChunkReader, ReadError, ReadSink};
+use super::read::{ReadError, ReadSink};
 use super::source::{EntryKind, SourceError};
 use super::{Manifest, ManifestEntry, RepoError, Repository};
 use crate::error::{Exit, HasExit};
-use crate::ids::SnapshotId;
+use crate::ids::{PackId, SnapshotId};
 use crate::plan::PlanName;
 use crate::progress::{Progress, ProgressMode};
 
@@ -135,6 +135,7 @@ pub async fn restore(
         total,
         &Materialize {
             target: &target,
+            packs: manifest.packs.as_deref().unwrap_or_default(),
             manifest: &snap.key,
             single,
             force: opts.force,
@@ -163,6 +164,9 @@ pub type CheckFn = fn(&Path) -> Result<(), SourceError>;
 
 pub struct Materialize<'a> {
     pub target: &'a Path,
+    /// The manifest's packs, which its entries' chunk places number
+    /// (manifest version 6; empty before).
+    pub packs: &'a [PackId],
     /// The manifest's key, named when one of its entries is refused.
     pub manifest: &'a str,
     /// One stream restored to a file path.
@@ -288,25 +292,9 @@ pub async fn stage(
     .await
     .expect("target preparation panicked")?;
     // Only this snapshot's chunks: in a repository many snapshots and plans
-    // share, the whole index is many times what one restore needs.
-    // Sorted, without repeats: 32 bytes a chunk, where a hash set took
-    // about half as much again (more while it grew) beside the entries and
-    // the index being read.
-    let mut needed: Vec<crate::ids::ChunkId> = entries
-        .iter()
-        .flat_map(|e| e.chunks.iter().copied())
-        .collect();
-    needed.sort_unstable();
-    needed.dedup();
-    let index = Arc::new(repo.load_index_for_restore_of(Some(&needed)).await?);
-    drop(needed);
-
-    let reader = ChunkReader::new(
-        repo.store().clone(),
-        repo.crypto().clone(),
-        index,
-        tokio::runtime::Handle::current(),
-    );
+    // share, the whole index is many times what one restore needs; and
+    // none, for a manifest that places its chunks (version 6).
+    let reader = repo.reader_for(how.packs, &entries).await?;
     let progress = Arc::new(Progress::new("restore", Some(total), how.progress));
     let temp_in = temp.clone();
     let cancel = how.cancel.clone();
@@ -826,6 +814,7 @@ mod tests {
     use crate::ids::Hash256;
     use crate::plan::Tier;
     use crate::repository::backup::{backup, BackupOptions};
+    use crate::repository::read::{ChunkReader, LazyIndex};
     use crate::store::local::LocalStore;
 
     /// Backs up the files of `src` into a new repository under `tmp` with
@@ -857,7 +846,7 @@ mod tests {
         let reader = ChunkReader::new(
             repo.store().clone(),
             repo.crypto().clone(),
-            Arc::new(repo.load_index().await.unwrap()),
+            LazyIndex::loaded(Arc::new(repo.load_index().await.unwrap())),
             tokio::runtime::Handle::current(),
         );
         (entries, reader)
@@ -956,6 +945,7 @@ mod tests {
             target: None,
             stamp: None,
             file_id: None,
+            at: None,
         };
         let mut entries = vec![
             entry("d", EntryKind::Dir, 0),

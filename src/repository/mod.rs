@@ -19,6 +19,7 @@ pub mod log_archive;
 pub mod manifest;
 pub mod materialize;
 pub mod pack;
+mod placing;
 pub mod prune;
 pub mod read;
 pub mod repair;
@@ -530,6 +531,44 @@ impl Repository {
         }
         index.add_fallback(&pruned);
         Ok(index)
+    }
+
+    /// A reader of the files `entries` of a manifest naming `packs`. A
+    /// version 6 manifest places its chunks: the index is then read only if
+    /// a place fails its check; for entries without places, the locations
+    /// of their chunks are loaded now (only theirs).
+    pub async fn reader_for(
+        &self,
+        packs: &[PackId],
+        entries: &[ManifestEntry],
+    ) -> Result<read::ChunkReader, RepoError> {
+        let unplaced = entries
+            .iter()
+            .filter(|e| e.kind == source::EntryKind::File && e.placed(packs).is_none());
+        // Sorted, without repeats: 32 bytes a chunk, where a hash set took
+        // about half as much again beside the entries and the index being read.
+        let mut needed: Vec<ChunkId> = unplaced.flat_map(|e| e.chunks.iter().copied()).collect();
+        let index = if needed.is_empty() {
+            let repo = self.clone();
+            let runtime = tokio::runtime::Handle::current();
+            read::LazyIndex::on_demand(move || {
+                runtime
+                    .block_on(repo.load_index_for_restore())
+                    .map_err(|e| e.to_string())
+            })
+        } else {
+            needed.sort_unstable();
+            needed.dedup();
+            let index = self.load_index_for_restore_of(Some(&needed)).await?;
+            read::LazyIndex::loaded(Arc::new(index))
+        };
+        Ok(read::ChunkReader::new(
+            self.store.clone(),
+            self.crypto.clone(),
+            index,
+            tokio::runtime::Handle::current(),
+        )
+        .placing_by(packs))
     }
 
     /// Like [`Repository::load_index_strict`], with beside it the index of

@@ -68,14 +68,14 @@ pub enum Encoding {
 }
 
 impl Encoding {
-    fn to_byte(self) -> u8 {
+    pub(crate) fn to_byte(self) -> u8 {
         match self {
             Encoding::Raw => 0,
             Encoding::Zstd => 1,
             Encoding::Bundle => 2,
         }
     }
-    fn from_byte(b: u8) -> Option<Self> {
+    pub(crate) fn from_byte(b: u8) -> Option<Self> {
         match b {
             0 => Some(Encoding::Raw),
             1 => Some(Encoding::Zstd),

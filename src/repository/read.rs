@@ -19,6 +19,11 @@
 //! blob fails, each other candidate is read in turn until one passes; each
 //! bad location is logged with the index object that gave it. Index objects
 //! seen to give a bad location are tried last from then on.
+//!
+//! A file entry of a version 6 manifest says where its chunks are (`at`):
+//! those places are read without the index, which is loaded only when one
+//! of them fails its check (then the index's other places for the chunk
+//! are tried, as for a disputed chunk) or an entry has none.
 
 use std::sync::Arc;
 
@@ -27,7 +32,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::hasher::StreamHasher;
 use super::index::{ChunkLocation, SourceId};
-use super::manifest::ManifestEntry;
+use super::manifest::{ManifestEntry, FROM_MANIFEST};
 use super::pack::{decode_blob_checked, BlobError, BundleCache, ShareBudget};
 use super::source::EntryKind;
 use super::{pack_key, Index};
@@ -80,6 +85,12 @@ pub enum ReadError {
         count: usize,
         tried: String,
     },
+    #[error("chunk {chunk} of {path}: the chunk index, needed to find it, cannot be read: {why}")]
+    NoIndex {
+        chunk: ChunkId,
+        path: String,
+        why: String,
+    },
     #[error("{path}: {source}")]
     Sink {
         path: String,
@@ -122,11 +133,109 @@ enum Item {
     Failed(ReadError),
 }
 
+type IndexLoader = Box<dyn FnOnce() -> Result<Index, String> + Send>;
+
+/// The chunk index a reader finds chunks through: loaded up front, or only
+/// once a chunk needs it (a version 6 manifest places its own chunks).
+pub struct LazyIndex {
+    cell: std::sync::OnceLock<Result<Arc<Index>, String>>,
+    load: std::sync::Mutex<Option<IndexLoader>>,
+}
+
+impl LazyIndex {
+    pub fn loaded(index: Arc<Index>) -> Self {
+        let cell = std::sync::OnceLock::new();
+        let _ = cell.set(Ok(index));
+        LazyIndex {
+            cell,
+            load: Default::default(),
+        }
+    }
+
+    /// Loaded by `load` on first use (on the reader's own threads, never an
+    /// async worker).
+    pub fn on_demand(load: impl FnOnce() -> Result<Index, String> + Send + 'static) -> Self {
+        LazyIndex {
+            cell: Default::default(),
+            load: std::sync::Mutex::new(Some(Box::new(load))),
+        }
+    }
+
+    /// The index, loading it if it was not; why not if it cannot be read.
+    pub fn get(&self) -> Result<&Index, &str> {
+        self.cell
+            .get_or_init(|| {
+                let load = self.load.lock().expect("index loader lock").take();
+                match load {
+                    Some(load) => {
+                        tracing::info!("reading the chunk index: a chunk the snapshot places is not where it says, or a file has no places");
+                        load().map(Arc::new)
+                    }
+                    None => Err("no index to load".into()),
+                }
+            })
+            .as_ref()
+            .map(|i| &**i)
+            .map_err(|e| e.as_str())
+    }
+
+    /// The index if it is loaded already.
+    fn peek(&self) -> Option<&Index> {
+        self.cell.get().and_then(|r| r.as_ref().ok()).map(|i| &**i)
+    }
+
+    /// Whether `loc`'s chunk has other places to try when `loc` fails:
+    /// one the snapshot's manifest gave, or one the index disputes.
+    fn fallible(&self, loc: &ChunkLocation) -> bool {
+        loc.source == FROM_MANIFEST || self.peek().is_some_and(|i| i.is_disputed(&loc.blob.id))
+    }
+
+    /// Who gave `loc`: an index object, or the snapshot's manifest.
+    fn named(&self, loc: &ChunkLocation) -> String {
+        match self.peek() {
+            _ if loc.source == FROM_MANIFEST => "the snapshot's manifest".to_string(),
+            Some(i) => i.source(loc.source).to_string(),
+            None => "an index object".to_string(),
+        }
+    }
+}
+
+/// Pack sizes, for reading whole windows: from the index when it is
+/// loaded, else asked of the store once per pack.
+#[derive(Default)]
+struct PackSizes(std::sync::Mutex<std::collections::HashMap<PackId, Option<u64>>>);
+
+impl PackSizes {
+    fn size(
+        &self,
+        store: &dyn Store,
+        runtime: &tokio::runtime::Handle,
+        index: &LazyIndex,
+        pack: &PackId,
+    ) -> Option<u64> {
+        if let Some(size) = index.peek().and_then(|i| i.packs().get(pack)) {
+            return Some(*size);
+        }
+        if let Some(known) = self.0.lock().expect("pack sizes lock").get(pack) {
+            return *known;
+        }
+        let size = runtime
+            .block_on(store.head(&pack_key(pack)))
+            .ok()
+            .map(|i| i.size);
+        self.0.lock().expect("pack sizes lock").insert(*pack, size);
+        size
+    }
+}
+
 /// A pool of fetch-and-decode threads bound to one store and index.
 pub struct ChunkReader {
     store: Arc<dyn Store>,
     crypto: super::Crypto,
-    index: Arc<Index>,
+    index: Arc<LazyIndex>,
+    /// The manifest's packs, which its entries' places number.
+    packs: Arc<[PackId]>,
+    sizes: Arc<PackSizes>,
     runtime: tokio::runtime::Handle,
     threads: usize,
     check_chunks: bool,
@@ -155,7 +264,7 @@ impl Suspects {
         self.sources.read().expect("suspects lock").contains(&s)
     }
 
-    fn bad(&self, index: &Index, loc: &ChunkLocation, path: &str, why: &str) {
+    fn bad(&self, index: &LazyIndex, loc: &ChunkLocation, path: &str, why: &str) {
         self.sources
             .write()
             .expect("suspects lock")
@@ -166,11 +275,11 @@ impl Suspects {
             .expect("suspects lock")
             .insert((loc.source, loc.pack))
         {
+            let by = index.named(loc);
             tracing::warn!(
-                object = %index.source(loc.source),
+                object = %by,
                 pack = %pack_key(&loc.pack),
-                "index object {} gives chunk {} of {path} a location in pack {} (offset {}) that fails its check ({why}); trying its other locations (further bad locations this index object gives in this pack are not logged; run `holdfast verify`)",
-                index.source(loc.source),
+                "{by} gives chunk {} of {path} a location in pack {} (offset {}) that fails its check ({why}); trying its other locations (further bad locations it gives in this pack are not logged; run `holdfast verify`)",
                 loc.blob.id,
                 pack_key(&loc.pack),
                 loc.blob.offset,
@@ -255,7 +364,7 @@ impl ChunkReader {
     pub fn new(
         store: Arc<dyn Store>,
         crypto: super::Crypto,
-        index: Arc<Index>,
+        index: LazyIndex,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         // Local reads are CPU-bound (decode); remote ones wait on round trips.
@@ -275,7 +384,9 @@ impl ChunkReader {
         ChunkReader {
             store,
             crypto,
-            index,
+            index: Arc::new(index),
+            packs: Arc::from(Vec::new()),
+            sizes: Default::default(),
             runtime,
             threads,
             check_chunks: false,
@@ -284,6 +395,12 @@ impl ChunkReader {
             suspects: Default::default(),
             bundles: Arc::new(BundleCache::new(2 * threads + 2)),
         }
+    }
+
+    /// Reads the places of entries of a version 6 manifest naming `packs`.
+    pub fn placing_by(mut self, packs: &[PackId]) -> Self {
+        self.packs = Arc::from(packs);
+        self
     }
 
     /// For `lanes` reads at once, each with its share of the decode
@@ -353,6 +470,7 @@ impl ChunkReader {
                 let runtime = self.runtime.clone();
                 let windows = self.windows.clone();
                 let index = self.index.clone();
+                let sizes = self.sizes.clone();
                 let crypto = self.crypto.clone();
                 let suspects = self.suspects.clone();
                 let bundles = self.bundles.clone();
@@ -365,7 +483,7 @@ impl ChunkReader {
                             &run,
                             &index,
                             &suspects,
-                            windows.as_deref(),
+                            windows.as_deref().map(|w| (w, &*sizes)),
                             &bundles,
                         );
                         let _ = run.reply.send(result);
@@ -373,7 +491,8 @@ impl ChunkReader {
                 });
             }
             drop(job_rx);
-            let index = &self.index;
+            let index = &*self.index;
+            let packs = &*self.packs;
             let suspects = &*self.suspects;
             // A file without a whole-file hash (manifest version 3) is
             // proven chunk by chunk: in an encrypted repository by each
@@ -382,7 +501,7 @@ impl ChunkReader {
             scope.spawn(move || {
                 plan_runs(
                     entries,
-                    index,
+                    (index, packs),
                     suspects,
                     (check_chunks, unhashed_check),
                     &job_tx,
@@ -402,7 +521,7 @@ impl ChunkReader {
 /// whole-file hash and for one without.
 fn plan_runs(
     entries: &[ManifestEntry],
-    index: &Index,
+    (index, packs): (&LazyIndex, &[PackId]),
     suspects: &Suspects,
     (hashed_check, unhashed_check): (bool, bool),
     jobs: &Sender<Run>,
@@ -442,8 +561,29 @@ fn plan_runs(
             })
             .is_ok()
         };
+        // The entry's own places (manifest version 6), else the index's.
+        let placed = entry.placed(packs);
+        let indexed = match (&placed, entry.chunks.first()) {
+            (None, Some(first)) => match index.get() {
+                Ok(index) => Some(index),
+                Err(why) => {
+                    let _ = items.send(Item::Failed(ReadError::NoIndex {
+                        chunk: *first,
+                        path: entry.path.clone(),
+                        why: why.to_string(),
+                    }));
+                    return;
+                }
+            },
+            _ => None,
+        };
+        let mut placed = placed.into_iter().flatten();
         for chunk in &entry.chunks {
-            let Some(loc) = suspects.pick(index, chunk) else {
+            let found = match indexed {
+                Some(index) => suspects.pick(index, chunk),
+                None => placed.next(),
+            };
+            let Some(loc) = found else {
                 flush(&mut run);
                 let _ = items.send(Item::Failed(ReadError::MissingChunk {
                     chunk: *chunk,
@@ -490,10 +630,10 @@ fn from_windows(
     store: &dyn Store,
     runtime: &tokio::runtime::Handle,
     run: &Run,
-    windows: &WindowCache,
-    index: &Index,
+    (windows, sizes): (&WindowCache, &PackSizes),
+    index: &LazyIndex,
 ) -> Option<bytes::Bytes> {
-    let pack_size = *index.packs().get(&run.pack)?;
+    let pack_size = sizes.size(store, runtime, index, &run.pack)?;
     let end = run.offset + run.len;
     if end > pack_size || run.len == 0 {
         return None;
@@ -523,9 +663,9 @@ fn fetch_run(
     crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
     run: &Run,
-    index: &Index,
+    index: &LazyIndex,
     suspects: &Suspects,
-    windows: Option<&WindowCache>,
+    windows: Option<(&WindowCache, &PackSizes)>,
     bundles: &BundleCache,
 ) -> Result<Vec<Bytes>, ReadError> {
     let key = pack_key(&run.pack);
@@ -540,7 +680,7 @@ fn fetch_run(
                     path: run.path.to_string(),
                     source,
                 };
-                if run.blobs.iter().all(|l| index.is_disputed(&l.blob.id)) {
+                if run.blobs.iter().all(|l| index.fallible(l)) {
                     let why = err.to_string();
                     return run
                         .blobs
@@ -566,7 +706,7 @@ fn fetch_run(
             // inside the bytes read is a named error, never a panic.
             let start = b.offset.checked_sub(run.offset).map(|s| s as usize);
             let data = start.and_then(|s| bytes.get(s..s.checked_add(b.length as usize)?));
-            let disputed = index.is_disputed(&b.id);
+            let disputed = index.peek().is_some_and(|i| i.is_disputed(&b.id));
             let decoded = match data {
                 Some(data) => bundles.decode(
                     &loc.pack,
@@ -583,7 +723,7 @@ fn fetch_run(
             };
             match decoded {
                 Ok(raw) => Ok(raw),
-                Err(why) if disputed => {
+                Err(why) if disputed || loc.source == FROM_MANIFEST => {
                     let why = why.to_string();
                     suspects.bad(index, loc, &run.path, &why);
                     fallback(
@@ -609,14 +749,28 @@ fn fallback(
     store: &dyn Store,
     crypto: &super::Crypto,
     runtime: &tokio::runtime::Handle,
-    index: &Index,
+    lazy: &LazyIndex,
     suspects: &Suspects,
     path: &str,
     failed: &ChunkLocation,
     why: &str,
 ) -> Result<Vec<u8>, ReadError> {
     let chunk = failed.blob.id;
-    let mut tried = vec![describe(index, failed, why)];
+    let mut tried = vec![describe(lazy, failed, why)];
+    let index = match lazy.get() {
+        Ok(index) => index,
+        Err(e) => {
+            return Err(ReadError::NoGoodLocation {
+                chunk,
+                path: path.to_string(),
+                count: 1,
+                tried: format!(
+                    "{}; the chunk index, which may know others, cannot be read: {e}",
+                    tried[0]
+                ),
+            })
+        }
+    };
     // Candidates from index objects not yet seen wrong first.
     let mut others: Vec<ChunkLocation> = index
         .candidates(&chunk)
@@ -627,8 +781,8 @@ fn fallback(
         match read_one(store, crypto, runtime, loc) {
             Ok(raw) => return Ok(raw),
             Err(why) => {
-                suspects.bad(index, loc, path, &why);
-                tried.push(describe(index, loc, &why));
+                suspects.bad(lazy, loc, path, &why);
+                tried.push(describe(lazy, loc, &why));
             }
         }
     }
@@ -640,12 +794,12 @@ fn fallback(
     })
 }
 
-fn describe(index: &Index, loc: &ChunkLocation, why: &str) -> String {
+fn describe(index: &LazyIndex, loc: &ChunkLocation, why: &str) -> String {
     format!(
         "{} at offset {} (from {}): {why}",
         pack_key(&loc.pack),
         loc.blob.offset,
-        index.source(loc.source)
+        index.named(loc)
     )
 }
 

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::manifest::ManifestEntry;
 use super::pack::{parse_trailer, BundleCache, Encoding, ShareBudget};
-use super::read::{ChunkReader, Discard};
+use super::read::{ChunkReader, Discard, LazyIndex};
 use super::source::EntryKind;
 use super::{pack_key, Repository, SnapshotRef};
 use crate::ids::{Hash256, PackId, SnapshotId};
@@ -288,7 +288,13 @@ pub async fn verify_holding(
             // The file's bytes as its chunks' first locations give them;
             // `None` once a chunk is in no index object.
             let mut sum = Some(0u64);
+            // Version 6: where the manifest places each chunk, which must be
+            // one of its places in the index (so the pack pass checks it).
+            let mut placed = m.packs.as_deref().and_then(|p| e.placed(p));
+            let mut misplaced = Vec::new();
             for c in &e.chunks {
+                let here = placed.as_mut().and_then(Iterator::next);
+                let mut at_place = here.is_none();
                 let mut indexed = false;
                 let mut in_named = false;
                 // Every candidate location is checked: which one is right
@@ -305,6 +311,7 @@ pub async fn verify_holding(
                     if let Some(named) = &m.packs {
                         in_named = in_named || named.binary_search(&loc.pack).is_ok();
                     }
+                    at_place = at_place || here.is_some_and(|h| h.same_place(&loc));
                     if last_used != Some(loc.pack) {
                         last_used = Some(loc.pack);
                         if using.insert(loc.pack) {
@@ -318,6 +325,9 @@ pub async fn verify_holding(
                     sum = None;
                 } else if m.packs.is_some() && !in_named {
                     unnamed.push(c);
+                }
+                if let Some(here) = here.filter(|_| indexed && !at_place) {
+                    misplaced.push(here);
                 }
                 disputed = disputed || index.is_disputed(c);
             }
@@ -340,6 +350,21 @@ pub async fn verify_holding(
                             .map(|l| pack_key(&l.pack))
                             .collect::<Vec<_>>()
                             .join(", ")
+                    ),
+                    snapshots: vec![snap.id.short()],
+                });
+            }
+            if let Some(first) = misplaced.first() {
+                problems.push(Problem {
+                    object: snap.key.clone(),
+                    kind: ProblemKind::Corrupt,
+                    detail: format!(
+                        "{} chunk(s) of {} are not where the manifest places them (first: chunk {}, placed in {} at offset {}, which no index object gives it); a restore finds them through the index",
+                        misplaced.len(),
+                        e.path,
+                        first.blob.id,
+                        pack_key(&first.pack),
+                        first.blob.offset,
                     ),
                     snapshots: vec![snap.id.short()],
                 });
@@ -747,7 +772,7 @@ pub async fn verify_holding(
     let reader = ChunkReader::new(
         repo.store().clone(),
         repo.crypto().clone(),
-        index.clone(),
+        LazyIndex::loaded(index.clone()),
         tokio::runtime::Handle::current(),
     );
     let reader = Arc::new(reader.hashing_files());
@@ -1373,6 +1398,97 @@ mod tests {
         );
         let fault = fault.expect("a place outside the pack is found");
         assert!(fault.contains("lies past the end of the pack"), "{fault}");
+    }
+
+    /// A version 6 manifest placing a chunk where no index object puts it
+    /// (so no pack pass would ever read that place) is named; its restore
+    /// still reads the chunk, from the index's place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunk_placed_where_no_index_object_puts_it_is_named_and_read_from_the_index() {
+        use crate::engine::files::FilesSource;
+        use crate::plan::Tier;
+        use crate::repository::backup::{backup, BackupOptions};
+        use crate::repository::materialize::{restore, RestoreOptions};
+        use crate::store::local::LocalStore;
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let big: Vec<u8> = (0..600_000u32)
+            .flat_map(|i| (i / 7).to_le_bytes())
+            .collect();
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        std::fs::write(src.join("small.txt"), b"small\n").unwrap();
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(LocalStore::open(tmp.path().join("repo")).unwrap());
+        let repo = Repository::open_or_init(
+            store,
+            &crate::repository::RepoKey::Unencrypted,
+            None,
+            chrono::Utc::now(),
+        )
+        .await
+        .unwrap();
+        let plan = PlanName::new("tree").unwrap();
+        let opts = BackupOptions {
+            compression_level: 3,
+            retention: None,
+            tier: Tier::Daily,
+            progress: ProgressMode::Quiet,
+        };
+        let source = FilesSource::new(src.clone(), Vec::new()).unwrap();
+        let first = backup(&repo, &plan, Box::new(source), &opts).await.unwrap();
+        let snap = repo.find_snapshot(&plan, "latest").await.unwrap();
+        let mut m = repo.load_manifest(&snap).await.unwrap();
+        assert!(m
+            .entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .all(|e| e.at.is_some()));
+
+        // The next snapshot, written by hand: big.bin's first place one
+        // byte further into its pack.
+        let e = m.entries.iter_mut().find(|e| e.path == "big.bin").unwrap();
+        e.at.as_mut().unwrap()[0].offset += 1;
+        m.previous = Some(first.snapshot);
+        m.started_at += chrono::Duration::seconds(1);
+        m.finished_at += chrono::Duration::seconds(1);
+        m.entries_object = None;
+        let (key, _) = repo
+            .put_manifest(m, None, || async { Ok(()) })
+            .await
+            .unwrap();
+
+        let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+            .await
+            .unwrap();
+        let named: Vec<&Problem> = report.problems.iter().filter(|p| p.object == key).collect();
+        assert_eq!(named.len(), 1, "{:#?}", report.problems);
+        assert!(
+            named[0]
+                .detail
+                .contains("of big.bin are not where the manifest places them"),
+            "{}",
+            named[0].detail
+        );
+        assert_eq!(report.problems.len(), 1, "{:#?}", report.problems);
+
+        let to = tmp.path().join("restored");
+        restore(
+            &repo,
+            &plan,
+            &RestoreOptions {
+                check_with: None,
+                snapshot: "latest".into(),
+                to: to.clone(),
+                force: false,
+                single_stream: false,
+                keep_setid_bits: false,
+                progress: ProgressMode::Quiet,
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(to.join("big.bin")).unwrap(), big);
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub async fn restore(
         total,
         &Materialize {
             target: &staging,
+            packs: manifest.packs.as_deref().unwrap_or_default(),
             manifest: &snap.key,
             single: false,
             force: true,

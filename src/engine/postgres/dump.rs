@@ -90,7 +90,7 @@ pub async fn restore_dump(
         }
         .into());
     }
-    let reader = checking_reader(repo).await?;
+    let reader = checking_reader(repo, &manifest).await?;
     let total = entry.size.unwrap_or_default();
     // Each byte is read twice: once to check, once to restore.
     let progress = Progress::new("restore", Some(total.saturating_mul(2)), req.progress);

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::ids::PackId;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
@@ -663,7 +665,13 @@ pub async fn restore_pitr_server(
             }
             (r, started.elapsed().as_secs_f64())
         };
-        let how = base_restore(&target_dir, &base, opts.progress, Some(cancel.clone()));
+        let how = base_restore(
+            &target_dir,
+            &base,
+            manifest.packs.as_deref().unwrap_or_default(),
+            opts.progress,
+            Some(cancel.clone()),
+        );
         let restore = stage(repo, &base.snapshot.id, entries, total, &how);
         tokio::join!(wal, restore)
     };
@@ -717,7 +725,13 @@ pub async fn restore_pitr_server(
             restore_started = Instant::now();
             let (entries, bytes) = manifest.take_entries_under(PGDATA_PREFIX);
             total = bytes;
-            let how = base_restore(&target_dir, &base, opts.progress, None);
+            let how = base_restore(
+                &target_dir,
+                &base,
+                manifest.packs.as_deref().unwrap_or_default(),
+                opts.progress,
+                None,
+            );
             (
                 checked,
                 stage(repo, &base.snapshot.id, entries, total, &how).await?,
@@ -832,11 +846,13 @@ pub async fn restore_pitr_server(
 fn base_restore<'a>(
     target: &'a Path,
     base: &'a BaseBackup,
+    packs: &'a [PackId],
     progress: ProgressMode,
     cancel: Option<Arc<AtomicBool>>,
 ) -> Materialize<'a> {
     Materialize {
         target,
+        packs,
         manifest: &base.snapshot.key,
         single: false,
         force: false,
