@@ -275,11 +275,16 @@ impl Suspects {
             .expect("suspects lock")
             .insert((loc.source, loc.pack))
         {
-            let by = index.named(loc);
+            let object = index.named(loc);
+            let by = if loc.source == FROM_MANIFEST {
+                object.clone()
+            } else {
+                format!("index object {object}")
+            };
             tracing::warn!(
-                object = %by,
+                object = %object,
                 pack = %pack_key(&loc.pack),
-                "{by} gives chunk {} of {path} a location in pack {} (offset {}) that fails its check ({why}); trying its other locations (further bad locations it gives in this pack are not logged; run `holdfast verify`)",
+                "{by} gives chunk {} of {path} a location in pack {} (offset {}) that fails its check ({why}); trying the chunk's other locations (further bad locations it gives in this pack are not logged; run `holdfast verify`)",
                 loc.blob.id,
                 pack_key(&loc.pack),
                 loc.blob.offset,
