@@ -822,19 +822,29 @@ impl Writer {
                 .entry(loc.pack)
                 .or_default()
                 .insert(loc.source);
-        } else if let Some(known) = self.new_chunks.get(&done.id) {
-            self.places[entry].new_chunk(*known);
         } else {
-            let too_many = || WriterError::TooManyChunks;
+            // One hash of the id per chunk: the map says whether it is new.
             let new = if done.blob.is_some() {
-                self.new_alone = self.new_alone.checked_add(1).ok_or_else(too_many)?;
-                NewChunk::Alone(self.new_alone - 1)
+                NewChunk::Alone(self.new_alone)
             } else {
-                self.new_bundled = self.new_bundled.checked_add(1).ok_or_else(too_many)?;
-                NewChunk::Bundled(self.new_bundled - 1)
+                NewChunk::Bundled(self.new_bundled)
             };
-            self.new_chunks.insert(done.id, new);
-            self.places[entry].new_chunk(new);
+            let seen = match self.new_chunks.entry(done.id) {
+                std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(new);
+                    None
+                }
+            };
+            self.places[entry].new_chunk(seen.unwrap_or(new));
+            if seen.is_some() {
+                return self.take_bundles(false);
+            }
+            let counter = match new {
+                NewChunk::Alone(_) => &mut self.new_alone,
+                NewChunk::Bundled(_) => &mut self.new_bundled,
+            };
+            *counter = counter.checked_add(1).ok_or(WriterError::TooManyChunks)?;
             self.stats.new_chunks += 1;
             self.stats.new_bytes += done.raw_length;
             match (done.blob, done.data) {
