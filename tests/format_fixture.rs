@@ -5,8 +5,9 @@
 //! `repo-v2-m3`, the same format with snapshot manifests version 3 (no
 //! whole-file hashes), `repo-v2-m4`, whose manifests name their entries
 //! as objects of their own (`entries/`), `repo-v2-m5`, whose manifests
-//! also name the packs their chunks are in, and `repo-v2-m6`, whose file
-//! entries say where each chunk is. The version 1
+//! also name the packs their chunks are in, `repo-v2-m6`, whose file
+//! entries say where each chunk is, and `repo-v2-m7`, whose chunk lists
+//! are objects of their own beside the entries' tree. The version 1
 //! fixture (unencrypted, unauthenticated) is refused by name. A change made to writer and reader together passes
 //! every round-trip test and still fails here, because these bytes were
 //! written by the old writer. The fixture is copied to a temporary folder
@@ -23,13 +24,14 @@ use holdfast::ids::Hash256;
 use holdfast::repository::source::EntryKind;
 use serde_json::Value;
 
-/// Every fixture of repository format 2: manifest versions 2 to 6.
-const FIXTURES: [&str; 5] = [
+/// Every fixture of repository format 2: manifest versions 2 to 7.
+const FIXTURES: [&str; 6] = [
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m3"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m4"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m5"),
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m6"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v2-m7"),
 ];
 const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/repo-v1");
 
@@ -211,6 +213,24 @@ fn each_fixture_holds_the_manifest_version_it_names() {
                     let stored = fx.path(&format!("repo/objects/{}", r.key));
                     assert_eq!(std::fs::metadata(&stored).unwrap().len(), r.size);
                 }
+                // From version 7 the chunk lists are objects of their own,
+                // and the entries object holds the tree without them.
+                assert_eq!(m.chunk_lists.is_some(), version >= 7, "plan {plan}");
+                for r in m.chunk_lists.iter().flatten() {
+                    let stored = fx.path(&format!("repo/objects/{}", r.key));
+                    assert_eq!(std::fs::metadata(&stored).unwrap().len(), r.size);
+                }
+                if version >= 7 {
+                    let tree = repo.load_manifest_tree(&snap).await.unwrap();
+                    assert_eq!(tree.entries.len(), m.entries.len(), "plan {plan}");
+                    assert!(
+                        tree.entries
+                            .iter()
+                            .all(|e| e.chunks.is_empty() && e.at.is_none()),
+                        "plan {plan}"
+                    );
+                    assert!(!m.chunk_lists.as_ref().unwrap().is_empty(), "plan {plan}");
+                }
                 // From version 5 the manifest names its packs: exactly those
                 // its chunks are in.
                 assert_eq!(m.packs.is_some(), version >= 5, "plan {plan}");
@@ -255,7 +275,7 @@ fn each_fixture_holds_the_manifest_version_it_names() {
             }
         });
     }
-    assert_eq!(seen, [2, 3, 4, 5, 6]);
+    assert_eq!(seen, [2, 3, 4, 5, 6, 7]);
 }
 
 #[test]

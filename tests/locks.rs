@@ -142,15 +142,17 @@ async fn a_kept_snapshot_whose_lock_would_end_is_locked_again_with_its_packs() {
             "{key} locked until {until}, needs {new_daily}"
         );
     }
-    // And the daily snapshot's entries object (manifest version 4), named
-    // by its start time.
+    // And the daily snapshot's entries object (manifest version 4) and its
+    // one chunk-list object (version 7), named by its start time.
     let entries = locks(&store, "entries/app/").await;
     let daily_entries: Vec<_> = entries
         .iter()
         .filter(|(k, _)| k.starts_with("entries/app/20260105T100000.000Z-"))
         .collect();
-    assert_eq!(daily_entries.len(), 1, "{entries:?}");
-    assert_eq!(daily_entries[0].1, new_daily, "{entries:?}");
+    assert_eq!(daily_entries.len(), 2, "{entries:?}");
+    for (key, until) in daily_entries {
+        assert_eq!(*until, new_daily, "{key}: {entries:?}");
+    }
 
     // verify finds every lock consistent.
     let verify = run_json(at(now), &["verify", "--plan", plan, "--json"]);

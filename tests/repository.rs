@@ -482,7 +482,14 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
     let orphan = |minutes: i64, lock: Option<i64>| {
         let mut m = m.clone();
         m.started_at += Duration::minutes(minutes);
-        let (r, bytes) = m.encode_entries(repo.crypto()).unwrap();
+        // Its entries object only: a backup killed after it.
+        let (r, bytes) = m
+            .encode_entries(
+                repo.crypto(),
+                holdfast::repository::manifest::LIST_PART_TARGET,
+            )
+            .unwrap()
+            .tree;
         let retention = lock.map(|days| Retention {
             mode: LockMode::Compliance,
             until: Utc::now() + Duration::days(days),
@@ -532,7 +539,9 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
     .await
     .unwrap();
     assert_eq!(report.removed.len(), 1, "{report:?}");
-    assert_eq!(report.entries_objects_removed, 2, "{report:?}");
+    // The first snapshot's entries object and chunk-list object, and the
+    // orphan whose lock ended.
+    assert_eq!(report.entries_objects_removed, 3, "{report:?}");
     assert!(report.refused.is_empty(), "{:?}", report.refused);
     let mut left: Vec<String> = repo
         .store()
@@ -543,12 +552,55 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
         .map(|i| i.key)
         .collect();
     left.sort();
+    let lists: Vec<String> = head
+        .chunk_lists
+        .iter()
+        .flatten()
+        .map(|r| r.key.clone())
+        .collect();
+    assert_eq!(lists.len(), 1, "four small files: one chunk-list object");
     let mut expected = vec![entries.key.clone(), locked, never];
+    expected.extend(lists.iter().cloned());
     expected.sort();
     assert_eq!(left, expected, "gone: {first_entries} and {ended}");
     let out = tmp.path().join("restored");
     restore_latest(&repo, &plan, &out).await.unwrap();
     assert_eq!(std::fs::read(out.join("day-1")).unwrap(), data(21, 200_000));
+
+    // A chunk-list object gone: restore and verify name it.
+    let saved = repo.store().get(&lists[0]).await.unwrap();
+    repo.store().delete(&lists[0]).await.unwrap();
+    let err = restore_latest(&repo, &plan, &tmp.path().join("no-lists"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("chunk-list object {} is missing", lists[0])),
+        "{err}"
+    );
+    assert!(!tmp.path().join("no-lists").exists());
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object == lists[0] && p.kind == ProblemKind::Missing),
+        "{:?}",
+        report.problems
+    );
+    repo.store()
+        .put(
+            &lists[0],
+            saved,
+            &PutOptions {
+                sha256: head.chunk_lists.as_ref().unwrap()[0].sha256,
+                retention: None,
+            },
+        )
+        .await
+        .unwrap();
 
     // The entries object gone: still listed (the listing reads heads only),
     // but restore and verify name the missing object.
@@ -570,6 +622,106 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
             .problems
             .iter()
             .any(|p| p.object == entries.key && p.kind == ProblemKind::Missing),
+        "{:?}",
+        report.problems
+    );
+}
+
+/// Manifest version 7: the chunk lists are objects of their own, and a
+/// restore reads them one at a time while it writes (here cut small, so
+/// forty files make a dozen objects). Every file comes back byte for byte;
+/// a damaged object in the middle fails the restore, naming it, with
+/// nothing left behind, and verify names it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_reads_the_chunk_lists_a_part_at_a_time_and_a_damaged_part_fails_it_whole() {
+    use holdfast::store::PutOptions;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = repo_at(&tmp.path().join("repo"))
+        .await
+        .with_list_part_target(300);
+    let plan = plan_name("app");
+    let files: Vec<(String, Vec<u8>)> = (0..40u64)
+        .map(|i| {
+            (
+                format!("f{i:02}"),
+                data(100 + i, 1000 + (i as usize * 7919) % 300_000),
+            )
+        })
+        .collect();
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    let source = MemSource {
+        files: files.clone(),
+    };
+    backup(&repo, &plan, Box::new(source), &unlocked)
+        .await
+        .unwrap();
+    let snap = repo.list_snapshots(&plan).await.unwrap().remove(0);
+    let head = repo.load_manifest_head(&snap).await.unwrap();
+    let parts = head.chunk_lists.clone().unwrap();
+    assert!(parts.len() >= 10, "{} chunk-list objects", parts.len());
+    let whole = repo.load_manifest(&snap).await.unwrap();
+    let tree = repo.load_manifest_tree(&snap).await.unwrap();
+    assert_eq!(whole.entries.len(), tree.entries.len());
+    assert!(tree.entries.iter().all(|e| e.chunks.is_empty()));
+    assert!(whole
+        .entries
+        .iter()
+        .filter(|e| e.size.unwrap_or(0) > 0)
+        .all(|e| !e.chunks.is_empty() && e.at.is_some()));
+
+    let out = tmp.path().join("restored");
+    let report = restore_latest(&repo, &plan, &out).await.unwrap();
+    assert_eq!(report.files, 40);
+    for (name, bytes) in &files {
+        assert!(std::fs::read(out.join(name)).unwrap() == *bytes, "{name}");
+    }
+
+    // One object in the middle damaged (an insider replaced it: the local
+    // store has no lock here).
+    let mid = &parts[parts.len() / 2];
+    let mut bytes = repo.store().get(&mid.key).await.unwrap().to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    repo.store().delete(&mid.key).await.unwrap();
+    let sha256 = holdfast::ids::Hash256::digest(&bytes);
+    let put = PutOptions {
+        sha256,
+        retention: None,
+    };
+    repo.store()
+        .put(&mid.key, bytes.into(), &put)
+        .await
+        .unwrap();
+    let again = tmp.path().join("again");
+    let err = restore_latest(&repo, &plan, &again).await.unwrap_err();
+    let said = err.to_string();
+    assert!(
+        said.contains(&format!("chunk-list object {}", mid.key)) && said.contains(&snap.key),
+        "{said}"
+    );
+    assert_eq!(
+        holdfast::error::HasExit::exit(&err),
+        holdfast::error::Exit::Verify
+    );
+    assert!(!again.exists(), "nothing at the target");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "nothing beside it: {left:?}");
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.object == mid.key && p.kind == ProblemKind::Corrupt),
         "{:?}",
         report.problems
     );
@@ -599,7 +751,13 @@ async fn an_entries_object_locked_for_less_than_its_snapshot_is_named_by_verify(
     m.previous = Some(real.id);
     m.started_at += Duration::minutes(1);
     m.finished_at = m.started_at;
-    let (r, bytes) = m.encode_entries(repo.crypto()).unwrap();
+    let encoded = m
+        .encode_entries(
+            repo.crypto(),
+            holdfast::repository::manifest::LIST_PART_TARGET,
+        )
+        .unwrap();
+    let (r, bytes) = encoded.tree;
     let short = Retention {
         mode: LockMode::Compliance,
         until: Utc::now() + Duration::days(1),
@@ -616,6 +774,10 @@ async fn an_entries_object_locked_for_less_than_its_snapshot_is_named_by_verify(
     };
     put(r.key.clone(), bytes, r.sha256, short).await;
     m.entries_object = Some(r.clone());
+    m.chunk_lists = Some(encoded.lists.iter().map(|(l, _)| l.clone()).collect());
+    for (l, bytes) in encoded.lists {
+        put(l.key.clone(), bytes, l.sha256, m.retention.unwrap()).await;
+    }
     let (id, bytes) = m.encode(repo.crypto());
     let key = holdfast::repository::snapshot_key(&plan, m.started_at, &id);
     put(key, bytes, id.0, m.retention.unwrap()).await;
@@ -760,7 +922,11 @@ async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_ne
     back_up(old.clone(), vec![("legacy".into(), data(21, 1_000_000))]).await;
     let snap = repo.list_snapshots(&old).await.unwrap().remove(0);
     let mut m = repo.load_manifest(&snap).await.unwrap();
-    for key in [snap.key.clone(), m.entries_object.take().unwrap().key] {
+    let lists = m.chunk_lists.take().unwrap().into_iter().map(|r| r.key);
+    for key in [snap.key.clone(), m.entries_object.take().unwrap().key]
+        .into_iter()
+        .chain(lists)
+    {
         repo.store().delete(&key).await.unwrap();
     }
     m.version = 4;

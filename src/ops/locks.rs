@@ -217,8 +217,8 @@ async fn keep_locked(
             longest = Some(target);
         }
         need(snap.key.clone(), target, false);
-        if let Some(r) = &head.entries_object {
-            need(r.key.clone(), target, false);
+        for key in head.entries_keys() {
+            need(key.to_string(), target, false);
         }
         need(CONFIG_KEY.to_string(), target, false);
         for k in &key_objects {
@@ -365,8 +365,8 @@ async fn keep_locked(
             }
         };
         consider(CONFIG_KEY);
-        if let Some(r) = &m.entries_object {
-            consider(&r.key);
+        for key in m.entries_keys() {
+            consider(key);
         }
         for pack in packs {
             consider(&pack_key(pack));

@@ -336,6 +336,7 @@ async fn backup_locked(
         tier: Some(opts.tier),
         stats: written.stats,
         entries_object: None,
+        chunk_lists: None,
         packs: Some(packs),
         entries,
     };

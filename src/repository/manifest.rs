@@ -24,11 +24,82 @@ use crate::store::Retention;
 /// Version 6 (2026-12-06): each file entry says where its chunks are
 /// (`at`, runs of [`Placement`]s), so a restore reads them without the
 /// chunk index.
-pub const MANIFEST_VERSION: u32 = 6;
+/// Version 7 (2026-12-06): the entries object holds the tree (every entry
+/// without its chunks), and the file entries' chunk lists are objects of
+/// their own of about [`LIST_PART_TARGET`] each, named in order by the
+/// manifest (`chunk_lists`), so a restore reads them a part at a time.
+pub const MANIFEST_VERSION: u32 = 7;
 
 /// The manifest versions this build reads: 2 (each file with its
-/// whole-file SHA-256), 3, 4, 5 and 6.
-pub const MANIFEST_VERSIONS_READ: [u32; 5] = [2, 3, 4, 5, 6];
+/// whole-file SHA-256), 3, 4, 5, 6 and 7.
+pub const MANIFEST_VERSIONS_READ: [u32; 6] = [2, 3, 4, 5, 6, 7];
+
+/// The first manifest version whose chunk lists are objects apart from
+/// its entries.
+pub const LISTS_APART_FROM: u32 = 7;
+
+/// About how many JSON bytes of chunk lists a chunk-list object holds: a
+/// new object starts once this is reached, and one file's list is never
+/// split, so an object is larger only when one file's list is (a 1 GiB
+/// PostgreSQL segment, 131,072 pages, lists about 9 MB).
+pub const LIST_PART_TARGET: usize = 4 << 20;
+
+/// What a chunk-list object holds: its plan and start time make it one
+/// snapshot's own, as an entries object; `first` is the number, among the
+/// manifest's file entries in order, of the file its first list is for.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListsFile<L> {
+    format: String,
+    plan: PlanName,
+    started_at: DateTime<Utc>,
+    first: u64,
+    lists: L,
+}
+
+const LISTS_FORMAT: &str = "holdfast-chunk-lists";
+
+/// One file entry's chunks and their places (manifest version 7), as its
+/// chunk-list object holds them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkList {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Vec<Placement>>,
+}
+
+#[derive(Serialize)]
+struct ChunkListRef<'a> {
+    #[serde(skip_serializing_if = "<[ChunkId]>::is_empty")]
+    chunks: &'a [ChunkId],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at: &'a Option<Vec<Placement>>,
+}
+
+/// The stored objects of a manifest's entries: its entries object and,
+/// from version 7, its chunk-list objects in order.
+pub struct EncodedEntries {
+    pub tree: (EntriesRef, Vec<u8>),
+    pub lists: Vec<(EntriesRef, Vec<u8>)>,
+}
+
+/// What reading a version 7 manifest's chunk lists needs, apart from the
+/// manifest: a restore reads them part by part while it writes.
+#[derive(Debug, Clone)]
+pub struct ListParts {
+    /// The manifest's key, named in every error.
+    pub manifest: String,
+    pub plan: PlanName,
+    pub started_at: DateTime<Utc>,
+    pub version: u32,
+    /// How many packs the manifest names (what places may number).
+    pub packs: usize,
+    pub parts: Vec<EntriesRef>,
+    /// The manifest's file entries: one list each, in all.
+    pub files: u64,
+}
 
 /// The first manifest version whose file entries place their chunks.
 pub const PLACED_FROM: u32 = 6;
@@ -96,6 +167,11 @@ pub struct Manifest {
     /// it finds is in one of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packs: Option<Vec<PackId>>,
+    /// Version 7 on: the file entries' chunk lists, objects of their own in
+    /// the entries' order ([`ListParts`]); filled into the entries when the
+    /// manifest is loaded whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_lists: Option<Vec<EntriesRef>>,
     /// Inline up to version 3; from version 4, filled from the entries
     /// object when the manifest is loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -123,6 +199,8 @@ struct StoredManifest<'a> {
     entries_object: &'a Option<EntriesRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     packs: &'a Option<Vec<PackId>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chunk_lists: &'a Option<Vec<EntriesRef>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     entries: Option<&'a [ManifestEntry]>,
 }
@@ -181,6 +259,26 @@ pub struct ManifestEntry {
     /// backup reusing an entry places it again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at: Option<Vec<Placement>>,
+}
+
+impl ManifestEntry {
+    /// The entry without its chunks and their places: what a version 7
+    /// entries object holds of it.
+    pub fn without_chunks(&self) -> ManifestEntry {
+        ManifestEntry {
+            path: self.path.clone(),
+            kind: self.kind,
+            mode: self.mode,
+            mtime_ns: self.mtime_ns,
+            size: self.size,
+            sha256: self.sha256,
+            chunks: Vec::new(),
+            target: self.target.clone(),
+            stamp: self.stamp,
+            file_id: self.file_id,
+            at: None,
+        }
+    }
 }
 
 /// Where a run of a file's chunks is stored (manifest version 6): one blob
@@ -408,6 +506,7 @@ impl Manifest {
             stats: self.stats,
             entries_object: self.entries_object.clone(),
             packs: self.packs.clone(),
+            chunk_lists: self.chunk_lists.clone(),
         }
     }
 
@@ -427,6 +526,7 @@ impl Manifest {
             stats: &self.stats,
             entries_object: &self.entries_object,
             packs: &self.packs,
+            chunk_lists: &self.chunk_lists,
             entries: (self.version < ENTRIES_APART_FROM).then_some(&self.entries[..]),
         }
     }
@@ -448,30 +548,125 @@ impl Manifest {
     }
 
     /// The entries object of this manifest (version 4 on), refused over
-    /// [`super::ENTRIES_CAP`], sealed under its key without the hash: its
-    /// reference (to set as `entries_object` before the manifest is
-    /// encoded) and its stored bytes.
+    /// [`super::ENTRIES_CAP`], sealed under its key without the hash, and
+    /// from version 7 its chunk-list objects of about `part_target` JSON
+    /// bytes each ([`LIST_PART_TARGET`]), sealed the same way: their
+    /// references (to set as `entries_object` and `chunk_lists` before the
+    /// manifest is encoded) and their stored bytes.
     pub fn encode_entries(
         &self,
         crypto: &super::Crypto,
-    ) -> Result<(EntriesRef, Vec<u8>), RepoError> {
+        part_target: usize,
+    ) -> Result<EncodedEntries, RepoError> {
+        let ad = self.entries_ad();
+        let seal = |bytes: Vec<u8>| {
+            let bytes = crypto.seal(&ad, bytes);
+            let sha256 = Hash256::digest(&bytes);
+            let r = EntriesRef {
+                key: self.entries_key(&sha256),
+                sha256,
+                size: bytes.len() as u64,
+            };
+            (r, bytes)
+        };
+        let what = format!("the new entries object of plan {}", self.plan);
+        if self.version < LISTS_APART_FROM {
+            let file = EntriesFile {
+                format: ENTRIES_FORMAT.into(),
+                plan: self.plan.clone(),
+                started_at: self.started_at,
+                entries: &self.entries[..],
+            };
+            let bytes = super::encode_json_zst_within(super::ENTRIES_CAP, &what, &file)?;
+            return Ok(EncodedEntries {
+                tree: seal(bytes),
+                lists: Vec::new(),
+            });
+        }
+        let tree: Vec<ManifestEntry> = self.entries.iter().map(|e| e.without_chunks()).collect();
         let file = EntriesFile {
             format: ENTRIES_FORMAT.into(),
             plan: self.plan.clone(),
             started_at: self.started_at,
-            entries: &self.entries[..],
+            entries: &tree[..],
         };
-        let ad = self.entries_ad();
-        let what = format!("the new entries object of plan {}", self.plan);
-        let bytes = super::encode_json_zst_within(super::ENTRIES_CAP, &what, &file)?;
-        let bytes = crypto.seal(&ad, bytes);
-        let sha256 = Hash256::digest(&bytes);
-        let r = EntriesRef {
-            key: self.entries_key(&sha256),
-            sha256,
-            size: bytes.len() as u64,
+        let tree = seal(super::encode_json_zst_within(
+            super::ENTRIES_CAP,
+            &what,
+            &file,
+        )?);
+        let what = format!("a new chunk-list object of plan {}", self.plan);
+        let mut lists = Vec::new();
+        let (mut part, mut first, mut estimate) = (Vec::new(), 0u64, 0usize);
+        let files = self.entries.iter().filter(|e| e.kind == EntryKind::File);
+        let mut put = |part: &mut Vec<ChunkListRef<'_>>, first: &mut u64| {
+            let file = ListsFile {
+                format: LISTS_FORMAT.into(),
+                plan: self.plan.clone(),
+                started_at: self.started_at,
+                first: *first,
+                lists: &part[..],
+            };
+            let bytes = super::encode_json_zst_within(super::LISTS_CAP, &what, &file)?;
+            lists.push(seal(bytes));
+            *first += part.len() as u64;
+            part.clear();
+            Ok::<_, RepoError>(())
         };
-        Ok((r, bytes))
+        for e in files {
+            // About the JSON: 67 bytes a chunk id, at most 45 a place.
+            estimate += 8 + 67 * e.chunks.len() + 45 * e.at.as_ref().map_or(0, Vec::len);
+            part.push(ChunkListRef {
+                chunks: &e.chunks,
+                at: &e.at,
+            });
+            if estimate >= part_target {
+                put(&mut part, &mut first)?;
+                estimate = 0;
+            }
+        }
+        if !part.is_empty() {
+            put(&mut part, &mut first)?;
+        }
+        Ok(EncodedEntries { tree, lists })
+    }
+
+    /// What reading this manifest's chunk lists a part at a time needs
+    /// (version 7 on; `None` before): `key` is the manifest's own.
+    pub fn list_parts(&self, key: &str) -> Option<ListParts> {
+        Some(ListParts {
+            manifest: key.to_string(),
+            plan: self.plan.clone(),
+            started_at: self.started_at,
+            version: self.version,
+            packs: self.packs.as_ref().map_or(0, Vec::len),
+            parts: self.chunk_lists.clone()?,
+            files: self
+                .entries
+                .iter()
+                .filter(|e| e.kind == EntryKind::File)
+                .count() as u64,
+        })
+    }
+
+    /// Every object beside the manifest that its snapshot needs: its
+    /// entries object and (version 7 on) its chunk-list objects.
+    pub fn entries_keys(&self) -> impl Iterator<Item = &str> {
+        entries_keys(&self.entries_object, &self.chunk_lists)
+    }
+
+    /// For each file entry under folder `prefix` (as
+    /// [`Manifest::take_entries_under`] takes them), its number among all
+    /// the manifest's file entries: which chunk list is its own.
+    pub fn file_numbers_under(&self, prefix: &str) -> Vec<u32> {
+        let inside = format!("{prefix}/");
+        self.entries
+            .iter()
+            .filter(|e| e.kind == EntryKind::File)
+            .enumerate()
+            .filter(|(_, e)| e.path == prefix || e.path.starts_with(&inside))
+            .map(|(i, _)| i as u32)
+            .collect()
     }
 
     /// Reads this manifest's entries from the stored bytes of its entries
@@ -525,6 +720,18 @@ impl Manifest {
                 file.format, file.plan, self.plan
             )));
         }
+        if self.version >= LISTS_APART_FROM {
+            if let Some(e) = file
+                .entries
+                .iter()
+                .find(|e| !e.chunks.is_empty() || e.at.is_some())
+            {
+                return Err(corrupt(format!(
+                    "entry {:?} holds chunks, which version {} keeps in chunk-list objects",
+                    e.path, self.version
+                )));
+            }
+        }
         check_placements(self.version, self.packs.as_deref(), &file.entries).map_err(corrupt)?;
         self.entries = file.entries;
         Ok(())
@@ -576,6 +783,7 @@ impl Manifest {
         check_format(key, &m.format, m.version)?;
         check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
         check_packs(key, m.version, m.packs.as_deref())?;
+        check_lists_apart(key, &m.plan, m.version, m.chunk_lists.as_deref())?;
         if m.entries_object.is_some() && !m.entries.is_empty() {
             return Err(RepoError::Corrupt {
                 what: "snapshot manifest",
@@ -611,6 +819,9 @@ pub struct ManifestHead {
     /// Version 5 on: the packs holding its chunks ([`Manifest::packs`]).
     #[serde(default)]
     pub packs: Option<Vec<PackId>>,
+    /// Version 7 on: its chunk-list objects ([`Manifest::chunk_lists`]).
+    #[serde(default)]
+    pub chunk_lists: Option<Vec<EntriesRef>>,
 }
 
 impl ManifestHead {
@@ -629,7 +840,14 @@ impl ManifestHead {
         check_format(key, &m.format, m.version)?;
         check_entries_apart(key, &m.plan, m.version, m.entries_object.as_ref())?;
         check_packs(key, m.version, m.packs.as_deref())?;
+        check_lists_apart(key, &m.plan, m.version, m.chunk_lists.as_deref())?;
         Ok(m)
+    }
+
+    /// Every object beside the manifest that its snapshot needs: its
+    /// entries object and (version 7 on) its chunk-list objects.
+    pub fn entries_keys(&self) -> impl Iterator<Item = &str> {
+        entries_keys(&self.entries_object, &self.chunk_lists)
     }
 
     #[cfg(test)]
@@ -651,8 +869,19 @@ impl ManifestHead {
             stats: SnapshotStats::default(),
             entries_object: None,
             packs: Some(Vec::new()),
+            chunk_lists: None,
         }
     }
+}
+
+fn entries_keys<'a>(
+    entries: &'a Option<EntriesRef>,
+    lists: &'a Option<Vec<EntriesRef>>,
+) -> impl Iterator<Item = &'a str> {
+    entries
+        .iter()
+        .chain(lists.iter().flatten())
+        .map(|r| r.key.as_str())
 }
 
 fn check_id(key: &str, id: &SnapshotId, bytes: &[u8]) -> Result<(), RepoError> {
@@ -743,6 +972,41 @@ fn check_packs(key: &str, version: u32, packs: Option<&[PackId]>) -> Result<(), 
     })
 }
 
+/// From version 7 a manifest names its chunk-list objects (none for a
+/// snapshot without files), each under its plan's entries prefix and named
+/// by its hash, as its entries object; before, it names none.
+fn check_lists_apart(
+    key: &str,
+    plan: &PlanName,
+    version: u32,
+    lists: Option<&[EntriesRef]>,
+) -> Result<(), RepoError> {
+    let why = match (version >= LISTS_APART_FROM, lists) {
+        (true, None) => "it names no chunk-list objects".to_string(),
+        (false, Some(_)) => format!("version {version} names chunk-list objects"),
+        (false, None) => return Ok(()),
+        (true, Some(parts)) => {
+            let prefix = format!("{ENTRIES_PREFIX}{plan}/");
+            let bad = parts.iter().find(|r| {
+                let name = r.key.strip_prefix(&prefix).unwrap_or_default();
+                !name.ends_with(&format!("-{}", r.sha256)) || name.contains('/')
+            });
+            match bad {
+                None => return Ok(()),
+                Some(r) => format!(
+                    "it names the chunk-list object {}, which is not named {prefix}<time>-{}",
+                    r.key, r.sha256
+                ),
+            }
+        }
+    };
+    Err(RepoError::Corrupt {
+        what: "snapshot manifest",
+        key: key.to_string(),
+        why,
+    })
+}
+
 /// Version 6 on, a file entry's chunk places (`at`) must cover its chunks
 /// exactly, add up to its size and lie where a reader may look, in packs
 /// the manifest names; before, there are none. Checked before anything is
@@ -753,34 +1017,122 @@ fn check_placements(
     entries: &[ManifestEntry],
 ) -> Result<(), String> {
     let packs = packs.map_or(0, |p| p.len());
-    for e in entries {
-        let Some(at) = &e.at else { continue };
-        let fault = if version < PLACED_FROM {
-            Some(format!("version {version} places chunks"))
-        } else if e.kind != EntryKind::File {
-            Some("it is not a file".to_string())
-        } else if let Some(why) = at.iter().find_map(|p| p.fault(packs)) {
-            Some(format!("a chunk place with {why}"))
+    entries
+        .iter()
+        .try_for_each(|e| check_places(version, packs, e))
+}
+
+/// [`check_placements`] for one entry, in a manifest naming `packs` packs.
+fn check_places(version: u32, packs: usize, e: &ManifestEntry) -> Result<(), String> {
+    let Some(at) = &e.at else { return Ok(()) };
+    let fault = if version < PLACED_FROM {
+        Some(format!("version {version} places chunks"))
+    } else if e.kind != EntryKind::File {
+        Some("it is not a file".to_string())
+    } else if let Some(why) = at.iter().find_map(|p| p.fault(packs)) {
+        Some(format!("a chunk place with {why}"))
+    } else {
+        let chunks: u64 = at.iter().map(|p| p.count as u64).sum();
+        let bytes: u64 = at.iter().map(Placement::raw_bytes).sum();
+        if chunks != e.chunks.len() as u64 {
+            Some(format!(
+                "its places are for {chunks} chunks, it has {}",
+                e.chunks.len()
+            ))
         } else {
-            let chunks: u64 = at.iter().map(|p| p.count as u64).sum();
-            let bytes: u64 = at.iter().map(Placement::raw_bytes).sum();
-            if chunks != e.chunks.len() as u64 {
-                Some(format!(
-                    "its places are for {chunks} chunks, it has {}",
-                    e.chunks.len()
-                ))
-            } else {
-                // (A file without a size is refused by every reader.)
-                e.size
-                    .filter(|s| *s != bytes)
-                    .map(|size| format!("its places hold {bytes} bytes, its size is {size}"))
-            }
+            // (A file without a size is refused by every reader.)
+            e.size
+                .filter(|s| *s != bytes)
+                .map(|size| format!("its places hold {bytes} bytes, its size is {size}"))
+        }
+    };
+    match fault {
+        Some(why) => Err(format!("entry {:?}: {why}", e.path)),
+        None => Ok(()),
+    }
+}
+
+impl ListParts {
+    /// Reads part `part` from its stored `bytes` (fetched with its size as
+    /// the cap): the hash and size the manifest gives, its authenticity,
+    /// its format, plan and start, and that its first list is for file
+    /// number `first`. Blocking (decompression): off async workers.
+    pub fn decode(
+        &self,
+        part: usize,
+        first: u64,
+        bytes: Vec<u8>,
+        crypto: &super::Crypto,
+    ) -> Result<Vec<ChunkList>, RepoError> {
+        let started_at = self.started_at;
+        let r = &self.parts[part];
+        let corrupt = |why: String| RepoError::Corrupt {
+            what: "chunk-list object",
+            key: r.key.clone(),
+            why: format!("{why} (named by {})", self.manifest),
         };
-        if let Some(why) = fault {
-            return Err(format!("entry {:?}: {why}", e.path));
+        let got = Hash256::digest(&bytes);
+        if bytes.len() as u64 != r.size || got != r.sha256 {
+            return Err(corrupt(format!(
+                "it is {} bytes with SHA-256 {got}, its manifest says {} bytes with {}",
+                bytes.len(),
+                r.size,
+                r.sha256
+            )));
+        }
+        let ad = super::crypto::content_addressed_ad(&r.key);
+        let plain = super::open_sealed(crypto, super::LISTS_CAP, &r.key, ad, &bytes)?;
+        let file: ListsFile<Vec<ChunkList>> = decode_json_zst(super::LISTS_CAP, &r.key, &plain)?;
+        if file.format != LISTS_FORMAT || file.plan != self.plan || file.started_at != started_at {
+            return Err(corrupt(format!(
+                "it is {} of plan {} started {}, not chunk lists of plan {} started {}",
+                file.format, file.plan, file.started_at, self.plan, started_at
+            )));
+        }
+        if file.first != first {
+            return Err(corrupt(format!(
+                "its lists start at file {}, where part {part} of its manifest starts at file {first}",
+                file.first
+            )));
+        }
+        if first + file.lists.len() as u64 > self.files {
+            return Err(corrupt(format!(
+                "it lists files {first} to {}, its manifest has {} files",
+                first + file.lists.len() as u64 - 1,
+                self.files
+            )));
+        }
+        Ok(file.lists)
+    }
+
+    /// Gives file entry `e` its chunk list from part `part`, checking its
+    /// places against it as [`check_placements`] does.
+    pub fn fill(
+        &self,
+        part: usize,
+        e: &mut ManifestEntry,
+        list: ChunkList,
+    ) -> Result<(), RepoError> {
+        e.chunks = list.chunks;
+        e.at = list.at;
+        check_places(self.version, self.packs, e).map_err(|why| RepoError::Corrupt {
+            what: "chunk-list object",
+            key: self.parts[part].key.clone(),
+            why: format!("{why} (named by {})", self.manifest),
+        })
+    }
+
+    /// The error for lists that do not come to one per file entry.
+    pub fn miscounted(&self, lists: u64) -> RepoError {
+        RepoError::Corrupt {
+            what: "snapshot manifest",
+            key: self.manifest.clone(),
+            why: format!(
+                "its chunk-list objects hold {lists} lists, it has {} file entries",
+                self.files
+            ),
         }
     }
-    Ok(())
 }
 
 /// A snapshot as its object name describes it, before its manifest is read.
@@ -812,12 +1164,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn versions_2_to_6_are_read_and_others_refused_by_number() {
-        assert_eq!(MANIFEST_VERSION, 6, "what a backup writes");
-        for v in [2, 3, 4, 5, 6] {
+    fn versions_2_to_7_are_read_and_others_refused_by_number() {
+        assert_eq!(MANIFEST_VERSION, 7, "what a backup writes");
+        for v in [2, 3, 4, 5, 6, 7] {
             check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap();
         }
-        for v in [1, 7] {
+        for v in [1, 8] {
             let e = check_format("snapshots/p/x", "holdfast-snapshot", v).unwrap_err();
             let said = e.to_string();
             assert!(
@@ -828,11 +1180,12 @@ mod tests {
         assert!(check_format("snapshots/p/x", "holdfast-index", 3).is_err());
     }
 
+    /// A version 6 manifest: its entries object holds the chunk lists.
     fn example() -> Manifest {
         let h = ManifestHead::example();
         Manifest {
             format: h.format,
-            version: h.version,
+            version: 6,
             plan: h.plan,
             previous: None,
             holdfast_version: "0".into(),
@@ -845,6 +1198,7 @@ mod tests {
             stats: h.stats,
             entries_object: None,
             packs: Some(vec![PackId(Hash256([1; 32])), PackId(Hash256([2; 32]))]),
+            chunk_lists: None,
             entries: vec![ManifestEntry {
                 path: "a".into(),
                 kind: EntryKind::File,
@@ -865,7 +1219,7 @@ mod tests {
     fn version_4_stores_the_entries_apart_and_reads_them_back_only_by_hash_and_plan() {
         let crypto = crate::repository::Crypto::none();
         let mut m = example();
-        let (r, bytes) = m.encode_entries(&crypto).unwrap();
+        let (r, bytes) = m.encode_entries(&crypto, LIST_PART_TARGET).unwrap().tree;
         assert_eq!(
             r.key,
             format!("entries/p/20261201T100000.000Z-{}", r.sha256)
@@ -895,7 +1249,10 @@ mod tests {
         // Another plan's entries, even with a matching hash.
         let mut other = example();
         other.plan = PlanName::new("q").unwrap();
-        let (theirs, their_bytes) = other.encode_entries(&crypto).unwrap();
+        let (theirs, their_bytes) = other
+            .encode_entries(&crypto, LIST_PART_TARGET)
+            .unwrap()
+            .tree;
         back.entries_object = Some(EntriesRef {
             key: format!("entries/p/20261201T100000.000Z-{}", theirs.sha256),
             ..theirs
@@ -958,7 +1315,7 @@ mod tests {
         let crypto = crate::repository::Crypto::none();
         let mut m = example();
         m.packs = Some(vec![b, a]);
-        m.entries_object = Some(m.encode_entries(&crypto).unwrap().0);
+        m.entries_object = Some(m.encode_entries(&crypto, LIST_PART_TARGET).unwrap().tree.0);
         let (id, stored) = m.encode(&crypto);
         let key = "snapshots/p/20261201T100000.000Z-x";
         let e = ManifestHead::decode(key, &id, &stored, &crypto).unwrap_err();
@@ -1093,7 +1450,7 @@ mod tests {
         let mut m = example();
         m.version = 6;
         m.entries = vec![with(vec![pages(1, 1)], &keep)];
-        let (r, bytes) = m.encode_entries(&crypto).unwrap();
+        let (r, bytes) = m.encode_entries(&crypto, LIST_PART_TARGET).unwrap().tree;
         m.entries_object = Some(r.clone());
         let e = m
             .decode_entries("snapshots/p/k", bytes, &crypto)
@@ -1103,5 +1460,130 @@ mod tests {
             e.contains(&r.key) && e.contains("snapshots/p/k") && e.contains("1 chunks"),
             "{e}"
         );
+    }
+
+    /// Version 7: the entries object holds the tree; the chunk lists are
+    /// objects of their own, cut at about 4 MiB of JSON without splitting
+    /// a file's list, read back in the manifest's order, each checked.
+    #[test]
+    fn version_7_keeps_the_chunk_lists_in_objects_of_their_own_read_back_in_order() {
+        let crypto = crate::repository::Crypto::none();
+        let key = "snapshots/p/20261201T100000.000Z-x";
+        let mut m = example();
+        m.version = 7;
+        let file = |path: &str, chunks: usize| ManifestEntry {
+            path: path.into(),
+            size: Some(chunks as u64 * 8192),
+            chunks: (0..chunks)
+                .map(|i| ChunkId(Hash256::digest(&(i as u64).to_le_bytes())))
+                .collect(),
+            // (A bundle run holds at most 4 MiB: the big file is unplaced.)
+            at: (1..=15)
+                .contains(&chunks)
+                .then(|| vec![pages(1, chunks as u32)]),
+            ..m.entries[0].clone()
+        };
+        let mut dir = file("d", 0);
+        (dir.kind, dir.size, dir.at) = (EntryKind::Dir, None, None);
+        // 70,000 ids are over 4 MiB of JSON: a part of their own.
+        m.entries = vec![
+            dir,
+            file("d/big", 70_000),
+            file("d/empty", 0),
+            file("d/small", 3),
+        ];
+        let encoded = m.encode_entries(&crypto, LIST_PART_TARGET).unwrap();
+        assert_eq!(encoded.lists.len(), 2, "the big list, then the rest");
+        let (tree, tree_bytes) = encoded.tree.clone();
+        let mut back = m.clone();
+        back.entries_object = Some(tree);
+        back.chunk_lists = Some(encoded.lists.iter().map(|(r, _)| r.clone()).collect());
+        back.decode_entries(key, tree_bytes.clone(), &crypto)
+            .unwrap();
+        assert!(back
+            .entries
+            .iter()
+            .all(|e| e.chunks.is_empty() && e.at.is_none()));
+        assert_eq!(
+            back.entries[1].size, m.entries[1].size,
+            "the tree keeps sizes"
+        );
+        let parts = back.list_parts(key).unwrap();
+        assert_eq!(parts.files, 3);
+        let read = |i: usize, first: u64, bytes: Vec<u8>| parts.decode(i, first, bytes, &crypto);
+        let first = read(0, 0, encoded.lists[0].1.clone()).unwrap();
+        let rest = read(1, 1, encoded.lists[1].1.clone()).unwrap();
+        let mut files = back
+            .entries
+            .iter_mut()
+            .filter(|e| e.kind == EntryKind::File);
+        for (part, list) in [(0, first), (1, rest)]
+            .into_iter()
+            .flat_map(|(p, l)| l.into_iter().map(move |x| (p, x)))
+        {
+            parts.fill(part, files.next().unwrap(), list).unwrap();
+        }
+        assert_eq!(back.entries, m.entries, "whole again");
+
+        // Out of order (the second part where the first belongs), another
+        // object's bytes, a list whose places do not fit its entry: each
+        // refused, naming the object and the manifest.
+        let e = read(0, 0, encoded.lists[1].1.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&encoded.lists[0].0.key) && e.contains(key),
+            "{e}"
+        );
+        let mut swapped = parts.clone();
+        swapped.parts.swap(0, 1);
+        let e = swapped
+            .decode(0, 0, encoded.lists[1].1.clone(), &crypto)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("start at file 1") && e.contains(key), "{e}");
+        let mut short = back.entries[3].without_chunks();
+        let e = parts
+            .fill(
+                1,
+                &mut short,
+                ChunkList {
+                    chunks: m.entries[3].chunks[..2].to_vec(),
+                    at: m.entries[3].at.clone(),
+                },
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("d/small") && e.contains(&encoded.lists[1].0.key),
+            "{e}"
+        );
+        assert!(parts.miscounted(1).to_string().contains("1 lists"));
+
+        // A tree holding a chunk list is refused; so is a version 6
+        // manifest naming chunk lists, and a version 7 one naming none.
+        let mut holding = m.clone();
+        holding.version = 6;
+        let (r, bytes) = holding
+            .encode_entries(&crypto, LIST_PART_TARGET)
+            .unwrap()
+            .tree;
+        let mut as_7 = back.clone();
+        as_7.entries_object = Some(r);
+        let e = as_7
+            .decode_entries(key, bytes, &crypto)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("keeps in chunk-list objects"), "{e}");
+        let plan = PlanName::new("p").unwrap();
+        let named = back.chunk_lists.clone().unwrap();
+        check_lists_apart(key, &plan, 7, Some(&named)).unwrap();
+        check_lists_apart(key, &plan, 7, Some(&[])).unwrap();
+        assert!(check_lists_apart(key, &plan, 6, Some(&named)).is_err());
+        assert!(check_lists_apart(key, &plan, 7, None).is_err());
+        let mut elsewhere = named.clone();
+        elsewhere[1].key = elsewhere[1].key.replace("entries/p/", "entries/q/");
+        let e = check_lists_apart(key, &plan, 7, Some(&elsewhere)).unwrap_err();
+        assert!(e.to_string().contains("entries/q/"), "{e}");
     }
 }

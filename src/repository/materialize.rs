@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::confine::{self, Confined};
+use super::manifest::ListParts;
 use super::read::{ReadError, ReadSink};
 use super::source::{EntryKind, SourceError};
 use super::{Manifest, ManifestEntry, RepoError, Repository};
@@ -99,8 +100,9 @@ impl HasExit for MaterializeError {
             MaterializeError::TargetNotEmpty { .. } | MaterializeError::Target { .. } => {
                 Exit::Target
             }
-            MaterializeError::Read { source, .. } => match **source {
+            MaterializeError::Read { source, .. } => match &**source {
                 ReadError::Sink { .. } => Exit::Target,
+                ReadError::Lists(r) => r.exit(),
                 _ => Exit::Verify,
             },
             MaterializeError::Check { .. } | MaterializeError::UnsafeEntry { .. } => Exit::Verify,
@@ -121,21 +123,28 @@ pub async fn restore(
 ) -> Result<RestoreReport, MaterializeError> {
     let started = Instant::now();
     let snap = repo.find_snapshot(plan, &opts.snapshot).await?;
-    let mut manifest = repo.load_manifest(&snap).await?;
+    // From version 7, the tree only: the chunk lists are read a part at a
+    // time while the files are written.
+    let mut manifest = repo.load_manifest_tree(&snap).await?;
     let target = absolute(&opts.to);
     let single = opts.single_stream || is_single_file(&manifest);
     tracing::info!(plan = %plan, snapshot = %snap.id, target = %target.display(), "restore started");
     let total = manifest.stats.total_bytes;
+    let lists = manifest.list_parts(&snap.key).map(|parts| Streamed {
+        numbers: (0..parts.files as u32).collect(),
+        parts,
+    });
     let files = materialize(
         repo,
         &snap.id,
-        // Moved, not copied: a chunk id per page is the largest thing a
-        // restore holds.
+        // Moved, not copied: before version 7, a chunk id per page is the
+        // largest thing a restore holds.
         std::mem::take(&mut manifest.entries),
         total,
         &Materialize {
             target: &target,
             packs: manifest.packs.as_deref().unwrap_or_default(),
+            lists,
             manifest: &snap.key,
             single,
             force: opts.force,
@@ -159,6 +168,16 @@ pub async fn restore(
     })
 }
 
+/// The chunk lists of a restore's file entries, still in the repository
+/// (manifest version 7).
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub parts: ListParts,
+    /// For each file entry restored, in order, its number among the
+    /// manifest's file entries (ascending): which list is its own.
+    pub numbers: Vec<u32>,
+}
+
 /// A check of the restored copy before it is put in place.
 pub type CheckFn = fn(&Path) -> Result<(), SourceError>;
 
@@ -167,6 +186,10 @@ pub struct Materialize<'a> {
     /// The manifest's packs, which its entries' chunk places number
     /// (manifest version 6; empty before).
     pub packs: &'a [PackId],
+    /// Manifest version 7: the file entries came without their chunks,
+    /// which are read from the chunk-list objects while the files are
+    /// written, a part at a time.
+    pub lists: Option<Streamed>,
     /// The manifest's key, named when one of its entries is refused.
     pub manifest: &'a str,
     /// One stream restored to a file path.
@@ -298,6 +321,8 @@ pub async fn stage(
     let progress = Arc::new(Progress::new("restore", Some(total), how.progress));
     let temp_in = temp.clone();
     let cancel = how.cancel.clone();
+    let lists = how.lists.clone();
+    let (repo_in, runtime) = (repo.clone(), tokio::runtime::Handle::current());
     let result = tokio::task::spawn_blocking(move || {
         let sink_err = |source| ReadError::Sink {
             path: ".".into(),
@@ -306,14 +331,37 @@ pub async fn stage(
         // A tree's files are dealt to lanes, each written by a thread of its
         // own: the kernel's share of writing (copying into the page cache,
         // allocating blocks) then runs on every core, not on one writer.
-        // The lanes take the file entries' chunk lists; `entries` keeps the
-        // rest, for the directories and symlinks.
-        let lanes = if single {
-            vec![std::mem::take(&mut entries)]
-        } else {
-            deal_files(&mut entries, write_lanes())
+        // Each lane takes its files in batches, in the entries' order: all
+        // at once when the entries came whole; a batch per chunk-list
+        // object read (manifest version 7), so a restore holds a few
+        // objects' lists, not the snapshot's. `entries` keeps the rest, for
+        // the directories and symlinks.
+        let lane_of = deal_files(&entries, if single { 1 } else { write_lanes() });
+        let lanes = lane_of.iter().max().map_or(1, |l| l + 1);
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| crossbeam_channel::bounded(2)).unzip();
+        let feed = match lists {
+            Some(streamed) => Some((streamed, senders)),
+            None => {
+                let mut batches: Vec<Vec<ManifestEntry>> = vec![Vec::new(); lanes];
+                let files = entries.iter_mut().filter(|e| e.kind == EntryKind::File);
+                for (file, &lane) in files.zip(&lane_of) {
+                    let chunks = std::mem::take(&mut file.chunks);
+                    let at = file.at.take();
+                    batches[lane].push(ManifestEntry {
+                        chunks,
+                        at,
+                        ..file.clone()
+                    });
+                }
+                // Sent, and the senders dropped: each lane ends after its one batch.
+                for (tx, batch) in senders.into_iter().zip(batches) {
+                    tx.send(batch).expect("an empty channel takes one batch");
+                }
+                None
+            }
         };
-        let reader = reader.for_lanes(lanes.len());
+        let reader = reader.for_lanes(lanes);
         let lane_failed = Arc::new(AtomicBool::new(false));
         // Lanes write files (and flush them in the background); the tree's
         // own writer makes directories and symlinks and writes no file.
@@ -339,9 +387,34 @@ pub async fn stage(
         }
         .and_then(|_| {
             std::thread::scope(|scope| {
-                let running: Vec<_> = lanes
-                    .iter()
-                    .map(|lane| {
+                let feeding = feed.map(|(streamed, senders)| {
+                    let files: Vec<&ManifestEntry> = entries
+                        .iter()
+                        .filter(|e| e.kind == EntryKind::File)
+                        .collect();
+                    let (repo, runtime, lane_of) = (&repo_in, &runtime, &lane_of);
+                    let lane_failed = &lane_failed;
+                    scope.spawn(move || {
+                        let fed = Feed {
+                            repo,
+                            runtime,
+                            streamed: &streamed,
+                            files: &files,
+                            lane_of,
+                            stop: lane_failed,
+                        }
+                        .run(senders)
+                        .map_err(|e| ReadError::Lists(Box::new(e)));
+                        // The first to fail says why (see the lanes).
+                        if fed.is_err() && lane_failed.swap(true, Ordering::SeqCst) {
+                            return Err(None);
+                        }
+                        fed.map_err(Some)
+                    })
+                });
+                let running: Vec<_> = receivers
+                    .into_iter()
+                    .map(|batches| {
                         let lane_sink = if single {
                             Ok(new_sink(None, true))
                         } else {
@@ -350,9 +423,10 @@ pub async fn stage(
                         let (reader, lane_failed) = (&reader, &lane_failed);
                         scope.spawn(move || {
                             let r = lane_sink.map_err(sink_err).and_then(|mut lane_sink| {
-                                reader
-                                    .read_files(lane, &mut lane_sink)
-                                    .map(|_| (lane_sink.files, lane_sink.setid_dropped))
+                                for batch in batches {
+                                    reader.read_files(&batch, &mut lane_sink)?;
+                                }
+                                Ok((lane_sink.files, lane_sink.setid_dropped))
                             });
                             // The first lane to fail says why; the others
                             // stopped because it did.
@@ -374,6 +448,11 @@ pub async fn stage(
                         Err(Some(e)) => first_err = Some(e),
                         Err(None) => {}
                     }
+                }
+                if let Some(Err(Some(e))) =
+                    feeding.map(|f| f.join().expect("chunk-list feed panicked"))
+                {
+                    first_err = Some(e);
                 }
                 // In one order whatever lane finished first.
                 sink.setid_dropped.sort();
@@ -660,33 +739,86 @@ fn write_lanes() -> usize {
 }
 
 /// Deals the file entries of `entries` to at most `lanes` lanes, the
-/// largest first to the lane with the fewest bytes so far; each lane keeps
-/// the entries' order (a directory's files stay together).
-fn deal_files(entries: &mut [ManifestEntry], lanes: usize) -> Vec<Vec<ManifestEntry>> {
-    let files: Vec<&mut ManifestEntry> = entries
-        .iter_mut()
+/// largest first to the lane with the fewest bytes so far: the lane of each
+/// file entry, in order (each lane then takes its files in the entries'
+/// order, so a directory's files stay together).
+fn deal_files(entries: &[ManifestEntry], lanes: usize) -> Vec<usize> {
+    let sizes: Vec<u64> = entries
+        .iter()
         .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.size.unwrap_or(0).max(1))
         .collect();
-    let size = |e: &ManifestEntry| e.size.unwrap_or(0).max(1);
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(size(files[i])));
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(sizes[i]));
     let mut load = vec![0u64; lanes.max(1)];
-    let mut lane_of = vec![0usize; files.len()];
+    let mut lane_of = vec![0usize; sizes.len()];
     for i in order {
         let lightest = (0..load.len()).min_by_key(|&l| load[l]).unwrap_or(0);
         lane_of[i] = lightest;
-        load[lightest] += size(files[i]);
+        load[lightest] += sizes[i];
     }
-    let mut out: Vec<Vec<ManifestEntry>> = vec![Vec::new(); load.len()];
-    for (file, lane) in files.into_iter().zip(lane_of) {
-        let chunks = std::mem::take(&mut file.chunks);
-        out[lane].push(ManifestEntry {
-            chunks,
-            ..file.clone()
-        });
+    lane_of
+}
+
+/// Reads a version 7 restore's chunk lists a part at a time, and sends
+/// each lane its files of the part, completed with their chunks.
+struct Feed<'a> {
+    repo: &'a Repository,
+    runtime: &'a tokio::runtime::Handle,
+    streamed: &'a Streamed,
+    /// The restore's file entries, without chunks, in order.
+    files: &'a [&'a ManifestEntry],
+    lane_of: &'a [usize],
+    /// Set when a lane failed: stop reading.
+    stop: &'a AtomicBool,
+}
+
+impl Feed<'_> {
+    /// Returns early, with nothing wrong, when a lane stopped taking its
+    /// batches (it failed, and says why).
+    fn run(
+        self,
+        lanes: Vec<crossbeam_channel::Sender<Vec<ManifestEntry>>>,
+    ) -> Result<(), RepoError> {
+        let parts = &self.streamed.parts;
+        let mut wanted = self
+            .streamed
+            .numbers
+            .iter()
+            .zip(self.files.iter().zip(self.lane_of))
+            .peekable();
+        let mut first = 0u64;
+        for part in 0..parts.parts.len() {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let lists = self
+                .runtime
+                .block_on(self.repo.read_list_part(parts, part, first))?;
+            let mut batches: Vec<Vec<ManifestEntry>> = vec![Vec::new(); lanes.len()];
+            let count = lists.len() as u64;
+            for (n, list) in (first..).zip(lists) {
+                let Some(&(_, (file, &lane))) =
+                    wanted.next_if(|(w, _)| u64::from(**w) == n).as_ref()
+                else {
+                    continue;
+                };
+                let mut e = file.without_chunks();
+                parts.fill(part, &mut e, list)?;
+                batches[lane].push(e);
+            }
+            first += count;
+            for (tx, batch) in lanes.iter().zip(batches) {
+                if !batch.is_empty() && tx.send(batch).is_err() {
+                    return Ok(());
+                }
+            }
+        }
+        if first != parts.files {
+            return Err(parts.miscounted(first));
+        }
+        Ok(())
     }
-    out.retain(|l| !l.is_empty());
-    out
 }
 
 /// Flushes the filesystem holding `path` to stable storage.
@@ -947,7 +1079,7 @@ mod tests {
             file_id: None,
             at: None,
         };
-        let mut entries = vec![
+        let entries = vec![
             entry("d", EntryKind::Dir, 0),
             entry("d/big", EntryKind::File, 100),
             entry("d/a", EntryKind::File, 30),
@@ -955,32 +1087,13 @@ mod tests {
             entry("d/c", EntryKind::File, 50),
             entry("d/empty", EntryKind::File, 0),
         ];
-        let paths = |lanes: Vec<Vec<ManifestEntry>>| -> Vec<Vec<String>> {
-            lanes
-                .into_iter()
-                .map(|l| l.into_iter().map(|e| e.path).collect())
-                .collect()
-        };
         // big (100), then c, b and a (50, 90, 120) to the other lane, then
         // the empty file (counted as 1 byte) back to the lighter.
-        assert_eq!(
-            paths(deal_files(&mut entries.clone(), 2)),
-            [vec!["d/big", "d/empty"], vec!["d/a", "d/b", "d/c"]]
-        );
-        // One lane keeps every file, in order; no more lanes than files.
-        assert_eq!(
-            paths(deal_files(&mut entries.clone(), 1)),
-            [vec!["d/big", "d/a", "d/b", "d/c", "d/empty"]]
-        );
-        assert_eq!(deal_files(&mut entries.clone(), 8).len(), 5);
-        assert!(deal_files(&mut entries.clone()[..1], 2).is_empty());
-        // The lanes take the chunk lists: they are held once, not twice.
-        let id = crate::ids::ChunkId(crate::ids::Hash256([7; 32]));
-        entries[1].chunks = vec![id; 3];
-        let lanes = deal_files(&mut entries, 2);
-        assert_eq!(lanes[0][0].path, "d/big");
-        assert_eq!(lanes[0][0].chunks, [id; 3]);
-        assert!(entries[1].chunks.is_empty());
+        assert_eq!(deal_files(&entries, 2), [0, 1, 1, 1, 0]);
+        // One lane takes every file; no more lanes than files.
+        assert_eq!(deal_files(&entries, 1), [0; 5]);
+        assert_eq!(deal_files(&entries, 8), [0, 3, 2, 1, 4]);
+        assert!(deal_files(&entries[..1], 2).is_empty());
     }
 
     /// A tree's files are written in lanes: when one lane's file is corrupt,

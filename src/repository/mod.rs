@@ -41,7 +41,7 @@ use crate::store::{PutOptions, Retention, Store, StoreError};
 pub use crypto::Crypto;
 pub use index::{ChunkLocation, Index, SourceId};
 pub use keys::RepoKey;
-pub use manifest::{Manifest, ManifestEntry, ManifestHead, SnapshotRef, SourceRecord};
+pub use manifest::{EntriesRef, Manifest, ManifestEntry, ManifestHead, SnapshotRef, SourceRecord};
 pub use trust::{PlanSnapshots, RejectKind, Rejected};
 
 /// The repository format version this build writes and reads.
@@ -118,9 +118,14 @@ pub enum RepoError {
         key: String,
         why: String,
     },
-    /// A manifest (version 4 on) whose entries object is not in the store.
-    #[error("entries object {key} is missing: snapshot manifest {manifest} names it, so the snapshot cannot be read (run `holdfast verify`)")]
-    MissingEntries { manifest: String, key: String },
+    /// A manifest (version 4 on) whose entries object (or, version 7 on,
+    /// one of its chunk-list objects: `what`) is not in the store.
+    #[error("{what} {key} is missing: snapshot manifest {manifest} names it, so the snapshot cannot be read (run `holdfast verify`)")]
+    MissingEntries {
+        what: &'static str,
+        manifest: String,
+        key: String,
+    },
     #[error("snapshot id prefix `{selector}` is ambiguous for plan {plan}: {candidates}")]
     AmbiguousSnapshot {
         plan: String,
@@ -260,6 +265,9 @@ pub struct Repository {
     master: Option<Arc<crypto::MasterSecret>>,
     /// The key object the plan's passphrase opened.
     key_id: Option<Hash256>,
+    /// About how many JSON bytes of chunk lists a backup puts in one
+    /// chunk-list object ([`manifest::LIST_PART_TARGET`]).
+    list_part_target: usize,
 }
 
 impl Repository {
@@ -295,6 +303,7 @@ impl Repository {
                 crypto: Crypto::none(),
                 master: None,
                 key_id: None,
+                list_part_target: manifest::LIST_PART_TARGET,
             });
         };
         if enc.cipher != "xchacha20-poly1305" || enc.key_derivation != "hkdf-sha256" {
@@ -337,6 +346,7 @@ impl Repository {
             crypto: Crypto::with_keys(data),
             master: Some(Arc::new(master)),
             key_id: Some(key_id),
+            list_part_target: manifest::LIST_PART_TARGET,
         })
     }
 
@@ -408,6 +418,7 @@ impl Repository {
                     crypto,
                     master: master.map(Arc::new),
                     key_id,
+                    list_part_target: manifest::LIST_PART_TARGET,
                 })
             }
             // Another process created it first: use theirs.
@@ -791,38 +802,106 @@ impl Repository {
         self.read_manifest(snap, ManifestHead::decode).await
     }
 
+    /// Cuts the chunk lists of the snapshots this handle writes into
+    /// objects of about `bytes` of JSON instead of
+    /// [`manifest::LIST_PART_TARGET`] (tests: many parts from small data).
+    pub fn with_list_part_target(mut self, bytes: usize) -> Self {
+        self.list_part_target = bytes;
+        self
+    }
+
     /// Reads a manifest, checking its bytes against the id in its name, and
     /// (version 4 on) its entries object against the hash and size the
-    /// manifest gives.
+    /// manifest gives; from version 7, each of its chunk-list objects too,
+    /// filled into its file entries.
     pub async fn load_manifest(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
+        let mut m = self.load_manifest_tree(snap).await?;
+        let Some(parts) = m.list_parts(&snap.key) else {
+            return Ok(m);
+        };
+        let mut files = m
+            .entries
+            .iter_mut()
+            .filter(|e| e.kind == source::EntryKind::File);
+        let mut first = 0u64;
+        for part in 0..parts.parts.len() {
+            let lists = self.read_list_part(&parts, part, first).await?;
+            first += lists.len() as u64;
+            for list in lists {
+                let e = files
+                    .next()
+                    .expect("a part lists no file past the manifest's (checked)");
+                parts.fill(part, e, list)?;
+            }
+        }
+        if first != parts.files {
+            return Err(parts.miscounted(first));
+        }
+        Ok(m)
+    }
+
+    /// [`Repository::load_manifest`] without the chunk lists of a version 7
+    /// manifest: its entries are the tree (file entries without chunks),
+    /// for [`Repository::read_list_part`] to complete a part at a time.
+    /// Earlier versions are read whole.
+    pub async fn load_manifest_tree(&self, snap: &SnapshotRef) -> Result<Manifest, RepoError> {
         let mut m = self.read_manifest(snap, Manifest::decode).await?;
         let Some(r) = &m.entries_object else {
             return Ok(m);
         };
-        let bytes = match self
-            .store
-            .get_at_most(
-                &r.key,
-                r.size.min(ENTRIES_CAP.bytes + crypto::SEAL_OVERHEAD as u64),
-            )
-            .await
-        {
-            Ok(b) => b,
-            Err(e) if e.is_not_found() => {
-                return Err(RepoError::MissingEntries {
-                    manifest: snap.key.clone(),
-                    key: r.key.clone(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let bytes = self.get_entries_object(snap, r, ENTRIES_CAP).await?;
         let (key, crypto) = (snap.key.clone(), self.crypto.clone());
         tokio::task::spawn_blocking(move || {
-            m.decode_entries(&key, Vec::from(bytes), &crypto)?;
+            m.decode_entries(&key, bytes, &crypto)?;
             Ok(m)
         })
         .await
         .expect("entries decode panicked")
+    }
+
+    /// Reads part `part` of a version 7 manifest's chunk lists, checking it
+    /// ([`manifest::ListParts::decode`]): the lists of its file entries
+    /// from number `first` on.
+    pub async fn read_list_part(
+        &self,
+        parts: &manifest::ListParts,
+        part: usize,
+        first: u64,
+    ) -> Result<Vec<manifest::ChunkList>, RepoError> {
+        let r = &parts.parts[part];
+        let snap = SnapshotRef::from_key(&parts.manifest).ok_or_else(|| RepoError::Corrupt {
+            what: "snapshot manifest",
+            key: parts.manifest.clone(),
+            why: "not a manifest's name".into(),
+        })?;
+        let bytes = self.get_entries_object(&snap, r, LISTS_CAP).await?;
+        let (parts, crypto) = (parts.clone(), self.crypto.clone());
+        tokio::task::spawn_blocking(move || parts.decode(part, first, bytes, &crypto))
+            .await
+            .expect("chunk-list decode panicked")
+    }
+
+    /// The stored bytes of an entries or chunk-list object `r` that the
+    /// manifest of `snap` names, read with its size (and `cap`) as the cap.
+    async fn get_entries_object(
+        &self,
+        snap: &SnapshotRef,
+        r: &EntriesRef,
+        cap: MetadataCap,
+    ) -> Result<Vec<u8>, RepoError> {
+        match self
+            .store
+            .get_at_most(&r.key, r.size.min(cap.bytes + crypto::SEAL_OVERHEAD as u64))
+            .await
+        {
+            Ok(b) => Ok(Vec::from(b)),
+            Err(e) if e.is_not_found() => Err(RepoError::MissingEntries {
+                what: cap.what,
+                manifest: snap.key.clone(),
+                key: r.key.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes `m` as a snapshot: its entries object first (version 4 on,
@@ -841,13 +920,16 @@ impl Repository {
     {
         let what = format!("the new manifest of plan {}", m.plan);
         let (plan, started_at) = (m.plan.clone(), m.started_at);
-        let crypto = self.crypto.clone();
+        let (crypto, part_target) = (self.crypto.clone(), self.list_part_target);
         let (entries, id, bytes) = tokio::task::spawn_blocking(move || {
             let mut m = m;
             let entries = if m.version >= manifest::ENTRIES_APART_FROM {
-                let (r, bytes) = m.encode_entries(&crypto)?;
-                m.entries_object = Some(r.clone());
-                Some((r, bytes))
+                let encoded = m.encode_entries(&crypto, part_target)?;
+                m.entries_object = Some(encoded.tree.0.clone());
+                if m.version >= manifest::LISTS_APART_FROM {
+                    m.chunk_lists = Some(encoded.lists.iter().map(|(r, _)| r.clone()).collect());
+                }
+                Some(encoded)
             } else {
                 None
             };
@@ -856,17 +938,22 @@ impl Repository {
         })
         .await
         .expect("manifest encode panicked")?;
-        if let Some((r, bytes)) = entries {
-            self.store
-                .put(
-                    &r.key,
-                    Bytes::from(bytes),
-                    &PutOptions {
-                        sha256: r.sha256,
-                        retention,
-                    },
-                )
-                .await?;
+        // The chunk lists, then the entries object naming none of them (the
+        // manifest names both): a backup killed between them leaves objects
+        // no manifest names, which prune removes.
+        if let Some(encoded) = entries {
+            for (r, bytes) in encoded.lists.into_iter().chain([encoded.tree]) {
+                self.store
+                    .put(
+                        &r.key,
+                        Bytes::from(bytes),
+                        &PutOptions {
+                            sha256: r.sha256,
+                            retention,
+                        },
+                    )
+                    .await?;
+            }
         }
         before_commit().await?;
         let key = snapshot_key(&plan, started_at, &id);
@@ -1167,6 +1254,14 @@ pub const ENTRIES_CAP: MetadataCap = MetadataCap {
 
 /// Prune records: 67 JSON bytes per pack or snapshot named, so about a million
 /// packs (16 TiB of packs at the default size) per record.
+/// Chunk-list objects (manifest version 7 on): a few MB each, larger only
+/// for one file's list; capped as entries objects are, and read with their
+/// manifest's size as a tighter cap.
+pub const LISTS_CAP: MetadataCap = MetadataCap {
+    what: "chunk-list object",
+    bytes: 4 << 30,
+};
+
 pub const PRUNE_RECORD_CAP: MetadataCap = MetadataCap {
     what: "prune record",
     bytes: 64 << 20,

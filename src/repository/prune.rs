@@ -316,7 +316,7 @@ async fn prune_locked(
         wal_bytes_removed: 0,
         refused: Vec::new(),
     };
-    let mut removing: Vec<(SnapshotRef, Option<String>)> = Vec::new();
+    let mut removing: Vec<(SnapshotRef, Vec<String>)> = Vec::new();
     let mut remaining: Vec<(&ManifestHead, &HashSet<PackId>)> = Vec::new();
     for (snap, m, packs) in &all {
         if &m.plan != plan {
@@ -355,10 +355,7 @@ async fn prune_locked(
             report
                 .removed
                 .push(verdict("out of policy, lock ended".into()));
-            removing.push((
-                snap.clone(),
-                m.entries_object.as_ref().map(|r| r.key.clone()),
-            ));
+            removing.push((snap.clone(), m.entries_keys().map(str::to_string).collect()));
         }
     }
 
@@ -367,14 +364,12 @@ async fn prune_locked(
     let mut live: HashSet<PackId> = rejected_packs;
     for (m, packs) in &remaining {
         live.extend(packs.iter().copied());
-        named_entries.extend(m.entries_object.as_ref().map(|r| r.key.clone()));
+        named_entries.extend(m.entries_keys().map(str::to_string));
     }
     // A removed snapshot's entries object goes with it, unless another
     // manifest names it too.
     for (_, entries) in removing.iter_mut() {
-        if entries.as_ref().is_some_and(|e| named_entries.contains(e)) {
-            *entries = None;
-        }
+        entries.retain(|e| !named_entries.contains(e));
     }
     // Entries objects to delete: each removed snapshot's own, after its
     // manifest; and any no manifest names (a backup killed between its
@@ -382,8 +377,7 @@ async fn prune_locked(
     // with unindexed packs, nothing says no backup is still writing it.
     let mut dead_entries: Vec<String> = Vec::new();
     for info in store.list(super::manifest::ENTRIES_PREFIX).await? {
-        if named_entries.contains(&info.key)
-            || removing.iter().any(|(_, e)| e.as_ref() == Some(&info.key))
+        if named_entries.contains(&info.key) || removing.iter().any(|(_, e)| e.contains(&info.key))
         {
             continue;
         }
@@ -443,7 +437,7 @@ async fn prune_locked(
         report.wal_files_removed = expired_logs.len();
         report.wal_bytes_removed = expired_logs.iter().map(|i| i.size).sum();
         report.entries_objects_removed =
-            dead_entries.len() + removing.iter().filter(|(_, e)| e.is_some()).count();
+            dead_entries.len() + removing.iter().map(|(_, e)| e.len()).sum::<usize>();
         return Ok(report);
     }
     if removing.is_empty() && dead.is_empty() && expired_logs.is_empty() && dead_entries.is_empty()
@@ -588,13 +582,13 @@ async fn keep_evidence(
     match repo.load_manifest(snap).await {
         Ok(m) => {
             packs.extend(packs_of(&m));
-            entries.extend(m.entries_object.map(|r| r.key));
+            entries.extend(m.entries_keys().map(str::to_string));
         }
         // Its entries object may be what failed: the head still names it,
         // and from version 5 its packs.
         Err(_) => {
             if let Ok(head) = repo.load_manifest_head(snap).await {
-                entries.extend(head.entries_object.map(|r| r.key));
+                entries.extend(head.entries_keys().map(str::to_string));
                 packs.extend(head.packs.into_iter().flatten());
             }
         }

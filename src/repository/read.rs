@@ -49,6 +49,9 @@ const MAX_RUN_SHARED: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    /// A chunk-list object (manifest version 7) read while restoring.
+    #[error(transparent)]
+    Lists(Box<super::RepoError>),
     #[error(
         "chunk {chunk} of {path} is in no index of the repository; the snapshot cannot be restored"
     )]

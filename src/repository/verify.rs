@@ -746,8 +746,8 @@ pub async fn verify_holding(
             e.1.insert(snap.id.short());
         };
         need(snap.key.clone());
-        if let Some(e) = &held.head.entries_object {
-            need(e.key.clone());
+        for key in held.head.entries_keys() {
+            need(key.to_string());
         }
         need(super::CONFIG_KEY.to_string());
         for k in &settled.index_objects {
@@ -1296,13 +1296,13 @@ impl Held {
 
 /// A manifest that could not be read, as a problem.
 fn manifest_problem(snap: &SnapshotRef, e: &super::RepoError) -> Problem {
-    // A fault of a manifest's entries object names that object.
+    // A fault of a manifest's entries or chunk-list object names that object.
     let object = match e {
         super::RepoError::MissingEntries { key, .. } => key.clone(),
         super::RepoError::Corrupt { what, key, .. }
         | super::RepoError::OverCap { what, key, .. }
         | super::RepoError::Unauthenticated { what, key, .. }
-            if *what == super::ENTRIES_CAP.what =>
+            if *what == super::ENTRIES_CAP.what || *what == super::LISTS_CAP.what =>
         {
             key.clone()
         }

@@ -128,6 +128,7 @@ pub async fn restore(
         &Materialize {
             target: &staging,
             packs: manifest.packs.as_deref().unwrap_or_default(),
+            lists: None,
             manifest: &snap.key,
             single: false,
             force: true,

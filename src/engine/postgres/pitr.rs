@@ -43,7 +43,7 @@ use crate::plan::PlanName;
 use crate::progress::ProgressMode;
 use crate::repository::log_archive::{self, LogError};
 use crate::repository::materialize::{
-    absolute, check_target, stage, Materialize, MaterializeError,
+    absolute, check_target, stage, Materialize, MaterializeError, Streamed,
 };
 use crate::repository::{Manifest, Repository};
 use crate::store::Store;
@@ -656,6 +656,7 @@ pub async fn restore_pitr_server(
     let mut notes = Vec::new();
     let cancel = Arc::new(AtomicBool::new(false));
     let mut restore_started = Instant::now();
+    let lists = streamed_under(&manifest, &base);
     let (entries, mut total) = manifest.take_entries_under(PGDATA_PREFIX);
     let (checked, staged) = {
         let wal = async {
@@ -668,7 +669,7 @@ pub async fn restore_pitr_server(
         let how = base_restore(
             &target_dir,
             &base,
-            manifest.packs.as_deref().unwrap_or_default(),
+            (manifest.packs.as_deref().unwrap_or_default(), lists),
             opts.progress,
             Some(cancel.clone()),
         );
@@ -723,12 +724,13 @@ pub async fn restore_pitr_server(
                 };
             check_wal_seconds = started.elapsed().as_secs_f64();
             restore_started = Instant::now();
+            let lists = streamed_under(&manifest, &base);
             let (entries, bytes) = manifest.take_entries_under(PGDATA_PREFIX);
             total = bytes;
             let how = base_restore(
                 &target_dir,
                 &base,
-                manifest.packs.as_deref().unwrap_or_default(),
+                (manifest.packs.as_deref().unwrap_or_default(), lists),
                 opts.progress,
                 None,
             );
@@ -842,17 +844,19 @@ pub async fn restore_pitr_server(
 }
 
 /// How a base backup's files are restored: beside `target`, without
-/// setuid/setgid bits (a data directory has no use for them).
+/// setuid/setgid bits (a data directory has no use for them); `packs` and
+/// (manifest version 7) the chunk lists to read while writing.
 fn base_restore<'a>(
     target: &'a Path,
     base: &'a BaseBackup,
-    packs: &'a [PackId],
+    (packs, lists): (&'a [PackId], Option<Streamed>),
     progress: ProgressMode,
     cancel: Option<Arc<AtomicBool>>,
 ) -> Materialize<'a> {
     Materialize {
         target,
         packs,
+        lists,
         manifest: &base.snapshot.key,
         single: false,
         force: false,
@@ -863,14 +867,24 @@ fn base_restore<'a>(
     }
 }
 
-/// The base backup's manifest; with `--start`, it must carry the server's
-/// configuration.
+/// The chunk lists of the data directory's files in a version 7 base
+/// backup's manifest (read while they are written); `None` before.
+fn streamed_under(manifest: &Manifest, base: &BaseBackup) -> Option<Streamed> {
+    Some(Streamed {
+        numbers: manifest.file_numbers_under(PGDATA_PREFIX),
+        parts: manifest.list_parts(&base.snapshot.key)?,
+    })
+}
+
+/// The base backup's manifest, its chunk lists left in the repository
+/// from version 7 ([`streamed_under`]); with `--start`, it must carry the
+/// server's configuration.
 async fn base_manifest(
     repo: &Repository,
     base: &BaseBackup,
     start: bool,
 ) -> Result<Manifest, PgError> {
-    let manifest = repo.load_manifest(&base.snapshot).await?;
+    let manifest = repo.load_manifest_tree(&base.snapshot).await?;
     if start
         && !manifest
             .entries
