@@ -126,6 +126,22 @@ pub struct EntriesRef {
     pub size: u64,
 }
 
+impl EntriesRef {
+    /// Why `bytes` are not the stored bytes this names (their size and
+    /// SHA-256), if they are not.
+    fn mismatch(&self, bytes: &[u8]) -> Option<String> {
+        let got = Hash256::digest(bytes);
+        (bytes.len() as u64 != self.size || got != self.sha256).then(|| {
+            format!(
+                "it is {} bytes with SHA-256 {got}, its manifest says {} bytes with {}",
+                bytes.len(),
+                self.size,
+                self.sha256
+            )
+        })
+    }
+}
+
 /// The content of an entries object. Its plan and start time make it one
 /// snapshot's own (two snapshots holding the same files still write two
 /// objects), so prune deletes it with its manifest.
@@ -691,14 +707,8 @@ impl Manifest {
             key: r.key.clone(),
             why: format!("{why} (named by {manifest_key})"),
         };
-        let got = Hash256::digest(&bytes);
-        if bytes.len() as u64 != r.size || got != r.sha256 {
-            return Err(corrupt(format!(
-                "it is {} bytes with SHA-256 {got}, its manifest says {} bytes with {}",
-                bytes.len(),
-                r.size,
-                r.sha256
-            )));
+        if let Some(why) = r.mismatch(&bytes) {
+            return Err(corrupt(why));
         }
         let ad = super::crypto::content_addressed_ad(&r.key);
         let opened = match super::open_sealed(crypto, super::ENTRIES_CAP, &r.key, ad, &bytes)? {
@@ -1071,14 +1081,8 @@ impl ListParts {
             key: r.key.clone(),
             why: format!("{why} (named by {})", self.manifest),
         };
-        let got = Hash256::digest(&bytes);
-        if bytes.len() as u64 != r.size || got != r.sha256 {
-            return Err(corrupt(format!(
-                "it is {} bytes with SHA-256 {got}, its manifest says {} bytes with {}",
-                bytes.len(),
-                r.size,
-                r.sha256
-            )));
+        if let Some(why) = r.mismatch(&bytes) {
+            return Err(corrupt(why));
         }
         let ad = super::crypto::content_addressed_ad(&r.key);
         let plain = super::open_sealed(crypto, super::LISTS_CAP, &r.key, ad, &bytes)?;

@@ -254,8 +254,9 @@ impl Drop for Staged {
     }
 }
 
-/// Writes `entries` into a temporary path beside the target, checks every
-/// byte against the snapshot, flushes it, and renames it into place; on any
+/// Writes `entries` into a temporary path beside the target (their chunk
+/// lists read from `how.lists` as it goes, when given), checks every byte
+/// against the snapshot, flushes it, and renames it into place; on any
 /// failure removes it and leaves the target as it was. Returns the file count.
 pub async fn materialize(
     repo: &Repository,
@@ -338,8 +339,12 @@ pub async fn stage(
         // the directories and symlinks.
         let lane_of = deal_files(&entries, if single { 1 } else { write_lanes() });
         let lanes = lane_of.iter().max().map_or(1, |l| l + 1);
+        // Streamed, the feeder reads the next object only while few chunks
+        // are dealt and not yet written (LISTS_IN_FLIGHT_PER_LANE), so a
+        // lane's queue never holds the snapshot's lists.
         let (senders, receivers): (Vec<_>, Vec<_>) =
-            (0..lanes).map(|_| crossbeam_channel::bounded(2)).unzip();
+            (0..lanes).map(|_| crossbeam_channel::unbounded()).unzip();
+        let in_flight = InFlight::new(lanes);
         let feed = match lists {
             Some(streamed) => Some((streamed, senders)),
             None => {
@@ -393,7 +398,7 @@ pub async fn stage(
                         .filter(|e| e.kind == EntryKind::File)
                         .collect();
                     let (repo, runtime, lane_of) = (&repo_in, &runtime, &lane_of);
-                    let lane_failed = &lane_failed;
+                    let (lane_failed, in_flight) = (&lane_failed, &in_flight);
                     scope.spawn(move || {
                         let fed = Feed {
                             repo,
@@ -402,6 +407,7 @@ pub async fn stage(
                             files: &files,
                             lane_of,
                             stop: lane_failed,
+                            in_flight,
                         }
                         .run(senders)
                         .map_err(|e| ReadError::Lists(Box::new(e)));
@@ -414,17 +420,20 @@ pub async fn stage(
                 });
                 let running: Vec<_> = receivers
                     .into_iter()
-                    .map(|batches| {
+                    .enumerate()
+                    .map(|(lane, batches)| {
                         let lane_sink = if single {
                             Ok(new_sink(None, true))
                         } else {
                             Confined::open(&temp_in).map(|d| new_sink(Some(d), true))
                         };
                         let (reader, lane_failed) = (&reader, &lane_failed);
+                        let in_flight = &in_flight;
                         scope.spawn(move || {
                             let r = lane_sink.map_err(sink_err).and_then(|mut lane_sink| {
                                 for batch in batches {
                                     reader.read_files(&batch, &mut lane_sink)?;
+                                    in_flight.done(lane, chunks_of(&batch));
                                 }
                                 Ok((lane_sink.files, lane_sink.setid_dropped))
                             });
@@ -760,6 +769,66 @@ fn deal_files(entries: &[ManifestEntry], lanes: usize) -> Vec<usize> {
     lane_of
 }
 
+/// How many chunks of a version 7 restore's lists may be dealt to lanes
+/// and not yet written, per lane, before the next chunk-list object is
+/// read: a 1 GiB PostgreSQL segment's pages. While a lane has nothing to
+/// write, up to four times as many, so a lane whose next files come after
+/// another lane's in the entries never waits for that lane to finish.
+const LISTS_IN_FLIGHT_PER_LANE: u64 = 1 << 17;
+
+/// The chunks dealt to each lane and not yet written.
+struct InFlight {
+    lanes: std::sync::Mutex<Vec<u64>>,
+    written: std::sync::Condvar,
+}
+
+impl InFlight {
+    fn new(lanes: usize) -> Self {
+        InFlight {
+            lanes: std::sync::Mutex::new(vec![0; lanes]),
+            written: Default::default(),
+        }
+    }
+
+    fn dealt(&self, lane: usize, n: u64) {
+        self.lanes.lock().expect("in-flight lock")[lane] += n;
+    }
+
+    fn done(&self, lane: usize, n: u64) {
+        let mut lanes = self.lanes.lock().expect("in-flight lock");
+        lanes[lane] = lanes[lane].saturating_sub(n);
+        self.written.notify_all();
+    }
+
+    /// Waits until the next chunk-list object may be read (see
+    /// [`LISTS_IN_FLIGHT_PER_LANE`]); false if `stop` was set meanwhile
+    /// (a lane failed: it will not write what it holds).
+    fn wait_for_room(&self, stop: &AtomicBool) -> bool {
+        let mut lanes = self.lanes.lock().expect("in-flight lock");
+        let soft = LISTS_IN_FLIGHT_PER_LANE * lanes.len() as u64;
+        loop {
+            if stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            let total: u64 = lanes.iter().sum();
+            let idle = lanes.contains(&0);
+            if total < soft || (idle && total < 4 * soft) {
+                return true;
+            }
+            let timeout = std::time::Duration::from_millis(100);
+            lanes = self
+                .written
+                .wait_timeout(lanes, timeout)
+                .expect("in-flight lock")
+                .0;
+        }
+    }
+}
+
+fn chunks_of(batch: &[ManifestEntry]) -> u64 {
+    batch.iter().map(|e| e.chunks.len() as u64).sum()
+}
+
 /// Reads a version 7 restore's chunk lists a part at a time, and sends
 /// each lane its files of the part, completed with their chunks.
 struct Feed<'a> {
@@ -771,6 +840,7 @@ struct Feed<'a> {
     lane_of: &'a [usize],
     /// Set when a lane failed: stop reading.
     stop: &'a AtomicBool,
+    in_flight: &'a InFlight,
 }
 
 impl Feed<'_> {
@@ -789,7 +859,7 @@ impl Feed<'_> {
             .peekable();
         let mut first = 0u64;
         for part in 0..parts.parts.len() {
-            if self.stop.load(Ordering::SeqCst) {
+            if !self.in_flight.wait_for_room(self.stop) {
                 return Ok(());
             }
             let lists = self
@@ -808,8 +878,12 @@ impl Feed<'_> {
                 batches[lane].push(e);
             }
             first += count;
-            for (tx, batch) in lanes.iter().zip(batches) {
-                if !batch.is_empty() && tx.send(batch).is_err() {
+            for (lane, (tx, batch)) in lanes.iter().zip(batches).enumerate() {
+                if batch.is_empty() {
+                    continue;
+                }
+                self.in_flight.dealt(lane, chunks_of(&batch));
+                if tx.send(batch).is_err() {
                     return Ok(());
                 }
             }
@@ -1062,6 +1136,34 @@ mod tests {
             matches!(&verified, Err(ReadError::StreamHash { path, .. }) if path == "b"),
             "{verified:?}"
         );
+    }
+
+    /// The feeder reads on while a lane has nothing to write (up to four
+    /// times the room), waits while every lane has its share, goes on when
+    /// one writes its batch, and gives up when a lane failed.
+    #[test]
+    fn the_feeder_waits_for_room_unless_a_lane_is_idle() {
+        let soft = LISTS_IN_FLIGHT_PER_LANE * 2;
+        let stop = AtomicBool::new(false);
+        let room = InFlight::new(2);
+        room.dealt(0, soft);
+        assert!(room.wait_for_room(&stop), "lane 1 is idle");
+        room.dealt(0, 3 * soft);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| room.wait_for_room(&stop));
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            assert!(!waiting.is_finished(), "four times the room: it waits");
+            room.done(0, 3 * soft + 1);
+            assert!(waiting.join().unwrap(), "room again");
+        });
+        room.dealt(1, 1);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| room.wait_for_room(&stop));
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            assert!(!waiting.is_finished(), "both lanes busy, over the room");
+            stop.store(true, Ordering::SeqCst);
+            assert!(!waiting.join().unwrap(), "a lane failed: stop");
+        });
     }
 
     #[test]

@@ -938,21 +938,27 @@ impl Repository {
         })
         .await
         .expect("manifest encode panicked")?;
-        // The chunk lists, then the entries object naming none of them (the
-        // manifest names both): a backup killed between them leaves objects
-        // no manifest names, which prune removes.
+        // The entries object and the chunk lists, several at once: each put
+        // to the local store is flushed on its own, and one after another
+        // a 3 GB cluster's eight objects wait for eight flushes. A backup
+        // killed before the manifest leaves objects no manifest names,
+        // which prune removes.
         if let Some(encoded) = entries {
+            let mut puts = tokio::task::JoinSet::new();
+            let limit = Arc::new(tokio::sync::Semaphore::new(8));
             for (r, bytes) in encoded.lists.into_iter().chain([encoded.tree]) {
-                self.store
-                    .put(
-                        &r.key,
-                        Bytes::from(bytes),
-                        &PutOptions {
-                            sha256: r.sha256,
-                            retention,
-                        },
-                    )
-                    .await?;
+                let (store, limit) = (self.store.clone(), limit.clone());
+                puts.spawn(async move {
+                    let _permit = limit.acquire_owned().await.expect("semaphore open");
+                    let opts = PutOptions {
+                        sha256: r.sha256,
+                        retention,
+                    };
+                    store.put(&r.key, Bytes::from(bytes), &opts).await
+                });
+            }
+            while let Some(done) = puts.join_next().await {
+                done.expect("entries put panicked")?;
             }
         }
         before_commit().await?;
