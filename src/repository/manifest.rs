@@ -127,6 +127,16 @@ pub struct EntriesRef {
 }
 
 impl EntriesRef {
+    /// Whether its key is `entries/<plan>/<time>-<sha256>` for `plan` and
+    /// its own hash. (The time is the writer's start time. It is not
+    /// checked against the manifest's: the hash binds the object, and
+    /// nothing reads the time from its name.)
+    fn is_named_for(&self, plan: &PlanName) -> bool {
+        let prefix = format!("{ENTRIES_PREFIX}{plan}/");
+        let name = self.key.strip_prefix(&prefix).unwrap_or_default();
+        name.ends_with(&format!("-{}", self.sha256)) && !name.contains('/')
+    }
+
     /// Why `bytes` are not the stored bytes this names (their size and
     /// SHA-256), if they are not.
     fn mismatch(&self, bytes: &[u8]) -> Option<String> {
@@ -927,9 +937,7 @@ fn check_format(key: &str, format: &str, version: u32) -> Result<(), RepoError> 
 
 /// Version 4 on, a manifest names its entries object, under its plan's
 /// prefix and named by its hash (`entries/<plan>/<time>-<sha256>`); before,
-/// it names none. (The time is the writer's start time. It is not checked
-/// against the manifest's: the hash binds the object, and nothing reads
-/// the time from its name.)
+/// it names none ([`EntriesRef::is_named_for`]).
 fn check_entries_apart(
     key: &str,
     plan: &PlanName,
@@ -940,17 +948,11 @@ fn check_entries_apart(
         (true, None) => "it names no entries object".to_string(),
         (false, Some(_)) => format!("version {version} names an entries object"),
         (false, None) => return Ok(()),
-        (true, Some(r)) => {
-            let (prefix, suffix) = (format!("{ENTRIES_PREFIX}{plan}/"), format!("-{}", r.sha256));
-            let name = r.key.strip_prefix(&prefix).unwrap_or_default();
-            if name.ends_with(&suffix) && !name.contains('/') {
-                return Ok(());
-            }
-            format!(
-                "it names the entries object {}, which is not named {prefix}<time>{suffix}",
-                r.key
-            )
-        }
+        (true, Some(r)) if r.is_named_for(plan) => return Ok(()),
+        (true, Some(r)) => format!(
+            "it names the entries object {}, which is not named {ENTRIES_PREFIX}{plan}/<time>-{}",
+            r.key, r.sha256
+        ),
     };
     Err(RepoError::Corrupt {
         what: "snapshot manifest",
@@ -995,19 +997,12 @@ fn check_lists_apart(
         (true, None) => "it names no chunk-list objects".to_string(),
         (false, Some(_)) => format!("version {version} names chunk-list objects"),
         (false, None) => return Ok(()),
-        (true, Some(parts)) => {
-            let prefix = format!("{ENTRIES_PREFIX}{plan}/");
-            let bad = parts.iter().find(|r| {
-                let name = r.key.strip_prefix(&prefix).unwrap_or_default();
-                !name.ends_with(&format!("-{}", r.sha256)) || name.contains('/')
-            });
-            match bad {
-                None => return Ok(()),
-                Some(r) => format!(
-                    "it names the chunk-list object {}, which is not named {prefix}<time>-{}",
-                    r.key, r.sha256
-                ),
-            }
+        (true, Some(parts)) => match parts.iter().find(|r| !r.is_named_for(plan)) {
+            None => return Ok(()),
+            Some(r) => format!(
+                "it names the chunk-list object {}, which is not named {ENTRIES_PREFIX}{plan}/<time>-{}",
+                r.key, r.sha256
+            ),
         }
     };
     Err(RepoError::Corrupt {

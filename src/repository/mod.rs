@@ -849,7 +849,7 @@ impl Repository {
         let Some(r) = &m.entries_object else {
             return Ok(m);
         };
-        let bytes = self.get_entries_object(snap, r, ENTRIES_CAP).await?;
+        let bytes = self.get_entries_object(&snap.key, r, ENTRIES_CAP).await?;
         let (key, crypto) = (snap.key.clone(), self.crypto.clone());
         tokio::task::spawn_blocking(move || {
             m.decode_entries(&key, bytes, &crypto)?;
@@ -869,12 +869,9 @@ impl Repository {
         first: u64,
     ) -> Result<Vec<manifest::ChunkList>, RepoError> {
         let r = &parts.parts[part];
-        let snap = SnapshotRef::from_key(&parts.manifest).ok_or_else(|| RepoError::Corrupt {
-            what: "snapshot manifest",
-            key: parts.manifest.clone(),
-            why: "not a manifest's name".into(),
-        })?;
-        let bytes = self.get_entries_object(&snap, r, LISTS_CAP).await?;
+        let bytes = self
+            .get_entries_object(&parts.manifest, r, LISTS_CAP)
+            .await?;
         let (parts, crypto) = (parts.clone(), self.crypto.clone());
         tokio::task::spawn_blocking(move || parts.decode(part, first, bytes, &crypto))
             .await
@@ -882,10 +879,11 @@ impl Repository {
     }
 
     /// The stored bytes of an entries or chunk-list object `r` that the
-    /// manifest of `snap` names, read with its size (and `cap`) as the cap.
+    /// manifest at key `manifest` names, read with its size (and `cap`) as
+    /// the cap.
     async fn get_entries_object(
         &self,
-        snap: &SnapshotRef,
+        manifest: &str,
         r: &EntriesRef,
         cap: MetadataCap,
     ) -> Result<Vec<u8>, RepoError> {
@@ -897,7 +895,7 @@ impl Repository {
             Ok(b) => Ok(Vec::from(b)),
             Err(e) if e.is_not_found() => Err(RepoError::MissingEntries {
                 what: cap.what,
-                manifest: snap.key.clone(),
+                manifest: manifest.to_string(),
                 key: r.key.clone(),
             }),
             Err(e) => Err(e.into()),
