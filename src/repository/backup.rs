@@ -403,7 +403,7 @@ struct Done {
 /// location that passes is where it is known to be stored.
 #[derive(Default)]
 struct Disputed {
-    checked: Mutex<HashMap<ChunkId, Option<ChunkLocation>>>,
+    checked: Mutex<crate::ids::ChunkMap<Option<ChunkLocation>>>,
     warned: Mutex<HashSet<(SourceId, PackId)>>,
 }
 
@@ -574,6 +574,13 @@ struct Written {
 /// its bytes, and its chunks' places.
 type Upload = (u32, Vec<u8>, Vec<BlobEntry>);
 
+/// What a pack being built is given at once: its target (from the
+/// repository's config, so capped here) and room for the blob that crosses
+/// it and the trailer. A bigger blob grows the buffer as usual.
+fn pack_capacity(target: usize) -> usize {
+    target.min(64 << 20) + (1 << 20)
+}
+
 /// The sink a source writes into.
 struct Writer {
     index: Arc<Index>,
@@ -595,7 +602,7 @@ struct Writer {
     /// chunks).
     bundles_in_flight: usize,
     /// Each new chunk, by its order among those of its kind.
-    new_chunks: HashMap<ChunkId, NewChunk>,
+    new_chunks: crate::ids::ChunkMap<NewChunk>,
     /// New chunks of each kind so far: stored alone, bundled.
     new_alone: u32,
     new_bundled: u32,
@@ -739,7 +746,7 @@ impl Writer {
             pending: VecDeque::new(),
             window,
             bundles_in_flight: threads * 4,
-            new_chunks: HashMap::new(),
+            new_chunks: Default::default(),
             new_alone: 0,
             new_bundled: 0,
             placing: Placing::default(),
@@ -748,7 +755,7 @@ impl Writer {
             bundle: Vec::new(),
             bundle_raw: 0,
             bundles: VecDeque::new(),
-            pack: PackBuilder::new(),
+            pack: PackBuilder::with_capacity(pack_capacity(pack_target)),
             uploads: Some(up_tx),
             uploaders,
             shared,
@@ -922,7 +929,8 @@ impl Writer {
             return Ok(());
         }
         self.check_failed()?;
-        let (bytes, blobs) = std::mem::take(&mut self.pack).finish(&self.shared.crypto);
+        let next = PackBuilder::with_capacity(pack_capacity(self.pack_target));
+        let (bytes, blobs) = std::mem::replace(&mut self.pack, next).finish(&self.shared.crypto);
         let seq = self.placing.pack_finished(&blobs);
         self.uploads
             .as_ref()

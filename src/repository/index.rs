@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pack::{BlobEntry, Encoding, MAX_BUNDLE_RAW, MAX_CHUNK_LEN, PACK_MAGIC};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
-use crate::ids::{ChunkId, PackId};
+use crate::ids::{ChunkId, ChunkMap, PackId};
 
 /// Where one chunk's blob lives, and which index object said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,8 @@ pub const MAX_CANDIDATES: usize = 8;
 /// instead of 128 as a [`ChunkLocation`].
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    first: HashMap<ChunkId, Slot>,
-    more: HashMap<ChunkId, Vec<Slot>>,
+    first: ChunkMap<Slot>,
+    more: ChunkMap<Vec<Slot>>,
     packs: HashMap<PackId, u64>,
     /// Packs by number ([`Slot::pack`]), and their numbers.
     pack_ids: Vec<PackId>,
@@ -76,6 +76,9 @@ struct Slot {
     raw_length: u32,
     bundle_offset: Option<NonZeroU32>,
     encoding: Encoding,
+    /// Marked by [`Index::mark_needed`] (a snapshot being verified needs
+    /// the chunk); in the slot's padding, so it costs no memory.
+    needed: bool,
 }
 
 impl Slot {
@@ -88,6 +91,7 @@ impl Slot {
             raw_length: blob.raw_length,
             bundle_offset: blob.bundle_offset,
             encoding: blob.encoding,
+            needed: false,
         }
     }
 
@@ -95,6 +99,7 @@ impl Slot {
     fn same_place(&self, other: &Slot) -> bool {
         Slot {
             source: other.source,
+            needed: other.needed,
             ..*self
         } == *other
     }
@@ -152,6 +157,43 @@ impl Index {
             .into_iter()
             .chain(more.into_iter().flatten())
             .map(move |s| self.location(id, s))
+    }
+
+    /// Marks `id` as needed, with each of its candidates (verify: a
+    /// snapshot needs it). Cheaper than a set of its own: the slot was just
+    /// looked up, and the mark sits in its padding.
+    pub fn mark_needed(&mut self, id: &ChunkId) {
+        if let Some(s) = self.first.get_mut(id) {
+            s.needed = true;
+        }
+        if self.more.is_empty() {
+            return;
+        }
+        if let Some(more) = self.more.get_mut(id) {
+            more.iter_mut().for_each(|s| s.needed = true);
+        }
+    }
+
+    /// The chunks [`Index::mark_needed`] marked, under each pack one of
+    /// their candidates is in (each chunk once a pack), in no order.
+    pub fn needed_by_pack(&self) -> HashMap<PackId, Vec<ChunkId>> {
+        let mut by_pack: HashMap<u32, Vec<ChunkId>> = HashMap::new();
+        for (id, s) in self.first.iter().filter(|(_, s)| s.needed) {
+            by_pack.entry(s.pack).or_default().push(*id);
+            let Some(more) = self.more.get(id) else {
+                continue;
+            };
+            let mut packs: Vec<u32> = more.iter().map(|m| m.pack).collect();
+            packs.sort_unstable();
+            packs.dedup();
+            for p in packs.into_iter().filter(|p| *p != s.pack) {
+                by_pack.entry(p).or_default().push(*id);
+            }
+        }
+        by_pack
+            .into_iter()
+            .map(|(n, ids)| (self.pack_ids[n as usize], ids))
+            .collect()
     }
 
     /// The location of `id` when every index object naming it agrees on one
@@ -594,6 +636,62 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown version"), "{e}");
+    }
+
+    #[test]
+    fn the_chunks_marked_needed_are_listed_once_under_each_pack_they_may_be_in() {
+        let id = |n: u8| ChunkId(Hash256::digest(&[n]));
+        let pack = |name: &[u8], chunks: Vec<(ChunkId, u64)>| IndexedPack {
+            id: PackId(Hash256::digest(name)),
+            size: 1 << 20,
+            chunks: chunks
+                .into_iter()
+                .map(|(id, offset)| IndexedChunk {
+                    id,
+                    offset,
+                    ..chunk(Encoding::Zstd, None)
+                })
+                .collect(),
+        };
+        let (a, b) = (
+            pack(b"a", vec![(id(1), 8), (id(2), 108), (id(3), 208)]),
+            pack(b"b", vec![(id(1), 8), (id(4), 108)]),
+        );
+        // A second place for chunk 1 in pack a: disputed, two candidates there.
+        let a_again = pack(b"a", vec![(id(1), 308)]);
+        let mut index = Index::default();
+        index.add_pack(&a);
+        index.add_pack(&b);
+        index.add_pack(&a_again);
+        assert_eq!(index.candidates(&id(1)).count(), 3);
+        assert!(
+            index.needed_by_pack().is_empty(),
+            "nothing is needed until marked"
+        );
+
+        index.mark_needed(&id(1));
+        index.mark_needed(&id(4));
+        index.mark_needed(&id(1));
+        index.mark_needed(&id(9)); // in no index object: nothing to mark
+        let mut got: Vec<(PackId, Vec<ChunkId>)> = index
+            .needed_by_pack()
+            .into_iter()
+            .map(|(p, mut ids)| {
+                ids.sort();
+                (p, ids)
+            })
+            .collect();
+        got.sort();
+        let mut want = vec![(a.id, vec![id(1)]), (b.id, vec![id(1), id(4)])];
+        want.iter_mut().for_each(|(_, ids)| ids.sort());
+        want.sort();
+        assert_eq!(got, want);
+        // The mark is not part of a place: the same places listed again
+        // (by another index object) are no new candidates.
+        index.add_pack(&a);
+        index.add_pack(&a_again);
+        assert_eq!(index.candidates(&id(1)).count(), 3);
+        assert!(!index.is_disputed(&id(4)));
     }
 
     #[test]

@@ -574,7 +574,15 @@ impl Default for PackBuilder {
 
 impl PackBuilder {
     pub fn new() -> Self {
-        let mut buf = Vec::with_capacity(1 << 20);
+        Self::with_capacity(1 << 20)
+    }
+
+    /// A builder whose buffer is allocated once for `bytes`: a backup's
+    /// packs are filled to their target and a little past it (the last blob
+    /// and the trailer), so growing the buffer by doubling would copy the
+    /// pack four times over and leave it holding twice its size.
+    pub fn with_capacity(bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(bytes.max(PACK_MAGIC.len()));
         buf.extend_from_slice(PACK_MAGIC);
         PackBuilder {
             buf,

@@ -204,7 +204,6 @@ pub async fn verify_holding(
     // the records named below): see `Repository::load_index_for_restore`.
     let (mut index, pruned_index, index_faults) = repo.load_index_split().await?;
     index.add_fallback(&pruned_index);
-    let index = Arc::new(index);
     let mut problems: Vec<Problem> = index_faults
         .into_iter()
         .map(|(key, e)| Problem {
@@ -243,9 +242,9 @@ pub async fn verify_holding(
     // of snapshots.
     let mut manifests: Vec<Held> = Vec::new();
     let mut held_chunks = 0usize;
-    // Which packs each snapshot needs, and chunks in no index.
+    // Which packs each snapshot needs, and chunks in no index. The chunks
+    // needed are marked in the index (`Index::mark_needed`).
     let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
-    let mut needed_chunks: HashMap<PackId, HashSet<crate::ids::ChunkId>> = HashMap::new();
     // The next snapshot's manifest and entries are read and decoded while
     // this one's chunks are gone through: two at a time, at most.
     let load = |snap: &SnapshotRef| {
@@ -318,13 +317,15 @@ pub async fn verify_holding(
                             users.entry(loc.pack).or_default().insert(short.clone());
                         }
                     }
-                    needed_chunks.entry(loc.pack).or_default().insert(*c);
                 }
                 if !indexed {
                     unindexed.push(c);
                     sum = None;
                 } else if m.packs.is_some() && !in_named {
                     unnamed.push(c);
+                }
+                if indexed {
+                    index.mark_needed(c);
                 }
                 if let Some(here) = here.filter(|_| indexed && !at_place) {
                     misplaced.push(here);
@@ -486,10 +487,12 @@ pub async fn verify_holding(
     }
 
     // Shared with the pack checks, not copied for each.
-    let needed_chunks: HashMap<PackId, Arc<HashSet<crate::ids::ChunkId>>> = needed_chunks
+    let needed_chunks: HashMap<PackId, Arc<Vec<crate::ids::ChunkId>>> = index
+        .needed_by_pack()
         .into_iter()
         .map(|(pack, chunks)| (pack, Arc::new(chunks)))
         .collect();
+    let index = Arc::new(index);
 
     // The packs to read: all, or a stretch of the ring.
     let needed: Vec<PackId> = users.keys().copied().collect();
@@ -1065,7 +1068,7 @@ struct BadLocation {
 fn check_pack(
     pack: &PackId,
     bytes: &[u8],
-    needed: &HashSet<crate::ids::ChunkId>,
+    needed: &[crate::ids::ChunkId],
     index: &super::Index,
     crypto: &super::Crypto,
     depth: VerifyDepth,
@@ -1084,7 +1087,7 @@ fn check_pack(
     match parse_trailer(bytes, crypto) {
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
-            let by_id: HashMap<_, _> = blobs
+            let by_id: crate::ids::ChunkMap<_> = blobs
                 .iter()
                 .filter(|b| !b.is_whole_bundle())
                 .map(|b| (b.id, *b))
@@ -1364,7 +1367,7 @@ mod tests {
         };
         let mut index = Index::default();
         index.add_pack(&indexed(&entries));
-        let needed: HashSet<ChunkId> = [good_id, wrong_id].into();
+        let needed = [good_id, wrong_id];
 
         let (stored, placed, ..) =
             check_pack(&pack, &bytes, &needed, &index, &none, VerifyDepth::Stored);
@@ -1376,7 +1379,7 @@ mod tests {
         let mut damaged = bytes.clone();
         let e = entries[0];
         damaged[e.offset as usize + e.length as usize / 2] ^= 0x10;
-        let only_good: HashSet<ChunkId> = [good_id].into();
+        let only_good = [good_id];
         for depth in [VerifyDepth::Stored, VerifyDepth::Chunks] {
             let (fault, ..) = check_pack(&pack, &damaged, &only_good, &index, &none, depth);
             let fault = fault.expect("a changed byte is found");
