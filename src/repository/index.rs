@@ -81,6 +81,9 @@ struct Slot {
     needed: bool,
 }
 
+// The mark in the padding: a slot stays 32 bytes.
+const _: () = assert!(std::mem::size_of::<Slot>() == 32);
+
 impl Slot {
     fn at(pack: u32, source: SourceId, blob: &BlobEntry) -> Slot {
         Slot {
