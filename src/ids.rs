@@ -8,7 +8,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-/// The hasher of the maps and sets keyed by chunk id, which hold an entry a
+/// The hasher of the maps keyed by chunk id, which hold an entry a
 /// chunk (an 8 KiB page of a database): foldhash, seeded at random for each
 /// process and each table, in place of std's SipHash. Those ids come from
 /// the repository, where an insider can add any (`docs/repository-format.md`,
@@ -19,8 +19,6 @@ use sha2::{Digest, Sha256};
 pub type ChunkHasher = foldhash::fast::RandomState;
 /// A map keyed by chunk id (see [`ChunkHasher`]).
 pub type ChunkMap<V> = std::collections::HashMap<ChunkId, V, ChunkHasher>;
-/// A set of chunk ids (see [`ChunkHasher`]).
-pub type ChunkSet = std::collections::HashSet<ChunkId, ChunkHasher>;
 
 /// A SHA-256 digest, shown and serialised as 64 lowercase hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -359,8 +359,11 @@ pub async fn stage(
                         ..file.clone()
                     });
                 }
-                // Sent, and the senders dropped: each lane ends after its one batch.
-                for (tx, batch) in senders.into_iter().zip(batches) {
+                // Sent, and the senders dropped: each lane ends after its one
+                // batch. Counted as dealt like a fed batch, so each lane's
+                // count of chunks not yet written is exact on either path.
+                for (lane, (tx, batch)) in senders.into_iter().zip(batches).enumerate() {
+                    in_flight.dealt(lane, chunks_of(&batch));
                     tx.send(batch).expect("an empty channel takes one batch");
                 }
                 None
