@@ -1010,3 +1010,252 @@ async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_ne
         "{detail}"
     );
 }
+
+/// A backup remembers the new chunks it met in bounded memory (two
+/// generations, `placing::RECENT_GENERATION` each): a chunk met again soon
+/// is stored once; one met again only after it was forgotten is stored a
+/// second time, and the snapshot restores byte for byte and verifies
+/// either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = plan_name("app");
+    // The same 3 MB at the start and the end, 20 MB apart.
+    let files = vec![
+        ("first.bin".to_string(), data(7, 3_000_000)),
+        ("between.bin".to_string(), data(8, 20_000_000)),
+        ("again.bin".to_string(), data(7, 3_000_000)),
+    ];
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+
+    // Remembering everything: the repeat costs nothing.
+    let repo = repo_at(&tmp.path().join("remembers")).await;
+    let whole = backup(
+        &repo,
+        &plan,
+        Box::new(MemSource {
+            files: files.clone(),
+        }),
+        &unlocked,
+    )
+    .await
+    .unwrap();
+    assert_eq!(whole.stats.new_bytes, 23_000_000);
+
+    // Two chunks a generation: the first file's chunks are forgotten by
+    // the time the last file repeats them.
+    let repo = repo_at(&tmp.path().join("forgets"))
+        .await
+        .with_recent_generation(2);
+    let forgot = backup(
+        &repo,
+        &plan,
+        Box::new(MemSource {
+            files: files.clone(),
+        }),
+        &unlocked,
+    )
+    .await
+    .unwrap();
+    assert_eq!(forgot.stats.total_bytes, 26_000_000);
+    assert_eq!(
+        forgot.stats.new_bytes, 26_000_000,
+        "a forgotten chunk is stored again"
+    );
+    assert!(forgot.stats.new_chunks > whole.stats.new_chunks);
+
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    let out = tmp.path().join("out");
+    let restored = restore_latest(&repo, &plan, &out).await.unwrap();
+    assert_eq!(restored.files, 3);
+    for (name, bytes) in &files {
+        assert!(std::fs::read(out.join(name)).unwrap() == *bytes, "{name}");
+    }
+
+    // The next backup of the same data finds every chunk in the index.
+    let repeat = backup(&repo, &plan, Box::new(MemSource { files }), &unlocked)
+        .await
+        .unwrap();
+    assert_eq!(repeat.stats.new_bytes, 0);
+}
+
+/// A store that refuses the `fail_at`-th put of a chunk-list or entries
+/// object, and counts those it was asked for.
+#[derive(Debug)]
+struct RefusingStore {
+    inner: LocalStore,
+    fail_at: usize,
+    entries_puts: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for RefusingStore {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+    fn capabilities(&self) -> holdfast::store::Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(
+        &self,
+        key: &str,
+        data: bytes::Bytes,
+        opts: &holdfast::store::PutOptions,
+    ) -> Result<(), holdfast::store::StoreError> {
+        if key.starts_with("entries/") {
+            let n = 1 + self
+                .entries_puts
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if n == self.fail_at {
+                return Err(holdfast::store::StoreError::Denied {
+                    op: "put",
+                    key: key.to_string(),
+                    store: self.url(),
+                    detail: "refused by the test".into(),
+                });
+            }
+        }
+        self.inner.put(key, data, opts).await
+    }
+    async fn get(&self, key: &str) -> Result<bytes::Bytes, holdfast::store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn get_at_most(
+        &self,
+        key: &str,
+        max: u64,
+    ) -> Result<bytes::Bytes, holdfast::store::StoreError> {
+        self.inner.get_at_most(key, max).await
+    }
+    async fn get_range(
+        &self,
+        key: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<bytes::Bytes, holdfast::store::StoreError> {
+        self.inner.get_range(key, offset, len).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> Result<holdfast::store::ObjectInfo, holdfast::store::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<holdfast::store::ObjectInfo>, holdfast::store::StoreError> {
+        self.inner.list(prefix).await
+    }
+    async fn extend_retention(
+        &self,
+        key: &str,
+        retention: &Retention,
+    ) -> Result<(), holdfast::store::StoreError> {
+        self.inner.extend_retention(key, retention).await
+    }
+    async fn delete(&self, key: &str) -> Result<(), holdfast::store::StoreError> {
+        self.inner.delete(key).await
+    }
+    async fn try_lock(
+        &self,
+        name: &str,
+        kind: holdfast::store::LockKind,
+    ) -> Result<Box<dyn holdfast::store::LockGuard>, holdfast::store::StoreError> {
+        self.inner.try_lock(name, kind).await
+    }
+}
+
+/// The chunk-list objects are put while the rest are still encoded, and
+/// let go once put. When one put is refused, the backup stops encoding,
+/// fails naming the object, and commits no snapshot; the repository still
+/// verifies, and the next backup completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plan = plan_name("app");
+    let files: Vec<(String, Vec<u8>)> = (0..150u64)
+        .map(|i| {
+            (
+                format!("f{i:03}"),
+                data(300 + i, 2000 + (i as usize * 7919) % 9000),
+            )
+        })
+        .collect();
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    let open = |dir: &Path, fail_at: usize| {
+        let store = Arc::new(RefusingStore {
+            inner: LocalStore::open(dir.to_path_buf()).unwrap(),
+            fail_at,
+            entries_puts: Default::default(),
+        });
+        let as_store: Arc<dyn Store> = store.clone();
+        (store, as_store)
+    };
+
+    // How many objects the entries take when nothing is refused.
+    let (counting, store) = open(&tmp.path().join("whole"), usize::MAX);
+    let repo = Repository::open_or_init(store, &common::bin::test_repo_key(), None, Utc::now())
+        .await
+        .unwrap()
+        .with_list_part_target(300);
+    let source = MemSource {
+        files: files.clone(),
+    };
+    backup(&repo, &plan, Box::new(source), &unlocked)
+        .await
+        .unwrap();
+    let all = counting
+        .entries_puts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(all >= 30, "{all} entries and chunk-list objects");
+
+    // The third refused: the backup fails naming it, and stops putting.
+    let (refusing, store) = open(&tmp.path().join("refused"), 3);
+    let repo = Repository::open_or_init(store, &common::bin::test_repo_key(), None, Utc::now())
+        .await
+        .unwrap()
+        .with_list_part_target(300);
+    let source = MemSource {
+        files: files.clone(),
+    };
+    let err = backup(&repo, &plan, Box::new(source), &unlocked)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused by the test") && err.contains("entries/app/"),
+        "{err}"
+    );
+    let tried = refusing
+        .entries_puts
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(tried < all, "{tried} of {all} puts tried after the refusal");
+    assert!(repo.list_snapshots(&plan).await.unwrap().is_empty());
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+
+    // Nothing else refused: the next backup commits and restores.
+    let source = MemSource {
+        files: files.clone(),
+    };
+    backup(&repo, &plan, Box::new(source), &unlocked)
+        .await
+        .unwrap();
+    let out = tmp.path().join("out");
+    restore_latest(&repo, &plan, &out).await.unwrap();
+    for (name, bytes) in &files {
+        assert!(std::fs::read(out.join(name)).unwrap() == *bytes, "{name}");
+    }
+}

@@ -32,7 +32,7 @@ use super::pack::{
     encode_bundle, encode_chunk, pack_id, Blob, BlobEntry, EncodedBundle, PackBuilder,
     BUNDLE_HEADER_LEN, BUNDLE_MEMBER_LEN, BUNDLE_MEMBER_MAX, BUNDLE_TARGET, MAX_BUNDLE_CHUNKS,
 };
-use super::placing::{FilePlaces, NewChunk, Placing};
+use super::placing::{FilePlaces, NewChunk, Placing, RecentChunks};
 use super::source::{
     Chunking, EntryKind, EntryMeta, EntrySink, Pages, SinkError, Source, SourceError,
 };
@@ -256,6 +256,7 @@ async fn backup_locked(
         repo.config().pack_target_size as usize,
         opts.compression_level,
         opts.retention,
+        repo.recent_generation(),
         progress.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -601,8 +602,9 @@ struct Writer {
     /// Bundles being compressed at most (about 128 KiB each, and their
     /// chunks).
     bundles_in_flight: usize,
-    /// Each new chunk, by its order among those of its kind.
-    new_chunks: crate::ids::ChunkMap<NewChunk>,
+    /// The new chunks met lately, by their order among those of their kind
+    /// (bounded: see [`RecentChunks`]).
+    new_chunks: RecentChunks,
     /// New chunks of each kind so far: stored alone, bundled.
     new_alone: u32,
     new_bundled: u32,
@@ -639,6 +641,7 @@ impl Writer {
         pack_target: usize,
         level: i32,
         retention: Option<Retention>,
+        recent_generation: usize,
         progress: Arc<Progress>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
@@ -746,7 +749,7 @@ impl Writer {
             pending: VecDeque::new(),
             window,
             bundles_in_flight: threads * 4,
-            new_chunks: Default::default(),
+            new_chunks: RecentChunks::new(recent_generation),
             new_alone: 0,
             new_bundled: 0,
             placing: Placing::default(),
@@ -831,19 +834,14 @@ impl Writer {
                 .or_default()
                 .insert(loc.source);
         } else {
-            // One hash of the id per chunk: the map says whether it is new.
+            // One lookup of the id per chunk says whether it is new (or
+            // new but met earlier in this backup).
             let new = if done.blob.is_some() {
                 NewChunk::Alone(self.new_alone)
             } else {
                 NewChunk::Bundled(self.new_bundled)
             };
-            let seen = match self.new_chunks.entry(done.id) {
-                std::collections::hash_map::Entry::Occupied(o) => Some(*o.get()),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(new);
-                    None
-                }
-            };
+            let seen = self.new_chunks.seen_or_remember(done.id, new);
             self.places[entry].new_chunk(seen.unwrap_or(new));
             if seen.is_some() {
                 return self.take_bundles(false);

@@ -584,6 +584,26 @@ impl Manifest {
         crypto: &super::Crypto,
         part_target: usize,
     ) -> Result<EncodedEntries, RepoError> {
+        let mut lists = Vec::new();
+        let tree = self.encode_entries_each(crypto, part_target, &mut |r, bytes| {
+            lists.push((r, bytes));
+            true
+        })?;
+        let tree = tree.expect("the parts were all taken");
+        Ok(EncodedEntries { tree, lists })
+    }
+
+    /// [`Manifest::encode_entries`], handing each chunk-list object to
+    /// `part`, in order, as soon as it is sealed, so a writer can put it
+    /// and let it go instead of holding every one (about 35 bytes a chunk).
+    /// Returns the entries object, or `None` when `part` said to stop (by
+    /// returning false: the writer failed).
+    pub fn encode_entries_each(
+        &self,
+        crypto: &super::Crypto,
+        part_target: usize,
+        part: &mut dyn FnMut(EntriesRef, Vec<u8>) -> bool,
+    ) -> Result<Option<(EntriesRef, Vec<u8>)>, RepoError> {
         let ad = self.entries_ad();
         let seal = |bytes: Vec<u8>| {
             let bytes = crypto.seal(&ad, bytes);
@@ -604,10 +624,7 @@ impl Manifest {
                 entries: &self.entries[..],
             };
             let bytes = super::encode_json_zst_within(super::ENTRIES_CAP, &what, &file)?;
-            return Ok(EncodedEntries {
-                tree: seal(bytes),
-                lists: Vec::new(),
-            });
+            return Ok(Some(seal(bytes)));
         }
         let tree: Vec<ManifestEntry> = self.entries.iter().map(|e| e.without_chunks()).collect();
         let file = EntriesFile {
@@ -622,39 +639,41 @@ impl Manifest {
             &file,
         )?);
         let what = format!("a new chunk-list object of plan {}", self.plan);
-        let mut lists = Vec::new();
-        let (mut part, mut first, mut estimate) = (Vec::new(), 0u64, 0usize);
+        let (mut lists, mut first, mut estimate) = (Vec::new(), 0u64, 0usize);
         let files = self.entries.iter().filter(|e| e.kind == EntryKind::File);
-        let mut put = |part: &mut Vec<ChunkListRef<'_>>, first: &mut u64| {
+        let mut put = |lists: &mut Vec<ChunkListRef<'_>>, first: &mut u64| {
             let file = ListsFile {
                 format: LISTS_FORMAT.into(),
                 plan: self.plan.clone(),
                 started_at: self.started_at,
                 first: *first,
-                lists: &part[..],
+                lists: &lists[..],
             };
             let bytes = super::encode_json_zst_within(super::LISTS_CAP, &what, &file)?;
-            lists.push(seal(bytes));
-            *first += part.len() as u64;
-            part.clear();
-            Ok::<_, RepoError>(())
+            let (r, bytes) = seal(bytes);
+            let taken = part(r, bytes);
+            *first += lists.len() as u64;
+            lists.clear();
+            Ok::<_, RepoError>(taken)
         };
         for e in files {
             // About the JSON: 67 bytes a chunk id, at most 45 a place.
             estimate += 8 + 67 * e.chunks.len() + 45 * e.at.as_ref().map_or(0, Vec::len);
-            part.push(ChunkListRef {
+            lists.push(ChunkListRef {
                 chunks: &e.chunks,
                 at: &e.at,
             });
             if estimate >= part_target {
-                put(&mut part, &mut first)?;
+                if !put(&mut lists, &mut first)? {
+                    return Ok(None);
+                }
                 estimate = 0;
             }
         }
-        if !part.is_empty() {
-            put(&mut part, &mut first)?;
+        if !lists.is_empty() && !put(&mut lists, &mut first)? {
+            return Ok(None);
         }
-        Ok(EncodedEntries { tree, lists })
+        Ok(Some(tree))
     }
 
     /// What reading this manifest's chunk lists a part at a time needs

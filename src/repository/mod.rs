@@ -268,6 +268,9 @@ pub struct Repository {
     /// About how many JSON bytes of chunk lists a backup puts in one
     /// chunk-list object ([`manifest::LIST_PART_TARGET`]).
     list_part_target: usize,
+    /// How many new chunks a generation of a backup's memory of them holds
+    /// ([`placing::RECENT_GENERATION`]).
+    recent_generation: usize,
 }
 
 impl Repository {
@@ -304,6 +307,7 @@ impl Repository {
                 master: None,
                 key_id: None,
                 list_part_target: manifest::LIST_PART_TARGET,
+                recent_generation: placing::RECENT_GENERATION,
             });
         };
         if enc.cipher != "xchacha20-poly1305" || enc.key_derivation != "hkdf-sha256" {
@@ -347,6 +351,7 @@ impl Repository {
             master: Some(Arc::new(master)),
             key_id: Some(key_id),
             list_part_target: manifest::LIST_PART_TARGET,
+            recent_generation: placing::RECENT_GENERATION,
         })
     }
 
@@ -419,6 +424,7 @@ impl Repository {
                     master: master.map(Arc::new),
                     key_id,
                     list_part_target: manifest::LIST_PART_TARGET,
+                    recent_generation: placing::RECENT_GENERATION,
                 })
             }
             // Another process created it first: use theirs.
@@ -810,6 +816,19 @@ impl Repository {
         self
     }
 
+    /// Has the backups this handle takes remember `chunks` new chunks a
+    /// generation instead of [`placing::RECENT_GENERATION`] (tests: a
+    /// backup that forgets, from small data).
+    pub fn with_recent_generation(mut self, chunks: usize) -> Self {
+        self.recent_generation = chunks;
+        self
+    }
+
+    /// See [`Repository::with_recent_generation`].
+    pub(crate) fn recent_generation(&self) -> usize {
+        self.recent_generation
+    }
+
     /// Reads a manifest, checking its bytes against the id in its name, and
     /// (version 4 on) its entries object against the hash and size the
     /// manifest gives; from version 7, each of its chunk-list objects too,
@@ -919,45 +938,80 @@ impl Repository {
         let what = format!("the new manifest of plan {}", m.plan);
         let (plan, started_at) = (m.plan.clone(), m.started_at);
         let (crypto, part_target) = (self.crypto.clone(), self.list_part_target);
-        let (entries, id, bytes) = tokio::task::spawn_blocking(move || {
+        // The chunk-list objects are put while the rest are encoded, a few
+        // at once (each put to the local store is flushed on its own, and
+        // one after another a 3 GB cluster's eight objects wait for eight
+        // flushes), and let go once put: never all of them in memory. A
+        // backup killed before the manifest leaves objects no manifest
+        // names, which prune removes.
+        const AT_ONCE: usize = 8;
+        let (parts_tx, mut parts_rx) = tokio::sync::mpsc::channel::<(EntriesRef, Vec<u8>)>(2);
+        let encode = tokio::task::spawn_blocking(move || {
             let mut m = m;
-            let entries = if m.version >= manifest::ENTRIES_APART_FROM {
-                let encoded = m.encode_entries(&crypto, part_target)?;
-                m.entries_object = Some(encoded.tree.0.clone());
+            let mut tree = None;
+            if m.version >= manifest::ENTRIES_APART_FROM {
+                let mut refs = Vec::new();
+                let encoded = m.encode_entries_each(&crypto, part_target, &mut |r, bytes| {
+                    refs.push(r.clone());
+                    parts_tx.blocking_send((r, bytes)).is_ok()
+                })?;
+                // Stopped: a put failed, and its error is the one to give.
+                let Some(encoded) = encoded else {
+                    return Ok(None);
+                };
+                m.entries_object = Some(encoded.0.clone());
                 if m.version >= manifest::LISTS_APART_FROM {
-                    m.chunk_lists = Some(encoded.lists.iter().map(|(r, _)| r.clone()).collect());
+                    m.chunk_lists = Some(refs);
                 }
-                Some(encoded)
-            } else {
-                None
-            };
+                tree = Some(encoded);
+            }
+            drop(parts_tx);
             let (id, bytes) = m.encode_within_cap(&what, &crypto)?;
-            Ok::<_, RepoError>((entries, id, bytes))
-        })
-        .await
-        .expect("manifest encode panicked")?;
-        // The entries object and the chunk lists, several at once: each put
-        // to the local store is flushed on its own, and one after another
-        // a 3 GB cluster's eight objects wait for eight flushes. A backup
-        // killed before the manifest leaves objects no manifest names,
-        // which prune removes.
-        if let Some(encoded) = entries {
-            let mut puts = tokio::task::JoinSet::new();
-            let limit = Arc::new(tokio::sync::Semaphore::new(8));
-            for (r, bytes) in encoded.lists.into_iter().chain([encoded.tree]) {
-                let (store, limit) = (self.store.clone(), limit.clone());
-                puts.spawn(async move {
-                    let _permit = limit.acquire_owned().await.expect("semaphore open");
-                    let opts = PutOptions {
-                        sha256: r.sha256,
-                        retention,
-                    };
-                    store.put(&r.key, Bytes::from(bytes), &opts).await
-                });
+            Ok::<_, RepoError>(Some((tree, id, bytes)))
+        });
+        let put = |r: EntriesRef, bytes: Vec<u8>| {
+            let store = self.store.clone();
+            async move {
+                let opts = PutOptions {
+                    sha256: r.sha256,
+                    retention,
+                };
+                store.put(&r.key, Bytes::from(bytes), &opts).await
             }
-            while let Some(done) = puts.join_next().await {
-                done.expect("entries put panicked")?;
+        };
+        let mut puts = tokio::task::JoinSet::new();
+        let mut failed = None;
+        while let Some((r, bytes)) = parts_rx.recv().await {
+            while puts.len() >= AT_ONCE {
+                if let Err(e) = puts
+                    .join_next()
+                    .await
+                    .expect("puts running")
+                    .expect("put panicked")
+                {
+                    failed = Some(e);
+                    break;
+                }
             }
+            if failed.is_some() {
+                break;
+            }
+            puts.spawn(put(r, bytes));
+        }
+        // Closing the channel stops the encoding after a failed put.
+        drop(parts_rx);
+        let encoded = encode.await.expect("manifest encode panicked");
+        while let Some(done) = puts.join_next().await {
+            if let Err(e) = done.expect("put panicked") {
+                failed.get_or_insert(e);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e.into());
+        }
+        let (tree, id, bytes) = encoded?.expect("stopped only by a failed put");
+        if let Some((r, bytes)) = tree {
+            put(r, bytes).await?;
         }
         before_commit().await?;
         let key = snapshot_key(&plan, started_at, &id);

@@ -12,17 +12,82 @@
 //! follow each other in a bundle (about one per 15 pages), never a place
 //! per chunk.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use super::manifest::Placement;
 use super::pack::{BlobEntry, Encoding};
-use crate::ids::PackId;
+use crate::ids::{ChunkId, ChunkMap, PackId};
 
 /// A new chunk, by its order among the new chunks of its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NewChunk {
     Alone(u32),
     Bundled(u32),
+}
+
+/// How many new chunks a generation of [`RecentChunks`] holds: 7/8 of
+/// 2^17, which fills a hash table of 2^17 slots of 41 bytes (5.4 MB)
+/// without growing it again. Two generations, at most 11 MB, remember at
+/// least the last 114,688 new chunks: 896 MiB of 8 KiB pages, or about
+/// 112 GiB of content-defined chunks (1 MiB on average). A page that
+/// recurs throughout (all zeros) stays remembered; one the same as a page
+/// further back (a template database's copy of a catalog, read after a
+/// large database) costs its compressed bytes once more.
+pub const RECENT_GENERATION: usize = 114_688;
+
+/// The new chunks a backup remembers, so a chunk met twice is stored once,
+/// in bounded memory whatever the size of the source: at most two
+/// generations of `generation` chunks. When the current generation is full
+/// it becomes the old one and the old one is forgotten; a chunk found in
+/// the old one moves to the current one, so a chunk that keeps recurring
+/// (an all-zero page) is never forgotten. A chunk met again only after it
+/// was forgotten is stored again: a second copy costs its bytes, never
+/// correctness, since readers take any of a chunk's places and check each
+/// against its id, as they do for the copies two concurrent backups write.
+#[derive(Debug)]
+pub struct RecentChunks {
+    current: ChunkMap<NewChunk>,
+    old: ChunkMap<NewChunk>,
+    generation: usize,
+}
+
+impl RecentChunks {
+    pub fn new(generation: usize) -> Self {
+        RecentChunks {
+            current: ChunkMap::default(),
+            old: ChunkMap::default(),
+            generation: generation.max(1),
+        }
+    }
+
+    /// The order `id` was given when it was first met, if it is still
+    /// remembered; otherwise remembers it as `new` and returns `None`. One
+    /// lookup while no generation has been forgotten yet, two after.
+    pub fn seen_or_remember(&mut self, id: ChunkId, new: NewChunk) -> Option<NewChunk> {
+        let seen = match self.current.entry(id) {
+            Entry::Occupied(o) => return Some(*o.get()),
+            Entry::Vacant(v) => {
+                let seen = self.old.remove(v.key());
+                v.insert(seen.unwrap_or(new));
+                seen
+            }
+        };
+        if self.current.len() >= self.generation {
+            // Full: it becomes the old generation, and the old one is
+            // forgotten. The table just filled is the right size for the
+            // next one.
+            let next = ChunkMap::with_capacity_and_hasher(self.generation, Default::default());
+            self.old = std::mem::replace(&mut self.current, next);
+        }
+        seen
+    }
+
+    /// New chunks remembered now (at most twice the generation).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.old.len()
+    }
 }
 
 /// A stretch of a file's chunks, as the backup meets them.
@@ -162,8 +227,50 @@ impl Placing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ChunkId, Hash256};
+    use crate::ids::Hash256;
     use std::num::NonZeroU32;
+
+    fn id(n: u32) -> ChunkId {
+        let mut b = [0u8; 32];
+        b[..4].copy_from_slice(&n.to_le_bytes());
+        ChunkId(Hash256(b))
+    }
+
+    #[test]
+    fn a_backup_remembers_two_generations_of_new_chunks_and_keeps_those_that_recur() {
+        let mut recent = RecentChunks::new(3);
+        for n in 0..3 {
+            assert_eq!(recent.seen_or_remember(id(n), NewChunk::Bundled(n)), None);
+        }
+        // The first generation is full: it is the old one now, still known.
+        // Met again, a chunk keeps the order it was first given and moves
+        // to the current generation.
+        let again = recent.seen_or_remember(id(1), NewChunk::Bundled(9));
+        assert_eq!(again, Some(NewChunk::Bundled(1)));
+        assert_eq!(recent.seen_or_remember(id(3), NewChunk::Alone(0)), None);
+        assert_eq!(recent.len(), 4);
+        // Chunk 0 recurs and fills the current generation (1, 3, 0), which
+        // becomes the old one: chunk 2, never met again, is forgotten.
+        let again = recent.seen_or_remember(id(0), NewChunk::Bundled(9));
+        assert_eq!(again, Some(NewChunk::Bundled(0)));
+        assert_eq!(recent.seen_or_remember(id(4), NewChunk::Bundled(3)), None);
+        assert_eq!(recent.seen_or_remember(id(5), NewChunk::Bundled(4)), None);
+        assert_eq!(recent.len(), 5);
+        // Chunk 3 recurs and fills the current generation (4, 5, 3): 1 and
+        // 0, not met since the last turn, are forgotten.
+        let again = recent.seen_or_remember(id(3), NewChunk::Bundled(9));
+        assert_eq!(again, Some(NewChunk::Alone(0)));
+        assert_eq!(recent.len(), 3);
+        // Forgotten: met again, it is new again, under its new order.
+        assert_eq!(recent.seen_or_remember(id(0), NewChunk::Bundled(5)), None);
+        let again = recent.seen_or_remember(id(0), NewChunk::Bundled(9));
+        assert_eq!(again, Some(NewChunk::Bundled(5)));
+        // Never more than two generations.
+        for n in 10..100 {
+            recent.seen_or_remember(id(n), NewChunk::Bundled(n));
+            assert!(recent.len() < 6, "{} remembered", recent.len());
+        }
+    }
 
     fn pack(n: u8) -> PackId {
         PackId(Hash256([n; 32]))

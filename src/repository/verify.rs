@@ -1087,10 +1087,12 @@ fn check_pack(
     match parse_trailer(bytes, crypto) {
         Err(why) => faults.push(format!("trailer unreadable: {why}")),
         Ok(blobs) => {
-            let by_id: crate::ids::ChunkMap<_> = blobs
+            // By chunk and offset: a pack may hold a chunk twice (a backup
+            // that forgot it had stored it, see `placing::RecentChunks`).
+            let by_place: HashMap<_, _, crate::ids::ChunkHasher> = blobs
                 .iter()
                 .filter(|b| !b.is_whole_bundle())
-                .map(|b| (b.id, *b))
+                .map(|b| ((b.id, b.offset), *b))
                 .collect();
             // Where bundles lie: a bundled chunk's entry gives the bundle's
             // place, and the bundle's header (checked by decoding) says
@@ -1125,7 +1127,7 @@ fn check_pack(
                 let listed = if loc.blob.encoding == Encoding::Bundle {
                     bundles_at.contains(&(loc.blob.offset, loc.blob.length))
                 } else {
-                    by_id.get(chunk) == Some(&loc.blob)
+                    by_place.get(&(*chunk, loc.blob.offset)) == Some(&loc.blob)
                 };
                 if !listed {
                     loc_faults.push("the index and the pack trailer disagree".to_string());
