@@ -1259,3 +1259,73 @@ async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
         assert!(std::fs::read(out.join(name)).unwrap() == *bytes, "{name}");
     }
 }
+
+/// A backup keeps the chunk ids of the files it writes anew off the heap
+/// past a bound (here five ids), in a temporary file, and reads them back
+/// a part at a time to write the chunk lists. Files reused whole by their
+/// stamp keep their ids in their entry, in between files written anew:
+/// every file of both snapshots comes back byte for byte, and both verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whole() {
+    use holdfast::engine::files::FilesSource;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    let content = |i: u64, round: u64| {
+        data(
+            500 + i + 1000 * round,
+            1000 + (i as usize * 7919) % 2_500_000,
+        )
+    };
+    for i in 0..24u64 {
+        std::fs::write(root.join(format!("f{i:02}")), content(i, 0)).unwrap();
+    }
+    let repo = repo_at(&tmp.path().join("repo"))
+        .await
+        .with_spill_after(5)
+        .with_list_part_target(300);
+    let plan = plan_name("app");
+    let unlocked = BackupOptions {
+        retention: None,
+        ..opts()
+    };
+    let source = || Box::new(FilesSource::new(root.clone(), Vec::new()).unwrap());
+    let first = backup(&repo, &plan, source(), &unlocked).await.unwrap();
+    assert!(first.stats.chunks > 20, "{} chunks", first.stats.chunks);
+
+    // Every third file changes; the others are reused whole.
+    for i in (0..24u64).step_by(3) {
+        std::fs::write(root.join(format!("f{i:02}")), content(i, 1)).unwrap();
+    }
+    let second = backup(&repo, &plan, source(), &unlocked).await.unwrap();
+    assert!(second.bytes_read < first.bytes_read / 2);
+
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    for (snap, round) in [(first.snapshot, 0), (second.snapshot, 1)] {
+        let out = tmp.path().join(format!("out-{round}"));
+        restore(
+            &repo,
+            &plan,
+            &RestoreOptions {
+                snapshot: snap.short(),
+                to: out.clone(),
+                force: false,
+                check_with: None,
+                single_stream: false,
+                keep_setid_bits: false,
+                progress: ProgressMode::Quiet,
+            },
+        )
+        .await
+        .unwrap();
+        for i in 0..24u64 {
+            let want = content(i, if round == 1 && i % 3 == 0 { 1 } else { 0 });
+            let got = std::fs::read(out.join(format!("f{i:02}"))).unwrap();
+            assert!(got == want, "f{i:02} of snapshot {round}");
+        }
+    }
+}

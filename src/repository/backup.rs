@@ -36,6 +36,7 @@ use super::placing::{FilePlaces, NewChunk, Placing, RecentChunks};
 use super::source::{
     Chunking, EntryKind, EntryMeta, EntrySink, Pages, SinkError, Source, SourceError,
 };
+use super::spill::{ChunkSpill, Span, SpilledLists};
 use super::{
     index_key, pack_key, ChunkerConfig, Index, Manifest, RepoError, Repository, PACKS_PER_INDEX,
 };
@@ -130,6 +131,14 @@ enum WriterError {
     WorkerGone,
     #[error("more than 4,294,967,295 new chunks of one kind in one backup; split the plan")]
     TooManyChunks,
+    #[error(
+        "unable to keep this backup's chunk lists in a temporary file in {dir} (TMPDIR): {source}"
+    )]
+    Spill {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl From<WriterError> for SinkError {
@@ -257,6 +266,7 @@ async fn backup_locked(
         opts.compression_level,
         opts.retention,
         repo.recent_generation(),
+        repo.spill_after(),
         progress.clone(),
         tokio::runtime::Handle::current(),
     );
@@ -310,12 +320,17 @@ async fn backup_locked(
     packs.dedup();
     // Each file's chunk places, numbered by `packs` (manifest version 6).
     let mut entries = written.entries;
-    for (e, places) in entries.iter_mut().zip(&written.places) {
+    for ((e, places), span) in entries
+        .iter_mut()
+        .zip(&written.places)
+        .zip(&written.lists.spans)
+    {
         if e.kind == EntryKind::File {
+            let chunks = e.chunks.len() as u64 + span.count;
             e.at = written
                 .placing
                 .resolve(places, &written.pack_ids, &packs)
-                .filter(|at| at.iter().map(|p| p.count as usize).sum::<usize>() == e.chunks.len());
+                .filter(|at| at.iter().map(|p| p.count as u64).sum::<u64>() == chunks);
         }
     }
     drop(written.places);
@@ -347,7 +362,7 @@ async fn backup_locked(
     // two leaves an entries object no manifest names: prune removes it once
     // its lock has ended.
     let (key, id) = repo
-        .put_manifest(manifest, opts.retention, || async {
+        .put_manifest_with(manifest, Some(written.lists), opts.retention, || async {
             for guard in held {
                 guard.confirm().await?;
             }
@@ -559,7 +574,9 @@ impl Shared {
 }
 
 struct Written {
+    /// Their chunk lists are in `lists` but for files reused whole.
     entries: Vec<ManifestEntry>,
+    lists: SpilledLists,
     /// Where each entry's chunks are (empty for those that are no file).
     places: Vec<FilePlaces>,
     placing: Placing,
@@ -611,6 +628,11 @@ struct Writer {
     placing: Placing,
     /// Where each entry's chunks are, beside `entries`.
     places: Vec<FilePlaces>,
+    /// The chunk ids of the files written anew, in order, and where each
+    /// entry's are among them (beside `entries`): off the heap past the
+    /// first few hundred thousand (see [`ChunkSpill`]).
+    spill: ChunkSpill,
+    spans: Vec<Span>,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
     /// New small chunks waiting to be compressed together, and their bytes.
     bundle: Vec<(ChunkId, Arc<Vec<u8>>)>,
@@ -642,6 +664,7 @@ impl Writer {
         level: i32,
         retention: Option<Retention>,
         recent_generation: usize,
+        spill_after: usize,
         progress: Arc<Progress>,
         runtime: tokio::runtime::Handle,
     ) -> Self {
@@ -754,6 +777,8 @@ impl Writer {
             new_bundled: 0,
             placing: Placing::default(),
             places: Vec::new(),
+            spill: ChunkSpill::new(spill_after),
+            spans: Vec::new(),
             reused_packs: HashMap::new(),
             bundle: Vec::new(),
             bundle_raw: 0,
@@ -825,7 +850,12 @@ impl Writer {
             return Ok(());
         };
         let done = rx.recv().map_err(|_| WriterError::WorkerGone)?;
-        self.entries[entry].chunks.push(done.id);
+        self.spill
+            .push(&mut self.spans[entry], done.id)
+            .map_err(|source| WriterError::Spill {
+                dir: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
         self.stats.chunks += 1;
         if let Some(loc) = done.stored_at {
             self.places[entry].stored(loc.pack, &loc.blob);
@@ -960,6 +990,10 @@ impl Writer {
         self.shared.write_index(rest)?;
         Ok(Written {
             entries: std::mem::take(&mut self.entries),
+            lists: SpilledLists {
+                spill: std::mem::replace(&mut self.spill, ChunkSpill::new(1)),
+                spans: std::mem::take(&mut self.spans),
+            },
             places: std::mem::take(&mut self.places),
             placing: std::mem::take(&mut self.placing),
             pack_ids: std::mem::take(&mut *self.shared.pack_ids.lock().expect("packs lock")),
@@ -1008,6 +1042,7 @@ impl Writer {
             at: None,
         });
         self.places.push(FilePlaces::default());
+        self.spans.push(Span::default());
         self.entries.len() - 1
     }
 
@@ -1039,6 +1074,8 @@ impl Writer {
             }
         }
         self.places.push(places);
+        // Its ids stay in its entry: they were in memory already.
+        self.spans.push(Span::default());
         let size = prev.size.unwrap_or_default();
         self.stats.files += 1;
         self.stats.chunks += prev.chunks.len() as u64;

@@ -73,7 +73,7 @@ pub struct ChunkList {
 #[derive(Serialize)]
 struct ChunkListRef<'a> {
     #[serde(skip_serializing_if = "<[ChunkId]>::is_empty")]
-    chunks: &'a [ChunkId],
+    chunks: std::borrow::Cow<'a, [ChunkId]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     at: &'a Option<Vec<Placement>>,
 }
@@ -585,7 +585,7 @@ impl Manifest {
         part_target: usize,
     ) -> Result<EncodedEntries, RepoError> {
         let mut lists = Vec::new();
-        let tree = self.encode_entries_each(crypto, part_target, &mut |r, bytes| {
+        let tree = self.encode_entries_each(crypto, part_target, None, &mut |r, bytes| {
             lists.push((r, bytes));
             true
         })?;
@@ -596,12 +596,15 @@ impl Manifest {
     /// [`Manifest::encode_entries`], handing each chunk-list object to
     /// `part`, in order, as soon as it is sealed, so a writer can put it
     /// and let it go instead of holding every one (about 35 bytes a chunk).
-    /// Returns the entries object, or `None` when `part` said to stop (by
-    /// returning false: the writer failed).
+    /// The chunk lists of entries with none of their own are read from
+    /// `spilled` when given (a backup's, see [`super::spill`]), a part's
+    /// worth at a time. Returns the entries object, or `None` when `part`
+    /// said to stop (by returning false: the writer failed).
     pub fn encode_entries_each(
         &self,
         crypto: &super::Crypto,
         part_target: usize,
+        spilled: Option<&super::spill::SpilledLists>,
         part: &mut dyn FnMut(EntriesRef, Vec<u8>) -> bool,
     ) -> Result<Option<(EntriesRef, Vec<u8>)>, RepoError> {
         let ad = self.entries_ad();
@@ -640,7 +643,11 @@ impl Manifest {
         )?);
         let what = format!("a new chunk-list object of plan {}", self.plan);
         let (mut lists, mut first, mut estimate) = (Vec::new(), 0u64, 0usize);
-        let files = self.entries.iter().filter(|e| e.kind == EntryKind::File);
+        let files = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.kind == EntryKind::File);
         let mut put = |lists: &mut Vec<ChunkListRef<'_>>, first: &mut u64| {
             let file = ListsFile {
                 format: LISTS_FORMAT.into(),
@@ -656,13 +663,20 @@ impl Manifest {
             lists.clear();
             Ok::<_, RepoError>(taken)
         };
-        for e in files {
+        for (i, e) in files {
+            let chunks = match spilled {
+                Some(spilled) if e.chunks.is_empty() => {
+                    let ids = spilled.chunks_of(i).map_err(|source| RepoError::Spill {
+                        dir: std::env::temp_dir().display().to_string(),
+                        source,
+                    })?;
+                    std::borrow::Cow::Owned(ids)
+                }
+                _ => std::borrow::Cow::Borrowed(&e.chunks[..]),
+            };
             // About the JSON: 67 bytes a chunk id, at most 45 a place.
-            estimate += 8 + 67 * e.chunks.len() + 45 * e.at.as_ref().map_or(0, Vec::len);
-            lists.push(ChunkListRef {
-                chunks: &e.chunks,
-                at: &e.at,
-            });
+            estimate += 8 + 67 * chunks.len() + 45 * e.at.as_ref().map_or(0, Vec::len);
+            lists.push(ChunkListRef { chunks, at: &e.at });
             if estimate >= part_target {
                 if !put(&mut lists, &mut first)? {
                     return Ok(None);

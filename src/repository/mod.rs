@@ -24,6 +24,7 @@ pub mod prune;
 pub mod read;
 pub mod repair;
 pub mod source;
+pub mod spill;
 pub mod trust;
 pub mod verify;
 
@@ -106,6 +107,12 @@ pub enum RepoError {
     NoKey { url: String, why: String },
     #[error("{0}")]
     EncryptionMismatch(String),
+    #[error("unable to read this backup's chunk lists back from its temporary file in {dir} (TMPDIR): {source}")]
+    Spill {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("plan {plan} has no snapshot matching `{selector}` in {url}")]
     NoSuchSnapshot {
         plan: String,
@@ -271,6 +278,9 @@ pub struct Repository {
     /// How many new chunks a generation of a backup's memory of them holds
     /// ([`placing::RECENT_GENERATION`]).
     recent_generation: usize,
+    /// How many chunk ids a backup keeps in memory before it spills them
+    /// to a temporary file ([`spill::IN_MEMORY`]).
+    spill_after: usize,
 }
 
 impl Repository {
@@ -308,6 +318,7 @@ impl Repository {
                 key_id: None,
                 list_part_target: manifest::LIST_PART_TARGET,
                 recent_generation: placing::RECENT_GENERATION,
+                spill_after: spill::IN_MEMORY,
             });
         };
         if enc.cipher != "xchacha20-poly1305" || enc.key_derivation != "hkdf-sha256" {
@@ -352,6 +363,7 @@ impl Repository {
             key_id: Some(key_id),
             list_part_target: manifest::LIST_PART_TARGET,
             recent_generation: placing::RECENT_GENERATION,
+            spill_after: spill::IN_MEMORY,
         })
     }
 
@@ -425,6 +437,7 @@ impl Repository {
                     key_id,
                     list_part_target: manifest::LIST_PART_TARGET,
                     recent_generation: placing::RECENT_GENERATION,
+                    spill_after: spill::IN_MEMORY,
                 })
             }
             // Another process created it first: use theirs.
@@ -829,6 +842,19 @@ impl Repository {
         self.recent_generation
     }
 
+    /// Has the backups this handle takes keep `ids` chunk ids in memory
+    /// before spilling them to a temporary file, instead of
+    /// [`spill::IN_MEMORY`] (tests: a spill from small data).
+    pub fn with_spill_after(mut self, ids: usize) -> Self {
+        self.spill_after = ids;
+        self
+    }
+
+    /// See [`Repository::with_spill_after`].
+    pub(crate) fn spill_after(&self) -> usize {
+        self.spill_after
+    }
+
     /// Reads a manifest, checking its bytes against the id in its name, and
     /// (version 4 on) its entries object against the hash and size the
     /// manifest gives; from version 7, each of its chunk-list objects too,
@@ -935,6 +961,28 @@ impl Repository {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<(), RepoError>>,
     {
+        self.put_manifest_with(m, None, retention, before_commit)
+            .await
+    }
+
+    /// [`Repository::put_manifest`] for a manifest (version 7 on) whose
+    /// entries' chunk lists are in `spilled` (a backup's, see
+    /// [`spill::ChunkSpill`]) rather than in the entries themselves.
+    pub async fn put_manifest_with<F, Fut>(
+        &self,
+        m: Manifest,
+        spilled: Option<spill::SpilledLists>,
+        retention: Option<Retention>,
+        before_commit: F,
+    ) -> Result<(String, SnapshotId), RepoError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), RepoError>>,
+    {
+        assert!(
+            spilled.is_none() || m.version >= manifest::LISTS_APART_FROM,
+            "chunk lists are kept apart from version 7"
+        );
         let what = format!("the new manifest of plan {}", m.plan);
         let (plan, started_at) = (m.plan.clone(), m.started_at);
         let (crypto, part_target) = (self.crypto.clone(), self.list_part_target);
@@ -951,10 +999,15 @@ impl Repository {
             let mut tree = None;
             if m.version >= manifest::ENTRIES_APART_FROM {
                 let mut refs = Vec::new();
-                let encoded = m.encode_entries_each(&crypto, part_target, &mut |r, bytes| {
-                    refs.push(r.clone());
-                    parts_tx.blocking_send((r, bytes)).is_ok()
-                })?;
+                let encoded = m.encode_entries_each(
+                    &crypto,
+                    part_target,
+                    spilled.as_ref(),
+                    &mut |r, bytes| {
+                        refs.push(r.clone());
+                        parts_tx.blocking_send((r, bytes)).is_ok()
+                    },
+                )?;
                 // Stopped: a put failed, and its error is the one to give.
                 let Some(encoded) = encoded else {
                     return Ok(None);
