@@ -1015,7 +1015,9 @@ async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_ne
 /// generations, `placing::RECENT_GENERATION` each): a chunk met again soon
 /// is stored once; one met again only after it was forgotten is stored a
 /// second time, and the snapshot restores byte for byte and verifies
-/// either way.
+/// either way. Its chunks stored twice have two places (disputed): verify
+/// keeps only those aside between its passes, and finds the same, locks
+/// included, as when it reads the whole snapshot again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_whole() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1026,10 +1028,7 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
         ("between.bin".to_string(), data(8, 20_000_000)),
         ("again.bin".to_string(), data(7, 3_000_000)),
     ];
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = opts();
 
     // Remembering everything: the repeat costs nothing.
     let repo = repo_at(&tmp.path().join("remembers")).await;
@@ -1067,10 +1066,33 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
     );
     assert!(forgot.stats.new_chunks > whole.stats.new_chunks);
 
-    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
-        .await
-        .unwrap();
-    assert!(report.ok(), "{:?}", report.problems);
+    let index = repo.load_index().await.unwrap();
+    assert!(index.disputed_chunks() >= 3, "{}", index.disputed_chunks());
+    let run = |held| {
+        let (repo, plan) = (&repo, &plan);
+        async move {
+            verify_holding(
+                repo,
+                plan,
+                None,
+                None,
+                None,
+                VerifyDepth::Chunks,
+                ProgressMode::Quiet,
+                held,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (aside, reading) = (run(HELD_CHUNKS).await, run(0).await);
+    assert!(aside.ok(), "{:?}", aside.problems);
+    assert!(
+        aside.objects_lock_checked > 3,
+        "{}",
+        aside.objects_lock_checked
+    );
+    assert_eq!(verdict(&aside), verdict(&reading));
     let out = tmp.path().join("out");
     let restored = restore_latest(&repo, &plan, &out).await.unwrap();
     assert_eq!(restored.files, 3);

@@ -30,26 +30,33 @@ pub enum NewChunk {
 /// 2^17, which fills a hash table of 2^17 slots of 41 bytes (5.4 MB)
 /// without growing it again. Two generations, at most 11 MB, remember at
 /// least the last 114,688 new chunks: 896 MiB of 8 KiB pages, or about
-/// 112 GiB of content-defined chunks (1 MiB on average). A page that
-/// recurs throughout (all zeros) stays remembered; one the same as a page
-/// further back (a template database's copy of a catalog, read after a
-/// large database) costs its compressed bytes once more.
+/// 112 GiB of content-defined chunks (1 MiB on average).
 pub const RECENT_GENERATION: usize = 114_688;
 
+/// How many chunks met more than once a backup remembers for its whole run
+/// ([`RecentChunks`]): 7/8 of 2^16 (2.7 MB).
+pub const PINNED_MAX: usize = 57_344;
+
 /// The new chunks a backup remembers, so a chunk met twice is stored once,
-/// in bounded memory whatever the size of the source: at most two
-/// generations of `generation` chunks. When the current generation is full
-/// it becomes the old one and the old one is forgotten; a chunk found in
-/// the old one moves to the current one, so a chunk that keeps recurring
-/// (an all-zero page) is never forgotten. A chunk met again only after it
-/// was forgotten is stored again: a second copy costs its bytes, never
-/// correctness, since readers take any of a chunk's places and check each
-/// against its id, as they do for the copies two concurrent backups write.
+/// in bounded memory whatever the size of the source.
+///
+/// At most two generations of `generation` chunks: when the current one is
+/// full it becomes the old one and the old one is forgotten; a chunk found
+/// in the old one moves to the current one. A chunk met more than once is
+/// also kept for the whole backup (up to [`PINNED_MAX`]), because what
+/// recurs recurs again: an all-zero page, or a catalog page that template1
+/// and template0 share and every database created from them has a copy of,
+/// read after gigabytes of another database's tables. A chunk met again
+/// only after it was forgotten is stored again: the second copy costs its
+/// bytes and gives the chunk two places (as the copies two concurrent
+/// backups store do), so readers check which one holds it; never
+/// correctness.
 #[derive(Debug)]
 pub struct RecentChunks {
     current: ChunkMap<NewChunk>,
     old: ChunkMap<NewChunk>,
     generation: usize,
+    pinned: ChunkMap<NewChunk>,
 }
 
 impl RecentChunks {
@@ -58,22 +65,31 @@ impl RecentChunks {
             current: ChunkMap::default(),
             old: ChunkMap::default(),
             generation: generation.max(1),
+            pinned: ChunkMap::default(),
         }
     }
 
     /// The order `id` was given when it was first met, if it is still
-    /// remembered; otherwise remembers it as `new` and returns `None`. One
-    /// lookup while no generation has been forgotten yet, two after.
+    /// remembered; otherwise remembers it as `new` and returns `None`. A
+    /// new chunk costs a lookup in each table that holds any.
     pub fn seen_or_remember(&mut self, id: ChunkId, new: NewChunk) -> Option<NewChunk> {
-        let seen = match self.current.entry(id) {
-            Entry::Occupied(o) => return Some(*o.get()),
-            Entry::Vacant(v) => {
-                let seen = self.old.remove(v.key());
-                v.insert(seen.unwrap_or(new));
-                seen
-            }
+        let (seen, added) = match self.current.entry(id) {
+            Entry::Occupied(o) => (Some(*o.get()), false),
+            Entry::Vacant(v) => match self.pinned.get(v.key()) {
+                Some(pinned) => return Some(*pinned),
+                None => {
+                    let seen = self.old.remove(v.key());
+                    v.insert(seen.unwrap_or(new));
+                    (seen, true)
+                }
+            },
         };
-        if self.current.len() >= self.generation {
+        if let Some(seen) = seen {
+            if self.pinned.len() < PINNED_MAX {
+                self.pinned.insert(id, seen);
+            }
+        }
+        if added && self.current.len() >= self.generation {
             // Full: it becomes the old generation, and the old one is
             // forgotten. The table just filled is the right size for the
             // next one.
@@ -83,10 +99,11 @@ impl RecentChunks {
         seen
     }
 
-    /// New chunks remembered now (at most twice the generation).
+    /// New chunks remembered now in the generations (at most twice the
+    /// generation), and those kept for the whole run.
     #[cfg(test)]
-    fn len(&self) -> usize {
-        self.current.len() + self.old.len()
+    fn len(&self) -> (usize, usize) {
+        (self.current.len() + self.old.len(), self.pinned.len())
     }
 }
 
@@ -237,39 +254,42 @@ mod tests {
     }
 
     #[test]
-    fn a_backup_remembers_two_generations_of_new_chunks_and_keeps_those_that_recur() {
+    fn a_backup_remembers_two_generations_of_new_chunks_and_for_good_those_met_twice() {
+        let b = NewChunk::Bundled;
         let mut recent = RecentChunks::new(3);
         for n in 0..3 {
-            assert_eq!(recent.seen_or_remember(id(n), NewChunk::Bundled(n)), None);
+            assert_eq!(recent.seen_or_remember(id(n), b(n)), None);
         }
         // The first generation is full: it is the old one now, still known.
-        // Met again, a chunk keeps the order it was first given and moves
-        // to the current generation.
-        let again = recent.seen_or_remember(id(1), NewChunk::Bundled(9));
-        assert_eq!(again, Some(NewChunk::Bundled(1)));
+        // Met again, a chunk keeps the order it was first given, moves to
+        // the current generation, and is kept for good.
+        assert_eq!(recent.seen_or_remember(id(1), b(9)), Some(b(1)));
         assert_eq!(recent.seen_or_remember(id(3), NewChunk::Alone(0)), None);
-        assert_eq!(recent.len(), 4);
-        // Chunk 0 recurs and fills the current generation (1, 3, 0), which
-        // becomes the old one: chunk 2, never met again, is forgotten.
-        let again = recent.seen_or_remember(id(0), NewChunk::Bundled(9));
-        assert_eq!(again, Some(NewChunk::Bundled(0)));
-        assert_eq!(recent.seen_or_remember(id(4), NewChunk::Bundled(3)), None);
-        assert_eq!(recent.seen_or_remember(id(5), NewChunk::Bundled(4)), None);
-        assert_eq!(recent.len(), 5);
-        // Chunk 3 recurs and fills the current generation (4, 5, 3): 1 and
-        // 0, not met since the last turn, are forgotten.
-        let again = recent.seen_or_remember(id(3), NewChunk::Bundled(9));
-        assert_eq!(again, Some(NewChunk::Alone(0)));
-        assert_eq!(recent.len(), 3);
+        assert_eq!(recent.len(), (4, 1));
+        // Chunk 4 fills the current generation (1, 3, 4), which becomes the
+        // old one: 0 and 2, met once, are forgotten.
+        assert_eq!(recent.seen_or_remember(id(4), b(3)), None);
+        assert_eq!(recent.len(), (3, 1));
         // Forgotten: met again, it is new again, under its new order.
-        assert_eq!(recent.seen_or_remember(id(0), NewChunk::Bundled(5)), None);
-        let again = recent.seen_or_remember(id(0), NewChunk::Bundled(9));
-        assert_eq!(again, Some(NewChunk::Bundled(5)));
-        // Never more than two generations.
-        for n in 10..100 {
-            recent.seen_or_remember(id(n), NewChunk::Bundled(n));
-            assert!(recent.len() < 6, "{} remembered", recent.len());
+        assert_eq!(recent.seen_or_remember(id(2), b(4)), None);
+        assert_eq!(recent.seen_or_remember(id(2), b(9)), Some(b(4)));
+        // Two more turns of the generations: chunk 3, met once, is gone;
+        // chunk 1, met twice, is still known under its first order.
+        for n in 5..11 {
+            assert_eq!(recent.seen_or_remember(id(n), b(n)), None);
         }
+        assert_eq!(recent.seen_or_remember(id(1), b(9)), Some(b(1)));
+        assert_eq!(recent.seen_or_remember(id(3), b(11)), None);
+        // Never more than two generations, and never more than
+        // PINNED_MAX kept for good.
+        for n in 100..(100 + PINNED_MAX as u32 + 50) {
+            assert_eq!(recent.seen_or_remember(id(n), b(n)), None);
+            assert_eq!(recent.seen_or_remember(id(n), b(0)), Some(b(n)));
+            let (generations, pinned) = recent.len();
+            assert!(generations < 6, "{generations} remembered");
+            assert!(pinned <= PINNED_MAX, "{pinned} kept");
+        }
+        assert_eq!(recent.len().1, PINNED_MAX);
     }
 
     fn pack(n: u8) -> PackId {

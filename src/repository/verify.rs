@@ -272,12 +272,16 @@ pub async fn verify_holding(
         let mut using: HashSet<PackId> = HashSet::new();
         let mut last_used: Option<PackId> = None;
         // What the passes after the pack pass need of this snapshot, found
-        // here while no chunk of it is disputed: then its one location per
-        // chunk is the one a restore uses (see `Settled`).
-        let mut disputed = false;
+        // here for every chunk that is not disputed: its one location is
+        // the one a restore uses (see `Settled`). A disputed chunk's right
+        // place only the pack pass tells: those chunks, and the files whose
+        // size waits on them, are kept aside (`Open`).
+        let mut settled_packs: BTreeSet<PackId> = BTreeSet::new();
+        let mut last_settled_pack = None;
         let mut sources: BTreeSet<super::SourceId> = BTreeSet::new();
         let mut last_source = None;
         let mut wrong_sizes: Vec<(String, u64, u64)> = Vec::new();
+        let mut open = Open::default();
         for e in &m.entries {
             let mut unindexed = Vec::new();
             // Version 5: chunks in no pack the manifest names. prune and
@@ -291,22 +295,30 @@ pub async fn verify_holding(
             // one of its places in the index (so the pack pass checks it).
             let mut placed = m.packs.as_deref().and_then(|p| e.placed(p));
             let mut misplaced = Vec::new();
+            let mut file_disputed = Vec::new();
             for c in &e.chunks {
                 let here = placed.as_mut().and_then(Iterator::next);
                 let mut at_place = here.is_none();
                 let mut indexed = false;
                 let mut in_named = false;
+                let chunk_disputed = index.is_disputed(c);
                 // Every candidate location is checked: which one is right
                 // is known only once read.
                 for loc in index.candidates(c) {
-                    if !indexed {
-                        sum = sum.map(|n| n + u64::from(loc.blob.raw_length));
+                    if !chunk_disputed {
+                        if !indexed {
+                            sum = sum.map(|n| n + u64::from(loc.blob.raw_length));
+                        }
+                        if last_source != Some(loc.source) {
+                            last_source = Some(loc.source);
+                            sources.insert(loc.source);
+                        }
+                        if last_settled_pack != Some(loc.pack) {
+                            last_settled_pack = Some(loc.pack);
+                            settled_packs.insert(loc.pack);
+                        }
                     }
                     indexed = true;
-                    if last_source != Some(loc.source) {
-                        last_source = Some(loc.source);
-                        sources.insert(loc.source);
-                    }
                     if let Some(named) = &m.packs {
                         in_named = in_named || named.binary_search(&loc.pack).is_ok();
                     }
@@ -330,14 +342,22 @@ pub async fn verify_holding(
                 if let Some(here) = here.filter(|_| indexed && !at_place) {
                     misplaced.push(here);
                 }
-                disputed = disputed || index.is_disputed(c);
+                if chunk_disputed {
+                    file_disputed.push(*c);
+                }
             }
             if let Some(sum) = sum.filter(|_| e.kind == EntryKind::File && e.sha256.is_none()) {
                 let recorded = e.size.unwrap_or_default();
-                if sum != recorded {
+                if !file_disputed.is_empty() {
+                    open.held += file_disputed.len();
+                    open.sizes
+                        .push((e.path.clone(), sum, recorded, file_disputed.clone()));
+                } else if sum != recorded {
                     wrong_sizes.push((e.path.clone(), sum, recorded));
                 }
             }
+            open.held += file_disputed.len();
+            open.chunks.extend(file_disputed);
             if let Some(first) = unnamed.first() {
                 problems.push(Problem {
                     object: snap.key.clone(),
@@ -383,13 +403,22 @@ pub async fn verify_holding(
                 });
             }
         }
-        let settled = (!disputed).then(|| Settled {
+        // Kept aside within the bound on what verify holds; past it, the
+        // snapshot's entries are gone through again after the pack pass.
+        open.chunks.sort_unstable();
+        open.chunks.dedup();
+        let open_fits = held_chunks + open.held <= held_chunks_max;
+        if open_fits {
+            held_chunks += open.held;
+        }
+        let settled = open_fits.then(|| Settled {
             wrong_sizes,
-            packs: using.into_iter().collect(),
+            packs: settled_packs,
             index_objects: sources
                 .into_iter()
                 .map(|s| index.source(s).to_string())
                 .collect(),
+            open: (!open.chunks.is_empty()).then_some(open),
         });
         let file_hashes = m.entries.iter().any(|e| e.sha256.is_some());
         // Held only for a pass that will read its entries again: the
@@ -716,7 +745,11 @@ pub async fn verify_holding(
             .as_ref()
             .filter(|s| s.packs.is_disjoint(&bad_packs))
         {
-            Some(s) => s,
+            Some(s) if s.open.is_none() => s,
+            Some(s) => {
+                recomputed = s.close(&index, &good_location, &good_places);
+                &recomputed
+            }
             None => {
                 let Some(m) = held.entries(repo, &mut problems).await else {
                     continue;
@@ -1235,6 +1268,67 @@ struct Settled {
     packs: BTreeSet<PackId>,
     /// The index objects that place them.
     index_objects: BTreeSet<String>,
+    /// Its disputed chunks, if any, which the above leaves out until the
+    /// pack pass says where each is ([`Settled::close`]).
+    open: Option<Open>,
+}
+
+/// A snapshot's disputed chunks (two places or more), kept aside in the
+/// first pass instead of the whole snapshot: a few where a backup stored
+/// a chunk again, or two backups stored the same one.
+#[derive(Default)]
+struct Open {
+    /// Files whose size waits on them: path, the bytes of their other
+    /// chunks, the recorded size, and their disputed chunks.
+    sizes: Vec<(String, u64, u64, Vec<crate::ids::ChunkId>)>,
+    /// Every disputed chunk of the snapshot, sorted, once each.
+    chunks: Vec<crate::ids::ChunkId>,
+    /// Chunk ids held above, counted against verify's bound.
+    held: usize,
+}
+
+impl Settled {
+    /// With its disputed chunks settled after the pack pass, as
+    /// [`settle`] does for a whole snapshot: a file's size with each
+    /// disputed chunk at a good location (a file with a chunk that has
+    /// none is reported with its pack), and for lock coverage the
+    /// locations that checked out.
+    fn close(
+        &self,
+        index: &super::Index,
+        good_location: &dyn Fn(&crate::ids::ChunkId) -> Option<super::ChunkLocation>,
+        good_places: &HashSet<(PackId, crate::ids::ChunkId, u64)>,
+    ) -> Settled {
+        let mut closed = Settled {
+            wrong_sizes: self.wrong_sizes.clone(),
+            packs: self.packs.clone(),
+            index_objects: self.index_objects.clone(),
+            open: None,
+        };
+        let Some(open) = &self.open else {
+            return closed;
+        };
+        for (path, sum, recorded, disputed) in &open.sizes {
+            let rest: Option<u64> = disputed
+                .iter()
+                .map(|c| good_location(c).map(|l| u64::from(l.blob.raw_length)))
+                .sum();
+            if let Some(got) = rest.map(|rest| sum + rest).filter(|got| got != recorded) {
+                closed.wrong_sizes.push((path.clone(), got, *recorded));
+            }
+        }
+        for c in &open.chunks {
+            for l in index.candidates(c) {
+                if good_places.contains(&(l.pack, *c, l.blob.offset)) {
+                    closed.packs.insert(l.pack);
+                    closed
+                        .index_objects
+                        .insert(index.source(l.source).to_string());
+                }
+            }
+        }
+        closed
+    }
 }
 
 /// [`Settled`] for a snapshot with disputed chunks or chunks in bad packs,
@@ -1276,6 +1370,7 @@ fn settle(
         wrong_sizes,
         packs,
         index_objects,
+        open: None,
     }
 }
 
@@ -1339,6 +1434,75 @@ mod tests {
 
     fn share(hundredths: u32) -> Percent {
         Percent::from_hundredths(hundredths).unwrap()
+    }
+
+    /// A snapshot's disputed chunk, kept aside in the first pass, is
+    /// settled after the pack pass at the place that checked out: its
+    /// size counts in its file's, and only the good place's pack and index
+    /// object are asked to be locked.
+    #[test]
+    fn a_disputed_chunk_kept_aside_counts_where_it_checked_out() {
+        use super::super::index::{IndexFile, IndexedChunk, IndexedPack};
+        use super::super::pack::{BlobEntry, Encoding};
+        use super::super::Index;
+        use crate::ids::ChunkId;
+        let chunk = ChunkId(Hash256::digest(b"a page stored twice"));
+        let [good_pack, bad_pack] = [
+            PackId(Hash256::digest(b"good")),
+            PackId(Hash256::digest(b"bad")),
+        ];
+        let at = |pack: PackId, raw_length: u32| {
+            IndexFile::new(vec![IndexedPack {
+                id: pack,
+                size: 4096,
+                chunks: vec![IndexedChunk::from(BlobEntry {
+                    id: chunk,
+                    offset: 8,
+                    length: 100,
+                    raw_length,
+                    encoding: Encoding::Zstd,
+                    bundle_offset: None,
+                })],
+            }])
+        };
+        let mut index = Index::default();
+        // The wrong place sorts first, and says another size.
+        index.add_file("index/1-wrong", &at(bad_pack, 999));
+        index.add_file("index/2-right", &at(good_pack, 8192));
+        assert!(index.is_disputed(&chunk));
+        let good_places: HashSet<_> = [(good_pack, chunk, 8)].into_iter().collect();
+        let good_location = |c: &ChunkId| {
+            index
+                .candidates(c)
+                .find(|l| good_places.contains(&(l.pack, *c, l.blob.offset)))
+        };
+        let open = |recorded: u64| Settled {
+            wrong_sizes: Vec::new(),
+            packs: BTreeSet::new(),
+            index_objects: BTreeSet::new(),
+            open: Some(Open {
+                sizes: vec![("base/5/1259".into(), 8192, recorded, vec![chunk])],
+                chunks: vec![chunk],
+                held: 2,
+            }),
+        };
+        let closed = open(16384).close(&index, &good_location, &good_places);
+        assert!(closed.open.is_none());
+        assert!(closed.wrong_sizes.is_empty(), "{:?}", closed.wrong_sizes);
+        assert_eq!(closed.packs, [good_pack].into_iter().collect());
+        assert_eq!(
+            closed.index_objects,
+            ["index/2-right".to_string()].into_iter().collect()
+        );
+        let closed = open(9000).close(&index, &good_location, &good_places);
+        assert_eq!(
+            closed.wrong_sizes,
+            vec![("base/5/1259".to_string(), 16384, 9000)]
+        );
+        // No good place: the file is left to its pack's report.
+        let none = HashSet::new();
+        let closed = open(9000).close(&index, &|_: &ChunkId| None, &none);
+        assert!(closed.wrong_sizes.is_empty() && closed.packs.is_empty());
     }
 
     /// A pack whose bytes are what its name says, holding a blob that does
