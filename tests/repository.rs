@@ -330,6 +330,23 @@ async fn a_broken_hash_chain_is_named_by_verify() {
     assert_eq!(report.snapshots_checked, 2);
 }
 
+/// verify of the whole plan at depth `chunks`, holding at most `held`
+/// chunk ids between its passes (see `verify_holding`).
+async fn verify_held(repo: &Repository, plan: &PlanName, held: usize) -> VerifyReport {
+    verify_holding(
+        repo,
+        plan,
+        None,
+        None,
+        None,
+        VerifyDepth::Chunks,
+        ProgressMode::Quiet,
+        held,
+    )
+    .await
+    .unwrap()
+}
+
 /// What two verifies must agree on.
 fn verdict(r: &VerifyReport) -> String {
     format!(
@@ -359,24 +376,8 @@ async fn verify_says_the_same_holding_every_manifest_or_reading_each_again() {
         backup(&repo, &plan, Box::new(src), &opts()).await.unwrap();
     }
     let both = |repo: Repository, plan: PlanName| async move {
-        let run = |held| {
-            let (repo, plan) = (&repo, &plan);
-            async move {
-                verify_holding(
-                    repo,
-                    plan,
-                    None,
-                    None,
-                    None,
-                    VerifyDepth::Chunks,
-                    ProgressMode::Quiet,
-                    held,
-                )
-                .await
-                .unwrap()
-            }
-        };
-        (run(HELD_CHUNKS).await, run(0).await)
+        let holding = verify_held(&repo, &plan, HELD_CHUNKS).await;
+        (holding, verify_held(&repo, &plan, 0).await)
     };
 
     let (holding, reading) = both(repo_at(&root).await, plan.clone()).await;
@@ -1068,24 +1069,8 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
 
     let index = repo.load_index().await.unwrap();
     assert!(index.disputed_chunks() >= 3, "{}", index.disputed_chunks());
-    let run = |held| {
-        let (repo, plan) = (&repo, &plan);
-        async move {
-            verify_holding(
-                repo,
-                plan,
-                None,
-                None,
-                None,
-                VerifyDepth::Chunks,
-                ProgressMode::Quiet,
-                held,
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let (aside, reading) = (run(HELD_CHUNKS).await, run(0).await);
+    let aside = verify_held(&repo, &plan, HELD_CHUNKS).await;
+    let reading = verify_held(&repo, &plan, 0).await;
     assert!(aside.ok(), "{:?}", aside.problems);
     assert!(
         aside.objects_lock_checked > 3,
