@@ -1267,11 +1267,12 @@ async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
     }
 }
 
-/// A backup keeps the chunk ids of the files it writes anew off the heap
-/// past a bound (here five ids), in a temporary file, and reads them back
-/// a part at a time to write the chunk lists. Files reused whole by their
-/// stamp keep their ids in their entry, in between files written anew:
-/// every file of both snapshots comes back byte for byte, and both verify.
+/// A backup keeps the chunk ids of its files off the heap past a bound
+/// (here five ids), in a temporary file, and reads them back a part at a
+/// time to write the chunk lists; it reads the previous snapshot's lists
+/// a part at a time too, as the files come up. Files reused whole by their
+/// stamp, in between files written anew: every file of each snapshot comes
+/// back byte for byte, and they verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whole() {
     use holdfast::engine::files::FilesSource;
@@ -1334,5 +1335,50 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
             let got = std::fs::read(out.join(format!("f{i:02}"))).unwrap();
             assert!(got == want, "f{i:02} of snapshot {round}");
         }
+    }
+
+    // The next backup reads the second snapshot's chunk lists a part at a
+    // time as the files come up. One part in the middle damaged (the local
+    // store has no lock here): reuse stops there, the files after it are
+    // read again, and the snapshot is whole.
+    let snaps = repo.list_snapshots(&plan).await.unwrap();
+    let parts = repo
+        .load_manifest_head(&snaps[1])
+        .await
+        .unwrap()
+        .chunk_lists
+        .unwrap();
+    assert!(parts.len() >= 6, "{} chunk-list objects", parts.len());
+    let mid = &parts[parts.len() / 2];
+    let mut bytes = repo.store().get(&mid.key).await.unwrap().to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    repo.store().delete(&mid.key).await.unwrap();
+    let put = holdfast::store::PutOptions {
+        sha256: holdfast::ids::Hash256::digest(&bytes),
+        retention: None,
+    };
+    repo.store()
+        .put(&mid.key, bytes.into(), &put)
+        .await
+        .unwrap();
+    let third = backup(&repo, &plan, source(), &unlocked).await.unwrap();
+    assert!(
+        third.bytes_read > second.bytes_read,
+        "{} bytes read",
+        third.bytes_read
+    );
+    assert!(
+        third.bytes_read < first.bytes_read,
+        "{} bytes read",
+        third.bytes_read
+    );
+    assert_eq!(third.stats.new_bytes, 0, "read again, stored before");
+    let out = tmp.path().join("out-2");
+    restore_latest(&repo, &plan, &out).await.unwrap();
+    for i in 0..24u64 {
+        let want = content(i, if i % 3 == 0 { 1 } else { 0 });
+        let got = std::fs::read(out.join(format!("f{i:02}"))).unwrap();
+        assert!(got == want, "f{i:02} of the third snapshot");
     }
 }

@@ -200,15 +200,18 @@ async fn backup_locked(
     let previous = last.as_ref().map(|s| s.id);
     let index = Arc::new(repo.load_index().await?);
     // Files whose stamp is unchanged since the last snapshot are not read again.
-    let mut unchanged: HashMap<String, ManifestEntry> = HashMap::new();
+    let mut unchanged: HashMap<String, Prev> = HashMap::new();
     // Files of pages whose unchanged pages need not be hashed again.
-    let mut paged: HashMap<String, ManifestEntry> = HashMap::new();
+    let mut paged: HashMap<String, Prev> = HashMap::new();
+    // A version 7 snapshot's chunk lists, read a part at a time as the
+    // files they are for come up (in the same order: sources walk sorted).
+    let mut prev_lists = None;
     // Packs the previous snapshot needed are locked at least until its own
     // retain-until (its backup made sure): no need to look at them again
     // unless this snapshot needs a longer lock.
     let mut covered: HashSet<PackId> = HashSet::new();
     if let Some(last) = &last {
-        match repo.load_manifest(last).await {
+        match repo.load_manifest_tree(last).await {
             Ok(m) => {
                 let covers = match (m.retention, opts.retention) {
                     (Some(prev), Some(now)) => prev.until >= now.until,
@@ -229,14 +232,24 @@ async fn backup_locked(
                     }
                 }
                 source.previous(&m.source);
-                for e in m.entries {
-                    if e.kind == EntryKind::File
-                        && e.stamp.is_some()
-                        && e.chunks.iter().all(|c| index.agreed(c).is_some())
-                    {
-                        unchanged.insert(e.path.clone(), e);
-                    } else if e.kind == EntryKind::File && e.file_id.is_some() {
-                        paged.insert(e.path.clone(), e);
+                prev_lists = m.list_parts(&last.key).map(|parts| PrevLists {
+                    repo: repo.clone(),
+                    runtime: tokio::runtime::Handle::current(),
+                    parts,
+                    next_part: 0,
+                    base: 0,
+                    lists: Vec::new(),
+                    failed: false,
+                });
+                let files = m.entries.into_iter().filter(|e| e.kind == EntryKind::File);
+                for (file, entry) in (0u64..).zip(files) {
+                    let prev = Prev { entry, file };
+                    // Whether each chunk is where the index agrees it is
+                    // is known once its list is read (`Writer::reuse_unchanged`).
+                    if prev.entry.stamp.is_some() {
+                        unchanged.insert(prev.entry.path.clone(), prev);
+                    } else if prev.entry.file_id.is_some() {
+                        paged.insert(prev.entry.path.clone(), prev);
                     }
                 }
             }
@@ -271,6 +284,7 @@ async fn backup_locked(
         tokio::runtime::Handle::current(),
     );
     writer.paged = paged;
+    writer.prev_lists = prev_lists;
     let kind = source.kind();
     let (writer, metadata) = tokio::task::spawn_blocking(move || {
         let result = source.snapshot(&mut writer);
@@ -387,6 +401,69 @@ async fn backup_locked(
         tier: opts.tier,
         locks_extended,
     })
+}
+
+/// A file entry of the previous snapshot, and its number among the
+/// snapshot's file entries (which chunk list is its own).
+struct Prev {
+    entry: ManifestEntry,
+    file: u64,
+}
+
+/// The previous snapshot's chunk lists (manifest version 7), read a part
+/// at a time as the writer asks for them, in file order: one part in
+/// memory, not every page's id. A file asked for before the part in hand
+/// (a source walking in another order) starts the reading over. A part
+/// that cannot be read stops the reuse: the rest is read from the source,
+/// as when the previous snapshot is unreadable.
+struct PrevLists {
+    repo: Repository,
+    runtime: tokio::runtime::Handle,
+    parts: super::manifest::ListParts,
+    next_part: usize,
+    /// The number of the first file `lists` is for.
+    base: u64,
+    lists: Vec<super::manifest::ChunkList>,
+    failed: bool,
+}
+
+impl PrevLists {
+    /// File `file`'s chunk ids (each file's are taken once).
+    fn take(&mut self, file: u64) -> Option<Vec<ChunkId>> {
+        if self.failed {
+            return None;
+        }
+        if file < self.base {
+            self.next_part = 0;
+            self.base = 0;
+            self.lists.clear();
+        }
+        while file >= self.base + self.lists.len() as u64 {
+            let part = self.next_part;
+            if part >= self.parts.parts.len() {
+                return None;
+            }
+            let first = self.base + self.lists.len() as u64;
+            // On the writer's thread, off the runtime's workers.
+            match self
+                .runtime
+                .block_on(self.repo.read_list_part(&self.parts, part, first))
+            {
+                Ok(lists) => {
+                    self.base = first;
+                    self.lists = lists;
+                    self.next_part += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(manifest = %self.parts.manifest, "previous snapshot's chunk lists unreadable, reading the rest of the files: {e}");
+                    self.failed = true;
+                    return None;
+                }
+            }
+        }
+        let list = &mut self.lists[(file - self.base) as usize];
+        Some(std::mem::take(&mut list.chunks))
+    }
 }
 
 enum Job {
@@ -603,10 +680,12 @@ fn pack_capacity(target: usize) -> usize {
 struct Writer {
     index: Arc<Index>,
     /// The previous snapshot's file entries, by path, that may be reused.
-    unchanged: HashMap<String, ManifestEntry>,
+    unchanged: HashMap<String, Prev>,
     /// The previous snapshot's entries of files of pages (with a
     /// [`ManifestEntry::file_id`]) not in `unchanged`, by path.
-    paged: HashMap<String, ManifestEntry>,
+    paged: HashMap<String, Prev>,
+    /// Their chunk lists, when the previous snapshot keeps them apart.
+    prev_lists: Option<PrevLists>,
     pages_unchanged: u64,
     chunking: Chunking,
     chunker: ChunkerConfig,
@@ -657,7 +736,7 @@ impl Writer {
         store: Arc<dyn Store>,
         crypto: super::Crypto,
         index: Arc<Index>,
-        unchanged: HashMap<String, ManifestEntry>,
+        unchanged: HashMap<String, Prev>,
         chunking: Chunking,
         chunker: ChunkerConfig,
         pack_target: usize,
@@ -763,6 +842,7 @@ impl Writer {
             index,
             unchanged,
             paged: HashMap::new(),
+            prev_lists: None,
             pages_unchanged: 0,
             chunking,
             chunker,
@@ -818,8 +898,7 @@ impl Writer {
         Ok(())
     }
 
-    /// A chunk already stored, known without hashing its bytes: queued in
-    /// stream order, as if a worker had found it.
+    /// A page already stored, known by its LSN without hashing its bytes.
     fn submit_known(
         &mut self,
         entry: usize,
@@ -827,15 +906,26 @@ impl Writer {
         len: usize,
         at: ChunkLocation,
     ) -> Result<(), WriterError> {
+        self.progress.inc(len as u64);
+        self.pages_unchanged += 1;
+        self.queue_stored(entry, id, at)
+    }
+
+    /// A chunk already stored at `at`: queued in stream order, as if a
+    /// worker had found it, so its id goes to the spill in its turn.
+    fn queue_stored(
+        &mut self,
+        entry: usize,
+        id: ChunkId,
+        at: ChunkLocation,
+    ) -> Result<(), WriterError> {
         while self.pending.len() >= self.window {
             self.take_one()?;
         }
         let (tx, rx) = bounded(1);
-        self.progress.inc(len as u64);
-        self.pages_unchanged += 1;
         tx.send(Done {
             id,
-            raw_length: len as u64,
+            raw_length: u64::from(at.blob.raw_length),
             blob: None,
             stored_at: Some(at),
             data: None,
@@ -1046,48 +1136,65 @@ impl Writer {
         self.entries.len() - 1
     }
 
-    /// Reuses the previous snapshot's entry for a file whose stamp is unchanged.
-    fn reuse_unchanged(&mut self, meta: &EntryMeta) -> bool {
+    /// The chunk ids of a previous snapshot's file: in its entry, or read
+    /// from its chunk lists; `None` when those cannot be read.
+    fn prev_chunks(&mut self, prev: &mut Prev) -> Option<Vec<ChunkId>> {
+        match &mut self.prev_lists {
+            Some(lists) if prev.entry.chunks.is_empty() => lists.take(prev.file),
+            _ => Some(std::mem::take(&mut prev.entry.chunks)),
+        }
+    }
+
+    /// Reuses the previous snapshot's entry for a file whose stamp is
+    /// unchanged and whose every chunk is where the index agrees it is.
+    /// Its chunks go through the queue like any other's, in their turn.
+    fn reuse_unchanged(&mut self, meta: &EntryMeta) -> Result<bool, WriterError> {
         let Some(stamp) = meta.stamp else {
-            return false;
+            return Ok(false);
         };
-        let Some(prev) = self.unchanged.remove(&meta.path) else {
-            return false;
+        let Some(mut prev) = self.unchanged.remove(&meta.path) else {
+            return Ok(false);
         };
-        if prev.stamp != Some(stamp) {
+        if prev.entry.stamp != Some(stamp) {
             // Changed: its pages may still be compared by LSN.
-            if prev.file_id.is_some() {
-                self.paged.insert(prev.path.clone(), prev);
+            if prev.entry.file_id.is_some() {
+                self.paged.insert(prev.entry.path.clone(), prev);
             }
-            return false;
+            return Ok(false);
         }
-        // Placed anew: the previous entry's places are numbered by its own
-        // manifest's packs.
-        let mut places = FilePlaces::default();
-        for c in &prev.chunks {
-            if let Some(loc) = self.index.agreed(c) {
-                places.stored(loc.pack, &loc.blob);
-                self.reused_packs
-                    .entry(loc.pack)
-                    .or_default()
-                    .insert(loc.source);
+        let Some(chunks) = self.prev_chunks(&mut prev) else {
+            return Ok(false);
+        };
+        let at: Option<Vec<ChunkLocation>> = chunks.iter().map(|c| self.index.agreed(c)).collect();
+        let Some(at) = at else {
+            // A chunk in dispute, or in no index: read again, its pages
+            // compared by LSN where it has them.
+            if prev.entry.file_id.is_some() {
+                prev.entry.chunks = chunks;
+                self.paged.insert(prev.entry.path.clone(), prev);
             }
-        }
-        self.places.push(places);
-        // Its ids stay in its entry: they were in memory already.
-        self.spans.push(Span::default());
-        let size = prev.size.unwrap_or_default();
+            return Ok(false);
+        };
+        let size = prev.entry.size.unwrap_or_default();
         self.stats.files += 1;
-        self.stats.chunks += prev.chunks.len() as u64;
         self.stats.total_bytes += size;
         self.progress.inc(size);
+        // Placed anew: the previous entry's places are numbered by its own
+        // manifest's packs.
         self.entries.push(ManifestEntry {
             mode: meta.mode,
             mtime_ns: meta.mtime_ns,
             at: None,
-            ..prev
+            chunks: Vec::new(),
+            ..prev.entry
         });
-        true
+        self.places.push(FilePlaces::default());
+        self.spans.push(Span::default());
+        let entry = self.entries.len() - 1;
+        for (c, loc) in chunks.into_iter().zip(at) {
+            self.queue_stored(entry, c, loc)?;
+        }
+        Ok(true)
     }
 
     /// Writes a file; with `pages`, a file of pages (see [`Pages`]): where
@@ -1102,7 +1209,7 @@ impl Writer {
     ) -> Result<(), WriterError> {
         self.check_failed()?;
         let pages = pages.filter(|_| self.chunking == Chunking::Fixed { size: PAGE as u32 });
-        if self.reuse_unchanged(meta) {
+        if self.reuse_unchanged(meta)? {
             if let Some(pages) = pages {
                 self.entries.last_mut().expect("just reused").file_id = Some(pages.id);
             }
@@ -1174,13 +1281,16 @@ impl Writer {
         let below = pages.unchanged_below?;
         // Under `paged`, or still under `unchanged` when the file has no
         // stamp this time (see `reuse_unchanged`).
-        let prev = self
+        let mut prev = self
             .paged
             .remove(path)
             .or_else(|| self.unchanged.remove(path))?;
-        let same = prev.file_id == Some(pages.id)
-            && prev.size == Some(prev.chunks.len() as u64 * PAGE as u64);
-        same.then_some((below, prev.chunks))
+        if prev.entry.file_id != Some(pages.id) {
+            return None;
+        }
+        let chunks = self.prev_chunks(&mut prev)?;
+        let same = prev.entry.size == Some(chunks.len() as u64 * PAGE as u64);
+        same.then_some((below, chunks))
     }
 
     /// Fixed-size chunks are read straight into their own buffers: no copy.
