@@ -347,6 +347,21 @@ async fn verify_held(repo: &Repository, plan: &PlanName, held: usize) -> VerifyR
     .unwrap()
 }
 
+/// Replaces an unlocked object with its bytes, one bit of the middle byte
+/// flipped: what an insider with the store's credentials can do to an
+/// object no lock holds.
+async fn replace_with_a_flipped_byte(repo: &Repository, key: &str) {
+    let mut bytes = repo.store().get(key).await.unwrap().to_vec();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 1;
+    repo.store().delete(key).await.unwrap();
+    let put = holdfast::store::PutOptions {
+        sha256: holdfast::ids::Hash256::digest(&bytes),
+        retention: None,
+    };
+    repo.store().put(key, bytes.into(), &put).await.unwrap();
+}
+
 /// What two verifies must agree on.
 fn verdict(r: &VerifyReport) -> String {
     format!(
@@ -635,8 +650,6 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
 /// nothing left behind, and verify names it too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_reads_the_chunk_lists_a_part_at_a_time_and_a_damaged_part_fails_it_whole() {
-    use holdfast::store::PutOptions;
-
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo_at(&tmp.path().join("repo"))
         .await
@@ -684,19 +697,7 @@ async fn a_restore_reads_the_chunk_lists_a_part_at_a_time_and_a_damaged_part_fai
     // One object in the middle damaged (an insider replaced it: the local
     // store has no lock here).
     let mid = &parts[parts.len() / 2];
-    let mut bytes = repo.store().get(&mid.key).await.unwrap().to_vec();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 1;
-    repo.store().delete(&mid.key).await.unwrap();
-    let sha256 = holdfast::ids::Hash256::digest(&bytes);
-    let put = PutOptions {
-        sha256,
-        retention: None,
-    };
-    repo.store()
-        .put(&mid.key, bytes.into(), &put)
-        .await
-        .unwrap();
+    replace_with_a_flipped_byte(&repo, &mid.key).await;
     let again = tmp.path().join("again");
     let err = restore_latest(&repo, &plan, &again).await.unwrap_err();
     let said = err.to_string();
@@ -1349,19 +1350,7 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
         .chunk_lists
         .unwrap();
     assert!(parts.len() >= 6, "{} chunk-list objects", parts.len());
-    let mid = &parts[parts.len() / 2];
-    let mut bytes = repo.store().get(&mid.key).await.unwrap().to_vec();
-    let at = bytes.len() / 2;
-    bytes[at] ^= 1;
-    repo.store().delete(&mid.key).await.unwrap();
-    let put = holdfast::store::PutOptions {
-        sha256: holdfast::ids::Hash256::digest(&bytes),
-        retention: None,
-    };
-    repo.store()
-        .put(&mid.key, bytes.into(), &put)
-        .await
-        .unwrap();
+    replace_with_a_flipped_byte(&repo, &parts[parts.len() / 2].key).await;
     let third = backup(&repo, &plan, source(), &unlocked).await.unwrap();
     assert!(
         third.bytes_read > second.bytes_read,
