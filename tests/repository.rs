@@ -41,6 +41,14 @@ fn opts() -> BackupOptions {
     }
 }
 
+/// [`opts`] without a lock: objects a test may replace or remove.
+fn unlocked() -> BackupOptions {
+    BackupOptions {
+        retention: None,
+        ..opts()
+    }
+}
+
 /// Restores a plan's latest snapshot into `out`, as `holdfast restore` does.
 async fn restore_latest(
     repo: &Repository,
@@ -254,10 +262,7 @@ async fn a_broken_hash_chain_is_named_by_verify() {
     let repo = repo_at(&tmp.path().join("repo")).await;
     let plan = plan_name("app");
     // Unlocked, so the test can remove what it needs to.
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     let mut ids = Vec::new();
     for seed in 1..=3 {
         let source = MemSource {
@@ -454,10 +459,7 @@ async fn entries_live_apart_from_the_manifest_are_read_with_it_and_pruned_after_
     let root = tmp.path().join("repo");
     let repo = repo_at(&root).await;
     let plan = plan_name("app");
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     for round in 0..2u64 {
         let mut src = sample();
         src.files
@@ -663,10 +665,7 @@ async fn a_restore_reads_the_chunk_lists_a_part_at_a_time_and_a_damaged_part_fai
             )
         })
         .collect();
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     let source = MemSource {
         files: files.clone(),
     };
@@ -833,10 +832,7 @@ async fn a_manifest_names_its_packs_and_prune_keeps_those_every_kept_snapshot_ne
     let tmp = tempfile::tempdir().unwrap();
     let repo = repo_at(&tmp.path().join("repo")).await;
     let (app, old) = (plan_name("app"), plan_name("old"));
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     let day = |r: u64| (format!("day-{r}"), data(20 + r, 1_000_000));
     let shared = || ("shared".to_string(), data(1, 1_000_000));
     let back_up = |plan: PlanName, files: Vec<(String, Vec<u8>)>| {
@@ -1030,20 +1026,15 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
         ("between.bin".to_string(), data(8, 20_000_000)),
         ("again.bin".to_string(), data(7, 3_000_000)),
     ];
-    let unlocked = opts();
+    let source = || {
+        Box::new(MemSource {
+            files: files.clone(),
+        })
+    };
 
     // Remembering everything: the repeat costs nothing.
     let repo = repo_at(&tmp.path().join("remembers")).await;
-    let whole = backup(
-        &repo,
-        &plan,
-        Box::new(MemSource {
-            files: files.clone(),
-        }),
-        &unlocked,
-    )
-    .await
-    .unwrap();
+    let whole = backup(&repo, &plan, source(), &opts()).await.unwrap();
     assert_eq!(whole.stats.new_bytes, 23_000_000);
 
     // Two chunks a generation: the first file's chunks are forgotten by
@@ -1051,16 +1042,7 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
     let repo = repo_at(&tmp.path().join("forgets"))
         .await
         .with_recent_generation(2);
-    let forgot = backup(
-        &repo,
-        &plan,
-        Box::new(MemSource {
-            files: files.clone(),
-        }),
-        &unlocked,
-    )
-    .await
-    .unwrap();
+    let forgot = backup(&repo, &plan, source(), &opts()).await.unwrap();
     assert_eq!(forgot.stats.total_bytes, 26_000_000);
     assert_eq!(
         forgot.stats.new_bytes, 26_000_000,
@@ -1087,9 +1069,7 @@ async fn a_backup_that_forgets_a_new_chunk_stores_it_again_and_still_restores_wh
     }
 
     // The next backup of the same data finds every chunk in the index.
-    let repeat = backup(&repo, &plan, Box::new(MemSource { files }), &unlocked)
-        .await
-        .unwrap();
+    let repeat = backup(&repo, &plan, source(), &opts()).await.unwrap();
     assert_eq!(repeat.stats.new_bytes, 0);
 }
 
@@ -1196,10 +1176,7 @@ async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
             )
         })
         .collect();
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     let open = |dir: &Path, fail_at: usize| {
         let store = Arc::new(RefusingStore {
             inner: LocalStore::open(dir.to_path_buf()).unwrap(),
@@ -1295,10 +1272,7 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
         .with_spill_after(5)
         .with_list_part_target(300);
     let plan = plan_name("app");
-    let unlocked = BackupOptions {
-        retention: None,
-        ..opts()
-    };
+    let unlocked = unlocked();
     let source = || Box::new(FilesSource::new(root.clone(), Vec::new()).unwrap());
     let first = backup(&repo, &plan, source(), &unlocked).await.unwrap();
     assert!(first.stats.chunks > 20, "{} chunks", first.stats.chunks);
