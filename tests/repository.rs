@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use chrono::{Duration, Utc};
@@ -49,20 +49,40 @@ fn unlocked() -> BackupOptions {
     }
 }
 
-/// Restores a plan's latest snapshot into `out`, as `holdfast restore` does.
-async fn restore_latest(
-    repo: &Repository,
-    plan: &PlanName,
-    out: &Path,
-) -> Result<
+/// `n` files `f000`, `f001`…, each of its own bytes (`seed` on), from
+/// `min` to `min + spread` bytes long.
+fn numbered_files(n: u64, seed: u64, min: usize, spread: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let len = min + (i as usize * 7919) % spread;
+            (format!("f{i:03}"), data(seed + i, len))
+        })
+        .collect()
+}
+
+/// What a restore gives back.
+type Restored = Result<
     holdfast::repository::materialize::RestoreReport,
     holdfast::repository::materialize::MaterializeError,
-> {
+>;
+
+/// Restores a plan's latest snapshot into `out`, as `holdfast restore` does.
+async fn restore_latest(repo: &Repository, plan: &PlanName, out: &Path) -> Restored {
+    restore_snapshot(repo, plan, "latest", out).await
+}
+
+/// Restores the snapshot `selector` names (an id prefix, or `latest`).
+async fn restore_snapshot(
+    repo: &Repository,
+    plan: &PlanName,
+    selector: &str,
+    out: &Path,
+) -> Restored {
     restore(
         repo,
         plan,
         &RestoreOptions {
-            snapshot: "latest".into(),
+            snapshot: selector.into(),
             to: out.to_path_buf(),
             force: false,
             check_with: None,
@@ -115,21 +135,9 @@ async fn back_up_restore_and_compare_then_dedup_the_second_run() {
     );
 
     let out = tmp.path().join("out");
-    restore(
-        &repo,
-        &plan,
-        &RestoreOptions {
-            snapshot: first.snapshot.short(),
-            to: out.clone(),
-            force: false,
-            check_with: None,
-            single_stream: false,
-            keep_setid_bits: false,
-            progress: ProgressMode::Quiet,
-        },
-    )
-    .await
-    .unwrap();
+    restore_snapshot(&repo, &plan, &first.snapshot.short(), &out)
+        .await
+        .unwrap();
     for (name, content) in &sample().files {
         assert_eq!(&std::fs::read(out.join(name)).unwrap(), content, "{name}");
     }
@@ -657,14 +665,7 @@ async fn a_restore_reads_the_chunk_lists_a_part_at_a_time_and_a_damaged_part_fai
         .await
         .with_list_part_target(300);
     let plan = plan_name("app");
-    let files: Vec<(String, Vec<u8>)> = (0..40u64)
-        .map(|i| {
-            (
-                format!("f{i:02}"),
-                data(100 + i, 1000 + (i as usize * 7919) % 300_000),
-            )
-        })
-        .collect();
+    let files = numbered_files(40, 100, 1000, 300_000);
     let unlocked = unlocked();
     let source = MemSource {
         files: files.clone(),
@@ -1168,52 +1169,40 @@ impl Store for RefusingStore {
 async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let plan = plan_name("app");
-    let files: Vec<(String, Vec<u8>)> = (0..150u64)
-        .map(|i| {
-            (
-                format!("f{i:03}"),
-                data(300 + i, 2000 + (i as usize * 7919) % 9000),
-            )
-        })
-        .collect();
+    let files = numbered_files(150, 300, 2000, 9000);
     let unlocked = unlocked();
-    let open = |dir: &Path, fail_at: usize| {
+    // A repository on a store refusing its `fail_at`-th entries put.
+    let open = |dir: PathBuf, fail_at: usize| async move {
         let store = Arc::new(RefusingStore {
-            inner: LocalStore::open(dir.to_path_buf()).unwrap(),
+            inner: LocalStore::open(dir).unwrap(),
             fail_at,
             entries_puts: Default::default(),
         });
         let as_store: Arc<dyn Store> = store.clone();
-        (store, as_store)
+        let repo =
+            Repository::open_or_init(as_store, &common::bin::test_repo_key(), None, Utc::now())
+                .await
+                .unwrap()
+                .with_list_part_target(300);
+        (store, repo)
+    };
+    let source = || {
+        Box::new(MemSource {
+            files: files.clone(),
+        })
     };
 
     // How many objects the entries take when nothing is refused.
-    let (counting, store) = open(&tmp.path().join("whole"), usize::MAX);
-    let repo = Repository::open_or_init(store, &common::bin::test_repo_key(), None, Utc::now())
-        .await
-        .unwrap()
-        .with_list_part_target(300);
-    let source = MemSource {
-        files: files.clone(),
-    };
-    backup(&repo, &plan, Box::new(source), &unlocked)
-        .await
-        .unwrap();
+    let (counting, repo) = open(tmp.path().join("whole"), usize::MAX).await;
+    backup(&repo, &plan, source(), &unlocked).await.unwrap();
     let all = counting
         .entries_puts
         .load(std::sync::atomic::Ordering::SeqCst);
     assert!(all >= 30, "{all} entries and chunk-list objects");
 
     // The third refused: the backup fails naming it, and stops putting.
-    let (refusing, store) = open(&tmp.path().join("refused"), 3);
-    let repo = Repository::open_or_init(store, &common::bin::test_repo_key(), None, Utc::now())
-        .await
-        .unwrap()
-        .with_list_part_target(300);
-    let source = MemSource {
-        files: files.clone(),
-    };
-    let err = backup(&repo, &plan, Box::new(source), &unlocked)
+    let (refusing, repo) = open(tmp.path().join("refused"), 3).await;
+    let err = backup(&repo, &plan, source(), &unlocked)
         .await
         .unwrap_err()
         .to_string();
@@ -1232,12 +1221,7 @@ async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
     assert!(report.ok(), "{:?}", report.problems);
 
     // Nothing else refused: the next backup commits and restores.
-    let source = MemSource {
-        files: files.clone(),
-    };
-    backup(&repo, &plan, Box::new(source), &unlocked)
-        .await
-        .unwrap();
+    backup(&repo, &plan, source(), &unlocked).await.unwrap();
     let out = tmp.path().join("out");
     restore_latest(&repo, &plan, &out).await.unwrap();
     for (name, bytes) in &files {
@@ -1290,21 +1274,9 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
     assert!(report.ok(), "{:?}", report.problems);
     for (snap, round) in [(first.snapshot, 0), (second.snapshot, 1)] {
         let out = tmp.path().join(format!("out-{round}"));
-        restore(
-            &repo,
-            &plan,
-            &RestoreOptions {
-                snapshot: snap.short(),
-                to: out.clone(),
-                force: false,
-                check_with: None,
-                single_stream: false,
-                keep_setid_bits: false,
-                progress: ProgressMode::Quiet,
-            },
-        )
-        .await
-        .unwrap();
+        restore_snapshot(&repo, &plan, &snap.short(), &out)
+            .await
+            .unwrap();
         for i in 0..24u64 {
             let want = content(i, if round == 1 && i % 3 == 0 { 1 } else { 0 });
             let got = std::fs::read(out.join(format!("f{i:02}"))).unwrap();
