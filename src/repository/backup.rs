@@ -340,11 +340,10 @@ async fn backup_locked(
         .zip(&written.lists.spans)
     {
         if e.kind == EntryKind::File {
-            let chunks = e.chunks.len() as u64 + span.count;
             e.at = written
                 .placing
                 .resolve(places, &written.pack_ids, &packs)
-                .filter(|at| at.iter().map(|p| p.count as u64).sum::<u64>() == chunks);
+                .filter(|at| at.iter().map(|p| p.count as u64).sum::<u64>() == span.count);
         }
     }
     drop(written.places);
@@ -651,7 +650,7 @@ impl Shared {
 }
 
 struct Written {
-    /// Their chunk lists are in `lists` but for files reused whole.
+    /// Without their chunk lists: those are in `lists`.
     entries: Vec<ManifestEntry>,
     lists: SpilledLists,
     /// Where each entry's chunks are (empty for those that are no file).
@@ -663,6 +662,14 @@ struct Written {
     packs_written: Vec<PackId>,
     bytes_read: u64,
     pages_unchanged: u64,
+}
+
+/// A chunk in the writer's queue: one a worker is hashing, or one already
+/// stored (a page unchanged by its LSN, a chunk of a file reused whole),
+/// ready without a worker or a channel of its own.
+enum Queued {
+    Hashing(Receiver<Done>),
+    Known(Done),
 }
 
 /// A finished pack for an uploader: its order among this backup's packs,
@@ -693,7 +700,7 @@ struct Writer {
     jobs: Option<Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// Results not yet taken, in stream order, with the entry they belong to.
-    pending: VecDeque<(usize, Receiver<Done>)>,
+    pending: VecDeque<(usize, Queued)>,
     window: usize,
     /// Bundles being compressed at most (about 128 KiB each, and their
     /// chunks).
@@ -707,9 +714,9 @@ struct Writer {
     placing: Placing,
     /// Where each entry's chunks are, beside `entries`.
     places: Vec<FilePlaces>,
-    /// The chunk ids of the files written anew, in order, and where each
-    /// entry's are among them (beside `entries`): off the heap past the
-    /// first few hundred thousand (see [`ChunkSpill`]).
+    /// The chunk ids of every file, in order, and where each entry's are
+    /// among them (beside `entries`): off the heap past the first few
+    /// hundred thousand (see [`ChunkSpill`]).
     spill: ChunkSpill,
     spans: Vec<Span>,
     reused_packs: HashMap<PackId, HashSet<SourceId>>,
@@ -894,7 +901,7 @@ impl Writer {
             .expect("jobs open while writing")
             .send(Job::Chunk { data, reply: tx })
             .map_err(|_| WriterError::WorkerGone)?;
-        self.pending.push_back((entry, rx));
+        self.pending.push_back((entry, Queued::Hashing(rx)));
         Ok(())
     }
 
@@ -922,24 +929,25 @@ impl Writer {
         while self.pending.len() >= self.window {
             self.take_one()?;
         }
-        let (tx, rx) = bounded(1);
-        tx.send(Done {
+        let done = Done {
             id,
             raw_length: u64::from(at.blob.raw_length),
             blob: None,
             stored_at: Some(at),
             data: None,
-        })
-        .expect("the receiver is held here");
-        self.pending.push_back((entry, rx));
+        };
+        self.pending.push_back((entry, Queued::Known(done)));
         Ok(())
     }
 
     fn take_one(&mut self) -> Result<(), WriterError> {
-        let Some((entry, rx)) = self.pending.pop_front() else {
+        let Some((entry, queued)) = self.pending.pop_front() else {
             return Ok(());
         };
-        let done = rx.recv().map_err(|_| WriterError::WorkerGone)?;
+        let done = match queued {
+            Queued::Hashing(rx) => rx.recv().map_err(|_| WriterError::WorkerGone)?,
+            Queued::Known(done) => done,
+        };
         self.spill
             .push(&mut self.spans[entry], done.id)
             .map_err(|source| WriterError::Spill {

@@ -1,7 +1,7 @@
 //! A backup's chunk lists, kept off the heap as it goes.
 //!
 //! A backup learns one chunk id (32 bytes) per chunk of every file it
-//! writes anew: 8 GB for a 2 TB cluster of 8 KiB pages. They are needed
+//! writes, read or reused: 8 GB for a 2 TB cluster of 8 KiB pages. They are needed
 //! only at the end, when the chunk-list objects are encoded (see
 //! `Manifest::encode_entries_each`), so the writer appends them here in the
 //! order it takes them: the first [`IN_MEMORY`] stay in memory, and past
@@ -40,7 +40,7 @@ pub struct Span {
 
 /// A backup's spilled chunk lists: the spill, and where each entry's ids
 /// are in it, by the entry's place among the manifest's entries (a count of
-/// 0 for an entry whose ids, if any, are in the entry itself).
+/// 0 for an entry with none: a folder, a symlink, an empty file).
 #[derive(Debug)]
 pub struct SpilledLists {
     pub spill: ChunkSpill,
