@@ -10,6 +10,10 @@ use super::retention::retention_of;
 use super::S3Store;
 use crate::store::{Retention, StoreError};
 
+/// How far the server's clock may trail ours when it judges a retention:
+/// SigV4's own tolerance between a request's time and the server's.
+pub(super) const CLOCK_SKEW: chrono::Duration = chrono::Duration::minutes(15);
+
 /// One entry of a version listing.
 #[derive(Debug, Clone)]
 pub(super) struct Listed {
@@ -161,7 +165,13 @@ impl S3Store {
 
     /// Deletes one version; the lock's refusal (403 `AccessDenied`) comes back
     /// as `Retained` when the version's retention can be read and has not
-    /// ended, `Denied` otherwise.
+    /// ended by the server's clock, `Denied` otherwise.
+    ///
+    /// "By the server's clock": a server a little behind ours (or one that
+    /// compares at a coarser grain) still refuses for a moment after the
+    /// retention ended by our clock. Such a refusal is the lock's, so it is
+    /// `Retained` while the retention ended less than [`CLOCK_SKEW`] ago,
+    /// the skew SigV4 itself tolerates between client and server.
     pub async fn delete_version(&self, key: &str, version: &str) -> Result<(), StoreError> {
         let res = self
             .client
@@ -181,7 +191,7 @@ impl S3Store {
                 // 403 (an expired token, a policy) stays `Denied`.
                 if refusal {
                     if let Ok(Some(r)) = self.version_retention(key, version).await {
-                        if r.until > Utc::now() {
+                        if r.until > Utc::now() - CLOCK_SKEW {
                             return Err(StoreError::Retained {
                                 store: self.url.clone(),
                                 key: key.to_string(),
