@@ -1234,7 +1234,9 @@ async fn a_refused_chunk_list_put_stops_the_backup_before_its_manifest() {
 /// time to write the chunk lists; it reads the previous snapshot's lists
 /// a part at a time too, as the files come up. Files reused whole by their
 /// stamp, in between files written anew: every file of each snapshot comes
-/// back byte for byte, and they verify.
+/// back byte for byte, and they verify. The index too is kept on disk past
+/// a bound (here seven chunks), by backups, verify and restores alike: a
+/// file read again finds its chunks there and stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whole() {
     use holdfast::engine::files::FilesSource;
@@ -1254,12 +1256,19 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
     let repo = repo_at(&tmp.path().join("repo"))
         .await
         .with_spill_after(5)
+        .with_index_in_memory(7)
         .with_list_part_target(300);
     let plan = plan_name("app");
     let unlocked = unlocked();
     let source = || Box::new(FilesSource::new(root.clone(), Vec::new()).unwrap());
     let first = backup(&repo, &plan, source(), &unlocked).await.unwrap();
     assert!(first.stats.chunks > 20, "{} chunks", first.stats.chunks);
+    let index = repo.load_index().await.unwrap();
+    assert!(
+        index.on_disk() && index.len() > 20,
+        "{} chunks indexed",
+        index.len()
+    );
 
     // Every third file changes; the others are reused whole.
     for i in (0..24u64).step_by(3) {

@@ -676,6 +676,10 @@ enum Queued {
 /// its bytes, and its chunks' places.
 type Upload = (u32, Vec<u8>, Vec<BlobEntry>);
 
+/// The previous snapshot's chunks of a file of pages, each with where the
+/// index agrees it is.
+type PrevPages = Vec<(ChunkId, Option<ChunkLocation>)>;
+
 /// What a pack being built is given at once: its target (from the
 /// repository's config, so capped here) and room for the blob that crosses
 /// it and the trailer. A bigger blob grows the buffer as usual.
@@ -1173,7 +1177,7 @@ impl Writer {
         let Some(chunks) = self.prev_chunks(&mut prev) else {
             return Ok(false);
         };
-        let at: Option<Vec<ChunkLocation>> = chunks.iter().map(|c| self.index.agreed(c)).collect();
+        let at: Option<Vec<ChunkLocation>> = self.index.agreed_all(&chunks).into_iter().collect();
         let Some(at) = at else {
             // A chunk in dispute, or in no index: read again, its pages
             // compared by LSN where it has them.
@@ -1285,7 +1289,7 @@ impl Writer {
     /// the LSN below which a page counts as unchanged: only when that
     /// snapshot is comparable (`pages.unchanged_below`), held the same file
     /// (same [`FileId`]), and recorded it one chunk per page.
-    fn previous_pages(&mut self, path: &str, pages: &Pages) -> Option<(u64, Vec<ChunkId>)> {
+    fn previous_pages(&mut self, path: &str, pages: &Pages) -> Option<(u64, PrevPages)> {
         let below = pages.unchanged_below?;
         // Under `paged`, or still under `unchanged` when the file has no
         // stamp this time (see `reuse_unchanged`).
@@ -1298,7 +1302,12 @@ impl Writer {
         }
         let chunks = self.prev_chunks(&mut prev)?;
         let same = prev.entry.size == Some(chunks.len() as u64 * PAGE as u64);
-        same.then_some((below, chunks))
+        if !same {
+            return None;
+        }
+        // Where the index agrees each is, looked up at once for the file.
+        let at = self.index.agreed_all(&chunks);
+        Some((below, chunks.into_iter().zip(at).collect()))
     }
 
     /// Fixed-size chunks are read straight into their own buffers: no copy.
@@ -1311,7 +1320,7 @@ impl Writer {
         entry: usize,
         n: usize,
         content: &mut dyn Read,
-        prev: Option<(u64, Vec<ChunkId>)>,
+        prev: Option<(u64, PrevPages)>,
     ) -> Result<(), WriterError> {
         let mut size = 0u64;
         let mut nth = 0usize;
@@ -1333,11 +1342,11 @@ impl Writer {
             let last = chunk.len() < n;
             size += chunk.len() as u64;
             let known = prev.as_ref().and_then(|(below, chunks)| {
-                let id = chunks.get(nth)?;
+                let (id, at) = chunks.get(nth)?;
                 unchanged_page(&chunk, *below)?;
                 // Only where the index agrees on its place: a chunk in
                 // dispute is hashed and looked up as any other.
-                Some((*id, self.index.agreed(id)?))
+                Some((*id, (*at)?))
             });
             nth += 1;
             match known {

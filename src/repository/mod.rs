@@ -113,6 +113,12 @@ pub enum RepoError {
         #[source]
         source: std::io::Error,
     },
+    #[error("unable to keep the index in a temporary file in {dir} (TMPDIR): {source}")]
+    IndexSpill {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("plan {plan} has no snapshot matching `{selector}` in {url}")]
     NoSuchSnapshot {
         plan: String,
@@ -281,6 +287,9 @@ pub struct Repository {
     /// How many chunk ids a backup keeps in memory before it spills them
     /// to a temporary file ([`spill::IN_MEMORY`]).
     spill_after: usize,
+    /// Chunks an index loaded by this handle keeps in memory before it
+    /// keeps them on disk ([`index::IN_MEMORY`]).
+    index_in_memory: usize,
 }
 
 impl Repository {
@@ -319,6 +328,7 @@ impl Repository {
                 list_part_target: manifest::LIST_PART_TARGET,
                 recent_generation: placing::RECENT_GENERATION,
                 spill_after: spill::IN_MEMORY,
+                index_in_memory: index::IN_MEMORY,
             });
         };
         if enc.cipher != "xchacha20-poly1305" || enc.key_derivation != "hkdf-sha256" {
@@ -364,6 +374,7 @@ impl Repository {
             list_part_target: manifest::LIST_PART_TARGET,
             recent_generation: placing::RECENT_GENERATION,
             spill_after: spill::IN_MEMORY,
+            index_in_memory: index::IN_MEMORY,
         })
     }
 
@@ -438,6 +449,7 @@ impl Repository {
                     list_part_target: manifest::LIST_PART_TARGET,
                     recent_generation: placing::RECENT_GENERATION,
                     spill_after: spill::IN_MEMORY,
+                    index_in_memory: index::IN_MEMORY,
                 })
             }
             // Another process created it first: use theirs.
@@ -559,7 +571,7 @@ impl Repository {
         for (key, e) in faults {
             warn_index_fault(&key, &e);
         }
-        index.add_fallback(&pruned);
+        index.add_fallback(&pruned)?;
         Ok(index)
     }
 
@@ -624,8 +636,8 @@ impl Repository {
         &self,
         keep: &(dyn Fn(&ChunkId) -> bool + Sync),
     ) -> Result<(Index, Index, Vec<(String, RepoError)>), RepoError> {
-        let mut index = Index::default();
-        let mut named = Index::default();
+        let mut index = Index::with_memory_cap(self.index_in_memory);
+        let mut named = Index::with_memory_cap(self.index_in_memory);
         let mut faults = Vec::new();
         let pruned = self.pruned_packs().await?;
         let crypto = &self.crypto;
@@ -650,6 +662,15 @@ impl Repository {
             },
         )
         .await?;
+        // Merging what went to disk reads and writes it all: off the
+        // runtime's workers.
+        let (index, named) = tokio::task::spawn_blocking(move || {
+            index.finish()?;
+            named.finish()?;
+            Ok::<_, RepoError>((index, named))
+        })
+        .await
+        .expect("merging the index panicked")?;
         Ok((index, named, faults))
     }
 
@@ -853,6 +874,14 @@ impl Repository {
     /// See [`Repository::with_spill_after`].
     pub(crate) fn spill_after(&self) -> usize {
         self.spill_after
+    }
+
+    /// Has the indexes this handle loads keep `chunks` chunks in memory
+    /// before keeping them on disk, instead of [`index::IN_MEMORY`] (tests:
+    /// an index on disk from small data).
+    pub fn with_index_in_memory(mut self, chunks: usize) -> Self {
+        self.index_in_memory = chunks;
+        self
     }
 
     /// Reads a manifest, checking its bytes against the id in its name, and

@@ -203,7 +203,7 @@ pub async fn verify_holding(
     // Chunks only in packs that prune records name are still found (and
     // the records named below): see `Repository::load_index_for_restore`.
     let (mut index, pruned_index, index_faults) = repo.load_index_split().await?;
-    index.add_fallback(&pruned_index);
+    index.add_fallback(&pruned_index)?;
     let mut problems: Vec<Problem> = index_faults
         .into_iter()
         .map(|(key, e)| Problem {
@@ -296,7 +296,10 @@ pub async fn verify_holding(
             let mut placed = m.packs.as_deref().and_then(|p| e.placed(p));
             let mut misplaced = Vec::new();
             let mut file_disputed = Vec::new();
-            for c in &e.chunks {
+            // Each chunk's first location, looked up for the whole file at
+            // once, and every indexed chunk marked as needed.
+            let firsts = index.mark_needed_all(&e.chunks);
+            for (c, first) in e.chunks.iter().zip(firsts) {
                 let here = placed.as_mut().and_then(Iterator::next);
                 let mut at_place = here.is_none();
                 let mut indexed = false;
@@ -304,7 +307,7 @@ pub async fn verify_holding(
                 let chunk_disputed = index.is_disputed(c);
                 // Every candidate location is checked: which one is right
                 // is known only once read.
-                for loc in index.candidates(c) {
+                for loc in first.into_iter().chain(index.more_candidates(c)) {
                     if !chunk_disputed {
                         if !indexed {
                             sum = sum.map(|n| n + u64::from(loc.blob.raw_length));
@@ -335,9 +338,6 @@ pub async fn verify_holding(
                     sum = None;
                 } else if m.packs.is_some() && !in_named {
                     unnamed.push(c);
-                }
-                if indexed {
-                    index.mark_needed(c);
                 }
                 if let Some(here) = here.filter(|_| indexed && !at_place) {
                     misplaced.push(here);
@@ -1135,26 +1135,28 @@ fn check_pack(
                 .filter(|b| b.encoding == Encoding::Bundle)
                 .map(|b| (b.offset, b.length))
                 .collect();
-            // In pack order, so each bundle is decompressed once. Each place
-            // as (offset, chunk, which candidate): 24 bytes, not a whole
+            // In pack order, so each bundle is decompressed once. The
+            // chunks' first locations are looked up at once (an index on
+            // disk reads each block once for them); each place is kept as
+            // (offset, which chunk, which candidate): 16 bytes, not a whole
             // location, for each of the pack's chunks.
-            let mut places: Vec<(u64, &crate::ids::ChunkId, usize)> = needed
-                .iter()
-                .flat_map(|c| {
-                    index
-                        .candidates(c)
-                        .enumerate()
-                        .filter(|(_, l)| l.pack == *pack)
-                        .map(move |(nth, l)| (l.blob.offset, c, nth))
-                })
-                .collect();
+            let firsts = index.get_all(needed);
+            let candidate = |i: usize, nth: usize| match nth {
+                0 => firsts[i],
+                n => index.more_candidates(&needed[i]).nth(n - 1),
+            };
+            let mut places: Vec<(u64, u32, u32)> = Vec::new();
+            for (i, c) in needed.iter().enumerate() {
+                let all = firsts[i].into_iter().chain(index.more_candidates(c));
+                for (nth, l) in all.enumerate().filter(|(_, l)| l.pack == *pack) {
+                    places.push((l.blob.offset, i as u32, nth as u32));
+                }
+            }
             places.sort_unstable();
             let bundles = BundleCache::new(2);
-            for (_, chunk, nth) in places {
-                let loc = index
-                    .candidates(chunk)
-                    .nth(nth)
-                    .expect("a candidate listed above");
+            for (_, i, nth) in places {
+                let chunk = &needed[i as usize];
+                let loc = candidate(i as usize, nth as usize).expect("a candidate listed above");
                 let disputed = index.is_disputed(chunk);
                 let mut loc_faults = Vec::new();
                 let listed = if loc.blob.encoding == Encoding::Bundle {

@@ -2,12 +2,20 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use super::pack::{BlobEntry, Encoding, MAX_BUNDLE_RAW, MAX_CHUNK_LEN, PACK_MAGIC};
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, ChunkMap, PackId};
+
+mod table;
+
+/// Chunks the index holds in memory before it keeps them on disk (see
+/// [`table`]): 17 MB, a hash map of 2^18 slots at its most full (7/8), so
+/// it never grows into 2^19 first.
+pub const IN_MEMORY: usize = 7 << 15;
 
 /// Where one chunk's blob lives, and which index object said so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +54,31 @@ pub const MAX_CANDIDATES: usize = 8;
 /// entry in `more`.
 ///
 /// A database holds one chunk per 8 KiB page, so this is the largest thing a
-/// command holds for a big one: a location is kept as a [`Slot`] (the chunk
-/// id only as the key, the pack by number), 64 bytes a chunk with its key
-/// instead of 128 as a [`ChunkLocation`].
+/// command would hold for a big one: a location is kept as a [`Slot`] (the
+/// chunk id only as the key, the pack by number), 64 bytes a chunk with its
+/// key instead of 128 as a [`ChunkLocation`]. Past [`IN_MEMORY`] chunks the
+/// first locations go to a sorted table on disk (see [`table`]): while
+/// index objects are added they go there in runs of [`IN_MEMORY`], and
+/// [`Index::finish`] merges the runs into one table, which holds each
+/// chunk's first location once; what is added after that is looked up there
+/// first. Every query needs a finished index. Only the disputed chunks'
+/// further locations (`more`) stay in memory.
 #[derive(Debug, Default, Clone)]
 pub struct Index {
     first: ChunkMap<Slot>,
     more: ChunkMap<Vec<Slot>>,
+    /// First locations kept on disk, merged, and a [`Index::mark_needed`]
+    /// mark for each of its records.
+    table: Option<Arc<table::Table>>,
+    table_needed: Vec<u64>,
+    /// Runs of first locations written while index objects were added, not
+    /// yet merged into `table` ([`Index::finish`]).
+    runs: Vec<Arc<table::Table>>,
+    /// Chunks kept in memory before a run is written (0: [`IN_MEMORY`]).
+    memory_cap: usize,
+    /// Why a run could not be written: the index then stays in memory, and
+    /// [`Index::finish`] fails with this.
+    spill_failed: Option<(std::io::ErrorKind, String)>,
     packs: HashMap<PackId, u64>,
     /// Packs by number ([`Slot::pack`]), and their numbers.
     pack_ids: Vec<PackId>,
@@ -141,33 +167,211 @@ impl Index {
         Slot::at(self.pack_number(loc.pack), loc.source, &loc.blob)
     }
 
+    /// An empty index that keeps at most `chunks` first locations in memory
+    /// before it writes them to disk ([`IN_MEMORY`] by default; tests: a
+    /// table from a few chunks).
+    pub fn with_memory_cap(chunks: usize) -> Self {
+        Index {
+            memory_cap: chunks.max(1),
+            ..Index::default()
+        }
+    }
+
+    fn cap(&self) -> usize {
+        match self.memory_cap {
+            0 => IN_MEMORY,
+            n => n,
+        }
+    }
+
+    fn assert_finished(&self) {
+        assert!(
+            self.runs.is_empty(),
+            "an index is queried before Index::finish merged its runs"
+        );
+    }
+
+    /// Whether some of the index is kept on disk (tests).
+    pub fn on_disk(&self) -> bool {
+        self.table.is_some() || !self.runs.is_empty()
+    }
+
+    /// The first location of `id`, with its mark.
+    fn first_slot(&self, id: &ChunkId) -> Option<Slot> {
+        self.assert_finished();
+        if let Some(s) = self.first.get(id) {
+            return Some(*s);
+        }
+        let (at, mut s) = self.table.as_ref()?.get(id)?;
+        s.needed = bit(&self.table_needed, at);
+        Some(s)
+    }
+
+    /// Every chunk's first location with its mark: in memory, then on disk.
+    fn firsts(&self) -> impl Iterator<Item = (ChunkId, Slot)> + '_ {
+        self.assert_finished();
+        let on_disk = self.table.iter().flat_map(move |t| {
+            t.iter().map(move |(at, id, mut s)| {
+                s.needed = bit(&self.table_needed, at);
+                (id, s)
+            })
+        });
+        self.first.iter().map(|(id, s)| (*id, *s)).chain(on_disk)
+    }
+
+    /// Takes `slot` as a location of `id`: its first, or one more if it is
+    /// another place than those known.
+    fn insert(&mut self, id: &ChunkId, slot: Slot) {
+        let first = match self.first.get(id) {
+            Some(s) => Some(*s),
+            None => self.table.as_ref().and_then(|t| t.get(id)).map(|(_, s)| s),
+        };
+        let Some(first) = first else {
+            self.first.insert(*id, slot);
+            self.spill_if_full();
+            return;
+        };
+        if first.same_place(&slot) {
+            return;
+        }
+        let more = self.more.entry(*id).or_default();
+        if more.iter().any(|m| m.same_place(&slot)) {
+            return;
+        }
+        if more.len() + 1 >= MAX_CANDIDATES {
+            self.dropped += 1;
+            return;
+        }
+        more.push(slot);
+    }
+
+    /// Writes the first locations in memory as a run once they reach the
+    /// cap. A chunk already in an earlier run is not looked for there: the
+    /// runs are reconciled when they are merged ([`Index::finish`]).
+    fn spill_if_full(&mut self) {
+        if self.first.len() < self.cap() || self.spill_failed.is_some() {
+            return;
+        }
+        let mut run: Vec<(ChunkId, Slot)> = self.first.drain().collect();
+        run.sort_unstable_by_key(|a| a.0);
+        let written = (|| {
+            let mut w = table::TableWriter::new()?;
+            for (id, s) in &run {
+                w.push(id, s)?;
+            }
+            w.finish()
+        })();
+        match written {
+            Ok(t) => self.runs.push(Arc::new(t)),
+            Err(e) => {
+                self.spill_failed = Some((e.kind(), e.to_string()));
+                self.first.extend(run);
+            }
+        }
+    }
+
+    /// Merges the runs written while index objects were added into the
+    /// table on disk, each chunk once: its first location is the one listed
+    /// first (the table's, then each run's in order, then memory's), and its
+    /// other places join `more`. Nothing to do when nothing was written
+    /// since the last merge. Fails if a run or the table could not be
+    /// written (a full or unwritable `TMPDIR`).
+    pub fn finish(&mut self) -> Result<(), RepoError> {
+        let failed = |kind, why: &str| RepoError::IndexSpill {
+            dir: std::env::temp_dir().display().to_string(),
+            source: std::io::Error::new(kind, why.to_string()),
+        };
+        if let Some((kind, why)) = &self.spill_failed {
+            return Err(failed(*kind, why));
+        }
+        if self.runs.is_empty() {
+            return Ok(());
+        }
+        let old = self.table.take();
+        let old_needed = std::mem::take(&mut self.table_needed);
+        let runs = std::mem::take(&mut self.runs);
+        let mut memory: Vec<(ChunkId, Slot)> = self.first.drain().collect();
+        memory.sort_unstable_by_key(|a| a.0);
+        // Empty from here on, but for what a fallback adds.
+        self.first.shrink_to_fit();
+        let mut sources: Vec<Box<dyn Iterator<Item = (ChunkId, Slot)> + '_>> = Vec::new();
+        if let Some(t) = &old {
+            sources.push(Box::new(t.iter().map(|(at, id, mut s)| {
+                s.needed = bit(&old_needed, at);
+                (id, s)
+            })));
+        }
+        for r in &runs {
+            sources.push(Box::new(r.iter().map(|(_, id, s)| (id, s))));
+        }
+        sources.push(Box::new(memory.into_iter()));
+        let (more, dropped) = (&mut self.more, &mut self.dropped);
+        let mut needed = Vec::new();
+        let merged = (|| {
+            let mut w = table::TableWriter::new()?;
+            table::merge(sources, |id, mut slots| {
+                if let Some(m) = more.remove(&id) {
+                    slots.extend(m);
+                }
+                let marked = slots.iter().any(|s| s.needed);
+                let mut kept: Vec<Slot> = Vec::with_capacity(1);
+                for s in slots {
+                    if kept.iter().any(|k| k.same_place(&s)) {
+                        continue;
+                    }
+                    if kept.len() >= MAX_CANDIDATES {
+                        *dropped += 1;
+                        continue;
+                    }
+                    kept.push(Slot {
+                        needed: marked,
+                        ..s
+                    });
+                }
+                let first = kept.remove(0);
+                set_bit(&mut needed, w.len(), marked);
+                w.push(&id, &first)?;
+                if !kept.is_empty() {
+                    more.insert(id, kept);
+                }
+                Ok(())
+            })?;
+            w.finish()
+        })();
+        match merged {
+            Ok(t) => {
+                self.table = Some(Arc::new(t));
+                self.table_needed = needed;
+                Ok(())
+            }
+            Err(e) => {
+                let err = failed(e.kind(), &e.to_string());
+                self.spill_failed = Some((e.kind(), e.to_string()));
+                Err(err)
+            }
+        }
+    }
+
     /// The first location listed for `id`: where a reader tries first. Not
     /// to be trusted on its own (see [`Index::candidates`]).
     pub fn get(&self, id: &ChunkId) -> Option<ChunkLocation> {
-        self.first.get(id).map(|s| self.location(id, s))
+        self.first_slot(id).map(|s| self.location(id, &s))
     }
 
     /// Every distinct location known for `id`, first listed first.
     pub fn candidates<'a>(&'a self, id: &'a ChunkId) -> impl Iterator<Item = ChunkLocation> + 'a {
-        // No second lookup where no chunk is disputed (nearly always).
-        let more = if self.more.is_empty() {
-            None
-        } else {
-            self.more.get(id)
-        };
-        self.first
-            .get(id)
-            .into_iter()
-            .chain(more.into_iter().flatten())
-            .map(move |s| self.location(id, s))
+        self.get(id).into_iter().chain(self.more_candidates(id))
     }
 
     /// Marks `id` as needed, with each of its candidates (verify: a
     /// snapshot needs it). Cheaper than a set of its own: the slot was just
     /// looked up, and the mark sits in its padding.
     pub fn mark_needed(&mut self, id: &ChunkId) {
+        self.assert_finished();
         if let Some(s) = self.first.get_mut(id) {
             s.needed = true;
+        } else if let Some((at, _)) = self.table.as_ref().and_then(|t| t.get(id)) {
+            set_bit(&mut self.table_needed, at, true);
         }
         if self.more.is_empty() {
             return;
@@ -177,20 +381,86 @@ impl Index {
         }
     }
 
+    /// [`Index::mark_needed`] for each of `ids`, returning the first
+    /// location of each (`None` for one in no index object; its other
+    /// candidates are [`Index::more_candidates`]), read as
+    /// [`Index::get_all`] reads them.
+    pub fn mark_needed_all(&mut self, ids: &[ChunkId]) -> Vec<Option<ChunkLocation>> {
+        let slots = self.slots_all(ids);
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, found) in ids.iter().zip(slots) {
+            match found {
+                Some((None, _)) => {
+                    if let Some(s) = self.first.get_mut(id) {
+                        s.needed = true;
+                    }
+                }
+                Some((Some(at), _)) => set_bit(&mut self.table_needed, at, true),
+                None => {}
+            }
+            if found.is_some() && !self.more.is_empty() {
+                if let Some(more) = self.more.get_mut(id) {
+                    more.iter_mut().for_each(|s| s.needed = true);
+                }
+            }
+            out.push(found.map(|(_, s)| self.location(id, &s)));
+        }
+        out
+    }
+
+    /// The first slot of each of `ids`, with its record's place when it is
+    /// on disk. Those on disk are looked up in id order, each block read
+    /// once for all of `ids` in it.
+    #[allow(clippy::type_complexity)]
+    fn slots_all(&self, ids: &[ChunkId]) -> Vec<Option<(Option<u64>, Slot)>> {
+        self.assert_finished();
+        let mut out: Vec<Option<(Option<u64>, Slot)>> = ids
+            .iter()
+            .map(|c| self.first.get(c).map(|s| (None, *s)))
+            .collect();
+        let Some(table) = &self.table else {
+            return out;
+        };
+        let mut order: Vec<usize> = (0..ids.len()).filter(|i| out[*i].is_none()).collect();
+        order.sort_unstable_by(|a, b| ids[*a].cmp(&ids[*b]));
+        let on_disk = table.get_sorted(order.iter().map(|i| &ids[*i]));
+        for (i, found) in order.into_iter().zip(on_disk) {
+            out[i] = found.map(|(at, s)| (Some(at), s));
+        }
+        out
+    }
+
+    /// The locations of `id` after its first ([`Index::candidates`] but the
+    /// first): none unless it is disputed.
+    pub fn more_candidates<'a>(
+        &'a self,
+        id: &'a ChunkId,
+    ) -> impl Iterator<Item = ChunkLocation> + 'a {
+        // No second lookup where no chunk is disputed (nearly always).
+        let more = if self.more.is_empty() {
+            None
+        } else {
+            self.more.get(id)
+        };
+        more.into_iter()
+            .flatten()
+            .map(move |s| self.location(id, s))
+    }
+
     /// The chunks [`Index::mark_needed`] marked, under each pack one of
     /// their candidates is in (each chunk once a pack), in no order.
     pub fn needed_by_pack(&self) -> HashMap<PackId, Vec<ChunkId>> {
         let mut by_pack: HashMap<u32, Vec<ChunkId>> = HashMap::new();
-        for (id, s) in self.first.iter().filter(|(_, s)| s.needed) {
-            by_pack.entry(s.pack).or_default().push(*id);
-            let Some(more) = self.more.get(id) else {
+        for (id, s) in self.firsts().filter(|(_, s)| s.needed) {
+            by_pack.entry(s.pack).or_default().push(id);
+            let Some(more) = self.more.get(&id) else {
                 continue;
             };
             let mut packs: Vec<u32> = more.iter().map(|m| m.pack).collect();
             packs.sort_unstable();
             packs.dedup();
             for p in packs.into_iter().filter(|p| *p != s.pack) {
-                by_pack.entry(p).or_default().push(*id);
+                by_pack.entry(p).or_default().push(id);
             }
         }
         by_pack
@@ -206,6 +476,31 @@ impl Index {
             return None;
         }
         self.get(id)
+    }
+
+    /// [`Index::get`] for each of `ids`, in their order. On disk, each
+    /// block is read once for all of `ids` in it, where one lookup at a
+    /// time reads a block each (a file of pages, a pack's chunks: a block
+    /// per chunk).
+    pub fn get_all(&self, ids: &[ChunkId]) -> Vec<Option<ChunkLocation>> {
+        ids.iter()
+            .zip(self.slots_all(ids))
+            .map(|(id, found)| found.map(|(_, s)| self.location(id, &s)))
+            .collect()
+    }
+
+    /// [`Index::agreed`] for each of `ids`, in their order, as
+    /// [`Index::get_all`] reads them.
+    pub fn agreed_all(&self, ids: &[ChunkId]) -> Vec<Option<ChunkLocation>> {
+        let mut all = self.get_all(ids);
+        if !self.more.is_empty() {
+            for (at, id) in all.iter_mut().zip(ids) {
+                if self.is_disputed(id) {
+                    *at = None;
+                }
+            }
+        }
+        all
     }
 
     /// Whether some index object's locations for `id` disagree.
@@ -224,15 +519,16 @@ impl Index {
     }
 
     pub fn contains(&self, id: &ChunkId) -> bool {
-        self.first.contains_key(id)
+        self.first_slot(id).is_some()
     }
 
     pub fn len(&self) -> usize {
-        self.first.len()
+        self.assert_finished();
+        self.first.len() + self.table.as_ref().map_or(0, |t| t.len() as usize)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.first.is_empty()
+        self.len() == 0
     }
 
     /// Known packs and their sizes (the largest any index object claims: a
@@ -282,23 +578,7 @@ impl Index {
         // Numbered once: every chunk of the pack shares it.
         let number = self.pack_number(pack.id);
         for c in pack.chunks.iter().filter(|c| keep(&c.id)) {
-            let loc = Slot::at(number, source, &c.to_blob_entry());
-            let Some(first) = self.first.get(&c.id) else {
-                self.first.insert(c.id, loc);
-                continue;
-            };
-            if first.same_place(&loc) {
-                continue;
-            }
-            let more = self.more.entry(c.id).or_default();
-            if more.iter().any(|m| m.same_place(&loc)) {
-                continue;
-            }
-            if more.len() + 1 >= MAX_CANDIDATES {
-                self.dropped += 1;
-                continue;
-            }
-            more.push(loc);
+            self.insert(&c.id, Slot::at(number, source, &c.to_blob_entry()));
         }
     }
 
@@ -323,22 +603,29 @@ impl Index {
     /// not hold, and their packs (for restores: see
     /// `Repository::load_index_for_restore`). Chunks this index holds keep
     /// only their own candidates.
-    pub fn add_fallback(&mut self, other: &Index) {
+    pub fn add_fallback(&mut self, other: &Index) -> Result<(), RepoError> {
+        self.assert_finished();
         let mut mapped: HashMap<SourceId, SourceId> = HashMap::new();
-        for id in other.first.keys() {
-            if self.first.contains_key(id) {
+        for (id, first) in other.firsts() {
+            // Not `contains`: runs this writes hold only `other`'s chunks,
+            // each once.
+            let held = self.first.contains_key(&id)
+                || self.table.as_ref().is_some_and(|t| t.get(&id).is_some());
+            if held {
                 continue;
             }
-            for loc in other.candidates(id) {
+            let more = other.more.get(&id).into_iter().flatten();
+            for (nth, s) in std::iter::once(&first).chain(more).enumerate() {
+                let loc = other.location(&id, s);
                 let source = *mapped
                     .entry(loc.source)
                     .or_insert_with(|| self.add_source(other.source(loc.source)));
                 let moved = self.slot(&ChunkLocation { source, ..loc });
-                match self.first.get(id) {
-                    None => {
-                        self.first.insert(*id, moved);
-                    }
-                    Some(_) => self.more.entry(*id).or_default().push(moved),
+                if nth == 0 {
+                    self.first.insert(id, moved);
+                    self.spill_if_full();
+                } else {
+                    self.more.entry(id).or_default().push(moved);
                 }
                 if let Some(size) = other.packs.get(&loc.pack) {
                     let known = self.packs.entry(loc.pack).or_insert(*size);
@@ -350,6 +637,7 @@ impl Index {
                 }
             }
         }
+        self.finish()
     }
 
     pub fn add_file(&mut self, key: &str, file: &IndexFile) {
@@ -362,6 +650,23 @@ impl Index {
         for p in &file.packs {
             self.add_pack_where(p, source, keep);
         }
+    }
+}
+
+fn bit(bits: &[u64], at: u64) -> bool {
+    bits.get((at / 64) as usize)
+        .is_some_and(|w| w & (1 << (at % 64)) != 0)
+}
+
+fn set_bit(bits: &mut Vec<u64>, at: u64, on: bool) {
+    let word = (at / 64) as usize;
+    if bits.len() <= word {
+        bits.resize(word + 1, 0);
+    }
+    if on {
+        bits[word] |= 1 << (at % 64);
+    } else {
+        bits[word] &= !(1 << (at % 64));
     }
 }
 
@@ -831,11 +1136,150 @@ mod tests {
             "index/pruned",
             &IndexFile::new(vec![pack("p9", &[("d", 8)]), pack("p2", &[("c", 908)])]),
         );
-        index.add_fallback(&fallback);
+        index.add_fallback(&fallback).unwrap();
         let d = index.get(&id("d")).expect("taken from the fallback");
         assert_eq!((d.pack, d.blob.offset), (pack("p9", &[]).id, 8));
         assert_eq!(index.source(d.source), "index/pruned");
         assert_eq!(index.candidates(&id("c")).count(), 1);
         assert_eq!(index.packs().len(), 4);
+    }
+
+    /// The same index objects, read into an index in memory and into one
+    /// that keeps all but two chunks on disk.
+    fn both(objects: &[(String, IndexFile)]) -> (Index, Index) {
+        let (mut memory, mut disk) = (Index::default(), Index::with_memory_cap(2));
+        for (key, file) in objects {
+            memory.add_file(key, file);
+            disk.add_file(key, file);
+        }
+        disk.finish().unwrap();
+        assert!(!memory.on_disk() && disk.on_disk());
+        (memory, disk)
+    }
+
+    /// A place as the tests compare them: pack, offset, index object.
+    type Place = (PackId, u64, String);
+
+    /// Where `index` places `c`: the first place, then the others, sorted.
+    fn places(index: &Index, c: &ChunkId) -> (Option<Place>, Vec<Place>) {
+        let mut all = index
+            .candidates(c)
+            .map(|l| (l.pack, l.blob.offset, index.source(l.source).to_string()));
+        let first = all.next();
+        let mut rest: Vec<_> = all.collect();
+        rest.sort();
+        (first, rest)
+    }
+
+    #[test]
+    fn an_index_kept_on_disk_answers_as_the_same_index_in_memory() {
+        // 40 chunks over 30 objects, each naming 6 of them at one of eight
+        // places (two packs, four offsets; no more than a chunk keeps):
+        // chunks named again, at the same place or another one, across runs
+        // written two chunks at a time.
+        let mut seed = 7u64;
+        let mut next = |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let objects: Vec<(String, IndexFile)> = (0..30)
+            .map(|o| {
+                let chunks: Vec<(&str, u64)> = (0..6)
+                    .map(|_| (names[next(40) as usize].as_str(), 8 + 100 * next(4)))
+                    .collect();
+                let file = IndexFile::new(vec![pack(&format!("p{}", next(2)), &chunks)]);
+                (format!("index/{o:02}"), file)
+            })
+            .collect();
+        let (mut memory, mut disk) = both(&objects);
+        assert_eq!(disk.len(), memory.len());
+        assert_eq!(disk.disputed_chunks(), memory.disputed_chunks());
+        assert!(
+            memory.disputed_chunks() > 0,
+            "the test names chunks at several places"
+        );
+        for c in names.iter().map(|n| id(n)).chain([id("nowhere")]) {
+            assert_eq!(places(&disk, &c), places(&memory, &c), "{c}");
+            assert_eq!(disk.contains(&c), memory.contains(&c));
+            assert_eq!(disk.is_disputed(&c), memory.is_disputed(&c));
+            assert_eq!(disk.agreed(&c), memory.agreed(&c));
+        }
+        // All at once, in any order, as one at a time.
+        let mut ids: Vec<ChunkId> = names.iter().map(|n| id(n)).collect();
+        ids.extend([id("nowhere"), id("c3"), id("c0")]);
+        let one_by_one: Vec<_> = ids.iter().map(|c| memory.agreed(c)).collect();
+        assert!(one_by_one.iter().any(Option::is_some) && one_by_one.iter().any(Option::is_none));
+        assert_eq!(disk.agreed_all(&ids), one_by_one);
+        assert_eq!(memory.agreed_all(&ids), one_by_one);
+        // Marks (verify's) on records on disk and in memory alike, one at a
+        // time or a file's at once.
+        for n in ["c1", "c5", "c17"] {
+            memory.mark_needed(&id(n));
+            disk.mark_needed(&id(n));
+        }
+        let file = ["c39", "nowhere", "c2", "c39"].map(id);
+        let firsts: Vec<_> = file.iter().map(|c| memory.get(c)).collect();
+        assert_eq!(memory.mark_needed_all(&file), firsts);
+        assert_eq!(disk.mark_needed_all(&file), firsts);
+        let sorted = |i: &Index| {
+            let mut v: Vec<(PackId, Vec<ChunkId>)> = i
+                .needed_by_pack()
+                .into_iter()
+                .map(|(p, mut ids)| {
+                    ids.sort();
+                    (p, ids)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert!(!sorted(&memory).is_empty());
+        assert_eq!(sorted(&disk), sorted(&memory));
+
+        // A fallback taken over into an index on disk, itself on disk: its
+        // chunks join, those already held keep their own places.
+        let fallback_objects = vec![(
+            "index/pruned".to_string(),
+            IndexFile::new(vec![pack(
+                "p9",
+                &[("d1", 8), ("d2", 108), ("d3", 208), ("c1", 908)],
+            )]),
+        )];
+        let (memory_fallback, disk_fallback) = both(&fallback_objects);
+        memory.add_fallback(&memory_fallback).unwrap();
+        disk.add_fallback(&disk_fallback).unwrap();
+        assert_eq!(disk.len(), memory.len());
+        for c in ["d1", "d2", "d3", "c1"].map(id) {
+            assert_eq!(places(&disk, &c), places(&memory, &c), "{c}");
+        }
+        assert_eq!(disk.packs(), memory.packs());
+        // Marks made before the fallback was merged in are kept.
+        assert_eq!(sorted(&disk), sorted(&memory));
+    }
+
+    #[test]
+    fn a_chunk_named_at_too_many_places_across_runs_keeps_the_first_ones() {
+        // One chunk at 12 places, one object each; runs of one chunk.
+        let objects: Vec<(String, IndexFile)> = (0..12u64)
+            .map(|n| {
+                (
+                    format!("index/{n:02}"),
+                    IndexFile::new(vec![pack("p", &[("x", 8 + 100 * n), ("y", 5000 + n)])]),
+                )
+            })
+            .collect();
+        let mut disk = Index::with_memory_cap(1);
+        for (key, file) in &objects {
+            disk.add_file(key, file);
+        }
+        disk.finish().unwrap();
+        let (first, rest) = places(&disk, &id("x"));
+        assert_eq!(first.map(|f| (f.1, f.2)), Some((8, "index/00".to_string())));
+        assert_eq!(rest.len(), MAX_CANDIDATES - 1);
+        assert_eq!(disk.dropped_locations(), 2 * (12 - MAX_CANDIDATES as u64));
+        assert_eq!(disk.len(), 2);
     }
 }
