@@ -45,7 +45,8 @@ pub struct SourceId(pub u32);
 /// `docs/repository-format.md`, *Candidate locations*.
 pub const MAX_CANDIDATES: usize = 8;
 
-/// The union of all index objects, in memory.
+/// The union of all index objects: in memory, and on disk past [`IN_MEMORY`]
+/// chunks.
 ///
 /// Every distinct location any index object gives for a chunk is kept (up to
 /// [`MAX_CANDIDATES`]): an index object is not authenticated, so the first
@@ -946,6 +947,20 @@ mod tests {
         assert!(e.contains("unknown version"), "{e}");
     }
 
+    /// [`Index::needed_by_pack`], packs and each pack's chunks sorted.
+    fn needed_sorted(index: &Index) -> Vec<(PackId, Vec<ChunkId>)> {
+        let mut v: Vec<(PackId, Vec<ChunkId>)> = index
+            .needed_by_pack()
+            .into_iter()
+            .map(|(p, mut ids)| {
+                ids.sort();
+                (p, ids)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     #[test]
     fn the_chunks_marked_needed_are_listed_once_under_each_pack_they_may_be_in() {
         let id = |n: u8| ChunkId(Hash256::digest(&[n]));
@@ -981,15 +996,7 @@ mod tests {
         index.mark_needed(&id(4));
         index.mark_needed(&id(1));
         index.mark_needed(&id(9)); // in no index object: nothing to mark
-        let mut got: Vec<(PackId, Vec<ChunkId>)> = index
-            .needed_by_pack()
-            .into_iter()
-            .map(|(p, mut ids)| {
-                ids.sort();
-                (p, ids)
-            })
-            .collect();
-        got.sort();
+        let got = needed_sorted(&index);
         let mut want = vec![(a.id, vec![id(1)]), (b.id, vec![id(1), id(4)])];
         want.iter_mut().for_each(|(_, ids)| ids.sort());
         want.sort();
@@ -1224,18 +1231,7 @@ mod tests {
         let firsts: Vec<_> = file.iter().map(|c| memory.get(c)).collect();
         assert_eq!(memory.mark_needed_all(&file), firsts);
         assert_eq!(disk.mark_needed_all(&file), firsts);
-        let sorted = |i: &Index| {
-            let mut v: Vec<(PackId, Vec<ChunkId>)> = i
-                .needed_by_pack()
-                .into_iter()
-                .map(|(p, mut ids)| {
-                    ids.sort();
-                    (p, ids)
-                })
-                .collect();
-            v.sort();
-            v
-        };
+        let sorted = needed_sorted;
         assert!(!sorted(&memory).is_empty());
         assert_eq!(sorted(&disk), sorted(&memory));
 
