@@ -50,7 +50,10 @@ impl Table {
 
     /// The record for `id`, and its place among the records.
     pub(super) fn get(&self, id: &ChunkId) -> Option<(u64, Slot)> {
-        self.get_sorted(std::iter::once(id)).pop().flatten()
+        self.blocks_for(id).find_map(|block| {
+            let records = self.read_block(block);
+            find(&records, id).map(|(i, s)| ((block * BLOCK + i) as u64, s))
+        })
     }
 
     /// The blocks that may hold `id`: from the last one whose first id has
@@ -167,21 +170,27 @@ impl TableWriter {
 /// slot for it, in the sources' order (the first source first). Each source
 /// is sorted and holds an id once.
 pub(super) fn merge<'a>(
-    sources: Vec<Box<dyn Iterator<Item = (ChunkId, Slot)> + 'a>>,
+    mut sources: Vec<Box<dyn Iterator<Item = (ChunkId, Slot)> + 'a>>,
     mut each: impl FnMut(ChunkId, Vec<Slot>) -> io::Result<()>,
 ) -> io::Result<()> {
-    let mut sources = sources;
     // Min-heap by (id, source number): the earlier source first on a tie.
+    // Each source's next slot waits beside it, under the source's number.
+    let mut pending: Vec<Option<Slot>> = vec![None; sources.len()];
     let mut heap = BinaryHeap::new();
     for (n, s) in sources.iter_mut().enumerate() {
         if let Some((id, slot)) = s.next() {
-            heap.push(std::cmp::Reverse((id, n, SlotOrd(slot))));
+            pending[n] = Some(slot);
+            heap.push(std::cmp::Reverse((id, n)));
         }
     }
     let mut group: Option<(ChunkId, Vec<Slot>)> = None;
-    while let Some(std::cmp::Reverse((id, n, SlotOrd(slot)))) = heap.pop() {
-        if let Some((id, slot)) = sources[n].next() {
-            heap.push(std::cmp::Reverse((id, n, SlotOrd(slot))));
+    while let Some(std::cmp::Reverse((id, n))) = heap.pop() {
+        let slot = pending[n]
+            .take()
+            .expect("a slot waits for each source in the heap");
+        if let Some((next, next_slot)) = sources[n].next() {
+            pending[n] = Some(next_slot);
+            heap.push(std::cmp::Reverse((next, n)));
         }
         match &mut group {
             Some((gid, slots)) if *gid == id => slots.push(slot),
@@ -197,27 +206,6 @@ pub(super) fn merge<'a>(
         each(gid, slots)?;
     }
     Ok(())
-}
-
-/// A slot carried through the heap; never compared (ids and source
-/// numbers differ between any two entries in it).
-struct SlotOrd(Slot);
-
-impl PartialEq for SlotOrd {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for SlotOrd {}
-impl PartialOrd for SlotOrd {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for SlotOrd {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 /// The record for `id` among a block's, and its place in the block.
