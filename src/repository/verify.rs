@@ -515,12 +515,6 @@ pub async fn verify_holding(
         }
     }
 
-    // Shared with the pack checks, not copied for each.
-    let needed_chunks: HashMap<PackId, Arc<Vec<crate::ids::ChunkId>>> = index
-        .needed_by_pack()
-        .into_iter()
-        .map(|(pack, chunks)| (pack, Arc::new(chunks)))
-        .collect();
     let index = Arc::new(index);
 
     // The packs to read: all, or a stretch of the ring.
@@ -597,20 +591,53 @@ pub async fn verify_holding(
     // thread: downloads overlap the checks and every core checks. Memory:
     // at most this many packs (each at most its index size) at a time.
     let readers = check_threads();
-    let mut pending = users
-        .keys()
-        .filter(|p| to_read.contains(p))
-        .copied()
-        .collect::<Vec<_>>()
-        .into_iter();
+    // Each pack's needed chunks, a pack at a time, from the index's marks
+    // (grouped on disk for a large repository: see `Index::needed_by_pack`),
+    // read on a blocking thread a few packs ahead of the readers. A pack to
+    // read that no group names (none should be) is read with none.
+    let (groups_tx, mut groups) = tokio::sync::mpsc::channel(readers.max(1));
+    let mut grouping = Some({
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || {
+            let groups = match index.needed_by_pack() {
+                Ok(g) => g,
+                Err(e) => return Err(e),
+            };
+            for group in groups {
+                let stop = group.is_err();
+                if groups_tx.blocking_send(group).is_err() || stop {
+                    break;
+                }
+            }
+            Ok(())
+        })
+    });
+    let mut left: BTreeSet<PackId> = to_read.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         while tasks.len() < readers {
-            let Some(pack) = pending.next() else { break };
+            let (pack, needed) = match groups.recv().await {
+                Some(group) => {
+                    let (pack, needed) = group?;
+                    if !left.remove(&pack) {
+                        continue;
+                    }
+                    (pack, Arc::new(needed))
+                }
+                None => {
+                    // Every group is in: unless grouping failed.
+                    if let Some(grouping) = grouping.take() {
+                        grouping.await.expect("grouping needed chunks panicked")?;
+                    }
+                    match left.pop_first() {
+                        Some(pack) => (pack, Arc::new(Vec::new())),
+                        None => break,
+                    }
+                }
+            };
             let store = repo.store().clone();
             let crypto = repo.crypto().clone();
             let index = index.clone();
-            let needed = needed_chunks[&pack].clone();
             // No more than the index says the pack holds: a bigger object
             // is not the pack the index describes, whatever the server
             // claims.
@@ -620,6 +647,7 @@ pub async fn verify_holding(
                     Err(e) => Err(e),
                     Ok(bytes) => {
                         let len = bytes.len() as u64;
+                        let needed = needed.clone();
                         let check = tokio::task::spawn_blocking(move || {
                             check_pack(&pack, &bytes, &needed, &index, &crypto, depth)
                         })
@@ -628,13 +656,13 @@ pub async fn verify_holding(
                         Ok((len, check))
                     }
                 };
-                (pack, got)
+                (pack, needed, got)
             });
         }
         let Some(done) = tasks.join_next().await else {
             break;
         };
-        let (pack, got) = done.expect("pack verify task panicked");
+        let (pack, needed, got) = done.expect("pack verify task panicked");
         let pack = &pack;
         let key = pack_key(pack);
         let snapshots: Vec<String> = users[pack].iter().cloned().collect();
@@ -642,7 +670,6 @@ pub async fn verify_holding(
             Ok(r) => r,
             Err(e) => {
                 bad_packs.insert(*pack);
-                let needed = &needed_chunks[pack];
                 if needed.iter().all(|c| index.is_disputed(c)) {
                     // Only chunks known elsewhere too: the index objects
                     // naming this pack for them are what is wrong.
@@ -794,7 +821,7 @@ pub async fn verify_holding(
         }
     }
     // Not needed past here: freed before the file pass's buffers fill.
-    drop((needed_chunks, good_places, users));
+    drop((good_places, users));
 
     // Whole-file hashes (manifest version 2; version 3 files have none and
     // were checked above) of the files whose chunks all lie in packs that

@@ -10,6 +10,7 @@ use super::pack::{BlobEntry, Encoding, MAX_BUNDLE_RAW, MAX_CHUNK_LEN, PACK_MAGIC
 use super::{decode_json_zst, encode_json_zst, RepoError, FORMAT_VERSION};
 use crate::ids::{ChunkId, ChunkMap, PackId};
 
+mod by_pack;
 mod table;
 
 /// Chunks the index holds in memory before it keeps them on disk (see
@@ -90,6 +91,27 @@ pub struct Index {
     sources: Vec<String>,
     /// Locations dropped because their chunk already had [`MAX_CANDIDATES`].
     dropped: u64,
+}
+
+/// The needed chunks of each pack, a pack at a time
+/// ([`Index::needed_by_pack`]).
+pub struct NeededByPack {
+    groups: by_pack::Groups,
+    pack_ids: Vec<PackId>,
+}
+
+impl Iterator for NeededByPack {
+    type Item = Result<(PackId, Vec<ChunkId>), RepoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(match self.groups.next()? {
+            Ok((n, ids)) => Ok((self.pack_ids[n as usize], ids)),
+            Err(source) => Err(RepoError::IndexSpill {
+                dir: std::env::temp_dir().display().to_string(),
+                source,
+            }),
+        })
+    }
 }
 
 /// A [`ChunkLocation`] as the [`Index`] holds it, under its chunk's id.
@@ -449,25 +471,39 @@ impl Index {
     }
 
     /// The chunks [`Index::mark_needed`] marked, under each pack one of
-    /// their candidates is in (each chunk once a pack), in no order.
-    pub fn needed_by_pack(&self) -> HashMap<PackId, Vec<ChunkId>> {
-        let mut by_pack: HashMap<u32, Vec<ChunkId>> = HashMap::new();
-        for (id, s) in self.firsts().filter(|(_, s)| s.needed) {
-            by_pack.entry(s.pack).or_default().push(id);
-            let Some(more) = self.more.get(&id) else {
-                continue;
-            };
-            let mut packs: Vec<u32> = more.iter().map(|m| m.pack).collect();
-            packs.sort_unstable();
-            packs.dedup();
-            for p in packs.into_iter().filter(|p| *p != s.pack) {
-                by_pack.entry(p).or_default().push(id);
+    /// their candidates is in (each chunk once a pack, in id order), a pack
+    /// at a time. Past as many pairs as the index keeps chunks in memory
+    /// they are grouped on disk ([`by_pack`]): verify's memory then goes
+    /// by one pack's chunks, not by the repository's. Reads the whole
+    /// index: on a blocking thread. Fails if `TMPDIR` cannot hold them.
+    pub fn needed_by_pack(&self) -> Result<NeededByPack, RepoError> {
+        let mut by_pack = by_pack::ByPack::new(self.cap());
+        let pushed = (|| {
+            for (id, s) in self.firsts().filter(|(_, s)| s.needed) {
+                by_pack.push(s.pack, id)?;
+                let more = if self.more.is_empty() {
+                    None
+                } else {
+                    self.more.get(&id)
+                };
+                let Some(more) = more else { continue };
+                let mut packs: Vec<u32> = more.iter().map(|m| m.pack).collect();
+                packs.sort_unstable();
+                packs.dedup();
+                for p in packs.into_iter().filter(|p| *p != s.pack) {
+                    by_pack.push(p, id)?;
+                }
             }
-        }
-        by_pack
-            .into_iter()
-            .map(|(n, ids)| (self.pack_ids[n as usize], ids))
-            .collect()
+            Ok(())
+        })();
+        pushed.map_err(|source| RepoError::IndexSpill {
+            dir: std::env::temp_dir().display().to_string(),
+            source,
+        })?;
+        Ok(NeededByPack {
+            groups: by_pack.groups(),
+            pack_ids: self.pack_ids.clone(),
+        })
     }
 
     /// The location of `id` when every index object naming it agrees on one
@@ -951,9 +987,10 @@ mod tests {
     fn needed_sorted(index: &Index) -> Vec<(PackId, Vec<ChunkId>)> {
         let mut v: Vec<(PackId, Vec<ChunkId>)> = index
             .needed_by_pack()
-            .into_iter()
-            .map(|(p, mut ids)| {
-                ids.sort();
+            .unwrap()
+            .map(|group| {
+                let (p, ids) = group.unwrap();
+                assert!(ids.windows(2).all(|w| w[0] < w[1]), "{p}: ids in order");
                 (p, ids)
             })
             .collect();
@@ -988,7 +1025,7 @@ mod tests {
         index.add_pack(&a_again);
         assert_eq!(index.candidates(&id(1)).count(), 3);
         assert!(
-            index.needed_by_pack().is_empty(),
+            index.needed_by_pack().unwrap().next().is_none(),
             "nothing is needed until marked"
         );
 
