@@ -439,3 +439,75 @@ async fn on_postgres_the_wal_a_kept_base_backup_replays_is_kept_locked_and_older
     let verify = as_pg(Some(now), &["verify", "--plan", &plan, "--json"]);
     assert_eq!(verify["problems"], serde_json::json!([]), "{verify}");
 }
+
+/// Files unchanged since the previous snapshot are taken from where that
+/// snapshot placed their chunks, with no lookup in the index per chunk.
+/// When the new snapshot is kept longer, its packs and every index object
+/// naming them get the longer lock all the same: a restore that finds a
+/// place wrong falls back on those objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_reused_from_the_previous_snapshot_s_places_keep_their_index_objects_locked() {
+    use holdfast::plan::Tier;
+    use holdfast::repository::backup::{backup, BackupOptions};
+    use holdfast::store::{LockMode, Retention};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("a.bin"), common::data(7, 3_000_000)).unwrap();
+    std::fs::write(data.join("b.bin"), common::data(8, 500_000)).unwrap();
+    let store = std::sync::Arc::new(LocalStore::open(dir.path().join("repo")).unwrap());
+    let repo = holdfast::repository::Repository::open_or_init(
+        store.clone(),
+        &common::bin::test_repo_key(),
+        None,
+        Utc::now(),
+    )
+    .await
+    .unwrap();
+    let plan: holdfast::plan::PlanName =
+        serde_json::from_value(serde_json::json!("files")).unwrap();
+    let source =
+        || Box::new(holdfast::engine::files::FilesSource::new(data.clone(), Vec::new()).unwrap());
+    let opts = |days: i64| BackupOptions {
+        compression_level: 3,
+        retention: Some(Retention {
+            mode: LockMode::Compliance,
+            until: DateTime::from_timestamp(Utc::now().timestamp() + days * 86_400, 0).unwrap(),
+        }),
+        tier: Tier::Last,
+        progress: holdfast::progress::ProgressMode::Quiet,
+    };
+    let first = backup(&repo, &plan, source(), &opts(1)).await.unwrap();
+    assert!(first.packs_written >= 1, "{first:?}");
+    let long = opts(7).retention.unwrap().until;
+    let second = backup(&repo, &plan, source(), &opts(7)).await.unwrap();
+    assert_eq!(second.packs_written, 0, "{second:?}");
+    assert_eq!(
+        second.bytes_read, 0,
+        "unchanged files are not read: {second:?}"
+    );
+    assert_eq!(second.packs_reused, first.packs_written, "{second:?}");
+    let index = locks(store.as_ref(), "index/").await;
+    let packs = locks(store.as_ref(), "packs/").await;
+    assert!(!index.is_empty() && !packs.is_empty());
+    for (key, until) in index.iter().chain(&packs) {
+        assert!(
+            until >= &long,
+            "{key} is locked until {until}, the snapshot needs {long}"
+        );
+    }
+    assert!(
+        second.locks_extended >= (index.len() + packs.len()) as u64,
+        "{second:?}"
+    );
+    let report = holdfast::repository::verify::verify(
+        &repo,
+        &plan,
+        None,
+        None,
+        holdfast::progress::ProgressMode::Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}

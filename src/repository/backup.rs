@@ -27,7 +27,7 @@ use fastcdc::v2020::FastCDC;
 use serde::Serialize;
 
 use super::index::{ChunkLocation, IndexFile, IndexedPack, SourceId};
-use super::manifest::{ManifestEntry, SnapshotStats, SourceRecord};
+use super::manifest::{ManifestEntry, Placement, SnapshotStats, SourceRecord};
 use super::pack::{
     encode_bundle, encode_chunk, pack_id, Blob, BlobEntry, EncodedBundle, PackBuilder,
     BUNDLE_HEADER_LEN, BUNDLE_MEMBER_LEN, BUNDLE_MEMBER_MAX, BUNDLE_TARGET, MAX_BUNDLE_CHUNKS,
@@ -206,6 +206,7 @@ async fn backup_locked(
     // A version 7 snapshot's chunk lists, read a part at a time as the
     // files they are for come up (in the same order: sources walk sorted).
     let mut prev_lists = None;
+    let mut prev_packs = None;
     // Packs the previous snapshot needed are locked at least until its own
     // retain-until (its backup made sure): no need to look at them again
     // unless this snapshot needs a longer lock.
@@ -232,6 +233,7 @@ async fn backup_locked(
                     }
                 }
                 source.previous(&m.source);
+                prev_packs = m.packs.clone();
                 prev_lists = m.list_parts(&last.key).map(|parts| PrevLists {
                     repo: repo.clone(),
                     runtime: tokio::runtime::Handle::current(),
@@ -285,6 +287,7 @@ async fn backup_locked(
     );
     writer.paged = paged;
     writer.prev_lists = prev_lists;
+    writer.prev_packs = prev_packs;
     let kind = source.kind();
     let (writer, metadata) = tokio::task::spawn_blocking(move || {
         let result = source.snapshot(&mut writer);
@@ -317,7 +320,15 @@ async fn backup_locked(
                 continue;
             }
             keys.push(pack_key(pack));
-            keys.extend(sources.iter().map(|s| index.source(*s).to_string()));
+            for s in sources {
+                if *s == super::manifest::FROM_MANIFEST {
+                    // Placed by the previous snapshot: every index object
+                    // naming the pack (one names each of its chunks).
+                    keys.extend(index.described_by_all(pack).map(str::to_string));
+                } else {
+                    keys.push(index.source(*s).to_string());
+                }
+            }
         }
         keys.sort();
         keys.dedup();
@@ -427,8 +438,8 @@ struct PrevLists {
 }
 
 impl PrevLists {
-    /// File `file`'s chunk ids (each file's are taken once).
-    fn take(&mut self, file: u64) -> Option<Vec<ChunkId>> {
+    /// File `file`'s chunk ids and their places (each file's are taken once).
+    fn take(&mut self, file: u64) -> Option<(Vec<ChunkId>, Option<Vec<Placement>>)> {
         if self.failed {
             return None;
         }
@@ -461,7 +472,7 @@ impl PrevLists {
             }
         }
         let list = &mut self.lists[(file - self.base) as usize];
-        Some(std::mem::take(&mut list.chunks))
+        Some((std::mem::take(&mut list.chunks), list.at.take()))
     }
 }
 
@@ -680,6 +691,10 @@ type Upload = (u32, Vec<u8>, Vec<BlobEntry>);
 /// index agrees it is.
 type PrevPages = Vec<(ChunkId, Option<ChunkLocation>)>;
 
+/// Where each of a previous snapshot's chunks of one file may be reused
+/// from (see [`Writer::prev_places`]).
+type PrevPlaces = Vec<Option<ChunkLocation>>;
+
 /// What a pack being built is given at once: its target (from the
 /// repository's config, so capped here) and room for the blob that crosses
 /// it and the trailer. A bigger blob grows the buffer as usual.
@@ -697,6 +712,9 @@ struct Writer {
     paged: HashMap<String, Prev>,
     /// Their chunk lists, when the previous snapshot keeps them apart.
     prev_lists: Option<PrevLists>,
+    /// The packs the previous snapshot's places are numbered by (manifest
+    /// version 5 on).
+    prev_packs: Option<Vec<PackId>>,
     pages_unchanged: u64,
     chunking: Chunking,
     chunker: ChunkerConfig,
@@ -854,6 +872,7 @@ impl Writer {
             unchanged,
             paged: HashMap::new(),
             prev_lists: None,
+            prev_packs: None,
             pages_unchanged: 0,
             chunking,
             chunker,
@@ -1149,12 +1168,46 @@ impl Writer {
     }
 
     /// The chunk ids of a previous snapshot's file: in its entry, or read
-    /// from its chunk lists; `None` when those cannot be read.
-    fn prev_chunks(&mut self, prev: &mut Prev) -> Option<Vec<ChunkId>> {
-        match &mut self.prev_lists {
-            Some(lists) if prev.entry.chunks.is_empty() => lists.take(prev.file),
-            _ => Some(std::mem::take(&mut prev.entry.chunks)),
-        }
+    /// from its chunk lists; `None` when those cannot be read. With them,
+    /// where that snapshot placed each ([`Writer::prev_places`]).
+    fn prev_chunks(&mut self, prev: &mut Prev) -> Option<(Vec<ChunkId>, PrevPlaces)> {
+        let (chunks, at) = match &mut self.prev_lists {
+            Some(lists) if prev.entry.chunks.is_empty() => lists.take(prev.file)?,
+            _ => (std::mem::take(&mut prev.entry.chunks), prev.entry.at.take()),
+        };
+        let places = self.prev_places(&chunks, at.as_deref());
+        Some((chunks, places))
+    }
+
+    /// Where each of a previous snapshot's `chunks` is stored, for reuse:
+    /// the place that snapshot gave it (`at`, manifest version 6 on), where
+    /// no index object disputes the chunk and an index object describes
+    /// the pack (so no prune record names it); `None` for any other chunk.
+    /// No lookup in the index per chunk, which at a few hundred million
+    /// chunks is a read of the index's table on disk each. Without places
+    /// (an older manifest), where the index agrees each chunk is.
+    fn prev_places(&self, chunks: &[ChunkId], at: Option<&[Placement]>) -> PrevPlaces {
+        let placed = at
+            .zip(self.prev_packs.as_deref())
+            .filter(|(at, _)| at.iter().map(|p| p.count as usize).sum::<usize>() == chunks.len())
+            .and_then(|(at, packs)| super::manifest::placements(chunks, at, packs));
+        let Some(placed) = placed else {
+            return self.index.agreed_all(chunks);
+        };
+        let mut pack_known: Option<(PackId, bool)> = None;
+        placed
+            .map(|loc| {
+                let known = match pack_known {
+                    Some((p, known)) if p == loc.pack => known,
+                    _ => {
+                        let known = self.index.packs().contains_key(&loc.pack);
+                        pack_known = Some((loc.pack, known));
+                        known
+                    }
+                };
+                (known && !self.index.is_disputed(&loc.blob.id)).then_some(loc)
+            })
+            .collect()
     }
 
     /// Reuses the previous snapshot's entry for a file whose stamp is
@@ -1174,10 +1227,10 @@ impl Writer {
             }
             return Ok(false);
         }
-        let Some(chunks) = self.prev_chunks(&mut prev) else {
+        let Some((chunks, places)) = self.prev_chunks(&mut prev) else {
             return Ok(false);
         };
-        let at: Option<Vec<ChunkLocation>> = self.index.agreed_all(&chunks).into_iter().collect();
+        let at: Option<Vec<ChunkLocation>> = places.into_iter().collect();
         let Some(at) = at else {
             // A chunk in dispute, or in no index: read again, its pages
             // compared by LSN where it has them.
@@ -1300,13 +1353,11 @@ impl Writer {
         if prev.entry.file_id != Some(pages.id) {
             return None;
         }
-        let chunks = self.prev_chunks(&mut prev)?;
+        let (chunks, at) = self.prev_chunks(&mut prev)?;
         let same = prev.entry.size == Some(chunks.len() as u64 * PAGE as u64);
         if !same {
             return None;
         }
-        // Where the index agrees each is, looked up at once for the file.
-        let at = self.index.agreed_all(&chunks);
         Some((below, chunks.into_iter().zip(at).collect()))
     }
 

@@ -464,33 +464,42 @@ impl ManifestEntry {
         &'a self,
         packs: &'a [PackId],
     ) -> Option<impl Iterator<Item = ChunkLocation> + 'a> {
-        let at = self.at.as_deref()?;
-        if at.iter().any(|p| p.pack as usize >= packs.len()) {
-            return None;
-        }
-        let mut start = 0usize;
-        Some(at.iter().flat_map(move |p| {
-            let pack = packs[p.pack as usize];
-            let from = start;
-            start += p.count as usize;
-            let ids = self.chunks.get(from..start).unwrap_or_default();
-            ids.iter().enumerate().map(move |(j, id)| ChunkLocation {
-                pack,
-                blob: BlobEntry {
-                    id: *id,
-                    offset: p.offset,
-                    length: p.length,
-                    raw_length: p.raw_length,
-                    encoding: p.encoding,
-                    bundle_offset: std::num::NonZeroU32::new(
-                        p.bundle_offset + p.raw_length * j as u32,
-                    )
-                    .filter(|_| p.encoding == Encoding::Bundle),
-                },
-                source: FROM_MANIFEST,
-            })
-        }))
+        placements(&self.chunks, self.at.as_deref()?, packs)
     }
+}
+
+/// Each of `chunks`' place, in order, from the runs `at` numbered by
+/// `packs` (an entry's, or its chunk list's); `None` when a run names a
+/// pack past `packs`. Where the runs hold fewer chunks than `chunks`, the
+/// rest have none.
+pub fn placements<'a>(
+    chunks: &'a [ChunkId],
+    at: &'a [Placement],
+    packs: &'a [PackId],
+) -> Option<impl Iterator<Item = ChunkLocation> + 'a> {
+    if at.iter().any(|p| p.pack as usize >= packs.len()) {
+        return None;
+    }
+    let mut start = 0usize;
+    Some(at.iter().flat_map(move |p| {
+        let pack = packs[p.pack as usize];
+        let from = start;
+        start += p.count as usize;
+        let ids = chunks.get(from..start).unwrap_or_default();
+        ids.iter().enumerate().map(move |(j, id)| ChunkLocation {
+            pack,
+            blob: BlobEntry {
+                id: *id,
+                offset: p.offset,
+                length: p.length,
+                raw_length: p.raw_length,
+                encoding: p.encoding,
+                bundle_offset: std::num::NonZeroU32::new(p.bundle_offset + p.raw_length * j as u32)
+                    .filter(|_| p.encoding == Encoding::Bundle),
+            },
+            source: FROM_MANIFEST,
+        })
+    }))
 }
 
 impl Manifest {
