@@ -1325,4 +1325,26 @@ async fn chunk_lists_spilled_to_disk_come_back_in_order_around_files_reused_whol
         let got = std::fs::read(out.join(format!("f{i:02}"))).unwrap();
         assert!(got == want, "f{i:02} of the third snapshot");
     }
+
+    // verify reads the lists a part at a time too: the damaged part is
+    // named, with the snapshot it breaks, and the others verify.
+    let damaged = &parts[parts.len() / 2].key;
+    let report = verify(&repo, &plan, None, None, ProgressMode::Quiet)
+        .await
+        .unwrap();
+    let named: Vec<_> = report
+        .problems
+        .iter()
+        .filter(|p| &p.object == damaged)
+        .collect();
+    assert_eq!(named.len(), 1, "{:#?}", report.problems);
+    assert_eq!(named[0].snapshots, vec![snaps[1].id.short()]);
+    assert!(
+        report
+            .problems
+            .iter()
+            .all(|p| p.snapshots.iter().all(|s| *s == snaps[1].id.short())),
+        "{:#?}",
+        report.problems
+    );
 }
