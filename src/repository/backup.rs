@@ -1185,11 +1185,16 @@ impl Writer {
     /// the pack (so no prune record names it); `None` for any other chunk.
     /// No lookup in the index per chunk, which at a few hundred million
     /// chunks is a read of the index's table on disk each. Without places
-    /// (an older manifest), where the index agrees each chunk is.
+    /// (an older manifest), or with places that do not add up to the
+    /// chunks or fail a place's checks (as a reader checks them: a chunk
+    /// list read here was not), where the index agrees each chunk is.
     fn prev_places(&self, chunks: &[ChunkId], at: Option<&[Placement]>) -> PrevPlaces {
         let placed = at
             .zip(self.prev_packs.as_deref())
-            .filter(|(at, _)| at.iter().map(|p| p.count as usize).sum::<usize>() == chunks.len())
+            .filter(|(at, packs)| {
+                at.iter().all(|p| p.fault(packs.len()).is_none())
+                    && at.iter().map(|p| p.count as u64).sum::<u64>() == chunks.len() as u64
+            })
             .and_then(|(at, packs)| super::manifest::placements(chunks, at, packs));
         let Some(placed) = placed else {
             return self.index.agreed_all(chunks);

@@ -419,7 +419,7 @@ impl Placement {
 
     /// Whether it lies where a reader may look: inside the pack, a bundle
     /// run inside a bundle's bounds; `None` if so, else why not.
-    fn fault(&self, packs: usize) -> Option<String> {
+    pub(crate) fn fault(&self, packs: usize) -> Option<String> {
         if self.pack as usize >= packs {
             return Some(format!(
                 "pack number {} (the manifest names {packs})",

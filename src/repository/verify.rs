@@ -245,8 +245,9 @@ pub async fn verify_holding(
     // Which packs each snapshot needs, and chunks in no index. The chunks
     // needed are marked in the index (`Index::mark_needed`).
     let mut users: BTreeMap<PackId, BTreeSet<String>> = BTreeMap::new();
-    // The next snapshot's manifest and entries are read and decoded while
-    // this one's chunks are gone through: two at a time, at most.
+    // The next snapshot's manifest and entries tree (its chunks too, before
+    // version 7) are read and decoded while this one's chunks are gone
+    // through: two at a time, at most.
     let load = |snap: &SnapshotRef| {
         let (repo, snap) = (repo.clone(), snap.clone());
         tokio::spawn(async move { repo.load_manifest_tree(&snap).await })
@@ -286,7 +287,7 @@ pub async fn verify_holding(
         // next part while this one's entries are gone through), and each
         // part's chunks are dropped once gone through: what verify holds of
         // a snapshot is its tree and two parts, not a chunk id for each of
-        // its pages (two snapshots' worth, 80 MB at 9.4 GB of pages).
+        // its pages (two snapshots' worth, up to 80 MB at 9.3 GB of pages).
         let parts = m.list_parts(&snap.key);
         let streamed = parts.is_some();
         let read_part = |parts: &super::manifest::ListParts, part: usize, first: u64| {
