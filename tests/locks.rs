@@ -500,14 +500,5 @@ async fn files_reused_from_the_previous_snapshot_s_places_keep_their_index_objec
         second.locks_extended >= (index.len() + packs.len()) as u64,
         "{second:?}"
     );
-    let report = holdfast::repository::verify::verify(
-        &repo,
-        &plan,
-        None,
-        None,
-        holdfast::progress::ProgressMode::Quiet,
-    )
-    .await
-    .unwrap();
-    assert!(report.ok(), "{:?}", report.problems);
+    common::assert_verifies(&repo, &plan).await;
 }

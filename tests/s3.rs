@@ -1236,14 +1236,5 @@ async fn a_pack_reused_by_a_snapshot_kept_longer_gets_its_lock_extended() {
         );
     }
     assert!(second.locks_extended >= (packs.len() + index.len()) as u64);
-    let report = holdfast::repository::verify::verify(
-        &repo,
-        &plan,
-        None,
-        None,
-        holdfast::progress::ProgressMode::Quiet,
-    )
-    .await
-    .unwrap();
-    assert!(report.ok(), "{:?}", report.problems);
+    common::assert_verifies(&repo, &plan).await;
 }

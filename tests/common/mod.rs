@@ -272,3 +272,20 @@ pub fn is_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+/// verify of every snapshot of `plan` finds no problem.
+pub async fn assert_verifies(
+    repo: &holdfast::repository::Repository,
+    plan: &holdfast::plan::PlanName,
+) {
+    let report = holdfast::repository::verify::verify(
+        repo,
+        plan,
+        None,
+        None,
+        holdfast::progress::ProgressMode::Quiet,
+    )
+    .await
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+}
