@@ -18,6 +18,10 @@ use crate::ids::{ChunkId, Hash256};
 /// Bytes a record takes: the pack number (big-endian), then the chunk id.
 const RECORD: usize = 4 + 32;
 
+/// What each run is read through while they are merged: at 2 TB of pages
+/// (about 1,170 runs) 9.4 MB in all, where 64 KiB each took 75 MB.
+const RUN_BUFFER: usize = 8 * 1024;
+
 /// Collects (pack number, chunk id) pairs, in any order.
 #[derive(Debug)]
 pub struct ByPack {
@@ -65,7 +69,7 @@ impl ByPack {
         let mut sources: Vec<Source> = self
             .runs
             .into_iter()
-            .map(|f| Source::Run(BufReader::with_capacity(64 * 1024, f)))
+            .map(|f| Source::Run(BufReader::with_capacity(RUN_BUFFER, f)))
             .collect();
         sources.push(Source::Memory(self.memory.into_iter()));
         let mut groups = Groups {
