@@ -438,10 +438,14 @@ struct PrevLists {
 }
 
 impl PrevLists {
-    /// File `file`'s chunk ids and their places (each file's are taken once).
-    fn take(&mut self, file: u64) -> Option<(Vec<ChunkId>, Option<Vec<Placement>>)> {
+    /// Fills `entry`, file `file`'s, with its chunk ids and places, checked
+    /// as every reader checks them ([`ListParts::fill`]; each file's are
+    /// taken once). `false` when they cannot be read or fail the checks.
+    ///
+    /// [`ListParts::fill`]: super::manifest::ListParts::fill
+    fn take(&mut self, file: u64, entry: &mut ManifestEntry) -> bool {
         if self.failed {
-            return None;
+            return false;
         }
         if file < self.base {
             self.next_part = 0;
@@ -451,7 +455,7 @@ impl PrevLists {
         while file >= self.base + self.lists.len() as u64 {
             let part = self.next_part;
             if part >= self.parts.parts.len() {
-                return None;
+                return false;
             }
             let first = self.base + self.lists.len() as u64;
             // On the writer's thread, off the runtime's workers.
@@ -467,12 +471,19 @@ impl PrevLists {
                 Err(e) => {
                     tracing::warn!(manifest = %self.parts.manifest, "previous snapshot's chunk lists unreadable, reading the rest of the files: {e}");
                     self.failed = true;
-                    return None;
+                    return false;
                 }
             }
         }
-        let list = &mut self.lists[(file - self.base) as usize];
-        Some((std::mem::take(&mut list.chunks), list.at.take()))
+        let list = std::mem::take(&mut self.lists[(file - self.base) as usize]);
+        // The part in hand is the last one read.
+        match self.parts.fill(self.next_part - 1, entry, list) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(path = %entry.path, "previous snapshot's chunk list for this file refused, reading it again: {e}");
+                false
+            }
+        }
     }
 }
 
@@ -1171,10 +1182,12 @@ impl Writer {
     /// from its chunk lists; `None` when those cannot be read. With them,
     /// where that snapshot placed each ([`Writer::prev_places`]).
     fn prev_chunks(&mut self, prev: &mut Prev) -> Option<(Vec<ChunkId>, PrevPlaces)> {
-        let (chunks, at) = match &mut self.prev_lists {
-            Some(lists) if prev.entry.chunks.is_empty() => lists.take(prev.file)?,
-            _ => (std::mem::take(&mut prev.entry.chunks), prev.entry.at.take()),
-        };
+        if let Some(lists) = &mut self.prev_lists {
+            if prev.entry.chunks.is_empty() && !lists.take(prev.file, &mut prev.entry) {
+                return None;
+            }
+        }
+        let (chunks, at) = (std::mem::take(&mut prev.entry.chunks), prev.entry.at.take());
         let places = self.prev_places(&chunks, at.as_deref());
         Some((chunks, places))
     }
@@ -1184,17 +1197,13 @@ impl Writer {
     /// no index object disputes the chunk and an index object describes
     /// the pack (so no prune record names it); `None` for any other chunk.
     /// No lookup in the index per chunk, which at a few hundred million
-    /// chunks is a read of the index's table on disk each. Without places
-    /// (an older manifest), or with places that do not add up to the
-    /// chunks or fail a place's checks (as a reader checks them: a chunk
-    /// list read here was not), where the index agrees each chunk is.
+    /// chunks is a read of the index's table on disk each. The places were
+    /// checked against the chunks and packs as the entry or its list was
+    /// read. Without places (an older manifest), where the index agrees
+    /// each chunk is.
     fn prev_places(&self, chunks: &[ChunkId], at: Option<&[Placement]>) -> PrevPlaces {
         let placed = at
             .zip(self.prev_packs.as_deref())
-            .filter(|(at, packs)| {
-                at.iter().all(|p| p.fault(packs.len()).is_none())
-                    && at.iter().map(|p| p.count as u64).sum::<u64>() == chunks.len() as u64
-            })
             .and_then(|(at, packs)| super::manifest::placements(chunks, at, packs));
         let Some(placed) = placed else {
             return self.index.agreed_all(chunks);

@@ -419,7 +419,7 @@ impl Placement {
 
     /// Whether it lies where a reader may look: inside the pack, a bundle
     /// run inside a bundle's bounds; `None` if so, else why not.
-    pub(crate) fn fault(&self, packs: usize) -> Option<String> {
+    fn fault(&self, packs: usize) -> Option<String> {
         if self.pack as usize >= packs {
             return Some(format!(
                 "pack number {} (the manifest names {packs})",
@@ -1161,6 +1161,33 @@ impl ListParts {
             key: self.parts[part].key.clone(),
             why: format!("{why} (named by {})", self.manifest),
         })
+    }
+
+    /// Fills part `part`'s `lists` (the first of them for file number
+    /// `first`) into the file entries of `entries` from index `from` on, in
+    /// order, stepping over entries of other kinds; returns the index after
+    /// the last entry filled, where the next part's files are looked for.
+    pub fn fill_files(
+        &self,
+        part: usize,
+        lists: Vec<ChunkList>,
+        entries: &mut [ManifestEntry],
+        from: usize,
+        first: u64,
+    ) -> Result<usize, RepoError> {
+        let count = lists.len() as u64;
+        let mut at = from;
+        for list in lists {
+            while entries.get(at).is_some_and(|e| e.kind != EntryKind::File) {
+                at += 1;
+            }
+            let Some(e) = entries.get_mut(at) else {
+                return Err(self.miscounted(first + count));
+            };
+            self.fill(part, e, list)?;
+            at += 1;
+        }
+        Ok(at)
     }
 
     /// The error for lists that do not come to one per file entry.

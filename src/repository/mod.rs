@@ -893,20 +893,12 @@ impl Repository {
         let Some(parts) = m.list_parts(&snap.key) else {
             return Ok(m);
         };
-        let mut files = m
-            .entries
-            .iter_mut()
-            .filter(|e| e.kind == source::EntryKind::File);
-        let mut first = 0u64;
+        let (mut first, mut at) = (0u64, 0usize);
         for part in 0..parts.parts.len() {
             let lists = self.read_list_part(&parts, part, first).await?;
-            first += lists.len() as u64;
-            for list in lists {
-                let e = files
-                    .next()
-                    .expect("a part lists no file past the manifest's (checked)");
-                parts.fill(part, e, list)?;
-            }
+            let count = lists.len() as u64;
+            at = parts.fill_files(part, lists, &mut m.entries, at, first)?;
+            first += count;
         }
         if first != parts.files {
             return Err(parts.miscounted(first));

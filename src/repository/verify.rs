@@ -327,24 +327,13 @@ pub async fn verify_holding(
                     if part + 1 < parts.parts.len() {
                         reading = Some(read_part(parts, part + 1, next_first));
                     }
-                    let mut at = done;
-                    for list in lists {
-                        while m.entries.get(at).is_some_and(|e| e.kind != EntryKind::File) {
-                            at += 1;
-                        }
-                        let Some(e) = m.entries.get_mut(at) else {
-                            failed = Some(parts.miscounted(next_first));
-                            break;
-                        };
-                        if let Err(e) = parts.fill(part, e, list) {
+                    let at = match parts.fill_files(part, lists, &mut m.entries, done, first_file) {
+                        Ok(at) => at,
+                        Err(e) => {
                             failed = Some(e);
                             break;
                         }
-                        at += 1;
-                    }
-                    if failed.is_some() {
-                        break;
-                    }
+                    };
                     first_file = next_first;
                     part += 1;
                     at
