@@ -676,17 +676,13 @@ pub async fn verify_holding(
     let mut grouping = Some({
         let index = index.clone();
         tokio::task::spawn_blocking(move || {
-            let groups = match index.needed_by_pack() {
-                Ok(g) => g,
-                Err(e) => return Err(e),
-            };
-            for group in groups {
+            for group in index.needed_by_pack()? {
                 let stop = group.is_err();
                 if groups_tx.blocking_send(group).is_err() || stop {
                     break;
                 }
             }
-            Ok(())
+            Ok::<(), super::RepoError>(())
         })
     });
     let mut left: BTreeSet<PackId> = to_read.clone();

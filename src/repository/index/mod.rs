@@ -106,11 +106,16 @@ impl Iterator for NeededByPack {
     fn next(&mut self) -> Option<Self::Item> {
         Some(match self.groups.next()? {
             Ok((n, ids)) => Ok((self.pack_ids[n as usize], ids)),
-            Err(source) => Err(RepoError::IndexSpill {
-                dir: std::env::temp_dir().display().to_string(),
-                source,
-            }),
+            Err(source) => Err(spill_failed(source)),
         })
+    }
+}
+
+/// What the index could not keep on disk, naming the folder (`TMPDIR`).
+fn spill_failed(source: std::io::Error) -> RepoError {
+    RepoError::IndexSpill {
+        dir: std::env::temp_dir().display().to_string(),
+        source,
     }
 }
 
@@ -300,10 +305,7 @@ impl Index {
     /// since the last merge. Fails if a run or the table could not be
     /// written (a full or unwritable `TMPDIR`).
     pub fn finish(&mut self) -> Result<(), RepoError> {
-        let failed = |kind, why: &str| RepoError::IndexSpill {
-            dir: std::env::temp_dir().display().to_string(),
-            source: std::io::Error::new(kind, why.to_string()),
-        };
+        let failed = |kind, why: &str| spill_failed(std::io::Error::new(kind, why.to_string()));
         if let Some((kind, why)) = &self.spill_failed {
             return Err(failed(*kind, why));
         }
@@ -496,10 +498,7 @@ impl Index {
             }
             Ok(())
         })();
-        pushed.map_err(|source| RepoError::IndexSpill {
-            dir: std::env::temp_dir().display().to_string(),
-            source,
-        })?;
+        pushed.map_err(spill_failed)?;
         Ok(NeededByPack {
             groups: by_pack.groups(),
             pack_ids: self.pack_ids.clone(),
